@@ -1,0 +1,207 @@
+"""``coalition check``: verify every ledger invariant of docs/invariants.md on a database.
+
+Each check is one SQL aggregate over the whole ledger (a full audit, not a hot-path query) and
+reports at most :data:`SAMPLE` offending ids, so a report stays readable at any size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import TextClause, bindparam, func, select, text
+from sqlalchemy.orm import Session
+
+from coalition.db import UTCDateTime
+from coalition.models import OPERATOR_ACCOUNTS, Posting
+
+SAMPLE = 10
+
+
+@dataclass(slots=True)
+class Finding:
+    """One invariant, whether it holds, and what breaks it."""
+
+    invariant: int
+    name: str
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing breaks the invariant."""
+        return not self.violations
+
+
+def _rows(session: Session, sql: str, **params: object) -> list[str]:
+    result = session.execute(text(sql + f" LIMIT {SAMPLE}"), params)
+    return [", ".join(f"{k}={v}" for k, v in row._mapping.items()) for row in result]
+
+
+def _zero_sum(session: Session) -> list[str]:
+    unbalanced = _rows(
+        session,
+        "SELECT transaction_id, SUM(points) AS total FROM postings"
+        " GROUP BY transaction_id HAVING SUM(points) <> 0",
+    )
+    one_legged = _rows(
+        session,
+        "SELECT t.id AS transaction_id, COUNT(p.id) AS postings FROM transactions t"
+        " LEFT JOIN postings p ON p.transaction_id = t.id"
+        " GROUP BY t.id HAVING COUNT(p.id) < 2",
+    )
+    return [f"unbalanced: {r}" for r in unbalanced] + [
+        f"fewer than 2 legs: {r}" for r in one_legged
+    ]
+
+
+def _member_balances(session: Session) -> list[str]:
+    by_postings = _rows(
+        session,
+        "SELECT m.id AS member_id, m.balance, COALESCE(p.total, 0) AS postings FROM members m"
+        " LEFT JOIN (SELECT account_id, SUM(points) AS total FROM postings GROUP BY account_id) p"
+        " ON p.account_id = m.account_id WHERE m.balance <> COALESCE(p.total, 0)",
+    )
+    by_lots = _rows(
+        session,
+        "SELECT m.id AS member_id, m.balance, COALESCE(l.total, 0) AS lots FROM members m"
+        " LEFT JOIN (SELECT member_id, SUM(remaining) AS total FROM lots GROUP BY member_id) l"
+        " ON l.member_id = m.id WHERE m.balance <> COALESCE(l.total, 0)",
+    )
+    lot_history = _rows(
+        session,
+        "SELECT l.id AS lot_id, l.points, l.remaining, COALESCE(mv.total, 0) AS moved FROM lots l"
+        " LEFT JOIN (SELECT lot_id, SUM(points) AS total FROM lot_movements GROUP BY lot_id) mv"
+        " ON mv.lot_id = l.id WHERE l.remaining <> l.points + COALESCE(mv.total, 0)",
+    )
+    side_by_side = _rows(
+        session,
+        "SELECT d.member_id FROM lots d JOIN lots p ON p.member_id = d.member_id"
+        " WHERE d.is_deficit AND d.remaining < 0 AND p.remaining > 0",
+    )
+    unrecorded_negative = _rows(
+        session,
+        "SELECT m.id AS member_id, m.balance FROM members m WHERE m.balance < 0 AND NOT EXISTS"
+        " (SELECT 1 FROM transactions t WHERE t.member_id = m.id AND t.overdraft_points > 0)",
+    )
+    return (
+        [f"balance != postings: {r}" for r in by_postings]
+        + [f"balance != open lots: {r}" for r in by_lots]
+        + [f"lot remaining != points + movements: {r}" for r in lot_history]
+        + [f"deficit beside open lots: {r}" for r in side_by_side]
+        + [f"negative balance without a recorded clawback: {r}" for r in unrecorded_negative]
+    )
+
+
+def _holds(session: Session) -> list[str]:
+    held = _rows(
+        session,
+        "SELECT m.id AS member_id, m.held, COALESCE(h.total, 0) AS active_holds FROM members m"
+        " LEFT JOIN (SELECT member_id, SUM(points) AS total FROM holds WHERE status = 'active'"
+        " GROUP BY member_id) h ON h.member_id = m.id WHERE m.held <> COALESCE(h.total, 0)",
+    )
+    over = _rows(
+        session,
+        "SELECT m.id AS member_id, m.balance, m.held FROM members m"
+        " WHERE (m.held > m.balance OR m.held < 0) AND NOT EXISTS"
+        " (SELECT 1 FROM transactions t WHERE t.member_id = m.id AND t.overdraft_points > 0)",
+    )
+    captured = _rows(
+        session,
+        "SELECT h.id AS hold_id, h.captured_points, t.points FROM holds h"
+        " LEFT JOIN transactions t ON t.hold_id = h.id AND t.kind = 'burn'"
+        " WHERE (h.status = 'captured') <> (t.id IS NOT NULL)"
+        " OR (t.id IS NOT NULL AND t.points <> h.captured_points)",
+    )
+    return (
+        [f"held != active holds: {r}" for r in held]
+        + [f"held exceeds balance: {r}" for r in over]
+        + [f"capture does not match its burn: {r}" for r in captured]
+    )
+
+
+_LIABILITY_BY_KIND = """
+SELECT
+  COALESCE(SUM(CASE WHEN t.kind IN ('earn', 'bonus', 'burn_reversal') THEN t.points
+                    WHEN t.kind IN ('burn', 'expiry', 'earn_reversal') THEN -t.points
+                    ELSE 0 END), 0) AS by_kind,
+  COALESCE(SUM(CASE WHEN t.kind = 'adjustment' THEN p.points ELSE 0 END), 0) AS adjustments
+FROM transactions t
+LEFT JOIN postings p ON p.transaction_id = t.id AND t.kind = 'adjustment'
+  AND p.account_id = :adjustment_account
+WHERE t.posted_at <= :at
+"""
+
+_LIABILITY_BY_POSTINGS = """
+SELECT COALESCE(SUM(p.points), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
+WHERE a.kind = 'member' AND p.posted_at <= :at
+"""
+
+_LIABILITY_BY_CONTRA = """
+SELECT COALESCE(SUM(p.points), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
+WHERE a.kind <> 'member' AND p.posted_at <= :at
+"""
+
+
+def _at(sql: str) -> TextClause:
+    return text(sql).bindparams(bindparam("at", type_=UTCDateTime()))
+
+
+def liability_at(session: Session, at: datetime) -> int:
+    """Outstanding points (the operator's liability) at ``at``, from the members' postings."""
+    return int(session.execute(_at(_LIABILITY_BY_POSTINGS), {"at": at}).scalar_one())
+
+
+def _liability(session: Session) -> list[str]:
+    first, last = session.execute(
+        select(func.min(Posting.posted_at), func.max(Posting.posted_at))
+    ).one()
+    if first is None or last is None:
+        return []
+    steps = 24
+    moments = sorted({first + (last - first) * i / steps for i in range(steps + 1)})
+    problems = []
+    for at in moments:
+        by_kind, adjustments = session.execute(
+            _at(_LIABILITY_BY_KIND),
+            {"at": at, "adjustment_account": OPERATOR_ACCOUNTS["operator_adjustment"]},
+        ).one()
+        # The adjustment account gives what members receive: its postings, negated.
+        expected = int(by_kind) - int(adjustments)
+        members = liability_at(session, at)
+        contra = int(session.execute(_at(_LIABILITY_BY_CONTRA), {"at": at}).scalar_one())
+        if not expected == members == -contra:
+            problems.append(
+                f"at {at.isoformat()}: issued+bonuses-redeemed-expired+/-reversals+/-adjustments"
+                f" = {expected}, member postings = {members}, other accounts = {-contra}"
+            )
+    return problems[:SAMPLE]
+
+
+CHECKS: list[tuple[int, str, Callable[[Session], list[str]]]] = [
+    (1, "every transaction's postings sum to zero", _zero_sum),
+    (
+        2,
+        "member balance = its postings = its open lots; negative only by a recorded clawback",
+        _member_balances,
+    ),
+    (
+        3,
+        "held points = active holds and never exceed the balance; available = balance - held",
+        _holds,
+    ),
+    (
+        4,
+        "outstanding liability = issued + bonuses - redeemed - expired +/- reversals and "
+        "adjustments, at any point in time",
+        _liability,
+    ),
+]
+
+
+def run_checks(session: Session) -> list[Finding]:
+    """Run every invariant check; a finding per invariant."""
+    findings = []
+    for number, name, check in CHECKS:
+        findings.append(Finding(number, name, check(session)))
+    return findings

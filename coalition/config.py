@@ -1,0 +1,186 @@
+"""Configuration from the environment and an optional TOML file.
+
+Environment variables win over the file. The file is ``coalition.toml`` in the working directory,
+or the path in ``COALITION_CONFIG_FILE``; its keys are the variable names without the
+``COALITION_`` prefix, in lower case (``database_url = "..."``).
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import os
+import secrets
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+DEV_SECRET_KEY_FILE = ".coalition-secret-key"  # noqa: S105 (a file name, not a secret)
+CYCLES = ("daily", "weekly", "monthly")
+DEFAULT_DATABASE_URL = "sqlite:///coalition.sqlite3"
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """A member tier: reached at ``threshold_points`` over the trailing window."""
+
+    name: str
+    threshold_points: int
+    multiplier: Decimal
+
+
+DEFAULT_TIERS = (
+    Tier("base", 0, Decimal("1")),
+    Tier("silver", 5_000, Decimal("1.3")),
+    Tier("gold", 20_000, Decimal("1.6")),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service reads from its environment."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    secret_key: bytes = b""
+    secret_key_is_dev_default: bool = False
+    public_url: str = DEFAULT_PUBLIC_URL
+    settlement_cycle: str = "monthly"
+    timezone: str = "UTC"
+    webhook_allow_private: bool = False
+    points_validity_days: int = 1095
+    hold_default_expiry_s: int = 900
+    hold_max_expiry_s: int = 7 * 24 * 3600
+    tier_window_days: int = 365
+    tiers: tuple[Tier, ...] = field(default=DEFAULT_TIERS)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The settlement time zone."""
+        return ZoneInfo(self.timezone)
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}: expected a boolean (on/off), got {raw!r}")
+
+
+def _parse_int(name: str, raw: str, minimum: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def parse_tiers(raw: str) -> tuple[Tier, ...]:
+    """Parse ``name:threshold:multiplier`` entries separated by commas.
+
+    The first tier must have threshold 0; thresholds must increase.
+    """
+    tiers: list[Tier] = []
+    for entry in raw.split(","):
+        parts = entry.strip().split(":")
+        if len(parts) != 3:
+            raise ConfigError(f"COALITION_TIERS: expected name:threshold:multiplier, got {entry!r}")
+        name, threshold, multiplier = parts
+        try:
+            tier = Tier(name.strip(), int(threshold), Decimal(multiplier))
+        except (ValueError, ArithmeticError):
+            raise ConfigError(f"COALITION_TIERS: malformed entry {entry!r}") from None
+        if not tier.name or tier.multiplier <= 0 or not tier.multiplier.is_finite():
+            raise ConfigError(f"COALITION_TIERS: malformed entry {entry!r}")
+        tiers.append(tier)
+    if not tiers or tiers[0].threshold_points != 0:
+        raise ConfigError("COALITION_TIERS: the first tier must have threshold 0")
+    if any(a.threshold_points >= b.threshold_points for a, b in itertools.pairwise(tiers)):
+        raise ConfigError("COALITION_TIERS: thresholds must increase")
+    return tuple(tiers)
+
+
+def _file_values(environ: dict[str, str]) -> dict[str, str]:
+    path = Path(environ.get("COALITION_CONFIG_FILE", "coalition.toml"))
+    if not path.is_file():
+        if "COALITION_CONFIG_FILE" in environ:
+            raise ConfigError(f"COALITION_CONFIG_FILE: no such file {path}")
+        return {}
+    with path.open("rb") as fh:
+        data = tomllib.load(fh)
+    return {f"COALITION_{k.upper()}": str(v) for k, v in data.items()}
+
+
+def _dev_secret_key() -> bytes:
+    """Read or create the development secret key file, and say so loudly."""
+    path = Path(DEV_SECRET_KEY_FILE)
+    if path.is_file():
+        key = base64.urlsafe_b64decode(path.read_text().strip() + "==")
+    else:
+        key = secrets.token_bytes(32)
+        path.write_text(base64.urlsafe_b64encode(key).decode().rstrip("=") + "\n")
+        path.chmod(0o600)
+    print(
+        f"WARNING: COALITION_SECRET_KEY is not set; using the development key in "
+        f"{path.resolve()}. Set COALITION_SECRET_KEY (32 bytes, base64url) in production.",
+        file=sys.stderr,
+    )
+    return key
+
+
+def _decode_secret_key(raw: str) -> bytes:
+    try:
+        key = base64.urlsafe_b64decode(raw.strip() + "=" * (-len(raw.strip()) % 4))
+    except ValueError:
+        raise ConfigError("COALITION_SECRET_KEY: expected base64url") from None
+    if len(key) != 32:
+        raise ConfigError("COALITION_SECRET_KEY: expected 32 bytes (base64url encoded)")
+    return key
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from the environment (and the optional config file)."""
+    env = dict(os.environ if environ is None else environ)
+    values = {**_file_values(env), **{k: v for k, v in env.items() if k.startswith("COALITION_")}}
+    cycle = values.get("COALITION_SETTLEMENT_CYCLE", "monthly")
+    if cycle not in CYCLES:
+        raise ConfigError(f"COALITION_SETTLEMENT_CYCLE: one of {', '.join(CYCLES)}, got {cycle!r}")
+    timezone = values.get("COALITION_TIMEZONE", "UTC")
+    try:
+        ZoneInfo(timezone)
+    except (KeyError, ValueError):
+        raise ConfigError(f"COALITION_TIMEZONE: unknown time zone {timezone!r}") from None
+    raw_key = values.get("COALITION_SECRET_KEY")
+    return Settings(
+        database_url=values.get("COALITION_DATABASE_URL", DEFAULT_DATABASE_URL),
+        secret_key=_decode_secret_key(raw_key) if raw_key else _dev_secret_key(),
+        secret_key_is_dev_default=not raw_key,
+        public_url=values.get("COALITION_PUBLIC_URL", DEFAULT_PUBLIC_URL).rstrip("/"),
+        settlement_cycle=cycle,
+        timezone=timezone,
+        webhook_allow_private=_parse_bool(
+            "COALITION_WEBHOOK_ALLOW_PRIVATE", values.get("COALITION_WEBHOOK_ALLOW_PRIVATE", "off")
+        ),
+        points_validity_days=_parse_int(
+            "COALITION_POINTS_VALIDITY_DAYS",
+            values.get("COALITION_POINTS_VALIDITY_DAYS", "1095"),
+            1,
+        ),
+        tier_window_days=_parse_int(
+            "COALITION_TIER_WINDOW_DAYS", values.get("COALITION_TIER_WINDOW_DAYS", "365"), 1
+        ),
+        tiers=parse_tiers(values["COALITION_TIERS"])
+        if "COALITION_TIERS" in values
+        else DEFAULT_TIERS,
+    )

@@ -1,0 +1,87 @@
+"""The domain's typed errors: one class per problem ``type`` in the public contract.
+
+They carry a stable ``code`` (the last segment of the problem type URI), a human ``detail`` and
+optional extra members; the HTTP status is decided once, at the API edge.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class CoalitionError(Exception):
+    """Base of every error a user can cause; the operation changed nothing."""
+
+    code: ClassVar[str] = "coalition-error"
+    title: ClassVar[str] = "Request failed"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class ValidationFailed(CoalitionError):
+    """Input that breaks a rule; ``errors`` lists ``{"path", "message"}`` items."""
+
+    code = "validation"
+    title = "The request is not valid"
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{e['path']}: {e['message']}" for e in errors), errors=errors)
+        self.errors = errors
+
+    @classmethod
+    def at(cls, path: str, message: str) -> ValidationFailed:
+        """One error at one path."""
+        return cls([{"path": path, "message": message}])
+
+
+class InsufficientPoints(CoalitionError):
+    code = "insufficient-points"
+    title = "Not enough points"
+
+
+class BurnCapExceeded(CoalitionError):
+    code = "burn-cap-exceeded"
+    title = "Points may not pay this much of the basket"
+
+
+class CurrencyMismatch(CoalitionError):
+    code = "currency-mismatch"
+    title = "Currency does not match the partner's currency"
+
+
+class UnknownMember(CoalitionError):
+    code = "unknown-member"
+    title = "No such member"
+
+
+class NotFound(CoalitionError):
+    code = "not-found"
+    title = "Not found"
+
+
+class DuplicateReference(CoalitionError):
+    code = "duplicate-reference"
+    title = "This reference was already used"
+
+
+class HoldNotActive(CoalitionError):
+    code = "hold-not-active"
+    title = "The hold is not active"
+
+
+class ReversalExceedsOriginal(CoalitionError):
+    code = "reversal-exceeds-original"
+    title = "Reversal exceeds what is left of the original"
+
+
+class PartnerNotActive(CoalitionError):
+    code = "partner-not-active"
+    title = "The partner is not active"
+
+
+class Conflict(CoalitionError):
+    code = "conflict"
+    title = "The request conflicts with the current state"

@@ -1,0 +1,757 @@
+"""The points ledger: double-entry transactions, lots, holds and expiry.
+
+Every function here runs inside a database transaction the caller owns and changes nothing
+when it raises a :class:`~coalition.errors.CoalitionError` before its first write. Every write
+that touches a member starts by updating (and so locking) the member's row, which serializes
+all changes to one member's balance and lots on PostgreSQL; SQLite has one writer anyway.
+
+The rules, in the words of docs/recipes.md:
+- a credit (earn, bonus, positive adjustment, burn reversal) adds a lot, or restores the lots a
+  burn took, and first fills any clawback deficit;
+- a debit (burn, capture, negative adjustment, earn reversal, expiry) takes points from lots
+  soonest-expiring first and records each lot it touched;
+- only a capture or an earn reversal may take more than the lots hold: the rest becomes the
+  member's deficit, which the next credit fills.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, and_, case, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from coalition.config import Tier
+from coalition.errors import InsufficientPoints, UnknownMember
+from coalition.ids import new_id
+from coalition.models import (
+    OPERATOR_ACCOUNTS,
+    Account,
+    Hold,
+    Lot,
+    LotMovement,
+    Member,
+    Posting,
+    Transaction,
+)
+
+#: Lots read per round trip when taking points from a member's lots.
+LOT_PAGE = 200
+#: Members or holds one expiry job run handles before it commits and returns.
+EXPIRY_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class MemberState:
+    """A member's balance after an operation."""
+
+    member_id: str
+    balance: int
+    held: int
+
+    @property
+    def available(self) -> int:
+        """Points the member may spend now: balance less held."""
+        return self.balance - self.held
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    """What a ledger operation returns: the transaction and the member's balance after it."""
+
+    transaction: Transaction
+    member: MemberState
+
+
+# --- members -----------------------------------------------------------------------------
+
+
+def create_member(session: Session, member_id: str | None, now: datetime) -> tuple[str, bool]:
+    """Create a member (with its ledger account); return (id, created). An existing id is kept."""
+    if member_id is not None:
+        existing = session.scalar(select(Member.id).where(Member.id == member_id))
+        if existing is not None:
+            return existing, False
+    account_id = session.scalar(insert(Account).values(kind="member").returning(Account.id))
+    assert account_id is not None
+    new = member_id or new_id("mem")
+    session.execute(
+        insert(Member).values(id=new, account_id=account_id, balance=0, held=0, created_at=now)
+    )
+    return new, True
+
+
+def member_state(session: Session, member_id: str) -> MemberState:
+    """The member's balance and held points; :class:`UnknownMember` if there is no such member."""
+    row = session.execute(
+        select(Member.balance, Member.held).where(Member.id == member_id)
+    ).one_or_none()
+    if row is None:
+        raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
+    return MemberState(member_id, row.balance, row.held)
+
+
+def member_account(session: Session, member_id: str) -> int:
+    """The member's ledger account id; :class:`UnknownMember` if there is no such member."""
+    account_id = session.scalar(select(Member.account_id).where(Member.id == member_id))
+    if account_id is None:
+        raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
+    return account_id
+
+
+def qualifying_points(session: Session, member_id: str, since: datetime) -> int:
+    """Points earned (less earn reversals) since ``since``: what a member's tier rests on."""
+    signed = case((Transaction.kind == "earn", Transaction.points), else_=-Transaction.points)
+    total = session.scalar(
+        select(func.coalesce(func.sum(signed), 0)).where(
+            Transaction.member_id == member_id,
+            Transaction.kind.in_(("earn", "earn_reversal")),
+            Transaction.occurred_at >= since,
+        )
+    )
+    return int(total or 0)
+
+
+def tier_for(points: int, tiers: Sequence[Tier]) -> Tier:
+    """The highest tier whose threshold ``points`` reaches (tiers are in ascending order)."""
+    reached = tiers[0]
+    for tier in tiers:
+        if points >= tier.threshold_points:
+            reached = tier
+    return reached
+
+
+def expiring_lots(session: Session, member_id: str, limit: int = 12) -> list[tuple[int, datetime]]:
+    """The member's open points by expiry date, soonest first: ``[(points, expires_at)]``."""
+    rows = session.execute(
+        select(func.sum(Lot.remaining), Lot.expires_at)
+        .where(Lot.member_id == member_id, Lot.remaining > 0)
+        .group_by(Lot.expires_at)
+        .order_by(Lot.expires_at)
+        .limit(limit)
+    ).all()
+    return [(int(points), expires_at) for points, expires_at in rows if expires_at is not None]
+
+
+# --- the member row: the only balance updated in place -----------------------------------
+
+
+def _change_member(
+    session: Session,
+    member_id: str,
+    *,
+    balance_delta: int,
+    held_delta: int = 0,
+    need_available: int | None = None,
+) -> MemberState | None:
+    """Apply deltas to the member row, locking it; ``None`` when ``need_available`` is not met.
+
+    With ``need_available`` the update is conditional (``balance - held >= need``), so two
+    concurrent burns can never overdraw a member.
+    """
+    stmt = (
+        update(Member)
+        .where(Member.id == member_id)
+        .values(balance=Member.balance + balance_delta, held=Member.held + held_delta)
+        .returning(Member.balance, Member.held)
+    )
+    if need_available is not None:
+        stmt = stmt.where(Member.balance - Member.held >= need_available)
+    row = session.execute(stmt, execution_options={"synchronize_session": False}).one_or_none()
+    if row is None:
+        return None
+    return MemberState(member_id, row.balance, row.held)
+
+
+def _require_member_change(
+    session: Session,
+    member_id: str,
+    *,
+    balance_delta: int,
+    held_delta: int = 0,
+    need_available: int | None = None,
+) -> MemberState:
+    state = _change_member(
+        session,
+        member_id,
+        balance_delta=balance_delta,
+        held_delta=held_delta,
+        need_available=need_available,
+    )
+    if state is not None:
+        return state
+    current = member_state(session, member_id)  # raises UnknownMember
+    raise InsufficientPoints(
+        f"member has {current.available} points available, {need_available} needed",
+        available=current.available,
+        requested=need_available,
+    )
+
+
+# --- transactions and postings -----------------------------------------------------------
+
+
+def _write(
+    session: Session, values: dict[str, Any], postings: Iterable[tuple[int, int]]
+) -> Transaction:
+    """Insert a transaction and its postings (which must sum to zero)."""
+    legs = [(account, points) for account, points in postings if points != 0]
+    assert sum(points for _, points in legs) == 0, legs
+    assert len(legs) >= 2, legs
+    row = {
+        "partner_id": None,
+        "reference": None,
+        "amount_minor": None,
+        "currency": None,
+        "rate_card_id": None,
+        "tier": None,
+        "reverses": None,
+        "hold_id": None,
+        "overdraft_points": 0,
+        "reason": None,
+        **values,
+    }
+    session.execute(insert(Transaction), [row])
+    session.execute(
+        insert(Posting),
+        [
+            {
+                "transaction_id": row["id"],
+                "account_id": account,
+                "points": points,
+                "posted_at": row["posted_at"],
+            }
+            for account, points in legs
+        ],
+    )
+    return Transaction(**row)
+
+
+# --- lots --------------------------------------------------------------------------------
+
+
+def _move(session: Session, txn_id: str, moves: list[tuple[int, str | None, int, int]]) -> None:
+    """Apply lot moves ``(lot_id, origin, delta, new_remaining)`` and record each one."""
+    if not moves:
+        return
+    session.execute(
+        update(Lot),
+        [{"id": lot_id, "remaining": remaining} for lot_id, _, _, remaining in moves],
+        execution_options={"synchronize_session": False},
+    )
+    session.execute(
+        insert(LotMovement),
+        [
+            {"transaction_id": txn_id, "lot_id": lot_id, "origin_partner_id": origin, "points": d}
+            for lot_id, origin, d, _ in moves
+        ],
+    )
+
+
+def _open_lots(
+    session: Session,
+    member_id: str,
+    *,
+    after: tuple[datetime, int] | None,
+    expired_by: datetime | None,
+) -> Sequence[Row[int, str | None, int, datetime | None]]:
+    stmt = (
+        select(Lot.id, Lot.origin_partner_id, Lot.remaining, Lot.expires_at)
+        .where(Lot.member_id == member_id, Lot.remaining > 0)
+        .order_by(Lot.expires_at, Lot.id)
+        .limit(LOT_PAGE)
+    )
+    if expired_by is not None:
+        stmt = stmt.where(Lot.expires_at <= expired_by)
+    if after is not None:
+        expires, lot_id = after
+        stmt = stmt.where(
+            or_(Lot.expires_at > expires, and_(Lot.expires_at == expires, Lot.id > lot_id))
+        )
+    return session.execute(stmt).all()
+
+
+def _take(
+    session: Session,
+    member_id: str,
+    txn_id: str,
+    points: int,
+    *,
+    first_lot_id: int | None = None,
+    expired_by: datetime | None = None,
+) -> int:
+    """Take up to ``points`` from the member's open lots, soonest-expiring first.
+
+    ``first_lot_id`` is drained before the others (an earn reversal takes back its own lot
+    first). Returns the points taken; the caller decides what a shortfall means.
+    """
+    moves: list[tuple[int, str | None, int, int]] = []
+    left = points
+    if first_lot_id is not None:
+        lot = session.execute(
+            select(Lot.origin_partner_id, Lot.remaining).where(Lot.id == first_lot_id)
+        ).one()
+        if lot.remaining > 0:
+            taken = min(lot.remaining, left)
+            moves.append((first_lot_id, lot.origin_partner_id, -taken, lot.remaining - taken))
+            left -= taken
+    after: tuple[datetime, int] | None = None
+    while left > 0:
+        page = _open_lots(session, member_id, after=after, expired_by=expired_by)
+        for lot_id, origin, remaining, _expires in page:
+            if lot_id == first_lot_id:
+                continue
+            taken = min(remaining, left)
+            moves.append((lot_id, origin, -taken, remaining - taken))
+            left -= taken
+            if left == 0:
+                break
+        if len(page) < LOT_PAGE:
+            break
+        last = page[-1]
+        assert last.expires_at is not None
+        after = (last.expires_at, last.id)
+    _move(session, txn_id, moves)
+    return points - left
+
+
+def _deepen_deficit(session: Session, member_id: str, txn_id: str, points: int) -> None:
+    """Record ``points`` the member owes beyond its lots (a clawback), in its deficit lot."""
+    assert points > 0
+    deficit = session.execute(
+        select(Lot.id, Lot.remaining).where(Lot.member_id == member_id, Lot.is_deficit)
+    ).one_or_none()
+    if deficit is None:
+        lot_id = session.scalar(
+            insert(Lot)
+            .values(
+                member_id=member_id,
+                origin_partner_id=None,
+                transaction_id=txn_id,
+                points=0,
+                remaining=-points,
+                expires_at=None,
+                is_deficit=True,
+            )
+            .returning(Lot.id)
+        )
+        assert lot_id is not None
+        session.execute(
+            insert(LotMovement).values(
+                transaction_id=txn_id, lot_id=lot_id, origin_partner_id=None, points=-points
+            )
+        )
+    else:
+        _move(session, txn_id, [(deficit.id, None, -points, deficit.remaining - points)])
+
+
+def _fill_deficit(session: Session, member_id: str, txn_id: str) -> None:
+    """Net the member's deficit against its open lots, so the two never stand side by side."""
+    deficit = session.execute(
+        select(Lot.id, Lot.remaining).where(
+            Lot.member_id == member_id, Lot.is_deficit, Lot.remaining < 0
+        )
+    ).one_or_none()
+    if deficit is None:
+        return
+    filled = _take(session, member_id, txn_id, -deficit.remaining)
+    if filled:
+        _move(session, txn_id, [(deficit.id, None, filled, deficit.remaining + filled)])
+
+
+def _add_lot(
+    session: Session,
+    *,
+    member_id: str,
+    txn_id: str,
+    points: int,
+    origin_partner_id: str | None,
+    expires_at: datetime,
+) -> None:
+    session.execute(
+        insert(Lot).values(
+            member_id=member_id,
+            origin_partner_id=origin_partner_id,
+            transaction_id=txn_id,
+            points=points,
+            remaining=points,
+            expires_at=expires_at,
+            is_deficit=False,
+        )
+    )
+
+
+# --- the operations ----------------------------------------------------------------------
+
+
+def credit(
+    session: Session,
+    *,
+    member_id: str,
+    points: int,
+    from_account: int,
+    origin_partner_id: str | None,
+    expires_at: datetime,
+    values: dict[str, Any],
+) -> Posted:
+    """Give a member ``points`` in a new lot (earn, bonus, positive adjustment)."""
+    assert points > 0
+    member_acct = member_account(session, member_id)
+    state = _require_member_change(session, member_id, balance_delta=points)
+    txn = _write(
+        session,
+        {**values, "member_id": member_id, "points": points, "balance_after": state.balance},
+        [(member_acct, points), (from_account, -points)],
+    )
+    _add_lot(
+        session,
+        member_id=member_id,
+        txn_id=txn.id,
+        points=points,
+        origin_partner_id=origin_partner_id,
+        expires_at=expires_at,
+    )
+    if state.balance - points < 0:
+        _fill_deficit(session, member_id, txn.id)
+    return Posted(txn, state)
+
+
+def debit(
+    session: Session,
+    *,
+    member_id: str,
+    points: int,
+    to_account: int,
+    values: dict[str, Any],
+) -> Posted:
+    """Take ``points`` the member has available (burn, negative adjustment).
+
+    :class:`InsufficientPoints` (nothing written) when the available balance is short.
+    """
+    assert points > 0
+    member_acct = member_account(session, member_id)
+    state = _require_member_change(session, member_id, balance_delta=-points, need_available=points)
+    txn = _write(
+        session,
+        {**values, "member_id": member_id, "points": points, "balance_after": state.balance},
+        [(member_acct, -points), (to_account, points)],
+    )
+    taken = _take(session, member_id, txn.id, points)
+    # available >= points and balance = sum(lots) > 0 means the lots cover it.
+    assert taken == points, (taken, points)
+    return Posted(txn, state)
+
+
+def place_hold(
+    session: Session,
+    *,
+    partner_id: str,
+    member_id: str,
+    reference: str,
+    points: int,
+    expires_at: datetime,
+    now: datetime,
+) -> tuple[Hold, MemberState]:
+    """Reserve ``points`` of the member's available balance (:class:`InsufficientPoints`)."""
+    assert points > 0
+    state = _require_member_change(
+        session, member_id, balance_delta=0, held_delta=points, need_available=points
+    )
+    values = {
+        "id": new_id("hold"),
+        "partner_id": partner_id,
+        "member_id": member_id,
+        "reference": reference,
+        "points": points,
+        "status": "active",
+        "expires_at": expires_at,
+        "created_at": now,
+        "closed_at": None,
+        "captured_points": None,
+    }
+    session.execute(insert(Hold), [values])
+    hold = Hold(**values)
+    return hold, state
+
+
+def capture_hold(
+    session: Session,
+    *,
+    hold: Hold,
+    points: int,
+    to_account: int,
+    values: dict[str, Any],
+    now: datetime,
+) -> Posted:
+    """Turn an active hold into a burn of ``points`` (at most the held points); release the rest.
+
+    The hold guaranteed the points to the partner, so the capture always succeeds; if a
+    clawback took the member's lots meanwhile, the shortfall becomes the member's deficit.
+    """
+    assert hold.status == "active" and 0 < points <= hold.points
+    member_acct = member_account(session, hold.member_id)
+    state = _require_member_change(
+        session, hold.member_id, balance_delta=-points, held_delta=-hold.points
+    )
+    txn = _write(
+        session,
+        {
+            **values,
+            "member_id": hold.member_id,
+            "points": points,
+            "balance_after": state.balance,
+            "hold_id": hold.id,
+            "reference": hold.reference,
+        },
+        [(member_acct, -points), (to_account, points)],
+    )
+    taken = _take(session, hold.member_id, txn.id, points)
+    if taken < points:
+        _deepen_deficit(session, hold.member_id, txn.id, points - taken)
+    _close_hold(session, hold.id, "captured", now, captured_points=points)
+    return Posted(txn, state)
+
+
+def release_hold(session: Session, *, hold: Hold, status: str, now: datetime) -> MemberState:
+    """Void or expire an active hold: its points are available again."""
+    assert hold.status == "active" and status in ("voided", "expired")
+    state = _require_member_change(
+        session, hold.member_id, balance_delta=0, held_delta=-hold.points
+    )
+    _close_hold(session, hold.id, status, now)
+    return state
+
+
+def _close_hold(
+    session: Session,
+    hold_id: str,
+    status: str,
+    now: datetime,
+    *,
+    captured_points: int | None = None,
+) -> None:
+    closed = session.execute(
+        update(Hold)
+        .where(Hold.id == hold_id, Hold.status == "active")
+        .values(status=status, closed_at=now, captured_points=captured_points),
+        execution_options={"synchronize_session": False},
+    )
+    assert closed.rowcount == 1, hold_id  # type: ignore[attr-defined]
+
+
+def lock_hold(session: Session, hold_id: str, partner_id: str) -> Hold | None:
+    """The partner's hold, locked for a status change; ``None`` if it is not the partner's."""
+    row = session.execute(
+        select(Hold).where(Hold.id == hold_id, Hold.partner_id == partner_id).with_for_update()
+    ).scalar_one_or_none()
+    if row is not None:
+        session.expunge(row)
+    return row
+
+
+def reverse_earn(
+    session: Session,
+    *,
+    original: Transaction,
+    points: int,
+    to_account: int,
+    values: dict[str, Any],
+) -> Posted:
+    """Take back ``points`` of an earn (or bonus): its own lot first, then the others.
+
+    When the member has already spent or holds those points, the reversal still happens: the
+    member's available goes below zero and ``overdraft_points`` records by how much.
+    """
+    assert points > 0
+    member_id = original.member_id
+    member_acct = member_account(session, member_id)
+    state = _require_member_change(session, member_id, balance_delta=-points)
+    available_before = state.available + points
+    overdraft = points - min(max(available_before, 0), points)
+    txn = _write(
+        session,
+        {
+            **values,
+            "member_id": member_id,
+            "points": points,
+            "balance_after": state.balance,
+            "overdraft_points": overdraft,
+        },
+        [(member_acct, -points), (to_account, points)],
+    )
+    own_lot = session.scalar(
+        select(Lot.id).where(Lot.transaction_id == original.id, Lot.is_deficit.is_(False))
+    )
+    taken = _take(session, member_id, txn.id, points, first_lot_id=own_lot)
+    if taken < points:
+        _deepen_deficit(session, member_id, txn.id, points - taken)
+    return Posted(txn, state)
+
+
+def reverse_burn(
+    session: Session,
+    *,
+    original: Transaction,
+    points: int,
+    from_account: int,
+    values: dict[str, Any],
+) -> Posted:
+    """Give back ``points`` of a burn to the lots it took them from, latest-expiring first."""
+    assert points > 0
+    member_id = original.member_id
+    member_acct = member_account(session, member_id)
+    state = _require_member_change(session, member_id, balance_delta=points)
+    txn = _write(
+        session,
+        {**values, "member_id": member_id, "points": points, "balance_after": state.balance},
+        [(member_acct, points), (from_account, -points)],
+    )
+    related = select(Transaction.id).where(
+        or_(Transaction.id == original.id, Transaction.reverses == original.id)
+    )
+    net_taken = (
+        select(
+            LotMovement.lot_id,
+            func.sum(LotMovement.points).label("net"),
+        )
+        .where(LotMovement.transaction_id.in_(related.scalar_subquery()))
+        .group_by(LotMovement.lot_id)
+        .subquery()
+    )
+    lots = session.execute(
+        select(Lot.id, Lot.origin_partner_id, Lot.remaining, net_taken.c.net)
+        .join(net_taken, net_taken.c.lot_id == Lot.id)
+        .where(net_taken.c.net < 0)
+        # A deficit the burn deepened is repaid first; then latest-expiring lots.
+        .order_by(Lot.is_deficit.desc(), Lot.expires_at.desc(), Lot.id.desc())
+    ).all()
+    moves: list[tuple[int, str | None, int, int]] = []
+    left = points
+    for lot_id, origin, remaining, net in lots:
+        back = min(-int(net), left)
+        moves.append((lot_id, origin, back, remaining + back))
+        left -= back
+        if left == 0:
+            break
+    assert left == 0, (original.id, points, left)
+    _move(session, txn.id, moves)
+    if state.balance - points < 0:
+        _fill_deficit(session, member_id, txn.id)
+    return Posted(txn, state)
+
+
+def reversed_points(session: Session, original_id: str) -> int:
+    """Points already reversed of a transaction."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(Transaction.points), 0)).where(
+            Transaction.reverses == original_id
+        )
+    )
+    return int(total or 0)
+
+
+def lock_transaction(session: Session, txn_id: str) -> Transaction | None:
+    """A transaction, row-locked so that its reversals are serialized."""
+    txn = session.execute(
+        select(Transaction).where(Transaction.id == txn_id).with_for_update()
+    ).scalar_one_or_none()
+    if txn is not None:
+        session.expunge(txn)
+    return txn
+
+
+# --- expiry ------------------------------------------------------------------------------
+
+
+def expire_member_lots(session: Session, member_id: str, now: datetime) -> Posted | None:
+    """Expire the member's lots whose date has passed (breakage); ``None`` if nothing expires.
+
+    Held points are protected: expiry takes at most the member's available points, and what it
+    leaves stays open (and is spent first) until the hold ends and the next run takes it.
+    """
+    due = session.scalar(
+        select(func.coalesce(func.sum(Lot.remaining), 0)).where(
+            Lot.member_id == member_id, Lot.remaining > 0, Lot.expires_at <= now
+        )
+    )
+    state = member_state(session, member_id)
+    points = min(int(due or 0), max(state.available, 0))
+    if points <= 0:
+        return None
+    member_acct = member_account(session, member_id)
+    after = _require_member_change(session, member_id, balance_delta=-points, need_available=points)
+    txn = _write(
+        session,
+        {
+            "id": new_id("txn"),
+            "kind": "expiry",
+            "member_id": member_id,
+            "points": points,
+            "balance_after": after.balance,
+            "occurred_at": now,
+            "posted_at": now,
+        },
+        [(member_acct, -points), (OPERATOR_ACCOUNTS["operator_breakage"], points)],
+    )
+    taken = _take(session, member_id, txn.id, points, expired_by=now)
+    assert taken == points, (taken, points)
+    return Posted(txn, after)
+
+
+def members_with_expired_lots(
+    session: Session, now: datetime, after_member: str | None, limit: int = EXPIRY_BATCH
+) -> list[str]:
+    """Member ids (ascending, after ``after_member``) that hold lots past their expiry.
+
+    On PostgreSQL the member rows are locked with SKIP LOCKED, so several workers share the
+    work and none waits for another.
+    """
+    due = select(Lot.member_id).where(Lot.remaining > 0, Lot.expires_at <= now)
+    stmt = (
+        select(Member.id)
+        .where(Member.id.in_(due.scalar_subquery()))
+        .order_by(Member.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    if after_member is not None:
+        stmt = stmt.where(Member.id > after_member)
+    return list(session.scalars(stmt))
+
+
+def due_holds(session: Session, now: datetime, limit: int = EXPIRY_BATCH) -> list[Hold]:
+    """Active holds past their expiry, locked with SKIP LOCKED on PostgreSQL."""
+    holds = list(
+        session.scalars(
+            select(Hold)
+            .where(Hold.status == "active", Hold.expires_at <= now)
+            .order_by(Hold.expires_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    for hold in holds:
+        session.expunge(hold)
+    return holds
+
+
+def member_due_holds(session: Session, member_id: str, now: datetime) -> list[Hold]:
+    """The member's active holds past their expiry (released before the member acts again)."""
+    holds = list(
+        session.scalars(
+            select(Hold)
+            .where(Hold.member_id == member_id, Hold.status == "active", Hold.expires_at <= now)
+            .with_for_update()
+        )
+    )
+    for hold in holds:
+        session.expunge(hold)
+    return holds
+
+
+def points_validity(days: int) -> timedelta:
+    """How long a lot lives."""
+    return timedelta(days=days)

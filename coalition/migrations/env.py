@@ -1,0 +1,24 @@
+"""Alembic environment: run by ``coalition init`` with the service's own engine."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import Engine
+
+import coalition.models
+import partners.models  # noqa: F401  (registers the partners' tables on the metadata)
+from coalition.db import Base
+
+engine: Engine = context.config.attributes["engine"]
+
+with engine.connect() as connection:
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()
+assert coalition.models

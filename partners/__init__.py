@@ -1,0 +1,1 @@
+"""Who may act and on what terms: partners, rate cards, partner operations, API keys."""

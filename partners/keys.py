@@ -1,0 +1,123 @@
+"""API keys: creation, sealing of HMAC secrets (AES-GCM), revocation, lookup.
+
+An HMAC secret is 32 random bytes, shown once (base64url, no padding) and stored only sealed:
+AES-256-GCM under ``COALITION_SECRET_KEY`` with a random 96-bit nonce and the key id as
+associated data, so a sealed secret cannot be moved to another key's row.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from coalition.errors import ValidationFailed
+from coalition.ids import new_id
+from partners.models import KEY_ALGS, PARTNER_SCOPES, ApiKey
+
+NONCE_BYTES = 12
+SECRET_BYTES = 32
+
+
+def b64url(data: bytes) -> str:
+    """base64url without padding."""
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Decode base64url with or without padding; ValueError on anything else."""
+    if not isinstance(text, str) or any(c in text for c in "+/ \n"):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def seal(secret_key: bytes, key_id: str, plaintext: bytes) -> bytes:
+    """AES-GCM seal: nonce || ciphertext+tag, bound to ``key_id``."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    return nonce + AESGCM(secret_key).encrypt(nonce, plaintext, key_id.encode())
+
+
+def unseal(secret_key: bytes, key_id: str, sealed: bytes) -> bytes:
+    """Open a sealed secret; ValueError if it was sealed under another key or altered."""
+    try:
+        return AESGCM(secret_key).decrypt(
+            sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], key_id.encode()
+        )
+    except InvalidTag:
+        raise ValueError("sealed secret does not open with COALITION_SECRET_KEY") from None
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    """A key as created: the HMAC secret (base64url) appears here and nowhere else, ever."""
+
+    key: ApiKey
+    secret: str | None
+
+
+def create_key(
+    session: Session,
+    *,
+    secret_key: bytes,
+    role: str,
+    partner_id: str | None,
+    alg: str,
+    scopes: list[str],
+    public_key: str | None,
+    expires_at: datetime | None,
+    now: datetime,
+) -> NewKey:
+    """Create an API key. HMAC: the service makes the secret. Ed25519: the partner's public key."""
+    if alg not in KEY_ALGS:
+        raise ValidationFailed.at("$.alg", f"one of {', '.join(KEY_ALGS)}")
+    if role == "partner":
+        bad = [s for s in scopes if s not in PARTNER_SCOPES]
+        if bad or not scopes or len(set(scopes)) != len(scopes):
+            raise ValidationFailed.at(
+                "$.scopes", f"a non-empty list of distinct scopes from {', '.join(PARTNER_SCOPES)}"
+            )
+    if expires_at is not None and expires_at <= now:
+        raise ValidationFailed.at("$.expires_at", "must be in the future")
+    key_id = new_id("key")
+    secret: str | None = None
+    sealed: bytes | None = None
+    raw_public: bytes | None = None
+    if alg == "hmac-sha256":
+        if public_key is not None:
+            raise ValidationFailed.at("$.public_key", "only for ed25519 keys")
+        raw = secrets.token_bytes(SECRET_BYTES)
+        secret, sealed = b64url(raw), seal(secret_key, key_id, raw)
+    else:
+        try:
+            raw_public = b64url_decode(public_key or "")
+        except ValueError:
+            raw_public = b""
+        if len(raw_public) != 32:
+            raise ValidationFailed.at("$.public_key", "a raw 32-byte Ed25519 public key, base64url")
+    key = ApiKey(
+        id=key_id,
+        role=role,
+        partner_id=partner_id,
+        alg=alg,
+        scopes=" ".join(scopes),
+        secret_sealed=sealed,
+        public_key=raw_public,
+        created_at=now,
+        expires_at=expires_at,
+        revoked_at=None,
+        last_used_at=None,
+    )
+    session.add(key)
+    session.flush()
+    return NewKey(key, secret)
+
+
+def has_operator_key(session: Session) -> bool:
+    """True once any operator key exists (``coalition init`` creates the first)."""
+    return session.scalar(select(ApiKey.id).where(ApiKey.role == "operator").limit(1)) is not None

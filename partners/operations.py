@@ -1,0 +1,669 @@
+"""The operations partners (and the operator) perform, each one short database transaction.
+
+:class:`Operations` is the one door to the ledger for the API, the jobs, the demo and the
+tests. Each method validates its input, turns money into points through the rate card in
+force, and posts to the ledger; a :class:`~coalition.errors.CoalitionError` means nothing
+changed. Passing ``session=`` runs the operation inside the caller's transaction (under a
+savepoint), which is the batched path the demo and bulk imports use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from coalition import ledger
+from coalition.config import Settings, Tier
+from coalition.db import transaction, utcnow
+from coalition.errors import (
+    CoalitionError,
+    CurrencyMismatch,
+    DuplicateReference,
+    HoldNotActive,
+    NotFound,
+    ReversalExceedsOriginal,
+    ValidationFailed,
+)
+from coalition.ids import new_id
+from coalition.ledger import MemberState, Posted
+from coalition.models import OPERATOR_ACCOUNTS, Hold, Lot, Transaction
+from coalition.money import MAX_POINTS, MoneyError, parse_amount, to_minor
+from partners.models import Partner
+from partners.rates import active_partner, burn_price, earn_points, get_partner, rate_card_at
+
+REFERENCE_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+MEMBER_ID_RE = re.compile(r"^mem_[A-Za-z0-9_-]{1,64}$")
+#: How far ahead of the server's clock an ``occurred_at`` may be (clock skew).
+CLOCK_SKEW = timedelta(minutes=5)
+REASON_MAX = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """What a member has, in plain terms."""
+
+    member_id: str
+    available: int
+    held: int
+    tier: str
+    expiring: list[tuple[int, datetime]]
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResult:
+    """A hold and the member's balance after the operation on it."""
+
+    hold: Hold
+    member: MemberState
+
+
+def _check_reference(reference: str, path: str = "$.reference") -> None:
+    if not isinstance(reference, str) or not REFERENCE_RE.match(reference):
+        raise ValidationFailed.at(path, "1 to 255 visible ASCII characters")
+
+
+def _check_points(points: int, path: str = "$.points") -> None:
+    if isinstance(points, bool) or not isinstance(points, int) or not 0 < points <= MAX_POINTS:
+        raise ValidationFailed.at(path, f"a whole number of points from 1 to {MAX_POINTS}")
+
+
+def _money(raw: str, currency: str, path: str) -> Decimal:
+    try:
+        return parse_amount(raw, currency, path=path)
+    except MoneyError as exc:
+        raise ValidationFailed.at(exc.path, str(exc)) from None
+
+
+def _check_currency(partner: Partner, currency: str) -> None:
+    if currency != partner.currency:
+        raise CurrencyMismatch(
+            f"partner {partner.id} settles in {partner.currency}, not {currency}",
+            expected=partner.currency,
+        )
+
+
+class Operations:
+    """Earn, burn, hold, capture, void, reverse, bonus, adjust, and expiry jobs."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.clock = clock
+
+    # --- transactions --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def unit(self, session: Session | None = None) -> Iterator[Session]:
+        """One operation's transaction: its own, or a savepoint in the caller's ``session``."""
+        if session is None:
+            with transaction(self.sessions) as own:
+                yield own
+        else:
+            with session.begin_nested():
+                yield session
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Session]:
+        """One transaction for many operations (pass it as ``session=``); commits at the end."""
+        with transaction(self.sessions) as session:
+            yield session
+
+    def _raise_duplicate(
+        self, session: Session | None, partner_id: str, kind: str, reference: str
+    ) -> None:
+        """After a unique-key race: name the transaction that holds the reference."""
+        with self.unit(session) as s:
+            existing = _find_reference(s, partner_id, kind, reference)
+        if existing is not None:
+            raise DuplicateReference(
+                f"reference {reference!r} was already used by {existing}",
+                transaction_id=existing,
+            )
+
+    # --- members -------------------------------------------------------------------------
+
+    def create_member(
+        self, member_id: str | None = None, *, session: Session | None = None
+    ) -> tuple[str, bool]:
+        """Create a member (optionally with the caller's ``mem_`` id); (id, created)."""
+        if member_id is not None and not MEMBER_ID_RE.match(member_id):
+            raise ValidationFailed.at("$.member_id", "mem_ followed by 1 to 64 of [A-Za-z0-9_-]")
+        try:
+            with self.unit(session) as s:
+                return ledger.create_member(s, member_id, self.clock())
+        except IntegrityError:
+            # Two creations of one id raced; the other one made it.
+            if member_id is None:
+                raise
+            return member_id, False
+
+    def balance(self, member_id: str, *, session: Session | None = None) -> Balance:
+        """Available and held points, tier and upcoming expiries of a member."""
+        now = self.clock()
+        with self.unit(session) as s:
+            state = ledger.member_state(s, member_id)
+            tier = self._tier(s, member_id, now)
+            expiring = ledger.expiring_lots(s, member_id)
+        return Balance(member_id, state.available, state.held, tier.name, expiring)
+
+    def _tier(self, session: Session, member_id: str, at: datetime) -> Tier:
+        since = at - timedelta(days=self.settings.tier_window_days)
+        return ledger.tier_for(
+            ledger.qualifying_points(session, member_id, since), self.settings.tiers
+        )
+
+    def _expires_at(self, start: datetime) -> datetime:
+        return start + ledger.points_validity(self.settings.points_validity_days)
+
+    def _settle_due(self, session: Session, member_id: str, now: datetime) -> None:
+        """Release the member's expired holds and expire its due lots before it acts again."""
+        due_lots, due_holds = session.execute(
+            select(
+                select(func.count())
+                .where(Lot.member_id == member_id, Lot.remaining > 0, Lot.expires_at <= now)
+                .scalar_subquery(),
+                select(func.count())
+                .where(Hold.member_id == member_id, Hold.status == "active", Hold.expires_at <= now)
+                .scalar_subquery(),
+            )
+        ).one()
+        if due_holds:
+            for hold in ledger.member_due_holds(session, member_id, now):
+                ledger.release_hold(session, hold=hold, status="expired", now=now)
+        if due_lots:
+            ledger.expire_member_lots(session, member_id, now)
+
+    # --- partner operations --------------------------------------------------------------
+
+    def earn(
+        self,
+        partner_id: str,
+        *,
+        member_id: str,
+        reference: str,
+        amount: str,
+        currency: str,
+        occurred_at: datetime | None = None,
+        session: Session | None = None,
+    ) -> Posted:
+        """Points for a purchase: floor(amount x earn rate x tier multiplier), in a new lot."""
+        _check_reference(reference)
+        now = self.clock()
+        occurred = occurred_at or now
+        if occurred > now + CLOCK_SKEW:
+            raise ValidationFailed.at("$.occurred_at", "may not be in the future")
+        if self._expires_at(occurred) <= now:
+            raise ValidationFailed.at("$.occurred_at", "points earned then would have expired")
+        try:
+            with self.unit(session) as s:
+                partner = active_partner(s, partner_id)
+                _check_currency(partner, currency)
+                spend = _money(amount, currency, "$.amount")
+                self._refuse_used_reference(s, partner_id, "earn", reference)
+                ledger.member_state(s, member_id)
+                card = rate_card_at(s, partner_id, occurred)
+                tier = self._tier(s, member_id, occurred)
+                points = earn_points(spend, card, tier.multiplier)
+                if points < 1:
+                    raise ValidationFailed.at(
+                        "$.amount", f"{amount} {currency} earns no points at the rate in force"
+                    )
+                _check_points(points, "$.amount")
+                return ledger.credit(
+                    s,
+                    member_id=member_id,
+                    points=points,
+                    from_account=partner.issued_account_id,
+                    origin_partner_id=partner_id,
+                    expires_at=self._expires_at(occurred),
+                    values={
+                        "id": new_id("txn"),
+                        "kind": "earn",
+                        "partner_id": partner_id,
+                        "reference": reference,
+                        "amount_minor": to_minor(spend, currency),
+                        "currency": currency,
+                        "rate_card_id": card.id,
+                        "tier": tier.name,
+                        "occurred_at": occurred,
+                        "posted_at": now,
+                    },
+                )
+        except IntegrityError:
+            self._raise_duplicate(session, partner_id, "earn", reference)
+            raise
+
+    def burn(
+        self,
+        partner_id: str,
+        *,
+        member_id: str,
+        reference: str,
+        points: int | None = None,
+        amount: str | None = None,
+        currency: str | None = None,
+        basket_amount: str | None = None,
+        session: Session | None = None,
+    ) -> Posted:
+        """Spend points at the partner, given points or an amount to pay (ceil)."""
+        _check_reference(reference)
+        if (points is None) == (amount is None):
+            raise ValidationFailed.at("$", "give either points or amount and currency")
+        if points is not None:
+            _check_points(points)
+        if amount is not None and currency is None:
+            raise ValidationFailed.at("$.currency", "required with amount")
+        now = self.clock()
+        try:
+            with self.unit(session) as s:
+                partner = active_partner(s, partner_id)
+                if currency is not None:
+                    _check_currency(partner, currency)
+                spend = _money(amount, partner.currency, "$.amount") if amount else None
+                basket = (
+                    _money(basket_amount, partner.currency, "$.basket_amount")
+                    if basket_amount is not None
+                    else None
+                )
+                self._refuse_used_reference(s, partner_id, "burn", reference)
+                ledger.member_state(s, member_id)
+                card = rate_card_at(s, partner_id, now)
+                price = burn_price(
+                    card, partner.currency, points=points, amount=spend, basket_amount=basket
+                )
+                self._settle_due(s, member_id, now)
+                return ledger.debit(
+                    s,
+                    member_id=member_id,
+                    points=price.points,
+                    to_account=partner.redeemed_account_id,
+                    values={
+                        "id": new_id("txn"),
+                        "kind": "burn",
+                        "partner_id": partner_id,
+                        "reference": reference,
+                        "amount_minor": price.amount_minor,
+                        "currency": partner.currency,
+                        "rate_card_id": card.id,
+                        "occurred_at": now,
+                        "posted_at": now,
+                    },
+                )
+        except IntegrityError:
+            self._raise_duplicate(session, partner_id, "burn", reference)
+            raise
+
+    def hold(
+        self,
+        partner_id: str,
+        *,
+        member_id: str,
+        reference: str,
+        points: int,
+        expires_in: int | None = None,
+        session: Session | None = None,
+    ) -> HoldResult:
+        """Reserve points at checkout, to capture or void later; they expire unless captured."""
+        _check_reference(reference)
+        _check_points(points)
+        seconds = self.settings.hold_default_expiry_s if expires_in is None else expires_in
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int)
+            or not 0 < seconds <= self.settings.hold_max_expiry_s
+        ):
+            raise ValidationFailed.at(
+                "$.expires_in", f"seconds from 1 to {self.settings.hold_max_expiry_s}"
+            )
+        now = self.clock()
+        try:
+            with self.unit(session) as s:
+                active_partner(s, partner_id)
+                existing = s.scalar(
+                    select(Hold.id).where(
+                        Hold.partner_id == partner_id, Hold.reference == reference
+                    )
+                )
+                if existing is not None:
+                    raise DuplicateReference(
+                        f"reference {reference!r} was already used by {existing}", hold_id=existing
+                    )
+                ledger.member_state(s, member_id)
+                rate_card_at(s, partner_id, now)
+                self._settle_due(s, member_id, now)
+                hold, state = ledger.place_hold(
+                    s,
+                    partner_id=partner_id,
+                    member_id=member_id,
+                    reference=reference,
+                    points=points,
+                    expires_at=now + timedelta(seconds=seconds),
+                    now=now,
+                )
+                return HoldResult(hold, state)
+        except IntegrityError:
+            with self.unit(session) as s:
+                existing = s.scalar(
+                    select(Hold.id).where(
+                        Hold.partner_id == partner_id, Hold.reference == reference
+                    )
+                )
+            if existing is None:
+                raise
+            raise DuplicateReference(
+                f"reference {reference!r} was already used by {existing}", hold_id=existing
+            ) from None
+
+    def get_hold(self, partner_id: str, hold_id: str, *, session: Session | None = None) -> Hold:
+        """The partner's hold (another partner's is not found)."""
+        with self.unit(session) as s:
+            hold = s.scalars(
+                select(Hold).where(Hold.id == hold_id, Hold.partner_id == partner_id)
+            ).first()
+            if hold is None:
+                raise NotFound(f"no hold {hold_id!r}")
+            s.expunge(hold)
+            return hold
+
+    def _active_hold(self, s: Session, partner_id: str, hold_id: str, now: datetime) -> Hold:
+        hold = ledger.lock_hold(s, hold_id, partner_id)
+        if hold is None:
+            raise NotFound(f"no hold {hold_id!r}")
+        if hold.status != "active":
+            raise HoldNotActive(f"hold {hold_id} is {hold.status}", status=hold.status)
+        if hold.expires_at <= now:
+            raise HoldNotActive(
+                f"hold {hold_id} expired at {hold.expires_at.isoformat()}", status="expired"
+            )
+        return hold
+
+    def capture(
+        self,
+        partner_id: str,
+        hold_id: str,
+        *,
+        points: int | None = None,
+        session: Session | None = None,
+    ) -> Posted:
+        """Burn the held points (or fewer: the rest is released)."""
+        if points is not None:
+            _check_points(points)
+        now = self.clock()
+        with self.unit(session) as s:
+            hold = self._active_hold(s, partner_id, hold_id, now)
+            take = hold.points if points is None else points
+            if take > hold.points:
+                raise ValidationFailed.at("$.points", f"at most the held {hold.points} points")
+            partner = get_partner(s, partner_id)
+            card = rate_card_at(s, partner_id, now)
+            price = burn_price(card, partner.currency, points=take, amount=None, basket_amount=None)
+            return ledger.capture_hold(
+                s,
+                hold=hold,
+                points=take,
+                to_account=partner.redeemed_account_id,
+                values={
+                    "id": new_id("txn"),
+                    "kind": "burn",
+                    "partner_id": partner_id,
+                    "amount_minor": price.amount_minor,
+                    "currency": partner.currency,
+                    "rate_card_id": card.id,
+                    "occurred_at": now,
+                    "posted_at": now,
+                },
+                now=now,
+            )
+
+    def void(self, partner_id: str, hold_id: str, *, session: Session | None = None) -> HoldResult:
+        """Release an active hold's points."""
+        now = self.clock()
+        with self.unit(session) as s:
+            hold = self._active_hold(s, partner_id, hold_id, now)
+            state = ledger.release_hold(s, hold=hold, status="voided", now=now)
+            hold.status, hold.closed_at = "voided", now
+            return HoldResult(hold, state)
+
+    def reverse(
+        self,
+        partner_id: str,
+        txn_id: str,
+        *,
+        reference: str,
+        points: int | None = None,
+        session: Session | None = None,
+    ) -> Posted:
+        """Reverse an earn or a burn of the partner, fully or in part, never beyond what is left."""
+        _check_reference(reference)
+        if points is not None:
+            _check_points(points)
+        now = self.clock()
+        kind = "?"
+        try:
+            with self.unit(session) as s:
+                original = ledger.lock_transaction(s, txn_id)
+                if original is None or original.partner_id != partner_id:
+                    raise NotFound(f"no transaction {txn_id!r}")
+                if original.kind not in ("earn", "burn"):
+                    raise ValidationFailed.at("$", f"a {original.kind} cannot be reversed")
+                kind = f"{original.kind}_reversal"
+                partner = get_partner(s, partner_id)
+                self._refuse_used_reference(s, partner_id, kind, reference)
+                done = ledger.reversed_points(s, txn_id)
+                left = original.points - done
+                take = left if points is None else points
+                if take > left or left == 0:
+                    raise ReversalExceedsOriginal(
+                        f"{txn_id} has {left} of {original.points} points left to reverse",
+                        remaining_points=left,
+                    )
+                values = {
+                    "id": new_id("txn"),
+                    "kind": kind,
+                    "partner_id": partner_id,
+                    "reference": reference,
+                    "currency": original.currency,
+                    "amount_minor": self._reversal_amount(s, original, take, left),
+                    "rate_card_id": original.rate_card_id,
+                    "reverses": original.id,
+                    "occurred_at": now,
+                    "posted_at": now,
+                }
+                if original.kind == "earn":
+                    return ledger.reverse_earn(
+                        s,
+                        original=original,
+                        points=take,
+                        to_account=partner.issued_account_id,
+                        values=values,
+                    )
+                return ledger.reverse_burn(
+                    s,
+                    original=original,
+                    points=take,
+                    from_account=partner.redeemed_account_id,
+                    values=values,
+                )
+        except IntegrityError:
+            self._raise_duplicate(session, partner_id, kind, reference)
+            raise
+
+    @staticmethod
+    def _reversal_amount(s: Session, original: Transaction, take: int, left: int) -> int | None:
+        """The money a reversal stands for: pro rata, the last one taking the exact remainder."""
+        if original.amount_minor is None:
+            return None
+        if take == left:
+            prior = s.scalar(
+                select(func.coalesce(func.sum(Transaction.amount_minor), 0)).where(
+                    Transaction.reverses == original.id
+                )
+            )
+            return original.amount_minor - int(prior or 0)
+        share = Decimal(original.amount_minor) * take / original.points
+        return int(share.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+    def get_transaction(
+        self, partner_id: str | None, txn_id: str, *, session: Session | None = None
+    ) -> Transaction:
+        """A transaction; a partner sees only its own (``partner_id=None``: the operator)."""
+        with self.unit(session) as s:
+            txn = s.get(Transaction, txn_id)
+            if txn is None or (partner_id is not None and txn.partner_id != partner_id):
+                raise NotFound(f"no transaction {txn_id!r}")
+            s.expunge(txn)
+            return txn
+
+    def _refuse_used_reference(self, s: Session, partner_id: str, kind: str, ref: str) -> None:
+        existing = _find_reference(s, partner_id, kind, ref)
+        if existing is not None:
+            raise DuplicateReference(
+                f"reference {ref!r} was already used by {existing}", transaction_id=existing
+            )
+
+    # --- operator operations -------------------------------------------------------------
+
+    def bonus(
+        self,
+        *,
+        member_id: str,
+        points: int,
+        reason: str,
+        funded_by: str,
+        session: Session | None = None,
+    ) -> Posted:
+        """Points for an action (sign-up, referral...), funded by a partner (billed like an
+        earn, at its issue price) or by the coalition."""
+        _check_points(points)
+        _check_reason(reason)
+        now = self.clock()
+        with self.unit(session) as s:
+            ledger.member_state(s, member_id)
+            partner_id: str | None = None
+            card_id: str | None = None
+            from_account = OPERATOR_ACCOUNTS["operator_bonus"]
+            if funded_by != "coalition":
+                try:
+                    partner = get_partner(s, funded_by)
+                except NotFound:
+                    raise ValidationFailed.at(
+                        "$.funded_by", "a partner id or 'coalition'"
+                    ) from None
+                partner_id, from_account = partner.id, partner.issued_account_id
+                card_id = rate_card_at(s, partner.id, now).id
+            return ledger.credit(
+                s,
+                member_id=member_id,
+                points=points,
+                from_account=from_account,
+                origin_partner_id=partner_id,
+                expires_at=self._expires_at(now),
+                values={
+                    "id": new_id("txn"),
+                    "kind": "bonus",
+                    "partner_id": partner_id,
+                    "rate_card_id": card_id,
+                    "reason": reason,
+                    "occurred_at": now,
+                    "posted_at": now,
+                },
+            )
+
+    def adjust(
+        self, *, member_id: str, points: int, reason: str, session: Session | None = None
+    ) -> Posted:
+        """An operator's correction of a member's balance (+ adds a lot, - spends available)."""
+        if isinstance(points, bool) or not isinstance(points, int) or points == 0:
+            raise ValidationFailed.at("$.points", "a non-zero whole number")
+        _check_points(abs(points))
+        _check_reason(reason)
+        now = self.clock()
+        values = {
+            "id": new_id("txn"),
+            "kind": "adjustment",
+            "reason": reason,
+            "occurred_at": now,
+            "posted_at": now,
+        }
+        with self.unit(session) as s:
+            ledger.member_state(s, member_id)
+            if points > 0:
+                return ledger.credit(
+                    s,
+                    member_id=member_id,
+                    points=points,
+                    from_account=OPERATOR_ACCOUNTS["operator_adjustment"],
+                    origin_partner_id=None,
+                    expires_at=self._expires_at(now),
+                    values=values,
+                )
+            self._settle_due(s, member_id, now)
+            return ledger.debit(
+                s,
+                member_id=member_id,
+                points=-points,
+                to_account=OPERATOR_ACCOUNTS["operator_adjustment"],
+                values=values,
+            )
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    def expire_holds(self, now: datetime | None = None) -> int:
+        """Release every active hold past its expiry; returns how many."""
+        at = now or self.clock()
+        count = 0
+        while True:
+            with transaction(self.sessions) as s:
+                holds = ledger.due_holds(s, at)
+                for hold in holds:
+                    ledger.release_hold(s, hold=hold, status="expired", now=at)
+            count += len(holds)
+            if len(holds) < ledger.EXPIRY_BATCH:
+                return count
+
+    def expire_points(self, now: datetime | None = None) -> int:
+        """Expire every lot past its date (breakage); returns the expiry transactions written."""
+        at = now or self.clock()
+        count = 0
+        after: str | None = None
+        while True:
+            with transaction(self.sessions) as s:
+                members = ledger.members_with_expired_lots(s, at, after)
+                for member_id in members:
+                    if ledger.expire_member_lots(s, member_id, at) is not None:
+                        count += 1
+            if len(members) < ledger.EXPIRY_BATCH:
+                return count
+            after = members[-1]
+
+
+def _check_reason(reason: str) -> None:
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > REASON_MAX:
+        raise ValidationFailed.at("$.reason", f"a reason of 1 to {REASON_MAX} characters")
+
+
+def _find_reference(s: Session, partner_id: str, kind: str, reference: str) -> str | None:
+    return s.scalar(
+        select(Transaction.id).where(
+            Transaction.partner_id == partner_id,
+            Transaction.kind == kind,
+            Transaction.reference == reference,
+            Transaction.hold_id.is_(None),
+        )
+    )
+
+
+__all__ = ["Balance", "CoalitionError", "HoldResult", "Operations"]

@@ -1,0 +1,260 @@
+"""Partners and their versioned rate cards; the arithmetic that turns money into points.
+
+Rounding rules (docs/recipes.md, "Money and rounding"):
+- earn: ``points = floor(amount x earn_points_per_unit x tier multiplier)``;
+- burn by points: ``amount = points x burn_value_per_point``, half-even to the currency exponent;
+- burn by amount: ``points = ceil(amount / burn_value_per_point)``, then the amount as above;
+- statement lines (settlement): ``points x unit_price``, half-even, once per line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from coalition.errors import (
+    BurnCapExceeded,
+    Conflict,
+    NotFound,
+    PartnerNotActive,
+    ValidationFailed,
+)
+from coalition.ids import new_id
+from coalition.models import Account
+from coalition.money import (
+    MAX_POINTS,
+    MoneyError,
+    ceil_points,
+    exponent,
+    floor_points,
+    round_money,
+    to_minor,
+)
+from partners.models import PARTNER_STATUSES, Partner, RateCard
+
+#: Rate-card values carry at most this many decimal places (the NUMERIC scale).
+RATE_SCALE = 12
+#: How far in the past a new rate card may start (clock skew between operator and server).
+RATE_CARD_BACKDATE = timedelta(minutes=5)
+RATE_FIELDS = (
+    "earn_points_per_unit",
+    "issue_price_per_point",
+    "burn_value_per_point",
+    "reimburse_price_per_point",
+)
+
+
+def create_partner(session: Session, *, name: str, currency: str, now: datetime) -> Partner:
+    """Onboard a partner (active) with its issued and redeemed ledger accounts."""
+    errors = []
+    if not name.strip() or len(name) > 200:
+        errors.append({"path": "$.name", "message": "a name of 1 to 200 characters"})
+    try:
+        exponent(currency)
+    except MoneyError as exc:
+        errors.append({"path": "$.currency", "message": str(exc)})
+    if errors:
+        raise ValidationFailed(errors)
+    issued = session.scalar(insert(Account).values(kind="partner_issued").returning(Account.id))
+    redeemed = session.scalar(insert(Account).values(kind="partner_redeemed").returning(Account.id))
+    assert issued is not None and redeemed is not None
+    partner = Partner(
+        id=new_id("prt"),
+        name=name.strip(),
+        currency=currency,
+        status="active",
+        issued_account_id=issued,
+        redeemed_account_id=redeemed,
+        created_at=now,
+    )
+    session.add(partner)
+    session.flush()
+    return partner
+
+
+def get_partner(session: Session, partner_id: str) -> Partner:
+    """The partner; :class:`NotFound` if there is none."""
+    partner = session.get(Partner, partner_id)
+    if partner is None:
+        raise NotFound(f"no partner {partner_id!r}")
+    return partner
+
+
+def update_partner(
+    session: Session,
+    partner_id: str,
+    *,
+    name: str | None = None,
+    currency: str | None = None,
+    status: str | None = None,
+) -> Partner:
+    """Rename, suspend or reactivate a partner; its currency changes only before any activity."""
+    partner = get_partner(session, partner_id)
+    values: dict[str, str] = {}
+    if name is not None:
+        if not name.strip() or len(name) > 200:
+            raise ValidationFailed.at("$.name", "a name of 1 to 200 characters")
+        values["name"] = name.strip()
+    if status is not None:
+        if status not in PARTNER_STATUSES:
+            raise ValidationFailed.at("$.status", f"one of {', '.join(PARTNER_STATUSES)}")
+        values["status"] = status
+    if currency is not None and currency != partner.currency:
+        try:
+            exponent(currency)
+        except MoneyError as exc:
+            raise ValidationFailed.at("$.currency", str(exc)) from None
+        if session.scalar(select(RateCard.id).where(RateCard.partner_id == partner_id).limit(1)):
+            raise Conflict("a partner's currency cannot change once it has a rate card")
+        values["currency"] = currency
+    if values:
+        session.execute(update(Partner).where(Partner.id == partner_id).values(**values))
+        session.refresh(partner)
+    return partner
+
+
+def active_partner(session: Session, partner_id: str) -> Partner:
+    """The partner, which must be active to earn, burn, hold or reverse."""
+    partner = get_partner(session, partner_id)
+    if partner.status != "active":
+        raise PartnerNotActive(f"partner {partner_id} is {partner.status}")
+    return partner
+
+
+def _rate(raw: object, path: str, *, positive: bool = False) -> Decimal:
+    try:
+        value = Decimal(str(raw)) if not isinstance(raw, Decimal) else raw
+    except (InvalidOperation, ValueError):
+        raise ValidationFailed.at(path, "a decimal number") from None
+    if not value.is_finite():
+        raise ValidationFailed.at(path, "a finite decimal number")
+    if value < 0 or (positive and value == 0):
+        raise ValidationFailed.at(path, "must be positive" if positive else "may not be negative")
+    if value != round(value, RATE_SCALE):
+        raise ValidationFailed.at(path, f"at most {RATE_SCALE} decimal places")
+    if value >= 10**18:
+        raise ValidationFailed.at(path, "too large")
+    return value
+
+
+def create_rate_card(
+    session: Session,
+    partner_id: str,
+    *,
+    earn_points_per_unit: object,
+    issue_price_per_point: object,
+    burn_value_per_point: object,
+    reimburse_price_per_point: object,
+    max_burn_share: object | None,
+    effective_from: datetime | None,
+    now: datetime,
+) -> RateCard:
+    """Add a rate-card version. It never replaces one in place and may not start in the past."""
+    get_partner(session, partner_id)
+    effective = effective_from or now
+    if effective < now - RATE_CARD_BACKDATE:
+        raise ValidationFailed.at("$.effective_from", "a rate card may not start in the past")
+    latest = session.scalar(
+        select(RateCard.effective_from)
+        .where(RateCard.partner_id == partner_id)
+        .order_by(RateCard.effective_from.desc())
+        .limit(1)
+    )
+    if latest is not None and effective <= latest:
+        raise ValidationFailed.at(
+            "$.effective_from", "must be later than the newest rate card's effective_from"
+        )
+    share = None
+    if max_burn_share is not None:
+        share = _rate(max_burn_share, "$.max_burn_share", positive=True)
+        if share > 1:
+            raise ValidationFailed.at("$.max_burn_share", "a share between 0 and 1")
+    card = RateCard(
+        id=new_id("rc"),
+        partner_id=partner_id,
+        effective_from=effective,
+        earn_points_per_unit=_rate(earn_points_per_unit, "$.earn_points_per_unit"),
+        issue_price_per_point=_rate(issue_price_per_point, "$.issue_price_per_point"),
+        burn_value_per_point=_rate(burn_value_per_point, "$.burn_value_per_point", positive=True),
+        reimburse_price_per_point=_rate(reimburse_price_per_point, "$.reimburse_price_per_point"),
+        max_burn_share=share,
+        created_at=now,
+    )
+    session.add(card)
+    session.flush()
+    return card
+
+
+def rate_card_at(session: Session, partner_id: str, at: datetime) -> RateCard:
+    """The partner's rate card in force at ``at``; :class:`PartnerNotActive` if none was yet."""
+    card = session.scalars(
+        select(RateCard)
+        .where(RateCard.partner_id == partner_id, RateCard.effective_from <= at)
+        .order_by(RateCard.effective_from.desc())
+        .limit(1)
+    ).first()
+    if card is None:
+        raise PartnerNotActive(
+            f"partner {partner_id} has no rate card in force at {at.isoformat()}"
+        )
+    return card
+
+
+def list_rate_cards(session: Session, partner_id: str) -> list[RateCard]:
+    """Every version of the partner's rate card, newest first."""
+    get_partner(session, partner_id)
+    return list(
+        session.scalars(
+            select(RateCard)
+            .where(RateCard.partner_id == partner_id)
+            .order_by(RateCard.effective_from.desc())
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BurnPrice:
+    """Points and money of a burn."""
+
+    points: int
+    amount_minor: int
+
+
+def earn_points(amount: Decimal, card: RateCard, multiplier: Decimal) -> int:
+    """Points for a spend: floor(amount x earn_points_per_unit x multiplier)."""
+    return floor_points(amount * card.earn_points_per_unit * multiplier)
+
+
+def burn_price(
+    card: RateCard,
+    currency: str,
+    *,
+    points: int | None,
+    amount: Decimal | None,
+    basket_amount: Decimal | None,
+) -> BurnPrice:
+    """Price a burn given points or an amount; enforce the basket cap when a basket is given.
+
+    Without ``max_burn_share`` points may still pay at most the whole basket.
+    """
+    assert (points is None) != (amount is None)
+    if points is None:
+        assert amount is not None
+        points = ceil_points(amount / card.burn_value_per_point)
+    if points > MAX_POINTS:
+        raise ValidationFailed.at("$.points", f"at most {MAX_POINTS} points in one operation")
+    value = round_money(points * card.burn_value_per_point, currency)
+    if basket_amount is not None:
+        share = card.max_burn_share if card.max_burn_share is not None else Decimal(1)
+        cap = basket_amount * share
+        if value > cap:
+            raise BurnCapExceeded(
+                f"points may pay at most {cap.normalize():f} {currency} of this basket "
+                f"({share.normalize():f} of {basket_amount}); this burn is worth {value}",
+                max_amount=str(round_money(cap, currency)),
+            )
+    return BurnPrice(points, to_minor(value, currency))

@@ -1,0 +1,222 @@
+"""Fixtures: a migrated database per test (SQLite file or a PostgreSQL clone), a clock that
+tests move by hand, and :class:`~partners.operations.Operations` over both.
+
+PostgreSQL comes from ``COALITION_TEST_DATABASE_URL`` (default: the local server's
+``coalition_test``). Each test gets its own database cloned from a migrated template. Without a
+reachable server the PostgreSQL tests skip, except under CI (``CI`` set), where they fail.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from coalition.config import Settings
+from coalition.db import make_engine, migrate, session_factory, transaction
+from partners.models import Partner, RateCard
+from partners.operations import Operations
+from partners.rates import create_partner, create_rate_card
+
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/coalition_test"
+PG_URL = os.environ.get("COALITION_TEST_DATABASE_URL", DEFAULT_PG)
+START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+_counter = itertools.count()
+
+
+@dataclass
+class Clock:
+    """The time the service sees; tests move it explicitly."""
+
+    now: datetime = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+@dataclass
+class Db:
+    """A migrated database for one test."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+    backend: str
+    clock: Clock = field(default_factory=Clock)
+    settings: Settings = field(
+        default_factory=lambda: Settings(secret_key=b"k" * 32, hold_default_expiry_s=900)
+    )
+
+    @property
+    def ops(self) -> Operations:
+        return Operations(self.settings, self.sessions, self.clock)
+
+    def partner(
+        self,
+        currency: str = "EUR",
+        *,
+        earn: str = "1",
+        issue: str = "0.01",
+        burn: str = "0.01",
+        reimburse: str = "0.008",
+        max_burn_share: str | None = None,
+        name: str = "Partner",
+    ) -> Partner:
+        """An active partner with a rate card in force from the clock's now."""
+        with transaction(self.sessions) as s:
+            partner = create_partner(s, name=name, currency=currency, now=self.clock())
+            self.rate_card(
+                partner.id, earn=earn, issue=issue, burn=burn, reimburse=reimburse,
+                max_burn_share=max_burn_share, session=s,
+            )
+            return partner
+
+    def rate_card(
+        self,
+        partner_id: str,
+        *,
+        earn: str = "1",
+        issue: str = "0.01",
+        burn: str = "0.01",
+        reimburse: str = "0.008",
+        max_burn_share: str | None = None,
+        effective_from: datetime | None = None,
+        session: Session | None = None,
+    ) -> RateCard:
+        def make(s: Session) -> RateCard:
+            return create_rate_card(
+                s,
+                partner_id,
+                earn_points_per_unit=Decimal(earn),
+                issue_price_per_point=Decimal(issue),
+                burn_value_per_point=Decimal(burn),
+                reimburse_price_per_point=Decimal(reimburse),
+                max_burn_share=Decimal(max_burn_share) if max_burn_share else None,
+                effective_from=effective_from,
+                now=self.clock(),
+            )
+
+        if session is not None:
+            return make(session)
+        with transaction(self.sessions) as s:
+            return make(s)
+
+    def member(self, points: int = 0, partner: Partner | None = None) -> str:
+        """A member, optionally holding ``points`` earned at ``partner`` (1 point per unit)."""
+        member_id, _ = self.ops.create_member()
+        if points:
+            assert partner is not None
+            self.ops.earn(
+                partner.id, member_id=member_id, reference=f"seed-{next(_counter)}",
+                amount=str(points), currency=partner.currency,
+            )
+        return member_id
+
+
+def _sqlite(tmp_path: Path) -> Engine:
+    engine = make_engine(f"sqlite:///{tmp_path / 'test.sqlite3'}")
+    migrate(engine)
+    return engine
+
+
+_TEMPLATE_READY: dict[str, bool] = {}
+
+
+def _admin_conninfo(url: str) -> tuple[str, str]:
+    parsed = make_url(url)
+    base = parsed.database or "coalition_test"
+    admin = parsed.set(drivername="postgresql", database="postgres")
+    return admin.render_as_string(hide_password=False), base
+
+
+def postgres_available() -> bool:
+    admin, _ = _admin_conninfo(PG_URL)
+    try:
+        psycopg.connect(admin, connect_timeout=3).close()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+def _pg_clone() -> tuple[Engine, str]:
+    admin, base = _admin_conninfo(PG_URL)
+    template = f"{base}_template"
+    if not _TEMPLATE_READY.get(template):
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{template}"')
+        engine = make_engine(make_url(PG_URL).set(database=template).render_as_string(False))
+        migrate(engine)
+        engine.dispose()
+        _TEMPLATE_READY[template] = True
+    name = f"{base}_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    return make_engine(url, pool_size=5, max_overflow=60), name
+
+
+def _pg_drop(name: str) -> None:
+    admin, _ = _admin_conninfo(PG_URL)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_PG_OK: list[bool] = []
+
+
+def require_postgres() -> None:
+    """Skip (or, under CI, fail) when PostgreSQL is not reachable."""
+    if not _PG_OK:
+        _PG_OK.append(postgres_available())
+    if not _PG_OK[0]:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL tests must run in CI, but {PG_URL} is unreachable")
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
+    """A fresh migrated database: once on SQLite, once on PostgreSQL."""
+    if request.param == "sqlite":
+        engine = _sqlite(tmp_path)
+        yield Db(engine, session_factory(engine), "sqlite")
+        engine.dispose()
+        shutil.rmtree(tmp_path, ignore_errors=True)
+        return
+    require_postgres()
+    engine, name = _pg_clone()
+    yield Db(engine, session_factory(engine), "postgres")
+    engine.dispose()
+    _pg_drop(name)
+
+
+@pytest.fixture
+def pg() -> Iterator[Db]:
+    """A fresh migrated PostgreSQL database (for concurrency, locking and isolation tests)."""
+    require_postgres()
+    engine, name = _pg_clone()
+    yield Db(engine, session_factory(engine), "postgres")
+    engine.dispose()
+    _pg_drop(name)
+
+
+@pytest.fixture
+def lite(tmp_path: Path) -> Iterator[Db]:
+    """A fresh migrated SQLite database (quick unit tests)."""
+    engine = _sqlite(tmp_path)
+    yield Db(engine, session_factory(engine), "sqlite")
+    engine.dispose()
