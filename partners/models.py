@@ -90,3 +90,14 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RequestNonce(Base):
+    """A signature ``nonce`` seen for a key, kept until the signature could no longer verify."""
+
+    __tablename__ = "request_nonces"
+    __table_args__ = (Index("ix_request_nonces_expires", "expires_at"),)
+
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Engine
 
+import coalition.idempotency
 import coalition.models
 import partners.models  # noqa: F401  (registers the partners' tables on the metadata)
 from coalition.db import Base
@@ -21,4 +22,4 @@ with engine.connect() as connection:
     with context.begin_transaction():
         context.run_migrations()
     connection.commit()
-assert coalition.models
+assert coalition.models and coalition.idempotency
