@@ -85,3 +85,48 @@ class PartnerNotActive(CoalitionError):
 class Conflict(CoalitionError):
     code = "conflict"
     title = "The request conflicts with the current state"
+
+
+class SignatureInvalid(CoalitionError):
+    """A request whose HTTP Message Signature does not verify; ``extra["reason"]`` says which
+    check failed (``unknown-key``, ``bad-signature``, ``stale``, ``digest-mismatch``...)."""
+
+    code = "signature-invalid"
+    title = "The request signature is not valid"
+
+
+class Forbidden(CoalitionError):
+    """A valid key without the scope or role the endpoint needs."""
+
+    code = "forbidden"
+    title = "This key may not do that"
+
+
+class IdempotencyKeyMissing(CoalitionError):
+    code = "idempotency-key-missing"
+    title = "Idempotency-Key header required"
+
+
+class IdempotencyKeyReused(CoalitionError):
+    code = "idempotency-key-reused"
+    title = "Idempotency-Key was used with a different request"
+
+
+class IdempotencyKeyInUse(CoalitionError):
+    code = "idempotency-key-in-use"
+    title = "A request with this Idempotency-Key is still running"
+
+
+class PayloadTooLarge(CoalitionError):
+    code = "payload-too-large"
+    title = "The request body is too large"
+
+
+class Unavailable(CoalitionError):
+    code = "unavailable"
+    title = "The service is unavailable"
+
+
+class StatementClosed(CoalitionError):
+    code = "statement-closed"
+    title = "The statement can no longer change"
