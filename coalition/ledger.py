@@ -597,9 +597,15 @@ def reverse_burn(
     original: Transaction,
     points: int,
     from_account: int,
+    expires_at: datetime,
     values: dict[str, Any],
 ) -> Posted:
-    """Give back ``points`` of a burn to the lots it took them from, latest-expiring first."""
+    """Give back ``points`` of a burn to the lots it took them from, latest-expiring first.
+
+    Points a capture took from the member's deficit (beyond its lots) come back as a new lot
+    with no origin expiring at ``expires_at``; a deficit still open is then filled as after any
+    credit. The deficit lot itself is never restored into: a later credit may have filled it.
+    """
     assert points > 0
     member_id = original.member_id
     member_acct = member_account(session, member_id)
@@ -624,9 +630,8 @@ def reverse_burn(
     lots = session.execute(
         select(Lot.id, Lot.origin_partner_id, Lot.remaining, net_taken.c.net)
         .join(net_taken, net_taken.c.lot_id == Lot.id)
-        .where(net_taken.c.net < 0)
-        # A deficit the burn deepened is repaid first; then latest-expiring lots.
-        .order_by(Lot.is_deficit.desc(), Lot.expires_at.desc(), Lot.id.desc())
+        .where(net_taken.c.net < 0, Lot.is_deficit.is_(False))
+        .order_by(Lot.expires_at.desc(), Lot.id.desc())
     ).all()
     moves: list[tuple[int, str | None, int, int]] = []
     left = points
@@ -636,8 +641,16 @@ def reverse_burn(
         left -= back
         if left == 0:
             break
-    assert left == 0, (original.id, points, left)
     _move(session, txn.id, moves)
+    if left:
+        _add_lot(
+            session,
+            member_id=member_id,
+            txn_id=txn.id,
+            points=left,
+            origin_partner_id=None,
+            expires_at=expires_at,
+        )
     if state.balance - points < 0:
         _fill_deficit(session, member_id, txn.id)
     return Posted(txn, state)

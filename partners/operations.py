@@ -495,6 +495,7 @@ class Operations:
                     original=original,
                     points=take,
                     from_account=partner.redeemed_account_id,
+                    expires_at=self._expires_at(now),
                     values=values,
                 )
         except IntegrityError:
