@@ -8,22 +8,25 @@ reachable server the PostgreSQL tests skip, except under CI (``CI`` set), where 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from sqlalchemy import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from coalition.check import Finding, run_checks
 from coalition.config import Settings
-from coalition.db import make_engine, migrate, session_factory, transaction
+from coalition.db import MIGRATIONS_DIR, make_engine, migrate, session_factory, transaction
 from partners.models import Partner, RateCard
 from partners.operations import Operations
 from partners.rates import create_partner, create_rate_card
@@ -64,6 +67,25 @@ class Db:
     def ops(self) -> Operations:
         return Operations(self.settings, self.sessions, self.clock)
 
+    @property
+    def url(self) -> str:
+        """The database URL (what ``COALITION_DATABASE_URL`` would say)."""
+        return self.engine.url.render_as_string(hide_password=False)
+
+    def configure(self, **changes: Any) -> None:
+        """Change settings (``points_validity_days=30``...) for the operations that follow."""
+        self.settings = replace(self.settings, **changes)
+
+    def violations(self) -> dict[int, list[str]]:
+        """``coalition check`` on this database: violations per broken invariant."""
+        with transaction(self.sessions) as s:
+            findings: list[Finding] = run_checks(s)
+        return {f.invariant: f.violations for f in findings if not f.ok}
+
+    def assert_ledger_ok(self) -> None:
+        """Every ledger invariant holds."""
+        assert self.violations() == {}
+
     def partner(
         self,
         currency: str = "EUR",
@@ -79,8 +101,13 @@ class Db:
         with transaction(self.sessions) as s:
             partner = create_partner(s, name=name, currency=currency, now=self.clock())
             self.rate_card(
-                partner.id, earn=earn, issue=issue, burn=burn, reimburse=reimburse,
-                max_burn_share=max_burn_share, session=s,
+                partner.id,
+                earn=earn,
+                issue=issue,
+                burn=burn,
+                reimburse=reimburse,
+                max_burn_share=max_burn_share,
+                session=s,
             )
             return partner
 
@@ -120,8 +147,11 @@ class Db:
         if points:
             assert partner is not None
             self.ops.earn(
-                partner.id, member_id=member_id, reference=f"seed-{next(_counter)}",
-                amount=str(points), currency=partner.currency,
+                partner.id,
+                member_id=member_id,
+                reference=f"seed-{next(_counter)}",
+                amount=str(points),
+                currency=partner.currency,
             )
         return member_id
 
@@ -151,17 +181,46 @@ def postgres_available() -> bool:
     return True
 
 
+def _template_name(base: str) -> str:
+    """The template's name follows the migrations' content, so it is rebuilt when they change
+    and shared, never dropped, by every test process that runs the same migrations."""
+    digest = hashlib.sha256()
+    for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"{base}_tpl_{digest.hexdigest()[:12]}"
+
+
+def _ensure_template(admin: str, base: str) -> str:
+    """Create the migrated template once, under an advisory lock (several pytest processes
+    may share one server); it is marked IS_TEMPLATE and closed to connections when ready, so
+    a clone never finds it busy."""
+    template = _template_name(base)
+    if _TEMPLATE_READY.get(template):
+        return template
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (template,))
+        try:
+            ready = conn.execute(
+                "SELECT datistemplate FROM pg_database WHERE datname = %s", (template,)
+            ).fetchone()
+            if ready is None or not ready[0]:
+                conn.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
+                conn.execute(f'CREATE DATABASE "{template}"')
+                url = make_url(PG_URL).set(database=template).render_as_string(False)
+                engine = make_engine(url)
+                migrate(engine)
+                engine.dispose()
+                conn.execute(f'ALTER DATABASE "{template}" WITH IS_TEMPLATE true')
+                conn.execute(f'ALTER DATABASE "{template}" WITH ALLOW_CONNECTIONS false')
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (template,))
+    _TEMPLATE_READY[template] = True
+    return template
+
+
 def _pg_clone() -> tuple[Engine, str]:
     admin, base = _admin_conninfo(PG_URL)
-    template = f"{base}_template"
-    if not _TEMPLATE_READY.get(template):
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{template}"')
-        engine = make_engine(make_url(PG_URL).set(database=template).render_as_string(False))
-        migrate(engine)
-        engine.dispose()
-        _TEMPLATE_READY[template] = True
+    template = _ensure_template(admin, base)
     name = f"{base}_{os.getpid()}_{next(_counter)}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
