@@ -181,37 +181,40 @@ def postgres_available() -> bool:
     return True
 
 
-def _template_name(base: str) -> str:
-    """The template's name follows the migrations' content, so it is rebuilt when they change
-    and shared, never dropped, by every test process that runs the same migrations."""
+def _migrations_digest() -> str:
     digest = hashlib.sha256()
     for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return f"{base}_tpl_{digest.hexdigest()[:12]}"
+    return digest.hexdigest()[:16]
 
 
 def _ensure_template(admin: str, base: str) -> str:
-    """Create the migrated template once, under an advisory lock (several pytest processes
-    may share one server); it is marked IS_TEMPLATE and closed to connections when ready, so
-    a clone never finds it busy."""
-    template = _template_name(base)
+    """The migrated template ``{base}_template``, built once and shared by every test process.
+
+    Several pytest processes may share one server: the template is (re)built under an advisory
+    lock only when its comment does not name the current migrations' digest, and it is closed
+    to connections once ready, so cloning it never finds it busy.
+    """
+    template = f"{base}_template"
     if _TEMPLATE_READY.get(template):
         return template
+    digest = _migrations_digest()
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (template,))
         try:
-            ready = conn.execute(
-                "SELECT datistemplate FROM pg_database WHERE datname = %s", (template,)
+            row = conn.execute(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                (template,),
             ).fetchone()
-            if ready is None or not ready[0]:
+            if row is None or row[0] != digest:
                 conn.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
                 conn.execute(f'CREATE DATABASE "{template}"')
                 url = make_url(PG_URL).set(database=template).render_as_string(False)
                 engine = make_engine(url)
                 migrate(engine)
                 engine.dispose()
-                conn.execute(f'ALTER DATABASE "{template}" WITH IS_TEMPLATE true')
                 conn.execute(f'ALTER DATABASE "{template}" WITH ALLOW_CONNECTIONS false')
+                conn.execute(f"COMMENT ON DATABASE \"{template}\" IS '{digest}'")
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (template,))
     _TEMPLATE_READY[template] = True
