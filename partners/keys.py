@@ -11,15 +11,16 @@ import base64
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, defer
 
-from coalition.errors import ValidationFailed
+from coalition.errors import NotFound, ValidationFailed
 from coalition.ids import new_id
-from partners.models import KEY_ALGS, PARTNER_SCOPES, ApiKey
+from partners.models import KEY_ALGS, KEY_ROLES, PARTNER_SCOPES, ApiKey, Partner
 
 NONCE_BYTES = 12
 SECRET_BYTES = 32
@@ -73,7 +74,14 @@ def create_key(
     expires_at: datetime | None,
     now: datetime,
 ) -> NewKey:
-    """Create an API key. HMAC: the service makes the secret. Ed25519: the partner's public key."""
+    """Create an API key. HMAC: the service makes the secret. Ed25519: the partner's public key.
+
+    Partner keys carry scopes (a non-empty set from :data:`PARTNER_SCOPES`); operator and
+    finance keys carry none (their role decides what they may do). NotFound for an unknown
+    partner.
+    """
+    if role not in KEY_ROLES:
+        raise ValidationFailed.at("$.role", f"one of {', '.join(KEY_ROLES)}")
     if alg not in KEY_ALGS:
         raise ValidationFailed.at("$.alg", f"one of {', '.join(KEY_ALGS)}")
     if role == "partner":
@@ -82,6 +90,13 @@ def create_key(
             raise ValidationFailed.at(
                 "$.scopes", f"a non-empty list of distinct scopes from {', '.join(PARTNER_SCOPES)}"
             )
+        if partner_id is None or session.get(Partner, partner_id) is None:
+            raise NotFound(f"no partner {partner_id}")
+    else:
+        if scopes:
+            raise ValidationFailed.at("$.scopes", f"{role} keys carry no scopes")
+        if partner_id is not None:
+            raise ValidationFailed.at("$.partner_id", f"{role} keys belong to no partner")
     if expires_at is not None and expires_at <= now:
         raise ValidationFailed.at("$.expires_at", "must be in the future")
     key_id = new_id("key")
@@ -121,3 +136,51 @@ def create_key(
 def has_operator_key(session: Session) -> bool:
     """True once any operator key exists (``coalition init`` creates the first)."""
     return session.scalar(select(ApiKey.id).where(ApiKey.role == "operator").limit(1)) is not None
+
+
+def _without_secret() -> Any:
+    """Load option: the sealed secret is not loaded, and touching it raises."""
+    return defer(ApiKey.secret_sealed, raiseload=True)
+
+
+def get_key(session: Session, key_id: str) -> ApiKey:
+    """One key (its sealed secret not loaded); NotFound if there is no such key."""
+    key = session.get(ApiKey, key_id, options=[_without_secret()])
+    if key is None:
+        raise NotFound(f"no key {key_id}")
+    return key
+
+
+def list_keys(session: Session, partner_id: str) -> list[ApiKey]:
+    """A partner's keys, oldest first, revoked and expired ones included (their timestamps say
+    so); sealed secrets are not loaded. NotFound for an unknown partner."""
+    if session.get(Partner, partner_id) is None:
+        raise NotFound(f"no partner {partner_id}")
+    return list(
+        session.scalars(
+            select(ApiKey)
+            .where(ApiKey.partner_id == partner_id)
+            .options(_without_secret())
+            .order_by(ApiKey.created_at, ApiKey.id)
+        )
+    )
+
+
+def revoke_key(session: Session, key_id: str, now: datetime) -> ApiKey:
+    """Revoke a key from ``now`` on: its signatures are refused (``revoked-key``). Revoking a
+    revoked key changes nothing (the first ``revoked_at`` stays). NotFound if unknown."""
+    session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    key = session.scalars(
+        select(ApiKey)
+        .where(ApiKey.id == key_id)
+        .options(_without_secret())
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if key is None:
+        raise NotFound(f"no key {key_id}")
+    return key
