@@ -7,6 +7,7 @@ into ``partners``, ``settlement`` and ``api``, and only inside the command that 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -130,7 +131,21 @@ def jobs(rt: Runtime) -> list[object]:
     return [
         Job("hold-expiry", ops.expire_holds, every_s=5),
         Job("points-expiry", ops.expire_points, every_s=60),
+        Job("idempotency-purge", lambda: purge_idempotency_keys(rt), every_s=600),
     ]
+
+
+def purge_idempotency_keys(rt: Runtime) -> int:
+    """Delete idempotency records past their 24 h retention, batch by batch; how many."""
+    from coalition import idempotency
+
+    total = 0
+    while True:
+        with transaction(rt.sessions) as session:
+            deleted = idempotency.purge(session, utcnow())
+        total += deleted
+        if deleted < idempotency.PURGE_BATCH:
+            return total
 
 
 def cmd_worker(_args: argparse.Namespace) -> int:
@@ -140,6 +155,56 @@ def cmd_worker(_args: argparse.Namespace) -> int:
     rt = runtime()
     _require_schema(rt)
     run_blocking([j for j in jobs(rt) if isinstance(j, Job)])
+    return 0
+
+
+def _run_scheduler() -> None:
+    """The scheduler process of ``coalition serve`` (a child process of its own)."""
+    from coalition.scheduler import Job, run_blocking
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    rt = runtime()
+    with contextlib.suppress(KeyboardInterrupt):  # the parent stops it on shutdown
+        run_blocking([j for j in jobs(rt) if isinstance(j, Job)])
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the HTTP API with uvicorn (``--workers`` processes) and, unless
+    ``--no-scheduler``, the scheduled jobs in a separate process."""
+    import multiprocessing
+
+    import uvicorn
+
+    rt = runtime()
+    _require_schema(rt)
+    if rt.settings.secret_key_is_dev_default:
+        logging.getLogger("coalition").warning(
+            "serving with the development COALITION_SECRET_KEY; set it in production"
+        )
+    rt.engine.dispose()
+    scheduler = None
+    if not args.no_scheduler:
+        scheduler = multiprocessing.get_context("spawn").Process(
+            target=_run_scheduler, name="coalition-scheduler", daemon=True
+        )
+        scheduler.start()
+    try:
+        uvicorn.run(
+            "api.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level="info",
+            # X-Forwarded-* only from a proxy on this machine; behind another proxy set
+            # COALITION_PUBLIC_URL so signatures over the public URL verify.
+            proxy_headers=True,
+            forwarded_allow_ips="127.0.0.1",
+        )
+    finally:
+        if scheduler is not None and scheduler.is_alive():
+            scheduler.terminate()
+            scheduler.join(timeout=10)
     return 0
 
 
@@ -161,6 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="verify every ledger invariant")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(func=cmd_check)
+    serve = sub.add_parser("serve", help="run the HTTP API (and the scheduled jobs)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="API worker processes (default 1)")
+    serve.add_argument(
+        "--no-scheduler",
+        action="store_true",
+        help="do not run the scheduled jobs (run `coalition worker` elsewhere)",
+    )
+    serve.set_defaults(func=cmd_serve)
     worker = sub.add_parser("worker", help="run only the scheduled jobs")
     worker.set_defaults(func=cmd_worker)
     demo = sub.add_parser("demo", help="a demo coalition with a period of traffic")

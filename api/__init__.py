@@ -1,0 +1,1 @@
+"""The HTTP faces of the service: the Litestar app, its controllers, structs and problems."""

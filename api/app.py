@@ -1,0 +1,122 @@
+"""The Litestar application: ``create_app()`` is the factory uvicorn runs
+(``coalition serve``: ``uvicorn --factory api.app:create_app``).
+
+Layout: :class:`~api.partner.PartnerController` (``/v1``, partner keys),
+:class:`~api.admin.AdminController` (``/v1/admin``, operator and finance keys), the unsigned
+``GET /v1/health`` and ``GET /v1/signing-keys``, ``GET /problems/<code>``, the OpenAPI document
+at ``/schema/openapi.json`` and its interactive page at ``/schema/swagger``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from litestar import Litestar, Request, get
+from litestar.datastructures import State
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Tag
+from sqlalchemy import text
+
+from api.admin import AdminController
+from api.docs import COMPONENTS, StrictStructSchemaPlugin, problems
+from api.partner import PartnerController
+from api.problems import EXCEPTION_HANDLERS, add_request_id, describe_problem
+from api.runtime import STATE_KEY, Services, services_of
+from api.structs import Health, SigningKey
+from coalition.config import Settings, load_settings
+from coalition.db import utcnow
+from coalition.errors import Unavailable
+
+log = logging.getLogger("coalition.api")
+
+#: The largest request body accepted (``413 payload-too-large`` beyond).
+MAX_BODY_BYTES = 64 * 1024
+
+API_DESCRIPTION = """\
+The HTTP API of the coalition settlement service: a shared points ledger for partner brands.
+
+* Partner endpoints live under `/v1`, operator endpoints under `/v1/admin`.
+* Every `/v1` request except `GET /v1/health` and `GET /v1/signing-keys` is signed (RFC 9421
+  HTTP Message Signatures); see the security scheme below and docs/signing.md.
+* Every `POST` needs an `Idempotency-Key` header; a repeat returns the first response with
+  `Idempotent-Replayed: true`.
+* Errors are RFC 9457 problem documents (`application/problem+json`) whose `type` is
+  `/problems/<kind>`, served as a short page by this service. Every response carries
+  `X-Request-Id`.
+* Points are integers; money amounts are decimal strings in major units; times are RFC 3339
+  UTC.
+"""
+
+
+@get(
+    "/v1/health",
+    tags=["service"],
+    responses=problems(503),
+    sync_to_thread=True,
+    security=[],
+)
+def health(request: Request[Any, Any, Any]) -> Health:
+    """The service is up and reaches its database (``503 unavailable`` when it does not)."""
+    services = services_of(request.app.state)
+    try:
+        with services.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # any failure to reach the database is "unavailable"
+        log.warning("health: database unreachable: %s", type(exc).__name__)
+        raise Unavailable("the database is unreachable") from None
+    return Health(status="ok", database="ok")
+
+
+@get("/v1/signing-keys", tags=["service"], sync_to_thread=False, security=[])
+def signing_keys() -> list[SigningKey]:
+    """The operator's statement-signing public keys (Ed25519, raw, base64url)."""
+    return []
+
+
+def create_app(
+    settings: Settings | None = None, clock: Callable[[], datetime] = utcnow
+) -> Litestar:
+    """The application for ``settings`` (default: the environment), one engine per process."""
+    services = Services.build(settings or load_settings(), clock)
+
+    def dispose() -> None:
+        services.engine.dispose()
+
+    return Litestar(
+        route_handlers=[
+            PartnerController,
+            AdminController,
+            health,
+            signing_keys,
+            describe_problem,
+        ],
+        state=_state(services),
+        exception_handlers=EXCEPTION_HANDLERS,
+        before_send=[add_request_id],
+        request_max_body_size=MAX_BODY_BYTES,
+        on_shutdown=[dispose],
+        plugins=[StrictStructSchemaPlugin()],
+        openapi_config=OpenAPIConfig(
+            title="Coalition settlement service",
+            version="1",
+            description=API_DESCRIPTION,
+            components=COMPONENTS,
+            tags=[
+                Tag(name="partner", description="Partner keys, by scope."),
+                Tag(name="operator", description="Operator keys (finance: reports)."),
+                Tag(name="service", description="Unsigned."),
+            ],
+            use_handler_docstrings=True,
+            render_plugins=[SwaggerRenderPlugin()],
+            path="/schema",
+        ),
+        debug=False,
+    )
+
+
+def _state(services: Services) -> State:
+    return State({STATE_KEY: services})

@@ -1,0 +1,373 @@
+"""The partner API under ``/v1``: members, earns, burns, holds, reversals, transactions.
+
+Each handler maps HTTP to one :class:`~partners.operations.Operations` call or one query; the
+rules live there. ``POST`` handlers run through :func:`~api.idempotency.run_idempotent`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+from sqlalchemy.orm import Session
+
+from api.auth import any_key, partner, principal_of, require_scope, signed
+from api.docs import SIGNED, IdempotencyKey, body, problems
+from api.idempotency import run_idempotent
+from api.runtime import services_of
+from api.structs import (
+    BalanceOut,
+    BurnCreate,
+    CaptureCreate,
+    EarnCreate,
+    HoldCreate,
+    HoldOut,
+    Me,
+    MemberCreate,
+    MemberOut,
+    ReversalCreate,
+    TransactionKind,
+    TransactionOut,
+    TransactionPage,
+    VoidCreate,
+    decode,
+)
+from api.views import (
+    balance_out,
+    decode_cursor,
+    encode_cursor,
+    hold_out,
+    partner_out,
+    rate_card_out,
+    transaction_out,
+)
+from coalition.db import transaction
+from coalition.errors import ValidationFailed
+from partners.queries import active_rate_card, list_transactions
+from partners.rates import get_partner
+from partners.signatures import Principal
+
+PathId = Annotated[str, Parameter(min_length=1, max_length=64)]
+Since = Annotated[
+    datetime | None,
+    Parameter(description="Only transactions posted at or after this time (RFC 3339)."),
+]
+Until = Annotated[
+    datetime | None, Parameter(description="Only transactions posted before this time.")
+]
+
+
+def _existing_member_doc() -> ResponseSpec:
+    return ResponseSpec(data_container=MemberOut, description="The member exists already.")
+
+
+def _partner_id(principal: Principal) -> str:
+    assert principal.partner_id is not None, "partner routes admit partner keys only"
+    return principal.partner_id
+
+
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValidationFailed.at(f"query.{name}", "needs a time zone (e.g. Z)")
+    return value
+
+
+class PartnerController(Controller):
+    """Partner keys; each route names the scope it needs."""
+
+    path = "/v1"
+    guards = [signed]  # noqa: RUF012 (Litestar's layer attribute)
+    security = SIGNED
+    tags = ["partner"]  # noqa: RUF012
+
+    @get("/me", opt=any_key(), responses=problems(403), sync_to_thread=True)
+    def me(self, request: Request[Any, Any, Any]) -> Me:
+        """Who is calling: the key, its scopes, its partner and that partner's rate card."""
+        principal = principal_of(request)
+        services = services_of(request.app.state)
+        partner_view = card_view = None
+        if principal.partner_id is not None:
+            with transaction(services.sessions) as s:
+                found = get_partner(s, principal.partner_id)
+                card = active_rate_card(s, found.id, services.clock())
+                partner_view = partner_out(found)
+                card_view = rate_card_out(card) if card is not None else None
+        return Me(
+            key_id=principal.key_id,
+            role=principal.role,  # type: ignore[arg-type]
+            scopes=sorted(principal.scopes),
+            partner=partner_view,
+            rate_card=card_view,
+        )
+
+    @post(
+        "/members",
+        opt=partner("earn"),
+        dependencies=body(MemberCreate),
+        responses={
+            **problems(400, 403, 409, 413, 422),
+            200: _existing_member_doc(),
+        },
+        sync_to_thread=True,
+    )
+    def create_member(
+        self, request: Request[Any, Any, Any], body: bytes, idempotency_key: IdempotencyKey
+    ) -> Response[MemberOut]:
+        """Create a member (``201``), optionally with its ``mem_`` id; an existing id is ``200``."""
+        services = services_of(request.app.state)
+
+        def run(session: Session) -> tuple[int, MemberOut]:
+            data = decode(body, MemberCreate, empty_as_object=True)
+            member_id, created = services.ops.create_member(data.member_id, session=session)
+            return (201 if created else 200), MemberOut(member_id=member_id)
+
+        return run_idempotent(request, services, principal_of(request), body, run)
+
+    @get(
+        "/members/{member_id:str}/balance",
+        opt=partner("read"),
+        responses=problems(403, 404, 422),
+        sync_to_thread=True,
+    )
+    def balance(self, request: Request[Any, Any, Any], member_id: PathId) -> BalanceOut:
+        """A member's available and held points, tier and upcoming expiries."""
+        services = services_of(request.app.state)
+        return balance_out(services.ops.balance(member_id))
+
+    @post(
+        "/earns",
+        opt=partner("earn"),
+        dependencies=body(EarnCreate),
+        responses=problems(400, 403, 404, 409, 413, 422),
+        sync_to_thread=True,
+    )
+    def earn(
+        self, request: Request[Any, Any, Any], body: bytes, idempotency_key: IdempotencyKey
+    ) -> Response[TransactionOut]:
+        """Points for a purchase: floor(amount x earn rate x tier multiplier)."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+
+        def run(session: Session) -> tuple[int, TransactionOut]:
+            data = decode(body, EarnCreate)
+            posted = services.ops.earn(
+                _partner_id(principal),
+                member_id=data.member_id,
+                reference=data.reference,
+                amount=data.amount,
+                currency=data.currency,
+                occurred_at=data.occurred_at,
+                session=session,
+            )
+            return 201, transaction_out(posted.transaction)
+
+        return run_idempotent(request, services, principal, body, run)
+
+    @post(
+        "/burns",
+        opt=partner("burn"),
+        dependencies=body(BurnCreate),
+        responses=problems(400, 403, 404, 409, 413, 422),
+        sync_to_thread=True,
+    )
+    def burn(
+        self, request: Request[Any, Any, Any], body: bytes, idempotency_key: IdempotencyKey
+    ) -> Response[TransactionOut]:
+        """Points as payment, given ``points`` or ``amount`` + ``currency`` (rounded up)."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+
+        def run(session: Session) -> tuple[int, TransactionOut]:
+            data = decode(body, BurnCreate)
+            posted = services.ops.burn(
+                _partner_id(principal),
+                member_id=data.member_id,
+                reference=data.reference,
+                points=data.points,
+                amount=data.amount,
+                currency=data.currency,
+                basket_amount=data.basket_amount,
+                session=session,
+            )
+            return 201, transaction_out(posted.transaction)
+
+        return run_idempotent(request, services, principal, body, run)
+
+    @post(
+        "/holds",
+        opt=partner("burn"),
+        dependencies=body(HoldCreate),
+        responses=problems(400, 403, 404, 409, 413, 422),
+        sync_to_thread=True,
+    )
+    def hold(
+        self, request: Request[Any, Any, Any], body: bytes, idempotency_key: IdempotencyKey
+    ) -> Response[HoldOut]:
+        """Reserve points at checkout; capture or void later, or they expire."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+
+        def run(session: Session) -> tuple[int, HoldOut]:
+            data = decode(body, HoldCreate)
+            result = services.ops.hold(
+                _partner_id(principal),
+                member_id=data.member_id,
+                reference=data.reference,
+                points=data.points,
+                expires_in=data.expires_in,
+                session=session,
+            )
+            return 201, hold_out(result.hold, services.clock())
+
+        return run_idempotent(request, services, principal, body, run)
+
+    @get(
+        "/holds/{hold_id:str}",
+        opt=partner("read"),
+        responses=problems(403, 404, 422),
+        sync_to_thread=True,
+    )
+    def get_hold(self, request: Request[Any, Any, Any], hold_id: PathId) -> HoldOut:
+        """One of the partner's holds (another partner's is 404)."""
+        services = services_of(request.app.state)
+        found = services.ops.get_hold(_partner_id(principal_of(request)), hold_id)
+        return hold_out(found, services.clock())
+
+    @post(
+        "/holds/{hold_id:str}/capture",
+        opt=partner("burn"),
+        dependencies=body(CaptureCreate),
+        status_code=200,
+        responses=problems(400, 403, 404, 409, 413, 422),
+        sync_to_thread=True,
+    )
+    def capture(
+        self,
+        request: Request[Any, Any, Any],
+        hold_id: PathId,
+        body: bytes,
+        idempotency_key: IdempotencyKey,
+    ) -> Response[TransactionOut]:
+        """Burn the held points (or fewer: the rest is released); the burn transaction."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+
+        def run(session: Session) -> tuple[int, TransactionOut]:
+            data = decode(body, CaptureCreate, empty_as_object=True)
+            posted = services.ops.capture(
+                _partner_id(principal), hold_id, points=data.points, session=session
+            )
+            return 200, transaction_out(posted.transaction)
+
+        return run_idempotent(request, services, principal, body, run)
+
+    @post(
+        "/holds/{hold_id:str}/void",
+        opt=partner("burn"),
+        dependencies=body(VoidCreate),
+        status_code=200,
+        responses=problems(400, 403, 404, 409, 413, 422),
+        sync_to_thread=True,
+    )
+    def void(
+        self,
+        request: Request[Any, Any, Any],
+        hold_id: PathId,
+        body: bytes,
+        idempotency_key: IdempotencyKey,
+    ) -> Response[HoldOut]:
+        """Release an active hold's points."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+
+        def run(session: Session) -> tuple[int, HoldOut]:
+            decode(body, VoidCreate, empty_as_object=True)
+            result = services.ops.void(_partner_id(principal), hold_id, session=session)
+            return 200, hold_out(result.hold, services.clock())
+
+        return run_idempotent(request, services, principal, body, run)
+
+    @post(
+        "/transactions/{txn_id:str}/reversals",
+        opt=partner("earn", "burn"),
+        dependencies=body(ReversalCreate),
+        responses=problems(400, 403, 404, 409, 413, 422),
+        sync_to_thread=True,
+    )
+    def reverse(
+        self,
+        request: Request[Any, Any, Any],
+        txn_id: PathId,
+        body: bytes,
+        idempotency_key: IdempotencyKey,
+    ) -> Response[TransactionOut]:
+        """Reverse an earn (scope earn) or a burn (scope burn), fully or by ``points``."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+        partner_id = _partner_id(principal)
+        if not {"earn", "burn"} <= principal.scopes:
+            original = services.ops.get_transaction(partner_id, txn_id)
+            if original.kind in ("earn", "burn"):
+                require_scope(principal, original.kind)
+
+        def run(session: Session) -> tuple[int, TransactionOut]:
+            data = decode(body, ReversalCreate)
+            posted = services.ops.reverse(
+                partner_id, txn_id, reference=data.reference, points=data.points, session=session
+            )
+            return 201, transaction_out(posted.transaction)
+
+        return run_idempotent(request, services, principal, body, run)
+
+    @get(
+        "/transactions/{txn_id:str}",
+        opt=partner("read"),
+        responses=problems(403, 404, 422),
+        sync_to_thread=True,
+    )
+    def get_transaction(self, request: Request[Any, Any, Any], txn_id: PathId) -> TransactionOut:
+        """One of the partner's transactions (another partner's is 404)."""
+        services = services_of(request.app.state)
+        found = services.ops.get_transaction(_partner_id(principal_of(request)), txn_id)
+        return transaction_out(found)
+
+    @get(
+        "/transactions",
+        opt=partner("read"),
+        responses=problems(403, 422),
+        sync_to_thread=True,
+    )
+    def list_transactions(  # noqa: PLR0917 (query parameters)
+        self,
+        request: Request[Any, Any, Any],
+        member_id: Annotated[str | None, Parameter(min_length=1, max_length=68)] = None,
+        kind: TransactionKind | None = None,
+        since: Since = None,
+        until: Until = None,
+        limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
+        cursor: Annotated[
+            str | None,
+            Parameter(max_length=200, description="`next_cursor` of the previous page."),
+        ] = None,
+    ) -> TransactionPage:
+        """The partner's transactions, newest first, ``limit`` per page (keyset pagination)."""
+        services = services_of(request.app.state)
+        with transaction(services.sessions) as s:
+            page = list_transactions(
+                s,
+                partner_id=_partner_id(principal_of(request)),
+                member_id=member_id,
+                kind=kind,
+                since=_aware(since, "since"),
+                until=_aware(until, "until"),
+                before_id=decode_cursor(cursor, "txn"),
+                limit=limit,
+            )
+        return TransactionPage(
+            data=[transaction_out(t) for t in page.rows],
+            has_more=page.has_more,
+            next_cursor=encode_cursor(page.last_id),
+        )

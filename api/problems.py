@@ -1,0 +1,344 @@
+"""RFC 9457 problem documents: the one place where errors become HTTP responses.
+
+Every domain error (:class:`~coalition.errors.CoalitionError`) has a ``code``; here the code
+gets its HTTP status and becomes ``{"type": "/problems/<code>", "title", "status", "detail",
+"request_id", ...extra members}``. Litestar's own HTTP errors (no such route, method not
+allowed, body too large, query validation) and unexpected failures are mapped the same way.
+An unexpected failure is a ``500`` carrying an ``error_id`` that the server log names next to
+the stack trace; nothing else of it (no trace, SQL or secret) reaches the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from html import escape
+from typing import Any
+
+import msgspec
+from litestar import MediaType, Request, Response, get
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
+from litestar.types import ExceptionHandlersMap, Message, Scope
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from coalition.errors import CoalitionError
+
+log = logging.getLogger("coalition.api")
+
+PROBLEM_JSON = "application/problem+json"
+REQUEST_ID_HEADER = "X-Request-Id"
+_STATE_KEY = "coalition_request_id"
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A kind of problem: its HTTP status, title and what it means."""
+
+    status: int
+    title: str
+    meaning: str
+
+
+#: Every problem ``type`` the API answers with (``/problems/<code>``).
+KINDS: dict[str, Kind] = {
+    "validation": Kind(
+        422,
+        "The request is not valid",
+        "The body, a path or a query parameter breaks the documented shape or a rule; "
+        "`errors` lists each field (`$.amount`) with what is wrong. Nothing was changed.",
+    ),
+    "insufficient-points": Kind(
+        409,
+        "Not enough points",
+        "The member's available points (balance less held points) do not cover the burn or "
+        "hold; `available` and `requested` say by how much. Nothing was changed.",
+    ),
+    "burn-cap-exceeded": Kind(
+        422,
+        "Points may not pay this much of the basket",
+        "The burn is worth more than the partner's `max_burn_share` of `basket_amount`; "
+        "`max_amount` is the most points may pay.",
+    ),
+    "currency-mismatch": Kind(
+        422,
+        "Currency does not match the partner's currency",
+        "A partner earns and burns in its own currency only; `expected` names it.",
+    ),
+    "unknown-member": Kind(404, "No such member", "No member has this id."),
+    "duplicate-reference": Kind(
+        409,
+        "This reference was already used",
+        "The partner already used this `reference` for this operation; `transaction_id` (or "
+        "`hold_id`) names what it was used for. Look that up instead of retrying.",
+    ),
+    "idempotency-key-missing": Kind(
+        400,
+        "Idempotency-Key header required",
+        "Every POST under /v1 needs an `Idempotency-Key` header of 1-255 visible ASCII "
+        "characters (a UUID is a good choice); it is missing or malformed.",
+    ),
+    "idempotency-key-reused": Kind(
+        422,
+        "Idempotency-Key was used with a different request",
+        "The key was already used with another method, path or body. Use a new key for a new "
+        "request.",
+    ),
+    "idempotency-key-in-use": Kind(
+        409,
+        "A request with this Idempotency-Key is still running",
+        "The first request with this key has not finished; retry after `Retry-After` seconds "
+        "to get its response.",
+    ),
+    "hold-not-active": Kind(
+        409,
+        "The hold is not active",
+        "The hold was already captured, voided or has expired (`hold_status` says which).",
+    ),
+    "reversal-exceeds-original": Kind(
+        409,
+        "Reversal exceeds what is left of the original",
+        "Reversals of a transaction may add up to its points at most; `remaining_points` is "
+        "what is left.",
+    ),
+    "partner-not-active": Kind(
+        403,
+        "The partner is not active",
+        "The partner is suspended, or has no rate card in force yet.",
+    ),
+    "statement-closed": Kind(
+        409, "The statement can no longer change", "The statement is settled or closed."
+    ),
+    "signature-invalid": Kind(
+        401,
+        "The request signature is not valid",
+        "The request's HTTP Message Signature (RFC 9421) did not verify; `reason` names the "
+        "check that failed: missing-signature, malformed-signature, unknown-key, revoked-key, "
+        "expired-key, alg-mismatch, missing-component, digest-missing, digest-mismatch, stale, "
+        "future, expired-signature, replayed-nonce or bad-signature. See docs/signing.md.",
+    ),
+    "forbidden": Kind(
+        403,
+        "This key may not do that",
+        "The key is valid but lacks the scope or role this endpoint needs.",
+    ),
+    "not-found": Kind(
+        404,
+        "Not found",
+        "No such resource, or it belongs to another partner (which looks the same).",
+    ),
+    "conflict": Kind(
+        409, "The request conflicts with the current state", "See `detail` for what conflicts."
+    ),
+    "method-not-allowed": Kind(
+        405, "Method not allowed", "The path exists but does not accept this method."
+    ),
+    "payload-too-large": Kind(
+        413, "The request body is too large", "Request bodies may be at most 64 KiB."
+    ),
+    "unavailable": Kind(
+        503,
+        "The service is unavailable",
+        "The database cannot be reached or is overloaded; retry after `Retry-After` seconds.",
+    ),
+    "internal-error": Kind(
+        500,
+        "Internal error",
+        "An unexpected failure. It is logged with the `error_id` given; quote it when "
+        "reporting the problem.",
+    ),
+}
+
+#: Extra members a domain error may add to its problem document (anything else is dropped,
+#: so a future field can never leak by accident).
+_EXTRA_MEMBERS = frozenset(
+    {
+        "errors",
+        "reason",
+        "component",
+        "transaction_id",
+        "hold_id",
+        "available",
+        "requested",
+        "max_amount",
+        "expected",
+        "error_id",
+        "remaining_points",
+        "retry_after_s",
+        "member_id",
+    }
+)
+
+
+def request_id(scope: Scope) -> str:
+    """This request's id (``req_...``), made on first use; also the ``X-Request-Id`` header."""
+    state = scope.setdefault("state", {})
+    rid = state.get(_STATE_KEY)
+    if rid is None:
+        rid = f"req_{secrets.token_hex(12)}"
+        state[_STATE_KEY] = rid
+    return str(rid)
+
+
+async def add_request_id(message: Message, scope: Scope) -> None:
+    """``before_send`` hook: every response carries ``X-Request-Id``."""
+    if message["type"] == "http.response.start":
+        headers = list(message.get("headers", []))
+        headers.append((b"x-request-id", request_id(scope).encode()))
+        message["headers"] = headers
+
+
+def problem_type(code: str) -> str:
+    """The stable relative URI of a problem kind."""
+    return f"/problems/{code}"
+
+
+def problem_body(scope: Scope, code: str, detail: str, **extra: Any) -> tuple[int, bytes]:
+    """The status and JSON body of a problem document of kind ``code``."""
+    kind = KINDS[code]
+    doc: dict[str, Any] = {
+        "type": problem_type(code),
+        "title": kind.title,
+        "status": kind.status,
+        "detail": detail,
+        "request_id": request_id(scope),
+    }
+    for name, value in extra.items():
+        if name == "status" and code == "hold-not-active":
+            doc["hold_status"] = value
+        elif name in _EXTRA_MEMBERS and name not in doc:
+            doc[name] = value
+    return kind.status, msgspec.json.encode(doc)
+
+
+def problem_response(
+    scope: Scope, code: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> Response[bytes]:
+    """A problem document as a response."""
+    status, body = problem_body(scope, code, detail, **extra)
+    all_headers = dict(headers or {})
+    if status in (409, 503) and "retry_after_s" in extra:
+        all_headers["Retry-After"] = str(extra["retry_after_s"])
+    elif status == 503:
+        all_headers["Retry-After"] = "5"
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=all_headers)
+
+
+def error_body(scope: Scope, exc: CoalitionError) -> tuple[int, bytes]:
+    """The problem document of a domain error (what idempotency stores for a 4xx)."""
+    code = exc.code if exc.code in KINDS else "conflict"
+    return problem_body(scope, code, exc.detail, **exc.extra)
+
+
+# --- exception handlers ------------------------------------------------------------------
+
+
+def on_domain_error(request: Request[Any, Any, Any], exc: CoalitionError) -> Response[bytes]:
+    """A typed domain error: its problem kind."""
+    code = exc.code if exc.code in KINDS else "conflict"
+    headers = {"WWW-Authenticate": "Signature"} if code == "signature-invalid" else None
+    return problem_response(request.scope, code, exc.detail, headers=headers, **exc.extra)
+
+
+def _litestar_errors(exc: ValidationException) -> list[dict[str, str]]:
+    errors = []
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    for item in extra:
+        if not isinstance(item, dict):
+            continue
+        key = str(item.get("key", ""))
+        source = str(item.get("source", ""))
+        where = f"{source}.{key}" if source and key else key or "$"
+        errors.append({"path": where, "message": str(item.get("message", "invalid"))})
+    return errors or [{"path": "$", "message": exc.detail}]
+
+
+def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    """Litestar's own errors (routing, body size, parameter validation) as problems."""
+    scope = request.scope
+    if isinstance(exc, ValidationException):
+        errors = _litestar_errors(exc)
+        detail = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
+        return problem_response(scope, "validation", detail, errors=errors)
+    if isinstance(exc, NotFoundException):
+        return problem_response(scope, "not-found", f"no resource at {request.url.path}")
+    if isinstance(exc, MethodNotAllowedException):
+        allow = (exc.headers or {}).get("allow", "")
+        return problem_response(
+            scope,
+            "method-not-allowed",
+            f"{request.method} is not allowed on {request.url.path}",
+            headers={"Allow": allow} if allow else None,
+        )
+    if exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
+        return problem_response(scope, "payload-too-large", "request bodies may be at most 64 KiB")
+    if exc.status_code == 401:
+        return problem_response(scope, "signature-invalid", exc.detail)
+    if exc.status_code == 403:
+        return problem_response(scope, "forbidden", exc.detail)
+    if exc.status_code == 409:
+        return problem_response(scope, "conflict", exc.detail)
+    if exc.status_code == 503:
+        return problem_response(scope, "unavailable", exc.detail)
+    if 400 <= exc.status_code < 500:
+        return problem_response(scope, "validation", exc.detail, errors=[])
+    return on_unexpected(request, exc)
+
+
+def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Anything else: 503 when the database is out of reach, else a logged 500."""
+    scope = request.scope
+    if isinstance(exc, OperationalError | PoolTimeout):
+        log.warning("database unavailable (request %s): %s", request_id(scope), type(exc).__name__)
+        return problem_response(scope, "unavailable", "the database is unavailable; retry")
+    error_id = request_id(scope)
+    log.exception(
+        "unexpected failure (error id %s) on %s %s", error_id, request.method, request.url.path
+    )
+    return problem_response(
+        scope,
+        "internal-error",
+        f"an unexpected error occurred; it was logged with error id {error_id}",
+        error_id=error_id,
+    )
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    CoalitionError: on_domain_error,
+    HTTPException: on_http_error,
+    Exception: on_unexpected,
+}
+
+
+# --- /problems/<code> --------------------------------------------------------------------
+
+
+@get(
+    "/problems/{code:str}",
+    media_type=MediaType.HTML,
+    include_in_schema=False,
+    sync_to_thread=False,
+)
+def describe_problem(code: str) -> Response[str]:
+    """A short page describing one problem type."""
+    kind = KINDS.get(code)
+    if kind is None:
+        raise NotFoundException(f"no problem type {code!r}")
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{escape(code)}</title></head><body>"
+        f"<h1>{escape(kind.title)}</h1>"
+        f"<p><code>/problems/{escape(code)}</code> &middot; HTTP {kind.status}</p>"
+        f"<p>{escape(kind.meaning)}</p>"
+        "<p>Every problem document is <code>application/problem+json</code> (RFC 9457) with "
+        "<code>type</code>, <code>title</code>, <code>status</code>, <code>detail</code> and "
+        "<code>request_id</code>.</p></body></html>"
+    )
+    return Response(page, media_type=MediaType.HTML)

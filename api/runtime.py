@@ -1,0 +1,42 @@
+"""What one API process shares between requests: settings, engine, sessions, operations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from coalition.config import Settings
+from coalition.db import make_engine, session_factory, utcnow
+from partners.operations import Operations
+
+STATE_KEY = "coalition"
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """One per process: built once by the app factory, closed on shutdown."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    ops: Operations
+    clock: Callable[[], datetime]
+
+    @classmethod
+    def build(cls, settings: Settings, clock: Callable[[], datetime] = utcnow) -> Services:
+        """Engine, session factory and operations for ``settings``."""
+        engine = make_engine(settings.database_url)
+        sessions = session_factory(engine)
+        return cls(settings, engine, sessions, Operations(settings, sessions, clock), clock)
+
+
+def services_of(app_state: Any) -> Services:
+    """The process's services, from the Litestar app state."""
+    services = app_state[STATE_KEY]
+    assert isinstance(services, Services)
+    return services

@@ -1,0 +1,454 @@
+"""msgspec Structs for every request and response body of the HTTP API, and the strict decoder.
+
+Requests are decoded strictly (no type coercion, no unknown fields, time zones required) by
+:func:`decode`, which turns msgspec's errors into a ``validation`` problem naming the field
+(``$.amount``). The constraints here are the shape of a request (types, lengths, patterns,
+bounds); the rules (a currency's decimals, a rate card in force, enough points) stay in the
+domain, which reports its own violations the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta, Struct
+
+from coalition.errors import ValidationFailed
+from coalition.money import MAX_POINTS
+
+T = TypeVar("T")
+
+# --- shapes ------------------------------------------------------------------------------
+
+#: Visible ASCII, 1 to 255 characters: the partner's order or receipt id.
+Reference = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="The partner's order or receipt id: 1-255 visible ASCII characters, "
+        "unique per partner and operation.",
+        examples=["order-10001"],
+    ),
+]
+MemberId = Annotated[
+    str,
+    Meta(
+        min_length=5,
+        max_length=68,
+        pattern=r"^mem_[A-Za-z0-9_-]{1,64}$",
+        description="A member id: `mem_` and 1-64 of [A-Za-z0-9_-].",
+        examples=["mem_01JD3V6Z7Q3XKQ8R2M5N4P6T9W"],
+    ),
+]
+#: A decimal amount in major units as a string (``"12.50"``); the currency decides decimals.
+Amount = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=24,
+        pattern=r"^[0-9]{1,10}(\.[0-9]{1,4})?$",
+        description="A decimal string in major units with at most the currency's ISO 4217 "
+        "decimals (JPY 0, EUR 2, BHD 3).",
+        examples=["12.50"],
+    ),
+]
+Currency = Annotated[
+    str,
+    Meta(
+        min_length=3,
+        max_length=3,
+        pattern=r"^[A-Z]{3}$",
+        description="An ISO 4217 code.",
+        examples=["EUR"],
+    ),
+]
+Points = Annotated[int, Meta(ge=1, le=MAX_POINTS, description="Whole points.")]
+SignedPoints = Annotated[
+    int,
+    Meta(ge=-MAX_POINTS, le=MAX_POINTS, description="Whole points, positive or negative, not 0."),
+]
+AwareTime = Annotated[
+    datetime, Meta(tz=True, description="RFC 3339 with a time zone, e.g. 2026-01-05T09:00:00Z.")
+]
+Rate = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=32,
+        pattern=r"^[0-9]{1,18}(\.[0-9]{1,12})?$",
+        description="A non-negative decimal string with at most 12 decimals.",
+        examples=["0.01"],
+    ),
+]
+Reason = Annotated[str, Meta(min_length=1, max_length=500, description="Why, for the audit.")]
+PartnerId = Annotated[str, Meta(min_length=1, max_length=40, examples=["prt_01JD3V6Z7Q"])]
+Scope = Literal["earn", "burn", "read", "webhooks", "statements"]
+KeyAlg = Literal["hmac-sha256", "ed25519"]
+TransactionKind = Literal[
+    "earn", "burn", "earn_reversal", "burn_reversal", "bonus", "adjustment", "expiry"
+]
+HoldStatus = Literal["active", "captured", "voided", "expired"]
+
+
+class Request(Struct, forbid_unknown_fields=True):
+    """Base of request bodies: unknown fields are refused."""
+
+
+# --- partner requests --------------------------------------------------------------------
+
+
+class MemberCreate(Request):
+    """``POST /v1/members``: a new member, optionally with the caller's own ``mem_`` id."""
+
+    member_id: MemberId | None = None
+
+
+class EarnCreate(Request):
+    """``POST /v1/earns``: points for a purchase at the partner."""
+
+    member_id: MemberId
+    reference: Reference
+    amount: Amount
+    currency: Currency
+    occurred_at: AwareTime | None = None
+
+
+class BurnCreate(Request):
+    """``POST /v1/burns``: points as payment, given ``points`` or ``amount`` + ``currency``."""
+
+    member_id: MemberId
+    reference: Reference
+    points: Points | None = None
+    amount: Amount | None = None
+    currency: Currency | None = None
+    basket_amount: Amount | None = None
+
+
+class HoldCreate(Request):
+    """``POST /v1/holds``: reserve points at checkout."""
+
+    member_id: MemberId
+    reference: Reference
+    points: Points
+    expires_in: Annotated[int, Meta(ge=1, description="Seconds until the hold expires.")] | None = (
+        None
+    )
+
+
+class CaptureCreate(Request):
+    """``POST /v1/holds/{hold_id}/capture``: burn the held points, or fewer."""
+
+    points: Points | None = None
+
+
+class VoidCreate(Request):
+    """``POST /v1/holds/{hold_id}/void``: an empty object."""
+
+
+class ReversalCreate(Request):
+    """``POST /v1/transactions/{txn_id}/reversals``: all that is left, or ``points``."""
+
+    reference: Reference
+    points: Points | None = None
+
+
+# --- operator requests -------------------------------------------------------------------
+
+
+class PartnerCreate(Request):
+    """``POST /v1/admin/partners``."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    currency: Currency
+
+
+class PartnerUpdate(Request):
+    """``PATCH /v1/admin/partners/{id}``: any of the fields."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    currency: Currency | None = None
+    status: Literal["active", "suspended"] | None = None
+
+
+class RateCardCreate(Request):
+    """``POST /v1/admin/partners/{id}/rate-cards``: a new version, never an edit."""
+
+    earn_points_per_unit: Rate
+    issue_price_per_point: Rate
+    burn_value_per_point: Rate
+    reimburse_price_per_point: Rate
+    max_burn_share: Rate | None = None
+    effective_from: AwareTime | None = None
+
+
+class PartnerKeyCreate(Request):
+    """``POST /v1/admin/partners/{id}/keys``."""
+
+    alg: KeyAlg
+    scopes: Annotated[list[Scope], Meta(min_length=1, max_length=5)]
+    public_key: Annotated[str, Meta(max_length=64)] | None = None
+    expires_at: AwareTime | None = None
+
+
+class OperatorKeyCreate(Request):
+    """``POST /v1/admin/operator-keys``: a key for the operator or for finance."""
+
+    role: Literal["operator", "finance"]
+    alg: KeyAlg = "hmac-sha256"
+    public_key: Annotated[str, Meta(max_length=64)] | None = None
+    expires_at: AwareTime | None = None
+
+
+class BonusCreate(Request):
+    """``POST /v1/admin/bonuses``: points for an action, funded by a partner or the coalition."""
+
+    member_id: MemberId
+    points: Points
+    reason: Reason
+    funded_by: Annotated[
+        str, Meta(min_length=1, max_length=40, description="A partner id or `coalition`.")
+    ]
+
+
+class AdjustmentCreate(Request):
+    """``POST /v1/admin/adjustments``: a correction, ``points`` positive or negative."""
+
+    member_id: MemberId
+    points: SignedPoints
+    reason: Reason
+
+
+# --- responses ---------------------------------------------------------------------------
+
+
+class TransactionOut(Struct, omit_defaults=True):
+    """A ledger transaction; ``reverses`` only on reversals."""
+
+    id: str
+    kind: TransactionKind
+    partner_id: str | None
+    member_id: str
+    reference: str | None
+    points: int
+    amount: str | None
+    currency: str | None
+    rate_card_id: str | None
+    occurred_at: datetime
+    posted_at: datetime
+    balance_after: int
+    reverses: str | None = None
+
+
+class TransactionPage(Struct):
+    """A page of transactions, newest first."""
+
+    data: list[TransactionOut]
+    has_more: bool
+    next_cursor: str | None
+
+
+class HoldOut(Struct):
+    """A hold; one past ``expires_at`` reads as ``expired``."""
+
+    id: str
+    member_id: str
+    points: int
+    status: HoldStatus
+    expires_at: datetime
+    reference: str
+
+
+class Expiring(Struct):
+    """Points that expire together."""
+
+    points: int
+    expires_at: datetime
+
+
+class BalanceOut(Struct):
+    """A member's balance in plain terms."""
+
+    member_id: str
+    available: int
+    held: int
+    tier: str
+    expiring: list[Expiring]
+
+
+class MemberOut(Struct):
+    """A member's id."""
+
+    member_id: str
+
+
+class PartnerOut(Struct):
+    """A partner."""
+
+    id: str
+    name: str
+    currency: str
+    status: Literal["active", "suspended"]
+    created_at: datetime
+
+
+class PartnerPage(Struct):
+    """A page of partners, newest first."""
+
+    data: list[PartnerOut]
+    has_more: bool
+    next_cursor: str | None
+
+
+class RateCardOut(Struct):
+    """A rate-card version; rates are decimal strings."""
+
+    id: str
+    partner_id: str
+    effective_from: datetime
+    earn_points_per_unit: str
+    issue_price_per_point: str
+    burn_value_per_point: str
+    reimburse_price_per_point: str
+    max_burn_share: str | None
+    created_at: datetime
+
+
+class RateCardList(Struct):
+    """Every version of a partner's rate card, newest first."""
+
+    data: list[RateCardOut]
+
+
+class KeyCreated(Struct, omit_defaults=True):
+    """A new key; ``secret`` (hmac-sha256 only) is shown here and never again."""
+
+    key_id: str
+    alg: KeyAlg
+    scopes: list[str]
+    role: Literal["partner", "operator", "finance"]
+    partner_id: str | None
+    expires_at: datetime | None
+    secret: str | None = None
+
+
+class KeyOut(Struct):
+    """A key as listed: never its secret."""
+
+    key_id: str
+    alg: KeyAlg
+    scopes: list[str]
+    role: Literal["partner", "operator", "finance"]
+    partner_id: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class KeyList(Struct):
+    """A partner's keys, oldest first, revoked and expired ones included."""
+
+    data: list[KeyOut]
+
+
+class Me(Struct):
+    """Who is calling: the key, its partner (for partner keys) and that partner's rate card."""
+
+    key_id: str
+    role: Literal["partner", "operator", "finance"]
+    scopes: list[str]
+    partner: PartnerOut | None
+    rate_card: RateCardOut | None
+
+
+class LiabilityReport(Struct):
+    """Outstanding points (the operator's liability) and the flows that make them up.
+
+    ``outstanding_points = issued_points - earn_reversed_points - redeemed_points
+    + burn_reversed_points - expired_points + adjusted_points``.
+    """
+
+    as_of: datetime
+    outstanding_points: int
+    issued_points: int
+    earned_points: int
+    bonus_points: int
+    earn_reversed_points: int
+    redeemed_points: int
+    burn_reversed_points: int
+    expired_points: int
+    adjusted_points: int
+
+
+class Health(Struct):
+    """The service and its database are up."""
+
+    status: Literal["ok"]
+    database: Literal["ok"]
+
+
+class SigningKey(Struct):
+    """A statement-signing public key (raw Ed25519, base64url)."""
+
+    kid: str
+    alg: Literal["ed25519"]
+    public_key: str
+
+
+class FieldError(Struct):
+    """One invalid field: where (``$.amount``) and what is wrong."""
+
+    path: str
+    message: str
+
+
+class Problem(Struct, omit_defaults=True, forbid_unknown_fields=False):
+    """An RFC 9457 problem document (``application/problem+json``).
+
+    Kinds may add members: ``errors`` (validation), ``reason`` (signature-invalid),
+    ``transaction_id`` (duplicate-reference), ``available`` and ``requested``
+    (insufficient-points), ``error_id`` (500)...
+    """
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    request_id: str
+    errors: list[FieldError] | None = None
+
+
+# --- decoding ----------------------------------------------------------------------------
+
+_AT = re.compile(r"^(?P<message>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
+_FIELD = re.compile(r"(missing required field|contains unknown field) `(?P<name>[^`]+)`")
+
+
+def _field_error(exc: msgspec.ValidationError) -> dict[str, str]:
+    text = str(exc)
+    match = _AT.match(text)
+    assert match is not None
+    message, path = match["message"], match["path"] or "$"
+    field = _FIELD.search(message)
+    if field is not None:
+        path = f"{path}.{field['name']}"
+    return {"path": path, "message": message}
+
+
+def decode(body: bytes, type_: type[T], *, empty_as_object: bool = False) -> T:
+    """Decode a JSON request body strictly into ``type_``; :class:`ValidationFailed` if not."""
+    if not body.strip():
+        if not empty_as_object:
+            raise ValidationFailed.at("$", "a JSON object is required")
+        body = b"{}"
+    try:
+        return msgspec.json.decode(body, type=type_, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed([_field_error(exc)]) from None
+    except msgspec.DecodeError as exc:
+        raise ValidationFailed.at("$", f"not valid JSON ({exc})") from None
