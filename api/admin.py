@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, patch, post
-from litestar.params import Parameter
+from litestar.params import PathParameter, QueryParameter, RawBody
 from sqlalchemy.orm import Session
 
 from api.auth import admin, principal_of, signed
@@ -57,7 +57,7 @@ from partners.rates import (
     update_partner,
 )
 
-PathId = Annotated[str, Parameter(min_length=1, max_length=64)]
+PathId = Annotated[str, PathParameter(min_length=1, max_length=64)]
 
 
 class AdminController(Controller):
@@ -78,7 +78,7 @@ class AdminController(Controller):
         sync_to_thread=True,
     )
     def create_partner(
-        self, request: Request[Any, Any, Any], body: bytes, idempotency_key: IdempotencyKey
+        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
     ) -> Response[PartnerOut]:
         """Onboard a partner (active); it needs a rate card before it can earn or burn."""
         services = services_of(request.app.state)
@@ -96,8 +96,8 @@ class AdminController(Controller):
     def list_partners(
         self,
         request: Request[Any, Any, Any],
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
-        cursor: Annotated[str | None, Parameter(max_length=200)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> PartnerPage:
         """Partners, newest first (keyset pagination, like transactions)."""
         services = services_of(request.app.state)
@@ -129,7 +129,7 @@ class AdminController(Controller):
         sync_to_thread=True,
     )
     def update_partner(
-        self, request: Request[Any, Any, Any], partner_id: PathId, body: bytes
+        self, request: Request[Any, Any, Any], partner_id: PathId, body: RawBody
     ) -> PartnerOut:
         """Rename, suspend or reactivate; the currency changes only before a rate card exists."""
         services = services_of(request.app.state)
@@ -153,7 +153,7 @@ class AdminController(Controller):
         self,
         request: Request[Any, Any, Any],
         partner_id: PathId,
-        body: bytes,
+        body: RawBody,
         idempotency_key: IdempotencyKey,
     ) -> Response[RateCardOut]:
         """A new rate-card version, in force from ``effective_from`` (default: now)."""
@@ -201,7 +201,7 @@ class AdminController(Controller):
         self,
         request: Request[Any, Any, Any],
         partner_id: PathId,
-        body: bytes,
+        body: RawBody,
         idempotency_key: IdempotencyKey,
     ) -> Response[KeyCreated]:
         """A partner key: ``hmac-sha256`` (the secret is in this response only) or
@@ -249,7 +249,7 @@ class AdminController(Controller):
         self,
         request: Request[Any, Any, Any],
         key_id: PathId,
-        body: bytes,
+        body: RawBody,
         idempotency_key: IdempotencyKey,
     ) -> Response[KeyOut]:
         """Revoke a key now; its signatures are refused from then on (``revoked-key``)."""
@@ -269,7 +269,7 @@ class AdminController(Controller):
         sync_to_thread=True,
     )
     def create_operator_key(
-        self, request: Request[Any, Any, Any], body: bytes, idempotency_key: IdempotencyKey
+        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
     ) -> Response[KeyCreated]:
         """A key for the operator (acts on /v1/admin) or for finance (reads reports)."""
         services = services_of(request.app.state)
@@ -301,7 +301,7 @@ class AdminController(Controller):
         sync_to_thread=True,
     )
     def bonus(
-        self, request: Request[Any, Any, Any], body: bytes, idempotency_key: IdempotencyKey
+        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
     ) -> Response[TransactionOut]:
         """Points for an action, funded by a partner (billed at its issue price) or the
         coalition (``funded_by: "coalition"``)."""
@@ -328,7 +328,7 @@ class AdminController(Controller):
         sync_to_thread=True,
     )
     def adjust(
-        self, request: Request[Any, Any, Any], body: bytes, idempotency_key: IdempotencyKey
+        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
     ) -> Response[TransactionOut]:
         """A correction of a member's balance with a reason (+ adds, - takes available)."""
         services = services_of(request.app.state)
@@ -355,7 +355,7 @@ class AdminController(Controller):
         request: Request[Any, Any, Any],
         at: Annotated[
             datetime | None,
-            Parameter(description="As of this time (RFC 3339); default now."),
+            QueryParameter(description="As of this time (RFC 3339); default now."),
         ] = None,
     ) -> LiabilityReport:
         """Outstanding points now (or ``at``) and issued, redeemed, expired totals."""

@@ -17,7 +17,7 @@ from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugi
 from litestar.di import Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Components, Schema, SecurityScheme
-from litestar.params import Parameter
+from litestar.params import HeaderParameter
 from litestar.typing import FieldDefinition
 
 from api.problems import KINDS, PROBLEM_JSON
@@ -60,8 +60,8 @@ SIGNED: list[dict[str, list[str]]] = [{SECURITY_SCHEME: []}]
 
 IdempotencyKey = Annotated[
     str,
-    Parameter(
-        header="Idempotency-Key",
+    HeaderParameter(
+        name="Idempotency-Key",
         min_length=1,
         max_length=255,
         pattern=r"^[\x21-\x7e]+$",

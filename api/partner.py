@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import PathParameter, QueryParameter, RawBody
 from sqlalchemy.orm import Session
 
 from api.auth import any_key, partner, principal_of, require_scope, signed
@@ -50,13 +50,13 @@ from partners.queries import active_rate_card, list_transactions
 from partners.rates import get_partner
 from partners.signatures import Principal
 
-PathId = Annotated[str, Parameter(min_length=1, max_length=64)]
+PathId = Annotated[str, PathParameter(min_length=1, max_length=64)]
 Since = Annotated[
     datetime | None,
-    Parameter(description="Only transactions posted at or after this time (RFC 3339)."),
+    QueryParameter(description="Only transactions posted at or after this time (RFC 3339)."),
 ]
 Until = Annotated[
-    datetime | None, Parameter(description="Only transactions posted before this time.")
+    datetime | None, QueryParameter(description="Only transactions posted before this time.")
 ]
 
 
@@ -114,7 +114,7 @@ class PartnerController(Controller):
         sync_to_thread=True,
     )
     def create_member(
-        self, request: Request[Any, Any, Any], body: bytes, idempotency_key: IdempotencyKey
+        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
     ) -> Response[MemberOut]:
         """Create a member (``201``), optionally with its ``mem_`` id; an existing id is ``200``."""
         services = services_of(request.app.state)
@@ -145,7 +145,7 @@ class PartnerController(Controller):
         sync_to_thread=True,
     )
     def earn(
-        self, request: Request[Any, Any, Any], body: bytes, idempotency_key: IdempotencyKey
+        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
     ) -> Response[TransactionOut]:
         """Points for a purchase: floor(amount x earn rate x tier multiplier)."""
         services = services_of(request.app.state)
@@ -174,7 +174,7 @@ class PartnerController(Controller):
         sync_to_thread=True,
     )
     def burn(
-        self, request: Request[Any, Any, Any], body: bytes, idempotency_key: IdempotencyKey
+        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
     ) -> Response[TransactionOut]:
         """Points as payment, given ``points`` or ``amount`` + ``currency`` (rounded up)."""
         services = services_of(request.app.state)
@@ -204,7 +204,7 @@ class PartnerController(Controller):
         sync_to_thread=True,
     )
     def hold(
-        self, request: Request[Any, Any, Any], body: bytes, idempotency_key: IdempotencyKey
+        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
     ) -> Response[HoldOut]:
         """Reserve points at checkout; capture or void later, or they expire."""
         services = services_of(request.app.state)
@@ -248,7 +248,7 @@ class PartnerController(Controller):
         self,
         request: Request[Any, Any, Any],
         hold_id: PathId,
-        body: bytes,
+        body: RawBody,
         idempotency_key: IdempotencyKey,
     ) -> Response[TransactionOut]:
         """Burn the held points (or fewer: the rest is released); the burn transaction."""
@@ -276,7 +276,7 @@ class PartnerController(Controller):
         self,
         request: Request[Any, Any, Any],
         hold_id: PathId,
-        body: bytes,
+        body: RawBody,
         idempotency_key: IdempotencyKey,
     ) -> Response[HoldOut]:
         """Release an active hold's points."""
@@ -301,7 +301,7 @@ class PartnerController(Controller):
         self,
         request: Request[Any, Any, Any],
         txn_id: PathId,
-        body: bytes,
+        body: RawBody,
         idempotency_key: IdempotencyKey,
     ) -> Response[TransactionOut]:
         """Reverse an earn (scope earn) or a burn (scope burn), fully or by ``points``."""
@@ -343,14 +343,14 @@ class PartnerController(Controller):
     def list_transactions(  # noqa: PLR0917 (query parameters)
         self,
         request: Request[Any, Any, Any],
-        member_id: Annotated[str | None, Parameter(min_length=1, max_length=68)] = None,
-        kind: TransactionKind | None = None,
+        member_id: Annotated[str | None, QueryParameter(min_length=1, max_length=68)] = None,
+        kind: Annotated[TransactionKind | None, QueryParameter()] = None,
         since: Since = None,
         until: Until = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
         cursor: Annotated[
             str | None,
-            Parameter(max_length=200, description="`next_cursor` of the previous page."),
+            QueryParameter(max_length=200, description="`next_cursor` of the previous page."),
         ] = None,
     ) -> TransactionPage:
         """The partner's transactions, newest first, ``limit`` per page (keyset pagination)."""

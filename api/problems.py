@@ -14,7 +14,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 from html import escape
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import MediaType, Request, Response, get
@@ -24,6 +24,7 @@ from litestar.exceptions import (
     NotFoundException,
     ValidationException,
 )
+from litestar.params import PathParameter
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from litestar.types import ExceptionHandlersMap, Message, Scope
 from sqlalchemy.exc import OperationalError
@@ -254,7 +255,8 @@ def _litestar_errors(exc: ValidationException) -> list[dict[str, str]]:
         if not isinstance(item, dict):
             continue
         key = str(item.get("key", ""))
-        source = str(item.get("source", ""))
+        raw_source = item.get("source", "")
+        source = str(getattr(raw_source, "value", raw_source))
         where = f"{source}.{key}" if source and key else key or "$"
         errors.append({"path": where, "message": str(item.get("message", "invalid"))})
     return errors or [{"path": "$", "message": exc.detail}]
@@ -326,7 +328,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     include_in_schema=False,
     sync_to_thread=False,
 )
-def describe_problem(code: str) -> Response[str]:
+def describe_problem(code: Annotated[str, PathParameter(max_length=64)]) -> Response[str]:
     """A short page describing one problem type."""
     kind = KINDS.get(code)
     if kind is None:
