@@ -1,0 +1,254 @@
+"""Idempotency-Key on every POST: replays, reuse with another request, keys in use, crash
+recovery (an expired claim is taken over), scope per key owner, the store's fencing and purge,
+and a race of identical requests on PostgreSQL that makes exactly one transaction."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import requests
+from sqlalchemy import func, insert, select
+
+from api.idempotency import request_hash
+from coalition import idempotency as store
+from coalition.db import session_factory, transaction
+from coalition.idempotency import IdempotencyRecord
+from coalition.models import Transaction
+from tests.api.conftest import Client, Live, Partner, ok, problem, unique
+from tests.conftest import Db
+
+
+def _earn(p: Partner, member: str, amount: str = "10", ref: str | None = None) -> dict[str, Any]:
+    return {
+        "member_id": member,
+        "reference": ref or unique("e"),
+        "amount": amount,
+        "currency": p.currency,
+    }
+
+
+def _count(live: Live, partner_id: str) -> int:
+    with transaction(session_factory(live.engine)) as s:
+        return int(s.scalar(select(func.count()).where(Transaction.partner_id == partner_id)) or 0)
+
+
+def test_a_repeat_returns_the_first_response_marked_replayed(api: Live) -> None:
+    p = api.partner()
+    member = api.member(p)
+    key, body = str(uuid.uuid4()), _earn(p, member)
+    first = p.client.post("/v1/earns", body, idempotency_key=key)
+    again = p.client.post("/v1/earns", body, idempotency_key=key)
+    assert first.status_code == again.status_code == 201
+    assert again.content == first.content
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert _count(api, p.id) == 1
+
+
+def test_the_same_key_with_another_body_or_path_is_reused(api: Live) -> None:
+    p = api.partner()
+    member = api.member(p, 100)
+    key = str(uuid.uuid4())
+    ok(p.client.post("/v1/earns", _earn(p, member, "10"), idempotency_key=key), 201)
+    doc = problem(
+        p.client.post("/v1/earns", _earn(p, member, "11"), idempotency_key=key),
+        422,
+        "idempotency-key-reused",
+    )
+    assert "POST /v1/earns" in doc["detail"]
+    burn = {"member_id": member, "reference": unique(), "points": 1}
+    problem(p.client.post("/v1/burns", burn, idempotency_key=key), 422, "idempotency-key-reused")
+
+
+def test_a_post_without_a_valid_key_is_400(api: Live) -> None:
+    p = api.partner()
+    member = api.member(p)
+    problem(
+        p.client.post("/v1/earns", _earn(p, member), idempotency_key=None),
+        400,
+        "idempotency-key-missing",
+    )
+    for bad in ("", "has space", "x" * 256, "caf\u00e9"):
+        headers = {"Idempotency-Key": bad}
+        response = p.client.post(
+            "/v1/earns", _earn(p, member), idempotency_key=None, headers=headers
+        )
+        problem(response, 400, "idempotency-key-missing")
+    ok(p.client.post("/v1/earns", _earn(p, member), idempotency_key="x" * 255), 201)
+    assert _count(api, p.id) == 1
+
+
+def test_a_problem_is_stored_and_replayed_too(api: Live) -> None:
+    p = api.partner()
+    member = api.member(p, 10)
+    key = str(uuid.uuid4())
+    burn = {"member_id": member, "reference": unique(), "points": 20}
+    first = p.client.post("/v1/burns", burn, idempotency_key=key)
+    problem(first, 409, "insufficient-points")
+    ok(p.client.post("/v1/earns", _earn(p, member, "100")), 201)
+    again = p.client.post("/v1/burns", burn, idempotency_key=key)
+    assert again.status_code == 409 and again.content == first.content
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.headers["Content-Type"].startswith("application/problem+json")
+
+
+def test_a_rejected_body_is_stored_so_the_key_cannot_carry_another(api: Live) -> None:
+    p = api.partner()
+    member = api.member(p)
+    key = str(uuid.uuid4())
+    problem(p.client.post("/v1/earns", content=b"{nope", idempotency_key=key), 422, "validation")
+    replay = p.client.post("/v1/earns", content=b"{nope", idempotency_key=key)
+    assert replay.status_code == 422 and replay.headers["Idempotent-Replayed"] == "true"
+    problem(
+        p.client.post("/v1/earns", _earn(p, member), idempotency_key=key),
+        422,
+        "idempotency-key-reused",
+    )
+
+
+def test_keys_are_scoped_per_owner(api: Live) -> None:
+    a, b = api.partner(), api.partner()
+    member = api.member(a)
+    key = str(uuid.uuid4())
+    body = _earn(a, member)
+    first = ok(a.client.post("/v1/earns", body, idempotency_key=key), 201)
+    second = ok(b.client.post("/v1/earns", body, idempotency_key=key), 201)
+    assert first["partner_id"] == a.id and second["partner_id"] == b.id
+    # operator keys share one owner, "operator": another operator key gets the replay
+    made = {"name": "Scoped", "currency": "EUR"}
+    first_op = api.operator.post("/v1/admin/partners", made, idempotency_key=key)
+    assert first_op.status_code == 201
+    other_operator = api.client(api.role_key("operator"))
+    replay = other_operator.post("/v1/admin/partners", made, idempotency_key=key)
+    assert replay.content == first_op.content and replay.headers["Idempotent-Replayed"] == "true"
+
+
+def _claim_row(live: Live, p: Partner, key: str, body: bytes, *, lease_s: float) -> None:
+    now = datetime.now(UTC)
+    with transaction(session_factory(live.engine)) as s:
+        s.execute(
+            insert(IdempotencyRecord).values(
+                owner=p.id,
+                key=key,
+                request_hash=request_hash("POST", "/v1/earns", body),
+                method="POST",
+                path="/v1/earns",
+                state="running",
+                response_status=None,
+                response_body=None,
+                created_at=now,
+                locked_until=now + timedelta(seconds=lease_s),
+                expires_at=now + timedelta(hours=24),
+            )
+        )
+
+
+def test_a_key_still_running_is_in_use(api: Live) -> None:
+    p = api.partner()
+    member = api.member(p)
+    key, body = str(uuid.uuid4()), json.dumps(_earn(p, member)).encode()
+    _claim_row(api, p, key, body, lease_s=30)
+    response = p.client.post("/v1/earns", content=body, idempotency_key=key)
+    problem(response, 409, "idempotency-key-in-use")
+    assert 1 <= int(response.headers["Retry-After"]) <= 30
+    assert _count(api, p.id) == 0
+
+
+def test_a_claim_whose_holder_died_is_taken_over(api: Live) -> None:
+    p = api.partner()
+    member = api.member(p)
+    key, body = str(uuid.uuid4()), json.dumps(_earn(p, member)).encode()
+    _claim_row(api, p, key, body, lease_s=-1)  # the first request died: its lease ran out
+    first = p.client.post("/v1/earns", content=body, idempotency_key=key)
+    assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
+    again = p.client.post("/v1/earns", content=body, idempotency_key=key)
+    assert again.content == first.content and again.headers["Idempotent-Replayed"] == "true"
+    assert _count(api, p.id) == 1
+
+
+def test_identical_requests_racing_make_one_transaction(live_pg: Live) -> None:
+    p = live_pg.partner()
+    member = live_pg.member(p)
+    key, body = str(uuid.uuid4()), json.dumps(_earn(p, member)).encode()
+    parallel = 20
+    barrier = threading.Barrier(parallel)
+
+    def send(_: int) -> requests.Response:
+        client = Client(live_pg.base_url, p.key)
+        barrier.wait(timeout=30)
+        return client.post("/v1/earns", content=body, idempotency_key=key)
+
+    with ThreadPoolExecutor(parallel) as pool:
+        responses = list(pool.map(send, range(parallel)))
+    created = [r for r in responses if r.status_code == 201]
+    in_use = [r for r in responses if r.status_code == 409]
+    assert len(created) + len(in_use) == parallel, [r.text for r in responses]
+    for r in in_use:
+        problem(r, 409, "idempotency-key-in-use")
+    originals = [r for r in created if "Idempotent-Replayed" not in r.headers]
+    assert len(originals) == 1
+    assert all(r.content == originals[0].content for r in created)
+    assert _count(live_pg, p.id) == 1
+
+
+# --- the store -----------------------------------------------------------------------------
+
+
+def _claim(
+    db: Db, key: str, now: datetime, request: str = "h1"
+) -> store.Claim | store.StoredResponse:
+    with transaction(db.sessions) as s:
+        return store.claim(
+            s,
+            owner="prt_x",
+            key=key,
+            request_hash=request,
+            method="POST",
+            path="/v1/earns",
+            now=now,
+        )
+
+
+def test_store_fences_a_claim_that_outlived_its_lease(db: Db) -> None:
+    t0 = datetime(2026, 1, 5, 9, tzinfo=UTC)
+    first = _claim(db, "k", t0)
+    assert isinstance(first, store.Claim)
+    later = t0 + store.LEASE + timedelta(seconds=1)
+    second = _claim(db, "k", later)
+    assert isinstance(second, store.Claim)
+    with transaction(db.sessions) as s:
+        assert not store.complete(s, first, status=201, body=b"{}")
+        assert store.complete(s, second, status=201, body=b'{"ok":1}')
+    assert _claim(db, "k", later) == store.StoredResponse(201, b'{"ok":1}')
+
+
+def test_store_release_frees_the_key(db: Db) -> None:
+    t0 = datetime(2026, 1, 5, 9, tzinfo=UTC)
+    held = _claim(db, "k", t0)
+    assert isinstance(held, store.Claim)
+    with transaction(db.sessions) as s:
+        store.release(s, held)
+    assert isinstance(_claim(db, "k", t0, request="other"), store.Claim)
+
+
+def test_store_purges_after_retention_only(db: Db) -> None:
+    t0 = datetime(2026, 1, 5, 9, tzinfo=UTC)
+    done = _claim(db, "done", t0)
+    running = _claim(db, "running", t0 + store.RETENTION)
+    assert isinstance(done, store.Claim) and isinstance(running, store.Claim)
+    with transaction(db.sessions) as s:
+        assert store.complete(s, done, status=201, body=b"{}")
+    at = t0 + store.RETENTION + timedelta(seconds=1)
+    with transaction(db.sessions) as s:
+        assert store.purge(s, t0 + store.RETENTION - timedelta(seconds=1)) == 0
+        assert store.purge(s, at) == 1
+    # forgotten: the key is new again, even with another request
+    assert isinstance(_claim(db, "done", at, request="new"), store.Claim)
+    with transaction(db.sessions) as s:
+        keys = set(s.scalars(select(IdempotencyRecord.key)))
+    assert keys == {"done", "running"}
