@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import re
+import shutil
+import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, ClassVar
 
 import http_sf
@@ -17,6 +22,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from http_message_signatures import ContentDigest, HTTPMessageSigner, MappingKeyResolver
+from requests.structures import CaseInsensitiveDict
 from requests_http_signature import HTTPSignatureAuth, algorithms
 from sqlalchemy import select
 
@@ -741,3 +747,112 @@ def test_failure_details_hold_no_secrets(db: Db) -> None:
     for error in errors:
         text = f"{error.detail} {error.extra}"
         assert key.secret not in text and signature not in text and signature.strip(":") not in text
+
+
+# --- the shell recipes in docs/signing.md ---------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "signing.md"
+FAKE_CURL = """#!/bin/sh
+# records its arguments (NUL separated) instead of sending anything
+printf '%s\\0' "$@" > "$CURL_ARGS"
+"""
+
+
+def recipe(name: str) -> str:
+    match = re.search(rf"<!-- recipe: {name} -->\n```sh\n(.*?)```", DOCS.read_text(), re.S)
+    assert match, f"docs/signing.md has no recipe {name}"
+    return match.group(1)
+
+
+def run_recipe(name: str, tmp_path: Path, env: dict[str, str]) -> requests.PreparedRequest:
+    """Run a recipe with bash and a curl that records its arguments; the request it built."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    curl = bin_dir / "curl"
+    curl.write_text(FAKE_CURL)
+    curl.chmod(0o755)
+    args_file = tmp_path / "curl-args"
+    subprocess.run(
+        ["bash", "-c", recipe(name)],
+        cwd=tmp_path,
+        env={
+            **env,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "CURL_ARGS": str(args_file),
+        },
+        check=True,
+        timeout=30,
+    )
+    args = args_file.read_bytes().split(b"\0")[:-1]
+    method, url, headers, body = "GET", "", {}, None
+    i = 0
+    while i < len(args):
+        arg = args[i].decode()
+        if arg == "-X":
+            method, i = args[i + 1].decode(), i + 1
+        elif arg == "-H":
+            name_, _, value = args[i + 1].decode().partition(": ")
+            headers[name_] = value
+            i += 1
+        elif arg == "--data-binary":
+            data = args[i + 1].decode()
+            body = (tmp_path / data[1:]).read_bytes() if data.startswith("@") else data.encode()
+            i += 1
+        elif not arg.startswith("-"):
+            url = arg
+        i += 1
+    request = requests.Request(method, url).prepare()
+    request.headers = CaseInsensitiveDict(headers)
+    request.body = body
+    return request
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_shell_recipe_hmac_post(db: Db, tmp_path: Path) -> None:
+    key = make_key(db, "hmac-sha256")
+    assert key.secret is not None
+    env = {"BASE": "http://127.0.0.1:8000", "KEY_ID": key.id, "SECRET": key.secret}
+    request = run_recipe("hmac-post", tmp_path, env)
+    assert request.url == "http://127.0.0.1:8000/v1/earns"
+    assert request.method == "POST" and "Idempotency-Key" in request.headers
+    assert verify(db, request, now=datetime.now(UTC)).key_id == key.id
+    refused(lambda: verify(db, request, now=datetime.now(UTC)), "replayed-nonce")
+    request.body = body_of(request).replace(b"12.50", b"99.50")
+    refused(lambda: verify(db, request, now=datetime.now(UTC)), "digest-mismatch")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_shell_recipe_ed25519_get(db: Db, tmp_path: Path) -> None:
+    key = make_key(db, "ed25519")
+    (tmp_path / "partner-ed25519.pem").write_bytes(key.material)
+    env = {"BASE": "http://127.0.0.1:8000", "KEY_ID": key.id, "KEY_PEM": "partner-ed25519.pem"}
+    request = run_recipe("ed25519-get", tmp_path, env)
+    assert request.url == "http://127.0.0.1:8000/v1/transactions?member_id=mem_1&limit=10"
+    assert verify(db, request, now=datetime.now(UTC)).key_id == key.id
+    refused(
+        lambda: verify(
+            db,
+            request,
+            now=datetime.now(UTC),
+            url="http://127.0.0.1:8000/v1/transactions?member_id=mem_2&limit=10",
+        ),
+        "bad-signature",
+    )
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_shell_public_key_recipe(db: Db, tmp_path: Path) -> None:
+    """The doc's openssl line gives the base64url raw public key create_key takes."""
+    match = re.search(r"```sh\n(openssl genpkey.*?)```", DOCS.read_text(), re.S)
+    assert match
+    out = subprocess.run(
+        ["bash", "-c", match.group(1)], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    private = serialization.load_pem_private_key(
+        (tmp_path / "partner-ed25519.pem").read_bytes(), password=None
+    )
+    assert isinstance(private, Ed25519PrivateKey)
+    raw = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    assert out == b64url(raw)
