@@ -452,3 +452,5 @@ def decode(body: bytes, type_: type[T], *, empty_as_object: bool = False) -> T:
         raise ValidationFailed([_field_error(exc)]) from None
     except msgspec.DecodeError as exc:
         raise ValidationFailed.at("$", f"not valid JSON ({exc})") from None
+    except UnicodeDecodeError:
+        raise ValidationFailed.at("$", "not valid JSON (the body is not UTF-8)") from None

@@ -15,7 +15,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,12 +268,17 @@ def _operator_key(engine: Engine) -> Key:
     return Key(new.key.id, "hmac-sha256", base64.urlsafe_b64decode(new.secret + "="))
 
 
-def _serve(url: str, backend: str) -> Iterator[Live]:
-    """Run the app over ``url`` on a free loopback port until the generator is closed."""
+def serve(
+    url: str, backend: str, *, routes: Sequence[Any] = (), ready: int = 200
+) -> Iterator[Live]:
+    """Run the app over ``url`` on a free loopback port until the generator is closed; the
+    server is ready when its health check answers ``ready``. ``routes`` are added to the app."""
     settings = Settings(
         database_url=url, secret_key=SECRET_KEY, public_url="http://api.coalition.test"
     )
     app = create_app(settings)
+    for route in routes:
+        app.register(route)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     )
@@ -287,7 +292,7 @@ def _serve(url: str, backend: str) -> Iterator[Live]:
             base_url = f"http://127.0.0.1:{port}"
         if base_url is not None:
             try:
-                if requests.get(base_url + "/v1/health", timeout=2).status_code == 200:
+                if requests.get(base_url + "/v1/health", timeout=2).status_code == ready:
                     break
             except requests.ConnectionError:
                 pass
@@ -297,7 +302,8 @@ def _serve(url: str, backend: str) -> Iterator[Live]:
         raise RuntimeError(f"the API server did not come up within {STARTUP_TIMEOUT_S} s")
     engine = make_engine(url)
     try:
-        yield Live(base_url, backend, engine, Client(base_url, _operator_key(engine)))
+        operator = Client(base_url, _operator_key(engine) if ready == 200 else None)
+        yield Live(base_url, backend, engine, operator)
     finally:
         server.should_exit = True
         thread.join(timeout=15)
@@ -312,7 +318,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     engine = make_engine(url)
     migrate(engine)
     engine.dispose()
-    yield from _serve(url, "sqlite")
+    yield from serve(url, "sqlite")
 
 
 @pytest.fixture(scope="session")
@@ -323,7 +329,7 @@ def live_pg() -> Iterator[Live]:
     url = engine.url.render_as_string(hide_password=False)
     engine.dispose()
     try:
-        yield from _serve(url, "postgres")
+        yield from serve(url, "postgres")
     finally:
         _pg_drop(name)
 
