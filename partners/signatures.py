@@ -455,7 +455,13 @@ def _record_nonce(session: Session, key_id: str, nonce: str, created: int, now: 
 
 
 def _touch(session: Session, key: ApiKey, now: datetime) -> None:
-    """``last_used_at = now`` unless it was set within the last minute (no hot row)."""
+    """``last_used_at = now`` unless it was set within the last minute (no hot row).
+
+    The loaded row says whether it is due (no statement at all for most requests); the
+    conditional UPDATE settles races between processes.
+    """
+    if key.last_used_at is not None and key.last_used_at >= now - LAST_USED_INTERVAL:
+        return
     result = session.execute(
         update(ApiKey)
         .where(
