@@ -59,6 +59,8 @@ WINDOW = timedelta(seconds=300)
 NONCE_MARGIN = timedelta(seconds=60)
 #: ``last_used_at`` is written at most this often per key.
 LAST_USED_INTERVAL = timedelta(seconds=60)
+#: Signatures one request may carry (each may cost a verification per candidate URL).
+MAX_SIGNATURES = 8
 #: The longest nonce the request_nonces table holds.
 MAX_NONCE_LENGTH = 255
 
@@ -198,6 +200,8 @@ def _parse_signatures(fields: Mapping[str, str]) -> list[_Signature]:
     values = _parse_dictionary("Signature", fields["signature"])
     if not inputs:
         raise _fail("missing-signature", "Signature-Input holds no signature")
+    if len(inputs) > MAX_SIGNATURES:
+        raise _fail("malformed-signature", f"at most {MAX_SIGNATURES} signatures per request")
     signatures: list[_Signature] = []
     for label, member in inputs.items():
         if not (isinstance(member, tuple) and isinstance(member[0], list)):
@@ -205,7 +209,7 @@ def _parse_signatures(fields: Mapping[str, str]) -> list[_Signature]:
         components: list[_Component] = []
         for item in member[0]:
             value, params = item
-            if not isinstance(value, str) or isinstance(value, http_sf.Token):
+            if not isinstance(value, str):  # a token or a number
                 raise _fail(
                     "malformed-signature",
                     f"signature {label!r}: covered components must be quoted strings",

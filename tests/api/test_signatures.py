@@ -534,6 +534,12 @@ def test_missing_signature_headers(db: Db, key: Key) -> None:
         ('sig=("@method");keyid="{key}";created="{now}"', "sig=:AAAA:"),
         ('sig=("@method");keyid="{key}";created={now}', "other=:AAAA:"),
         ('sig=("@method");created={now}', "sig=:AAAA:"),  # no keyid
+        ('sig=(method);keyid="{key}";created={now}', "sig=:AAAA:"),  # a token component
+        ('sig=("@method");keyid="{key}";created={now};created=1', "sig=:AAAA:"),  # twice
+        (
+            ", ".join(f's{i}=("@method");keyid="{{key}}";created={{now}}' for i in range(9)),
+            ", ".join(f"s{i}=:AAAA:" for i in range(9)),
+        ),  # too many signatures
     ],
 )
 def test_malformed_signature(db: Db, signature_input: str, signature: str) -> None:
