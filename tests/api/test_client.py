@@ -183,26 +183,26 @@ def test_each_request_has_its_own_nonce(db: Db) -> None:
     assert info.value.extra["reason"] == "replayed-nonce"
 
 
-def test_tampered_client_request_is_refused(db: Db) -> None:
-    client, recorder, _ = client_for(db, "ed25519")
+def test_tampered_client_request_is_refused(lite: Db) -> None:
+    client, recorder, _ = client_for(lite, "ed25519")
     client.burn("mem_1", "r-1", points=10)
     request = recorder.sent[0]
     request.body = body_of(request).replace(b"10", b"99")
     with pytest.raises(SignatureInvalid) as info:
-        verify(db, request)
+        verify(lite, request)
     assert info.value.extra["reason"] == "digest-mismatch"
 
 
-def test_base_url_with_a_path_prefix(db: Db) -> None:
-    client, recorder, _ = client_for(db, "hmac-sha256", base="https://gw.example.com/coalition/")
+def test_base_url_with_a_path_prefix(lite: Db) -> None:
+    client, recorder, _ = client_for(lite, "hmac-sha256", base="https://gw.example.com/coalition/")
     client.balance("mem/odd id")
     request = recorder.sent[0]
     assert request.url == "https://gw.example.com/coalition/v1/members/mem%2Fodd%20id/balance"
-    verify(db, request)
+    verify(lite, request)
 
 
-def test_helpers_send_the_contract_requests(db: Db) -> None:
-    client, recorder, _ = client_for(db, "hmac-sha256")
+def test_helpers_send_the_contract_requests(lite: Db) -> None:
+    client, recorder, _ = client_for(lite, "hmac-sha256")
     calls: list[tuple[Callable[[], ApiResponse], str, str, Any]] = [
         (client.me, "GET", "/v1/me", None),
         (client.create_member, "POST", "/v1/members", {}),
@@ -245,9 +245,9 @@ def test_helpers_send_the_contract_requests(db: Db) -> None:
         assert (json.loads(body_of(request)) if request.body else None) == body
 
 
-def test_iter_transactions_follows_cursors(db: Db) -> None:
+def test_iter_transactions_follows_cursors(lite: Db) -> None:
     client, recorder, _ = client_for(
-        db,
+        lite,
         "hmac-sha256",
         answer(200, {"data": [{"id": "txn_1"}], "has_more": True, "next_cursor": "c1"}),
         answer(200, {"data": [{"id": "txn_2"}], "has_more": False, "next_cursor": None}),
@@ -256,9 +256,9 @@ def test_iter_transactions_follows_cursors(db: Db) -> None:
     assert recorder.sent[1].url == BASE + "/v1/transactions?member_id=mem_1&cursor=c1"
 
 
-def test_response_status_and_replay_flag(db: Db) -> None:
+def test_response_status_and_replay_flag(lite: Db) -> None:
     client, _, _ = client_for(
-        db, "hmac-sha256", answer(201, {"member_id": "mem_1"}, **{"Idempotent-Replayed": "true"})
+        lite, "hmac-sha256", answer(201, {"member_id": "mem_1"}, **{"Idempotent-Replayed": "true"})
     )
     response = client.create_member()
     assert (response.status, response.data, response.replayed) == (
@@ -284,8 +284,8 @@ def test_retry_after_connection_error_reuses_the_idempotency_key(db: Db, alg: st
         verify(db, request)
 
 
-def test_given_idempotency_key_is_used(db: Db) -> None:
-    client, recorder, _ = client_for(db, "hmac-sha256")
+def test_given_idempotency_key_is_used(lite: Db) -> None:
+    client, recorder, _ = client_for(lite, "hmac-sha256")
     client.earn("mem_1", "order-9", "3.00", "EUR", idempotency_key="my-key-1")
     assert recorder.sent[0].headers["Idempotency-Key"] == "my-key-1"
     client.request("POST", "/v1/members", {})
@@ -293,9 +293,9 @@ def test_given_idempotency_key_is_used(db: Db) -> None:
     assert len({r.headers["Idempotency-Key"] for r in recorder.sent}) == 3
 
 
-def test_retry_on_5xx_and_key_in_use(db: Db) -> None:
+def test_retry_on_5xx_and_key_in_use(lite: Db) -> None:
     client, recorder, _ = client_for(
-        db,
+        lite,
         "hmac-sha256",
         problem(503, "unavailable"),
         problem(409, "idempotency-key-in-use"),
@@ -307,23 +307,23 @@ def test_retry_on_5xx_and_key_in_use(db: Db) -> None:
     assert len({r.headers["Idempotency-Key"] for r in recorder.sent}) == 1
 
 
-def test_retries_are_bounded(db: Db) -> None:
-    client, recorder, _ = client_for(db, "hmac-sha256", *[problem(503, "unavailable")] * 10)
+def test_retries_are_bounded(lite: Db) -> None:
+    client, recorder, _ = client_for(lite, "hmac-sha256", *[problem(503, "unavailable")] * 10)
     with pytest.raises(ProblemError) as info:
         client.me()
     assert info.value.status == 503 and info.value.code == "unavailable"
     assert len(recorder.sent) == 4  # 1 + retries=3
     client, recorder, _ = client_for(
-        db, "hmac-sha256", *[requests.ConnectionError()] * 5, retries=1
+        lite, "hmac-sha256", *[requests.ConnectionError()] * 5, retries=1
     )
     with pytest.raises(requests.ConnectionError):
         client.me()
     assert len(recorder.sent) == 2
 
 
-def test_no_retry_on_other_errors(db: Db) -> None:
+def test_no_retry_on_other_errors(lite: Db) -> None:
     client, recorder, _ = client_for(
-        db,
+        lite,
         "hmac-sha256",
         problem(409, "insufficient-points", "member has 5 points"),
         problem(500, "internal"),
@@ -339,8 +339,8 @@ def test_no_retry_on_other_errors(db: Db) -> None:
     assert len(recorder.sent) == 2
 
 
-def test_non_problem_error_body(db: Db) -> None:
-    client, _, _ = client_for(db, "hmac-sha256", answer(404, None, content_type="text/plain"))
+def test_non_problem_error_body(lite: Db) -> None:
+    client, _, _ = client_for(lite, "hmac-sha256", answer(404, None, content_type="text/plain"))
     with pytest.raises(ProblemError) as info:
         client.get_hold("hold_nope")
     assert info.value.status == 404 and info.value.problem["status"] == 404
@@ -358,10 +358,10 @@ def test_key_material_is_checked() -> None:
     assert CoalitionClient(BASE, "key_1", b"s" * 32).alg == "hmac-sha256"
 
 
-def test_signature_is_fresh(db: Db) -> None:
-    client, recorder, _ = client_for(db, "hmac-sha256")
+def test_signature_is_fresh(lite: Db) -> None:
+    client, recorder, _ = client_for(lite, "hmac-sha256")
     before = datetime.now(UTC) - timedelta(seconds=1)
     client.me()
     created = datetime.fromtimestamp(signature_params(recorder.sent[0])[1]["created"], UTC)
     assert before <= created <= datetime.now(UTC)
-    verify(db, recorder.sent[0], now=datetime.now(UTC))
+    verify(lite, recorder.sent[0], now=datetime.now(UTC))
