@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Row, and_, case, func, insert, or_, select, update
+from sqlalchemy import Row, Table, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from coalition.config import Tier
@@ -37,6 +37,48 @@ from coalition.models import (
     Posting,
     Transaction,
 )
+
+# The hot path runs pre-built Core statements on the tables: building an ORM-enabled statement
+# on every call cost several times the Python the database driver needs to run it (about 1.6x
+# the single-operation throughput; docs/benchmarks.md).
+_MEMBERS = cast("Table", Member.__table__)
+_TRANSACTIONS = cast("Table", Transaction.__table__)
+_LOTS = cast("Table", Lot.__table__)
+_MEMBER_STATE = select(_MEMBERS.c.balance, _MEMBERS.c.held).where(
+    _MEMBERS.c.id == bindparam("member")
+)
+_CHANGE_MEMBER = (
+    update(_MEMBERS)
+    .where(_MEMBERS.c.id == bindparam("member"))
+    .values(
+        balance=_MEMBERS.c.balance + bindparam("balance_delta"),
+        held=_MEMBERS.c.held + bindparam("held_delta"),
+    )
+    .returning(_MEMBERS.c.balance, _MEMBERS.c.held, _MEMBERS.c.account_id)
+)
+_CHANGE_MEMBER_IF_AVAILABLE = _CHANGE_MEMBER.where(
+    _MEMBERS.c.balance - _MEMBERS.c.held >= bindparam("need_available")
+)
+_QUALIFYING_POINTS = select(
+    func.coalesce(
+        func.sum(
+            case(
+                (_TRANSACTIONS.c.kind == "earn", _TRANSACTIONS.c.points),
+                else_=-_TRANSACTIONS.c.points,
+            )
+        ),
+        0,
+    )
+).where(
+    _TRANSACTIONS.c.member_id == bindparam("member"),
+    _TRANSACTIONS.c.kind.in_(("earn", "earn_reversal")),
+    _TRANSACTIONS.c.occurred_at >= bindparam("since"),
+)
+_INSERT_TRANSACTION = insert(_TRANSACTIONS)
+_INSERT_POSTINGS = insert(cast("Table", Posting.__table__))
+_INSERT_LOT = insert(_LOTS)
+_UPDATE_LOT = update(_LOTS).where(_LOTS.c.id == bindparam("lot")).values(remaining=bindparam("to"))
+_INSERT_LOT_MOVEMENTS = insert(cast("Table", LotMovement.__table__))
 
 #: Lots read per round trip when taking points from a member's lots.
 LOT_PAGE = 200
@@ -86,9 +128,7 @@ def create_member(session: Session, member_id: str | None, now: datetime) -> tup
 
 def member_state(session: Session, member_id: str) -> MemberState:
     """The member's balance and held points; :class:`UnknownMember` if there is no such member."""
-    row = session.execute(
-        select(Member.balance, Member.held).where(Member.id == member_id)
-    ).one_or_none()
+    row = session.execute(_MEMBER_STATE, {"member": member_id}).one_or_none()
     if row is None:
         raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
     return MemberState(member_id, row.balance, row.held)
@@ -104,14 +144,7 @@ def member_account(session: Session, member_id: str) -> int:
 
 def qualifying_points(session: Session, member_id: str, since: datetime) -> int:
     """Points earned (less earn reversals) since ``since``: what a member's tier rests on."""
-    signed = case((Transaction.kind == "earn", Transaction.points), else_=-Transaction.points)
-    total = session.scalar(
-        select(func.coalesce(func.sum(signed), 0)).where(
-            Transaction.member_id == member_id,
-            Transaction.kind.in_(("earn", "earn_reversal")),
-            Transaction.occurred_at >= since,
-        )
-    )
+    total = session.scalar(_QUALIFYING_POINTS, {"member": member_id, "since": since})
     return int(total or 0)
 
 
@@ -146,24 +179,23 @@ def _change_member(
     balance_delta: int,
     held_delta: int = 0,
     need_available: int | None = None,
-) -> MemberState | None:
-    """Apply deltas to the member row, locking it; ``None`` when ``need_available`` is not met.
+) -> tuple[MemberState, int] | None:
+    """Apply deltas to the member row, locking it: the state after, and the member's account
+    (read in the same statement, so no separate lookup).
 
-    With ``need_available`` the update is conditional (``balance - held >= need``), so two
+    ``None`` when ``need_available`` is not met or there is no such member. With
+    ``need_available`` the update is conditional (``balance - held >= need``), so two
     concurrent burns can never overdraw a member.
     """
-    stmt = (
-        update(Member)
-        .where(Member.id == member_id)
-        .values(balance=Member.balance + balance_delta, held=Member.held + held_delta)
-        .returning(Member.balance, Member.held)
-    )
+    params = {"member": member_id, "balance_delta": balance_delta, "held_delta": held_delta}
+    stmt = _CHANGE_MEMBER
     if need_available is not None:
-        stmt = stmt.where(Member.balance - Member.held >= need_available)
-    row = session.execute(stmt, execution_options={"synchronize_session": False}).one_or_none()
+        stmt = _CHANGE_MEMBER_IF_AVAILABLE
+        params["need_available"] = need_available
+    row = session.execute(stmt, params).one_or_none()
     if row is None:
         return None
-    return MemberState(member_id, row.balance, row.held)
+    return MemberState(member_id, row.balance, row.held), row.account_id
 
 
 def _require_member_change(
@@ -173,16 +205,17 @@ def _require_member_change(
     balance_delta: int,
     held_delta: int = 0,
     need_available: int | None = None,
-) -> MemberState:
-    state = _change_member(
+) -> tuple[MemberState, int]:
+    """:func:`_change_member`; :class:`UnknownMember` or :class:`InsufficientPoints` if not."""
+    changed = _change_member(
         session,
         member_id,
         balance_delta=balance_delta,
         held_delta=held_delta,
         need_available=need_available,
     )
-    if state is not None:
-        return state
+    if changed is not None:
+        return changed
     current = member_state(session, member_id)  # raises UnknownMember
     raise InsufficientPoints(
         f"member has {current.available} points available, {need_available} needed",
@@ -214,9 +247,9 @@ def _write(
         "reason": None,
         **values,
     }
-    session.execute(insert(Transaction), [row])
+    session.execute(_INSERT_TRANSACTION, [row])
     session.execute(
-        insert(Posting),
+        _INSERT_POSTINGS,
         [
             {
                 "transaction_id": row["id"],
@@ -238,12 +271,10 @@ def _move(session: Session, txn_id: str, moves: list[tuple[int, str | None, int,
     if not moves:
         return
     session.execute(
-        update(Lot),
-        [{"id": lot_id, "remaining": remaining} for lot_id, _, _, remaining in moves],
-        execution_options={"synchronize_session": False},
+        _UPDATE_LOT, [{"lot": lot_id, "to": remaining} for lot_id, _, _, remaining in moves]
     )
     session.execute(
-        insert(LotMovement),
+        _INSERT_LOT_MOVEMENTS,
         [
             {"transaction_id": txn_id, "lot_id": lot_id, "origin_partner_id": origin, "points": d}
             for lot_id, origin, d, _ in moves
@@ -372,15 +403,16 @@ def _add_lot(
     expires_at: datetime,
 ) -> None:
     session.execute(
-        insert(Lot).values(
-            member_id=member_id,
-            origin_partner_id=origin_partner_id,
-            transaction_id=txn_id,
-            points=points,
-            remaining=points,
-            expires_at=expires_at,
-            is_deficit=False,
-        )
+        _INSERT_LOT,
+        {
+            "member_id": member_id,
+            "origin_partner_id": origin_partner_id,
+            "transaction_id": txn_id,
+            "points": points,
+            "remaining": points,
+            "expires_at": expires_at,
+            "is_deficit": False,
+        },
     )
 
 
@@ -399,8 +431,7 @@ def credit(
 ) -> Posted:
     """Give a member ``points`` in a new lot (earn, bonus, positive adjustment)."""
     assert points > 0
-    member_acct = member_account(session, member_id)
-    state = _require_member_change(session, member_id, balance_delta=points)
+    state, member_acct = _require_member_change(session, member_id, balance_delta=points)
     txn = _write(
         session,
         {**values, "member_id": member_id, "points": points, "balance_after": state.balance},
@@ -432,8 +463,9 @@ def debit(
     :class:`InsufficientPoints` (nothing written) when the available balance is short.
     """
     assert points > 0
-    member_acct = member_account(session, member_id)
-    state = _require_member_change(session, member_id, balance_delta=-points, need_available=points)
+    state, member_acct = _require_member_change(
+        session, member_id, balance_delta=-points, need_available=points
+    )
     txn = _write(
         session,
         {**values, "member_id": member_id, "points": points, "balance_after": state.balance},
@@ -457,7 +489,7 @@ def place_hold(
 ) -> tuple[Hold, MemberState]:
     """Reserve ``points`` of the member's available balance (:class:`InsufficientPoints`)."""
     assert points > 0
-    state = _require_member_change(
+    state, _ = _require_member_change(
         session, member_id, balance_delta=0, held_delta=points, need_available=points
     )
     values = {
@@ -492,8 +524,7 @@ def capture_hold(
     clawback took the member's lots meanwhile, the shortfall becomes the member's deficit.
     """
     assert hold.status == "active" and 0 < points <= hold.points
-    member_acct = member_account(session, hold.member_id)
-    state = _require_member_change(
+    state, member_acct = _require_member_change(
         session, hold.member_id, balance_delta=-points, held_delta=-hold.points
     )
     txn = _write(
@@ -518,7 +549,7 @@ def capture_hold(
 def release_hold(session: Session, *, hold: Hold, status: str, now: datetime) -> MemberState:
     """Void or expire an active hold: its points are available again."""
     assert hold.status == "active" and status in ("voided", "expired")
-    state = _require_member_change(
+    state, _ = _require_member_change(
         session, hold.member_id, balance_delta=0, held_delta=-hold.points
     )
     _close_hold(session, hold.id, status, now)
@@ -567,8 +598,7 @@ def reverse_earn(
     """
     assert points > 0
     member_id = original.member_id
-    member_acct = member_account(session, member_id)
-    state = _require_member_change(session, member_id, balance_delta=-points)
+    state, member_acct = _require_member_change(session, member_id, balance_delta=-points)
     available_before = state.available + points
     overdraft = points - min(max(available_before, 0), points)
     txn = _write(
@@ -608,8 +638,7 @@ def reverse_burn(
     """
     assert points > 0
     member_id = original.member_id
-    member_acct = member_account(session, member_id)
-    state = _require_member_change(session, member_id, balance_delta=points)
+    state, member_acct = _require_member_change(session, member_id, balance_delta=points)
     txn = _write(
         session,
         {**values, "member_id": member_id, "points": points, "balance_after": state.balance},
@@ -694,8 +723,9 @@ def expire_member_lots(session: Session, member_id: str, now: datetime) -> Poste
     points = min(int(due or 0), max(state.available, 0))
     if points <= 0:
         return None
-    member_acct = member_account(session, member_id)
-    after = _require_member_change(session, member_id, balance_delta=-points, need_available=points)
+    after, member_acct = _require_member_change(
+        session, member_id, balance_delta=-points, need_available=points
+    )
     txn = _write(
         session,
         {
