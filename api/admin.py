@@ -4,7 +4,6 @@ reports. Operator keys act here; finance keys may read the reports.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, patch, post
@@ -34,6 +33,7 @@ from api.structs import (
     TransactionOut,
     VoidCreate,
     decode,
+    parse_time,
 )
 from api.views import (
     decode_cursor,
@@ -46,7 +46,6 @@ from api.views import (
     transaction_out,
 )
 from coalition.db import transaction
-from coalition.errors import ValidationFailed
 from partners.keys import create_key, list_keys, revoke_key
 from partners.queries import liability, list_partners
 from partners.rates import (
@@ -354,13 +353,16 @@ class AdminController(Controller):
         self,
         request: Request[Any, Any, Any],
         at: Annotated[
-            datetime | None,
-            QueryParameter(description="As of this time (RFC 3339); default now."),
+            str | None,
+            QueryParameter(
+                max_length=64,
+                description="As of this time (RFC 3339); default now.",
+                schema_extra={"format": "date-time"},
+            ),
         ] = None,
     ) -> LiabilityReport:
         """Outstanding points now (or ``at``) and issued, redeemed, expired totals."""
         services = services_of(request.app.state)
-        if at is not None and at.tzinfo is None:
-            raise ValidationFailed.at("query.at", "needs a time zone (e.g. Z)")
+        as_of = parse_time(at, "at") or services.clock()
         with transaction(services.sessions) as s:
-            return liability_out(liability(s, at or services.clock()))
+            return liability_out(liability(s, as_of))

@@ -6,7 +6,6 @@ rules live there. ``POST`` handlers run through :func:`~api.idempotency.run_idem
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
@@ -34,6 +33,7 @@ from api.structs import (
     TransactionPage,
     VoidCreate,
     decode,
+    parse_time,
 )
 from api.views import (
     balance_out,
@@ -45,18 +45,26 @@ from api.views import (
     transaction_out,
 )
 from coalition.db import transaction
-from coalition.errors import ValidationFailed
 from partners.queries import active_rate_card, list_transactions
 from partners.rates import get_partner
 from partners.signatures import Principal
 
 PathId = Annotated[str, PathParameter(min_length=1, max_length=64)]
 Since = Annotated[
-    datetime | None,
-    QueryParameter(description="Only transactions posted at or after this time (RFC 3339)."),
+    str | None,
+    QueryParameter(
+        max_length=64,
+        description="Only transactions posted at or after this time (RFC 3339).",
+        schema_extra={"format": "date-time"},
+    ),
 ]
 Until = Annotated[
-    datetime | None, QueryParameter(description="Only transactions posted before this time.")
+    str | None,
+    QueryParameter(
+        max_length=64,
+        description="Only transactions posted before this time (RFC 3339).",
+        schema_extra={"format": "date-time"},
+    ),
 ]
 
 
@@ -67,12 +75,6 @@ def _existing_member_doc() -> ResponseSpec:
 def _partner_id(principal: Principal) -> str:
     assert principal.partner_id is not None, "partner routes admit partner keys only"
     return principal.partner_id
-
-
-def _aware(value: datetime | None, name: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise ValidationFailed.at(f"query.{name}", "needs a time zone (e.g. Z)")
-    return value
 
 
 class PartnerController(Controller):
@@ -361,8 +363,8 @@ class PartnerController(Controller):
                 partner_id=_partner_id(principal_of(request)),
                 member_id=member_id,
                 kind=kind,
-                since=_aware(since, "since"),
-                until=_aware(until, "until"),
+                since=parse_time(since, "since"),
+                until=parse_time(until, "until"),
                 before_id=decode_cursor(cursor, "txn"),
                 limit=limit,
             )

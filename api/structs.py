@@ -454,3 +454,17 @@ def decode(body: bytes, type_: type[T], *, empty_as_object: bool = False) -> T:
         raise ValidationFailed.at("$", f"not valid JSON ({exc})") from None
     except UnicodeDecodeError:
         raise ValidationFailed.at("$", "not valid JSON (the body is not UTF-8)") from None
+
+
+def parse_time(raw: str | None, name: str) -> datetime | None:
+    """An RFC 3339 time with a zone from a query parameter, strictly (``validation`` if not)."""
+    if raw is None:
+        return None
+    try:
+        value = msgspec.convert(raw, AwareTime, strict=True)
+    except msgspec.ValidationError:
+        raise ValidationFailed.at(
+            f"query.{name}", "an RFC 3339 time with a time zone, e.g. 2026-01-05T09:00:00Z"
+        ) from None
+    assert isinstance(value, datetime)
+    return value
