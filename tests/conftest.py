@@ -8,11 +8,15 @@ reachable server the PostgreSQL tests skip, except under CI (``CI`` set), where 
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import itertools
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -156,10 +160,27 @@ class Db:
         return member_id
 
 
+_SQLITE_TEMPLATES: dict[str, Path] = {}
+
+
 def _sqlite(tmp_path: Path) -> Engine:
-    engine = make_engine(f"sqlite:///{tmp_path / 'test.sqlite3'}")
-    migrate(engine)
-    return engine
+    """A copy of a SQLite file migrated once per test process (and per set of migrations)."""
+    digest = _migrations_digest()
+    template = _SQLITE_TEMPLATES.get(digest)
+    if template is None:
+        directory = Path(tempfile.mkdtemp(prefix="coalition-test-"))
+        atexit.register(shutil.rmtree, directory, True)
+        template = directory / "template.sqlite3"
+        engine = make_engine(f"sqlite:///{template}")
+        migrate(engine)
+        engine.dispose()  # the last connection's close checkpoints the WAL into the file
+        _SQLITE_TEMPLATES[digest] = template
+    path = tmp_path / "test.sqlite3"
+    shutil.copyfile(template, path)
+    wal = template.with_name(template.name + "-wal")
+    if wal.exists():
+        shutil.copyfile(wal, path.with_name(path.name + "-wal"))
+    return make_engine(f"sqlite:///{path}")
 
 
 _TEMPLATE_READY: dict[str, bool] = {}
@@ -206,6 +227,7 @@ def _ensure_template(admin: str, base: str) -> str:
                 "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
                 (template,),
             ).fetchone()
+            _drop_orphans(conn, base)
             if row is None or row[0] != digest:
                 conn.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
                 conn.execute(f'CREATE DATABASE "{template}"')
@@ -221,20 +243,83 @@ def _ensure_template(admin: str, base: str) -> str:
     return template
 
 
-def _pg_clone() -> tuple[Engine, str]:
+def _drop_orphans(conn: psycopg.Connection[Any], base: str) -> None:
+    """Drop the clones of test processes that died before dropping them."""
+    names = conn.execute(
+        "SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{base}_%",)
+    ).fetchall()
+    for (name,) in names:
+        pid, _, number = name.removeprefix(f"{base}_").partition("_")
+        if not (pid.isdigit() and number.isdigit()) or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except PermissionError:
+            pass
+
+
+def _create_clone() -> str:
     admin, base = _admin_conninfo(PG_URL)
     template = _ensure_template(admin, base)
     name = f"{base}_{os.getpid()}_{next(_counter)}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    return make_engine(url, pool_size=5, max_overflow=60), name
+    return name
 
 
 def _pg_drop(name: str) -> None:
     admin, _ = _admin_conninfo(PG_URL)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class _Clones:
+    """PostgreSQL clones, made one ahead and dropped in a background thread, so a test does
+    not wait for CREATE DATABASE or DROP DATABASE."""
+
+    def __init__(self) -> None:
+        self.executor: ThreadPoolExecutor | None = None
+        self.spare: Future[str] | None = None
+
+    def _background(self) -> ThreadPoolExecutor:
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(1, thread_name_prefix="test-pg-clones")
+        return self.executor
+
+    def take(self) -> tuple[Engine, str]:
+        background = self._background()
+        ready = self.spare or background.submit(_create_clone)
+        self.spare = background.submit(_create_clone)
+        name = ready.result()
+        url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+        return make_engine(url, pool_size=5, max_overflow=60), name
+
+    def drop(self, name: str) -> None:
+        self._background().submit(_pg_drop, name)
+
+    def close(self) -> None:
+        if self.executor is None:
+            return
+        if self.spare is not None:
+            with contextlib.suppress(Exception):
+                self.executor.submit(_pg_drop, self.spare.result())
+        self.executor.shutdown(wait=True)
+        self.executor, self.spare = None, None
+
+
+_CLONES = _Clones()
+
+
+def _pg_clone() -> tuple[Engine, str]:
+    """A fresh migrated PostgreSQL database: (engine, name); drop it with :func:`_pg_drop`."""
+    return _CLONES.take()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop the spare PostgreSQL clone and wait for the pending drops."""
+    _CLONES.close()
 
 
 _PG_OK: list[bool] = []
@@ -260,20 +345,20 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
         shutil.rmtree(tmp_path, ignore_errors=True)
         return
     require_postgres()
-    engine, name = _pg_clone()
+    engine, name = _CLONES.take()
     yield Db(engine, session_factory(engine), "postgres")
     engine.dispose()
-    _pg_drop(name)
+    _CLONES.drop(name)
 
 
 @pytest.fixture
 def pg() -> Iterator[Db]:
     """A fresh migrated PostgreSQL database (for concurrency, locking and isolation tests)."""
     require_postgres()
-    engine, name = _pg_clone()
+    engine, name = _CLONES.take()
     yield Db(engine, session_factory(engine), "postgres")
     engine.dispose()
-    _pg_drop(name)
+    _CLONES.drop(name)
 
 
 @pytest.fixture
