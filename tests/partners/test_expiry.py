@@ -1,0 +1,254 @@
+"""Points live in lots that expire at their date: soonest-expiring first, breakage recorded,
+held points protected while the hold lasts, and no one spends points past their date."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from coalition.check import liability_at
+from coalition.errors import InsufficientPoints
+from coalition.models import OPERATOR_ACCOUNTS, Lot, LotMovement, Member, Posting, Transaction
+from tests.conftest import Db
+
+
+def expiries(db: Db, member_id: str) -> list[int]:
+    with db.sessions() as s:
+        return list(
+            s.scalars(
+                select(Transaction.points)
+                .where(Transaction.member_id == member_id, Transaction.kind == "expiry")
+                .order_by(Transaction.posted_at)
+            )
+        )
+
+
+def account_of(db: Db, member_id: str) -> int:
+    with db.sessions() as s:
+        account = s.scalar(select(Member.account_id).where(Member.id == member_id))
+    assert account is not None
+    return account
+
+
+def test_points_expire_at_their_date_and_not_a_second_before(db: Db) -> None:
+    shop = db.partner("EUR")
+    member = db.member(100, shop)
+    expires = db.clock.now + timedelta(days=db.settings.points_validity_days)
+    assert db.ops.balance(member).expiring == [(100, expires)]
+
+    db.clock.now = expires - timedelta(seconds=1)
+    assert db.ops.expire_points() == 0
+    assert db.ops.balance(member).available == 100
+
+    db.clock.now = expires
+    assert db.ops.expire_points() == 1
+    assert db.ops.balance(member).available == 0
+    assert db.ops.balance(member).expiring == []
+    assert expiries(db, member) == [100]
+    assert db.ops.expire_points() == 0  # nothing expires twice
+    db.assert_ledger_ok()
+
+
+def test_the_soonest_expiring_lots_are_spent_first(db: Db) -> None:
+    grocer = db.partner("EUR", name="Grocer")
+    airline = db.partner("EUR", name="Airline")
+    bookshop = db.partner("EUR", name="Bookshop")
+    db.clock.advance(days=200)
+    member = db.member()
+    # The grocer's points were earned later but occurred earlier: they expire first.
+    db.ops.earn(airline.id, member_id=member, reference="a", amount="100", currency="EUR")
+    db.ops.earn(
+        grocer.id,
+        member_id=member,
+        reference="g",
+        amount="80",
+        currency="EUR",
+        occurred_at=db.clock.now - timedelta(days=100),
+    )
+
+    burn = db.ops.burn(bookshop.id, member_id=member, reference="b", points=110)
+
+    with db.sessions() as s:
+        moves = s.execute(
+            select(LotMovement.origin_partner_id, LotMovement.points, Lot.expires_at)
+            .join(Lot, Lot.id == LotMovement.lot_id)
+            .where(LotMovement.transaction_id == burn.transaction.id)
+            .order_by(LotMovement.id)
+        ).all()
+    validity = timedelta(days=db.settings.points_validity_days)
+    assert [tuple(m) for m in moves] == [
+        (grocer.id, -80, db.clock.now - timedelta(days=100) + validity),
+        (airline.id, -30, db.clock.now + validity),
+    ]
+    assert db.ops.balance(member).expiring == [(70, db.clock.now + validity)]
+
+
+def test_lots_expiring_together_are_spent_oldest_first(db: Db) -> None:
+    first = db.partner("EUR", name="First")
+    second = db.partner("EUR", name="Second")
+    member = db.member()
+    for shop in (first, second):
+        db.ops.earn(shop.id, member_id=member, reference="same-day", amount="10", currency="EUR")
+
+    burn = db.ops.burn(first.id, member_id=member, reference="b", points=15)
+
+    with db.sessions() as s:
+        origins = s.execute(
+            select(LotMovement.origin_partner_id, LotMovement.points)
+            .where(LotMovement.transaction_id == burn.transaction.id)
+            .order_by(LotMovement.id)
+        ).all()
+    assert [tuple(o) for o in origins] == [(first.id, -10), (second.id, -5)]
+
+
+def test_expired_points_are_recorded_as_breakage(db: Db) -> None:
+    shop = db.partner("EUR")
+    member = db.member(100, shop)
+    db.ops.burn(shop.id, member_id=member, reference="b", points=30)
+    db.clock.advance(days=db.settings.points_validity_days)
+    before = db.clock.now
+
+    assert db.ops.expire_points() == 1
+
+    with db.sessions() as s:
+        txn = s.scalars(select(Transaction).where(Transaction.kind == "expiry")).one()
+        postings = s.execute(
+            select(Posting.account_id, Posting.points).where(Posting.transaction_id == txn.id)
+        ).all()
+        liability = liability_at(s, before)
+    assert (txn.member_id, txn.points, txn.partner_id, txn.balance_after) == (member, 70, None, 0)
+    breakage = OPERATOR_ACCOUNTS["operator_breakage"]
+    assert sorted((account, points) for account, points in postings) == sorted(
+        [(breakage, 70), (account_of(db, member), -70)]
+    )
+    assert liability == 0
+    db.assert_ledger_ok()
+
+
+def test_held_points_do_not_expire_until_the_hold_ends(db: Db) -> None:
+    db.configure(points_validity_days=30)
+    shop = db.partner("EUR")
+    member = db.member(100, shop)
+    expires = db.clock.now + timedelta(days=30)
+    db.clock.now = expires - timedelta(hours=1)
+    kept = db.ops.hold(shop.id, member_id=member, reference="kept", points=60, expires_in=86400)
+    db.clock.now = expires
+
+    assert db.ops.expire_points() == 1
+    balance = db.ops.balance(member)
+    assert (balance.available, balance.held) == (0, 60)
+    assert expiries(db, member) == [40]
+    assert db.ops.expire_points() == 0  # the held points wait for the hold
+
+    db.ops.void(shop.id, kept.hold.id)
+    assert db.ops.expire_points() == 1
+    assert expiries(db, member) == [40, 60]
+    assert db.ops.balance(member).available == 0
+    db.assert_ledger_ok()
+
+
+def test_held_points_expire_once_the_hold_expires(db: Db) -> None:
+    db.configure(points_validity_days=30)
+    shop = db.partner("EUR")
+    member = db.member(100, shop)
+    db.clock.advance(days=30, hours=-1)
+    db.ops.hold(shop.id, member_id=member, reference="h", points=100, expires_in=7200)
+    db.clock.advance(hours=1)
+    assert db.ops.expire_points() == 0  # everything is held
+
+    db.clock.advance(hours=1)
+    assert db.ops.expire_holds() == 1
+    assert db.ops.expire_points() == 1
+    assert expiries(db, member) == [100]
+    db.assert_ledger_ok()
+
+
+def test_a_hold_placed_before_the_date_can_be_captured_after_it(db: Db) -> None:
+    db.configure(points_validity_days=30)
+    shop = db.partner("EUR")
+    member = db.member(100, shop)
+    db.clock.advance(days=30, hours=-1)
+    hold = db.ops.hold(shop.id, member_id=member, reference="h", points=70, expires_in=7200)
+    db.clock.advance(hours=1)
+    db.ops.expire_points()
+
+    captured = db.ops.capture(shop.id, hold.hold.id)
+
+    assert captured.transaction.points == 70
+    assert (captured.member.balance, captured.member.held) == (0, 0)
+    assert expiries(db, member) == [30]
+    db.assert_ledger_ok()
+
+
+def test_a_burn_after_the_date_does_not_spend_expired_points(db: Db) -> None:
+    db.configure(points_validity_days=30)
+    shop = db.partner("EUR")
+    member = db.member(100, shop)
+    db.clock.advance(days=10)
+    db.ops.earn(shop.id, member_id=member, reference="fresh", amount="50", currency="EUR")
+    db.clock.advance(days=20)  # the first 100 points are due; no expiry job has run
+
+    with pytest.raises(InsufficientPoints) as info:
+        db.ops.burn(shop.id, member_id=member, reference="too-much", points=51)
+    assert info.value.extra["available"] == 50
+    burn = db.ops.burn(shop.id, member_id=member, reference="ok", points=50)
+
+    assert burn.member.balance == 0
+    assert expiries(db, member) == [100]  # the burn expired the due lot first
+    with db.sessions() as s:
+        taken = s.execute(
+            select(Lot.points, LotMovement.points)
+            .join(Lot, Lot.id == LotMovement.lot_id)
+            .where(LotMovement.transaction_id == burn.transaction.id)
+        ).all()
+    assert [tuple(t) for t in taken] == [(50, -50)]
+    db.assert_ledger_ok()
+
+
+def test_a_hold_after_the_date_does_not_reserve_expired_points(db: Db) -> None:
+    db.configure(points_validity_days=30)
+    shop = db.partner("EUR")
+    member = db.member(100, shop)
+    db.clock.advance(days=30)
+
+    with pytest.raises(InsufficientPoints) as info:
+        db.ops.hold(shop.id, member_id=member, reference="h", points=1)
+    assert info.value.extra["available"] == 0
+
+
+def test_points_a_burn_reversal_returns_to_an_expired_lot_expire_again(db: Db) -> None:
+    db.configure(points_validity_days=30)
+    shop = db.partner("EUR")
+    member = db.member(100, shop)
+    burn = db.ops.burn(shop.id, member_id=member, reference="b", points=40)
+    db.clock.advance(days=31)
+    assert db.ops.expire_points() == 1
+    assert expiries(db, member) == [60]
+
+    refund = db.ops.reverse(shop.id, burn.transaction.id, reference="r")
+
+    assert refund.member.balance == 40  # back into the lot they came from, which has expired
+    assert db.ops.expire_points() == 1
+    assert expiries(db, member) == [60, 40]
+    db.assert_ledger_ok()
+
+
+def test_a_member_sees_what_expires_when_soonest_first(db: Db) -> None:
+    shop = db.partner("EUR")
+    db.clock.advance(days=100)
+    member = db.member(30, shop)
+    db.ops.earn(
+        shop.id,
+        member_id=member,
+        reference="older",
+        amount="20",
+        currency="EUR",
+        occurred_at=db.clock.now - timedelta(days=50),
+    )
+    validity = timedelta(days=db.settings.points_validity_days)
+    assert db.ops.balance(member).expiring == [
+        (20, db.clock.now - timedelta(days=50) + validity),
+        (30, db.clock.now + validity),
+    ]
