@@ -74,6 +74,28 @@ _QUALIFYING_POINTS = select(
     _TRANSACTIONS.c.kind.in_(("earn", "earn_reversal")),
     _TRANSACTIONS.c.occurred_at >= bindparam("since"),
 )
+_MEMBER_QUALIFYING_POINTS = select(_QUALIFYING_POINTS.scalar_subquery()).where(
+    _MEMBERS.c.id == bindparam("member")
+)
+_HOLDS = cast("Table", Hold.__table__)
+_MEMBER_DUE = select(
+    select(func.count())
+    .select_from(_LOTS)
+    .where(
+        _LOTS.c.member_id == bindparam("member"),
+        _LOTS.c.remaining > 0,
+        _LOTS.c.expires_at <= bindparam("now"),
+    )
+    .scalar_subquery(),
+    select(func.count())
+    .select_from(_HOLDS)
+    .where(
+        _HOLDS.c.member_id == bindparam("member"),
+        _HOLDS.c.status == "active",
+        _HOLDS.c.expires_at <= bindparam("now"),
+    )
+    .scalar_subquery(),
+).where(_MEMBERS.c.id == bindparam("member"))
 _INSERT_TRANSACTION = insert(_TRANSACTIONS)
 _INSERT_POSTINGS = insert(cast("Table", Posting.__table__))
 _INSERT_LOT = insert(_LOTS)
@@ -146,6 +168,30 @@ def qualifying_points(session: Session, member_id: str, since: datetime) -> int:
     """Points earned (less earn reversals) since ``since``: what a member's tier rests on."""
     total = session.scalar(_QUALIFYING_POINTS, {"member": member_id, "since": since})
     return int(total or 0)
+
+
+def member_qualifying_points(session: Session, member_id: str, since: datetime) -> int:
+    """:func:`qualifying_points` of a member that must exist (:class:`UnknownMember`).
+
+    One statement for the existence check and the tier's basis, which an earn needs both of.
+    """
+    row = session.execute(
+        _MEMBER_QUALIFYING_POINTS, {"member": member_id, "since": since}
+    ).one_or_none()
+    if row is None:
+        raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
+    return int(row[0] or 0)
+
+
+def member_due(session: Session, member_id: str, now: datetime) -> tuple[int, int]:
+    """(lots, active holds) of the member past their expiry at ``now``: what must be expired or
+    released before it spends again. :class:`UnknownMember` if there is no such member; one
+    statement for both, so a burn or hold checks the member and its due work at once.
+    """
+    row = session.execute(_MEMBER_DUE, {"member": member_id, "now": now}).one_or_none()
+    if row is None:
+        raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
+    return int(row[0]), int(row[1])
 
 
 def tier_for(points: int, tiers: Sequence[Tier]) -> Tier:

@@ -34,7 +34,7 @@ from coalition.errors import (
 )
 from coalition.ids import new_id
 from coalition.ledger import MemberState, Posted
-from coalition.models import OPERATOR_ACCOUNTS, Hold, Lot, Transaction
+from coalition.models import OPERATOR_ACCOUNTS, Hold, Transaction
 from coalition.money import MAX_POINTS, MoneyError, parse_amount, to_minor
 from partners.models import Partner
 from partners.rates import active_partner, burn_price, earn_points, get_partner, rate_card_at
@@ -160,26 +160,25 @@ class Operations:
         return Balance(member_id, state.available, state.held, tier.name, expiring)
 
     def _tier(self, session: Session, member_id: str, at: datetime) -> Tier:
-        since = at - timedelta(days=self.settings.tier_window_days)
         return ledger.tier_for(
-            ledger.qualifying_points(session, member_id, since), self.settings.tiers
+            ledger.qualifying_points(session, member_id, self._tier_since(at)), self.settings.tiers
         )
+
+    def _tier_since(self, at: datetime) -> datetime:
+        """The start of the trailing window a tier at ``at`` rests on."""
+        return at - timedelta(days=self.settings.tier_window_days)
 
     def _expires_at(self, start: datetime) -> datetime:
         return start + ledger.points_validity(self.settings.points_validity_days)
 
-    def _settle_due(self, session: Session, member_id: str, now: datetime) -> None:
-        """Release the member's expired holds and expire its due lots before it acts again."""
-        due_lots, due_holds = session.execute(
-            select(
-                select(func.count())
-                .where(Lot.member_id == member_id, Lot.remaining > 0, Lot.expires_at <= now)
-                .scalar_subquery(),
-                select(func.count())
-                .where(Hold.member_id == member_id, Hold.status == "active", Hold.expires_at <= now)
-                .scalar_subquery(),
-            )
-        ).one()
+    def _settle_due(
+        self, session: Session, member_id: str, now: datetime, due: tuple[int, int] | None = None
+    ) -> None:
+        """Release the member's expired holds and expire its due lots before it acts again.
+
+        ``due``: what :func:`ledger.member_due` counted at ``now``, when the caller has it.
+        """
+        due_lots, due_holds = due if due is not None else ledger.member_due(session, member_id, now)
         if due_holds:
             for hold in ledger.member_due_holds(session, member_id, now):
                 ledger.release_hold(session, hold=hold, status="expired", now=now)
@@ -213,9 +212,12 @@ class Operations:
                 _check_currency(partner, currency)
                 spend = _money(amount, currency, "$.amount")
                 self._refuse_used_reference(s, partner_id, "earn", reference)
-                ledger.member_state(s, member_id)
+                # The member's existence check and its tier's basis, in one statement.
+                qualifying = ledger.member_qualifying_points(
+                    s, member_id, self._tier_since(occurred)
+                )
                 card = rate_card_at(s, partner_id, occurred)
-                tier = self._tier(s, member_id, occurred)
+                tier = ledger.tier_for(qualifying, self.settings.tiers)
                 points = earn_points(spend, card, tier.multiplier)
                 if points < 1:
                     raise ValidationFailed.at(
@@ -279,12 +281,12 @@ class Operations:
                     else None
                 )
                 self._refuse_used_reference(s, partner_id, "burn", reference)
-                ledger.member_state(s, member_id)
+                due = ledger.member_due(s, member_id, now)  # and the existence check
                 card = rate_card_at(s, partner_id, now)
                 price = burn_price(
                     card, partner.currency, points=points, amount=spend, basket_amount=basket
                 )
-                self._settle_due(s, member_id, now)
+                self._settle_due(s, member_id, now, due)
                 return ledger.debit(
                     s,
                     member_id=member_id,
@@ -341,9 +343,9 @@ class Operations:
                     raise DuplicateReference(
                         f"reference {reference!r} was already used by {existing}", hold_id=existing
                     )
-                ledger.member_state(s, member_id)
+                due = ledger.member_due(s, member_id, now)  # and the existence check
                 rate_card_at(s, partner_id, now)
-                self._settle_due(s, member_id, now)
+                self._settle_due(s, member_id, now, due)
                 hold, state = ledger.place_hold(
                     s,
                     partner_id=partner_id,
