@@ -1,0 +1,1025 @@
+"""``coalition demo``: a demo coalition on an empty database, with a period of traffic.
+
+Five partners in four currencies (one without minor units), a few hundred members and a
+simulated period of earns, burns, holds, reversals, bonuses, adjustments and expiry, all driven
+through :class:`~partners.operations.Operations` on a simulated clock. The traffic takes the
+batched path: hundreds of operations per database transaction, each under its own savepoint,
+so an operation the rules refuse (a typed :class:`~coalition.errors.CoalitionError`) rolls back
+alone and is counted. The program validity is shortened to :data:`DEMO_VALIDITY_DAYS` so that
+the period shows breakage. The run ends with a summary and every ledger invariant checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import ROUND_FLOOR, Decimal
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from coalition.check import liability_at, run_checks
+from coalition.config import Settings
+from coalition.db import migrate, transaction, utcnow
+from coalition.errors import CoalitionError
+from coalition.models import OPERATOR_ACCOUNTS, Lot, LotMovement, Member, Posting, Transaction
+from coalition.money import format_amount, quantum, round_money
+from partners.keys import NewKey, create_key, has_operator_key
+from partners.models import PARTNER_SCOPES, Partner, RateCard
+from partners.operations import Operations
+from partners.rates import create_partner, create_rate_card
+
+#: The program validity the demo runs with (the configured one is usually 36 months).
+DEMO_VALIDITY_DAYS = 30
+#: The simulated period, ending at the current hour.
+PERIOD_DAYS = 60
+#: Operations per member per day, on average (members differ a lot around it).
+OPS_PER_MEMBER_DAY = 0.16
+#: Operations per batch transaction (one savepoint each).
+COMMIT_EVERY = 300
+#: The day the grocer's new rate card (a double-points promotion) takes effect.
+RATE_CHANGE_DAY = 30
+#: Holds stay open this long unless captured or voided.
+HOLD_EXPIRY_S = 1800
+#: Recent earns and burns kept per partner as candidates for reversals.
+RECENT = 300
+
+Echo = Callable[[str], None]
+
+
+# --- the coalition ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PartnerSpec:
+    """A demo partner: its rate card, its typical basket and how much traffic it sees."""
+
+    slug: str
+    name: str
+    currency: str
+    earn_points_per_unit: str
+    issue_price_per_point: str
+    burn_value_per_point: str
+    reimburse_price_per_point: str
+    max_burn_share: str | None
+    basket: tuple[int, int] | None  # typical purchase, major units; None: takes no purchases
+    earn_weight: int
+    burn_weight: int
+    min_burn: int  # the smallest redemption offered, in points
+
+
+# Economics (product.md): a point is worth about EUR 0.01; members earn 1-4% of spend; the
+# issue price is above the reimbursement, the spread (and breakage) is the operator's margin.
+PARTNERS = (
+    PartnerSpec("grocer", "Fresh & Co. Grocers", "EUR", "1", "0.01", "0.01", "0.008", "0.5",
+                (8, 140), earn_weight=50, burn_weight=25, min_burn=100),
+    PartnerSpec("airline", "Sakura Air", "JPY", "0.02", "1.6", "1.5", "1.2", None,
+                (9_000, 160_000), earn_weight=8, burn_weight=25, min_burn=500),
+    PartnerSpec("fuel", "Route 9 Fuel", "USD", "1", "0.011", "0.011", "0.009", "0.2",
+                (25, 95), earn_weight=25, burn_weight=15, min_burn=100),
+    PartnerSpec("books", "Marlowe Books", "GBP", "2", "0.009", "0.008", "0.0065", "1",
+                (6, 60), earn_weight=17, burn_weight=15, min_burn=100),
+    PartnerSpec("charity", "Kind Hearts Foundation", "EUR", "0", "0.01", "0.01", "0.01", None,
+                None, earn_weight=0, burn_weight=10, min_burn=50),
+)  # fmt: skip
+#: From RATE_CHANGE_DAY the grocer runs double points, billed at a volume discount.
+GROCER_PROMOTION = {"earn_points_per_unit": "2", "issue_price_per_point": "0.0095"}
+
+#: What happens to a hold: captured in full, in part, voided, or left to expire.
+HOLD_OUTCOMES = (("capture", 55), ("capture_part", 15), ("void", 15), ("expire", 15))
+
+#: The traffic mix: operation and weight.
+TRAFFIC = (
+    ("earn", 560),
+    ("burn_points", 110),
+    ("burn_amount", 70),
+    ("hold", 60),
+    ("reverse_earn", 22),
+    ("reverse_burn", 20),
+    ("partner_bonus", 20),
+    ("coalition_bonus", 10),
+)
+
+
+@dataclass
+class SimClock:
+    """The time the operations see; the simulation moves it forward only."""
+
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def to(self, at: datetime) -> None:
+        """Move to ``at`` (never back)."""
+        self.now = max(self.now, at)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoKeys:
+    """The API keys the demo created: the operator's (unless one existed) and each partner's."""
+
+    operator: NewKey | None
+    partners: dict[str, NewKey]
+
+
+@dataclass(order=True, slots=True)
+class _Event:
+    at: datetime
+    seq: int
+    kind: str = field(compare=False)
+    member: str | None = field(compare=False, default=None)
+    args: dict[str, object] = field(compare=False, default_factory=dict)
+
+
+@dataclass(slots=True)
+class DemoResult:
+    """What a demo run did, for the summary and the benchmarks."""
+
+    operations: int
+    errors: int
+    traffic_s: float
+    elapsed_s: float
+    invariants_ok: bool
+
+
+# --- entry points -------------------------------------------------------------------------
+
+
+def run_demo(
+    settings: Settings,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    *,
+    seed: int = 7,
+    members: int = 400,
+    echo: Echo = print,
+) -> int:
+    """Run the demo (see the module's docstring); 0 when every invariant holds, else 1.
+
+    Refuses (1) when the database already has partners: the demo needs an empty database.
+    """
+    result = demo(settings, engine, sessions, seed=seed, members=members, echo=echo)
+    return 0 if result is not None and result.invariants_ok else 1
+
+
+def demo(
+    settings: Settings,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    *,
+    seed: int,
+    members: int,
+    echo: Echo = print,
+) -> DemoResult | None:
+    """Run the demo and return what it did; ``None`` when the database is not empty."""
+    started = time.perf_counter()
+    if members < 1:
+        raise ValueError("the demo needs at least one member")
+    migrate(engine)
+    with transaction(sessions) as s:
+        existing = s.scalar(select(func.count()).select_from(Partner)) or 0
+    if existing:
+        url = engine.url.render_as_string(hide_password=True)
+        echo(
+            f"The demo needs an empty database, and {url} already has {existing} partner(s).\n"
+            "Run it in an empty directory (the default database is ./coalition.sqlite3 in the "
+            "working directory, or `./dev demo`, which starts from a fresh one), or point "
+            "COALITION_DATABASE_URL at a new, empty database."
+        )
+        return None
+    demo_settings = dataclasses.replace(settings, points_validity_days=DEMO_VALIDITY_DAYS)
+    end = utcnow().replace(minute=0, second=0, microsecond=0)
+    sim = _Simulation(demo_settings, sessions, random.Random(seed), end, members)  # noqa: S311 (a demo)
+    sim.found_coalition()
+    keys = _create_keys(settings, sessions)
+    traffic_started = time.perf_counter()
+    sim.run()
+    traffic_s = time.perf_counter() - traffic_started
+    echo(_header(settings, sim, members, seed))
+    echo(f"Database: {engine.url.render_as_string(hide_password=True)}")
+    with transaction(sessions) as s:
+        for line in _summary(s, sim, end):
+            echo(line)
+    operations, errors = sim.operation_count(), sum(sim.errors.values())
+    echo("")
+    echo("Operations (through Operations, batched: one savepoint each)")
+    for line in _operations_table(sim):
+        echo(line)
+    for line in api_example(settings, keys):
+        echo(line)
+    with transaction(sessions) as s:
+        findings = run_checks(s)
+    echo("")
+    echo("Invariants (coalition check)")
+    for finding in findings:
+        echo(f"  [{'ok' if finding.ok else 'VIOLATED'}] {finding.invariant}. {finding.name}")
+        for violation in finding.violations:
+            echo(f"        {violation}")
+    ok = all(f.ok for f in findings)
+    elapsed_s = time.perf_counter() - started
+    echo("")
+    echo(
+        f"Elapsed: {elapsed_s:.1f} s in all; the traffic {traffic_s:.1f} s "
+        f"({operations} operations, {operations / traffic_s:.0f} per second)."
+    )
+    echo("All invariants hold." if ok else "INVARIANTS VIOLATED: see above.")
+    return DemoResult(operations, errors, traffic_s, elapsed_s, ok)
+
+
+def api_example(settings: Settings, keys: DemoKeys) -> list[str]:
+    """What the demo prints about calling the API with the keys it created.
+
+    This is the hook for the HTTP API: it is to return a signed example request (RFC 9421)
+    made with a partner key. Until then it lists the keys; each secret is shown this once.
+    """
+    lines = ["", "API keys (hmac-sha256; each secret is shown this once, keep it if you need it)"]
+    if keys.operator is None:
+        lines.append("  operator: a key exists already (`coalition init` printed it)")
+    else:
+        lines.append(f"  operator key id: {keys.operator.key.id}")
+        lines.append(f"  operator secret: {keys.operator.secret}")
+    for slug, new in keys.partners.items():
+        lines.append(f"  {slug:<8} key id: {new.key.id}  secret: {new.secret}")
+    lines.append(f"  the API answers at {settings.public_url}/v1 once `coalition serve` runs")
+    return lines
+
+
+def _create_keys(settings: Settings, sessions: sessionmaker[Session]) -> DemoKeys:
+    now = utcnow()
+    with transaction(sessions) as s:
+        operator = None
+        if not has_operator_key(s):
+            operator = create_key(
+                s,
+                secret_key=settings.secret_key,
+                role="operator",
+                partner_id=None,
+                alg="hmac-sha256",
+                scopes=[],
+                public_key=None,
+                expires_at=None,
+                now=now,
+            )
+        partner_keys = {}
+        for partner in s.scalars(select(Partner).order_by(Partner.created_at, Partner.id)):
+            slug = next(p.slug for p in PARTNERS if p.name == partner.name)
+            partner_keys[slug] = create_key(
+                s,
+                secret_key=settings.secret_key,
+                role="partner",
+                partner_id=partner.id,
+                alg="hmac-sha256",
+                scopes=list(PARTNER_SCOPES),
+                public_key=None,
+                expires_at=None,
+                now=now,
+            )
+    return DemoKeys(operator, partner_keys)
+
+
+# --- the simulation -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Member:
+    id: str
+    activity: float
+    earns_at: tuple[list[str], list[int]]  # partner slugs and weights
+
+
+class _Simulation:
+    """The simulated period: events on a clock, dispatched to :class:`Operations`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        rng: random.Random,
+        end: datetime,
+        members: int,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.rng = rng
+        self.end = end
+        self.start = end - timedelta(days=PERIOD_DAYS)
+        self.clock = SimClock(self.start)
+        self.ops = Operations(settings, sessions, self.clock)
+        self.member_target = members
+        self.partners: dict[str, Partner] = {}
+        self.specs = {p.slug: p for p in PARTNERS}
+        self.members: list[_Member] = []
+        self.member_index: dict[str, _Member] = {}
+        self.available: dict[str, int] = {}
+        self.recent_earns: dict[str, deque[tuple[str, int]]] = {}
+        self.recent_burns: dict[str, deque[tuple[str, int]]] = {}
+        self.queue: list[_Event] = []
+        self.seq = itertools.count()
+        self.refs = itertools.count(1)
+        self.done: Counter[str] = Counter()
+        self.errors: Counter[tuple[str, str]] = Counter()
+        self.expired_holds = 0
+        self.first_hold_outcomes = iter([o for o, _ in HOLD_OUTCOMES])
+        self.expiry_runs = 0
+        self.handlers: dict[str, Callable[[Session, _Event], bool]] = {
+            "join": self._join,
+            "earn": self._earn,
+            "burn_points": self._burn_points,
+            "burn_amount": self._burn_amount,
+            "hold": self._hold,
+            "capture": self._capture,
+            "void": self._void,
+            "reverse_earn": self._reverse_earn,
+            "reverse_burn": self._reverse_burn,
+            "partner_bonus": self._partner_bonus,
+            "coalition_bonus": self._coalition_bonus,
+            "adjust": self._adjust,
+            "clawback": self._clawback,
+        }
+
+    # --- set-up and the main loop ---------------------------------------------------------
+
+    def found_coalition(self) -> None:
+        """Onboard the partners with their first rate cards, in force from the start."""
+        with transaction(self.sessions) as s:
+            for spec in PARTNERS:
+                partner = create_partner(s, name=spec.name, currency=spec.currency, now=self.start)
+                self._rate_card(s, partner.id, spec, {}, effective_from=self.start)
+                self.partners[spec.slug] = partner
+                self.recent_earns[spec.slug] = deque(maxlen=RECENT)
+                self.recent_burns[spec.slug] = deque(maxlen=RECENT)
+
+    def _rate_card(
+        self,
+        s: Session,
+        partner_id: str,
+        spec: PartnerSpec,
+        changes: dict[str, str],
+        effective_from: datetime,
+    ) -> RateCard:
+        rates = {
+            "earn_points_per_unit": spec.earn_points_per_unit,
+            "issue_price_per_point": spec.issue_price_per_point,
+            "burn_value_per_point": spec.burn_value_per_point,
+            "reimburse_price_per_point": spec.reimburse_price_per_point,
+            **changes,
+        }
+        return create_rate_card(
+            s,
+            partner_id,
+            **{name: Decimal(value) for name, value in rates.items()},
+            max_burn_share=Decimal(spec.max_burn_share) if spec.max_burn_share else None,
+            effective_from=effective_from,
+            now=self.clock(),
+        )
+
+    def run(self) -> None:
+        """Simulate the period day by day; run the expiry jobs at the end of each day."""
+        self._schedule_joins()
+        self._schedule_operator_work()
+        for day in range(PERIOD_DAYS):
+            day_start = self.start + timedelta(days=day)
+            if day == RATE_CHANGE_DAY - 3:
+                self._announce_promotion(day_start)
+            self._schedule_day(day_start)
+            self._run_until(day_start + timedelta(days=1))
+            self._run_jobs(day_start + timedelta(days=1))
+
+    def _run_until(self, until: datetime) -> None:
+        while self.queue and self.queue[0].at < until:
+            with self.ops.batch() as s:
+                # Loaded once per batch and held, the partners are found in the session's
+                # identity map by every operation of the batch instead of read each time.
+                pinned = s.scalars(select(Partner)).all()
+                for _ in range(COMMIT_EVERY):
+                    if not self.queue or self.queue[0].at >= until:
+                        break
+                    event = heapq.heappop(self.queue)
+                    self.clock.to(event.at)
+                    self._dispatch(s, event)
+                del pinned
+
+    def _dispatch(self, s: Session, event: _Event) -> None:
+        try:
+            performed = self.handlers[event.kind](s, event)
+        except CoalitionError as exc:
+            # The operation's savepoint rolled back; nothing of it remains.
+            self.errors[(event.kind, exc.code)] += 1
+        else:
+            if performed:
+                self.done[event.kind] += 1
+
+    def _run_jobs(self, at: datetime) -> None:
+        """The scheduled jobs (hold and points expiry), each in its own transactions."""
+        self.clock.to(at)
+        self.expired_holds += self.ops.expire_holds(at)
+        self.expiry_runs += self.ops.expire_points(at)
+        with transaction(self.sessions) as s:
+            rows = s.execute(select(Member.id, Member.balance - Member.held))
+            self.available.update({member_id: available for member_id, available in rows})
+
+    def operation_count(self) -> int:
+        """Operations attempted through :class:`Operations` (done or refused), and expiries."""
+        return sum(self.done.values()) + sum(self.errors.values()) + self.expiry_runs
+
+    # --- scheduling -----------------------------------------------------------------------
+
+    def _push(self, at: datetime, kind: str, member: str | None = None, **args: object) -> None:
+        heapq.heappush(self.queue, _Event(at, next(self.seq), kind, member, dict(args)))
+
+    def _shop_time(self, day_start: datetime) -> datetime:
+        """A moment in opening hours (07:00 to 22:00)."""
+        return day_start + timedelta(hours=7, seconds=self.rng.random() * 15 * 3600)
+
+    def _schedule_joins(self) -> None:
+        """Most members are there from the first day; the rest join during the first month."""
+        for _ in range(self.member_target):
+            day = 0 if self.rng.random() < 0.7 else self.rng.randrange(1, 30)
+            self._push(self._shop_time(self.start + timedelta(days=day)), "join")
+
+    def _schedule_operator_work(self) -> None:
+        """A few adjustments by the operator and one clawback story."""
+        for day in (5, 12, 19, 26, 33, 41, 48, 55):
+            self._push(self._shop_time(self.start + timedelta(days=day)), "adjust")
+        for day in (20, 40):
+            self._push(self._shop_time(self.start + timedelta(days=day)), "clawback", step=1)
+
+    def _schedule_day(self, day_start: datetime) -> None:
+        joined = self.members
+        if not joined:
+            return
+        count = round(OPS_PER_MEMBER_DAY * len(joined))
+        who = self.rng.choices(joined, weights=[m.activity for m in joined], k=count)
+        kinds = self.rng.choices([k for k, _ in TRAFFIC], weights=[w for _, w in TRAFFIC], k=count)
+        for member, kind in zip(who, kinds, strict=True):
+            self._push(self._shop_time(day_start), kind, member.id)
+
+    def _announce_promotion(self, day_start: datetime) -> None:
+        """The operator versions the grocer's rate card ahead of the promotion."""
+        self.clock.to(day_start + timedelta(hours=6))
+        with transaction(self.sessions) as s:
+            self._rate_card(
+                s,
+                self.partners["grocer"].id,
+                self.specs["grocer"],
+                GROCER_PROMOTION,
+                effective_from=self.start + timedelta(days=RATE_CHANGE_DAY),
+            )
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _ref(self, prefix: str) -> str:
+        return f"{prefix}-{next(self.refs):06d}"
+
+    def _amount(self, spec: PartnerSpec) -> Decimal:
+        """A basket at the partner, log-uniform in its typical range."""
+        assert spec.basket is not None
+        low, high = spec.basket
+        raw = Decimal(low * (high / low) ** self.rng.random())
+        return raw.quantize(quantum(spec.currency), rounding=ROUND_FLOOR)
+
+    def _note(self, member_id: str, available: int) -> None:
+        self.available[member_id] = available
+
+    def _pick_burn_partner(self, available: int, exclude: Iterable[str] = ()) -> PartnerSpec:
+        """Where a member spends: weighted, among partners whose smallest reward it affords."""
+        skip = set(exclude)
+        options = [p for p in PARTNERS if p.slug not in skip and p.min_burn <= available]
+        if not options:
+            return self.specs["charity"]
+        return self.rng.choices(options, weights=[p.burn_weight for p in options])[0]
+
+    # --- the operations -------------------------------------------------------------------
+
+    def _join(self, s: Session, event: _Event) -> bool:
+        member_id, _ = self.ops.create_member(session=s)
+        earns_at = [p for p in PARTNERS if p.earn_weight and self.rng.random() < _AFFINITY[p.slug]]
+        if not earns_at:
+            earns_at = [self.specs["grocer"]]
+        member = _Member(
+            member_id,
+            activity=self.rng.lognormvariate(0, 0.8),
+            earns_at=([p.slug for p in earns_at], [p.earn_weight for p in earns_at]),
+        )
+        self.members.append(member)
+        self.member_index[member_id] = member
+        self.available[member_id] = 0
+        # The coalition welcomes every member with 50 points.
+        self._push(event.at + timedelta(seconds=1), "coalition_bonus", member_id, reason="sign-up")
+        return True
+
+    def _earn(self, s: Session, event: _Event) -> bool:
+        assert event.member is not None
+        member = self.member_index[event.member]
+        slugs, weights = member.earns_at
+        spec = self.specs[self.rng.choices(slugs, weights=weights)[0]]
+        occurred = None
+        if self.rng.random() < 0.05:
+            # A receipt the till sent late (offline till): earned at the rate then in force.
+            late = self.clock() - timedelta(hours=self.rng.uniform(1, 72))
+            occurred = max(late, self.start + timedelta(minutes=1))
+        posted = self.ops.earn(
+            self.partners[spec.slug].id,
+            member_id=member.id,
+            reference=self._ref("rcpt"),
+            amount=str(self._amount(spec)),
+            currency=spec.currency,
+            occurred_at=occurred,
+            session=s,
+        )
+        self._note(member.id, posted.member.available)
+        self.recent_earns[spec.slug].append((posted.transaction.id, posted.transaction.points))
+        return True
+
+    def _shops_instead(self, member_id: str, minimum: int) -> bool:
+        """A member short of the smallest reward mostly just shops; a few try anyway."""
+        return self.available.get(member_id, 0) < minimum and self.rng.random() < 0.9
+
+    def _burn_points(self, s: Session, event: _Event) -> bool:
+        assert event.member is not None
+        if self._shops_instead(event.member, 50):
+            return self._earn(s, event)
+        available = self.available.get(event.member, 0)
+        spec = self._pick_burn_partner(available)
+        step = spec.min_burn
+        if self.rng.random() < 0.04:
+            points = max(available, 0) + self.rng.randint(1, 400)  # more than the member has
+        else:
+            share = self.rng.uniform(0.3, 1.0)
+            points = max(step, int(available * share) // step * step)
+        posted = self.ops.burn(
+            self.partners[spec.slug].id,
+            member_id=event.member,
+            reference=self._ref("redeem" if spec.slug != "charity" else "donation"),
+            points=points,
+            session=s,
+        )
+        self._burned(spec.slug, posted.transaction.id, posted.transaction.points)
+        self._note(event.member, posted.member.available)
+        return True
+
+    def _burn_amount(self, s: Session, event: _Event) -> bool:
+        """Pay part of a basket with points; the partner's cap bounds the share."""
+        assert event.member is not None
+        if self._shops_instead(event.member, 100):
+            return self._earn(s, event)
+        available = self.available.get(event.member, 0)
+        spec = self._pick_burn_partner(available, exclude=("airline", "charity"))
+        if spec.basket is None:
+            return self._burn_points(s, event)
+        basket = self._amount(spec)
+        cap = Decimal(spec.max_burn_share or "1")
+        wanted = cap * Decimal(self.rng.uniform(0.3, 1.0))
+        if self.rng.random() < 0.06:
+            wanted = min(cap * Decimal("1.5"), Decimal(1))  # a till that ignores the cap
+        worth = Decimal(max(available, 0)) * Decimal(spec.burn_value_per_point)
+        amount = min(basket * wanted, worth).quantize(quantum(spec.currency), rounding=ROUND_FLOOR)
+        if amount <= 0:
+            amount = quantum(spec.currency) * 100  # a member with nothing to pay with
+        posted = self.ops.burn(
+            self.partners[spec.slug].id,
+            member_id=event.member,
+            reference=self._ref("pay"),
+            amount=str(amount),
+            currency=spec.currency,
+            basket_amount=str(basket),
+            session=s,
+        )
+        self._burned(spec.slug, posted.transaction.id, posted.transaction.points)
+        self._note(event.member, posted.member.available)
+        return True
+
+    def _burned(self, slug: str, txn_id: str, points: int) -> None:
+        self.recent_burns[slug].append((txn_id, points))
+
+    def _hold(self, s: Session, event: _Event) -> bool:
+        """Points held at an online checkout (a seat upgrade, a book order)."""
+        assert event.member is not None
+        if self._shops_instead(event.member, 100):
+            return self._earn(s, event)
+        available = self.available.get(event.member, 0)
+        spec = self.specs[self.rng.choice(("airline", "books"))]
+        if available < spec.min_burn:
+            spec = self.specs["books"]
+        points = max(spec.min_burn, int(available * self.rng.uniform(0.3, 0.9)))
+        result = self.ops.hold(
+            self.partners[spec.slug].id,
+            member_id=event.member,
+            reference=self._ref("order"),
+            points=points,
+            expires_in=HOLD_EXPIRY_S,
+            session=s,
+        )
+        self._note(event.member, result.member.available)
+        # The first holds show every outcome once, whatever the demo's size; then by weight.
+        outcome = (
+            next(self.first_hold_outcomes, None)
+            or self.rng.choices(
+                [o for o, _ in HOLD_OUTCOMES], weights=[w for _, w in HOLD_OUTCOMES]
+            )[0]
+        )
+        if outcome != "expire":
+            later = event.at + timedelta(seconds=self.rng.uniform(60, HOLD_EXPIRY_S * 0.8))
+            self._push(
+                later,
+                "void" if outcome == "void" else "capture",
+                event.member,
+                hold_id=result.hold.id,
+                slug=spec.slug,
+                points=(
+                    max(1, int(result.hold.points * self.rng.uniform(0.5, 0.95)))
+                    if outcome == "capture_part"
+                    else None
+                ),
+            )
+        return True
+
+    def _capture(self, s: Session, event: _Event) -> bool:
+        slug, hold_id, points = event.args["slug"], event.args["hold_id"], event.args["points"]
+        assert isinstance(slug, str) and isinstance(hold_id, str)
+        assert points is None or isinstance(points, int)
+        posted = self.ops.capture(self.partners[slug].id, hold_id, points=points, session=s)
+        self._burned(slug, posted.transaction.id, posted.transaction.points)
+        self._note(posted.member.member_id, posted.member.available)
+        return True
+
+    def _void(self, s: Session, event: _Event) -> bool:
+        slug, hold_id = event.args["slug"], event.args["hold_id"]
+        assert isinstance(slug, str) and isinstance(hold_id, str)
+        result = self.ops.void(self.partners[slug].id, hold_id, session=s)
+        self._note(result.member.member_id, result.member.available)
+        return True
+
+    def _reverse(self, s: Session, slug: str, recent: deque[tuple[str, int]]) -> bool:
+        """A refund: reverse a recent transaction of the partner, in full or in part."""
+        if not recent:
+            return False
+        txn_id, points = recent.popleft() if self.rng.random() < 0.5 else recent.pop()
+        part = None
+        if points > 1 and self.rng.random() < 0.5:
+            part = self.rng.randint(1, points - 1)
+        posted = self.ops.reverse(
+            self.partners[slug].id, txn_id, reference=self._ref("refund"), points=part, session=s
+        )
+        self._note(posted.member.member_id, posted.member.available)
+        return True
+
+    def _reverse_earn(self, s: Session, event: _Event) -> bool:
+        # Refunds come in proportion to a partner's sales.
+        slug = self.rng.choices([p.slug for p in PARTNERS], [p.earn_weight for p in PARTNERS])[0]
+        return self._reverse(s, slug, self.recent_earns[slug])
+
+    def _reverse_burn(self, s: Session, event: _Event) -> bool:
+        slug = self.rng.choices([p.slug for p in PARTNERS], [p.burn_weight for p in PARTNERS])[0]
+        return self._reverse(s, slug, self.recent_burns[slug])
+
+    def _partner_bonus(self, s: Session, event: _Event) -> bool:
+        """A promotion a partner pays for (billed at its issue price)."""
+        assert event.member is not None
+        slug, points, reason = self.rng.choice(_PARTNER_BONUSES)
+        posted = self.ops.bonus(
+            member_id=event.member,
+            points=points,
+            reason=reason,
+            funded_by=self.partners[slug].id,
+            session=s,
+        )
+        self._note(event.member, posted.member.available)
+        return True
+
+    def _coalition_bonus(self, s: Session, event: _Event) -> bool:
+        """The operator's own bonuses: sign-up, referral, newsletter."""
+        assert event.member is not None
+        reason = event.args.get("reason") or self.rng.choice(("referral", "newsletter"))
+        points = {"sign-up": 50, "referral": 100, "newsletter": 25}[str(reason)]
+        posted = self.ops.bonus(
+            member_id=event.member,
+            points=points,
+            reason=f"{reason} bonus",
+            funded_by="coalition",
+            session=s,
+        )
+        self._note(event.member, posted.member.available)
+        return True
+
+    def _adjust(self, s: Session, event: _Event) -> bool:
+        """An operator's correction: goodwill points, or a duplicate receipt taken back."""
+        if not self.members:
+            return False
+        member = self.rng.choice(self.members)
+        available = self.available.get(member.id, 0)
+        if self.rng.random() < 0.5 or available < 20:
+            points, reason = 250, "goodwill: delayed refund, see ticket"
+        else:
+            points, reason = -min(available, 120), "correction: receipt counted twice"
+        posted = self.ops.adjust(member_id=member.id, points=points, reason=reason, session=s)
+        self._note(member.id, posted.member.available)
+        return True
+
+    def _clawback(self, s: Session, event: _Event) -> bool:
+        """A big purchase, its points spent at once, then the purchase returned: a clawback."""
+        step = event.args["step"]
+        if step == 1:
+            if not self.members:
+                return False
+            member = self.rng.choice(self.members)
+            posted = self.ops.earn(
+                self.partners["grocer"].id,
+                member_id=member.id,
+                reference=self._ref("rcpt"),
+                amount="480.00",
+                currency="EUR",
+                session=s,
+            )
+            self._note(member.id, posted.member.available)
+            self._push(
+                event.at + timedelta(minutes=30),
+                "clawback",
+                member.id,
+                step=2,
+                earn=posted.transaction.id,
+            )
+        elif step == 2:
+            assert event.member is not None
+            spend = self.available.get(event.member, 0) // 100 * 100
+            if spend > 0:
+                posted = self.ops.burn(
+                    self.partners["airline"].id,
+                    member_id=event.member,
+                    reference=self._ref("redeem"),
+                    points=spend,
+                    session=s,
+                )
+                self._note(event.member, posted.member.available)
+            # The purchase comes back an hour later: its points are spent already.
+            earn = event.args["earn"]
+            self._push(event.at + timedelta(hours=1), "clawback", event.member, step=3, earn=earn)
+        else:
+            earn = event.args["earn"]
+            assert isinstance(earn, str)
+            posted = self.ops.reverse(
+                self.partners["grocer"].id, earn, reference=self._ref("return"), session=s
+            )
+            self._note(event.member or "", posted.member.available)
+        return True
+
+
+#: How likely a member shops at each partner that takes purchases.
+_AFFINITY = {"grocer": 0.9, "airline": 0.3, "fuel": 0.6, "books": 0.45}
+#: Partner-funded promotions: (partner, points, reason).
+_PARTNER_BONUSES = (
+    ("airline", 500, "welcome aboard: first flight with the coalition card"),
+    ("fuel", 100, "car-wash week"),
+    ("grocer", 200, "weekly coupon redeemed"),
+    ("books", 150, "book club sign-up"),
+)
+
+
+# --- the summary --------------------------------------------------------------------------
+
+
+def _header(settings: Settings, sim: _Simulation, members: int, seed: int) -> str:
+    return (
+        f"Demo coalition: {len(PARTNERS)} partners, {members} members, {PERIOD_DAYS} days "
+        f"({sim.start:%Y-%m-%d} to {sim.end:%Y-%m-%d %H:%M} UTC), seed {seed}.\n"
+        f"Points are valid {DEMO_VALIDITY_DAYS} days in this demo (the program's configured "
+        f"validity is {settings.points_validity_days} days), so the period shows breakage."
+    )
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """Plain-text columns: the first left-aligned, the others right-aligned."""
+    cells = [[str(h) for h in headers], *[[_cell(v) for v in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        parts = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  " + "  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    return lines
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+@dataclass(slots=True)
+class _PartnerTotals:
+    earn_points: int = 0
+    bonus_points: int = 0
+    burn_points: int = 0
+    earn_reversed: int = 0
+    burn_reversed: int = 0
+    spend_minor: int = 0
+    burn_value_minor: int = 0
+    billed: Decimal = Decimal(0)
+    reimbursed: Decimal = Decimal(0)
+    billed_back: Decimal = Decimal(0)
+    reimbursed_back: Decimal = Decimal(0)
+
+
+def _partner_totals(s: Session) -> dict[str, _PartnerTotals]:
+    cards = {c.id: c for c in s.scalars(select(RateCard))}
+    rows = s.execute(
+        select(
+            Transaction.partner_id,
+            Transaction.kind,
+            Transaction.rate_card_id,
+            func.sum(Transaction.points),
+            func.coalesce(func.sum(Transaction.amount_minor), 0),
+        )
+        .where(Transaction.partner_id.is_not(None))
+        .group_by(Transaction.partner_id, Transaction.kind, Transaction.rate_card_id)
+    ).all()
+    totals: dict[str, _PartnerTotals] = {}
+    for partner_id, kind, card_id, points_sum, amount_sum in rows:
+        assert partner_id is not None and card_id is not None
+        t = totals.setdefault(partner_id, _PartnerTotals())
+        card = cards[card_id]
+        points, amount_minor = int(points_sum or 0), int(amount_sum or 0)
+        if kind == "earn":
+            t.earn_points += points
+            t.spend_minor += amount_minor
+            t.billed += points * card.issue_price_per_point
+        elif kind == "bonus":
+            t.bonus_points += points
+            t.billed += points * card.issue_price_per_point
+        elif kind == "burn":
+            t.burn_points += points
+            t.burn_value_minor += amount_minor
+            t.reimbursed += points * card.reimburse_price_per_point
+        elif kind == "earn_reversal":
+            t.earn_reversed += points
+            t.billed_back += points * card.issue_price_per_point
+        elif kind == "burn_reversal":
+            t.burn_reversed += points
+            t.reimbursed_back += points * card.reimburse_price_per_point
+    return totals
+
+
+def _summary(s: Session, sim: _Simulation, end: datetime) -> list[str]:
+    partners = {p.id: p for p in s.scalars(select(Partner).order_by(Partner.created_at))}
+    slug = {sim.partners[spec.slug].id: spec.slug for spec in PARTNERS}
+    totals = _partner_totals(s)
+    lines = ["", "Per partner: points"]
+    point_rows = []
+    money_rows = []
+    for pid, partner in partners.items():
+        t = totals.get(pid, _PartnerTotals())
+        cur = partner.currency
+        point_rows.append(
+            [f"{slug[pid]} ({partner.name})", cur, t.earn_points + t.bonus_points,
+             t.burn_points, t.earn_reversed, t.burn_reversed]
+        )  # fmt: skip
+        net = t.reimbursed - t.reimbursed_back - t.billed + t.billed_back
+        money_rows.append(
+            [slug[pid], cur, format_amount(t.spend_minor, cur),
+             format_amount(t.burn_value_minor, cur), round_money(t.billed - t.billed_back, cur),
+             round_money(t.reimbursed - t.reimbursed_back, cur), round_money(net, cur)]
+        )  # fmt: skip
+    lines += _table(
+        ["partner", "currency", "issued", "redeemed", "earn reversed", "burn reversed"],
+        point_rows,
+    )
+    lines += ["", "Per partner: money, in the partner's currency (before statement rounding)"]
+    lines += _table(
+        ["partner", "cur", "spend that earned", "paid with points", "billed for points",
+         "reimbursed", "net (+ operator pays)"],
+        money_rows,
+    )  # fmt: skip
+    lines += _coalition_lines(s, sim, end)
+    lines += _cross_brand_lines(s, partners, slug)
+    return lines
+
+
+def _coalition_lines(s: Session, sim: _Simulation, end: datetime) -> list[str]:
+    by_kind = {
+        kind: int(points)
+        for kind, points in s.execute(
+            select(Transaction.kind, func.sum(Transaction.points)).group_by(Transaction.kind)
+        )
+    }
+    adjust_account = OPERATOR_ACCOUNTS["operator_adjustment"]
+    adjustments = -int(
+        s.scalar(
+            select(func.coalesce(func.sum(Posting.points), 0)).where(
+                Posting.account_id == adjust_account
+            )
+        )
+        or 0
+    )
+    earned, bonus = by_kind.get("earn", 0), by_kind.get("bonus", 0)
+    redeemed, expired = by_kind.get("burn", 0), by_kind.get("expiry", 0)
+    earn_rev, burn_rev = by_kind.get("earn_reversal", 0), by_kind.get("burn_reversal", 0)
+    liability = liability_at(s, end)
+    issued = earned + bonus
+    members = s.scalar(select(func.count()).select_from(Member)) or 0
+    active = (
+        s.scalar(
+            select(func.count(func.distinct(Transaction.member_id))).where(
+                Transaction.occurred_at >= end - timedelta(days=30),
+                Transaction.kind.in_(("earn", "burn")),
+            )
+        )
+        or 0
+    )
+    negative = s.scalar(select(func.count()).select_from(Member).where(Member.balance < 0)) or 0
+    tiers = dict(
+        s.execute(
+            select(Transaction.tier, func.count())
+            .where(Transaction.kind == "earn")
+            .group_by(Transaction.tier)
+        ).all()
+    )
+    breakage = f"{expired / issued:.1%}" if issued else "-"
+    return [
+        "",
+        "Coalition",
+        *_table(
+            ["points", "total"],
+            [
+                ["issued by earns", earned],
+                ["issued as bonuses (partner- and coalition-funded)", bonus],
+                ["redeemed (burns and captures)", redeemed],
+                [f"expired (breakage: {breakage} of issued)", expired],
+                ["earn reversals (taken back)", earn_rev],
+                ["burn reversals (given back)", burn_rev],
+                ["operator adjustments (net)", adjustments],
+                [f"outstanding liability at {end:%Y-%m-%d %H:%M}", liability],
+            ],
+        ),
+        f"  check: {issued} - {redeemed} - {expired} - {earn_rev} + {burn_rev} "
+        f"{'+' if adjustments >= 0 else '-'} {abs(adjustments)} = "
+        f"{issued - redeemed - expired - earn_rev + burn_rev + adjustments}",
+        f"  members: {members}, active in the last 30 days: {active}, "
+        f"owing points after a clawback: {negative}",
+        "  earns by tier: "
+        + ", ".join(f"{tier} {tiers[tier]:,}" for tier in sorted(tiers, key=str)),
+        f"  holds left to expire and released by the job: {sim.expired_holds}",
+    ]
+
+
+def _cross_brand_lines(s: Session, partners: dict[str, Partner], slug: dict[str, str]) -> list[str]:
+    """Which partner issued the points redeemed where, net of burn reversals."""
+    rows = s.execute(
+        select(
+            LotMovement.origin_partner_id,
+            Transaction.partner_id,
+            func.sum(-LotMovement.points),
+        )
+        .join(Transaction, Transaction.id == LotMovement.transaction_id)
+        .join(Lot, Lot.id == LotMovement.lot_id)
+        .where(Transaction.kind.in_(("burn", "burn_reversal")), Lot.is_deficit.is_(False))
+        .group_by(LotMovement.origin_partner_id, Transaction.partner_id)
+    ).all()
+    matrix: dict[tuple[str, str], int] = {}
+    for origin, burner, points in rows:
+        assert burner is not None
+        key = (slug[origin] if origin else "coalition", slug[burner])
+        matrix[key] = matrix.get(key, 0) + int(points)
+    total = sum(matrix.values())
+    cross = sum(p for (o, b), p in matrix.items() if o not in ("coalition", b))
+    from_operator = sum(p for (o, _), p in matrix.items() if o == "coalition")
+    burners = [slug[pid] for pid in partners]
+    origins = [*(slug[pid] for pid in partners if any(k[0] == slug[pid] for k in matrix)),
+               "coalition"]  # fmt: skip
+    table_rows = [
+        [origin, *(matrix.get((origin, b), 0) for b in burners),
+         sum(matrix.get((origin, b), 0) for b in burners)]
+        for origin in origins
+    ]  # fmt: skip
+    share = f"{cross / total:.1%}" if total else "-"
+    operator_share = f"{from_operator / total:.1%}" if total else "-"
+    return [
+        "",
+        f"Cross-brand: {share} of redeemed points were issued by another partner "
+        f"({operator_share} came from coalition bonuses and adjustments)",
+        "  points issued by (rows) and redeemed at (columns), net of burn reversals:",
+        *_table(["issued by", *burners, "total"], table_rows),
+    ]
+
+
+def _operations_table(sim: _Simulation) -> list[str]:
+    kinds = sorted(set(sim.done) | {k for k, _ in sim.errors})
+    rows = []
+    for kind in kinds:
+        refused = {code: n for (k, code), n in sim.errors.items() if k == kind}
+        detail = ", ".join(f"{code} {n}" for code, n in sorted(refused.items()))
+        rows.append([kind, sim.done[kind], sum(refused.values()), detail])
+    rows.append(["points-expiry job (expiry transactions)", sim.expiry_runs, 0, ""])
+    errors = sum(sim.errors.values())
+    rows.append(["total", sim.operation_count() - errors, errors, ""])
+    return _table(["operation", "done", "refused", "refused because"], rows)
