@@ -132,7 +132,16 @@ def jobs(rt: Runtime) -> list[object]:
         Job("hold-expiry", ops.expire_holds, every_s=5),
         Job("points-expiry", ops.expire_points, every_s=60),
         Job("idempotency-purge", lambda: purge_idempotency_keys(rt), every_s=600),
+        Job("nonce-purge", lambda: purge_request_nonces(rt), every_s=60),
     ]
+
+
+def purge_request_nonces(rt: Runtime) -> int:
+    """Forget signature nonces whose window has passed; how many."""
+    from partners.signatures import purge_nonces
+
+    with transaction(rt.sessions) as session:
+        return purge_nonces(session, utcnow())
 
 
 def purge_idempotency_keys(rt: Runtime) -> int:

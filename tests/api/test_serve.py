@@ -71,5 +71,6 @@ def test_serve_runs_workers_and_the_scheduler_and_stops_on_sigint(tmp_path: Path
             code = server.wait(timeout=30)
     text = log.read_text()
     assert code == 0, text
-    assert "worker started: hold-expiry" in text and "idempotency-purge" in text
+    assert "worker started: hold-expiry" in text
+    assert "idempotency-purge" in text and "nonce-purge" in text
     assert text.count("Started server process") == 2
