@@ -73,6 +73,7 @@ _QUALIFYING_POINTS = select(
     _TRANSACTIONS.c.member_id == bindparam("member"),
     _TRANSACTIONS.c.kind.in_(("earn", "earn_reversal")),
     _TRANSACTIONS.c.occurred_at >= bindparam("since"),
+    _TRANSACTIONS.c.occurred_at <= bindparam("until"),
 )
 _MEMBER_QUALIFYING_POINTS = select(_QUALIFYING_POINTS.scalar_subquery()).where(
     _MEMBERS.c.id == bindparam("member")
@@ -164,19 +165,24 @@ def member_account(session: Session, member_id: str) -> int:
     return account_id
 
 
-def qualifying_points(session: Session, member_id: str, since: datetime) -> int:
-    """Points earned (less earn reversals) since ``since``: what a member's tier rests on."""
-    total = session.scalar(_QUALIFYING_POINTS, {"member": member_id, "since": since})
+def qualifying_points(session: Session, member_id: str, since: datetime, until: datetime) -> int:
+    """Points earned (less earn reversals) that occurred from ``since`` to ``until``: what a
+    member's tier at ``until`` rests on (a backdated earn does not count later earns)."""
+    total = session.scalar(
+        _QUALIFYING_POINTS, {"member": member_id, "since": since, "until": until}
+    )
     return int(total or 0)
 
 
-def member_qualifying_points(session: Session, member_id: str, since: datetime) -> int:
+def member_qualifying_points(
+    session: Session, member_id: str, since: datetime, until: datetime
+) -> int:
     """:func:`qualifying_points` of a member that must exist (:class:`UnknownMember`).
 
     One statement for the existence check and the tier's basis, which an earn needs both of.
     """
     row = session.execute(
-        _MEMBER_QUALIFYING_POINTS, {"member": member_id, "since": since}
+        _MEMBER_QUALIFYING_POINTS, {"member": member_id, "since": since, "until": until}
     ).one_or_none()
     if row is None:
         raise UnknownMember(f"no member {member_id!r}", member_id=member_id)

@@ -161,7 +161,8 @@ class Operations:
 
     def _tier(self, session: Session, member_id: str, at: datetime) -> Tier:
         return ledger.tier_for(
-            ledger.qualifying_points(session, member_id, self._tier_since(at)), self.settings.tiers
+            ledger.qualifying_points(session, member_id, self._tier_since(at), at),
+            self.settings.tiers,
         )
 
     def _tier_since(self, at: datetime) -> datetime:
@@ -214,7 +215,7 @@ class Operations:
                 self._refuse_used_reference(s, partner_id, "earn", reference)
                 # The member's existence check and its tier's basis, in one statement.
                 qualifying = ledger.member_qualifying_points(
-                    s, member_id, self._tier_since(occurred)
+                    s, member_id, self._tier_since(occurred), occurred
                 )
                 card = rate_card_at(s, partner_id, occurred)
                 tier = ledger.tier_for(qualifying, self.settings.tiers)
