@@ -427,7 +427,7 @@ class Model:
 
     def tier(self, member: int, at: datetime) -> Tier:
         since = at - timedelta(days=TIER_WINDOW_DAYS)
-        points = sum(p for when, p in self.members[member].qualifying if when >= since)
+        points = sum(p for when, p in self.members[member].qualifying if since <= when <= at)
         reached = TIERS[0]
         for tier in TIERS:
             if points >= tier.threshold_points:
