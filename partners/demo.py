@@ -146,6 +146,7 @@ class DemoResult:
     operations: int
     errors: int
     traffic_s: float
+    traffic_cpu_s: float
     elapsed_s: float
     invariants_ok: bool
 
@@ -200,9 +201,10 @@ def demo(
     sim = _Simulation(demo_settings, sessions, random.Random(seed), end, members)  # noqa: S311 (a demo)
     sim.found_coalition()
     keys = _create_keys(settings, sessions)
-    traffic_started = time.perf_counter()
+    traffic_started, traffic_cpu = time.perf_counter(), time.process_time()
     sim.run()
     traffic_s = time.perf_counter() - traffic_started
+    traffic_cpu_s = time.process_time() - traffic_cpu
     echo(_header(settings, sim, members, seed))
     echo(f"Database: {engine.url.render_as_string(hide_password=True)}")
     with transaction(sessions) as s:
@@ -231,7 +233,7 @@ def demo(
         f"({operations} operations, {operations / traffic_s:.0f} per second)."
     )
     echo("All invariants hold." if ok else "INVARIANTS VIOLATED: see above.")
-    return DemoResult(operations, errors, traffic_s, elapsed_s, ok)
+    return DemoResult(operations, errors, traffic_s, traffic_cpu_s, elapsed_s, ok)
 
 
 def api_example(settings: Settings, keys: DemoKeys) -> list[str]:
