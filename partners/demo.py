@@ -41,7 +41,7 @@ DEMO_VALIDITY_DAYS = 30
 #: The simulated period, ending at the current hour.
 PERIOD_DAYS = 60
 #: Operations per member per day, on average (members differ a lot around it).
-OPS_PER_MEMBER_DAY = 0.16
+OPS_PER_MEMBER_DAY = 0.13
 #: Operations per batch transaction (one savepoint each).
 COMMIT_EVERY = 300
 #: The day the grocer's new rate card (a double-points promotion) takes effect.
