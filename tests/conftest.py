@@ -276,37 +276,36 @@ def _pg_drop(name: str) -> None:
 
 
 class _Clones:
-    """PostgreSQL clones, made one ahead and dropped in a background thread, so a test does
-    not wait for CREATE DATABASE or DROP DATABASE."""
+    """PostgreSQL clones, made one ahead and dropped in background threads, so a test waits
+    neither for CREATE DATABASE nor for DROP DATABASE."""
 
     def __init__(self) -> None:
-        self.executor: ThreadPoolExecutor | None = None
+        self.maker: ThreadPoolExecutor | None = None
+        self.dropper: ThreadPoolExecutor | None = None
         self.spare: Future[str] | None = None
 
-    def _background(self) -> ThreadPoolExecutor:
-        if self.executor is None:
-            self.executor = ThreadPoolExecutor(1, thread_name_prefix="test-pg-clones")
-        return self.executor
-
     def take(self) -> tuple[Engine, str]:
-        background = self._background()
-        ready = self.spare or background.submit(_create_clone)
-        self.spare = background.submit(_create_clone)
+        if self.maker is None:
+            self.maker = ThreadPoolExecutor(1, thread_name_prefix="test-pg-clone")
+        ready = self.spare or self.maker.submit(_create_clone)
+        self.spare = self.maker.submit(_create_clone)
         name = ready.result()
         url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
         return make_engine(url, pool_size=5, max_overflow=60), name
 
     def drop(self, name: str) -> None:
-        self._background().submit(_pg_drop, name)
+        if self.dropper is None:
+            self.dropper = ThreadPoolExecutor(1, thread_name_prefix="test-pg-drop")
+        self.dropper.submit(_pg_drop, name)
 
     def close(self) -> None:
-        if self.executor is None:
-            return
         if self.spare is not None:
             with contextlib.suppress(Exception):
-                self.executor.submit(_pg_drop, self.spare.result())
-        self.executor.shutdown(wait=True)
-        self.executor, self.spare = None, None
+                self.drop(self.spare.result())
+        for executor in (self.maker, self.dropper):
+            if executor is not None:
+                executor.shutdown(wait=True)
+        self.maker, self.dropper, self.spare = None, None, None
 
 
 _CLONES = _Clones()

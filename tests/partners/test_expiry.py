@@ -85,16 +85,16 @@ def test_the_soonest_expiring_lots_are_spent_first(db: Db) -> None:
     assert db.ops.balance(member).expiring == [(70, db.clock.now + validity)]
 
 
-def test_lots_expiring_together_are_spent_oldest_first(db: Db) -> None:
-    first = db.partner("EUR", name="First")
-    second = db.partner("EUR", name="Second")
-    member = db.member()
+def test_lots_expiring_together_are_spent_oldest_first(lite: Db) -> None:
+    first = lite.partner("EUR", name="First")
+    second = lite.partner("EUR", name="Second")
+    member = lite.member()
     for shop in (first, second):
-        db.ops.earn(shop.id, member_id=member, reference="same-day", amount="10", currency="EUR")
+        lite.ops.earn(shop.id, member_id=member, reference="same-day", amount="10", currency="EUR")
 
-    burn = db.ops.burn(first.id, member_id=member, reference="b", points=15)
+    burn = lite.ops.burn(first.id, member_id=member, reference="b", points=15)
 
-    with db.sessions() as s:
+    with lite.sessions() as s:
         origins = s.execute(
             select(LotMovement.origin_partner_id, LotMovement.points)
             .where(LotMovement.transaction_id == burn.transaction.id)
@@ -103,16 +103,16 @@ def test_lots_expiring_together_are_spent_oldest_first(db: Db) -> None:
     assert [tuple(o) for o in origins] == [(first.id, -10), (second.id, -5)]
 
 
-def test_expired_points_are_recorded_as_breakage(db: Db) -> None:
-    shop = db.partner("EUR")
-    member = db.member(100, shop)
-    db.ops.burn(shop.id, member_id=member, reference="b", points=30)
-    db.clock.advance(days=db.settings.points_validity_days)
-    before = db.clock.now
+def test_expired_points_are_recorded_as_breakage(lite: Db) -> None:
+    shop = lite.partner("EUR")
+    member = lite.member(100, shop)
+    lite.ops.burn(shop.id, member_id=member, reference="b", points=30)
+    lite.clock.advance(days=lite.settings.points_validity_days)
+    before = lite.clock.now
 
-    assert db.ops.expire_points() == 1
+    assert lite.ops.expire_points() == 1
 
-    with db.sessions() as s:
+    with lite.sessions() as s:
         txn = s.scalars(select(Transaction).where(Transaction.kind == "expiry")).one()
         postings = s.execute(
             select(Posting.account_id, Posting.points).where(Posting.transaction_id == txn.id)
@@ -121,10 +121,10 @@ def test_expired_points_are_recorded_as_breakage(db: Db) -> None:
     assert (txn.member_id, txn.points, txn.partner_id, txn.balance_after) == (member, 70, None, 0)
     breakage = OPERATOR_ACCOUNTS["operator_breakage"]
     assert sorted((account, points) for account, points in postings) == sorted(
-        [(breakage, 70), (account_of(db, member), -70)]
+        [(breakage, 70), (account_of(lite, member), -70)]
     )
     assert liability == 0
-    db.assert_ledger_ok()
+    lite.assert_ledger_ok()
 
 
 def test_held_points_do_not_expire_until_the_hold_ends(db: Db) -> None:
@@ -149,37 +149,37 @@ def test_held_points_do_not_expire_until_the_hold_ends(db: Db) -> None:
     db.assert_ledger_ok()
 
 
-def test_held_points_expire_once_the_hold_expires(db: Db) -> None:
-    db.configure(points_validity_days=30)
-    shop = db.partner("EUR")
-    member = db.member(100, shop)
-    db.clock.advance(days=30, hours=-1)
-    db.ops.hold(shop.id, member_id=member, reference="h", points=100, expires_in=7200)
-    db.clock.advance(hours=1)
-    assert db.ops.expire_points() == 0  # everything is held
+def test_held_points_expire_once_the_hold_expires(lite: Db) -> None:
+    lite.configure(points_validity_days=30)
+    shop = lite.partner("EUR")
+    member = lite.member(100, shop)
+    lite.clock.advance(days=30, hours=-1)
+    lite.ops.hold(shop.id, member_id=member, reference="h", points=100, expires_in=7200)
+    lite.clock.advance(hours=1)
+    assert lite.ops.expire_points() == 0  # everything is held
 
-    db.clock.advance(hours=1)
-    assert db.ops.expire_holds() == 1
-    assert db.ops.expire_points() == 1
-    assert expiries(db, member) == [100]
-    db.assert_ledger_ok()
+    lite.clock.advance(hours=1)
+    assert lite.ops.expire_holds() == 1
+    assert lite.ops.expire_points() == 1
+    assert expiries(lite, member) == [100]
+    lite.assert_ledger_ok()
 
 
-def test_a_hold_placed_before_the_date_can_be_captured_after_it(db: Db) -> None:
-    db.configure(points_validity_days=30)
-    shop = db.partner("EUR")
-    member = db.member(100, shop)
-    db.clock.advance(days=30, hours=-1)
-    hold = db.ops.hold(shop.id, member_id=member, reference="h", points=70, expires_in=7200)
-    db.clock.advance(hours=1)
-    db.ops.expire_points()
+def test_a_hold_placed_before_the_date_can_be_captured_after_it(lite: Db) -> None:
+    lite.configure(points_validity_days=30)
+    shop = lite.partner("EUR")
+    member = lite.member(100, shop)
+    lite.clock.advance(days=30, hours=-1)
+    hold = lite.ops.hold(shop.id, member_id=member, reference="h", points=70, expires_in=7200)
+    lite.clock.advance(hours=1)
+    lite.ops.expire_points()
 
-    captured = db.ops.capture(shop.id, hold.hold.id)
+    captured = lite.ops.capture(shop.id, hold.hold.id)
 
     assert captured.transaction.points == 70
     assert (captured.member.balance, captured.member.held) == (0, 0)
-    assert expiries(db, member) == [30]
-    db.assert_ledger_ok()
+    assert expiries(lite, member) == [30]
+    lite.assert_ledger_ok()
 
 
 def test_a_burn_after_the_date_does_not_spend_expired_points(db: Db) -> None:
@@ -207,48 +207,48 @@ def test_a_burn_after_the_date_does_not_spend_expired_points(db: Db) -> None:
     db.assert_ledger_ok()
 
 
-def test_a_hold_after_the_date_does_not_reserve_expired_points(db: Db) -> None:
-    db.configure(points_validity_days=30)
-    shop = db.partner("EUR")
-    member = db.member(100, shop)
-    db.clock.advance(days=30)
+def test_a_hold_after_the_date_does_not_reserve_expired_points(lite: Db) -> None:
+    lite.configure(points_validity_days=30)
+    shop = lite.partner("EUR")
+    member = lite.member(100, shop)
+    lite.clock.advance(days=30)
 
     with pytest.raises(InsufficientPoints) as info:
-        db.ops.hold(shop.id, member_id=member, reference="h", points=1)
+        lite.ops.hold(shop.id, member_id=member, reference="h", points=1)
     assert info.value.extra["available"] == 0
 
 
-def test_points_a_burn_reversal_returns_to_an_expired_lot_expire_again(db: Db) -> None:
-    db.configure(points_validity_days=30)
-    shop = db.partner("EUR")
-    member = db.member(100, shop)
-    burn = db.ops.burn(shop.id, member_id=member, reference="b", points=40)
-    db.clock.advance(days=31)
-    assert db.ops.expire_points() == 1
-    assert expiries(db, member) == [60]
+def test_points_a_burn_reversal_returns_to_an_expired_lot_expire_again(lite: Db) -> None:
+    lite.configure(points_validity_days=30)
+    shop = lite.partner("EUR")
+    member = lite.member(100, shop)
+    burn = lite.ops.burn(shop.id, member_id=member, reference="b", points=40)
+    lite.clock.advance(days=31)
+    assert lite.ops.expire_points() == 1
+    assert expiries(lite, member) == [60]
 
-    refund = db.ops.reverse(shop.id, burn.transaction.id, reference="r")
+    refund = lite.ops.reverse(shop.id, burn.transaction.id, reference="r")
 
     assert refund.member.balance == 40  # back into the lot they came from, which has expired
-    assert db.ops.expire_points() == 1
-    assert expiries(db, member) == [60, 40]
-    db.assert_ledger_ok()
+    assert lite.ops.expire_points() == 1
+    assert expiries(lite, member) == [60, 40]
+    lite.assert_ledger_ok()
 
 
-def test_a_member_sees_what_expires_when_soonest_first(db: Db) -> None:
-    shop = db.partner("EUR")
-    db.clock.advance(days=100)
-    member = db.member(30, shop)
-    db.ops.earn(
+def test_a_member_sees_what_expires_when_soonest_first(lite: Db) -> None:
+    shop = lite.partner("EUR")
+    lite.clock.advance(days=100)
+    member = lite.member(30, shop)
+    lite.ops.earn(
         shop.id,
         member_id=member,
         reference="older",
         amount="20",
         currency="EUR",
-        occurred_at=db.clock.now - timedelta(days=50),
+        occurred_at=lite.clock.now - timedelta(days=50),
     )
-    validity = timedelta(days=db.settings.points_validity_days)
-    assert db.ops.balance(member).expiring == [
-        (20, db.clock.now - timedelta(days=50) + validity),
-        (30, db.clock.now + validity),
+    validity = timedelta(days=lite.settings.points_validity_days)
+    assert lite.ops.balance(member).expiring == [
+        (20, lite.clock.now - timedelta(days=50) + validity),
+        (30, lite.clock.now + validity),
     ]

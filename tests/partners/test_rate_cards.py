@@ -46,31 +46,31 @@ def test_an_earn_uses_the_card_in_force_when_the_purchase_occurred(db: Db) -> No
     assert earn("now", None) == (20, second.id)
 
 
-def test_burns_and_captures_use_the_card_in_force_when_posted(db: Db) -> None:
-    shop = db.partner("EUR", burn="0.01")
-    member = db.member(1000, shop)
-    hold = db.ops.hold(shop.id, member_id=member, reference="cart", points=100, expires_in=7200)
-    before = db.ops.burn(shop.id, member_id=member, reference="b1", points=100)
+def test_burns_and_captures_use_the_card_in_force_when_posted(lite: Db) -> None:
+    shop = lite.partner("EUR", burn="0.01")
+    member = lite.member(1000, shop)
+    hold = lite.ops.hold(shop.id, member_id=member, reference="cart", points=100, expires_in=7200)
+    before = lite.ops.burn(shop.id, member_id=member, reference="b1", points=100)
     assert before.transaction.amount_minor == 100  # EUR 1.00
 
-    new = db.rate_card(shop.id, burn="0.02", effective_from=db.clock.now + timedelta(hours=1))
-    db.clock.advance(hours=1)
-    after = db.ops.burn(shop.id, member_id=member, reference="b2", points=100)
-    captured = db.ops.capture(shop.id, hold.hold.id)
+    new = lite.rate_card(shop.id, burn="0.02", effective_from=lite.clock.now + timedelta(hours=1))
+    lite.clock.advance(hours=1)
+    after = lite.ops.burn(shop.id, member_id=member, reference="b2", points=100)
+    captured = lite.ops.capture(shop.id, hold.hold.id)
 
     assert (after.transaction.amount_minor, after.transaction.rate_card_id) == (200, new.id)
     assert (captured.transaction.amount_minor, captured.transaction.rate_card_id) == (200, new.id)
 
 
-def test_a_reversal_uses_the_card_of_the_transaction_it_reverses(db: Db) -> None:
-    shop = db.partner("EUR", earn="1")
-    first = only_card(db, shop.id)
-    member = db.member()
-    earn = db.ops.earn(shop.id, member_id=member, reference="e", amount="50", currency="EUR")
-    db.rate_card(shop.id, earn="3", effective_from=db.clock.now + timedelta(minutes=1))
-    db.clock.advance(minutes=2)
+def test_a_reversal_uses_the_card_of_the_transaction_it_reverses(lite: Db) -> None:
+    shop = lite.partner("EUR", earn="1")
+    first = only_card(lite, shop.id)
+    member = lite.member()
+    earn = lite.ops.earn(shop.id, member_id=member, reference="e", amount="50", currency="EUR")
+    lite.rate_card(shop.id, earn="3", effective_from=lite.clock.now + timedelta(minutes=1))
+    lite.clock.advance(minutes=2)
 
-    refund = db.ops.reverse(shop.id, earn.transaction.id, reference="r", points=20)
+    refund = lite.ops.reverse(shop.id, earn.transaction.id, reference="r", points=20)
 
     assert refund.transaction.rate_card_id == first
     assert refund.transaction.amount_minor == 2000  # 20 of 50 points of EUR 50.00
@@ -107,31 +107,31 @@ def test_a_rate_card_is_never_edited_in_place(db: Db) -> None:
         )
 
 
-def test_a_rate_card_may_not_start_in_the_past(db: Db) -> None:
-    shop = db.partner("EUR")
-    db.clock.advance(hours=2)
+def test_a_rate_card_may_not_start_in_the_past(lite: Db) -> None:
+    shop = lite.partner("EUR")
+    lite.clock.advance(hours=2)
     with pytest.raises(ValidationFailed) as info:
-        db.rate_card(shop.id, earn="2", effective_from=db.clock.now - timedelta(hours=1))
+        lite.rate_card(shop.id, earn="2", effective_from=lite.clock.now - timedelta(hours=1))
     assert info.value.errors[0]["path"] == "$.effective_from"
     # A few minutes of clock skew between the operator and the server are tolerated.
-    card = db.rate_card(shop.id, earn="2", effective_from=db.clock.now - timedelta(minutes=4))
-    assert card.effective_from == db.clock.now - timedelta(minutes=4)
+    card = lite.rate_card(shop.id, earn="2", effective_from=lite.clock.now - timedelta(minutes=4))
+    assert card.effective_from == lite.clock.now - timedelta(minutes=4)
 
 
-def test_a_rate_card_may_not_start_before_or_with_the_newest_card(db: Db) -> None:
-    shop = db.partner("EUR")
-    newest = db.clock.now + timedelta(days=2)
-    db.rate_card(shop.id, earn="2", effective_from=newest)
+def test_a_rate_card_may_not_start_before_or_with_the_newest_card(lite: Db) -> None:
+    shop = lite.partner("EUR")
+    newest = lite.clock.now + timedelta(days=2)
+    lite.rate_card(shop.id, earn="2", effective_from=newest)
     for start in (newest - timedelta(days=1), newest):
         with pytest.raises(ValidationFailed) as info:
-            db.rate_card(shop.id, earn="3", effective_from=start)
+            lite.rate_card(shop.id, earn="3", effective_from=start)
         assert info.value.errors[0]["path"] == "$.effective_from"
-    db.rate_card(shop.id, earn="3", effective_from=newest + timedelta(seconds=1))
+    lite.rate_card(shop.id, earn="3", effective_from=newest + timedelta(seconds=1))
 
 
-def test_rates_out_of_range_are_refused_with_their_field(db: Db) -> None:
-    shop = db.partner("EUR")
-    later = db.clock.now + timedelta(hours=1)
+def test_rates_out_of_range_are_refused_with_their_field(lite: Db) -> None:
+    shop = lite.partner("EUR")
+    later = lite.clock.now + timedelta(hours=1)
     cases: dict[str, dict[str, Any]] = {
         "$.burn_value_per_point": {"burn": "0"},
         "$.earn_points_per_unit": {"earn": "-1"},
@@ -140,20 +140,20 @@ def test_rates_out_of_range_are_refused_with_their_field(db: Db) -> None:
     }
     for field, values in cases.items():
         with pytest.raises(ValidationFailed) as info:
-            db.rate_card(shop.id, effective_from=later, **values)
+            lite.rate_card(shop.id, effective_from=later, **values)
         assert info.value.errors[0]["path"] == field
 
 
-def test_a_partner_cannot_earn_before_its_first_card_starts(db: Db) -> None:
-    with transaction(db.sessions) as s:
-        shop = create_partner(s, name="Late", currency="EUR", now=db.clock.now)
-    db.rate_card(shop.id, effective_from=db.clock.now + timedelta(days=1))
-    member = db.member()
+def test_a_partner_cannot_earn_before_its_first_card_starts(lite: Db) -> None:
+    with transaction(lite.sessions) as s:
+        shop = create_partner(s, name="Late", currency="EUR", now=lite.clock.now)
+    lite.rate_card(shop.id, effective_from=lite.clock.now + timedelta(days=1))
+    member = lite.member()
     with pytest.raises(PartnerNotActive):
-        db.ops.earn(shop.id, member_id=member, reference="e1", amount="10", currency="EUR")
-    db.clock.advance(days=1)
+        lite.ops.earn(shop.id, member_id=member, reference="e1", amount="10", currency="EUR")
+    lite.clock.advance(days=1)
     assert (
-        db.ops.earn(
+        lite.ops.earn(
             shop.id, member_id=member, reference="e1", amount="10", currency="EUR"
         ).transaction.points
         == 10

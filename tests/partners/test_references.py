@@ -42,49 +42,51 @@ def test_a_second_earn_with_a_reference_is_refused_naming_the_first(db: Db) -> N
     assert db.ops.balance(other).available == 0
 
 
-def test_a_second_burn_with_a_reference_is_refused_naming_the_first(db: Db) -> None:
-    shop = db.partner("EUR")
-    member = db.member(100, shop)
-    first = db.ops.burn(shop.id, member_id=member, reference="pay-1", points=10)
+def test_a_second_burn_with_a_reference_is_refused_naming_the_first(lite: Db) -> None:
+    shop = lite.partner("EUR")
+    member = lite.member(100, shop)
+    first = lite.ops.burn(shop.id, member_id=member, reference="pay-1", points=10)
 
     with pytest.raises(DuplicateReference) as info:
-        db.ops.burn(shop.id, member_id=member, reference="pay-1", points=10)
+        lite.ops.burn(shop.id, member_id=member, reference="pay-1", points=10)
 
     assert info.value.extra["transaction_id"] == first.transaction.id
-    assert db.ops.balance(member).available == 90
+    assert lite.ops.balance(member).available == 90
 
 
-def test_a_reversal_reference_is_unique_per_partner_and_kind(db: Db) -> None:
-    shop = db.partner("EUR")
-    member = db.member(100, shop)
-    a = db.ops.earn(shop.id, member_id=member, reference="a", amount="10", currency="EUR")
-    b = db.ops.earn(shop.id, member_id=member, reference="b", amount="10", currency="EUR")
-    burn = db.ops.burn(shop.id, member_id=member, reference="c", points=10)
-    first = db.ops.reverse(shop.id, a.transaction.id, reference="refund-1", points=1)
+def test_a_reversal_reference_is_unique_per_partner_and_kind(lite: Db) -> None:
+    shop = lite.partner("EUR")
+    member = lite.member(100, shop)
+    a = lite.ops.earn(shop.id, member_id=member, reference="a", amount="10", currency="EUR")
+    b = lite.ops.earn(shop.id, member_id=member, reference="b", amount="10", currency="EUR")
+    burn = lite.ops.burn(shop.id, member_id=member, reference="c", points=10)
+    first = lite.ops.reverse(shop.id, a.transaction.id, reference="refund-1", points=1)
 
     with pytest.raises(DuplicateReference) as info:
-        db.ops.reverse(shop.id, b.transaction.id, reference="refund-1", points=1)
+        lite.ops.reverse(shop.id, b.transaction.id, reference="refund-1", points=1)
     assert info.value.extra["transaction_id"] == first.transaction.id
     # A burn reversal is another operation.
-    db.ops.reverse(shop.id, burn.transaction.id, reference="refund-1")
+    lite.ops.reverse(shop.id, burn.transaction.id, reference="refund-1")
 
 
-def test_partners_have_their_own_references(db: Db) -> None:
-    grocer = db.partner("EUR", name="Grocer")
-    airline = db.partner("EUR", name="Airline")
-    member = db.member()
+def test_partners_have_their_own_references(lite: Db) -> None:
+    grocer = lite.partner("EUR", name="Grocer")
+    airline = lite.partner("EUR", name="Airline")
+    member = lite.member()
     for partner in (grocer, airline):
-        db.ops.earn(partner.id, member_id=member, reference="0001", amount="10", currency="EUR")
-    assert db.ops.balance(member).available == 20
+        lite.ops.earn(partner.id, member_id=member, reference="0001", amount="10", currency="EUR")
+    assert lite.ops.balance(member).available == 20
 
 
-def test_a_refused_operation_leaves_its_reference_free(db: Db) -> None:
-    shop = db.partner("EUR")
-    member = db.member(10, shop)
+def test_a_refused_operation_leaves_its_reference_free(lite: Db) -> None:
+    shop = lite.partner("EUR")
+    member = lite.member(10, shop)
     with pytest.raises(InsufficientPoints):
-        db.ops.burn(shop.id, member_id=member, reference="retry", points=50)
-    db.ops.earn(shop.id, member_id=member, reference="top-up", amount="40", currency="EUR")
-    assert db.ops.burn(shop.id, member_id=member, reference="retry", points=50).member.balance == 0
+        lite.ops.burn(shop.id, member_id=member, reference="retry", points=50)
+    lite.ops.earn(shop.id, member_id=member, reference="top-up", amount="40", currency="EUR")
+    assert (
+        lite.ops.burn(shop.id, member_id=member, reference="retry", points=50).member.balance == 0
+    )
 
 
 def test_a_hold_reference_is_unique_per_partner_and_names_the_hold(db: Db) -> None:
@@ -100,10 +102,10 @@ def test_a_hold_reference_is_unique_per_partner_and_names_the_hold(db: Db) -> No
     assert db.ops.balance(member).held == 0
 
 
-def test_a_capture_carries_its_holds_reference(db: Db) -> None:
-    shop = db.partner("EUR")
-    member = db.member(100, shop)
-    hold = db.ops.hold(shop.id, member_id=member, reference="cart-8", points=10)
-    capture = db.ops.capture(shop.id, hold.hold.id)
+def test_a_capture_carries_its_holds_reference(lite: Db) -> None:
+    shop = lite.partner("EUR")
+    member = lite.member(100, shop)
+    hold = lite.ops.hold(shop.id, member_id=member, reference="cart-8", points=10)
+    capture = lite.ops.capture(shop.id, hold.hold.id)
     assert (capture.transaction.reference, capture.transaction.hold_id) == ("cart-8", hold.hold.id)
     assert capture.transaction.kind == "burn"

@@ -24,58 +24,58 @@ def lots(db: Db, member: str) -> list[tuple[int, int, bool, str | None]]:
     return [(p, r, d, o) for p, r, d, o in rows]
 
 
-def test_a_reversal_never_takes_more_than_is_left(db: Db) -> None:
-    shop = db.partner("EUR")
-    member = db.member()
-    earn = db.ops.earn(shop.id, member_id=member, reference="e", amount="100", currency="EUR")
+def test_a_reversal_never_takes_more_than_is_left(lite: Db) -> None:
+    shop = lite.partner("EUR")
+    member = lite.member()
+    earn = lite.ops.earn(shop.id, member_id=member, reference="e", amount="100", currency="EUR")
     txn = earn.transaction.id
 
-    db.ops.reverse(shop.id, txn, reference="r1", points=60)
+    lite.ops.reverse(shop.id, txn, reference="r1", points=60)
     with pytest.raises(ReversalExceedsOriginal) as info:
-        db.ops.reverse(shop.id, txn, reference="r2", points=41)
+        lite.ops.reverse(shop.id, txn, reference="r2", points=41)
     assert info.value.extra["remaining_points"] == 40
-    rest = db.ops.reverse(shop.id, txn, reference="r3")  # the default: all that is left
+    rest = lite.ops.reverse(shop.id, txn, reference="r3")  # the default: all that is left
     assert (rest.transaction.points, rest.member.balance) == (40, 0)
     with pytest.raises(ReversalExceedsOriginal) as info:
-        db.ops.reverse(shop.id, txn, reference="r4")
+        lite.ops.reverse(shop.id, txn, reference="r4")
     assert info.value.extra["remaining_points"] == 0
-    db.assert_ledger_ok()
+    lite.assert_ledger_ok()
 
 
-def test_only_the_partners_own_earns_and_burns_can_be_reversed(db: Db) -> None:
-    shop = db.partner("EUR", name="Shop")
-    other = db.partner("EUR", name="Other")
-    member = db.member(100, shop)
-    earn = db.ops.earn(shop.id, member_id=member, reference="e", amount="10", currency="EUR")
-    refund = db.ops.reverse(shop.id, earn.transaction.id, reference="r", points=5)
-    bonus = db.ops.bonus(member_id=member, points=5, reason="welcome", funded_by=shop.id)
+def test_only_the_partners_own_earns_and_burns_can_be_reversed(lite: Db) -> None:
+    shop = lite.partner("EUR", name="Shop")
+    other = lite.partner("EUR", name="Other")
+    member = lite.member(100, shop)
+    earn = lite.ops.earn(shop.id, member_id=member, reference="e", amount="10", currency="EUR")
+    refund = lite.ops.reverse(shop.id, earn.transaction.id, reference="r", points=5)
+    bonus = lite.ops.bonus(member_id=member, points=5, reason="welcome", funded_by=shop.id)
 
     with pytest.raises(NotFound):
-        db.ops.reverse(other.id, earn.transaction.id, reference="x1")
+        lite.ops.reverse(other.id, earn.transaction.id, reference="x1")
     with pytest.raises(NotFound):
-        db.ops.reverse(shop.id, "txn_unknown", reference="x2")
+        lite.ops.reverse(shop.id, "txn_unknown", reference="x2")
     for not_reversible in (refund, bonus):
         with pytest.raises(ValidationFailed):
-            db.ops.reverse(shop.id, not_reversible.transaction.id, reference="x3")
+            lite.ops.reverse(shop.id, not_reversible.transaction.id, reference="x3")
 
 
-def test_an_earn_reversal_takes_back_its_own_lot_first(db: Db) -> None:
-    shop = db.partner("EUR")
-    db.clock.advance(days=10)
-    member = db.member()
-    older = db.ops.earn(
+def test_an_earn_reversal_takes_back_its_own_lot_first(lite: Db) -> None:
+    shop = lite.partner("EUR")
+    lite.clock.advance(days=10)
+    member = lite.member()
+    older = lite.ops.earn(
         shop.id,
         member_id=member,
         reference="older",
         amount="50",
         currency="EUR",
-        occurred_at=db.clock.now - timedelta(days=5),
+        occurred_at=lite.clock.now - timedelta(days=5),
     )
-    newer = db.ops.earn(shop.id, member_id=member, reference="newer", amount="30", currency="EUR")
+    newer = lite.ops.earn(shop.id, member_id=member, reference="newer", amount="30", currency="EUR")
 
-    db.ops.reverse(shop.id, newer.transaction.id, reference="r", points=20)
+    lite.ops.reverse(shop.id, newer.transaction.id, reference="r", points=20)
 
-    assert lots(db, member) == [(50, 50, False, shop.id), (30, 10, False, shop.id)]
+    assert lots(lite, member) == [(50, 50, False, shop.id), (30, 10, False, shop.id)]
     assert older.transaction.points == 50
 
 
@@ -97,26 +97,26 @@ def test_an_earn_reversal_of_spent_points_takes_the_member_negative_on_record(db
     db.assert_ledger_ok()  # negative, and recorded as a clawback
 
 
-def test_the_next_points_fill_the_deficit_first(db: Db) -> None:
-    shop = db.partner("EUR")
-    member = db.member()
-    earn = db.ops.earn(shop.id, member_id=member, reference="e", amount="100", currency="EUR")
-    db.ops.burn(shop.id, member_id=member, reference="b", points=100)
-    db.ops.reverse(shop.id, earn.transaction.id, reference="refund")
+def test_the_next_points_fill_the_deficit_first(lite: Db) -> None:
+    shop = lite.partner("EUR")
+    member = lite.member()
+    earn = lite.ops.earn(shop.id, member_id=member, reference="e", amount="100", currency="EUR")
+    lite.ops.burn(shop.id, member_id=member, reference="b", points=100)
+    lite.ops.reverse(shop.id, earn.transaction.id, reference="refund")
 
-    partly = db.ops.earn(shop.id, member_id=member, reference="e2", amount="30", currency="EUR")
+    partly = lite.ops.earn(shop.id, member_id=member, reference="e2", amount="30", currency="EUR")
     assert partly.member.balance == -70
-    assert lots(db, member)[1:] == [(0, -70, True, None), (30, 0, False, shop.id)]
+    assert lots(lite, member)[1:] == [(0, -70, True, None), (30, 0, False, shop.id)]
 
-    repaid = db.ops.bonus(member_id=member, points=100, reason="goodwill", funded_by="coalition")
+    repaid = lite.ops.bonus(member_id=member, points=100, reason="goodwill", funded_by="coalition")
     assert repaid.member.balance == 30
-    assert lots(db, member)[1:] == [
+    assert lots(lite, member)[1:] == [
         (0, 0, True, None),
         (30, 0, False, shop.id),
         (100, 30, False, None),
     ]
-    assert db.ops.balance(member).available == 30
-    db.assert_ledger_ok()
+    assert lite.ops.balance(member).available == 30
+    lite.assert_ledger_ok()
 
 
 def test_a_clawback_of_held_points_leaves_the_hold_capturable(db: Db) -> None:

@@ -27,11 +27,11 @@ def ref() -> str:
     return f"r-{next(_refs)}"
 
 
-def test_a_yen_earn_drops_the_fraction_of_a_point(db: Db) -> None:
-    shop = db.partner("JPY", earn="0.01", issue="1", burn="1", reimburse="0.8")
-    member = db.member()
+def test_a_yen_earn_drops_the_fraction_of_a_point(lite: Db) -> None:
+    shop = lite.partner("JPY", earn="0.01", issue="1", burn="1", reimburse="0.8")
+    member = lite.member()
 
-    earn = db.ops.earn(shop.id, member_id=member, reference="e", amount="1999", currency="JPY")
+    earn = lite.ops.earn(shop.id, member_id=member, reference="e", amount="1999", currency="JPY")
 
     assert (earn.transaction.points, earn.transaction.amount_minor) == (19, 1999)
     assert format_amount(earn.transaction.amount_minor or 0, "JPY") == "1999"
@@ -76,12 +76,12 @@ def test_a_basket_with_too_many_decimals_is_refused_at_its_own_path(lite: Db) ->
     assert [e["path"] for e in info.value.errors] == ["$.basket_amount"]
 
 
-def test_dinar_amounts_keep_three_decimals(db: Db) -> None:
-    shop = db.partner("BHD", earn="1", issue="0.004", burn="0.005", reimburse="0.004")
-    member = db.member()
+def test_dinar_amounts_keep_three_decimals(lite: Db) -> None:
+    shop = lite.partner("BHD", earn="1", issue="0.004", burn="0.005", reimburse="0.004")
+    member = lite.member()
 
-    earn = db.ops.earn(shop.id, member_id=member, reference="e", amount="10.005", currency="BHD")
-    burn = db.ops.burn(shop.id, member_id=member, reference="b", points=3)
+    earn = lite.ops.earn(shop.id, member_id=member, reference="e", amount="10.005", currency="BHD")
+    burn = lite.ops.burn(shop.id, member_id=member, reference="b", points=3)
 
     assert (earn.transaction.points, earn.transaction.amount_minor) == (10, 10005)
     assert format_amount(burn.transaction.amount_minor or 0, "BHD") == "0.015"
@@ -186,18 +186,18 @@ def reversal_amounts(db: Db, txn_id: str) -> list[int]:
         ]
 
 
-def test_partial_reversals_of_an_earn_sum_exactly_to_its_amount(db: Db) -> None:
-    shop = db.partner("EUR", earn="30")
-    member = db.member()
-    earn = db.ops.earn(shop.id, member_id=member, reference="e", amount="0.10", currency="EUR")
+def test_partial_reversals_of_an_earn_sum_exactly_to_its_amount(lite: Db) -> None:
+    shop = lite.partner("EUR", earn="30")
+    member = lite.member()
+    earn = lite.ops.earn(shop.id, member_id=member, reference="e", amount="0.10", currency="EUR")
     assert earn.transaction.points == 3
 
     for n in range(3):
-        db.ops.reverse(shop.id, earn.transaction.id, reference=f"r{n}", points=1)
-        db.clock.advance(seconds=1)
+        lite.ops.reverse(shop.id, earn.transaction.id, reference=f"r{n}", points=1)
+        lite.clock.advance(seconds=1)
 
     # 10 cents x 1/3 is 3.33 -> 3, twice; the last reversal takes the exact remainder.
-    assert reversal_amounts(db, earn.transaction.id) == [3, 3, 4]
+    assert reversal_amounts(lite, earn.transaction.id) == [3, 3, 4]
 
 
 def test_partial_reversals_of_a_burn_sum_exactly_to_its_amount(db: Db) -> None:
@@ -216,23 +216,23 @@ def test_partial_reversals_of_a_burn_sum_exactly_to_its_amount(db: Db) -> None:
     assert reversal_amounts(db, burn.transaction.id) == [7, 7, 10]
 
 
-def test_pro_rata_reversal_amounts_round_half_even(db: Db) -> None:
-    forty = db.partner("EUR", earn="40", name="Forty")
-    thirty = db.partner("EUR", earn="30", name="Thirty")
-    member = db.member()
-    ten = db.ops.earn(forty.id, member_id=member, reference="a", amount="0.10", currency="EUR")
-    fourteen = db.ops.earn(
+def test_pro_rata_reversal_amounts_round_half_even(lite: Db) -> None:
+    forty = lite.partner("EUR", earn="40", name="Forty")
+    thirty = lite.partner("EUR", earn="30", name="Thirty")
+    member = lite.member()
+    ten = lite.ops.earn(forty.id, member_id=member, reference="a", amount="0.10", currency="EUR")
+    fourteen = lite.ops.earn(
         thirty.id, member_id=member, reference="b", amount="0.14", currency="EUR"
     )
     assert (ten.transaction.points, fourteen.transaction.points) == (4, 4)
 
     # A quarter of 10 cents is 2.5 -> 2; a quarter of 14 cents is 3.5 -> 4.
-    down = db.ops.reverse(forty.id, ten.transaction.id, reference="r1", points=1)
-    up = db.ops.reverse(thirty.id, fourteen.transaction.id, reference="r2", points=1)
+    down = lite.ops.reverse(forty.id, ten.transaction.id, reference="r1", points=1)
+    up = lite.ops.reverse(thirty.id, fourteen.transaction.id, reference="r2", points=1)
     assert (down.transaction.amount_minor, up.transaction.amount_minor) == (2, 4)
-    half = db.ops.reverse(forty.id, ten.transaction.id, reference="r3", points=2)
+    half = lite.ops.reverse(forty.id, ten.transaction.id, reference="r3", points=2)
     assert half.transaction.amount_minor == 5
-    rest = db.ops.reverse(forty.id, ten.transaction.id, reference="r4")
+    rest = lite.ops.reverse(forty.id, ten.transaction.id, reference="r4")
     assert rest.transaction.amount_minor == 3  # the remainder: 10 - 2 - 5
 
 
