@@ -928,7 +928,7 @@ def test_random_operation_sequences_keep_the_invariants_and_match_the_model(db: 
     ops, partners = _setup(db)
     examples = 40 if db.backend == "sqlite" else 20
 
-    @settings(max_examples=examples, deadline=None, database=None)
+    @settings(max_examples=examples, deadline=None, database=None, print_blob=True)
     @given(st.lists(OPS, min_size=10, max_size=40))
     def run(sequence: list[Op]) -> None:
         note(f"operations: {sequence!r}")
