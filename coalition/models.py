@@ -103,6 +103,7 @@ class Transaction(Base):
             sqlite_where=text("reference IS NOT NULL AND hold_id IS NULL"),
         ),
         Index("ix_transactions_partner_posted", "partner_id", "posted_at"),
+        Index("ix_transactions_partner_id", "partner_id", "id"),
         Index("ix_transactions_member_occurred", "member_id", "occurred_at"),
         Index(
             "ix_transactions_reverses",
