@@ -55,6 +55,22 @@ def _zero_sum(session: Session) -> list[str]:
     ]
 
 
+# Only an earn reversal (a clawback) takes a member's available points below zero, and it
+# records by how much; burns and holds never do, captures and voids only raise available. So a
+# member can never be further below zero than its recorded clawbacks add up to.
+_NEGATIVE_BEYOND_CLAWBACKS = """
+SELECT m.id AS member_id, m.balance FROM members m WHERE m.balance < 0 AND -m.balance >
+  (SELECT COALESCE(SUM(t.overdraft_points), 0) FROM transactions t
+   WHERE t.member_id = m.id AND t.overdraft_points > 0)
+"""
+_HELD_BEYOND_CLAWBACKS = """
+SELECT m.id AS member_id, m.balance, m.held FROM members m
+WHERE m.held < 0 OR (m.held > m.balance AND m.held - m.balance >
+  (SELECT COALESCE(SUM(t.overdraft_points), 0) FROM transactions t
+   WHERE t.member_id = m.id AND t.overdraft_points > 0))
+"""
+
+
 def _member_balances(session: Session) -> list[str]:
     by_postings = _rows(
         session,
@@ -79,11 +95,7 @@ def _member_balances(session: Session) -> list[str]:
         "SELECT d.member_id FROM lots d JOIN lots p ON p.member_id = d.member_id"
         " WHERE d.is_deficit AND d.remaining < 0 AND p.remaining > 0",
     )
-    unrecorded_negative = _rows(
-        session,
-        "SELECT m.id AS member_id, m.balance FROM members m WHERE m.balance < 0 AND NOT EXISTS"
-        " (SELECT 1 FROM transactions t WHERE t.member_id = m.id AND t.overdraft_points > 0)",
-    )
+    unrecorded_negative = _rows(session, _NEGATIVE_BEYOND_CLAWBACKS)
     return (
         [f"balance != postings: {r}" for r in by_postings]
         + [f"balance != open lots: {r}" for r in by_lots]
@@ -100,12 +112,7 @@ def _holds(session: Session) -> list[str]:
         " LEFT JOIN (SELECT member_id, SUM(points) AS total FROM holds WHERE status = 'active'"
         " GROUP BY member_id) h ON h.member_id = m.id WHERE m.held <> COALESCE(h.total, 0)",
     )
-    over = _rows(
-        session,
-        "SELECT m.id AS member_id, m.balance, m.held FROM members m"
-        " WHERE (m.held > m.balance OR m.held < 0) AND NOT EXISTS"
-        " (SELECT 1 FROM transactions t WHERE t.member_id = m.id AND t.overdraft_points > 0)",
-    )
+    over = _rows(session, _HELD_BEYOND_CLAWBACKS)
     captured = _rows(
         session,
         "SELECT h.id AS hold_id, h.captured_points, t.points FROM holds h"

@@ -101,7 +101,7 @@ def parse_tiers(raw: str) -> tuple[Tier, ...]:
             tier = Tier(name.strip(), int(threshold), Decimal(multiplier))
         except (ValueError, ArithmeticError):
             raise ConfigError(f"COALITION_TIERS: malformed entry {entry!r}") from None
-        if not tier.name or tier.multiplier <= 0 or not tier.multiplier.is_finite():
+        if not tier.name or not tier.multiplier.is_finite() or tier.multiplier <= 0:
             raise ConfigError(f"COALITION_TIERS: malformed entry {entry!r}")
         tiers.append(tier)
     if not tiers or tiers[0].threshold_points != 0:
