@@ -102,6 +102,36 @@ _INSERT_POSTINGS = insert(cast("Table", Posting.__table__))
 _INSERT_LOT = insert(_LOTS)
 _UPDATE_LOT = update(_LOTS).where(_LOTS.c.id == bindparam("lot")).values(remaining=bindparam("to"))
 _INSERT_LOT_MOVEMENTS = insert(cast("Table", LotMovement.__table__))
+_LOCK_MEMBERS = (
+    select(_MEMBERS.c.id, _MEMBERS.c.balance, _MEMBERS.c.held, _MEMBERS.c.account_id)
+    .where(_MEMBERS.c.id.in_(bindparam("members", expanding=True)))
+    .order_by(_MEMBERS.c.id)
+    .with_for_update()
+)
+_ADD_TO_BALANCE = (
+    update(_MEMBERS)
+    .where(_MEMBERS.c.id == bindparam("member"))
+    .values(balance=_MEMBERS.c.balance + bindparam("balance_delta"))
+)
+_QUALIFYING_HISTORY = (
+    select(
+        _TRANSACTIONS.c.member_id,
+        _TRANSACTIONS.c.occurred_at,
+        case(
+            (_TRANSACTIONS.c.kind == "earn", _TRANSACTIONS.c.points),
+            else_=-_TRANSACTIONS.c.points,
+        ),
+    )
+    .where(
+        _TRANSACTIONS.c.member_id.in_(bindparam("members", expanding=True)),
+        _TRANSACTIONS.c.kind.in_(("earn", "earn_reversal")),
+        _TRANSACTIONS.c.occurred_at >= bindparam("since"),
+        _TRANSACTIONS.c.occurred_at <= bindparam("until"),
+    )
+    .order_by(_TRANSACTIONS.c.occurred_at)
+)
+#: Rows one bulk statement may touch (members locked, credits written): bounds its parameters.
+BULK_MAX = 1000
 
 #: Lots read per round trip when taking points from a member's lots.
 LOT_PAGE = 200
@@ -187,6 +217,49 @@ def member_qualifying_points(
     if row is None:
         raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
     return int(row[0] or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class LockedMember:
+    """A member row read (and, on PostgreSQL, locked) by :func:`lock_members`."""
+
+    state: MemberState
+    account_id: int
+
+
+def lock_members(session: Session, member_ids: Iterable[str]) -> dict[str, LockedMember]:
+    """The members that exist among ``member_ids``, their rows locked in id order (``FOR
+    UPDATE`` on PostgreSQL, so two batches never deadlock; SQLite has one writer anyway).
+
+    One statement for the whole set; an id that is not a member is simply absent.
+    """
+    ids = sorted(set(member_ids))
+    assert len(ids) <= BULK_MAX, len(ids)
+    if not ids:
+        return {}
+    rows = session.execute(_LOCK_MEMBERS, {"members": ids}).all()
+    return {
+        row.id: LockedMember(MemberState(row.id, row.balance, row.held), row.account_id)
+        for row in rows
+    }
+
+
+def qualifying_history(
+    session: Session, member_ids: Iterable[str], since: datetime, until: datetime
+) -> dict[str, list[tuple[datetime, int]]]:
+    """The members' earns (+) and earn reversals (-) that occurred from ``since`` to ``until``,
+    as ``{member: [(occurred_at, points)]}`` in time order: what :func:`qualifying_points` sums,
+    read once for many members (the bulk earn's tier basis)."""
+    ids = sorted(set(member_ids))
+    history: dict[str, list[tuple[datetime, int]]] = {member: [] for member in ids}
+    if not ids:
+        return history
+    rows = session.execute(
+        _QUALIFYING_HISTORY, {"members": ids, "since": since, "until": until}
+    ).all()
+    for member_id, occurred_at, points in rows:
+        history[member_id].append((occurred_at, int(points)))
+    return history
 
 
 def member_due(session: Session, member_id: str, now: datetime) -> tuple[int, int]:
@@ -286,19 +359,7 @@ def _write(
     legs = [(account, points) for account, points in postings if points != 0]
     assert sum(points for _, points in legs) == 0, legs
     assert len(legs) >= 2, legs
-    row = {
-        "partner_id": None,
-        "reference": None,
-        "amount_minor": None,
-        "currency": None,
-        "rate_card_id": None,
-        "tier": None,
-        "reverses": None,
-        "hold_id": None,
-        "overdraft_points": 0,
-        "reason": None,
-        **values,
-    }
+    row = _transaction_row(values)
     session.execute(_INSERT_TRANSACTION, [row])
     session.execute(
         _INSERT_POSTINGS,
@@ -313,6 +374,23 @@ def _write(
         ],
     )
     return Transaction(**row)
+
+
+def _transaction_row(values: dict[str, Any]) -> dict[str, Any]:
+    """A transactions row: ``values`` over the defaults of the columns it may leave out."""
+    return {
+        "partner_id": None,
+        "reference": None,
+        "amount_minor": None,
+        "currency": None,
+        "rate_card_id": None,
+        "tier": None,
+        "reverses": None,
+        "hold_id": None,
+        "overdraft_points": 0,
+        "reason": None,
+        **values,
+    }
 
 
 # --- lots --------------------------------------------------------------------------------
@@ -500,6 +578,90 @@ def credit(
     if state.balance - points < 0:
         _fill_deficit(session, member_id, txn.id)
     return Posted(txn, state)
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """One credit of :func:`credit_many`: the arguments :func:`credit` takes."""
+
+    member_id: str
+    points: int
+    from_account: int
+    origin_partner_id: str | None
+    expires_at: datetime
+    values: dict[str, Any]
+
+
+def credit_many(
+    session: Session, credits: Sequence[Credit], members: dict[str, LockedMember]
+) -> list[Posted]:
+    """:func:`credit` for many credits at once: the same transactions, postings, lots and
+    balances as calling it for each one in order, in four statements (executemany inserts of
+    transactions, postings and lots, and one executemany update of the members' balances).
+
+    ``members``: :func:`lock_members` of every member credited, read in this transaction. None
+    may owe points (a negative balance): a deficit must be filled, which :func:`credit` does.
+    Balances are computed here from the locked rows, so several credits of one member each
+    record the right ``balance_after``.
+    """
+    assert len(credits) <= BULK_MAX, len(credits)
+    if not credits:
+        return []
+    balances = {member_id: members[member_id].state.balance for member_id in
+                {c.member_id for c in credits}}  # fmt: skip
+    assert all(balance >= 0 for balance in balances.values()), balances
+    rows: list[dict[str, Any]] = []
+    postings: list[dict[str, Any]] = []
+    lots: list[dict[str, Any]] = []
+    posted: list[Posted] = []
+    for c in credits:
+        assert c.points > 0
+        balances[c.member_id] += c.points
+        row = _transaction_row(
+            {
+                **c.values,
+                "member_id": c.member_id,
+                "points": c.points,
+                "balance_after": balances[c.member_id],
+            }
+        )
+        rows.append(row)
+        member_acct = members[c.member_id].account_id
+        for account, points in ((member_acct, c.points), (c.from_account, -c.points)):
+            postings.append(
+                {
+                    "transaction_id": row["id"],
+                    "account_id": account,
+                    "points": points,
+                    "posted_at": row["posted_at"],
+                }
+            )
+        lots.append(
+            {
+                "member_id": c.member_id,
+                "origin_partner_id": c.origin_partner_id,
+                "transaction_id": row["id"],
+                "points": c.points,
+                "remaining": c.points,
+                "expires_at": c.expires_at,
+                "is_deficit": False,
+            }
+        )
+        held = members[c.member_id].state.held
+        posted.append(
+            Posted(Transaction(**row), MemberState(c.member_id, balances[c.member_id], held))
+        )
+    session.execute(_INSERT_TRANSACTION, rows)
+    session.execute(_INSERT_POSTINGS, postings)
+    session.execute(_INSERT_LOT, lots)
+    session.execute(
+        _ADD_TO_BALANCE,
+        [
+            {"member": member_id, "balance_delta": balance - members[member_id].state.balance}
+            for member_id, balance in sorted(balances.items())
+        ],
+    )
+    return posted
 
 
 def debit(

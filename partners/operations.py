@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,20 +31,56 @@ from coalition.errors import (
     HoldNotActive,
     NotFound,
     ReversalExceedsOriginal,
+    UnknownMember,
     ValidationFailed,
 )
 from coalition.ids import new_id
 from coalition.ledger import MemberState, Posted
 from coalition.models import OPERATOR_ACCOUNTS, Hold, Transaction
 from coalition.money import MAX_POINTS, MoneyError, parse_amount, to_minor
-from partners.models import Partner
-from partners.rates import active_partner, burn_price, earn_points, get_partner, rate_card_at
+from partners.rates import (
+    CardTerms,
+    PartnerTerms,
+    active_partner_terms,
+    burn_price,
+    earn_points,
+    partner_terms,
+    rate_card_history,
+)
 
 REFERENCE_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 MEMBER_ID_RE = re.compile(r"^mem_[A-Za-z0-9_-]{1,64}$")
 #: How far ahead of the server's clock an ``occurred_at`` may be (clock skew).
 CLOCK_SKEW = timedelta(minutes=5)
 REASON_MAX = 500
+#: Items one :meth:`Operations.earn_many` takes at most.
+EARN_BATCH_MAX = ledger.BULK_MAX
+
+_TRANSACTIONS = cast("Table", Transaction.__table__)
+# Pre-built, as the ledger's hot path (docs/benchmarks.md).
+_REFERENCE_CONDITIONS = (
+    _TRANSACTIONS.c.partner_id == bindparam("partner"),
+    _TRANSACTIONS.c.kind == bindparam("kind"),
+    _TRANSACTIONS.c.hold_id.is_(None),
+)
+_FIND_REFERENCE = select(_TRANSACTIONS.c.id).where(
+    *_REFERENCE_CONDITIONS, _TRANSACTIONS.c.reference == bindparam("reference")
+)
+_FIND_REFERENCES = select(_TRANSACTIONS.c.reference, _TRANSACTIONS.c.id).where(
+    *_REFERENCE_CONDITIONS,
+    _TRANSACTIONS.c.reference.in_(bindparam("references", expanding=True)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EarnItem:
+    """One purchase of a bulk earn (:meth:`Operations.earn_many`): what :meth:`earn` takes."""
+
+    member_id: str
+    reference: str
+    amount: str
+    currency: str
+    occurred_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +119,7 @@ def _money(raw: str, currency: str, path: str) -> Decimal:
         raise ValidationFailed.at(exc.path, str(exc)) from None
 
 
-def _check_currency(partner: Partner, currency: str) -> None:
+def _check_currency(partner: PartnerTerms, currency: str) -> None:
     if currency != partner.currency:
         raise CurrencyMismatch(
             f"partner {partner.id} settles in {partner.currency}, not {currency}",
@@ -200,16 +237,12 @@ class Operations:
         session: Session | None = None,
     ) -> Posted:
         """Points for a purchase: floor(amount x earn rate x tier multiplier), in a new lot."""
-        _check_reference(reference)
         now = self.clock()
-        occurred = occurred_at or now
-        if occurred > now + CLOCK_SKEW:
-            raise ValidationFailed.at("$.occurred_at", "may not be in the future")
-        if self._expires_at(occurred) <= now:
-            raise ValidationFailed.at("$.occurred_at", "points earned then would have expired")
+        occurred = self._earn_occurred(reference, occurred_at, now)
         try:
             with self.unit(session) as s:
-                partner = active_partner(s, partner_id)
+                # The partner and its rate card in force then, in one statement.
+                partner = active_partner_terms(s, partner_id, occurred)
                 _check_currency(partner, currency)
                 spend = _money(amount, currency, "$.amount")
                 self._refuse_used_reference(s, partner_id, "earn", reference)
@@ -217,37 +250,188 @@ class Operations:
                 qualifying = ledger.member_qualifying_points(
                     s, member_id, self._tier_since(occurred), occurred
                 )
-                card = rate_card_at(s, partner_id, occurred)
-                tier = ledger.tier_for(qualifying, self.settings.tiers)
-                points = earn_points(spend, card, tier.multiplier)
-                if points < 1:
-                    raise ValidationFailed.at(
-                        "$.amount", f"{amount} {currency} earns no points at the rate in force"
-                    )
-                _check_points(points, "$.amount")
+                credit = self._earn_credit(
+                    partner,
+                    partner.card_in_force(),
+                    qualifying,
+                    member_id=member_id,
+                    reference=reference,
+                    amount=amount,
+                    spend=spend,
+                    currency=currency,
+                    occurred=occurred,
+                    now=now,
+                )
                 return ledger.credit(
                     s,
-                    member_id=member_id,
-                    points=points,
-                    from_account=partner.issued_account_id,
-                    origin_partner_id=partner_id,
-                    expires_at=self._expires_at(occurred),
-                    values={
-                        "id": new_id("txn"),
-                        "kind": "earn",
-                        "partner_id": partner_id,
-                        "reference": reference,
-                        "amount_minor": to_minor(spend, currency),
-                        "currency": currency,
-                        "rate_card_id": card.id,
-                        "tier": tier.name,
-                        "occurred_at": occurred,
-                        "posted_at": now,
-                    },
+                    member_id=credit.member_id,
+                    points=credit.points,
+                    from_account=credit.from_account,
+                    origin_partner_id=credit.origin_partner_id,
+                    expires_at=credit.expires_at,
+                    values=credit.values,
                 )
         except IntegrityError:
             self._raise_duplicate(session, partner_id, "earn", reference)
             raise
+
+    def _earn_occurred(
+        self, reference: str, occurred_at: datetime | None, now: datetime
+    ) -> datetime:
+        """An earn's checks that need no database: its reference and when it occurred."""
+        _check_reference(reference)
+        occurred = occurred_at or now
+        if occurred > now + CLOCK_SKEW:
+            raise ValidationFailed.at("$.occurred_at", "may not be in the future")
+        if self._expires_at(occurred) <= now:
+            raise ValidationFailed.at("$.occurred_at", "points earned then would have expired")
+        return occurred
+
+    def _earn_credit(
+        self,
+        partner: PartnerTerms,
+        card: CardTerms,
+        qualifying: int,
+        *,
+        member_id: str,
+        reference: str,
+        amount: str,
+        spend: Decimal,
+        currency: str,
+        occurred: datetime,
+        now: datetime,
+    ) -> ledger.Credit:
+        """The earn's points (tier from ``qualifying``, the card's rate, one floor) and the
+        ledger credit that posts them; :class:`ValidationFailed` if it earns no whole point."""
+        tier = ledger.tier_for(qualifying, self.settings.tiers)
+        points = earn_points(spend, card, tier.multiplier)
+        if points < 1:
+            raise ValidationFailed.at(
+                "$.amount", f"{amount} {currency} earns no points at the rate in force"
+            )
+        _check_points(points, "$.amount")
+        return ledger.Credit(
+            member_id=member_id,
+            points=points,
+            from_account=partner.issued_account_id,
+            origin_partner_id=partner.id,
+            expires_at=self._expires_at(occurred),
+            values={
+                "id": new_id("txn"),
+                "kind": "earn",
+                "partner_id": partner.id,
+                "reference": reference,
+                "amount_minor": to_minor(spend, currency),
+                "currency": currency,
+                "rate_card_id": card.id,
+                "tier": tier.name,
+                "occurred_at": occurred,
+                "posted_at": now,
+            },
+        )
+
+    def earn_many(
+        self, partner_id: str, items: Sequence[EarnItem], *, session: Session | None = None
+    ) -> list[Posted | CoalitionError]:
+        """Many earns of one partner (its daily file, the demo) in one transaction, set-based.
+
+        The same rules as :meth:`earn` item by item, in order: the same transactions, postings,
+        lots and balances as calling it for each item would give (duplicate references also
+        within the batch, the rate card in force at each item's ``occurred_at``, the tier over
+        the trailing window counting the batch's earlier earns). Each item's result is in its
+        place: its :class:`Posted`, or the :class:`CoalitionError` :meth:`earn` would raise (and
+        nothing of that item is written). A handful of statements serve the whole batch: the
+        references already used, the members (locked in id order), the rate cards, the tier
+        history, then executemany inserts (:func:`ledger.credit_many`). A member who owes points
+        (a clawback deficit) takes the ordinary path, which fills the deficit.
+
+        At most :data:`EARN_BATCH_MAX` items (:class:`ValidationFailed` beyond).
+        """
+        if len(items) > EARN_BATCH_MAX:
+            raise ValidationFailed.at("$.items", f"at most {EARN_BATCH_MAX} items in one batch")
+        now = self.clock()
+        results: list[Posted | CoalitionError | None] = [None] * len(items)
+        occurred: dict[int, datetime] = {}
+        for n, item in enumerate(items):
+            try:
+                occurred[n] = self._earn_occurred(item.reference, item.occurred_at, now)
+            except CoalitionError as exc:
+                results[n] = exc
+        with self.unit(session) as s:
+            try:
+                partner = active_partner_terms(s, partner_id, now)
+            except CoalitionError as exc:
+                return [exc if r is None else r for r in results]
+            spends: dict[int, Decimal] = {}
+            for n in occurred:
+                item = items[n]
+                try:
+                    _check_currency(partner, item.currency)
+                    spends[n] = _money(item.amount, item.currency, "$.amount")
+                except CoalitionError as exc:
+                    results[n] = exc
+            used = _find_references(s, partner_id, "earn", [items[n].reference for n in spends])
+            members = ledger.lock_members(s, (items[n].member_id for n in spends))
+            cards = rate_card_history(s, partner_id)
+            window = [occurred[n] for n in spends if items[n].member_id in members]
+            history = ledger.qualifying_history(
+                s,
+                members,
+                self._tier_since(min(window, default=now)),
+                max(window, default=now),
+            )
+            credits: list[tuple[int, ledger.Credit]] = []
+            for n, spend in spends.items():
+                item, at = items[n], occurred[n]
+                try:
+                    if item.reference in used:
+                        existing = used[item.reference]
+                        raise DuplicateReference(
+                            f"reference {item.reference!r} was already used by {existing}",
+                            transaction_id=existing,
+                        )
+                    member = members.get(item.member_id)
+                    if member is None:
+                        raise UnknownMember(
+                            f"no member {item.member_id!r}", member_id=item.member_id
+                        )
+                    if member.state.balance < 0:
+                        # A deficit to fill first: the ordinary path, under its own savepoint.
+                        results[n] = posted = self.earn(
+                            partner_id,
+                            member_id=item.member_id,
+                            reference=item.reference,
+                            amount=item.amount,
+                            currency=item.currency,
+                            occurred_at=item.occurred_at,
+                            session=s,
+                        )
+                        used[item.reference] = posted.transaction.id
+                        continue
+                    earlier = history[item.member_id]
+                    credit = self._earn_credit(
+                        partner,
+                        cards.at(at),
+                        _qualifying(earlier, self._tier_since(at), at),
+                        member_id=item.member_id,
+                        reference=item.reference,
+                        amount=item.amount,
+                        spend=spend,
+                        currency=item.currency,
+                        occurred=at,
+                        now=now,
+                    )
+                except CoalitionError as exc:
+                    results[n] = exc
+                    continue
+                used[item.reference] = credit.values["id"]
+                earlier.append((at, credit.points))
+                credits.append((n, credit))
+            posted_all = ledger.credit_many(s, [c for _, c in credits], members)
+            for (n, _), posted in zip(credits, posted_all, strict=True):
+                results[n] = posted
+        assert all(r is not None for r in results)
+        return cast("list[Posted | CoalitionError]", results)
 
     def burn(
         self,
@@ -272,7 +456,7 @@ class Operations:
         now = self.clock()
         try:
             with self.unit(session) as s:
-                partner = active_partner(s, partner_id)
+                partner = active_partner_terms(s, partner_id, now)
                 if currency is not None:
                     _check_currency(partner, currency)
                 spend = _money(amount, partner.currency, "$.amount") if amount else None
@@ -283,7 +467,7 @@ class Operations:
                 )
                 self._refuse_used_reference(s, partner_id, "burn", reference)
                 due = ledger.member_due(s, member_id, now)  # and the existence check
-                card = rate_card_at(s, partner_id, now)
+                card = partner.card_in_force()
                 price = burn_price(
                     card, partner.currency, points=points, amount=spend, basket_amount=basket
                 )
@@ -334,7 +518,7 @@ class Operations:
         now = self.clock()
         try:
             with self.unit(session) as s:
-                active_partner(s, partner_id)
+                partner = active_partner_terms(s, partner_id, now)
                 existing = s.scalar(
                     select(Hold.id).where(
                         Hold.partner_id == partner_id, Hold.reference == reference
@@ -345,7 +529,7 @@ class Operations:
                         f"reference {reference!r} was already used by {existing}", hold_id=existing
                     )
                 due = ledger.member_due(s, member_id, now)  # and the existence check
-                rate_card_at(s, partner_id, now)
+                partner.card_in_force()
                 self._settle_due(s, member_id, now, due)
                 hold, state = ledger.place_hold(
                     s,
@@ -410,8 +594,8 @@ class Operations:
             take = hold.points if points is None else points
             if take > hold.points:
                 raise ValidationFailed.at("$.points", f"at most the held {hold.points} points")
-            partner = get_partner(s, partner_id)
-            card = rate_card_at(s, partner_id, now)
+            partner = partner_terms(s, partner_id, now)
+            card = partner.card_in_force()
             price = burn_price(card, partner.currency, points=take, amount=None, basket_amount=None)
             return ledger.capture_hold(
                 s,
@@ -463,7 +647,7 @@ class Operations:
                 if original.kind not in ("earn", "burn"):
                     raise ValidationFailed.at("$", f"a {original.kind} cannot be reversed")
                 kind = f"{original.kind}_reversal"
-                partner = get_partner(s, partner_id)
+                partner = partner_terms(s, partner_id, now)
                 self._refuse_used_reference(s, partner_id, kind, reference)
                 done = ledger.reversed_points(s, txn_id)
                 left = original.points - done
@@ -561,13 +745,13 @@ class Operations:
             from_account = OPERATOR_ACCOUNTS["operator_bonus"]
             if funded_by != "coalition":
                 try:
-                    partner = get_partner(s, funded_by)
+                    partner = partner_terms(s, funded_by, now)
                 except NotFound:
                     raise ValidationFailed.at(
                         "$.funded_by", "a partner id or 'coalition'"
                     ) from None
                 partner_id, from_account = partner.id, partner.issued_account_id
-                card_id = rate_card_at(s, partner.id, now).id
+                card_id = partner.card_in_force().id
             return ledger.credit(
                 s,
                 member_id=member_id,
@@ -660,14 +844,25 @@ def _check_reason(reason: str) -> None:
 
 
 def _find_reference(s: Session, partner_id: str, kind: str, reference: str) -> str | None:
-    return s.scalar(
-        select(Transaction.id).where(
-            Transaction.partner_id == partner_id,
-            Transaction.kind == kind,
-            Transaction.reference == reference,
-            Transaction.hold_id.is_(None),
-        )
-    )
+    return s.scalar(_FIND_REFERENCE, {"partner": partner_id, "kind": kind, "reference": reference})
 
 
-__all__ = ["Balance", "CoalitionError", "HoldResult", "Operations"]
+def _find_references(
+    s: Session, partner_id: str, kind: str, references: Sequence[str]
+) -> dict[str, str]:
+    """:func:`_find_reference` of many references at once: ``{reference: transaction id}``."""
+    if not references:
+        return {}
+    rows = s.execute(
+        _FIND_REFERENCES,
+        {"partner": partner_id, "kind": kind, "references": sorted(set(references))},
+    ).all()
+    return {reference: txn_id for reference, txn_id in rows}
+
+
+def _qualifying(history: Sequence[tuple[datetime, int]], since: datetime, until: datetime) -> int:
+    """What :func:`ledger.qualifying_points` sums, over rows already read."""
+    return sum(points for at, points in history if since <= at <= until)
+
+
+__all__ = ["Balance", "CoalitionError", "EarnItem", "HoldResult", "Operations"]

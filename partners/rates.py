@@ -9,11 +9,14 @@ Rounding rules (docs/recipes.md, "Money and rounding"):
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from typing import Any, Protocol, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from coalition.errors import (
@@ -35,6 +38,48 @@ from coalition.money import (
     to_minor,
 )
 from partners.models import PARTNER_STATUSES, Partner, RateCard
+
+_PARTNERS = cast("Table", Partner.__table__)
+_CARDS = cast("Table", RateCard.__table__)
+_CARD_COLUMNS = (
+    _CARDS.c.id,
+    _CARDS.c.effective_from,
+    _CARDS.c.earn_points_per_unit,
+    _CARDS.c.issue_price_per_point,
+    _CARDS.c.burn_value_per_point,
+    _CARDS.c.reimburse_price_per_point,
+    _CARDS.c.max_burn_share,
+)
+# The hot path's lookups, pre-built (docs/benchmarks.md): the partner and the id of its card in
+# force at ``:at`` in one statement, then that card's columns joined in, without ORM entities.
+_IN_FORCE = _CARDS.alias("in_force")
+_CARD_IN_FORCE = (
+    select(_IN_FORCE.c.id)
+    .where(
+        _IN_FORCE.c.partner_id == bindparam("partner"),
+        _IN_FORCE.c.effective_from <= bindparam("at"),
+    )
+    .order_by(_IN_FORCE.c.effective_from.desc())
+    .limit(1)
+    .scalar_subquery()
+)
+_PARTNER_TERMS = (
+    select(
+        _PARTNERS.c.id,
+        _PARTNERS.c.currency,
+        _PARTNERS.c.status,
+        _PARTNERS.c.issued_account_id,
+        _PARTNERS.c.redeemed_account_id,
+        *_CARD_COLUMNS,
+    )
+    .select_from(_PARTNERS.outerjoin(_CARDS, _CARDS.c.id == _CARD_IN_FORCE))
+    .where(_PARTNERS.c.id == bindparam("partner"))
+)
+_PARTNER_CARDS = (
+    select(*_CARD_COLUMNS)
+    .where(_CARDS.c.partner_id == bindparam("partner"))
+    .order_by(_CARDS.c.effective_from)
+)
 
 #: Rate-card values carry at most this many decimal places (the NUMERIC scale).
 RATE_SCALE = 12
@@ -123,6 +168,105 @@ def active_partner(session: Session, partner_id: str) -> Partner:
     if partner.status != "active":
         raise PartnerNotActive(f"partner {partner_id} is {partner.status}")
     return partner
+
+
+class Rates(Protocol):
+    """What the arithmetic needs of a rate card: a :class:`RateCard` or a :class:`CardTerms`."""
+
+    @property
+    def earn_points_per_unit(self) -> Decimal: ...
+    @property
+    def burn_value_per_point(self) -> Decimal: ...
+    @property
+    def max_burn_share(self) -> Decimal | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CardTerms:
+    """A rate card's values read without the ORM (the hot path's light row)."""
+
+    id: str
+    effective_from: datetime
+    earn_points_per_unit: Decimal
+    issue_price_per_point: Decimal
+    burn_value_per_point: Decimal
+    reimburse_price_per_point: Decimal
+    max_burn_share: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class PartnerTerms:
+    """A partner and its rate card in force at one moment, read in one statement.
+
+    ``card`` is ``None`` when no card was in force yet; :meth:`card_in_force` raises then.
+    """
+
+    id: str
+    currency: str
+    status: str
+    issued_account_id: int
+    redeemed_account_id: int
+    card: CardTerms | None
+    at: datetime
+
+    def card_in_force(self) -> CardTerms:
+        """The card, or :class:`PartnerNotActive` as :func:`rate_card_at` says it."""
+        if self.card is None:
+            raise PartnerNotActive(
+                f"partner {self.id} has no rate card in force at {self.at.isoformat()}"
+            )
+        return self.card
+
+
+def partner_terms(session: Session, partner_id: str, at: datetime) -> PartnerTerms:
+    """:func:`get_partner` and :func:`rate_card_at` of the hot path in one Core statement.
+
+    :class:`NotFound` if there is no such partner; the missing card is raised only when asked
+    for (:meth:`PartnerTerms.card_in_force`), so the errors keep their order.
+    """
+    row = session.execute(_PARTNER_TERMS, {"partner": partner_id, "at": at}).one_or_none()
+    if row is None:
+        raise NotFound(f"no partner {partner_id!r}")
+    card = None
+    if row[5] is not None:
+        card = _card(row[5:])
+    return PartnerTerms(row[0], row[1], row[2], row[3], row[4], card, at)
+
+
+def active_partner_terms(session: Session, partner_id: str, at: datetime) -> PartnerTerms:
+    """:func:`partner_terms` of a partner that must be active (as :func:`active_partner`)."""
+    terms = partner_terms(session, partner_id, at)
+    if terms.status != "active":
+        raise PartnerNotActive(f"partner {partner_id} is {terms.status}")
+    return terms
+
+
+@dataclass(frozen=True, slots=True)
+class RateCardHistory:
+    """Every version of a partner's rate card, to find the one in force at many moments."""
+
+    partner_id: str
+    cards: Sequence[CardTerms]
+
+    def at(self, at: datetime) -> CardTerms:
+        """The card in force at ``at`` (as :func:`rate_card_at`, :class:`PartnerNotActive`)."""
+        n = bisect_right([c.effective_from for c in self.cards], at)
+        if n == 0:
+            raise PartnerNotActive(
+                f"partner {self.partner_id} has no rate card in force at {at.isoformat()}"
+            )
+        return self.cards[n - 1]
+
+
+def rate_card_history(session: Session, partner_id: str) -> RateCardHistory:
+    """The partner's rate cards, oldest first, in one statement (the bulk path's lookup)."""
+    rows = session.execute(_PARTNER_CARDS, {"partner": partner_id}).all()
+    return RateCardHistory(partner_id, [_card(tuple(row)) for row in rows])
+
+
+def _card(values: tuple[Any, ...]) -> CardTerms:
+    card_id, effective_from, earn, issue, burn, reimburse, share = values
+    return CardTerms(card_id, effective_from, earn, issue, burn, reimburse, share)
 
 
 def _rate(raw: object, path: str, *, positive: bool = False) -> Decimal:
@@ -224,13 +368,13 @@ class BurnPrice:
     amount_minor: int
 
 
-def earn_points(amount: Decimal, card: RateCard, multiplier: Decimal) -> int:
+def earn_points(amount: Decimal, card: Rates, multiplier: Decimal) -> int:
     """Points for a spend: floor(amount x earn_points_per_unit x multiplier)."""
     return floor_points(amount * card.earn_points_per_unit * multiplier)
 
 
 def burn_price(
-    card: RateCard,
+    card: Rates,
     currency: str,
     *,
     points: int | None,
