@@ -113,13 +113,26 @@ _ADD_TO_BALANCE = (
     .where(_MEMBERS.c.id == bindparam("member"))
     .values(balance=_MEMBERS.c.balance + bindparam("balance_delta"))
 )
+# Rows inside [core_from, core_to] (in every window asked about) come summed per member, with
+# a NULL time; the others one by one.
+_OUTSIDE_CORE = case(
+    (
+        or_(
+            _TRANSACTIONS.c.occurred_at < bindparam("core_from"),
+            _TRANSACTIONS.c.occurred_at > bindparam("core_to"),
+        ),
+        _TRANSACTIONS.c.occurred_at,
+    ),
+)
 _QUALIFYING_HISTORY = (
     select(
         _TRANSACTIONS.c.member_id,
-        _TRANSACTIONS.c.occurred_at,
-        case(
-            (_TRANSACTIONS.c.kind == "earn", _TRANSACTIONS.c.points),
-            else_=-_TRANSACTIONS.c.points,
+        _OUTSIDE_CORE,
+        func.sum(
+            case(
+                (_TRANSACTIONS.c.kind == "earn", _TRANSACTIONS.c.points),
+                else_=-_TRANSACTIONS.c.points,
+            )
         ),
     )
     .where(
@@ -128,13 +141,15 @@ _QUALIFYING_HISTORY = (
         _TRANSACTIONS.c.occurred_at >= bindparam("since"),
         _TRANSACTIONS.c.occurred_at <= bindparam("until"),
     )
-    .order_by(_TRANSACTIONS.c.occurred_at)
+    .group_by(_TRANSACTIONS.c.member_id, _OUTSIDE_CORE)
 )
 #: Rows one bulk statement may touch (members locked, credits written): bounds its parameters.
 BULK_MAX = 1000
 
-#: Lots read per round trip when taking points from a member's lots.
+#: Lots read per round trip when taking points from a member's lots (the first read is
+#: smaller: most debits are covered by a member's few soonest-expiring lots).
 LOT_PAGE = 200
+LOT_FIRST_PAGE = 16
 #: Members or holds one expiry job run handles before it commits and returns.
 EXPIRY_BATCH = 500
 
@@ -245,20 +260,33 @@ def lock_members(session: Session, member_ids: Iterable[str]) -> dict[str, Locke
 
 
 def qualifying_history(
-    session: Session, member_ids: Iterable[str], since: datetime, until: datetime
-) -> dict[str, list[tuple[datetime, int]]]:
-    """The members' earns (+) and earn reversals (-) that occurred from ``since`` to ``until``,
-    as ``{member: [(occurred_at, points)]}`` in time order: what :func:`qualifying_points` sums,
-    read once for many members (the bulk earn's tier basis)."""
+    session: Session,
+    member_ids: Iterable[str],
+    since: datetime,
+    until: datetime,
+    core: tuple[datetime, datetime],
+) -> dict[str, list[tuple[datetime | None, int]]]:
+    """The members' earns (+) and earn reversals (-) that occurred from ``since`` to ``until``:
+    what :func:`qualifying_points` sums, read once for many members and many moments (the bulk
+    earn's tier basis), as ``{member: [(occurred_at, points)]}``.
+
+    Those that occurred within ``core`` (a span inside every window the caller asks about) come
+    as one sum per member with ``occurred_at`` ``None``, so a long history is not read row by
+    row; the others come one by one.
+    """
     ids = sorted(set(member_ids))
-    history: dict[str, list[tuple[datetime, int]]] = {member: [] for member in ids}
+    history: dict[str, list[tuple[datetime | None, int]]] = {member: [] for member in ids}
     if not ids:
         return history
-    rows = session.execute(
-        _QUALIFYING_HISTORY, {"members": ids, "since": since, "until": until}
-    ).all()
-    for member_id, occurred_at, points in rows:
-        history[member_id].append((occurred_at, int(points)))
+    params = {
+        "members": ids,
+        "since": since,
+        "until": until,
+        "core_from": core[0],
+        "core_to": core[1],
+    }
+    for member_id, occurred_at, points in session.execute(_QUALIFYING_HISTORY, params):
+        history[member_id].append((occurred_at, int(points or 0)))
     return history
 
 
@@ -418,12 +446,13 @@ def _open_lots(
     *,
     after: tuple[datetime, int] | None,
     expired_by: datetime | None,
+    limit: int,
 ) -> Sequence[Row[int, str | None, int, datetime | None]]:
     stmt = (
         select(Lot.id, Lot.origin_partner_id, Lot.remaining, Lot.expires_at)
         .where(Lot.member_id == member_id, Lot.remaining > 0)
         .order_by(Lot.expires_at, Lot.id)
-        .limit(LOT_PAGE)
+        .limit(limit)
     )
     if expired_by is not None:
         stmt = stmt.where(Lot.expires_at <= expired_by)
@@ -460,8 +489,9 @@ def _take(
             moves.append((first_lot_id, lot.origin_partner_id, -taken, lot.remaining - taken))
             left -= taken
     after: tuple[datetime, int] | None = None
+    limit = LOT_FIRST_PAGE
     while left > 0:
-        page = _open_lots(session, member_id, after=after, expired_by=expired_by)
+        page = _open_lots(session, member_id, after=after, expired_by=expired_by, limit=limit)
         for lot_id, origin, remaining, _expires in page:
             if lot_id == first_lot_id:
                 continue
@@ -470,11 +500,12 @@ def _take(
             left -= taken
             if left == 0:
                 break
-        if len(page) < LOT_PAGE:
+        if len(page) < limit:
             break
         last = page[-1]
         assert last.expires_at is not None
         after = (last.expires_at, last.id)
+        limit = LOT_PAGE
     _move(session, txn_id, moves)
     return points - left
 

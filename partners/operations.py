@@ -374,11 +374,14 @@ class Operations:
             members = ledger.lock_members(s, (items[n].member_id for n in spends))
             cards = rate_card_history(s, partner_id)
             window = [occurred[n] for n in spends if items[n].member_id in members]
+            first, last = min(window, default=now), max(window, default=now)
             history = ledger.qualifying_history(
                 s,
                 members,
-                self._tier_since(min(window, default=now)),
-                max(window, default=now),
+                self._tier_since(first),
+                last,
+                # In the window of every item: summed in the database.
+                core=(self._tier_since(last), first),
             )
             credits: list[tuple[int, ledger.Credit]] = []
             for n, spend in spends.items():
@@ -860,9 +863,12 @@ def _find_references(
     return {reference: txn_id for reference, txn_id in rows}
 
 
-def _qualifying(history: Sequence[tuple[datetime, int]], since: datetime, until: datetime) -> int:
-    """What :func:`ledger.qualifying_points` sums, over rows already read."""
-    return sum(points for at, points in history if since <= at <= until)
+def _qualifying(
+    history: Sequence[tuple[datetime | None, int]], since: datetime, until: datetime
+) -> int:
+    """What :func:`ledger.qualifying_points` sums, over rows already read (``None``: a sum
+    that lies in every window asked about)."""
+    return sum(points for at, points in history if at is None or since <= at <= until)
 
 
 __all__ = ["Balance", "CoalitionError", "EarnItem", "HoldResult", "Operations"]

@@ -42,6 +42,7 @@ def test_demo_fills_an_empty_database_keeps_every_invariant_and_refuses_a_second
     for section in SECTIONS:
         assert section in out, section
     assert "valid 30 days in this demo" in out
+    assert " of the earns in " in out and " bulk earns" in out  # the bulk path took them
 
     engine = make_engine(url)
     try:
