@@ -27,7 +27,16 @@ from bench.postgres import (
     server_url,
     server_version,
 )
-from bench.throughput import Bench, batched, count_statements, prepare, throughput
+from bench.throughput import (
+    BULK_BATCH,
+    Bench,
+    batched,
+    bulk_throughput,
+    count_bulk_statements,
+    count_statements,
+    prepare,
+    throughput,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 THREADS = (1, 4)
@@ -61,6 +70,7 @@ def measure_postgres(seconds: int, statement_runs: int, members: int) -> dict[st
         try:
             results["throughput"] = _throughput(bench, pgbench_url, seconds)
             results["statements"] = _statements(bench, statement_runs)
+            results["bulk"] = _bulk(bench, pgbench_url, seconds)
         finally:
             bench.engine.dispose()
     return results
@@ -92,6 +102,30 @@ def _throughput(bench: Bench, pgbench_url: Any, seconds: int) -> dict[str, Any]:
         "burn": round(four["burn_per_s"] / one["burn_per_s"], 2),
     }
     return out
+
+
+def _bulk(bench: Bench, pgbench_url: Any, seconds: int) -> dict[str, Any]:
+    """Earns per second through earn_many beside pgbench (1 client) and a single earn."""
+    _say(f"pgbench simple-update, 1 client, {seconds} s ...")
+    tps = pgbench_tps(pgbench_url, clients=1, seconds=seconds)
+    _say(f"earn_many, batches of {BULK_BATCH}, 1 thread, {seconds} s ...")
+    bulk = bulk_throughput(bench, seconds=seconds)
+    _say(f"earn, 1 thread, {seconds} s ...")
+    single = throughput(bench, bench.earn, threads=1, seconds=seconds)
+    count = count_bulk_statements(bench)
+    return {
+        "batch": BULK_BATCH,
+        "pgbench_tps": round(tps, 1),
+        "earn_many_per_s": round(bulk.per_s, 1),
+        "earn_per_s": round(single.per_s, 1),
+        "earn_many_to_pgbench": round(bulk.per_s / tps, 4),
+        "earn_many_to_earn": round(bulk.per_s / single.per_s, 2),
+        "earn_many_cpu_ms": round(bulk.cpu_ms_per_op, 3),
+        "earn_cpu_ms": round(single.cpu_ms_per_op, 2),
+        "statements_per_batch": count.per_operation,
+        "commits_per_batch": count.commits_per_operation,
+        "sample": count.statements,
+    }
 
 
 def _statements(bench: Bench, runs: int) -> dict[str, Any]:
@@ -152,6 +186,21 @@ def table(results: dict[str, Any]) -> list[str]:
                 f"+ {count['commits']:g} commit",
             )
         )
+    bulk = pg["bulk"]
+    rows += [
+        _row(
+            f"earn_many, batches of {bulk['batch']}, 1 thread",
+            f"{bulk['earn_many_per_s']:.0f} earns/s",
+            f"{bulk['earn_many_to_pgbench']:.2f} x pgbench ({bulk['pgbench_tps']:.0f} tps), "
+            f"{bulk['earn_many_to_earn']:.1f} x earn; client CPU "
+            f"{bulk['earn_many_cpu_ms']:.2f} ms/earn",
+        ),
+        _row(
+            "statements per earn_many batch",
+            f"{bulk['statements_per_batch']:g}",
+            f"+ {bulk['commits_per_batch']:g} commit",
+        ),
+    ]
     demo = results["demo_sqlite"]
     one = pg["throughput"]["threads_1"]
     rows += [

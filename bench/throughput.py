@@ -19,13 +19,16 @@ from sqlalchemy import Engine, event
 
 from coalition.config import Settings
 from coalition.db import make_engine, migrate, session_factory, transaction
-from partners.operations import Operations
+from coalition.ledger import Posted
+from partners.operations import EarnItem, Operations
 from partners.rates import create_partner, create_rate_card
 
 #: Points each member starts with: enough that no burn of the benchmark runs short.
 SEED_SPEND = "100000.00"
 EARN_AMOUNT = "12.34"
 BURN_POINTS = 10
+#: Items per ``earn_many`` batch in the bulk benchmark.
+BULK_BATCH = 500
 
 
 @dataclass
@@ -201,3 +204,55 @@ def batched(bench: Bench, operation: Callable[[str, Any], None]) -> Callable[[st
             operation(member_id, s)
 
     return run
+
+
+def bulk_items(bench: Bench, rng: random.Random, batch: int) -> list[EarnItem]:
+    """``batch`` earns of :data:`EARN_AMOUNT` EUR on random members, fresh references."""
+    return [
+        EarnItem(rng.choice(bench.members), bench.reference("bulk"), EARN_AMOUNT, "EUR")
+        for _ in range(batch)
+    ]
+
+
+def bulk_throughput(bench: Bench, *, seconds: float, batch: int = BULK_BATCH) -> Throughput:
+    """Earns per second through ``Operations.earn_many`` (one thread, each batch its own
+    transaction, ``batch`` items on random members), and CPU per earn.
+
+    Batches run back to back until the deadline; the last one counts, and the wall time is
+    measured to its end. Any refused item fails the benchmark.
+    """
+    rng = random.Random(0)
+    done = 0
+    cpu = time.process_time()
+    started = time.perf_counter()
+    while time.perf_counter() < started + seconds:
+        results = bench.ops.earn_many(bench.partner_id, bulk_items(bench, rng, batch))
+        refused = [r for r in results if not isinstance(r, Posted)]
+        assert not refused, refused[:3]
+        done += batch
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    return Throughput(done / elapsed, 1000 * cpu / done)
+
+
+def count_bulk_statements(bench: Bench, *, batch: int = BULK_BATCH) -> StatementCount:
+    """Statements (and commits) of one ``earn_many`` batch of ``batch`` items."""
+    rng = random.Random(1)
+    items = bulk_items(bench, rng, batch)
+    seen: list[str] = []
+    commits = [0]
+
+    def on_statement(*args: Any) -> None:
+        seen.append(" ".join(str(args[2]).split())[:100])
+
+    def on_commit(_conn: Any) -> None:
+        commits[0] += 1
+
+    event.listen(bench.engine, "before_cursor_execute", on_statement)
+    event.listen(bench.engine, "commit", on_commit)
+    try:
+        bench.ops.earn_many(bench.partner_id, items)
+    finally:
+        event.remove(bench.engine, "before_cursor_execute", on_statement)
+        event.remove(bench.engine, "commit", on_commit)
+    return StatementCount(len(seen), commits[0], seen)
