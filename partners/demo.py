@@ -47,7 +47,7 @@ PERIOD_DAYS = 60
 OPS_PER_MEMBER_DAY = 1.05
 #: The hours (of each day) at which the partners' tills send the receipts since the last
 #: upload: each partner's receipts go to the ledger as one bulk earn (``earn_many``).
-EARN_UPLOAD_HOURS = (14, 23)
+EARN_UPLOAD_HOURS = (23,)
 #: Operations per batch transaction (one savepoint each).
 COMMIT_EVERY = 300
 #: The day the grocer's new rate card (a double-points promotion) takes effect.
