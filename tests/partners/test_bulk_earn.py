@@ -24,6 +24,7 @@ from partners.models import Partner, RateCard
 from partners.operations import EARN_BATCH_MAX, EarnItem
 from partners.rates import update_partner
 from tests.conftest import Db
+from tests.partners.test_concurrency import race
 
 
 @dataclass
@@ -244,3 +245,38 @@ def test_a_batch_for_a_suspended_partner_is_refused_item_by_item(lite: Db) -> No
         "partner-not-active",
         "validation",
     ]
+
+
+@pytest.mark.postgres
+def test_concurrent_batches_on_the_same_members_neither_deadlock_nor_lose_points(pg: Db) -> None:
+    shop = pg.partner("EUR", earn="1")
+    members = [pg.member(1000, shop) for _ in range(6)]
+
+    def work(n: int) -> list[Posted | CoalitionError]:
+        if n == 3:  # one-by-one earns and burns among the batches
+            out: list[Posted | CoalitionError] = []
+            for k, member in enumerate(reversed(members)):
+                out.append(
+                    pg.ops.earn(
+                        shop.id, member_id=member, reference=f"one-{k}", amount="7", currency="EUR"
+                    )
+                )
+                out.append(pg.ops.burn(shop.id, member_id=member, reference=f"b-{k}", points=5))
+            return out
+        order = members if n % 2 else list(reversed(members))
+        items = [
+            EarnItem(order[k % len(order)], f"t{n}-{k}", f"{10 + k}", "EUR") for k in range(60)
+        ]
+        return pg.ops.earn_many(shop.id, items)
+
+    results = race(4, work)
+    posted = [p for batch in results for p in batch if isinstance(p, Posted)]  # type: ignore[union-attr]
+    assert len(posted) == 3 * 60 + 2 * 6
+    with pg.sessions() as s:
+        balances = {m: b for m, b in s.execute(select(Member.id, Member.balance))}
+    expected = {m: 1000 for m in members}
+    for p in posted:
+        sign = -1 if p.transaction.kind == "burn" else 1
+        expected[p.transaction.member_id] += sign * p.transaction.points
+    assert {m: balances[m] for m in members} == expected
+    pg.assert_ledger_ok()
