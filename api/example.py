@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
+
+from coalition.config import Settings
+from coalition.money import exponent
+from partners.demo import DemoKeys, api_example
 
 _SCRIPT = r"""#!/bin/sh
 # A signed request (RFC 9421, hmac-sha256) against coalition serve: an earn, then the balance.
@@ -79,3 +84,39 @@ def signed_example_script(
         .replace("__EARN_HEAD__", head.replace('"', '\\"'))
         .replace("__EARN_TAIL__", tail.replace('"', '\\"'))
     )
+
+
+#: Where ``coalition demo`` writes the example, in its working directory.
+DEMO_SCRIPT = "signed-example.sh"
+
+
+def demo_lines(settings: Settings, keys: DemoKeys) -> list[str]:
+    """What ``coalition demo`` prints about the API: its keys and a ready-to-run signed example.
+
+    Writes :data:`DEMO_SCRIPT` (the first partner's key, a demo member) to the working directory.
+    """
+    lines = api_example(settings, keys)
+    slug, new = next(iter(keys.partners.items()), (None, None))
+    if new is None or new.secret is None or keys.member_id is None or slug is None:
+        return lines
+    script = Path(DEMO_SCRIPT).resolve()
+    script.write_text(
+        signed_example_script(
+            base_url=settings.public_url,
+            key_id=new.key.id,
+            secret=new.secret,
+            member_id=keys.member_id,
+            amount="12.50" if exponent(keys.currencies[slug]) else "1250",
+            currency=keys.currencies[slug],
+        )
+    )
+    script.chmod(0o700)  # it holds a key's secret
+    return [
+        *lines,
+        "",
+        f"A signed example request (RFC 9421, the {slug} key): {script}",
+        "  it signs at run time with openssl and sends with curl: an earn, then the balance.",
+        "  Run the API here in one shell and the example in another:",
+        f"    cd {script.parent} && coalition serve",
+        f"    sh {script}",
+    ]

@@ -219,10 +219,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """A demo coalition on an empty database, with a period of traffic."""
+    from api.example import demo_lines
     from partners.demo import run_demo
 
     rt = runtime()
-    return run_demo(rt.settings, rt.engine, rt.sessions, seed=args.seed, members=args.members)
+    return run_demo(
+        rt.settings,
+        rt.engine,
+        rt.sessions,
+        seed=args.seed,
+        members=args.members,
+        describe_api=demo_lines,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

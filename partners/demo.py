@@ -134,6 +134,9 @@ class DemoKeys:
 
     operator: NewKey | None
     partners: dict[str, NewKey]
+    currencies: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: A member of the demo, for an example request.
+    member_id: str | None = None
 
 
 @dataclass(order=True, slots=True)
@@ -170,12 +173,21 @@ def run_demo(
     seed: int = 7,
     members: int = 400,
     echo: Echo = print,
+    describe_api: DescribeApi | None = None,
 ) -> int:
     """Run the demo (see the module's docstring); 0 when every invariant holds, else 1.
 
     Refuses (1) when the database already has partners: the demo needs an empty database.
     """
-    result = demo(settings, engine, sessions, seed=seed, members=members, echo=echo)
+    result = demo(
+        settings,
+        engine,
+        sessions,
+        seed=seed,
+        members=members,
+        echo=echo,
+        describe_api=describe_api,
+    )
     return 0 if result is not None and result.invariants_ok else 1
 
 
@@ -187,6 +199,7 @@ def demo(
     seed: int,
     members: int,
     echo: Echo = print,
+    describe_api: DescribeApi | None = None,
 ) -> DemoResult | None:
     """Run the demo and return what it did; ``None`` when the database is not empty."""
     started = time.perf_counter()
@@ -227,7 +240,9 @@ def demo(
     )
     for line in _operations_table(sim):
         echo(line)
-    for line in api_example(settings, keys):
+    if sim.members:
+        keys = dataclasses.replace(keys, member_id=sim.members[0].id)
+    for line in (describe_api or api_example)(settings, keys):
         echo(line)
     with transaction(sessions) as s:
         findings = run_checks(s)
@@ -258,10 +273,10 @@ def demo(
 
 
 def api_example(settings: Settings, keys: DemoKeys) -> list[str]:
-    """What the demo prints about calling the API with the keys it created.
+    """The keys the demo created, each secret shown this once.
 
-    This is the hook for the HTTP API: it is to return a signed example request (RFC 9421)
-    made with a partner key. Until then it lists the keys; each secret is shown this once.
+    The CLI passes a richer ``describe_api`` (api/example.py: a ready-to-run signed request);
+    this layer cannot import the API.
     """
     lines = ["", "API keys (hmac-sha256; each secret is shown this once, keep it if you need it)"]
     if keys.operator is None:
@@ -292,8 +307,10 @@ def _create_keys(settings: Settings, sessions: sessionmaker[Session]) -> DemoKey
                 now=now,
             )
         partner_keys = {}
+        currencies = {}
         for partner in s.scalars(select(Partner).order_by(Partner.created_at, Partner.id)):
             slug = next(p.slug for p in PARTNERS if p.name == partner.name)
+            currencies[slug] = partner.currency
             partner_keys[slug] = create_key(
                 s,
                 secret_key=settings.secret_key,
@@ -305,7 +322,11 @@ def _create_keys(settings: Settings, sessions: sessionmaker[Session]) -> DemoKey
                 expires_at=None,
                 now=now,
             )
-    return DemoKeys(operator, partner_keys)
+    return DemoKeys(operator, partner_keys, currencies)
+
+
+#: Lines the demo prints about the API, given the keys it made.
+DescribeApi = Callable[[Settings, DemoKeys], list[str]]
 
 
 # --- the simulation -----------------------------------------------------------------------
