@@ -310,16 +310,32 @@ def tier_for(points: int, tiers: Sequence[Tier]) -> Tier:
     return reached
 
 
-def expiring_lots(session: Session, member_id: str, limit: int = 12) -> list[tuple[int, datetime]]:
-    """The member's open points by expiry date, soonest first: ``[(points, expires_at)]``."""
+def expiring_lots(
+    session: Session, member_id: str, after: datetime, limit: int = 12
+) -> list[tuple[int, datetime]]:
+    """The member's open points expiring after ``after``, by date, soonest first:
+    ``[(points, expires_at)]``."""
     rows = session.execute(
         select(func.sum(Lot.remaining), Lot.expires_at)
-        .where(Lot.member_id == member_id, Lot.remaining > 0)
+        .where(Lot.member_id == member_id, Lot.remaining > 0, Lot.expires_at > after)
         .group_by(Lot.expires_at)
         .order_by(Lot.expires_at)
         .limit(limit)
     ).all()
     return [(int(points), expires_at) for points, expires_at in rows if expires_at is not None]
+
+
+def overdue(session: Session, member_id: str, now: datetime) -> tuple[int, int]:
+    """(points in lots past their expiry, points of active holds past theirs) of the member:
+    what the jobs (or the member's next burn or hold) will expire and release."""
+    lots = select(func.coalesce(func.sum(Lot.remaining), 0)).where(
+        Lot.member_id == member_id, Lot.remaining > 0, Lot.expires_at <= now
+    )
+    holds = select(func.coalesce(func.sum(Hold.points), 0)).where(
+        Hold.member_id == member_id, Hold.status == "active", Hold.expires_at <= now
+    )
+    row = session.execute(select(lots.scalar_subquery(), holds.scalar_subquery())).one()
+    return int(row[0]), int(row[1])
 
 
 # --- the member row: the only balance updated in place -----------------------------------

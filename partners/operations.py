@@ -37,7 +37,7 @@ from coalition.errors import (
 from coalition.ids import new_id
 from coalition.ledger import MemberState, Posted
 from coalition.models import OPERATOR_ACCOUNTS, Hold, Transaction
-from coalition.money import MAX_POINTS, MoneyError, parse_amount, to_minor
+from coalition.money import MAX_POINTS, MoneyError, exponent, parse_amount, to_minor
 from partners.rates import (
     CardTerms,
     PartnerTerms,
@@ -120,6 +120,10 @@ def _money(raw: str, currency: str, path: str) -> Decimal:
 
 
 def _check_currency(partner: PartnerTerms, currency: str) -> None:
+    try:
+        exponent(currency)
+    except MoneyError as exc:
+        raise ValidationFailed.at("$.currency", str(exc)) from None
     if currency != partner.currency:
         raise CurrencyMismatch(
             f"partner {partner.id} settles in {partner.currency}, not {currency}",
@@ -193,8 +197,14 @@ class Operations:
         with self.unit(session) as s:
             state = ledger.member_state(s, member_id)
             tier = self._tier(s, member_id, now)
-            expiring = ledger.expiring_lots(s, member_id)
-        return Balance(member_id, state.available, state.held, tier.name, expiring)
+            expiring = ledger.expiring_lots(s, member_id, after=now)
+            due_points, due_held = ledger.overdue(s, member_id, now)
+        # Read as the member's next burn would see it: holds past their expiry released, then
+        # points past their date expired (never more than is available, as the job does).
+        held = state.held - due_held
+        available = state.balance - held
+        available -= min(due_points, max(available, 0))
+        return Balance(member_id, available, held, tier.name, expiring)
 
     def _tier(self, session: Session, member_id: str, at: datetime) -> Tier:
         return ledger.tier_for(

@@ -163,7 +163,11 @@ def update_partner(
 
 
 def active_partner(session: Session, partner_id: str) -> Partner:
-    """The partner, which must be active to earn, burn, hold or reverse."""
+    """The partner, which must be active for new business: earn, burn, hold.
+
+    A suspended partner still finishes what it started: captures and voids of its holds and
+    reversals (refunds) of its transactions go through.
+    """
     partner = get_partner(session, partner_id)
     if partner.status != "active":
         raise PartnerNotActive(f"partner {partner_id} is {partner.status}")

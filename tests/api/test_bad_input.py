@@ -165,8 +165,8 @@ CASES: list[tuple[str, str, Any, int, str, str]] = [
         "/v1/earns",
         lambda m: _earn(m, currency="XXX"),
         422,
-        "currency-mismatch",
-        "",
+        "validation",
+        "$.currency",
     ),
     (
         "too-long reference",

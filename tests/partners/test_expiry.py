@@ -252,3 +252,23 @@ def test_a_member_sees_what_expires_when_soonest_first(lite: Db) -> None:
         (20, lite.clock.now - timedelta(days=50) + validity),
         (30, lite.clock.now + validity),
     ]
+
+
+def test_a_balance_read_shows_points_past_their_date_as_gone_before_any_job_runs(db: Db) -> None:
+    shop = db.partner("EUR")
+    member = db.member(100, shop)
+    db.clock.advance(days=30)
+    db.ops.earn(shop.id, member_id=member, reference="later", amount="40", currency="EUR")
+    db.ops.hold(shop.id, member_id=member, reference="h", points=30, expires_in=60)
+    db.clock.now = (
+        db.clock.now - timedelta(days=30) + timedelta(days=db.settings.points_validity_days)
+    )
+    balance = db.ops.balance(member)  # no expiry job has run: the hold and the lot are overdue
+    assert (balance.available, balance.held) == (40, 0)
+    assert [points for points, _ in balance.expiring] == [40]
+    assert all(at > db.clock.now for _, at in balance.expiring)
+    # what the next operation sees is what the read said
+    assert db.ops.expire_holds() == 1 and db.ops.expire_points() == 1
+    after = db.ops.balance(member)
+    assert (after.available, after.held, after.expiring) == (40, 0, balance.expiring)
+    db.assert_ledger_ok()

@@ -209,3 +209,17 @@ def test_an_earn_may_occur_a_little_ahead_of_the_clock_but_not_before_its_points
             occurred_at=lite.clock.now - validity,
         )
     assert info.value.errors[0]["path"] == "$.occurred_at"
+
+
+def test_an_unknown_currency_is_a_validation_error_at_its_path(lite: Db) -> None:
+    shop = lite.partner("EUR")
+    member = lite.member(10, shop)
+    calls: list[Callable[[], object]] = [
+        lambda: lite.ops.earn(shop.id, member_id=member, reference="e", amount="1", currency="XYZ"),
+        lambda: lite.ops.burn(shop.id, member_id=member, reference="b", amount="1", currency="XYZ"),
+    ]
+    for call in calls:
+        with pytest.raises(ValidationFailed) as failure:
+            call()
+        assert failure.value.errors[0]["path"] == "$.currency"
+    assert lite.ops.balance(member).available == 10
