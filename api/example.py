@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 from pathlib import Path
 
 from coalition.config import Settings
@@ -117,6 +118,6 @@ def demo_lines(settings: Settings, keys: DemoKeys) -> list[str]:
         f"A signed example request (RFC 9421, the {slug} key): {script}",
         "  it signs at run time with openssl and sends with curl: an earn, then the balance.",
         "  Run the API here in one shell and the example in another:",
-        f"    cd {script.parent} && coalition serve",
+        f"    cd {script.parent} && {shutil.which('coalition') or 'coalition'} serve",
         f"    sh {script}",
     ]
