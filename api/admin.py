@@ -17,6 +17,7 @@ from api.runtime import services_of
 from api.structs import (
     AdjustmentCreate,
     BonusCreate,
+    EmptyBody,
     KeyCreated,
     KeyList,
     KeyOut,
@@ -31,7 +32,6 @@ from api.structs import (
     RateCardList,
     RateCardOut,
     TransactionOut,
-    VoidCreate,
     decode,
     parse_time,
 )
@@ -45,9 +45,10 @@ from api.views import (
     rate_card_out,
     transaction_out,
 )
+from coalition.check import liability
 from coalition.db import transaction
 from partners.keys import create_key, list_keys, revoke_key
-from partners.queries import liability, list_partners
+from partners.queries import list_partners
 from partners.rates import (
     create_partner,
     create_rate_card,
@@ -239,7 +240,7 @@ class AdminController(Controller):
     @post(
         "/keys/{key_id:str}/revoke",
         opt=admin(),
-        dependencies=body(VoidCreate),
+        dependencies=body(EmptyBody),
         status_code=200,
         responses=problems(400, 403, 404, 409, 413, 422),
         sync_to_thread=True,
@@ -255,7 +256,7 @@ class AdminController(Controller):
         services = services_of(request.app.state)
 
         def run(session: Session) -> tuple[int, KeyOut]:
-            decode(body, VoidCreate, empty_as_object=True)
+            decode(body, EmptyBody, empty_as_object=True)
             return 200, key_out(revoke_key(session, key_id, services.clock()))
 
         return run_idempotent(request, services, principal_of(request), body, run)

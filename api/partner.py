@@ -22,6 +22,7 @@ from api.structs import (
     BurnCreate,
     CaptureCreate,
     EarnCreate,
+    EmptyBody,
     HoldCreate,
     HoldOut,
     Me,
@@ -31,7 +32,6 @@ from api.structs import (
     TransactionKind,
     TransactionOut,
     TransactionPage,
-    VoidCreate,
     decode,
     parse_time,
 )
@@ -269,7 +269,7 @@ class PartnerController(Controller):
     @post(
         "/holds/{hold_id:str}/void",
         opt=partner("burn"),
-        dependencies=body(VoidCreate),
+        dependencies=body(EmptyBody),
         status_code=200,
         responses=problems(400, 403, 404, 409, 413, 422),
         sync_to_thread=True,
@@ -286,7 +286,7 @@ class PartnerController(Controller):
         principal = principal_of(request)
 
         def run(session: Session) -> tuple[int, HoldOut]:
-            decode(body, VoidCreate, empty_as_object=True)
+            decode(body, EmptyBody, empty_as_object=True)
             result = services.ops.void(_partner_id(principal), hold_id, session=session)
             return 200, hold_out(result.hold, services.clock())
 

@@ -146,8 +146,8 @@ class CaptureCreate(Request):
     points: Points | None = None
 
 
-class VoidCreate(Request):
-    """``POST /v1/holds/{hold_id}/void``: an empty object."""
+class EmptyBody(Request):
+    """The body of a POST that takes none (void, revoke, acknowledge...): ``{}``."""
 
 
 class ReversalCreate(Request):

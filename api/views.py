@@ -22,13 +22,13 @@ from api.structs import (
     RateCardOut,
     TransactionOut,
 )
+from coalition.check import Liability
 from coalition.errors import ValidationFailed
 from coalition.models import Hold, Transaction
 from coalition.money import format_amount
 from partners.keys import NewKey
 from partners.models import ApiKey, Partner, RateCard
 from partners.operations import Balance
-from partners.queries import Liability
 
 
 def transaction_out(txn: Transaction) -> TransactionOut:

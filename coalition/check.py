@@ -6,7 +6,7 @@ reports at most :data:`SAMPLE` offending ids, so a report stays readable at any 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -14,7 +14,7 @@ from sqlalchemy import TextClause, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from coalition.db import UTCDateTime
-from coalition.models import OPERATOR_ACCOUNTS, Posting
+from coalition.models import OPERATOR_ACCOUNTS, TRANSACTION_KINDS, Posting, Transaction
 
 SAMPLE = 10
 
@@ -127,18 +127,6 @@ def _holds(session: Session) -> list[str]:
     )
 
 
-_LIABILITY_BY_KIND = """
-SELECT
-  COALESCE(SUM(CASE WHEN t.kind IN ('earn', 'bonus', 'burn_reversal') THEN t.points
-                    WHEN t.kind IN ('burn', 'expiry', 'earn_reversal') THEN -t.points
-                    ELSE 0 END), 0) AS by_kind,
-  COALESCE(SUM(CASE WHEN t.kind = 'adjustment' THEN p.points ELSE 0 END), 0) AS adjustments
-FROM transactions t
-LEFT JOIN postings p ON p.transaction_id = t.id AND t.kind = 'adjustment'
-  AND p.account_id = :adjustment_account
-WHERE t.posted_at <= :at
-"""
-
 _LIABILITY_BY_POSTINGS = """
 SELECT COALESCE(SUM(p.points), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
 WHERE a.kind = 'member' AND p.posted_at <= :at
@@ -159,6 +147,76 @@ def liability_at(session: Session, at: datetime) -> int:
     return int(session.execute(_at(_LIABILITY_BY_POSTINGS), {"at": at}).scalar_one())
 
 
+@dataclass(frozen=True, slots=True)
+class Liability:
+    """The operator's outstanding points at ``at`` and the flows that make them up.
+
+    ``outstanding = issued - earn_reversed - redeemed + burn_reversed - expired + adjusted``
+    (invariant 4 of docs/invariants.md).
+    """
+
+    at: datetime
+    outstanding_points: int
+    earned_points: int
+    bonus_points: int
+    earn_reversed_points: int
+    redeemed_points: int
+    burn_reversed_points: int
+    expired_points: int
+    adjusted_points: int
+
+    @property
+    def by_flows_points(self) -> int:
+        """Outstanding points as the flows add them up (equals ``outstanding_points``)."""
+        return (
+            self.issued_points
+            - self.earn_reversed_points
+            - self.redeemed_points
+            + self.burn_reversed_points
+            - self.expired_points
+            + self.adjusted_points
+        )
+
+    @property
+    def issued_points(self) -> int:
+        """Points handed out: earns and bonuses."""
+        return self.earned_points + self.bonus_points
+
+
+def liability(session: Session, at: datetime) -> Liability:
+    """Outstanding points at ``at`` (from the members' postings) and totals by kind."""
+    totals = dict.fromkeys(TRANSACTION_KINDS, 0)
+    rows: Sequence[tuple[str, int | None]] = session.execute(
+        select(Transaction.kind, func.sum(Transaction.points))
+        .where(Transaction.posted_at <= at, Transaction.kind != "adjustment")
+        .group_by(Transaction.kind)
+    ).all()
+    for kind, points in rows:
+        totals[kind] = int(points or 0)
+    # Adjustments are signed: what the operator's adjustment account gave members is the
+    # negation of its postings.
+    adjusted = session.scalar(
+        select(func.coalesce(func.sum(Posting.points), 0))
+        .join(Transaction, Transaction.id == Posting.transaction_id)
+        .where(
+            Transaction.kind == "adjustment",
+            Posting.account_id == OPERATOR_ACCOUNTS["operator_adjustment"],
+            Posting.posted_at <= at,
+        )
+    )
+    return Liability(
+        at=at,
+        outstanding_points=liability_at(session, at),
+        earned_points=totals["earn"],
+        bonus_points=totals["bonus"],
+        earn_reversed_points=totals["earn_reversal"],
+        redeemed_points=totals["burn"],
+        burn_reversed_points=totals["burn_reversal"],
+        expired_points=totals["expiry"],
+        adjusted_points=-int(adjusted or 0),
+    )
+
+
 def _liability(session: Session) -> list[str]:
     first, last = session.execute(
         select(func.min(Posting.posted_at), func.max(Posting.posted_at))
@@ -169,18 +227,14 @@ def _liability(session: Session) -> list[str]:
     moments = sorted({first + (last - first) * i / steps for i in range(steps + 1)})
     problems = []
     for at in moments:
-        by_kind, adjustments = session.execute(
-            _at(_LIABILITY_BY_KIND),
-            {"at": at, "adjustment_account": OPERATOR_ACCOUNTS["operator_adjustment"]},
-        ).one()
-        # The adjustment account gives what members receive: its postings, negated.
-        expected = int(by_kind) - int(adjustments)
-        members = liability_at(session, at)
+        report = liability(session, at)
+        expected = report.by_flows_points
         contra = int(session.execute(_at(_LIABILITY_BY_CONTRA), {"at": at}).scalar_one())
-        if not expected == members == -contra:
+        if not expected == report.outstanding_points == -contra:
             problems.append(
                 f"at {at.isoformat()}: issued+bonuses-redeemed-expired+/-reversals+/-adjustments"
-                f" = {expected}, member postings = {members}, other accounts = {-contra}"
+                f" = {expected}, member postings = {report.outstanding_points},"
+                f" other accounts = {-contra}"
             )
     return problems[:SAMPLE]
 

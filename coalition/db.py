@@ -78,14 +78,6 @@ class ExactDecimal(TypeDecorator[Decimal]):
         return Decimal(value).normalize()
 
 
-def is_postgres(engine_or_dialect: Engine | Dialect) -> bool:
-    """True on PostgreSQL (the production database)."""
-    dialect = (
-        engine_or_dialect.dialect if isinstance(engine_or_dialect, Engine) else engine_or_dialect
-    )
-    return dialect.name == "postgresql"
-
-
 def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
     # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE: a writer takes the write lock at
     # the start of its transaction, so a read-then-write never fails half way with SQLITE_BUSY.

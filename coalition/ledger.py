@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, and_, bindparam, case, func, insert, or_, select, update
@@ -200,14 +200,6 @@ def member_state(session: Session, member_id: str) -> MemberState:
     if row is None:
         raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
     return MemberState(member_id, row.balance, row.held)
-
-
-def member_account(session: Session, member_id: str) -> int:
-    """The member's ledger account id; :class:`UnknownMember` if there is no such member."""
-    account_id = session.scalar(select(Member.account_id).where(Member.id == member_id))
-    if account_id is None:
-        raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
-    return account_id
 
 
 def qualifying_points(session: Session, member_id: str, since: datetime, until: datetime) -> int:
@@ -596,40 +588,31 @@ def _add_lot(
 # --- the operations ----------------------------------------------------------------------
 
 
-def credit(
-    session: Session,
-    *,
-    member_id: str,
-    points: int,
-    from_account: int,
-    origin_partner_id: str | None,
-    expires_at: datetime,
-    values: dict[str, Any],
-) -> Posted:
+def credit(session: Session, c: Credit) -> Posted:
     """Give a member ``points`` in a new lot (earn, bonus, positive adjustment)."""
-    assert points > 0
-    state, member_acct = _require_member_change(session, member_id, balance_delta=points)
+    assert c.points > 0
+    state, member_acct = _require_member_change(session, c.member_id, balance_delta=c.points)
     txn = _write(
         session,
-        {**values, "member_id": member_id, "points": points, "balance_after": state.balance},
-        [(member_acct, points), (from_account, -points)],
+        {**c.values, "member_id": c.member_id, "points": c.points, "balance_after": state.balance},
+        [(member_acct, c.points), (c.from_account, -c.points)],
     )
     _add_lot(
         session,
-        member_id=member_id,
+        member_id=c.member_id,
         txn_id=txn.id,
-        points=points,
-        origin_partner_id=origin_partner_id,
-        expires_at=expires_at,
+        points=c.points,
+        origin_partner_id=c.origin_partner_id,
+        expires_at=c.expires_at,
     )
-    if state.balance - points < 0:
-        _fill_deficit(session, member_id, txn.id)
+    if state.balance - c.points < 0:
+        _fill_deficit(session, c.member_id, txn.id)
     return Posted(txn, state)
 
 
 @dataclass(frozen=True, slots=True)
 class Credit:
-    """One credit of :func:`credit_many`: the arguments :func:`credit` takes."""
+    """What :func:`credit` (and, many at once, :func:`credit_many`) posts."""
 
     member_id: str
     points: int
@@ -1054,8 +1037,3 @@ def member_due_holds(session: Session, member_id: str, now: datetime) -> list[Ho
     for hold in holds:
         session.expunge(hold)
     return holds
-
-
-def points_validity(days: int) -> timedelta:
-    """How long a lot lives."""
-    return timedelta(days=days)

@@ -217,7 +217,7 @@ class Operations:
         return at - timedelta(days=self.settings.tier_window_days)
 
     def _expires_at(self, start: datetime) -> datetime:
-        return start + ledger.points_validity(self.settings.points_validity_days)
+        return start + timedelta(days=self.settings.points_validity_days)
 
     def _settle_due(
         self, session: Session, member_id: str, now: datetime, due: tuple[int, int] | None = None
@@ -272,15 +272,7 @@ class Operations:
                     occurred=occurred,
                     now=now,
                 )
-                return ledger.credit(
-                    s,
-                    member_id=credit.member_id,
-                    points=credit.points,
-                    from_account=credit.from_account,
-                    origin_partner_id=credit.origin_partner_id,
-                    expires_at=credit.expires_at,
-                    values=credit.values,
-                )
+                return ledger.credit(s, credit)
         except IntegrityError:
             self._raise_duplicate(session, partner_id, "earn", reference)
             raise
@@ -767,20 +759,22 @@ class Operations:
                 card_id = partner.card_in_force().id
             return ledger.credit(
                 s,
-                member_id=member_id,
-                points=points,
-                from_account=from_account,
-                origin_partner_id=partner_id,
-                expires_at=self._expires_at(now),
-                values={
-                    "id": new_id("txn"),
-                    "kind": "bonus",
-                    "partner_id": partner_id,
-                    "rate_card_id": card_id,
-                    "reason": reason,
-                    "occurred_at": now,
-                    "posted_at": now,
-                },
+                ledger.Credit(
+                    member_id=member_id,
+                    points=points,
+                    from_account=from_account,
+                    origin_partner_id=partner_id,
+                    expires_at=self._expires_at(now),
+                    values={
+                        "id": new_id("txn"),
+                        "kind": "bonus",
+                        "partner_id": partner_id,
+                        "rate_card_id": card_id,
+                        "reason": reason,
+                        "occurred_at": now,
+                        "posted_at": now,
+                    },
+                ),
             )
 
     def adjust(
@@ -804,12 +798,14 @@ class Operations:
             if points > 0:
                 return ledger.credit(
                     s,
-                    member_id=member_id,
-                    points=points,
-                    from_account=OPERATOR_ACCOUNTS["operator_adjustment"],
-                    origin_partner_id=None,
-                    expires_at=self._expires_at(now),
-                    values=values,
+                    ledger.Credit(
+                        member_id=member_id,
+                        points=points,
+                        from_account=OPERATOR_ACCOUNTS["operator_adjustment"],
+                        origin_partner_id=None,
+                        expires_at=self._expires_at(now),
+                        values=values,
+                    ),
                 )
             self._settle_due(s, member_id, now)
             return ledger.debit(

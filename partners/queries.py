@@ -1,4 +1,4 @@
-"""Read queries for the API: transaction and partner listings, and the liability report.
+"""Read queries for the API: transaction and partner listings.
 
 Listings use keyset pagination on the time-ordered primary key (``txn_...``, ``prt_...``): a
 page is "the next ``limit`` rows after this id", so rows inserted while a client pages never
@@ -8,17 +8,15 @@ scan however deep it is. Every listing is bounded by :data:`MAX_PAGE`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from coalition.check import liability_at
 from coalition.errors import ValidationFailed
-from coalition.models import OPERATOR_ACCOUNTS, TRANSACTION_KINDS, Posting, Transaction
+from coalition.models import TRANSACTION_KINDS, Transaction
 from partners.models import Partner, RateCard
 
 #: The largest page any listing returns.
@@ -112,58 +110,3 @@ def active_rate_card(session: Session, partner_id: str, at: datetime) -> RateCar
         .order_by(RateCard.effective_from.desc())
         .limit(1)
     ).first()
-
-
-@dataclass(frozen=True, slots=True)
-class Liability:
-    """The operator's outstanding points at ``at`` and the flows that make them up.
-
-    ``outstanding = issued - earn_reversed - redeemed + burn_reversed - expired + adjusted``
-    (invariant 4 of docs/invariants.md).
-    """
-
-    at: datetime
-    outstanding_points: int
-    earned_points: int
-    bonus_points: int
-    earn_reversed_points: int
-    redeemed_points: int
-    burn_reversed_points: int
-    expired_points: int
-    adjusted_points: int
-
-    @property
-    def issued_points(self) -> int:
-        """Points handed out: earns and bonuses."""
-        return self.earned_points + self.bonus_points
-
-
-def liability(session: Session, at: datetime) -> Liability:
-    """Outstanding points at ``at`` (from the members' postings) and totals by kind."""
-    totals = dict.fromkeys(TRANSACTION_KINDS, 0)
-    rows: Sequence[tuple[str, int | None]] = session.execute(
-        select(Transaction.kind, func.sum(Transaction.points))
-        .where(Transaction.posted_at <= at, Transaction.kind != "adjustment")
-        .group_by(Transaction.kind)
-    ).all()
-    for kind, points in rows:
-        totals[kind] = int(points or 0)
-    # Adjustments are signed: what the operator's adjustment account gave members is the
-    # negation of its postings.
-    adjusted = session.scalar(
-        select(func.coalesce(func.sum(Posting.points), 0)).where(
-            Posting.account_id == OPERATOR_ACCOUNTS["operator_adjustment"],
-            Posting.posted_at <= at,
-        )
-    )
-    return Liability(
-        at=at,
-        outstanding_points=liability_at(session, at),
-        earned_points=totals["earn"],
-        bonus_points=totals["bonus"],
-        earn_reversed_points=totals["earn_reversal"],
-        redeemed_points=totals["burn"],
-        burn_reversed_points=totals["burn_reversal"],
-        expired_points=totals["expiry"],
-        adjusted_points=-int(adjusted or 0),
-    )

@@ -162,18 +162,6 @@ def update_partner(
     return partner
 
 
-def active_partner(session: Session, partner_id: str) -> Partner:
-    """The partner, which must be active for new business: earn, burn, hold.
-
-    A suspended partner still finishes what it started: captures and voids of its holds and
-    reversals (refunds) of its transactions go through.
-    """
-    partner = get_partner(session, partner_id)
-    if partner.status != "active":
-        raise PartnerNotActive(f"partner {partner_id} is {partner.status}")
-    return partner
-
-
 class Rates(Protocol):
     """What the arithmetic needs of a rate card: a :class:`RateCard` or a :class:`CardTerms`."""
 
@@ -214,16 +202,19 @@ class PartnerTerms:
     at: datetime
 
     def card_in_force(self) -> CardTerms:
-        """The card, or :class:`PartnerNotActive` as :func:`rate_card_at` says it."""
+        """The card in force at ``at``; :class:`PartnerNotActive` if none was yet."""
         if self.card is None:
-            raise PartnerNotActive(
-                f"partner {self.id} has no rate card in force at {self.at.isoformat()}"
-            )
+            raise no_card(self.id, self.at)
         return self.card
 
 
+def no_card(partner_id: str, at: datetime) -> PartnerNotActive:
+    """The error for a partner without a rate card in force at ``at``."""
+    return PartnerNotActive(f"partner {partner_id} has no rate card in force at {at.isoformat()}")
+
+
 def partner_terms(session: Session, partner_id: str, at: datetime) -> PartnerTerms:
-    """:func:`get_partner` and :func:`rate_card_at` of the hot path in one Core statement.
+    """The partner and its rate card in force at ``at``, in one Core statement (the hot path).
 
     :class:`NotFound` if there is no such partner; the missing card is raised only when asked
     for (:meth:`PartnerTerms.card_in_force`), so the errors keep their order.
@@ -238,7 +229,12 @@ def partner_terms(session: Session, partner_id: str, at: datetime) -> PartnerTer
 
 
 def active_partner_terms(session: Session, partner_id: str, at: datetime) -> PartnerTerms:
-    """:func:`partner_terms` of a partner that must be active (as :func:`active_partner`)."""
+    """:func:`partner_terms` of a partner that must be active for new business: earn, burn,
+    hold (:class:`PartnerNotActive`).
+
+    A suspended partner still finishes what it started: captures and voids of its holds and
+    reversals (refunds) of its transactions go through.
+    """
     terms = partner_terms(session, partner_id, at)
     if terms.status != "active":
         raise PartnerNotActive(f"partner {partner_id} is {terms.status}")
@@ -253,12 +249,10 @@ class RateCardHistory:
     cards: Sequence[CardTerms]
 
     def at(self, at: datetime) -> CardTerms:
-        """The card in force at ``at`` (as :func:`rate_card_at`, :class:`PartnerNotActive`)."""
+        """The card in force at ``at``; :class:`PartnerNotActive` if none was yet."""
         n = bisect_right([c.effective_from for c in self.cards], at)
         if n == 0:
-            raise PartnerNotActive(
-                f"partner {self.partner_id} has no rate card in force at {at.isoformat()}"
-            )
+            raise no_card(self.partner_id, at)
         return self.cards[n - 1]
 
 
@@ -334,21 +328,6 @@ def create_rate_card(
     )
     session.add(card)
     session.flush()
-    return card
-
-
-def rate_card_at(session: Session, partner_id: str, at: datetime) -> RateCard:
-    """The partner's rate card in force at ``at``; :class:`PartnerNotActive` if none was yet."""
-    card = session.scalars(
-        select(RateCard)
-        .where(RateCard.partner_id == partner_id, RateCard.effective_from <= at)
-        .order_by(RateCard.effective_from.desc())
-        .limit(1)
-    ).first()
-    if card is None:
-        raise PartnerNotActive(
-            f"partner {partner_id} has no rate card in force at {at.isoformat()}"
-        )
     return card
 
 
