@@ -259,7 +259,9 @@ class AdminController(Controller):
             decode(body, EmptyBody, empty_as_object=True)
             return 200, key_out(revoke_key(session, key_id, services.clock()))
 
-        return run_idempotent(request, services, principal_of(request), body, run)
+        response = run_idempotent(request, services, principal_of(request), body, run)
+        services.keys.forget(key_id)  # committed: this process refuses it from now on
+        return response
 
     @post(
         "/operator-keys",

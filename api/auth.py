@@ -1,15 +1,26 @@
 """Authentication and authorization at the edge: every signed ``/v1`` route has this guard.
 
-The guard verifies the request's RFC 9421 signature (:func:`partners.signatures.verify_request`,
-against the URL as received and as rebuilt from ``COALITION_PUBLIC_URL``), then checks the
-key's role and scope against what the route declares in its ``opt`` (see :func:`partner`,
-:func:`admin`), then, for a ``POST``, that an ``Idempotency-Key`` header is present. Order of
-answers: ``401 signature-invalid``, ``403 forbidden``, ``400 idempotency-key-missing``.
+The guard verifies the request's RFC 9421 signature (:func:`partners.signatures
+.verify_signature`, against the URL as received and as rebuilt from ``COALITION_PUBLIC_URL``)
+with the keys of the process's :class:`~partners.signatures.KeyCache`, so a known key costs no
+database round trip; then checks the key's role and scope against what the route declares in
+its ``opt`` (see :func:`partner`, :func:`admin`), then, for a ``POST``, that an
+``Idempotency-Key`` header is present. Order of answers: ``401 signature-invalid``,
+``403 forbidden``, ``400 idempotency-key-missing``.
+
+What the signature writes (the nonce, the key's revalidation, ``last_used_at``:
+:func:`~partners.signatures.record_use`) goes into the request's own database transaction,
+opened by :func:`request_unit`: every ``POST`` (through :func:`api.idempotency.run_idempotent`)
+and every route declared ``one_transaction``. For the other routes the guard writes it in a
+short transaction of its own. Either way a ``401`` from it (a replayed nonce, a key revoked
+meanwhile) changes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator, Set
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
@@ -18,14 +29,26 @@ import anyio.to_thread
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
+from sqlalchemy.orm import Session
 
 from api.runtime import Services, services_of
 from coalition.db import transaction
 from coalition.errors import Forbidden, IdempotencyKeyMissing
-from partners.signatures import Principal, verify_request
+from partners.signatures import (
+    CachedKey,
+    Principal,
+    Verified,
+    key_ids_of,
+    record_use,
+    verify_signature,
+)
 
 _PRINCIPAL_KEY = "coalition_principal"
-IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+_VERIFIED_KEY = "coalition_verified"
+_RECORDED_KEY = "coalition_use_recorded"
+#: Route ``opt`` key: the handler opens :func:`request_unit`, which records the signature's use.
+ONE_TRANSACTION = "one_transaction"
+IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,14 +59,21 @@ class Access:
     scopes: frozenset[str] = frozenset()
 
 
-def partner(*scopes: str) -> dict[str, Any]:
-    """Route ``opt`` for partner keys holding one of ``scopes`` (none: any partner key)."""
-    return {"access": Access(frozenset({"partner"}), frozenset(scopes))}
+def partner(*scopes: str, one_transaction: bool = False) -> dict[str, Any]:
+    """Route ``opt`` for partner keys holding one of ``scopes`` (none: any partner key);
+    ``one_transaction``: the handler runs in :func:`request_unit`."""
+    return {
+        "access": Access(frozenset({"partner"}), frozenset(scopes)),
+        ONE_TRANSACTION: one_transaction,
+    }
 
 
-def any_key() -> dict[str, Any]:
+def any_key(*, one_transaction: bool = False) -> dict[str, Any]:
     """Route ``opt`` for every valid key (``GET /v1/me``)."""
-    return {"access": Access(frozenset({"partner", "operator", "finance"}))}
+    return {
+        "access": Access(frozenset({"partner", "operator", "finance"})),
+        ONE_TRANSACTION: one_transaction,
+    }
 
 
 def admin(*roles: str) -> dict[str, Any]:
@@ -72,25 +102,30 @@ def _target_uri(connection: ASGIConnection[Any, Any, Any, Any]) -> tuple[str, st
     return f"{scope['scheme']}://{host}{path_query}", path_query
 
 
-def _verify(  # noqa: PLR0917 (called through functools.partial)
-    services: Services,
-    method: str,
-    url: str,
-    alternate: str,
-    headers: Any,
-    body: bytes,
-) -> Principal:
+def _load_keys(services: Services, key_ids: Set[str]) -> dict[str, CachedKey]:
     with transaction(services.sessions) as session:
-        return verify_request(
-            session,
-            method=method,
-            url=url,
-            headers=headers,
-            body=body,
-            secret_key=services.settings.secret_key,
-            now=services.clock(),
-            alternate_urls=(alternate,),
-        )
+        return services.keys.load(session, key_ids)
+
+
+def _record_use_alone(services: Services, verified: Verified) -> None:
+    with transaction(services.sessions) as session:
+        record_use(session, verified, services.keys)
+
+
+@contextlib.contextmanager
+def request_unit(request: Request[Any, Any, Any]) -> Iterator[Session]:
+    """The request's one database transaction, starting with what its signature writes
+    (:func:`~partners.signatures.record_use`); commits when the block ends, rolls back on any
+    exception."""
+    services = services_of(request.app.state)
+    state = request.scope["state"]
+    verified = state.get(_VERIFIED_KEY)
+    assert isinstance(verified, Verified), "route without the signature guard"
+    with transaction(services.sessions) as session:
+        if not state.get(_RECORDED_KEY):
+            record_use(session, verified, services.keys)
+            state[_RECORDED_KEY] = True
+        yield session
 
 
 def _authorize(principal: Principal, access: Access) -> None:
@@ -118,7 +153,7 @@ def idempotency_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     key = connection.headers.get("idempotency-key")
     if key is None:
         raise IdempotencyKeyMissing("this POST needs an Idempotency-Key header")
-    if not IDEMPOTENCY_KEY_RE.match(key):
+    if not IDEMPOTENCY_KEY_RE.fullmatch(key):
         raise IdempotencyKeyMissing(
             "the Idempotency-Key header must be 1 to 255 visible ASCII characters"
         )
@@ -131,20 +166,30 @@ async def signed(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRo
     services = services_of(connection.app.state)
     body = await request.body()
     url, path_query = _target_uri(connection)
-    principal = await anyio.to_thread.run_sync(
-        partial(
-            _verify,
-            services,
-            request.method,
-            url,
-            services.settings.public_url + path_query,
-            connection.headers,
-            body,
+    headers = connection.headers
+    wanted = key_ids_of(headers)
+    keys = services.keys.cached(wanted)
+    if len(keys) < len(wanted):  # a key this process has not seen: read it once
+        keys.update(
+            await anyio.to_thread.run_sync(partial(_load_keys, services, wanted - keys.keys()))
         )
+    verified = verify_signature(
+        keys,
+        method=request.method,
+        url=url,
+        headers=headers,
+        body=body,
+        now=services.clock(),
+        alternate_urls=(services.settings.public_url + path_query,),
     )
-    connection.scope.setdefault("state", {})[_PRINCIPAL_KEY] = principal
+    state = connection.scope.setdefault("state", {})
+    state[_PRINCIPAL_KEY] = verified.principal
+    state[_VERIFIED_KEY] = verified
     access = handler.opt.get("access")
     assert isinstance(access, Access), f"{handler} declares no access"
-    _authorize(principal, access)
+    _authorize(verified.principal, access)
     if request.method == "POST":
         idempotency_key(connection)
+    elif not handler.opt.get(ONE_TRANSACTION):
+        await anyio.to_thread.run_sync(partial(_record_use_alone, services, verified))
+        state[_RECORDED_KEY] = True

@@ -1,19 +1,22 @@
-"""Idempotent ``POST``: the HTTP side of :mod:`coalition.idempotency`.
+"""Idempotent ``POST``: the HTTP side of :mod:`coalition.idempotency`, and the one database
+transaction a signed ``POST`` is.
 
 Flow of one request (the guard already checked the signature, scope and that the header is
-there):
+there), all in **one** database transaction:
 
-1. **claim** the key for its owner (the partner for partner keys; ``operator`` or ``finance``
-   for the others) in a short transaction of its own: a ``running`` row with a lease. An
-   existing row means: same request and done -> replay its response with
-   ``Idempotent-Replayed: true``; other request -> ``422 idempotency-key-reused``; still
-   running -> ``409 idempotency-key-in-use``; lease run out (the first died, nothing
-   committed) -> take it over.
-2. **run** the operation (decoding the body included) under a savepoint and **store** its
-   response, success or problem document, in the same database transaction: a committed
-   effect always has its stored response, and a stored response always its effect.
-3. an unexpected failure (a 5xx) stores nothing: the claim is released and the key may be
-   used again.
+1. what the signature writes (:func:`partners.signatures.record_use`: the nonce, the key's
+   revalidation, ``last_used_at``); a ``401`` here changes nothing;
+2. the key's **exclusion** (on PostgreSQL a transaction-scoped advisory lock, taken without
+   waiting: ``409 idempotency-key-in-use`` while another request with the key runs);
+3. the **lookup**: same request and done -> replay its response with
+   ``Idempotent-Replayed: true``; other request -> ``422 idempotency-key-reused``;
+4. the **operation** (decoding the body included) under a savepoint, and the **save** of its
+   response, success or problem document: a committed effect always has its stored response,
+   and a stored response always its effect.
+
+An unexpected failure (a 5xx) rolls everything back: nothing happened, the key may be used
+again. A crash does the same, and the database drops the exclusion with the dead connection,
+so a retry runs at once instead of waiting out a lease.
 
 The request hash covers the method, the path and the body bytes.
 """
@@ -21,7 +24,6 @@ The request hash covers the method, the path and the body bytes.
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -29,24 +31,17 @@ import msgspec
 from litestar import Request, Response
 from sqlalchemy.orm import Session
 
-from api.auth import idempotency_key
+from api.auth import idempotency_key, request_unit
 from api.problems import PROBLEM_JSON, error_body
 from api.runtime import Services
 from coalition import idempotency as store
-from coalition.db import transaction
-from coalition.errors import CoalitionError, IdempotencyKeyInUse
+from coalition.errors import CoalitionError
 from partners.signatures import Principal
-
-log = logging.getLogger("coalition.api")
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 #: An operation: runs in the given session, returns the status and the response struct.
 Operation = Callable[[Session], tuple[int, msgspec.Struct]]
-
-
-class _ClaimLost(Exception):
-    """The lease ran out and another request took the key over: roll back, answer 409."""
 
 
 def owner_of(principal: Principal) -> str:
@@ -79,43 +74,29 @@ def run_idempotent(
     """Run ``operation`` at most once per Idempotency-Key; see the module docstring."""
     key = idempotency_key(request)
     path = request.scope["path"]
-    with transaction(services.sessions) as session:
-        outcome = store.claim(
+    owner = owner_of(principal)
+    digest = request_hash(request.method, path, body)
+    now = services.clock()
+    with request_unit(request) as session:
+        store.exclude(session, owner=owner, key=key)
+        stored = store.lookup(session, owner=owner, key=key, request_hash=digest, now=now)
+        if stored is not None:
+            return _response(stored.status, stored.body, replayed=True)
+        try:
+            with session.begin_nested():
+                status, payload = operation(session)
+            content = msgspec.json.encode(payload)
+        except CoalitionError as exc:
+            status, content = error_body(request.scope, exc)
+        store.save(
             session,
-            owner=owner_of(principal),
+            owner=owner,
             key=key,
-            request_hash=request_hash(request.method, path, body),
+            request_hash=digest,
             method=request.method,
             path=path[:2048],
-            now=services.clock(),
+            status=status,
+            body=content,
+            now=now,
         )
-    if isinstance(outcome, store.StoredResponse):
-        return _response(outcome.status, outcome.body, replayed=True)
-    try:
-        with transaction(services.sessions) as session:
-            try:
-                with session.begin_nested():
-                    status, payload = operation(session)
-                content = msgspec.json.encode(payload)
-            except CoalitionError as exc:
-                status, content = error_body(request.scope, exc)
-            if not store.complete(session, outcome, status=status, body=content):
-                raise _ClaimLost
-    except _ClaimLost:
-        raise IdempotencyKeyInUse(
-            f"the request with Idempotency-Key {key!r} outlived its lease and was taken over "
-            "by a retry; nothing was changed by this one"
-        ) from None
-    except BaseException:
-        _release(services, outcome)
-        raise
     return _response(status, content, replayed=False)
-
-
-def _release(services: Services, held: store.Claim) -> None:
-    try:
-        with transaction(services.sessions) as session:
-            store.release(session, held)
-    except Exception:
-        # The lease runs out on its own; a retry after it takes the key over.
-        log.warning("could not release Idempotency-Key claim of %s", held.owner, exc_info=True)

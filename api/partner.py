@@ -13,7 +13,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import PathParameter, QueryParameter, RawBody
 from sqlalchemy.orm import Session
 
-from api.auth import any_key, partner, principal_of, require_scope, signed
+from api.auth import any_key, partner, principal_of, request_unit, require_scope, signed
 from api.docs import SIGNED, IdempotencyKey, body, problems
 from api.idempotency import run_idempotent
 from api.runtime import services_of
@@ -44,7 +44,6 @@ from api.views import (
     rate_card_out,
     transaction_out,
 )
-from coalition.db import transaction
 from partners.queries import active_rate_card, list_transactions
 from partners.rates import get_partner
 from partners.signatures import Principal
@@ -85,14 +84,14 @@ class PartnerController(Controller):
     security = SIGNED
     tags = ["partner"]  # noqa: RUF012
 
-    @get("/me", opt=any_key(), responses=problems(403), sync_to_thread=True)
+    @get("/me", opt=any_key(one_transaction=True), responses=problems(403), sync_to_thread=True)
     def me(self, request: Request[Any, Any, Any]) -> Me:
         """Who is calling: the key, its scopes, its partner and that partner's rate card."""
         principal = principal_of(request)
         services = services_of(request.app.state)
         partner_view = card_view = None
-        if principal.partner_id is not None:
-            with transaction(services.sessions) as s:
+        with request_unit(request) as s:
+            if principal.partner_id is not None:
                 found = get_partner(s, principal.partner_id)
                 card = active_rate_card(s, found.id, services.clock())
                 partner_view = partner_out(found)
@@ -130,14 +129,15 @@ class PartnerController(Controller):
 
     @get(
         "/members/{member_id:str}/balance",
-        opt=partner("read"),
+        opt=partner("read", one_transaction=True),
         responses=problems(403, 404, 422),
         sync_to_thread=True,
     )
     def balance(self, request: Request[Any, Any, Any], member_id: PathId) -> BalanceOut:
         """A member's available and held points, tier and upcoming expiries."""
         services = services_of(request.app.state)
-        return balance_out(services.ops.balance(member_id))
+        with request_unit(request) as s:
+            return balance_out(services.ops.balance(member_id, session=s))
 
     @post(
         "/earns",
@@ -228,14 +228,15 @@ class PartnerController(Controller):
 
     @get(
         "/holds/{hold_id:str}",
-        opt=partner("read"),
+        opt=partner("read", one_transaction=True),
         responses=problems(403, 404, 422),
         sync_to_thread=True,
     )
     def get_hold(self, request: Request[Any, Any, Any], hold_id: PathId) -> HoldOut:
         """One of the partner's holds (another partner's is 404)."""
         services = services_of(request.app.state)
-        found = services.ops.get_hold(_partner_id(principal_of(request)), hold_id)
+        with request_unit(request) as s:
+            found = services.ops.get_hold(_partner_id(principal_of(request)), hold_id, session=s)
         return hold_out(found, services.clock())
 
     @post(
@@ -326,19 +327,22 @@ class PartnerController(Controller):
 
     @get(
         "/transactions/{txn_id:str}",
-        opt=partner("read"),
+        opt=partner("read", one_transaction=True),
         responses=problems(403, 404, 422),
         sync_to_thread=True,
     )
     def get_transaction(self, request: Request[Any, Any, Any], txn_id: PathId) -> TransactionOut:
         """One of the partner's transactions (another partner's is 404)."""
         services = services_of(request.app.state)
-        found = services.ops.get_transaction(_partner_id(principal_of(request)), txn_id)
+        with request_unit(request) as s:
+            found = services.ops.get_transaction(
+                _partner_id(principal_of(request)), txn_id, session=s
+            )
         return transaction_out(found)
 
     @get(
         "/transactions",
-        opt=partner("read"),
+        opt=partner("read", one_transaction=True),
         responses=problems(403, 422),
         sync_to_thread=True,
     )
@@ -356,8 +360,7 @@ class PartnerController(Controller):
         ] = None,
     ) -> TransactionPage:
         """The partner's transactions, newest first, ``limit`` per page (keyset pagination)."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+        with request_unit(request) as s:
             page = list_transactions(
                 s,
                 partner_id=_partner_id(principal_of(request)),

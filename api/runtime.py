@@ -1,4 +1,5 @@
-"""What one API process shares between requests: settings, engine, sessions, operations."""
+"""What one API process shares between requests: settings, engine, sessions, operations, the
+key cache."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from coalition.config import Settings
 from coalition.db import make_engine, session_factory, utcnow
 from partners.operations import Operations
+from partners.signatures import KeyCache
 
 STATE_KEY = "coalition"
 
@@ -26,13 +28,15 @@ class Services:
     sessions: sessionmaker[Session]
     ops: Operations
     clock: Callable[[], datetime]
+    keys: KeyCache
 
     @classmethod
     def build(cls, settings: Settings, clock: Callable[[], datetime] = utcnow) -> Services:
         """Engine, session factory and operations for ``settings``."""
         engine = make_engine(settings.database_url)
         sessions = session_factory(engine)
-        return cls(settings, engine, sessions, Operations(settings, sessions, clock), clock)
+        ops = Operations(settings, sessions, clock)
+        return cls(settings, engine, sessions, ops, clock, KeyCache(settings.secret_key))
 
 
 def services_of(app_state: Any) -> Services:

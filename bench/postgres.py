@@ -76,11 +76,12 @@ def pgbench_init(url: URL) -> None:
     _pgbench(url, "-i", "-q", "-s", "1")
 
 
-def pgbench_tps(url: URL, *, clients: int, seconds: int) -> float:
-    """Transactions per second of pgbench's built-in ``simple-update`` script."""
+def pgbench_tps(url: URL, *, clients: int, seconds: int, threads: int | None = None) -> float:
+    """Transactions per second of pgbench's built-in ``simple-update`` script (``-N``), with
+    ``threads`` pgbench threads (default: one per client)."""
     out = _pgbench(
         url, "-b", "simple-update", "-n", "-T", str(seconds), "-c", str(clients), "-j",
-        str(clients),
+        str(threads or clients),
     )  # fmt: skip
     match = TPS_RE.search(out)
     if match is None:

@@ -1,6 +1,6 @@
 """Idempotency records: the first response to a ``POST`` kept per (owner, Idempotency-Key).
 
-This is the table and its store (claim, complete, release, purge); the HTTP side of it (the
+This is the table and its store (exclude, lookup, save, purge); the HTTP side of it (the
 header, the request hash, replays) is api/idempotency.py.
 """
 
@@ -15,14 +15,14 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    bindparam,
     delete,
     insert,
     or_,
     select,
+    text,
     tuple_,
-    update,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from coalition.db import Base, UTCDateTime
@@ -30,10 +30,11 @@ from coalition.errors import IdempotencyKeyInUse, IdempotencyKeyReused
 
 
 class IdempotencyRecord(Base):
-    """One idempotency key of one owner: claimed (``running``) then ``done`` with its response.
+    """The first response to one idempotency key of one owner, kept :data:`RETENTION`.
 
-    A claim whose ``locked_until`` has passed without completing (the process died before its
-    transaction committed, so nothing happened) may be claimed again.
+    Rows are written ``done``, with their response, in the transaction of the operation they
+    answer. ``state`` and ``locked_until`` are left from the lease-based claim this replaced
+    (``running`` rows of it are purged like any other once their time has passed).
     """
 
     __tablename__ = "idempotency_keys"
@@ -55,31 +56,36 @@ class IdempotencyRecord(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-# --- the store: claim, complete, release, purge ------------------------------------------
+# --- the store: exclusion, lookup, save, purge ---------------------------------------------
 #
-# "Never two effects", also across a crash: a request first *claims* its key in a short
-# transaction of its own (a ``running`` row with a lease), then runs its operation and
-# *completes* the claim (stores the response) in one database transaction, so a committed
-# effect always has its stored response. The lease is a fencing token: completing checks that
-# ``locked_until`` is still the one this request set, so a request that outlived its lease and
-# was taken over rolls back instead of committing a second effect.
+# "Never two effects", also across a crash, and no lease to wait out: a request takes the
+# key's exclusion *inside its operation's own transaction* (on PostgreSQL a transaction-scoped
+# advisory lock on a hash of owner and key, taken without waiting), looks for the first
+# response, and if there is none runs the operation and saves its response in that same
+# transaction. The database releases the exclusion with everything else when the transaction
+# ends: at commit, at rollback, or when the process holding it dies (its connection closes). So
+# a duplicate hears ``409 idempotency-key-in-use`` only while the first is really running, and
+# a retry after a crash runs at once. The primary key (owner, key) backs the lock: two saves
+# of one key can never both commit. SQLite has one writer at a time (BEGIN IMMEDIATE), which is
+# the exclusion there.
 
-#: How long a claim keeps others out before it may be taken over (the first request died).
-LEASE = timedelta(seconds=30)
 #: How long a stored response is kept (the contract: at least 24 hours).
 RETENTION = timedelta(hours=24)
 #: Rows one purge statement deletes.
 PURGE_BATCH = 1000
-_CLAIM_ATTEMPTS = 3
+#: What a duplicate is told to wait before it tries again.
+IN_USE_RETRY_AFTER_S = 1
 
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """This request holds the key until ``locked_until`` (also its fencing token)."""
-
-    owner: str
-    key: str
-    locked_until: datetime
+_LOOKUP = select(
+    IdempotencyRecord.request_hash,
+    IdempotencyRecord.method,
+    IdempotencyRecord.path,
+    IdempotencyRecord.response_status,
+    IdempotencyRecord.response_body,
+    IdempotencyRecord.expires_at,
+).where(IdempotencyRecord.owner == bindparam("owner"), IdempotencyRecord.key == bindparam("key"))
+_SAVE = insert(IdempotencyRecord)
+_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:lock, 0))")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +100,43 @@ def _rowcount(result: object) -> int:
     return int(getattr(result, "rowcount", 0))
 
 
-def claim(
+def exclude(session: Session, *, owner: str, key: str) -> None:
+    """Hold ``key`` of ``owner`` until this transaction ends, or raise
+    :class:`IdempotencyKeyInUse` at once if another running transaction holds it."""
+    if session.get_bind().dialect.name != "postgresql":
+        return  # one writer at a time: this transaction is the only one
+    if not session.scalar(_TRY_LOCK, {"lock": f"{owner}\n{key}"}):
+        raise IdempotencyKeyInUse(
+            f"a request with Idempotency-Key {key!r} is still running; retry in a moment",
+            retry_after_s=IN_USE_RETRY_AFTER_S,
+        )
+
+
+def lookup(
+    session: Session, *, owner: str, key: str, request_hash: str, now: datetime
+) -> StoredResponse | None:
+    """The first response to ``key`` (to replay), or ``None`` when the key is new (or was
+    kept its retention and is forgotten). :class:`IdempotencyKeyReused` when the key was used
+    with another request. Call it after :func:`exclude`, in the same transaction."""
+    row = session.execute(_LOOKUP, {"owner": owner, "key": key}).one_or_none()
+    if row is None:
+        return None
+    if row.expires_at <= now:  # kept long enough and forgotten: the key is new again
+        session.execute(
+            delete(IdempotencyRecord)
+            .where(IdempotencyRecord.owner == owner, IdempotencyRecord.key == key)
+            .execution_options(synchronize_session=False)
+        )
+        return None
+    if row.request_hash != request_hash:
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key {key!r} was already used with a different request "
+            f"(to {row.method} {row.path})"
+        )
+    return StoredResponse(row.response_status, row.response_body)
+
+
+def save(
     session: Session,
     *,
     owner: str,
@@ -102,118 +144,25 @@ def claim(
     request_hash: str,
     method: str,
     path: str,
+    status: int,
+    body: bytes,
     now: datetime,
-    lease: timedelta = LEASE,
-) -> Claim | StoredResponse:
-    """Claim ``key`` for this request, or return the first response to replay.
-
-    Raises :class:`IdempotencyKeyReused` when the key was used with another request and
-    :class:`IdempotencyKeyInUse` while the first request still holds its lease. Run it in a
-    short transaction of its own and commit before running the operation.
+) -> None:
+    """Store the first response to ``key``, in the transaction of the operation it answers
+    (after :func:`lookup` found none). The primary key refuses a second row.
     """
-    fresh = {
+    values = {
         "request_hash": request_hash,
         "method": method,
         "path": path,
-        "state": "running",
-        "response_status": None,
-        "response_body": None,
+        "state": "done",
+        "response_status": status,
+        "response_body": body,
         "created_at": now,
-        "locked_until": now + lease,
+        "locked_until": now,
         "expires_at": now + RETENTION,
     }
-    this = (IdempotencyRecord.owner == owner, IdempotencyRecord.key == key)
-    for _ in range(_CLAIM_ATTEMPTS):
-        try:
-            with session.begin_nested():
-                session.execute(insert(IdempotencyRecord).values(owner=owner, key=key, **fresh))
-            return Claim(owner, key, now + lease)
-        except IntegrityError:
-            pass  # the key exists: decide from the row
-        row = session.execute(
-            select(
-                IdempotencyRecord.request_hash,
-                IdempotencyRecord.method,
-                IdempotencyRecord.path,
-                IdempotencyRecord.state,
-                IdempotencyRecord.response_status,
-                IdempotencyRecord.response_body,
-                IdempotencyRecord.locked_until,
-                IdempotencyRecord.expires_at,
-            ).where(*this)
-        ).one_or_none()
-        if row is None:
-            continue  # purged meanwhile: insert again
-        if row.expires_at <= now:
-            # Kept long enough and forgotten: the key is new again.
-            taken = session.execute(
-                update(IdempotencyRecord)
-                .where(*this, IdempotencyRecord.expires_at <= now)
-                .values(**fresh)
-                .execution_options(synchronize_session=False)
-            )
-            if _rowcount(taken) == 1:
-                return Claim(owner, key, now + lease)
-            continue
-        if row.request_hash != request_hash:
-            raise IdempotencyKeyReused(
-                f"Idempotency-Key {key!r} was already used with a different request "
-                f"(to {row.method} {row.path})"
-            )
-        if row.state == "done":
-            assert row.response_status is not None and row.response_body is not None
-            return StoredResponse(row.response_status, row.response_body)
-        if row.locked_until > now:
-            raise IdempotencyKeyInUse(
-                f"a request with Idempotency-Key {key!r} is still running; retry later",
-                retry_after_s=max(1, int((row.locked_until - now).total_seconds())),
-            )
-        # The first request's lease ran out without a stored response: it died before its
-        # transaction committed, so nothing happened. Take the claim over (fenced).
-        taken = session.execute(
-            update(IdempotencyRecord)
-            .where(
-                *this,
-                IdempotencyRecord.state == "running",
-                IdempotencyRecord.locked_until == row.locked_until,
-            )
-            .values(locked_until=now + lease)
-            .execution_options(synchronize_session=False)
-        )
-        if _rowcount(taken) == 1:
-            return Claim(owner, key, now + lease)
-    raise IdempotencyKeyInUse(f"a request with Idempotency-Key {key!r} is still running")
-
-
-def complete(session: Session, held: Claim, *, status: int, body: bytes) -> bool:
-    """Store the response in the operation's transaction; False if the claim was lost (the
-    lease ran out and another request took it over): roll back instead of committing."""
-    done = session.execute(
-        update(IdempotencyRecord)
-        .where(
-            IdempotencyRecord.owner == held.owner,
-            IdempotencyRecord.key == held.key,
-            IdempotencyRecord.state == "running",
-            IdempotencyRecord.locked_until == held.locked_until,
-        )
-        .values(state="done", response_status=status, response_body=body)
-        .execution_options(synchronize_session=False)
-    )
-    return _rowcount(done) == 1
-
-
-def release(session: Session, held: Claim) -> None:
-    """Give the key back after a failure that stored nothing (a 5xx): it may be used again."""
-    session.execute(
-        delete(IdempotencyRecord)
-        .where(
-            IdempotencyRecord.owner == held.owner,
-            IdempotencyRecord.key == held.key,
-            IdempotencyRecord.state == "running",
-            IdempotencyRecord.locked_until == held.locked_until,
-        )
-        .execution_options(synchronize_session=False)
-    )
+    session.execute(_SAVE, {"owner": owner, "key": key, **values})
 
 
 def purge(session: Session, now: datetime, batch: int = PURGE_BATCH) -> int:

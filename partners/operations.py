@@ -157,6 +157,16 @@ class Operations:
                 yield session
 
     @contextlib.contextmanager
+    def reading(self, session: Session | None = None) -> Iterator[Session]:
+        """A read's transaction: its own, or the caller's ``session`` as it is (a read writes
+        nothing a savepoint would have to undo)."""
+        if session is None:
+            with transaction(self.sessions) as own:
+                yield own
+        else:
+            yield session
+
+    @contextlib.contextmanager
     def batch(self) -> Iterator[Session]:
         """One transaction for many operations (pass it as ``session=``); commits at the end."""
         with transaction(self.sessions) as session:
@@ -194,7 +204,7 @@ class Operations:
     def balance(self, member_id: str, *, session: Session | None = None) -> Balance:
         """Available and held points, tier and upcoming expiries of a member."""
         now = self.clock()
-        with self.unit(session) as s:
+        with self.reading(session) as s:
             state = ledger.member_state(s, member_id)
             tier = self._tier(s, member_id, now)
             expiring = ledger.expiring_lots(s, member_id, after=now)
@@ -561,7 +571,7 @@ class Operations:
 
     def get_hold(self, partner_id: str, hold_id: str, *, session: Session | None = None) -> Hold:
         """The partner's hold (another partner's is not found)."""
-        with self.unit(session) as s:
+        with self.reading(session) as s:
             hold = s.scalars(
                 select(Hold).where(Hold.id == hold_id, Hold.partner_id == partner_id)
             ).first()
@@ -713,7 +723,7 @@ class Operations:
         self, partner_id: str | None, txn_id: str, *, session: Session | None = None
     ) -> Transaction:
         """A transaction; a partner sees only its own (``partner_id=None``: the operator)."""
-        with self.unit(session) as s:
+        with self.reading(session) as s:
             txn = s.get(Transaction, txn_id)
             if txn is None or (partner_id is not None and txn.partner_id != partner_id):
                 raise NotFound(f"no transaction {txn_id!r}")

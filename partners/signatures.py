@@ -18,7 +18,13 @@ Order of the checks for one signature (the first failure is the reason given):
    ``"@path"`` [+ ``"@query"``], ``"content-digest"`` for a body);
 5. ``Content-Digest`` against the body bytes (``digest-missing``, ``digest-mismatch``);
 6. the signature itself (``bad-signature``), against the URL as received and the alternates;
-7. the ``nonce``, recorded once per key within the window (``replayed-nonce``).
+7. in the request's own database transaction (:func:`record_use`): the ``nonce``, recorded
+   once per key within the window (``replayed-nonce``), and the key's revocation as the
+   database has it now (``revoked-key``; the :class:`KeyCache` rereads it at most a second
+   after it last did).
+
+Checks 1-6 need no database: :func:`verify_signature` runs them against the process's
+:class:`KeyCache`.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import threading
+import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,12 +49,11 @@ from http_message_signatures import (
     HTTPSignatureKeyResolver,
 )
 from http_message_signatures.algorithms import ED25519, HMAC_SHA256, HTTPSignatureAlgorithm
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy import insert as portable_insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from coalition.errors import SignatureInvalid
 from partners.keys import unseal
@@ -63,6 +70,8 @@ LAST_USED_INTERVAL = timedelta(seconds=60)
 MAX_SIGNATURES = 8
 #: The longest nonce the request_nonces table holds.
 MAX_NONCE_LENGTH = 255
+#: Keys one process keeps in its :class:`KeyCache` (beyond, it starts over).
+MAX_KEYS = 10_000
 
 REASONS = frozenset(
     {
@@ -250,7 +259,7 @@ def _check_parameters(sig: _Signature) -> None:
         )
 
 
-def _check_key(key: ApiKey, sig: _Signature, now: datetime) -> None:
+def _check_key(key: CachedKey, sig: _Signature, now: datetime) -> None:
     if key.revoked_at is not None:
         raise _fail("revoked-key", f"key {key.id} was revoked")
     if key.expires_at is not None and key.expires_at <= now:
@@ -375,20 +384,9 @@ def _url_variants(url: str) -> list[str]:
     return list(dict.fromkeys(variants))
 
 
-def _verification_key(key: ApiKey, secret_key: bytes) -> bytes | Ed25519PublicKey:
-    if key.alg == "hmac-sha256":
-        assert key.secret_sealed is not None
-        # ValueError when COALITION_SECRET_KEY is not the one that sealed it: a server
-        # misconfiguration (500), not the client's fault, so it is not a SignatureInvalid.
-        return unseal(secret_key, key.id, key.secret_sealed)
-    assert key.public_key is not None
-    return Ed25519PublicKey.from_public_bytes(key.public_key)
-
-
 def _check_signature(
     sig: _Signature,
-    key: ApiKey,
-    verification_key: bytes | Ed25519PublicKey,
+    key: CachedKey,
     *,
     method: str,
     urls: Sequence[str],
@@ -401,7 +399,7 @@ def _check_signature(
     single["signature"] = http_sf.ser({sig.label: sig.value_member})
     verifier = _Verifier(
         signature_algorithm=ALGORITHMS[key.alg],
-        key_resolver=_KeyResolver(key.id, verification_key),
+        key_resolver=_KeyResolver(key.id, key.material),
     )
     problem = "the signature does not match the request"
     for url in urls:
@@ -458,58 +456,175 @@ def _record_nonce(session: Session, key_id: str, nonce: str, created: int, now: 
     return session.execute(stmt).first() is not None
 
 
-def _touch(session: Session, key: ApiKey, now: datetime) -> None:
-    """``last_used_at = now`` unless it was set within the last minute (no hot row).
-
-    The loaded row says whether it is due (no statement at all for most requests); the
-    conditional UPDATE settles races between processes.
-    """
-    if key.last_used_at is not None and key.last_used_at >= now - LAST_USED_INTERVAL:
-        return
-    result = session.execute(
-        update(ApiKey)
-        .where(
-            ApiKey.id == key.id,
-            or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - LAST_USED_INTERVAL),
-        )
-        .values(last_used_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if getattr(result, "rowcount", 0) == 1:
-        set_committed_value(key, "last_used_at", now)
-
-
 def _printable(text: str) -> str:
     return text if _PRINTABLE_ID.fullmatch(text) else "(not shown)"
 
 
-def verify_request(
-    session: Session,
-    *,
-    method: str,
-    url: str,
-    headers: Mapping[str, str],
-    body: bytes,
-    secret_key: bytes,
-    now: datetime,
-    alternate_urls: Sequence[str] = (),
-) -> Principal:
-    """The principal whose key signed this request (RFC 9421, the contract's profile).
+# --- the key cache -------------------------------------------------------------------------
 
-    ``url`` is the target URI as received (scheme://host[:port]/path?query);
-    ``alternate_urls`` (e.g. rebuilt from COALITION_PUBLIC_URL behind a proxy) are tried too,
-    each also spelled with and without its default port. Runs in the caller's transaction:
-    it records the signature's nonce and may update the key's ``last_used_at``.
 
-    Raises :class:`~coalition.errors.SignatureInvalid` with ``extra["reason"]`` (one of
-    :data:`REASONS`; ``missing-component`` also names it in ``extra["component"]``). If several
-    signatures are present, the first one that verifies wins; if none does, the failure of the
-    first one whose ``keyid`` names a known key is reported. A sealed HMAC secret that does not
-    open under ``secret_key`` raises ValueError (a server misconfiguration).
+@dataclass(frozen=True, slots=True)
+class CachedKey:
+    """What verifying a signature needs of a key, with the HMAC secret already unsealed.
+
+    A key's material, role, partner, scopes and expiry never change after it is created; only
+    ``revoked_at`` does, which is why :class:`KeyCache` revalidates it.
     """
-    assert now.tzinfo is not None, "now must be timezone-aware"
-    fields = _field_lines(headers)
-    signatures = _parse_signatures(fields)
+
+    id: str
+    role: str
+    partner_id: str | None
+    alg: str
+    scopes: frozenset[str]
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    material: bytes | Ed25519PublicKey
+
+
+_KEY_COLUMNS = select(
+    ApiKey.id,
+    ApiKey.role,
+    ApiKey.partner_id,
+    ApiKey.alg,
+    ApiKey.scopes,
+    ApiKey.secret_sealed,
+    ApiKey.public_key,
+    ApiKey.expires_at,
+    ApiKey.revoked_at,
+)
+_KEY_REVOKED_AT = select(ApiKey.revoked_at).where(ApiKey.id == bindparam("key"))
+_TOUCH_KEY = (
+    update(ApiKey)
+    .where(
+        ApiKey.id == bindparam("key"),
+        or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < bindparam("due_before")),
+    )
+    .values(last_used_at=bindparam("now"))
+    .execution_options(synchronize_session=False)
+)
+
+
+class KeyCache:
+    """The keys one process has seen, so that a signed request needs no database round trip
+    (and no AES-GCM unseal) to verify its signature.
+
+    Revocation is the one change a key can undergo. A cached key is revalidated (its
+    ``revoked_at`` read again) at most :data:`REVALIDATE_S` seconds after it was last read, in
+    the request's own transaction (:func:`record_use`), and a revocation made through this
+    process forgets the key at once (:meth:`forget`): a revoked key is refused by every API
+    process within a second. Why not LISTEN/NOTIFY: it needs a connection per process kept
+    listening, and when that connection drops the cache would be stale without knowing it;
+    a bounded age needs nothing to stay up, costs one indexed read per key and second, and the
+    bound holds whatever fails. Bounded to :data:`MAX_KEYS` entries.
+    """
+
+    def __init__(
+        self,
+        secret_key: bytes,
+        *,
+        revalidate_s: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._secret_key = secret_key
+        self._revalidate_s = revalidate_s
+        self._monotonic = monotonic
+        self._keys: dict[str, CachedKey] = {}
+        self._read_at: dict[str, float] = {}
+        self._touched_at: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, key_ids: Iterable[str]) -> dict[str, CachedKey]:
+        """The cached keys among ``key_ids`` (no database)."""
+        keys = self._keys
+        return {k: keys[k] for k in key_ids if k in keys}
+
+    def load(self, session: Session, key_ids: Iterable[str]) -> dict[str, CachedKey]:
+        """Read ``key_ids`` from the database into the cache; the ones that exist.
+
+        A sealed HMAC secret that does not open under the service's key raises ValueError
+        (a server misconfiguration, not the client's fault).
+        """
+        ids = sorted(set(key_ids))
+        rows = session.execute(_KEY_COLUMNS.where(ApiKey.id.in_(ids))).all() if ids else []
+        now = self._monotonic()
+        found: dict[str, CachedKey] = {}
+        for row in rows:
+            if row.alg == "hmac-sha256":
+                assert row.secret_sealed is not None
+                material: bytes | Ed25519PublicKey = unseal(
+                    self._secret_key, row.id, row.secret_sealed
+                )
+            else:
+                assert row.public_key is not None
+                material = Ed25519PublicKey.from_public_bytes(row.public_key)
+            found[row.id] = CachedKey(
+                id=row.id,
+                role=row.role,
+                partner_id=row.partner_id,
+                alg=row.alg,
+                scopes=frozenset(row.scopes.split()) if row.role == "partner" else frozenset(),
+                expires_at=row.expires_at,
+                revoked_at=row.revoked_at,
+                material=material,
+            )
+        with self._lock:
+            if len(self._keys) + len(found) > MAX_KEYS:
+                self._keys.clear()
+                self._read_at.clear()
+            self._keys.update(found)
+            self._read_at.update(dict.fromkeys(found, now))
+        return found
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key (it was revoked through this process): the next request reads it again."""
+        with self._lock:
+            self._keys.pop(key_id, None)
+            self._read_at.pop(key_id, None)
+
+    def revalidate(self, session: Session, key_id: str) -> None:
+        """Read the key's ``revoked_at`` again if its cached copy is older than the bound;
+        :class:`SignatureInvalid` (``revoked-key``) if it was revoked meanwhile."""
+        now = self._monotonic()
+        if now - self._read_at.get(key_id, float("-inf")) < self._revalidate_s:
+            return
+        revoked_at = session.scalar(_KEY_REVOKED_AT, {"key": key_id})
+        key = self._keys.get(key_id)
+        with self._lock:
+            self._read_at[key_id] = now
+            if key is not None and revoked_at is not None:
+                self._keys[key_id] = replace(key, revoked_at=revoked_at)
+        if revoked_at is not None:
+            raise _fail("revoked-key", f"key {key_id} was revoked")
+
+    def touch(self, session: Session, key_id: str, now: datetime) -> None:
+        """``last_used_at = now``, at most once per :data:`LAST_USED_INTERVAL` per key and
+        process (the conditional UPDATE settles races between processes)."""
+        tick = self._monotonic()
+        if tick - self._touched_at.get(key_id, float("-inf")) < LAST_USED_INTERVAL.total_seconds():
+            return
+        self._touched_at[key_id] = tick
+        session.execute(
+            _TOUCH_KEY, {"key": key_id, "now": now, "due_before": now - LAST_USED_INTERVAL}
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A request whose signature verified: who signed it, and what :func:`record_use` writes."""
+
+    principal: Principal
+    nonce: str | None
+    created: int
+    now: datetime
+
+
+def key_ids_of(headers: Mapping[str, str]) -> set[str]:
+    """The ``keyid`` parameters of the request's signatures (:class:`SignatureInvalid` when
+    the signature fields are missing or malformed): what :meth:`KeyCache.load` must know."""
+    return _key_ids(_parse_signatures(_field_lines(headers)))
+
+
+def _key_ids(signatures: Sequence[_Signature]) -> set[str]:
     key_ids = {
         s.params["keyid"]
         for s in signatures
@@ -517,7 +632,37 @@ def verify_request(
     }
     if not key_ids:
         raise _fail("malformed-signature", "the signature has no keyid parameter")
-    keys = {k.id: k for k in session.scalars(select(ApiKey).where(ApiKey.id.in_(key_ids)))}
+    return key_ids
+
+
+def verify_signature(
+    keys: Mapping[str, CachedKey],
+    *,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    now: datetime,
+    alternate_urls: Sequence[str] = (),
+) -> Verified:
+    """Who signed this request (RFC 9421, the contract's profile), from ``keys`` alone.
+
+    ``keys``: the keys the request names that exist (:meth:`KeyCache.cached` /
+    :meth:`KeyCache.load`). ``url`` is the target URI as received
+    (scheme://host[:port]/path?query); ``alternate_urls`` (e.g. rebuilt from
+    COALITION_PUBLIC_URL behind a proxy) are tried too, each also spelled with and without its
+    default port. Touches no database: the nonce, the key's revalidation and ``last_used_at``
+    are :func:`record_use`'s, in the request's transaction.
+
+    Raises :class:`~coalition.errors.SignatureInvalid` with ``extra["reason"]`` (one of
+    :data:`REASONS`; ``missing-component`` also names it in ``extra["component"]``). If several
+    signatures are present, the first one that verifies wins; if none does, the failure of the
+    first one whose ``keyid`` names a known key is reported.
+    """
+    assert now.tzinfo is not None, "now must be timezone-aware"
+    fields = _field_lines(headers)
+    signatures = _parse_signatures(fields)
+    key_ids = _key_ids(signatures)
     candidates = [s for s in signatures if s.params.get("keyid") in keys]
     if not candidates:
         shown = ", ".join(sorted(_printable(k) for k in key_ids))
@@ -532,30 +677,61 @@ def verify_request(
             _check_clock(sig, now)
             _check_coverage(sig, url, body)
             _check_digest(fields, body)
-            _check_signature(
-                sig,
-                key,
-                _verification_key(key, secret_key),
-                method=method,
-                urls=urls,
-                fields=fields,
-            )
-            nonce = sig.params.get("nonce")
-            if nonce is not None and not _record_nonce(
-                session, key.id, nonce, sig.params["created"], now
-            ):
-                raise _fail("replayed-nonce", f"nonce already used with key {key.id}")
+            _check_signature(sig, key, method=method, urls=urls, fields=fields)
         except SignatureInvalid as e:
             failures.append(e)
             continue
-        _touch(session, key, now)
-        return Principal(
-            key_id=key.id,
-            role=key.role,
-            partner_id=key.partner_id,
-            scopes=frozenset(key.scopes.split()) if key.role == "partner" else frozenset(),
+        principal = Principal(
+            key_id=key.id, role=key.role, partner_id=key.partner_id, scopes=key.scopes
         )
+        return Verified(principal, sig.params.get("nonce"), sig.params["created"], now)
     raise failures[0]
+
+
+def record_use(session: Session, verified: Verified, cache: KeyCache) -> None:
+    """What a verified request writes, in its own transaction: its nonce (``replayed-nonce``
+    if the key used it within the window), the key's revalidation (``revoked-key``) and its
+    ``last_used_at`` (at most once a minute)."""
+    key_id = verified.principal.key_id
+    if verified.nonce is not None and not _record_nonce(
+        session, key_id, verified.nonce, verified.created, verified.now
+    ):
+        raise _fail("replayed-nonce", f"nonce already used with key {key_id}")
+    cache.revalidate(session, key_id)
+    cache.touch(session, key_id, verified.now)
+
+
+def verify_request(
+    session: Session,
+    *,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    secret_key: bytes,
+    now: datetime,
+    alternate_urls: Sequence[str] = (),
+    cache: KeyCache | None = None,
+) -> Principal:
+    """:func:`verify_signature` and :func:`record_use` in the caller's transaction: the
+    principal whose key signed this request. Keys come from ``cache`` (a fresh one, reading the
+    database, when not given)."""
+    keys = cache or KeyCache(secret_key)
+    wanted = key_ids_of(headers)
+    found = keys.cached(wanted)
+    if len(found) < len(wanted):
+        found.update(keys.load(session, wanted - found.keys()))
+    verified = verify_signature(
+        found,
+        method=method,
+        url=url,
+        headers=headers,
+        body=body,
+        now=now,
+        alternate_urls=alternate_urls,
+    )
+    record_use(session, verified, keys)
+    return verified.principal
 
 
 def purge_nonces(session: Session, now: datetime) -> int:

@@ -1,6 +1,7 @@
-"""Idempotency-Key on every POST: replays, reuse with another request, keys in use, crash
-recovery (an expired claim is taken over), scope per key owner, the store's fencing and purge,
-and a race of identical requests on PostgreSQL that makes exactly one transaction."""
+"""Idempotency-Key on every POST: replays, reuse with another request, a key in use only while
+its request really runs (PostgreSQL), a crashed request's key free at once, scope per key
+owner, the store's unique key and purge, and a race of identical requests on PostgreSQL that
+makes exactly one transaction."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
+import pytest
 import requests
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
-from api.idempotency import request_hash
 from coalition import idempotency as store
 from coalition.db import session_factory, transaction
+from coalition.errors import IdempotencyKeyReused
 from coalition.idempotency import IdempotencyRecord
 from coalition.models import Transaction
 from tests.api.conftest import Client, Live, Partner, ok, problem, unique
@@ -128,47 +132,43 @@ def test_keys_are_scoped_per_owner(api: Live) -> None:
     assert replay.content == first_op.content and replay.headers["Idempotent-Replayed"] == "true"
 
 
-def _claim_row(live: Live, p: Partner, key: str, body: bytes, *, lease_s: float) -> None:
-    now = datetime.now(UTC)
-    with transaction(session_factory(live.engine)) as s:
-        s.execute(
-            insert(IdempotencyRecord).values(
-                owner=p.id,
-                key=key,
-                request_hash=request_hash("POST", "/v1/earns", body),
-                method="POST",
-                path="/v1/earns",
-                state="running",
-                response_status=None,
-                response_body=None,
-                created_at=now,
-                locked_until=now + timedelta(seconds=lease_s),
-                expires_at=now + timedelta(hours=24),
-            )
-        )
+def _hold_key(live: Live, owner: str, key: str) -> psycopg.Connection[Any]:
+    """A connection whose open transaction holds ``key`` as a running request would."""
+    url = live.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = psycopg.connect(url)
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{owner}\n{key}",))
+    return conn
 
 
-def test_a_key_still_running_is_in_use(api: Live) -> None:
-    p = api.partner()
-    member = api.member(p)
+def test_a_key_whose_request_is_running_is_in_use_and_free_once_it_ends(live_pg: Live) -> None:
+    p = live_pg.partner()
+    member = live_pg.member(p)
     key, body = str(uuid.uuid4()), json.dumps(_earn(p, member)).encode()
-    _claim_row(api, p, key, body, lease_s=30)
-    response = p.client.post("/v1/earns", content=body, idempotency_key=key)
-    problem(response, 409, "idempotency-key-in-use")
-    assert 1 <= int(response.headers["Retry-After"]) <= 30
-    assert _count(api, p.id) == 0
+    running = _hold_key(live_pg, p.id, key)
+    try:
+        response = p.client.post("/v1/earns", content=body, idempotency_key=key)
+        problem(response, 409, "idempotency-key-in-use")
+        assert response.headers["Retry-After"] == "1"
+        assert _count(live_pg, p.id) == 0
+    finally:
+        running.rollback()  # the running request ended without an effect
+        running.close()
+    first = p.client.post("/v1/earns", content=body, idempotency_key=key)
+    assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
+    assert _count(live_pg, p.id) == 1
 
 
-def test_a_claim_whose_holder_died_is_taken_over(api: Live) -> None:
-    p = api.partner()
-    member = api.member(p)
+def test_a_request_whose_process_died_frees_its_key_at_once(live_pg: Live) -> None:
+    p = live_pg.partner()
+    member = live_pg.member(p)
     key, body = str(uuid.uuid4()), json.dumps(_earn(p, member)).encode()
-    _claim_row(api, p, key, body, lease_s=-1)  # the first request died: its lease ran out
+    dying = _hold_key(live_pg, p.id, key)
+    dying.pgconn.finish()  # the connection drops as it does when its process is killed
     first = p.client.post("/v1/earns", content=body, idempotency_key=key)
     assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
     again = p.client.post("/v1/earns", content=body, idempotency_key=key)
     assert again.content == first.content and again.headers["Idempotent-Replayed"] == "true"
-    assert _count(api, p.id) == 1
+    assert _count(live_pg, p.id) == 1
 
 
 def test_identical_requests_racing_make_one_transaction(live_pg: Live) -> None:
@@ -199,56 +199,69 @@ def test_identical_requests_racing_make_one_transaction(live_pg: Live) -> None:
 # --- the store -----------------------------------------------------------------------------
 
 
-def _claim(
-    db: Db, key: str, now: datetime, request: str = "h1"
-) -> store.Claim | store.StoredResponse:
+def _save(db: Db, key: str, now: datetime, request: str = "h1", body: bytes = b"{}") -> None:
     with transaction(db.sessions) as s:
-        return store.claim(
+        store.exclude(s, owner="prt_x", key=key)
+        assert store.lookup(s, owner="prt_x", key=key, request_hash=request, now=now) is None
+        store.save(
             s,
             owner="prt_x",
             key=key,
             request_hash=request,
             method="POST",
             path="/v1/earns",
+            status=201,
+            body=body,
             now=now,
         )
 
 
-def test_store_fences_a_claim_that_outlived_its_lease(db: Db) -> None:
-    t0 = datetime(2026, 1, 5, 9, tzinfo=UTC)
-    first = _claim(db, "k", t0)
-    assert isinstance(first, store.Claim)
-    later = t0 + store.LEASE + timedelta(seconds=1)
-    second = _claim(db, "k", later)
-    assert isinstance(second, store.Claim)
+def _lookup(db: Db, key: str, now: datetime, request: str = "h1") -> store.StoredResponse | None:
     with transaction(db.sessions) as s:
-        assert not store.complete(s, first, status=201, body=b"{}")
-        assert store.complete(s, second, status=201, body=b'{"ok":1}')
-    assert _claim(db, "k", later) == store.StoredResponse(201, b'{"ok":1}')
+        return store.lookup(s, owner="prt_x", key=key, request_hash=request, now=now)
 
 
-def test_store_release_frees_the_key(db: Db) -> None:
+def test_store_replays_the_saved_response_and_refuses_another_request(db: Db) -> None:
     t0 = datetime(2026, 1, 5, 9, tzinfo=UTC)
-    held = _claim(db, "k", t0)
-    assert isinstance(held, store.Claim)
-    with transaction(db.sessions) as s:
-        store.release(s, held)
-    assert isinstance(_claim(db, "k", t0, request="other"), store.Claim)
+    _save(db, "k", t0, body=b'{"ok":1}')
+    assert _lookup(db, "k", t0) == store.StoredResponse(201, b'{"ok":1}')
+    with pytest.raises(IdempotencyKeyReused):
+        _lookup(db, "k", t0, request="h2")
+
+
+def test_store_keeps_a_second_save_of_one_key_out(db: Db) -> None:
+    t0 = datetime(2026, 1, 5, 9, tzinfo=UTC)
+    _save(db, "k", t0)
+    with pytest.raises(IntegrityError), transaction(db.sessions) as s:
+        store.save(
+            s,
+            owner="prt_x",
+            key="k",
+            request_hash="h1",
+            method="POST",
+            path="/v1/earns",
+            status=201,
+            body=b"{}",
+            now=t0,
+        )
 
 
 def test_store_purges_after_retention_only(db: Db) -> None:
     t0 = datetime(2026, 1, 5, 9, tzinfo=UTC)
-    done = _claim(db, "done", t0)
-    running = _claim(db, "running", t0 + store.RETENTION)
-    assert isinstance(done, store.Claim) and isinstance(running, store.Claim)
-    with transaction(db.sessions) as s:
-        assert store.complete(s, done, status=201, body=b"{}")
+    _save(db, "done", t0)
+    _save(db, "later", t0 + store.RETENTION)
     at = t0 + store.RETENTION + timedelta(seconds=1)
     with transaction(db.sessions) as s:
         assert store.purge(s, t0 + store.RETENTION - timedelta(seconds=1)) == 0
         assert store.purge(s, at) == 1
-    # forgotten: the key is new again, even with another request
-    assert isinstance(_claim(db, "done", at, request="new"), store.Claim)
-    with transaction(db.sessions) as s:
         keys = set(s.scalars(select(IdempotencyRecord.key)))
-    assert keys == {"done", "running"}
+    assert keys == {"later"}
+
+
+def test_store_forgets_a_key_past_its_retention_before_the_purge(db: Db) -> None:
+    t0 = datetime(2026, 1, 5, 9, tzinfo=UTC)
+    _save(db, "k", t0)
+    at = t0 + store.RETENTION
+    # the key is new again, even with another request, and its new response is kept
+    _save(db, "k", at, request="new", body=b'{"new":1}')
+    assert _lookup(db, "k", at, request="new") == store.StoredResponse(201, b'{"new":1}')
