@@ -103,9 +103,10 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Eng
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(
-        url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True, pool_timeout=10
-    )
+    # No pre-ping: it is a round trip before every transaction. A connection the server
+    # dropped fails its statement instead; SQLAlchemy then sees a disconnect and discards the
+    # whole pool, so the requests after it get fresh connections (docs/operations.md).
+    return create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=10)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

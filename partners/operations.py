@@ -148,10 +148,14 @@ class Operations:
 
     @contextlib.contextmanager
     def unit(self, session: Session | None = None) -> Iterator[Session]:
-        """One operation's transaction: its own, or a savepoint in the caller's ``session``."""
+        """One operation's transaction: its own, or a savepoint in the caller's ``session``
+        (the caller's own savepoint when it has one open: one is enough to undo the operation).
+        """
         if session is None:
             with transaction(self.sessions) as own:
                 yield own
+        elif session.in_nested_transaction():
+            yield session
         else:
             with session.begin_nested():
                 yield session
