@@ -229,9 +229,7 @@ def test_a_crash_under_idempotent_load_leaves_every_earn_exactly_once(
     pg.assert_ledger_ok()
 
 
-def test_a_revoked_key_is_refused_by_every_worker_within_a_second(
-    pg: Db, tmp_path: Path
-) -> None:
+def test_a_revoked_key_is_refused_by_every_worker_within_a_second(pg: Db, tmp_path: Path) -> None:
     partner = pg.partner()
     key_id, secret = _partner_key(pg, partner.id, ["read"])
     with transaction(pg.sessions) as s:
@@ -255,8 +253,7 @@ def test_a_revoked_key_is_refused_by_every_worker_within_a_second(
                 try:
                     return client.request("GET", "/v1/me").status
                 except ProblemError as refused:
-                    assert refused.code == "signature-invalid"
-                    return refused.status
+                    return refused.status if refused.code == "signature-invalid" else -1
 
         with ThreadPoolExecutor(8) as pool:
             assert set(pool.map(lambda _: me(), range(40))) == {200}
