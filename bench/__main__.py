@@ -1,5 +1,8 @@
 """``python -m bench``: measure, print a table, write bench/results.json (docs/benchmarks.md).
 
+``--only http``: signed requests over HTTP to ``coalition serve`` (bench/http.py; needs
+Debian's ``wrk``). ``--only inprocess``: operations called in-process, and the demo.
+
 On PostgreSQL (``COALITION_BENCH_DATABASE_URL``, default the local server) it creates
 ``coalition_bench_<pid>`` and ``coalition_bench_<pid>_pgbench`` and drops both at the end.
 """
@@ -20,6 +23,8 @@ from typing import Any
 import sqlalchemy
 
 from bench.demo_run import run_demo_process
+from bench.http import measure_http
+from bench.http import table as http_table
 from bench.postgres import (
     pgbench_init,
     pgbench_tps,
@@ -48,6 +53,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=int, help="seconds per throughput run (default 10)")
     parser.add_argument("--members", type=int, help="the demo's members (default 400)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write JSON")
+    parser.add_argument(
+        "--only",
+        choices=("http", "inprocess"),
+        help="only the signed-HTTP benchmark against `coalition serve` (http), or only the "
+        "in-process and demo ones (inprocess)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="`coalition serve --workers` for http (default 2)"
+    )
     return parser
 
 
@@ -245,17 +259,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "seconds_per_run": seconds,
     }
-    results["postgres"] = measure_postgres(
-        seconds, statement_runs=20 if args.quick else 100, members=200 if args.quick else 1000
-    )
-    _say(f"the demo on SQLite with {members} members ...")
-    results["demo_sqlite"] = run_demo_process(members=members, seed=7)
+    if args.only != "inprocess":
+        results["http"] = measure_http(
+            server_url(), seconds=seconds, workers=args.workers, members=1000
+        )
+    if args.only != "http":
+        results["postgres"] = measure_postgres(
+            seconds, statement_runs=20 if args.quick else 100, members=200 if args.quick else 1000
+        )
+        _say(f"the demo on SQLite with {members} members ...")
+        results["demo_sqlite"] = run_demo_process(members=members, seed=7)
     results["bench_s"] = round(time.perf_counter() - started, 1)
-    for line in table(results):
-        print(line)
+    if "http" in results:
+        for line in http_table(results["http"]):
+            print(line)
+    if "postgres" in results:
+        for line in table(results):
+            print(line)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {args.output}")
-    return 0 if results["demo_sqlite"]["invariants_ok"] else 1
+    http_ok = all(
+        r.get("earns_match_201") is not False
+        for r in results.get("http", {}).get("scenarios", {}).values()
+    )
+    return 0 if results.get("demo_sqlite", {}).get("invariants_ok", True) and http_ok else 1
 
 
 if __name__ == "__main__":
