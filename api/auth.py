@@ -32,7 +32,7 @@ from litestar.handlers.base import BaseRouteHandler
 from sqlalchemy.orm import Session
 
 from api.runtime import Services, services_of
-from coalition.db import transaction
+from coalition.db import WHOLE, transaction
 from coalition.errors import Forbidden, IdempotencyKeyMissing
 from partners.signatures import (
     CachedKey,
@@ -45,7 +45,6 @@ from partners.signatures import (
 
 _PRINCIPAL_KEY = "coalition_principal"
 _VERIFIED_KEY = "coalition_verified"
-_RECORDED_KEY = "coalition_use_recorded"
 #: Route ``opt`` key: the handler opens :func:`request_unit`, which records the signature's use.
 ONE_TRANSACTION = "one_transaction"
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
@@ -114,17 +113,15 @@ def _record_use_alone(services: Services, verified: Verified) -> None:
 
 @contextlib.contextmanager
 def request_unit(request: Request[Any, Any, Any]) -> Iterator[Session]:
-    """The request's one database transaction, starting with what its signature writes
-    (:func:`~partners.signatures.record_use`); commits when the block ends, rolls back on any
-    exception."""
+    """A database transaction of the request, starting with what its signature writes
+    (:func:`~partners.signatures.record_use`); commits when the block ends, rolls back whole on
+    any exception (so operations in it take no savepoints: :data:`coalition.db.WHOLE`)."""
     services = services_of(request.app.state)
-    state = request.scope["state"]
-    verified = state.get(_VERIFIED_KEY)
+    verified = request.scope["state"].get(_VERIFIED_KEY)
     assert isinstance(verified, Verified), "route without the signature guard"
     with transaction(services.sessions) as session:
-        if not state.get(_RECORDED_KEY):
-            record_use(session, verified, services.keys)
-            state[_RECORDED_KEY] = True
+        session.info[WHOLE] = True
+        record_use(session, verified, services.keys)
         yield session
 
 
@@ -192,4 +189,3 @@ async def signed(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRo
         idempotency_key(connection)
     elif not handler.opt.get(ONE_TRANSACTION):
         await anyio.to_thread.run_sync(partial(_record_use_alone, services, verified))
-        state[_RECORDED_KEY] = True

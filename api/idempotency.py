@@ -10,13 +10,16 @@ there), all in **one** database transaction:
    waiting: ``409 idempotency-key-in-use`` while another request with the key runs);
 3. the **lookup**: same request and done -> replay its response with
    ``Idempotent-Replayed: true``; other request -> ``422 idempotency-key-reused``;
-4. the **operation** (decoding the body included) under a savepoint, and the **save** of its
-   response, success or problem document: a committed effect always has its stored response,
-   and a stored response always its effect.
+4. the **operation** (decoding the body included) and the **save** of its response: a
+   committed effect always has its stored response, and a stored response always its effect.
 
-An unexpected failure (a 5xx) rolls everything back: nothing happened, the key may be used
-again. A crash does the same, and the database drops the exclusion with the dead connection,
-so a retry runs at once instead of waiting out a lease.
+No savepoint: when the operation refuses (a :class:`~coalition.errors.CoalitionError`), the
+whole transaction rolls back, and a second one (steps 1-3 again) stores the problem document
+as the key's response. When a unique key refuses a write because a concurrent request made it
+first, the request runs again once, and its checks then see that write. An unexpected failure
+(a 5xx) rolls everything back: nothing happened, the key may be used again. A crash does the
+same, and the database drops the exclusion with the dead connection, so a retry runs at once
+instead of waiting out a lease.
 
 The request hash covers the method, the path and the body bytes.
 """
@@ -29,6 +32,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.auth import idempotency_key, request_unit
@@ -64,6 +68,18 @@ def _response(status: int, body: bytes, *, replayed: bool) -> Response[Any]:
     return Response(body, status_code=status, media_type=media_type, headers=headers)
 
 
+class _OperationFailed(Exception):
+    """The operation refused (a :class:`CoalitionError`): roll back, then store the problem."""
+
+    def __init__(self, error: CoalitionError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+#: Runs of one request when a unique key refuses a write another request made first.
+_RACE_ATTEMPTS = 2
+
+
 def run_idempotent(
     request: Request[Any, Any, Any],
     services: Services,
@@ -77,17 +93,8 @@ def run_idempotent(
     owner = owner_of(principal)
     digest = request_hash(request.method, path, body)
     now = services.clock()
-    with request_unit(request) as session:
-        store.exclude(session, owner=owner, key=key)
-        stored = store.lookup(session, owner=owner, key=key, request_hash=digest, now=now)
-        if stored is not None:
-            return _response(stored.status, stored.body, replayed=True)
-        try:
-            with session.begin_nested():
-                status, payload = operation(session)
-            content = msgspec.json.encode(payload)
-        except CoalitionError as exc:
-            status, content = error_body(request.scope, exc)
+
+    def keep(session: Session, status: int, content: bytes) -> None:
         store.save(
             session,
             owner=owner,
@@ -99,4 +106,37 @@ def run_idempotent(
             body=content,
             now=now,
         )
+
+    for attempt in range(_RACE_ATTEMPTS):
+        try:
+            with request_unit(request) as session:
+                store.exclude(session, owner=owner, key=key)
+                stored = store.lookup(session, owner=owner, key=key, request_hash=digest, now=now)
+                if stored is not None:
+                    return _response(stored.status, stored.body, replayed=True)
+                try:
+                    status, payload = operation(session)
+                except CoalitionError as exc:
+                    raise _OperationFailed(exc) from None
+                content = msgspec.json.encode(payload)
+                keep(session, status, content)
+            return _response(status, content, replayed=False)
+        except _OperationFailed as failed:
+            refused = failed.error
+            break
+        except IntegrityError:
+            # A unique key (a reference, a member id) refused a write that a concurrent request
+            # committed first: this transaction is void; run the request again, and its checks
+            # now see that write (``409 duplicate-reference``, an existing member...).
+            if attempt + 1 == _RACE_ATTEMPTS:
+                raise
+    # The operation refused and everything it did was rolled back: keep its problem document
+    # as the key's response, in a transaction of its own (unless a duplicate stored one first).
+    with request_unit(request) as session:
+        store.exclude(session, owner=owner, key=key)
+        stored = store.lookup(session, owner=owner, key=key, request_hash=digest, now=now)
+        if stored is not None:
+            return _response(stored.status, stored.body, replayed=True)
+        status, content = error_body(request.scope, refused)
+        keep(session, status, content)
     return _response(status, content, replayed=False)

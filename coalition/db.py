@@ -114,6 +114,16 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+#: ``Session.info`` key: the transaction's owner rolls all of it back on any error (the API's
+#: one transaction per request), so an operation inside it needs no savepoint of its own.
+WHOLE = "coalition_whole_transaction"
+
+
+def owns_rollback(session: Session | None) -> bool:
+    """True when ``session``'s owner rolls the whole transaction back on any error."""
+    return session is not None and bool(session.info.get(WHOLE))
+
+
 @contextlib.contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One database transaction: commit on success, roll back on any exception."""

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from coalition import ledger
 from coalition.config import Settings, Tier
-from coalition.db import transaction, utcnow
+from coalition.db import owns_rollback, transaction, utcnow
 from coalition.errors import (
     CoalitionError,
     CurrencyMismatch,
@@ -149,12 +149,13 @@ class Operations:
     @contextlib.contextmanager
     def unit(self, session: Session | None = None) -> Iterator[Session]:
         """One operation's transaction: its own, or a savepoint in the caller's ``session``
-        (the caller's own savepoint when it has one open: one is enough to undo the operation).
+        (none when the caller rolls its whole transaction back on any error, as the API does:
+        :func:`coalition.db.owns_rollback`, or has a savepoint of its own open).
         """
         if session is None:
             with transaction(self.sessions) as own:
                 yield own
-        elif session.in_nested_transaction():
+        elif owns_rollback(session) or session.in_nested_transaction():
             yield session
         else:
             with session.begin_nested():
@@ -179,7 +180,11 @@ class Operations:
     def _raise_duplicate(
         self, session: Session | None, partner_id: str, kind: str, reference: str
     ) -> None:
-        """After a unique-key race: name the transaction that holds the reference."""
+        """After a unique-key race: name the transaction that holds the reference. (Inside a
+        transaction its owner rolls back whole, the race goes up as it is: that transaction is
+        aborted, and its owner runs the request again.)"""
+        if owns_rollback(session):
+            return
         with self.unit(session) as s:
             existing = _find_reference(s, partner_id, kind, reference)
         if existing is not None:
@@ -201,7 +206,7 @@ class Operations:
                 return ledger.create_member(s, member_id, self.clock())
         except IntegrityError:
             # Two creations of one id raced; the other one made it.
-            if member_id is None:
+            if member_id is None or owns_rollback(session):
                 raise
             return member_id, False
 
@@ -561,6 +566,8 @@ class Operations:
                 )
                 return HoldResult(hold, state)
         except IntegrityError:
+            if owns_rollback(session):
+                raise
             with self.unit(session) as s:
                 existing = s.scalar(
                     select(Hold.id).where(

@@ -265,3 +265,26 @@ def test_store_forgets_a_key_past_its_retention_before_the_purge(db: Db) -> None
     # the key is new again, even with another request, and its new response is kept
     _save(db, "k", at, request="new", body=b'{"new":1}')
     assert _lookup(db, "k", at, request="new") == store.StoredResponse(201, b'{"new":1}')
+
+
+def test_earns_racing_with_one_reference_make_one_transaction_and_name_it(live_pg: Live) -> None:
+    p = live_pg.partner()
+    member = live_pg.member(p)
+    body = json.dumps(_earn(p, member, ref=unique("race"))).encode()
+    parallel = 12
+    barrier = threading.Barrier(parallel)
+
+    def send(_: int) -> requests.Response:
+        client = Client(live_pg.base_url, p.key)
+        barrier.wait(timeout=30)
+        return client.post("/v1/earns", content=body, idempotency_key=str(uuid.uuid4()))
+
+    with ThreadPoolExecutor(parallel) as pool:
+        responses = list(pool.map(send, range(parallel)))
+    created = [r for r in responses if r.status_code == 201]
+    assert len(created) == 1, [r.text for r in responses]
+    winner = created[0].json()["id"]
+    for r in responses:
+        if r is not created[0]:
+            assert problem(r, 409, "duplicate-reference")["transaction_id"] == winner
+    assert _count(live_pg, p.id) == 1
