@@ -38,7 +38,7 @@ from partners.signatures import (
     CachedKey,
     Principal,
     Verified,
-    key_ids_of,
+    parse_signed,
     record_use,
     verify_signature,
 )
@@ -163,8 +163,8 @@ async def signed(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRo
     services = services_of(connection.app.state)
     body = await request.body()
     url, path_query = _target_uri(connection)
-    headers = connection.headers
-    wanted = key_ids_of(headers)
+    signed = parse_signed(connection.headers)
+    wanted = signed.key_ids
     keys = services.keys.cached(wanted)
     if len(keys) < len(wanted):  # a key this process has not seen: read it once
         keys.update(
@@ -172,9 +172,9 @@ async def signed(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRo
         )
     verified = verify_signature(
         keys,
+        signed,
         method=request.method,
         url=url,
-        headers=headers,
         body=body,
         now=services.clock(),
         alternate_urls=(services.settings.public_url + path_query,),

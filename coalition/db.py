@@ -114,6 +114,12 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+def dialect_of(session: Session) -> str:
+    """The database the session talks to: ``postgresql`` or ``sqlite`` (cheap on the hot path)."""
+    bind = session.bind if session.bind is not None else session.get_bind()
+    return bind.dialect.name
+
+
 #: ``Session.info`` key: the transaction's owner rolls all of it back on any error (the API's
 #: one transaction per request), so an operation inside it needs no savepoint of its own.
 WHOLE = "coalition_whole_transaction"

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import Row, Table, and_, bindparam, case, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from coalition.config import Tier
+from coalition.db import dialect_of
 from coalition.errors import InsufficientPoints, UnknownMember
 from coalition.ids import new_id
 from coalition.models import (
@@ -78,6 +79,9 @@ _QUALIFYING_POINTS = select(
 _MEMBER_QUALIFYING_POINTS = select(_QUALIFYING_POINTS.scalar_subquery()).where(
     _MEMBERS.c.id == bindparam("member")
 )
+#: :func:`member_qualifying_points` as a scalar subquery (``:member``, ``:since``, ``:until``),
+#: for an operation to read along with what else it needs: NULL when there is no such member.
+MEMBER_QUALIFYING_POINTS = _MEMBER_QUALIFYING_POINTS.scalar_subquery()
 _HOLDS = cast("Table", Hold.__table__)
 _MEMBER_DUE = select(
     select(func.count())
@@ -587,10 +591,66 @@ def _add_lot(
 
 # --- the operations ----------------------------------------------------------------------
 
+# A credit of a member who owes nothing, in one statement (PostgreSQL's data-modifying CTEs):
+# the member row updated (and locked), the transaction, its two postings and the new lot. No
+# row comes back when there is no such member or it owes points (a deficit to fill first):
+# then nothing was written, and the statements of the general path do the work.
+_CREDIT_IN_ONE = text(
+    """
+    WITH m AS (
+        UPDATE members SET balance = balance + :points
+        WHERE id = :member_id AND balance >= 0
+        RETURNING balance, held, account_id
+    ), t AS (
+        INSERT INTO transactions (id, kind, partner_id, member_id, reference, points,
+            amount_minor, currency, rate_card_id, tier, occurred_at, posted_at, reverses,
+            hold_id, balance_after, overdraft_points, reason)
+        SELECT :id, :kind, :partner_id, :member_id, :reference, :points, :amount_minor,
+            :currency, :rate_card_id, :tier, :occurred_at, :posted_at, :reverses, :hold_id,
+            m.balance, :overdraft_points, :reason
+        FROM m
+        RETURNING id
+    ), p AS (
+        INSERT INTO postings (transaction_id, account_id, points, posted_at)
+        SELECT t.id, m.account_id, :points, :posted_at FROM t, m
+        UNION ALL
+        SELECT t.id, :from_account, -CAST(:points AS BIGINT), :posted_at FROM t
+    ), l AS (
+        INSERT INTO lots (member_id, origin_partner_id, transaction_id, points, remaining,
+            expires_at, is_deficit)
+        SELECT :member_id, :origin_partner_id, t.id, :points, :points, :expires_at, false
+        FROM t
+    )
+    SELECT balance, held FROM m
+    """
+)
+
+
+def _credit_in_one(session: Session, c: Credit) -> Posted | None:
+    """:func:`credit` in one statement on PostgreSQL; ``None`` (nothing written) when the
+    member is unknown or owes points."""
+    row = _transaction_row({**c.values, "member_id": c.member_id, "points": c.points})
+    params = {
+        **row,
+        "from_account": c.from_account,
+        "origin_partner_id": c.origin_partner_id,
+        "expires_at": c.expires_at,
+    }
+    params.pop("balance_after", None)
+    done = session.execute(_CREDIT_IN_ONE, params).one_or_none()
+    if done is None:
+        return None
+    txn = Transaction(**row, balance_after=done.balance)
+    return Posted(txn, MemberState(c.member_id, done.balance, done.held))
+
 
 def credit(session: Session, c: Credit) -> Posted:
     """Give a member ``points`` in a new lot (earn, bonus, positive adjustment)."""
     assert c.points > 0
+    if dialect_of(session) == "postgresql":
+        posted = _credit_in_one(session, c)
+        if posted is not None:
+            return posted
     state, member_acct = _require_member_change(session, c.member_id, balance_delta=c.points)
     txn = _write(
         session,

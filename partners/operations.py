@@ -45,7 +45,10 @@ from partners.rates import (
     burn_price,
     earn_points,
     partner_terms,
+    partner_terms_with,
     rate_card_history,
+    read_terms,
+    require_active,
 )
 
 REFERENCE_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -65,6 +68,10 @@ _REFERENCE_CONDITIONS = (
 )
 _FIND_REFERENCE = select(_TRANSACTIONS.c.id).where(
     *_REFERENCE_CONDITIONS, _TRANSACTIONS.c.reference == bindparam("reference")
+)
+# What an earn reads, in one statement (:func:`partners.rates.read_terms`).
+_EARN_INPUTS = partner_terms_with(
+    ledger.MEMBER_QUALIFYING_POINTS, _FIND_REFERENCE.scalar_subquery()
 )
 _FIND_REFERENCES = select(_TRANSACTIONS.c.reference, _TRANSACTIONS.c.id).where(
     *_REFERENCE_CONDITIONS,
@@ -270,19 +277,35 @@ class Operations:
         occurred = self._earn_occurred(reference, occurred_at, now)
         try:
             with self.unit(session) as s:
-                # The partner and its rate card in force then, in one statement.
-                partner = active_partner_terms(s, partner_id, occurred)
+                # In one statement: the partner and its rate card in force then, the member's
+                # tier basis (NULL: no such member) and the reference's earlier use.
+                terms, (qualifying, used_by) = read_terms(
+                    s,
+                    _EARN_INPUTS,
+                    {
+                        "partner": partner_id,
+                        "member": member_id,
+                        "since": self._tier_since(occurred),
+                        "until": occurred,
+                        "kind": "earn",
+                        "reference": reference,
+                    },
+                    occurred,
+                )
+                partner = require_active(terms)
                 _check_currency(partner, currency)
                 spend = _money(amount, currency, "$.amount")
-                self._refuse_used_reference(s, partner_id, "earn", reference)
-                # The member's existence check and its tier's basis, in one statement.
-                qualifying = ledger.member_qualifying_points(
-                    s, member_id, self._tier_since(occurred), occurred
-                )
+                if used_by is not None:
+                    raise DuplicateReference(
+                        f"reference {reference!r} was already used by {used_by}",
+                        transaction_id=used_by,
+                    )
+                if qualifying is None:
+                    raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
                 credit = self._earn_credit(
                     partner,
                     partner.card_in_force(),
-                    qualifying,
+                    int(qualifying),
                     member_id=member_id,
                     reference=reference,
                     amount=amount,

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Select, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from coalition.errors import (
@@ -213,32 +213,50 @@ def no_card(partner_id: str, at: datetime) -> PartnerNotActive:
     return PartnerNotActive(f"partner {partner_id} has no rate card in force at {at.isoformat()}")
 
 
+def partner_terms_with(*extra: Any) -> Select[Any]:
+    """The statement of :func:`partner_terms` with ``extra`` scalar subqueries as further
+    columns (their own bind parameters next to ``:partner`` and ``:at``): what an operation
+    needs to know besides the partner, in the same round trip. Build it once, at import."""
+    return _PARTNER_TERMS.add_columns(*extra)
+
+
+def read_terms(
+    session: Session, stmt: Select[Any], params: dict[str, Any], at: datetime
+) -> tuple[PartnerTerms, tuple[Any, ...]]:
+    """Run a :func:`partner_terms_with` statement: the partner's terms at ``at`` and the
+    values of the extra columns. :class:`NotFound` if there is no such partner."""
+    row = session.execute(stmt, {**params, "at": at}).one_or_none()
+    if row is None:
+        raise NotFound(f"no partner {params['partner']!r}")
+    width = 5 + len(_CARD_COLUMNS)
+    card = _card(tuple(row[5:width])) if row[5] is not None else None
+    return PartnerTerms(row[0], row[1], row[2], row[3], row[4], card, at), tuple(row[width:])
+
+
 def partner_terms(session: Session, partner_id: str, at: datetime) -> PartnerTerms:
     """The partner and its rate card in force at ``at``, in one Core statement (the hot path).
 
     :class:`NotFound` if there is no such partner; the missing card is raised only when asked
     for (:meth:`PartnerTerms.card_in_force`), so the errors keep their order.
     """
-    row = session.execute(_PARTNER_TERMS, {"partner": partner_id, "at": at}).one_or_none()
-    if row is None:
-        raise NotFound(f"no partner {partner_id!r}")
-    card = None
-    if row[5] is not None:
-        card = _card(row[5:])
-    return PartnerTerms(row[0], row[1], row[2], row[3], row[4], card, at)
+    return read_terms(session, _PARTNER_TERMS, {"partner": partner_id}, at)[0]
 
 
-def active_partner_terms(session: Session, partner_id: str, at: datetime) -> PartnerTerms:
-    """:func:`partner_terms` of a partner that must be active for new business: earn, burn,
-    hold (:class:`PartnerNotActive`).
+def require_active(terms: PartnerTerms) -> PartnerTerms:
+    """``terms`` of a partner that must be active for new business (:class:`PartnerNotActive`).
 
     A suspended partner still finishes what it started: captures and voids of its holds and
     reversals (refunds) of its transactions go through.
     """
-    terms = partner_terms(session, partner_id, at)
     if terms.status != "active":
-        raise PartnerNotActive(f"partner {partner_id} is {terms.status}")
+        raise PartnerNotActive(f"partner {terms.id} is {terms.status}")
     return terms
+
+
+def active_partner_terms(session: Session, partner_id: str, at: datetime) -> PartnerTerms:
+    """:func:`partner_terms` of a partner that must be active for new business: earn, burn,
+    hold (:func:`require_active`)."""
+    return require_active(partner_terms(session, partner_id, at))
 
 
 @dataclass(frozen=True, slots=True)

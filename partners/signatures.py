@@ -38,7 +38,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import http_sf
 from cryptography.exceptions import InvalidSignature as CryptoInvalidSignature
@@ -49,12 +49,13 @@ from http_message_signatures import (
     HTTPSignatureKeyResolver,
 )
 from http_message_signatures.algorithms import ED25519, HMAC_SHA256, HTTPSignatureAlgorithm
-from sqlalchemy import bindparam, delete, or_, select, update
+from sqlalchemy import Table, bindparam, delete, or_, select, update
 from sqlalchemy import insert as portable_insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from coalition.db import dialect_of
 from coalition.errors import SignatureInvalid
 from partners.keys import unseal
 from partners.models import ApiKey, RequestNonce
@@ -421,17 +422,20 @@ def _check_signature(
 
 
 def _record_nonce_statement(insert: Any) -> Any:
-    stmt = insert(RequestNonce).values(
+    stmt = insert(_NONCES).values(
         key_id=bindparam("key_id"), nonce=bindparam("nonce"), expires_at=bindparam("expires_at")
     )
     return stmt.on_conflict_do_update(
-        index_elements=[RequestNonce.key_id, RequestNonce.nonce],
+        index_elements=[_NONCES.c.key_id, _NONCES.c.nonce],
         set_={"expires_at": stmt.excluded.expires_at},
-        where=RequestNonce.expires_at < bindparam("now"),
-    ).returning(RequestNonce.key_id)
+        where=_NONCES.c.expires_at < bindparam("now"),
+    ).returning(_NONCES.c.key_id)
 
 
-# Pre-built per dialect: building the statement on every request cost more than running it.
+_NONCES = cast("Table", RequestNonce.__table__)
+_KEYS = cast("Table", ApiKey.__table__)
+# Pre-built per dialect, on the table (not the ORM entity): building the statement on every
+# request cost more than running it.
 _RECORD_NONCE = {
     "postgresql": _record_nonce_statement(postgresql.insert),
     "sqlite": _record_nonce_statement(sqlite.insert),
@@ -448,7 +452,7 @@ def _record_nonce(session: Session, key_id: str, nonce: str, created: int, now: 
     """
     expires_at = datetime.fromtimestamp(created, tz=now.tzinfo) + WINDOW + NONCE_MARGIN
     values = {"key_id": key_id, "nonce": nonce, "expires_at": expires_at}
-    stmt = _RECORD_NONCE.get(session.get_bind().dialect.name)
+    stmt = _RECORD_NONCE.get(dialect_of(session))
     if stmt is None:  # another dialect: the primary key, inside a savepoint
         try:
             with session.begin_nested():
@@ -495,15 +499,14 @@ _KEY_COLUMNS = select(
     ApiKey.expires_at,
     ApiKey.revoked_at,
 )
-_KEY_REVOKED_AT = select(ApiKey.revoked_at).where(ApiKey.id == bindparam("key"))
+_KEY_REVOKED_AT = select(_KEYS.c.revoked_at).where(_KEYS.c.id == bindparam("key"))
 _TOUCH_KEY = (
-    update(ApiKey)
+    update(_KEYS)
     .where(
-        ApiKey.id == bindparam("key"),
-        or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < bindparam("due_before")),
+        _KEYS.c.id == bindparam("key"),
+        or_(_KEYS.c.last_used_at.is_(None), _KEYS.c.last_used_at < bindparam("due_before")),
     )
     .values(last_used_at=bindparam("now"))
-    .execution_options(synchronize_session=False)
 )
 
 
@@ -621,10 +624,21 @@ class Verified:
     now: datetime
 
 
-def key_ids_of(headers: Mapping[str, str]) -> set[str]:
-    """The ``keyid`` parameters of the request's signatures (:class:`SignatureInvalid` when
-    the signature fields are missing or malformed): what :meth:`KeyCache.load` must know."""
-    return _key_ids(_parse_signatures(_field_lines(headers)))
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """A request's signature fields, parsed once: what :meth:`KeyCache.load` must know (the
+    key ids) and what :func:`verify_signature` checks."""
+
+    fields: dict[str, str]
+    signatures: list[_Signature]
+    key_ids: set[str]
+
+
+def parse_signed(headers: Mapping[str, str]) -> SignedRequest:
+    """Parse the signature fields (:class:`SignatureInvalid` when missing or malformed)."""
+    fields = _field_lines(headers)
+    signatures = _parse_signatures(fields)
+    return SignedRequest(fields, signatures, _key_ids(signatures))
 
 
 def _key_ids(signatures: Sequence[_Signature]) -> set[str]:
@@ -640,10 +654,10 @@ def _key_ids(signatures: Sequence[_Signature]) -> set[str]:
 
 def verify_signature(
     keys: Mapping[str, CachedKey],
+    signed: SignedRequest,
     *,
     method: str,
     url: str,
-    headers: Mapping[str, str],
     body: bytes,
     now: datetime,
     alternate_urls: Sequence[str] = (),
@@ -651,7 +665,7 @@ def verify_signature(
     """Who signed this request (RFC 9421, the contract's profile), from ``keys`` alone.
 
     ``keys``: the keys the request names that exist (:meth:`KeyCache.cached` /
-    :meth:`KeyCache.load`). ``url`` is the target URI as received
+    :meth:`KeyCache.load` of ``signed.key_ids``). ``url`` is the target URI as received
     (scheme://host[:port]/path?query); ``alternate_urls`` (e.g. rebuilt from
     COALITION_PUBLIC_URL behind a proxy) are tried too, each also spelled with and without its
     default port. Touches no database: the nonce, the key's revalidation and ``last_used_at``
@@ -663,12 +677,10 @@ def verify_signature(
     first one whose ``keyid`` names a known key is reported.
     """
     assert now.tzinfo is not None, "now must be timezone-aware"
-    fields = _field_lines(headers)
-    signatures = _parse_signatures(fields)
-    key_ids = _key_ids(signatures)
-    candidates = [s for s in signatures if s.params.get("keyid") in keys]
+    fields = signed.fields
+    candidates = [s for s in signed.signatures if s.params.get("keyid") in keys]
     if not candidates:
-        shown = ", ".join(sorted(_printable(k) for k in key_ids))
+        shown = ", ".join(sorted(_printable(k) for k in signed.key_ids))
         raise _fail("unknown-key", f"no API key with id {shown}")
     urls = list(dict.fromkeys(v for u in (url, *alternate_urls) for v in _url_variants(u)))
     failures: list[SignatureInvalid] = []
@@ -720,15 +732,15 @@ def verify_request(
     principal whose key signed this request. Keys come from ``cache`` (a fresh one, reading the
     database, when not given)."""
     keys = cache or KeyCache(secret_key)
-    wanted = key_ids_of(headers)
-    found = keys.cached(wanted)
-    if len(found) < len(wanted):
-        found.update(keys.load(session, wanted - found.keys()))
+    signed = parse_signed(headers)
+    found = keys.cached(signed.key_ids)
+    if len(found) < len(signed.key_ids):
+        found.update(keys.load(session, signed.key_ids - found.keys()))
     verified = verify_signature(
         found,
+        signed,
         method=method,
         url=url,
-        headers=headers,
         body=body,
         now=now,
         alternate_urls=alternate_urls,

@@ -140,6 +140,19 @@ def _hold_key(live: Live, owner: str, key: str) -> psycopg.Connection[Any]:
     return conn
 
 
+def _wait_until_gone(live: Live, backend_pid: int) -> None:
+    """Until the server has ended the backend of a dropped connection (bounded)."""
+    url = live.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for _ in range(2000):
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend_pid,)
+            ).fetchone()
+            if row is not None and row[0] == 0:
+                return
+    raise AssertionError(f"backend {backend_pid} still there")
+
+
 def test_a_key_whose_request_is_running_is_in_use_and_free_once_it_ends(live_pg: Live) -> None:
     p = live_pg.partner()
     member = live_pg.member(p)
@@ -163,7 +176,9 @@ def test_a_request_whose_process_died_frees_its_key_at_once(live_pg: Live) -> No
     member = live_pg.member(p)
     key, body = str(uuid.uuid4()), json.dumps(_earn(p, member)).encode()
     dying = _hold_key(live_pg, p.id, key)
+    backend = dying.info.backend_pid
     dying.pgconn.finish()  # the connection drops as it does when its process is killed
+    _wait_until_gone(live_pg, backend)
     first = p.client.post("/v1/earns", content=body, idempotency_key=key)
     assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
     again = p.client.post("/v1/earns", content=body, idempotency_key=key)
