@@ -83,7 +83,7 @@ _MEMBER_QUALIFYING_POINTS = select(_QUALIFYING_POINTS.scalar_subquery()).where(
 #: for an operation to read along with what else it needs: NULL when there is no such member.
 MEMBER_QUALIFYING_POINTS = _MEMBER_QUALIFYING_POINTS.scalar_subquery()
 _HOLDS = cast("Table", Hold.__table__)
-_MEMBER_DUE = select(
+_DUE_LOTS = (
     select(func.count())
     .select_from(_LOTS)
     .where(
@@ -91,7 +91,9 @@ _MEMBER_DUE = select(
         _LOTS.c.remaining > 0,
         _LOTS.c.expires_at <= bindparam("now"),
     )
-    .scalar_subquery(),
+    .scalar_subquery()
+)
+_DUE_HOLDS = (
     select(func.count())
     .select_from(_HOLDS)
     .where(
@@ -99,8 +101,13 @@ _MEMBER_DUE = select(
         _HOLDS.c.status == "active",
         _HOLDS.c.expires_at <= bindparam("now"),
     )
-    .scalar_subquery(),
-).where(_MEMBERS.c.id == bindparam("member"))
+    .scalar_subquery()
+)
+_MEMBER_DUE = select(_DUE_LOTS, _DUE_HOLDS).where(_MEMBERS.c.id == bindparam("member"))
+#: :func:`member_due` as two scalar subqueries (``:member``, ``:now``), for an operation to
+#: read along with what else it needs: both NULL when there is no such member.
+MEMBER_DUE_LOTS = select(_DUE_LOTS).where(_MEMBERS.c.id == bindparam("member")).scalar_subquery()
+MEMBER_DUE_HOLDS = select(_DUE_HOLDS).where(_MEMBERS.c.id == bindparam("member")).scalar_subquery()
 _INSERT_TRANSACTION = insert(_TRANSACTIONS)
 _INSERT_POSTINGS = insert(cast("Table", Posting.__table__))
 _INSERT_LOT = insert(_LOTS)
@@ -306,32 +313,80 @@ def tier_for(points: int, tiers: Sequence[Tier]) -> Tier:
     return reached
 
 
+_EXPIRING_LOTS = (
+    select(func.sum(_LOTS.c.remaining), _LOTS.c.expires_at)
+    .where(
+        _LOTS.c.member_id == bindparam("member"),
+        _LOTS.c.remaining > 0,
+        _LOTS.c.expires_at > bindparam("after"),
+    )
+    .group_by(_LOTS.c.expires_at)
+    .order_by(_LOTS.c.expires_at)
+    .limit(bindparam("limit"))
+)
+_OVERDUE_POINTS = (
+    select(func.coalesce(func.sum(_LOTS.c.remaining), 0))
+    .where(
+        _LOTS.c.member_id == bindparam("member"),
+        _LOTS.c.remaining > 0,
+        _LOTS.c.expires_at <= bindparam("now"),
+    )
+    .scalar_subquery()
+)
+_OVERDUE_HELD = (
+    select(func.coalesce(func.sum(_HOLDS.c.points), 0))
+    .where(
+        _HOLDS.c.member_id == bindparam("member"),
+        _HOLDS.c.status == "active",
+        _HOLDS.c.expires_at <= bindparam("now"),
+    )
+    .scalar_subquery()
+)
+_MEMBER_SNAPSHOT = select(
+    _MEMBERS.c.balance,
+    _MEMBERS.c.held,
+    _QUALIFYING_POINTS.scalar_subquery(),
+    _OVERDUE_POINTS,
+    _OVERDUE_HELD,
+).where(_MEMBERS.c.id == bindparam("member"))
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSnapshot:
+    """A member as a balance read shows it: its row, its tier basis and its overdue work."""
+
+    state: MemberState
+    qualifying_points: int
+    overdue_points: int
+    overdue_held: int
+
+
+def member_snapshot(
+    session: Session, member_id: str, *, since: datetime, now: datetime
+) -> MemberSnapshot:
+    """The member's balance and held points, its :func:`qualifying_points` from ``since`` to
+    ``now``, and its points in lots and active holds past their expiry (what the jobs, or its
+    next burn or hold, will expire and release), in one statement; :class:`UnknownMember` if there
+    is no such member."""
+    row = session.execute(
+        _MEMBER_SNAPSHOT, {"member": member_id, "since": since, "until": now, "now": now}
+    ).one_or_none()
+    if row is None:
+        raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
+    return MemberSnapshot(
+        MemberState(member_id, row[0], row[1]), int(row[2] or 0), int(row[3]), int(row[4])
+    )
+
+
 def expiring_lots(
     session: Session, member_id: str, after: datetime, limit: int = 12
 ) -> list[tuple[int, datetime]]:
     """The member's open points expiring after ``after``, by date, soonest first:
     ``[(points, expires_at)]``."""
     rows = session.execute(
-        select(func.sum(Lot.remaining), Lot.expires_at)
-        .where(Lot.member_id == member_id, Lot.remaining > 0, Lot.expires_at > after)
-        .group_by(Lot.expires_at)
-        .order_by(Lot.expires_at)
-        .limit(limit)
+        _EXPIRING_LOTS, {"member": member_id, "after": after, "limit": limit}
     ).all()
     return [(int(points), expires_at) for points, expires_at in rows if expires_at is not None]
-
-
-def overdue(session: Session, member_id: str, now: datetime) -> tuple[int, int]:
-    """(points in lots past their expiry, points of active holds past theirs) of the member:
-    what the jobs (or the member's next burn or hold) will expire and release."""
-    lots = select(func.coalesce(func.sum(Lot.remaining), 0)).where(
-        Lot.member_id == member_id, Lot.remaining > 0, Lot.expires_at <= now
-    )
-    holds = select(func.coalesce(func.sum(Hold.points), 0)).where(
-        Hold.member_id == member_id, Hold.status == "active", Hold.expires_at <= now
-    )
-    row = session.execute(select(lots.scalar_subquery(), holds.scalar_subquery())).one()
-    return int(row[0]), int(row[1])
 
 
 # --- the member row: the only balance updated in place -----------------------------------
@@ -754,6 +809,77 @@ def credit_many(
     return posted
 
 
+# A debit on PostgreSQL in two statements: first the member row, updated only if it has the
+# points available (and so locked), with the transaction and its postings; then, in a new
+# statement whose snapshot sees every lot change committed before that lock was ours, the
+# points taken from the member's open lots soonest-expiring first (a running sum over them),
+# each taking recorded as a lot movement.
+_DEBIT_MEMBER = text(
+    """
+    WITH m AS (
+        UPDATE members SET balance = balance - :points
+        WHERE id = :member_id AND balance - held >= :points
+        RETURNING balance, held, account_id
+    ), t AS (
+        INSERT INTO transactions (id, kind, partner_id, member_id, reference, points,
+            amount_minor, currency, rate_card_id, tier, occurred_at, posted_at, reverses,
+            hold_id, balance_after, overdraft_points, reason)
+        SELECT :id, :kind, :partner_id, :member_id, :reference, :points, :amount_minor,
+            :currency, :rate_card_id, :tier, :occurred_at, :posted_at, :reverses, :hold_id,
+            m.balance, :overdraft_points, :reason
+        FROM m
+        RETURNING id
+    ), p AS (
+        INSERT INTO postings (transaction_id, account_id, points, posted_at)
+        SELECT t.id, m.account_id, -CAST(:points AS BIGINT), :posted_at FROM t, m
+        UNION ALL
+        SELECT t.id, :to_account, :points, :posted_at FROM t
+    )
+    SELECT balance, held FROM m
+    """
+)
+_TAKE_FROM_LOTS = text(
+    """
+    WITH open AS (
+        SELECT id, origin_partner_id, remaining,
+            SUM(remaining) OVER (ORDER BY expires_at, id) - remaining AS before
+        FROM lots
+        WHERE member_id = :member_id AND remaining > 0
+    ), taken AS (
+        SELECT id, origin_partner_id, LEAST(remaining, :points - before) AS take
+        FROM open WHERE before < :points
+    ), u AS (
+        UPDATE lots SET remaining = lots.remaining - taken.take
+        FROM taken WHERE lots.id = taken.id
+    ), mv AS (
+        INSERT INTO lot_movements (transaction_id, lot_id, origin_partner_id, points)
+        SELECT :txn_id, id, origin_partner_id, -take FROM taken
+    )
+    SELECT COALESCE(SUM(take), 0) FROM taken
+    """
+)
+
+
+def _debit_in_two(
+    session: Session, member_id: str, points: int, to_account: int, values: dict[str, Any]
+) -> Posted | None:
+    """:func:`debit` in two statements on PostgreSQL; ``None`` (nothing written) when the
+    member is unknown or has fewer points available."""
+    row = _transaction_row({**values, "member_id": member_id, "points": points})
+    params = {**row, "to_account": to_account}
+    params.pop("balance_after", None)
+    done = session.execute(_DEBIT_MEMBER, params).one_or_none()
+    if done is None:
+        return None
+    taken = session.scalar(
+        _TAKE_FROM_LOTS, {"member_id": member_id, "points": points, "txn_id": row["id"]}
+    )
+    # available >= points and balance = sum(lots) > 0 means the lots cover it.
+    assert taken == points, (taken, points)
+    txn = Transaction(**row, balance_after=done.balance)
+    return Posted(txn, MemberState(member_id, done.balance, done.held))
+
+
 def debit(
     session: Session,
     *,
@@ -767,6 +893,10 @@ def debit(
     :class:`InsufficientPoints` (nothing written) when the available balance is short.
     """
     assert points > 0
+    if dialect_of(session) == "postgresql":
+        posted = _debit_in_two(session, member_id, points, to_account, values)
+        if posted is not None:
+            return posted
     state, member_acct = _require_member_change(
         session, member_id, balance_delta=-points, need_available=points
     )

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from coalition import ledger
-from coalition.config import Settings, Tier
+from coalition.config import Settings
 from coalition.db import owns_rollback, transaction, utcnow
 from coalition.errors import (
     CoalitionError,
@@ -72,6 +72,9 @@ _FIND_REFERENCE = select(_TRANSACTIONS.c.id).where(
 # What an earn reads, in one statement (:func:`partners.rates.read_terms`).
 _EARN_INPUTS = partner_terms_with(
     ledger.MEMBER_QUALIFYING_POINTS, _FIND_REFERENCE.scalar_subquery()
+)
+_BURN_INPUTS = partner_terms_with(
+    ledger.MEMBER_DUE_LOTS, ledger.MEMBER_DUE_HOLDS, _FIND_REFERENCE.scalar_subquery()
 )
 _FIND_REFERENCES = select(_TRANSACTIONS.c.reference, _TRANSACTIONS.c.id).where(
     *_REFERENCE_CONDITIONS,
@@ -221,22 +224,15 @@ class Operations:
         """Available and held points, tier and upcoming expiries of a member."""
         now = self.clock()
         with self.reading(session) as s:
-            state = ledger.member_state(s, member_id)
-            tier = self._tier(s, member_id, now)
+            snapshot = ledger.member_snapshot(s, member_id, since=self._tier_since(now), now=now)
             expiring = ledger.expiring_lots(s, member_id, after=now)
-            due_points, due_held = ledger.overdue(s, member_id, now)
+        tier = ledger.tier_for(snapshot.qualifying_points, self.settings.tiers)
         # Read as the member's next burn would see it: holds past their expiry released, then
         # points past their date expired (never more than is available, as the job does).
-        held = state.held - due_held
-        available = state.balance - held
-        available -= min(due_points, max(available, 0))
+        held = snapshot.state.held - snapshot.overdue_held
+        available = snapshot.state.balance - held
+        available -= min(snapshot.overdue_points, max(available, 0))
         return Balance(member_id, available, held, tier.name, expiring)
-
-    def _tier(self, session: Session, member_id: str, at: datetime) -> Tier:
-        return ledger.tier_for(
-            ledger.qualifying_points(session, member_id, self._tier_since(at), at),
-            self.settings.tiers,
-        )
 
     def _tier_since(self, at: datetime) -> datetime:
         """The start of the trailing window a tier at ``at`` rests on."""
@@ -295,11 +291,7 @@ class Operations:
                 partner = require_active(terms)
                 _check_currency(partner, currency)
                 spend = _money(amount, currency, "$.amount")
-                if used_by is not None:
-                    raise DuplicateReference(
-                        f"reference {reference!r} was already used by {used_by}",
-                        transaction_id=used_by,
-                    )
+                _refuse_reference_used_by(reference, used_by)
                 if qualifying is None:
                     raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
                 credit = self._earn_credit(
@@ -503,7 +495,21 @@ class Operations:
         now = self.clock()
         try:
             with self.unit(session) as s:
-                partner = active_partner_terms(s, partner_id, now)
+                # In one statement: the partner and its card in force, the member's due work
+                # (NULL: no such member) and the reference's earlier use.
+                terms, (due_lots, due_holds, used_by) = read_terms(
+                    s,
+                    _BURN_INPUTS,
+                    {
+                        "partner": partner_id,
+                        "member": member_id,
+                        "now": now,
+                        "kind": "burn",
+                        "reference": reference,
+                    },
+                    now,
+                )
+                partner = require_active(terms)
                 if currency is not None:
                     _check_currency(partner, currency)
                 spend = _money(amount, partner.currency, "$.amount") if amount else None
@@ -512,8 +518,10 @@ class Operations:
                     if basket_amount is not None
                     else None
                 )
-                self._refuse_used_reference(s, partner_id, "burn", reference)
-                due = ledger.member_due(s, member_id, now)  # and the existence check
+                _refuse_reference_used_by(reference, used_by)
+                if due_lots is None or due_holds is None:
+                    raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
+                due = (int(due_lots), int(due_holds))
                 card = partner.card_in_force()
                 price = burn_price(
                     card, partner.currency, points=points, amount=spend, basket_amount=basket
@@ -765,11 +773,7 @@ class Operations:
             return txn
 
     def _refuse_used_reference(self, s: Session, partner_id: str, kind: str, ref: str) -> None:
-        existing = _find_reference(s, partner_id, kind, ref)
-        if existing is not None:
-            raise DuplicateReference(
-                f"reference {ref!r} was already used by {existing}", transaction_id=existing
-            )
+        _refuse_reference_used_by(ref, _find_reference(s, partner_id, kind, ref))
 
     # --- operator operations -------------------------------------------------------------
 
@@ -894,6 +898,14 @@ class Operations:
 def _check_reason(reason: str) -> None:
     if not isinstance(reason, str) or not reason.strip() or len(reason) > REASON_MAX:
         raise ValidationFailed.at("$.reason", f"a reason of 1 to {REASON_MAX} characters")
+
+
+def _refuse_reference_used_by(reference: str, used_by: str | None) -> None:
+    """:class:`DuplicateReference` naming the transaction when the reference was used."""
+    if used_by is not None:
+        raise DuplicateReference(
+            f"reference {reference!r} was already used by {used_by}", transaction_id=used_by
+        )
 
 
 def _find_reference(s: Session, partner_id: str, kind: str, reference: str) -> str | None:
