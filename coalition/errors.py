@@ -9,6 +9,20 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 
+class InvariantViolated(AssertionError):
+    """A rule of the ledger that the code itself must keep was broken: a bug, never the
+    client's doing (a ``500``). Raised by :func:`invariant`, which ``python -O`` keeps."""
+
+
+def invariant(condition: bool, message: str) -> None:
+    """Check a ledger invariant in running code: :class:`InvariantViolated` unless it holds.
+
+    Not ``assert``, which ``python -O`` strips: these checks guard money and points.
+    """
+    if not condition:
+        raise InvariantViolated(message)
+
+
 class CoalitionError(Exception):
     """Base of every error a user can cause; the operation changed nothing."""
 

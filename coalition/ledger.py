@@ -17,7 +17,7 @@ The rules, in the words of docs/recipes.md:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any, cast
 
@@ -26,17 +26,19 @@ from sqlalchemy.orm import Session
 
 from coalition.config import Tier
 from coalition.db import dialect_of
-from coalition.errors import InsufficientPoints, UnknownMember
+from coalition.errors import InsufficientPoints, UnknownMember, invariant
 from coalition.ids import new_id
 from coalition.models import (
     OPERATOR_ACCOUNTS,
     Account,
     Hold,
+    HoldStatus,
     Lot,
     LotMovement,
     Member,
     Posting,
     Transaction,
+    TransactionKind,
 )
 
 # The hot path runs pre-built Core statements on the tables: building an ORM-enabled statement
@@ -447,45 +449,67 @@ def _require_member_change(
 # --- transactions and postings -----------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Header:
+    """What a posted transaction says of itself: every column of its row but
+    ``balance_after``, which the member row gives when it is written. Every transaction of the
+    ledger is posted from one of these (:func:`_posted`)."""
+
+    kind: TransactionKind
+    member_id: str
+    points: int
+    occurred_at: datetime
+    posted_at: datetime
+    partner_id: str | None = None
+    reference: str | None = None
+    amount_minor: int | None = None
+    currency: str | None = None
+    rate_card_id: str | None = None
+    tier: str | None = None
+    reverses: str | None = None
+    hold_id: str | None = None
+    overdraft_points: int = 0
+    reason: str | None = None
+    id: str = field(default_factory=lambda: new_id("txn"))
+
+    def row(self) -> dict[str, Any]:
+        """The ``transactions`` row's columns, ``balance_after`` aside."""
+        return {name: getattr(self, name) for name in _HEADER_COLUMNS}
+
+
+_HEADER_COLUMNS = tuple(f.name for f in fields(Header))
+
+
+def _posted(header: Header, balance_after: int) -> Transaction:
+    """The one place every posted transaction passes, in the database transaction that wrote
+    it, whichever statements wrote it (the general path's, a one-statement fast path's, a bulk
+    insert's): where the event outbox and the metrics attach."""
+    invariant(header.points > 0, f"{header.id}: a transaction moves a positive number of points")
+    return Transaction(**header.row(), balance_after=balance_after)
+
+
 def _write(
-    session: Session, values: dict[str, Any], postings: Iterable[tuple[int, int]]
+    session: Session, header: Header, balance_after: int, postings: Iterable[tuple[int, int]]
 ) -> Transaction:
     """Insert a transaction and its postings (which must sum to zero)."""
     legs = [(account, points) for account, points in postings if points != 0]
-    assert sum(points for _, points in legs) == 0, legs
-    assert len(legs) >= 2, legs
-    row = _transaction_row(values)
+    invariant(sum(points for _, points in legs) == 0, f"{header.id}: postings {legs} sum to 0")
+    invariant(len(legs) >= 2, f"{header.id}: a transaction has two legs at least: {legs}")
+    row = {**header.row(), "balance_after": balance_after}
     session.execute(_INSERT_TRANSACTION, [row])
     session.execute(
         _INSERT_POSTINGS,
         [
             {
-                "transaction_id": row["id"],
+                "transaction_id": header.id,
                 "account_id": account,
                 "points": points,
-                "posted_at": row["posted_at"],
+                "posted_at": header.posted_at,
             }
             for account, points in legs
         ],
     )
-    return Transaction(**row)
-
-
-def _transaction_row(values: dict[str, Any]) -> dict[str, Any]:
-    """A transactions row: ``values`` over the defaults of the columns it may leave out."""
-    return {
-        "partner_id": None,
-        "reference": None,
-        "amount_minor": None,
-        "currency": None,
-        "rate_card_id": None,
-        "tier": None,
-        "reverses": None,
-        "hold_id": None,
-        "overdraft_points": 0,
-        "reason": None,
-        **values,
-    }
+    return _posted(header, balance_after)
 
 
 # --- lots --------------------------------------------------------------------------------
@@ -684,57 +708,62 @@ _CREDIT_IN_ONE = text(
 def _credit_in_one(session: Session, c: Credit) -> Posted | None:
     """:func:`credit` in one statement on PostgreSQL; ``None`` (nothing written) when the
     member is unknown or owes points."""
-    row = _transaction_row({**c.values, "member_id": c.member_id, "points": c.points})
     params = {
-        **row,
+        **c.header.row(),
         "from_account": c.from_account,
         "origin_partner_id": c.origin_partner_id,
         "expires_at": c.expires_at,
     }
-    params.pop("balance_after", None)
     done = session.execute(_CREDIT_IN_ONE, params).one_or_none()
     if done is None:
         return None
-    txn = Transaction(**row, balance_after=done.balance)
-    return Posted(txn, MemberState(c.member_id, done.balance, done.held))
+    txn = _posted(c.header, done.balance)
+    return Posted(txn, MemberState(c.header.member_id, done.balance, done.held))
 
 
 def credit(session: Session, c: Credit) -> Posted:
     """Give a member ``points`` in a new lot (earn, bonus, positive adjustment)."""
-    assert c.points > 0
     if dialect_of(session) == "postgresql":
         posted = _credit_in_one(session, c)
         if posted is not None:
             return posted
-    state, member_acct = _require_member_change(session, c.member_id, balance_delta=c.points)
+    member_id, points = c.header.member_id, c.header.points
+    state, member_acct = _require_member_change(session, member_id, balance_delta=points)
     txn = _write(
-        session,
-        {**c.values, "member_id": c.member_id, "points": c.points, "balance_after": state.balance},
-        [(member_acct, c.points), (c.from_account, -c.points)],
+        session, c.header, state.balance, [(member_acct, points), (c.from_account, -points)]
     )
     _add_lot(
         session,
-        member_id=c.member_id,
+        member_id=member_id,
         txn_id=txn.id,
-        points=c.points,
+        points=points,
         origin_partner_id=c.origin_partner_id,
         expires_at=c.expires_at,
     )
-    if state.balance - c.points < 0:
-        _fill_deficit(session, c.member_id, txn.id)
+    if state.balance - points < 0:
+        _fill_deficit(session, member_id, txn.id)
     return Posted(txn, state)
 
 
 @dataclass(frozen=True, slots=True)
 class Credit:
-    """What :func:`credit` (and, many at once, :func:`credit_many`) posts."""
+    """What :func:`credit` (and, many at once, :func:`credit_many`) posts: the transaction,
+    the account the points come from, and the lot they make."""
 
-    member_id: str
-    points: int
+    header: Header
     from_account: int
     origin_partner_id: str | None
     expires_at: datetime
-    values: dict[str, Any]
+
+    @property
+    def member_id(self) -> str:
+        """The member credited."""
+        return self.header.member_id
+
+    @property
+    def points(self) -> int:
+        """The points credited."""
+        return self.header.points
 
 
 def credit_many(
@@ -760,16 +789,8 @@ def credit_many(
     lots: list[dict[str, Any]] = []
     posted: list[Posted] = []
     for c in credits:
-        assert c.points > 0
         balances[c.member_id] += c.points
-        row = _transaction_row(
-            {
-                **c.values,
-                "member_id": c.member_id,
-                "points": c.points,
-                "balance_after": balances[c.member_id],
-            }
-        )
+        row = {**c.header.row(), "balance_after": balances[c.member_id]}
         rows.append(row)
         member_acct = members[c.member_id].account_id
         for account, points in ((member_acct, c.points), (c.from_account, -c.points)):
@@ -793,9 +814,8 @@ def credit_many(
             }
         )
         held = members[c.member_id].state.held
-        posted.append(
-            Posted(Transaction(**row), MemberState(c.member_id, balances[c.member_id], held))
-        )
+        txn = _posted(c.header, balances[c.member_id])
+        posted.append(Posted(txn, MemberState(c.member_id, balances[c.member_id], held)))
     session.execute(_INSERT_TRANSACTION, rows)
     session.execute(_INSERT_POSTINGS, postings)
     session.execute(_INSERT_LOT, lots)
@@ -860,54 +880,39 @@ _TAKE_FROM_LOTS = text(
 )
 
 
-def _debit_in_two(
-    session: Session, member_id: str, points: int, to_account: int, values: dict[str, Any]
-) -> Posted | None:
+def _debit_in_two(session: Session, header: Header, to_account: int) -> Posted | None:
     """:func:`debit` in two statements on PostgreSQL; ``None`` (nothing written) when the
     member is unknown or has fewer points available."""
-    row = _transaction_row({**values, "member_id": member_id, "points": points})
-    params = {**row, "to_account": to_account}
-    params.pop("balance_after", None)
-    done = session.execute(_DEBIT_MEMBER, params).one_or_none()
+    done = session.execute(_DEBIT_MEMBER, {**header.row(), "to_account": to_account}).one_or_none()
     if done is None:
         return None
     taken = session.scalar(
-        _TAKE_FROM_LOTS, {"member_id": member_id, "points": points, "txn_id": row["id"]}
+        _TAKE_FROM_LOTS,
+        {"member_id": header.member_id, "points": header.points, "txn_id": header.id},
     )
     # available >= points and balance = sum(lots) > 0 means the lots cover it.
-    assert taken == points, (taken, points)
-    txn = Transaction(**row, balance_after=done.balance)
-    return Posted(txn, MemberState(member_id, done.balance, done.held))
+    invariant(taken == header.points, f"{header.id}: lots gave {taken} of {header.points}")
+    txn = _posted(header, done.balance)
+    return Posted(txn, MemberState(header.member_id, done.balance, done.held))
 
 
-def debit(
-    session: Session,
-    *,
-    member_id: str,
-    points: int,
-    to_account: int,
-    values: dict[str, Any],
-) -> Posted:
-    """Take ``points`` the member has available (burn, negative adjustment).
+def debit(session: Session, header: Header, *, to_account: int) -> Posted:
+    """Take the header's points the member has available (burn, negative adjustment).
 
     :class:`InsufficientPoints` (nothing written) when the available balance is short.
     """
-    assert points > 0
     if dialect_of(session) == "postgresql":
-        posted = _debit_in_two(session, member_id, points, to_account, values)
+        posted = _debit_in_two(session, header, to_account)
         if posted is not None:
             return posted
+    member_id, points = header.member_id, header.points
     state, member_acct = _require_member_change(
         session, member_id, balance_delta=-points, need_available=points
     )
-    txn = _write(
-        session,
-        {**values, "member_id": member_id, "points": points, "balance_after": state.balance},
-        [(member_acct, -points), (to_account, points)],
-    )
+    txn = _write(session, header, state.balance, [(member_acct, -points), (to_account, points)])
     taken = _take(session, member_id, txn.id, points)
     # available >= points and balance = sum(lots) > 0 means the lots cover it.
-    assert taken == points, (taken, points)
+    invariant(taken == points, f"{txn.id}: lots gave {taken} of {points}")
     return Posted(txn, state)
 
 
@@ -944,39 +949,32 @@ def place_hold(
 
 
 def capture_hold(
-    session: Session,
-    *,
-    hold: Hold,
-    points: int,
-    to_account: int,
-    values: dict[str, Any],
-    now: datetime,
+    session: Session, *, hold: Hold, header: Header, to_account: int, now: datetime
 ) -> Posted:
-    """Turn an active hold into a burn of ``points`` (at most the held points); release the rest.
+    """Turn an active hold into a burn of the header's points (at most the held points, the
+    header naming the hold, its member and its reference); release the rest.
 
     The hold guaranteed the points to the partner, so the capture always succeeds; if a
     clawback took the member's lots meanwhile, the shortfall becomes the member's deficit.
     """
-    assert hold.status == "active" and 0 < points <= hold.points
+    points = header.points
+    invariant(
+        hold.status == HoldStatus.ACTIVE and 0 < points <= hold.points,
+        f"capture of {points} from {hold.status} hold {hold.id} of {hold.points}",
+    )
+    invariant(
+        (header.hold_id, header.member_id, header.reference)
+        == (hold.id, hold.member_id, hold.reference),
+        f"{header.id} is not a capture of {hold.id}",
+    )
     state, member_acct = _require_member_change(
         session, hold.member_id, balance_delta=-points, held_delta=-hold.points
     )
-    txn = _write(
-        session,
-        {
-            **values,
-            "member_id": hold.member_id,
-            "points": points,
-            "balance_after": state.balance,
-            "hold_id": hold.id,
-            "reference": hold.reference,
-        },
-        [(member_acct, -points), (to_account, points)],
-    )
+    txn = _write(session, header, state.balance, [(member_acct, -points), (to_account, points)])
     taken = _take(session, hold.member_id, txn.id, points)
     if taken < points:
         _deepen_deficit(session, hold.member_id, txn.id, points - taken)
-    _close_hold(session, hold.id, "captured", now, captured_points=points)
+    _close_hold(session, hold.id, HoldStatus.CAPTURED, now, captured_points=points)
     return Posted(txn, state)
 
 
@@ -1018,32 +1016,22 @@ def lock_hold(session: Session, hold_id: str, partner_id: str) -> Hold | None:
 
 
 def reverse_earn(
-    session: Session,
-    *,
-    original: Transaction,
-    points: int,
-    to_account: int,
-    values: dict[str, Any],
+    session: Session, *, original: Transaction, header: Header, to_account: int
 ) -> Posted:
-    """Take back ``points`` of an earn (or bonus): its own lot first, then the others.
+    """Take back the header's points of an earn (or bonus): its own lot first, then the others.
 
     When the member has already spent or holds those points, the reversal still happens: the
     member's available goes below zero and ``overdraft_points`` records by how much.
     """
-    assert points > 0
-    member_id = original.member_id
+    points, member_id = header.points, original.member_id
+    invariant(header.member_id == member_id, f"{header.id} reverses another member's earn")
     state, member_acct = _require_member_change(session, member_id, balance_delta=-points)
     available_before = state.available + points
     overdraft = points - min(max(available_before, 0), points)
     txn = _write(
         session,
-        {
-            **values,
-            "member_id": member_id,
-            "points": points,
-            "balance_after": state.balance,
-            "overdraft_points": overdraft,
-        },
+        replace(header, overdraft_points=overdraft),
+        state.balance,
         [(member_acct, -points), (to_account, points)],
     )
     own_lot = session.scalar(
@@ -1059,25 +1047,21 @@ def reverse_burn(
     session: Session,
     *,
     original: Transaction,
-    points: int,
+    header: Header,
     from_account: int,
     expires_at: datetime,
-    values: dict[str, Any],
 ) -> Posted:
-    """Give back ``points`` of a burn to the lots it took them from, latest-expiring first.
+    """Give back the header's points of a burn to the lots it took them from, latest-expiring
+    first.
 
     Points a capture took from the member's deficit (beyond its lots) come back as a new lot
     with no origin expiring at ``expires_at``; a deficit still open is then filled as after any
     credit. The deficit lot itself is never restored into: a later credit may have filled it.
     """
-    assert points > 0
-    member_id = original.member_id
+    points, member_id = header.points, original.member_id
+    invariant(header.member_id == member_id, f"{header.id} reverses another member's burn")
     state, member_acct = _require_member_change(session, member_id, balance_delta=points)
-    txn = _write(
-        session,
-        {**values, "member_id": member_id, "points": points, "balance_after": state.balance},
-        [(member_acct, points), (from_account, -points)],
-    )
+    txn = _write(session, header, state.balance, [(member_acct, points), (from_account, -points)])
     related = select(Transaction.id).where(
         or_(Transaction.id == original.id, Transaction.reverses == original.id)
     )
@@ -1160,21 +1144,17 @@ def expire_member_lots(session: Session, member_id: str, now: datetime) -> Poste
     after, member_acct = _require_member_change(
         session, member_id, balance_delta=-points, need_available=points
     )
-    txn = _write(
-        session,
-        {
-            "id": new_id("txn"),
-            "kind": "expiry",
-            "member_id": member_id,
-            "points": points,
-            "balance_after": after.balance,
-            "occurred_at": now,
-            "posted_at": now,
-        },
-        [(member_acct, -points), (OPERATOR_ACCOUNTS["operator_breakage"], points)],
+    header = Header(
+        kind=TransactionKind.EXPIRY,
+        member_id=member_id,
+        points=points,
+        occurred_at=now,
+        posted_at=now,
     )
+    breakage = OPERATOR_ACCOUNTS["operator_breakage"]
+    txn = _write(session, header, after.balance, [(member_acct, -points), (breakage, points)])
     taken = _take(session, member_id, txn.id, points, expired_by=now)
-    assert taken == points, (taken, points)
+    invariant(taken == points, f"{txn.id}: expired lots gave {taken} of {points}")
     return Posted(txn, after)
 
 

@@ -13,6 +13,7 @@ Shape and cost at 100 million transactions (see docs/invariants.md and docs/oper
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
@@ -33,24 +34,42 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 ID = String(40)
 
-TRANSACTION_KINDS = (
-    "earn",
-    "burn",
-    "earn_reversal",
-    "burn_reversal",
-    "bonus",
-    "adjustment",
-    "expiry",
-)
-HOLD_STATUSES = ("active", "captured", "voided", "expired")
-ACCOUNT_KINDS = (
-    "member",
-    "partner_issued",
-    "partner_redeemed",
-    "operator_bonus",
-    "operator_breakage",
-    "operator_adjustment",
-)
+
+class TransactionKind(StrEnum):
+    """What a ledger transaction is (the contract's ``kind``)."""
+
+    EARN = "earn"
+    BURN = "burn"
+    EARN_REVERSAL = "earn_reversal"
+    BURN_REVERSAL = "burn_reversal"
+    BONUS = "bonus"
+    ADJUSTMENT = "adjustment"
+    EXPIRY = "expiry"
+
+
+class HoldStatus(StrEnum):
+    """Where a hold stands (the contract's ``status``)."""
+
+    ACTIVE = "active"
+    CAPTURED = "captured"
+    VOIDED = "voided"
+    EXPIRED = "expired"
+
+
+class AccountKind(StrEnum):
+    """Whose points an account holds."""
+
+    MEMBER = "member"
+    PARTNER_ISSUED = "partner_issued"
+    PARTNER_REDEEMED = "partner_redeemed"
+    OPERATOR_BONUS = "operator_bonus"
+    OPERATOR_BREAKAGE = "operator_breakage"
+    OPERATOR_ADJUSTMENT = "operator_adjustment"
+
+
+TRANSACTION_KINDS = tuple(k.value for k in TransactionKind)
+HOLD_STATUSES = tuple(s.value for s in HoldStatus)
+ACCOUNT_KINDS = tuple(k.value for k in AccountKind)
 #: The operator's accounts have fixed ids, created by the first migration.
 OPERATOR_ACCOUNTS = {"operator_bonus": 1, "operator_breakage": 2, "operator_adjustment": 3}
 

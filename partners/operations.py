@@ -34,9 +34,8 @@ from coalition.errors import (
     UnknownMember,
     ValidationFailed,
 )
-from coalition.ids import new_id
-from coalition.ledger import MemberState, Posted
-from coalition.models import OPERATOR_ACCOUNTS, Hold, Transaction
+from coalition.ledger import Header, MemberState, Posted
+from coalition.models import OPERATOR_ACCOUNTS, Hold, Transaction, TransactionKind
 from coalition.money import MAX_POINTS, MoneyError, exponent, parse_amount, to_minor
 from partners.rates import (
     CardTerms,
@@ -347,23 +346,22 @@ class Operations:
             )
         _check_points(points, "$.amount")
         return ledger.Credit(
-            member_id=member_id,
-            points=points,
+            Header(
+                kind=TransactionKind.EARN,
+                member_id=member_id,
+                points=points,
+                occurred_at=occurred,
+                posted_at=now,
+                partner_id=partner.id,
+                reference=reference,
+                amount_minor=to_minor(spend, currency),
+                currency=currency,
+                rate_card_id=card.id,
+                tier=tier.name,
+            ),
             from_account=partner.issued_account_id,
             origin_partner_id=partner.id,
             expires_at=self._expires_at(occurred),
-            values={
-                "id": new_id("txn"),
-                "kind": "earn",
-                "partner_id": partner.id,
-                "reference": reference,
-                "amount_minor": to_minor(spend, currency),
-                "currency": currency,
-                "rate_card_id": card.id,
-                "tier": tier.name,
-                "occurred_at": occurred,
-                "posted_at": now,
-            },
         )
 
     def earn_many(
@@ -463,7 +461,7 @@ class Operations:
                 except CoalitionError as exc:
                     results[n] = exc
                     continue
-                used[item.reference] = credit.values["id"]
+                used[item.reference] = credit.header.id
                 earlier.append((at, credit.points))
                 credits.append((n, credit))
             posted_all = ledger.credit_many(s, [c for _, c in credits], members)
@@ -529,20 +527,19 @@ class Operations:
                 self._settle_due(s, member_id, now, due)
                 return ledger.debit(
                     s,
-                    member_id=member_id,
-                    points=price.points,
+                    Header(
+                        kind=TransactionKind.BURN,
+                        member_id=member_id,
+                        points=price.points,
+                        occurred_at=now,
+                        posted_at=now,
+                        partner_id=partner_id,
+                        reference=reference,
+                        amount_minor=price.amount_minor,
+                        currency=partner.currency,
+                        rate_card_id=card.id,
+                    ),
                     to_account=partner.redeemed_account_id,
-                    values={
-                        "id": new_id("txn"),
-                        "kind": "burn",
-                        "partner_id": partner_id,
-                        "reference": reference,
-                        "amount_minor": price.amount_minor,
-                        "currency": partner.currency,
-                        "rate_card_id": card.id,
-                        "occurred_at": now,
-                        "posted_at": now,
-                    },
                 )
         except IntegrityError:
             self._raise_duplicate(session, partner_id, "burn", reference)
@@ -657,18 +654,20 @@ class Operations:
             return ledger.capture_hold(
                 s,
                 hold=hold,
-                points=take,
+                header=Header(
+                    kind=TransactionKind.BURN,
+                    member_id=hold.member_id,
+                    points=take,
+                    occurred_at=now,
+                    posted_at=now,
+                    partner_id=partner_id,
+                    reference=hold.reference,
+                    amount_minor=price.amount_minor,
+                    currency=partner.currency,
+                    rate_card_id=card.id,
+                    hold_id=hold.id,
+                ),
                 to_account=partner.redeemed_account_id,
-                values={
-                    "id": new_id("txn"),
-                    "kind": "burn",
-                    "partner_id": partner_id,
-                    "amount_minor": price.amount_minor,
-                    "currency": partner.currency,
-                    "rate_card_id": card.id,
-                    "occurred_at": now,
-                    "posted_at": now,
-                },
                 now=now,
             )
 
@@ -703,7 +702,11 @@ class Operations:
                     raise NotFound(f"no transaction {txn_id!r}")
                 if original.kind not in ("earn", "burn"):
                     raise ValidationFailed.at("$", f"a {original.kind} cannot be reversed")
-                kind = f"{original.kind}_reversal"
+                kind = (
+                    TransactionKind.EARN_REVERSAL
+                    if original.kind == TransactionKind.EARN
+                    else TransactionKind.BURN_REVERSAL
+                )
                 partner = partner_terms(s, partner_id, now)
                 self._refuse_used_reference(s, partner_id, kind, reference)
                 done = ledger.reversed_points(s, txn_id)
@@ -714,33 +717,29 @@ class Operations:
                         f"{txn_id} has {left} of {original.points} points left to reverse",
                         remaining_points=left,
                     )
-                values = {
-                    "id": new_id("txn"),
-                    "kind": kind,
-                    "partner_id": partner_id,
-                    "reference": reference,
-                    "currency": original.currency,
-                    "amount_minor": self._reversal_amount(s, original, take, left),
-                    "rate_card_id": original.rate_card_id,
-                    "reverses": original.id,
-                    "occurred_at": now,
-                    "posted_at": now,
-                }
-                if original.kind == "earn":
+                header = Header(
+                    kind=kind,
+                    member_id=original.member_id,
+                    points=take,
+                    occurred_at=now,
+                    posted_at=now,
+                    partner_id=partner_id,
+                    reference=reference,
+                    currency=original.currency,
+                    amount_minor=self._reversal_amount(s, original, take, left),
+                    rate_card_id=original.rate_card_id,
+                    reverses=original.id,
+                )
+                if kind == TransactionKind.EARN_REVERSAL:
                     return ledger.reverse_earn(
-                        s,
-                        original=original,
-                        points=take,
-                        to_account=partner.issued_account_id,
-                        values=values,
+                        s, original=original, header=header, to_account=partner.issued_account_id
                     )
                 return ledger.reverse_burn(
                     s,
                     original=original,
-                    points=take,
+                    header=header,
                     from_account=partner.redeemed_account_id,
                     expires_at=self._expires_at(now),
-                    values=values,
                 )
         except IntegrityError:
             self._raise_duplicate(session, partner_id, kind, reference)
@@ -808,20 +807,19 @@ class Operations:
             return ledger.credit(
                 s,
                 ledger.Credit(
-                    member_id=member_id,
-                    points=points,
+                    Header(
+                        kind=TransactionKind.BONUS,
+                        member_id=member_id,
+                        points=points,
+                        occurred_at=now,
+                        posted_at=now,
+                        partner_id=partner_id,
+                        rate_card_id=card_id,
+                        reason=reason,
+                    ),
                     from_account=from_account,
                     origin_partner_id=partner_id,
                     expires_at=self._expires_at(now),
-                    values={
-                        "id": new_id("txn"),
-                        "kind": "bonus",
-                        "partner_id": partner_id,
-                        "rate_card_id": card_id,
-                        "reason": reason,
-                        "occurred_at": now,
-                        "posted_at": now,
-                    },
                 ),
             )
 
@@ -834,35 +832,29 @@ class Operations:
         _check_points(abs(points))
         _check_reason(reason)
         now = self.clock()
-        values = {
-            "id": new_id("txn"),
-            "kind": "adjustment",
-            "reason": reason,
-            "occurred_at": now,
-            "posted_at": now,
-        }
+        header = Header(
+            kind=TransactionKind.ADJUSTMENT,
+            member_id=member_id,
+            points=abs(points),
+            occurred_at=now,
+            posted_at=now,
+            reason=reason,
+        )
+        account = OPERATOR_ACCOUNTS["operator_adjustment"]
         with self.unit(session) as s:
             ledger.member_state(s, member_id)
             if points > 0:
                 return ledger.credit(
                     s,
                     ledger.Credit(
-                        member_id=member_id,
-                        points=points,
-                        from_account=OPERATOR_ACCOUNTS["operator_adjustment"],
+                        header,
+                        from_account=account,
                         origin_partner_id=None,
                         expires_at=self._expires_at(now),
-                        values=values,
                     ),
                 )
             self._settle_due(s, member_id, now)
-            return ledger.debit(
-                s,
-                member_id=member_id,
-                points=-points,
-                to_account=OPERATOR_ACCOUNTS["operator_adjustment"],
-                values=values,
-            )
+            return ledger.debit(s, header, to_account=account)
 
     # --- jobs ----------------------------------------------------------------------------
 
