@@ -254,7 +254,7 @@ def lock_members(session: Session, member_ids: Iterable[str]) -> dict[str, Locke
     One statement for the whole set; an id that is not a member is simply absent.
     """
     ids = sorted(set(member_ids))
-    assert len(ids) <= BULK_MAX, len(ids)
+    invariant(len(ids) <= BULK_MAX, f"{len(ids)} members in one statement")
     if not ids:
         return {}
     rows = session.execute(_LOCK_MEMBERS, {"members": ids}).all()
@@ -603,7 +603,7 @@ def _take(
 
 def _deepen_deficit(session: Session, member_id: str, txn_id: str, points: int) -> None:
     """Record ``points`` the member owes beyond its lots (a clawback), in its deficit lot."""
-    assert points > 0
+    invariant(points > 0, f"a deficit deepens by a positive number of points, not {points}")
     deficit = session.execute(
         select(Lot.id, Lot.remaining).where(Lot.member_id == member_id, Lot.is_deficit)
     ).one_or_none()
@@ -778,12 +778,14 @@ def credit_many(
     Balances are computed here from the locked rows, so several credits of one member each
     record the right ``balance_after``.
     """
-    assert len(credits) <= BULK_MAX, len(credits)
+    invariant(len(credits) <= BULK_MAX, f"{len(credits)} credits in one batch")
     if not credits:
         return []
     balances = {member_id: members[member_id].state.balance for member_id in
                 {c.member_id for c in credits}}  # fmt: skip
-    assert all(balance >= 0 for balance in balances.values()), balances
+    invariant(
+        all(balance >= 0 for balance in balances.values()), "a bulk credit of a member who owes"
+    )
     rows: list[dict[str, Any]] = []
     postings: list[dict[str, Any]] = []
     lots: list[dict[str, Any]] = []
@@ -927,7 +929,7 @@ def place_hold(
     now: datetime,
 ) -> tuple[Hold, MemberState]:
     """Reserve ``points`` of the member's available balance (:class:`InsufficientPoints`)."""
-    assert points > 0
+    invariant(points > 0, f"a hold of {points} points")
     state, _ = _require_member_change(
         session, member_id, balance_delta=0, held_delta=points, need_available=points
     )
@@ -980,7 +982,10 @@ def capture_hold(
 
 def release_hold(session: Session, *, hold: Hold, status: str, now: datetime) -> MemberState:
     """Void or expire an active hold: its points are available again."""
-    assert hold.status == "active" and status in ("voided", "expired")
+    invariant(
+        hold.status == HoldStatus.ACTIVE and status in (HoldStatus.VOIDED, HoldStatus.EXPIRED),
+        f"{status} of {hold.status} hold {hold.id}",
+    )
     state, _ = _require_member_change(
         session, hold.member_id, balance_delta=0, held_delta=-hold.points
     )
@@ -1002,7 +1007,7 @@ def _close_hold(
         .values(status=status, closed_at=now, captured_points=captured_points),
         execution_options={"synchronize_session": False},
     )
-    assert closed.rowcount == 1, hold_id  # type: ignore[attr-defined]
+    invariant(closed.rowcount == 1, f"hold {hold_id} was not active")  # type: ignore[attr-defined]
 
 
 def lock_hold(session: Session, hold_id: str, partner_id: str) -> Hold | None:
