@@ -138,23 +138,32 @@ def jobs(rt: Runtime) -> list[object]:
 
 def purge_request_nonces(rt: Runtime) -> int:
     """Forget signature nonces whose window has passed; how many."""
-    from partners.signatures import purge_nonces
+    from partners.signatures import NONCE_PURGE_BATCH, purge_nonces
 
-    with transaction(rt.sessions) as session:
-        return purge_nonces(session, utcnow())
+    total = 0
+    for _ in range(100):  # bounded: the next run (a minute later) takes the rest
+        with transaction(rt.sessions) as session:
+            deleted = purge_nonces(session, utcnow())
+        total += deleted
+        if deleted < NONCE_PURGE_BATCH:
+            break
+    return total
 
 
 def purge_idempotency_keys(rt: Runtime) -> int:
-    """Delete idempotency records past their 24 h retention, batch by batch; how many."""
+    """Delete idempotency records past their 24 h retention, batch by batch, at most
+    :data:`~coalition.idempotency.PURGE_BATCHES_PER_RUN` batches (the next run takes the rest);
+    how many."""
     from coalition import idempotency
 
     total = 0
-    while True:
+    for _ in range(idempotency.PURGE_BATCHES_PER_RUN):
         with transaction(rt.sessions) as session:
             deleted = idempotency.purge(session, utcnow())
         total += deleted
         if deleted < idempotency.PURGE_BATCH:
-            return total
+            break
+    return total
 
 
 def cmd_worker(_args: argparse.Namespace) -> int:

@@ -76,6 +76,8 @@ class IdempotencyRecord(Base):
 RETENTION = timedelta(hours=24)
 #: Rows one purge statement deletes.
 PURGE_BATCH = 1000
+#: Purge statements one run of the purge job makes at most.
+PURGE_BATCHES_PER_RUN = 100
 #: What a duplicate is told to wait before it tries again.
 IN_USE_RETRY_AFTER_S = 1
 #: How long a duplicate waits for the first request before it is told ``in-use`` (only when

@@ -35,7 +35,7 @@ from coalition.errors import (
     ValidationFailed,
 )
 from coalition.ledger import Header, MemberState, Posted
-from coalition.models import OPERATOR_ACCOUNTS, Hold, Transaction, TransactionKind
+from coalition.models import OPERATOR_ACCOUNTS, Hold, HoldStatus, Transaction, TransactionKind
 from coalition.money import MAX_POINTS, MoneyError, exponent, parse_amount, to_minor
 from partners.rates import (
     CardTerms,
@@ -55,6 +55,9 @@ MEMBER_ID_RE = re.compile(r"^mem_[A-Za-z0-9_-]{1,64}$")
 #: How far ahead of the server's clock an ``occurred_at`` may be (clock skew).
 CLOCK_SKEW = timedelta(minutes=5)
 REASON_MAX = 500
+#: Batches one run of an expiry job handles at most (each its own transaction of
+#: :data:`coalition.ledger.EXPIRY_BATCH`): a run ends in bounded time, the next takes the rest.
+JOB_BATCHES_PER_RUN = 40
 #: Items one :meth:`Operations.earn_many` takes at most.
 EARN_BATCH_MAX = ledger.BULK_MAX
 
@@ -859,32 +862,37 @@ class Operations:
     # --- jobs ----------------------------------------------------------------------------
 
     def expire_holds(self, now: datetime | None = None) -> int:
-        """Release every active hold past its expiry; returns how many."""
+        """Release active holds past their expiry, at most :data:`JOB_BATCHES_PER_RUN`
+        batches (the next run takes the rest); returns how many."""
         at = now or self.clock()
         count = 0
-        while True:
+        for _ in range(JOB_BATCHES_PER_RUN):
             with transaction(self.sessions) as s:
                 holds = ledger.due_holds(s, at)
                 for hold in holds:
-                    ledger.release_hold(s, hold=hold, status="expired", now=at)
+                    ledger.release_hold(s, hold=hold, status=HoldStatus.EXPIRED, now=at)
             count += len(holds)
             if len(holds) < ledger.EXPIRY_BATCH:
-                return count
+                break
+        return count
 
     def expire_points(self, now: datetime | None = None) -> int:
-        """Expire every lot past its date (breakage); returns the expiry transactions written."""
+        """Expire lots past their date (breakage), at most :data:`JOB_BATCHES_PER_RUN`
+        batches of members (the next run takes the rest); returns the expiry transactions
+        written."""
         at = now or self.clock()
         count = 0
         after: str | None = None
-        while True:
+        for _ in range(JOB_BATCHES_PER_RUN):
             with transaction(self.sessions) as s:
                 members = ledger.members_with_expired_lots(s, at, after)
                 for member_id in members:
                     if ledger.expire_member_lots(s, member_id, at) is not None:
                         count += 1
             if len(members) < ledger.EXPIRY_BATCH:
-                return count
+                break
             after = members[-1]
+        return count
 
 
 def _check_reason(reason: str) -> None:

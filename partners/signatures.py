@@ -49,7 +49,7 @@ from http_message_signatures import (
     HTTPSignatureKeyResolver,
 )
 from http_message_signatures.algorithms import ED25519, HMAC_SHA256, HTTPSignatureAlgorithm
-from sqlalchemy import Table, bindparam, delete, or_, select, update
+from sqlalchemy import Table, bindparam, delete, or_, select, tuple_, update
 from sqlalchemy import insert as portable_insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -71,6 +71,8 @@ LAST_USED_INTERVAL = timedelta(seconds=60)
 MAX_SIGNATURES = 8
 #: The longest nonce the request_nonces table holds.
 MAX_NONCE_LENGTH = 255
+#: Nonces one purge statement deletes.
+NONCE_PURGE_BATCH = 10_000
 #: Keys one process keeps in its :class:`KeyCache` (beyond, it starts over).
 MAX_KEYS = 10_000
 
@@ -749,11 +751,11 @@ def verify_request(
     return verified.principal
 
 
-def purge_nonces(session: Session, now: datetime) -> int:
-    """Delete remembered nonces whose window has passed; the number deleted (a scheduled job)."""
+def purge_nonces(session: Session, now: datetime, batch: int = NONCE_PURGE_BATCH) -> int:
+    """Delete up to ``batch`` remembered nonces whose window has passed; the number deleted
+    (a scheduled job, which calls it until a batch comes back short)."""
+    due = select(_NONCES.c.key_id, _NONCES.c.nonce).where(_NONCES.c.expires_at < now).limit(batch)
     result = session.execute(
-        delete(RequestNonce)
-        .where(RequestNonce.expires_at < now)
-        .execution_options(synchronize_session=False)
+        delete(_NONCES).where(tuple_(_NONCES.c.key_id, _NONCES.c.nonce).in_(due))
     )
     return int(getattr(result, "rowcount", 0))
