@@ -19,6 +19,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from coalition.config import Settings
 from coalition.db import transaction
 from coalition.errors import ValidationFailed
 from coalition.ids import new_id
@@ -94,6 +95,32 @@ def close(
     """Close the open period at ``cut_off`` (default: the latest scheduled cut-off that has
     passed). The same cut-off again returns the period closed then; a cut-off in the future,
     or before the last one, is :class:`ValidationFailed` at ``$.cut_off``."""
+    with transaction(sessions) as session:
+        return close_in(
+            session,
+            secret_key=secret_key,
+            cycle=cycle,
+            tz=tz,
+            now=now,
+            cut_off=cut_off,
+            key_id=key_id,
+            role=role,
+        )
+
+
+def close_in(
+    session: Session,
+    *,
+    secret_key: bytes,
+    cycle: str,
+    tz: ZoneInfo,
+    now: datetime,
+    cut_off: datetime | None = None,
+    key_id: str | None = None,
+    role: str = "system",
+) -> Closed:
+    """:func:`close` inside the caller's transaction (the API's idempotent POST): each attempt
+    under a savepoint, so losing the race to another process costs only that attempt."""
     if cut_off is None:
         cut_off = latest_cutoff(now, cycle, tz)
     if cut_off.tzinfo is None:
@@ -102,7 +129,7 @@ def close(
         raise ValidationFailed.at("$.cut_off", "a cut-off may not be in the future")
     for attempt in range(MAX_CLOSE_ATTEMPTS):
         try:
-            with transaction(sessions) as session:
+            with session.begin_nested():
                 return _close_once(
                     session,
                     secret_key=secret_key,
@@ -202,3 +229,22 @@ def _close_once(
             ],
         )
     return Closed(period, statements_of(session, period.id), created=True)
+
+
+def close_due(sessions: sessionmaker[Session], settings: Settings, now: datetime) -> int:
+    """The scheduled job: close at the latest scheduled cut-off unless a period already ends
+    there or later; how many statements it issued."""
+    cut_off = latest_cutoff(now, settings.settlement_cycle, settings.tz)
+    with transaction(sessions) as session:
+        last = last_period(session)
+    if last is not None and last.end_at >= cut_off:
+        return 0
+    closed = close(
+        sessions,
+        secret_key=settings.secret_key,
+        cycle=settings.settlement_cycle,
+        tz=settings.tz,
+        now=now,
+        cut_off=cut_off,
+    )
+    return len(closed.statements) if closed.created else 0

@@ -351,7 +351,7 @@ def resign(session: Session, statement: Statement, status: str, signer: Signer) 
     session.refresh(statement)
 
 
-def signed(statement: Statement) -> dict[str, Any]:
+def document_of(statement: Statement) -> dict[str, Any]:
     """The statement's signed document, exactly as signed."""
     assert statement.document is not None and statement.signing_kid is not None
     document: dict[str, Any] = json.loads(statement.document)

@@ -16,7 +16,7 @@ from coalition.money import EXPONENTS
 from partners.models import RateCard
 from settlement.close import Closed, close
 from settlement.models import Statement
-from settlement.statements import signed
+from settlement.statements import document_of
 from tests.conftest import Db
 
 _refs = itertools.count()
@@ -43,7 +43,7 @@ def documents(db: Db, closed: Closed) -> dict[str, dict[str, Any]]:
     """The signed documents of a closed period, by partner id."""
     with transaction(db.sessions) as s:
         rows = s.scalars(select(Statement).where(Statement.period_id == closed.period.id)).all()
-        return {row.partner_id: signed(row) for row in rows}
+        return {row.partner_id: document_of(row) for row in rows}
 
 
 def _minor(value: Decimal, currency: str) -> int:
