@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import PathParameter, QueryParameter, RawBody
 from sqlalchemy.orm import Session
 
@@ -309,7 +310,10 @@ class SettlementAdminController(Controller):
         "/settlement/close",
         opt=admin(),
         dependencies=body(CloseRequest),
-        responses=problems(400, 403, 409, 413, 422),
+        responses={
+            **problems(400, 403, 409, 413, 422),
+            200: ResponseSpec(data_container=ClosedOut, description="Closed before."),
+        },
         sync_to_thread=True,
     )
     def close(

@@ -32,8 +32,9 @@ def _close(live: Live) -> dict[str, Any]:
 
 
 def _statement_of(closed: dict[str, Any], partner: Partner) -> dict[str, Any]:
-    (found,) = [s for s in closed["statements"] if s["partner_id"] == partner.id]
-    return found
+    found: list[dict[str, Any]] = [s for s in closed["statements"] if s["partner_id"] == partner.id]
+    assert len(found) == 1
+    return found[0]
 
 
 def _busy_partner(live: Live, currency: str = "EUR") -> tuple[Partner, str, str]:
