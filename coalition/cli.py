@@ -90,7 +90,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Verify every ledger invariant; exit 1 with a report on any violation."""
-    from coalition.check import run_checks
+    from settlement.check import run_checks
 
     rt = runtime()
     _require_schema(rt)
@@ -229,8 +229,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """A demo coalition on an empty database, with a period of traffic."""
-    from api.example import demo_lines
-    from partners.demo import run_demo
+    from cli.demo import run_demo
+    from cli.example import demo_lines
 
     rt = runtime()
     return run_demo(

@@ -323,3 +323,8 @@ def summary(session: Session, period_id: str) -> Summary:
         active_members=active_members(session, start, end),
         cross_brand=cross_brand(session, period.id),
     )
+
+
+def liability_at(session: Session, at: datetime) -> int:
+    """Outstanding points at ``at`` (postings at or before it)."""
+    return outstanding_before(session, at + timedelta(microseconds=1))

@@ -129,7 +129,20 @@ GROUP BY s.partner_id, lm.origin_partner_id
 """
 
 
-def _register_sqlite_functions(session: Session) -> None:
+def amount_sql(dialect: str, points: str, price: str, exponent: str) -> str:
+    """The line rule as an SQL expression over the given column expressions (the close's
+    arithmetic, for ``coalition check`` to recompute each line's amount)."""
+    if dialect == "sqlite":
+        return f"coalition_line_amount({points}, {price}, {exponent})"
+    x = f"(({points}) * ({price}) * POWER(10::numeric, {exponent}))"
+    return (
+        f"CAST(CASE WHEN {x} - FLOOR({x}) = 0.5 THEN FLOOR({x}) + MOD(FLOOR({x}), 2)"
+        f" ELSE ROUND({x}) END AS BIGINT)"
+    )
+
+
+def register_sqlite_functions(session: Session) -> None:
+    """Give a SQLite connection the exact line arithmetic (SQLite's numbers are floats)."""
     connection = session.connection()
     if connection.dialect.name != "sqlite":
         return
@@ -144,7 +157,7 @@ def _register_sqlite_functions(session: Session) -> None:
 
 def insert_lines(session: Session, period: Period, lower: datetime) -> None:
     """Bill the period's postings and pending adjustments on its (already inserted) statements."""
-    _register_sqlite_functions(session)
+    register_sqlite_functions(session)
     sql = _INSERT_LINES_SQLITE if session.get_bind().dialect.name == "sqlite" else _INSERT_LINES_PG
     params = {"period": period.id, "start": period.start_at, "end": period.end_at}
     session.execute(_timed(sql, "start", "end", "lower"), {**params, "lower": lower})
@@ -235,7 +248,8 @@ def _cross_brand_document(rows: Sequence[tuple[str | None, int]]) -> list[dict[s
     return [{"origin_partner_id": origin, "points": points} for origin, points in ordered]
 
 
-def _lines(session: Session, statement: Statement) -> Iterator[dict[str, Any]]:
+def lines_of(session: Session, statement: Statement) -> Iterator[dict[str, Any]]:
+    """The statement's lines as its document writes them, in order, fetched in batches."""
     result = session.execute(
         select(
             StatementLine.transaction_id,
@@ -276,7 +290,7 @@ def build_document(
     cross_brand: Sequence[tuple[str | None, int]],
 ) -> dict[str, Any]:
     """The statement's document (status ``issued``), without content hash and signature."""
-    lines = list(_lines(session, statement))
+    lines = list(lines_of(session, statement))
     assert len(lines) == totals.lines, (statement.id, len(lines), totals.lines)
     return {
         "id": statement.id,

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from coalition.check import run_checks
 from coalition.cli import main
 from coalition.db import make_engine, session_factory, transaction
 from coalition.models import Hold, Lot, LotMovement, Transaction
 from partners.models import ApiKey, Partner, RateCard
+from settlement.check import run_checks
 
 SECTIONS = (
     "Per partner: points",

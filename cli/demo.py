@@ -28,7 +28,6 @@ from decimal import ROUND_FLOOR, Decimal
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from coalition.check import liability_at, run_checks
 from coalition.config import Settings
 from coalition.db import migrate, transaction, utcnow
 from coalition.errors import CoalitionError
@@ -38,6 +37,8 @@ from partners.keys import NewKey, create_key, has_operator_key
 from partners.models import PARTNER_SCOPES, Partner, RateCard
 from partners.operations import EARN_BATCH_MAX, EarnItem, Operations
 from partners.rates import create_partner, create_rate_card
+from settlement.check import run_checks
+from settlement.reports import liability_at
 
 #: The program validity the demo runs with (the configured one is usually 36 months).
 DEMO_VALIDITY_DAYS = 30
