@@ -65,9 +65,12 @@ _PRICE = (
     " ELSE rc.issue_price_per_point END"
 )
 _BILLED = ", ".join(f"'{k}'" for k in BILLED_KINDS)
-# The period's billable postings not yet on any statement: posted in [lower, end), where
-# ``lower`` is the previous period's start, so a transaction posted before the previous cut-off
-# but committed after that close (a request in flight at the cut-off) is billed now, once.
+# The period's billable postings: those posted in [start, end) (none of which can be on a
+# statement yet: no period reaches past ``start``), and, when there is a previous period, those
+# posted in [lower, start) that are on no statement, where ``lower`` is the previous period's
+# start: a transaction posted before the previous cut-off but committed after that close (a
+# request in flight at the cut-off) is billed now, once. The two are separate statements so that
+# the "on no statement" test (an index probe per row) runs only over the small late window.
 _LINE_SOURCE = f"""
 SELECT s.id AS statement_id, t.id AS transaction_id, t.kind, t.posted_at, t.occurred_at,
        t.points, {_PRICE} AS unit_price, s.currency_exponent,
@@ -75,9 +78,10 @@ SELECT s.id AS statement_id, t.id AS transaction_id, t.kind, t.posted_at, t.occu
 FROM transactions t
 JOIN statements s ON s.partner_id = t.partner_id AND s.period_id = :period
 JOIN rate_cards rc ON rc.id = t.rate_card_id
-WHERE t.posted_at >= :lower AND t.posted_at < :end AND t.kind IN ({_BILLED})
-  AND NOT EXISTS (SELECT 1 FROM statement_lines l WHERE l.transaction_id = t.id)
+WHERE t.posted_at >= :since AND t.posted_at < :until AND t.kind IN ({_BILLED})
+  {{late}}
 """  # noqa: S608 (built from constants)
+_NOT_BILLED = "AND NOT EXISTS (SELECT 1 FROM statement_lines l WHERE l.transaction_id = t.id)"
 _LINE_COLUMNS = (
     "statement_id, transaction_id, kind, posted_at, occurred_at, points, unit_price,"
     " amount_minor, prior_period"
@@ -160,7 +164,11 @@ def insert_lines(session: Session, period: Period, lower: datetime) -> None:
     register_sqlite_functions(session)
     sql = _INSERT_LINES_SQLITE if session.get_bind().dialect.name == "sqlite" else _INSERT_LINES_PG
     params = {"period": period.id, "start": period.start_at, "end": period.end_at}
-    session.execute(_timed(sql, "start", "end", "lower"), {**params, "lower": lower})
+    current = _timed(sql.replace("{late}", ""), "start", "since", "until")
+    session.execute(current, {**params, "since": period.start_at, "until": period.end_at})
+    if lower < period.start_at:
+        late = _timed(sql.replace("{late}", _NOT_BILLED), "start", "since", "until")
+        session.execute(late, {**params, "since": lower, "until": period.start_at})
     session.execute(_timed(_INSERT_ADJUSTMENTS, "start", "end"), params)
 
 

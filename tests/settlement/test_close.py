@@ -157,3 +157,26 @@ def test_a_posting_after_the_close_changes_no_issued_statement_and_lands_in_the_
     assert [(line["transaction_id"], line["prior_period"]) for line in lines] == [(late.id, True)]
     assert documents(db, first)[partner.id]["content_sha256"] == issued_hash
     db.assert_ledger_ok()
+
+
+def test_a_request_in_flight_at_the_cut_off_that_commits_after_the_close_is_billed_next(
+    db: Db,
+) -> None:
+    partner = db.partner("EUR")
+    member = db.member()
+    db.clock.advance(hours=1)
+    cut_off = db.clock()
+    db.clock.advance(seconds=5)
+    first = close_at(db, cut_off)
+    assert documents(db, first)[partner.id]["lines"] == []
+    db.clock.now = cut_off - timedelta(milliseconds=3)  # its posted_at was taken before the cut-off
+    late = db.ops.earn(
+        partner.id, member_id=member, reference=ref(), amount="4", currency="EUR"
+    ).transaction
+    db.clock.advance(hours=2)
+    second = close_at(db, db.clock())
+    lines = documents(db, second)[partner.id]["lines"]
+    assert [(line["transaction_id"], line["prior_period"]) for line in lines] == [(late.id, True)]
+    third = close_at(db, db.clock() + timedelta(seconds=0))
+    assert third.period.id == second.period.id
+    db.assert_ledger_ok()
