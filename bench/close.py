@@ -81,7 +81,7 @@ _GENERATE = [
               CASE WHEN g % 100 < 78 THEN 'earn' WHEN g % 100 < 94 THEN 'burn'
                    WHEN g % 100 < 97 THEN 'earn_reversal' WHEN g % 100 < 99 THEN 'burn_reversal'
                    ELSE 'bonus' END,
-              bp.id, 'mem_bench' || (1 + g % :members), 'ref-' || g, 1 + (g * 7919) % 2500,
+              bp.id, 'mem_bench' || (1 + g % :members), 'ref-' || g, 1 + (g::bigint * 7919) % 2500,
               NULL, NULL, bp.card,
               :start + (g::float8 / :size) * (:end - :start) - interval '5 minutes' * (g % 3),
               :start + (g::float8 / :size) * (:end - :start), 0, 0
