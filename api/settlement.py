@@ -5,13 +5,13 @@ reports (``/v1/admin``). Each handler maps HTTP to one call of :mod:`settlement`
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import PathParameter, QueryParameter, RawBody
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.auth import admin, partner, principal_of, signed
@@ -49,7 +49,7 @@ from settlement import reports, workflow
 from settlement.canonical import csv_export, json_export
 from settlement.close import close_in
 from settlement.models import Dispute, Period, Statement
-from settlement.statements import document_of, rfc3339
+from settlement.statements import document_of, rfc3339, totals_of
 
 PathId = Annotated[str, PathParameter(min_length=1, max_length=64)]
 Limit = Annotated[int, QueryParameter(ge=1, le=500)]
@@ -65,24 +65,21 @@ def actor_of(principal: Principal) -> workflow.Actor:
     return workflow.Actor(principal.key_id, principal.role, principal.partner_id)
 
 
-def _period_ref(period: Period | None, document: dict[str, Any]) -> PeriodRef:
-    if period is not None:
-        return PeriodRef(period.id, rfc3339(period.start_at), rfc3339(period.end_at))
-    return msgspec.convert(document["period"], PeriodRef)
+def _period_ref(period: Period) -> PeriodRef:
+    return PeriodRef(period.id, rfc3339(period.start_at), rfc3339(period.end_at))
 
 
-def summary_out(statement: Statement) -> StatementSummary:
-    """A statement without its lines."""
-    assert statement.document is not None and statement.issued_sha256 is not None
-    document = json.loads(statement.document)
+def summary_out(statement: Statement, period: Period) -> StatementSummary:
+    """A statement without its lines (from its columns: its document is not read)."""
+    assert statement.issued_sha256 is not None and statement.period_id == period.id
     return StatementSummary(
         id=statement.id,
         partner_id=statement.partner_id,
-        period=_period_ref(None, document),
+        period=_period_ref(period),
         currency=statement.currency,
         status=statement.status,  # type: ignore[arg-type]
         lines=statement.line_count,
-        totals=msgspec.convert(document["totals"], StatementTotals),
+        totals=msgspec.convert(totals_of(statement).document(statement.currency), StatementTotals),
         issued_at=statement.issued_at,
         content_sha256=statement.content_sha256 or "",
         issued_sha256=statement.issued_sha256,
@@ -142,10 +139,16 @@ def _export(statement: Statement, format: str) -> Response[bytes]:
     )
 
 
+def _summary_in(session: Session, statement: Statement) -> StatementSummary:
+    return summary_out(statement, reports.get_period(session, statement.period_id))
+
+
 def _page(services: Services, **query: Any) -> StatementPage:
     with transaction(services.sessions) as s:
         page = workflow.list_statements(s, **query)
-        data = [summary_out(row) for row in page.rows]
+        ids = {row.period_id for row in page.rows}
+        periods = {p.id: p for p in s.scalars(select(Period).where(Period.id.in_(ids)))}
+        data = [summary_out(row, periods[row.period_id]) for row in page.rows]
     return StatementPage(data=data, has_more=page.has_more, next_cursor=encode_cursor(page.last_id))
 
 
@@ -243,7 +246,7 @@ class StatementsController(Controller):
                 secret_key=services.settings.secret_key,
                 now=services.clock(),
             )
-            return 200, summary_out(done)
+            return 200, _summary_in(session, done)
 
         return run_idempotent(request, services, principal, body, run)
 
@@ -341,7 +344,7 @@ class SettlementAdminController(Controller):
             out = ClosedOut(
                 period=period_out(closed.period),
                 created=closed.created,
-                statements=[summary_out(s) for s in closed.statements],
+                statements=[summary_out(s, closed.period) for s in closed.statements],
             )
             return (201 if closed.created else 200), out
 
@@ -457,7 +460,7 @@ class SettlementAdminController(Controller):
                 secret_key=services.settings.secret_key,
                 now=services.clock(),
             )
-            return 200, summary_out(done)
+            return 200, _summary_in(session, done)
 
         return run_idempotent(request, services, principal, body, run)
 
@@ -557,7 +560,7 @@ class SettlementAdminController(Controller):
             period = reports.get_period(s, period_id)
             matrix = reports.cross_brand(s, period_id).document()
             return CrossBrandReport(
-                period=_period_ref(period, {}),
+                period=_period_ref(period),
                 cells=[msgspec.convert(c, CrossBrandCell) for c in matrix["cells"]],
                 redeemed_points=matrix["redeemed_points"],
                 cross_brand_points=matrix["cross_brand_points"],

@@ -30,11 +30,11 @@ from settlement.reports import liability
 from settlement.signing import public_keys
 from settlement.statements import (
     BILLED_KINDS,
-    Totals,
     amount_sql,
     document_of,
     lines_of,
     register_sqlite_functions,
+    totals_of,
 )
 
 #: Moments between the first and the last posting at which invariant 4 is checked.
@@ -147,17 +147,7 @@ def _documents(session: Session) -> list[str]:
         if content_sha256(canonical_json(issued)) != statement.issued_sha256:
             problems.append(f"issued statement changed (issued_sha256): {statement.id}")
             continue
-        totals = Totals(
-            lines=statement.line_count,
-            issued_points=statement.issued_points,
-            issued_minor=statement.issued_minor,
-            earn_reversed_minor=statement.earn_reversed_minor,
-            redeemed_points=statement.redeemed_points,
-            reimbursed_minor=statement.reimbursed_minor,
-            burn_reversed_minor=statement.burn_reversed_minor,
-            adjustments_minor=statement.adjustments_minor,
-        )
-        if document["totals"] != totals.document(statement.currency):
+        if document["totals"] != totals_of(statement).document(statement.currency):
             problems.append(f"document totals != stored totals: {statement.id}")
         elif document["lines"] != list(lines_of(session, statement)):
             problems.append(f"document lines != stored lines: {statement.id}")

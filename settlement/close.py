@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from coalition.config import Settings
 from coalition.db import transaction
@@ -76,6 +76,7 @@ def statements_of(session: Session, period_id: str) -> list[Statement]:
             select(Statement)
             .where(Statement.period_id == period_id)
             .order_by(Statement.partner_id)
+            .options(defer(Statement.document))
             .execution_options(populate_existing=True)
         )
     )

@@ -117,7 +117,14 @@ class StatementLine(Base):
             name="amount_positive",
         ),
         Index("uq_statement_lines_transaction", "transaction_id", unique=True),
-        Index("uq_statement_lines_dispute", "dispute_id", unique=True),
+        # Partial: almost every line has no dispute, and the close should not index nothing.
+        Index(
+            "uq_statement_lines_dispute",
+            "dispute_id",
+            unique=True,
+            postgresql_where=text("dispute_id IS NOT NULL"),
+            sqlite_where=text("dispute_id IS NOT NULL"),
+        ),
         Index("ix_statement_lines_statement", "statement_id", "posted_at"),
     )
 

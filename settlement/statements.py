@@ -15,7 +15,7 @@ on SQLite, whose numbers are floats, the Python function registered on the conne
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from coalition.db import UTCDateTime
 from coalition.money import format_amount
-from settlement.canonical import canonical_json, content_sha256, signed_document
+from settlement.canonical import b64url, canonical_json, content_sha256, signed_document
 from settlement.models import Period, Statement, StatementLine
 from settlement.signing import Signer
 
@@ -234,6 +234,20 @@ class Totals:
         }
 
 
+def totals_of(statement: Statement) -> Totals:
+    """An issued statement's totals, from its stored columns."""
+    return Totals(
+        lines=statement.line_count,
+        issued_points=statement.issued_points,
+        issued_minor=statement.issued_minor,
+        earn_reversed_minor=statement.earn_reversed_minor,
+        redeemed_points=statement.redeemed_points,
+        reimbursed_minor=statement.reimbursed_minor,
+        burn_reversed_minor=statement.burn_reversed_minor,
+        adjustments_minor=statement.adjustments_minor,
+    )
+
+
 def period_totals(session: Session, period_id: str) -> dict[str, Totals]:
     """Totals of each statement of the period that has lines (one ``GROUP BY``)."""
     totals: dict[str, Totals] = {}
@@ -256,6 +270,19 @@ def _cross_brand_document(rows: Sequence[tuple[str | None, int]]) -> list[dict[s
     return [{"origin_partner_id": origin, "points": points} for origin, points in ordered]
 
 
+def _amount_writer(exponent: int) -> Callable[[int], str]:
+    """:func:`coalition.money.format_amount` for one exponent, in integer arithmetic."""
+    if exponent == 0:
+        return str
+    scale = 10**exponent
+
+    def write(minor: int) -> str:
+        whole, fraction = divmod(abs(minor), scale)
+        return f"{'-' if minor < 0 else ''}{whole}.{fraction:0{exponent}d}"
+
+    return write
+
+
 def lines_of(session: Session, statement: Statement) -> Iterator[dict[str, Any]]:
     """The statement's lines as its document writes them, in order, fetched in batches."""
     result = session.execute(
@@ -274,15 +301,21 @@ def lines_of(session: Session, statement: Statement) -> Iterator[dict[str, Any]]
         .order_by(StatementLine.posted_at, StatementLine.id),
         execution_options={"yield_per": LINE_FETCH},
     )
+    # A statement has few distinct prices: each is written once (the hot loop of the close).
+    prices: dict[Decimal | None, str | None] = {}
+    amount_text = _amount_writer(statement.currency_exponent)
     for txn, dispute, kind, posted, occurred, points, price, amount, prior in result:
+        written = prices.get(price)
+        if written is None:
+            written = prices[price] = price_text(price)
         line: dict[str, Any] = {
             "transaction_id": txn,
             "kind": kind,
             "posted_at": rfc3339(posted),
             "occurred_at": rfc3339(occurred),
             "points": int(points),
-            "unit_price": price_text(price),
-            "amount": format_amount(int(amount), statement.currency),
+            "unit_price": written,
+            "amount": amount_text(int(amount)),
             "prior_period": bool(prior),
         }
         if kind == "adjustment":
@@ -326,7 +359,7 @@ def issue(
     """Write the statement's totals, its issued hash and its signed document (once)."""
     canonical = canonical_json(document)
     digest = content_sha256(canonical)
-    signed = signed_document(document, signer.kid, signer.sign(canonical))
+    signature = b64url(signer.sign(canonical))
     session.execute(
         update(Statement)
         .where(Statement.id == statement.id, Statement.issued_sha256.is_(None))
@@ -345,7 +378,7 @@ def issue(
             document=canonical.decode("utf-8"),
             content_sha256=digest,
             signing_kid=signer.kid,
-            signature=signed["signature"]["value"],
+            signature=signature,
         )
         .execution_options(synchronize_session=False)
     )

@@ -240,7 +240,14 @@ def upgrade() -> None:
         ["statement_id", "posted_at"],
         unique=False,
     )
-    op.create_index("uq_statement_lines_dispute", "statement_lines", ["dispute_id"], unique=True)
+    op.create_index(
+        "uq_statement_lines_dispute",
+        "statement_lines",
+        ["dispute_id"],
+        unique=True,
+        postgresql_where=sa.text("dispute_id IS NOT NULL"),
+        sqlite_where=sa.text("dispute_id IS NOT NULL"),
+    )
     op.create_index(
         "uq_statement_lines_transaction", "statement_lines", ["transaction_id"], unique=True
     )
