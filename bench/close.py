@@ -22,13 +22,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Engine, event, text
 
 from bench.postgres import scratch_database, server_url
 from coalition.config import Settings
 from coalition.db import make_engine, migrate, session_factory, transaction
 from partners.rates import create_partner, create_rate_card
-from settlement.close import close
+from settlement.close import close, close_in
 
 PARTNERS = 50
 MEMBERS = 20_000
@@ -117,7 +117,27 @@ def _generate(url: str, size: int) -> float:
     return time.perf_counter() - started
 
 
-def _measure(url: str, out: Any) -> None:
+def _time_in_sql(engine: Engine) -> tuple[list[float], list[tuple[float, str]]]:
+    """Seconds spent waiting for statements (cursor execute) from now on: ([total], and the
+    statements that took longer than a second, with their first words)."""
+    spent = [0.0]
+    slow: list[tuple[float, str]] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def before(conn: Any, *_: Any) -> None:
+        conn.info["bench_started"] = time.perf_counter()
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def after(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        took = time.perf_counter() - conn.info.pop("bench_started")
+        spent[0] += took
+        if took > 1:
+            slow.append((round(took, 2), " ".join(statement.split())[:90]))
+
+    return spent, slow
+
+
+def _measure(url: str, out: Any, memory: bool) -> None:
     """In a fresh child: the bare GROUP BY, then the close with its peak memory."""
     engine = make_engine(url)
     sessions = session_factory(engine)
@@ -126,20 +146,29 @@ def _measure(url: str, out: Any) -> None:
         rows = conn.execute(text(_BARE), {"start": START, "end": END}).all()
         bare_s = time.perf_counter() - started
     rss_before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    tracemalloc.start()
-    started = time.perf_counter()
     settings = Settings(secret_key=b"b" * 32)
-    closed = close(
-        sessions,
-        secret_key=settings.secret_key,
-        cycle="monthly",
-        tz=settings.tz,
-        now=END + timedelta(hours=1),
-        cut_off=END,
-    )
+    arguments: dict[str, Any] = {
+        "secret_key": settings.secret_key,
+        "cycle": "monthly",
+        "tz": settings.tz,
+        "now": END + timedelta(hours=1),
+        "cut_off": END,
+    }
+    # First the memory, under tracemalloc (which slows Python down), in a transaction that is
+    # rolled back; then the time, without it, committed.
+    peak = 0
+    if memory:
+        tracemalloc.start()
+        with sessions() as session:
+            session.begin()
+            close_in(session, **arguments)
+            session.rollback()
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    in_sql, slow = _time_in_sql(engine)
+    started = time.perf_counter()
+    closed = close(sessions, **arguments)
     close_s = time.perf_counter() - started
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
     with transaction(sessions) as s:
         lines = s.scalar(text("SELECT COUNT(*) FROM statement_lines")) or 0
         largest = s.scalar(text("SELECT MAX(LENGTH(document)) FROM statements")) or 0
@@ -149,10 +178,12 @@ def _measure(url: str, out: Any) -> None:
             "bare_group_by_s": round(bare_s, 3),
             "bare_groups": len(rows),
             "close_s": round(close_s, 3),
+            "close_in_sql_s": round(in_sql[0], 3),
+            "slow_statements": slow,
             "ratio_close_to_bare": round(close_s / bare_s, 2) if bare_s else None,
             "statements": len(closed.statements),
             "lines": int(lines),
-            "close_peak_python_heap_mb": round(peak / 2**20, 1),
+            "close_peak_python_heap_mb": round(peak / 2**20, 1) if memory else None,
             "largest_statement_document_mb": round(int(largest) / 2**20, 1),
             "rss_before_close_mb": round(rss_before_kb / 1024, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -160,7 +191,7 @@ def _measure(url: str, out: Any) -> None:
     )
 
 
-def run(size: int) -> dict[str, Any]:
+def run(size: int, *, memory: bool = True) -> dict[str, Any]:
     """Generate a period of ``size`` transactions and measure its close."""
     base = server_url()
     with scratch_database(base, f"coalition_bench_close_{size}") as url:
@@ -171,7 +202,7 @@ def run(size: int) -> dict[str, Any]:
         _say(f"  generated in {generate_s:.1f} s; measuring ...")
         context = multiprocessing.get_context("spawn")
         out = context.Queue()
-        child = context.Process(target=_measure, args=(full, out))
+        child = context.Process(target=_measure, args=(full, out, memory))
         child.start()
         result: dict[str, Any] = out.get(timeout=3600)
         child.join(timeout=60)
@@ -184,10 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.close", description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the (slower) traced-memory run"
+    )
     args = parser.parse_args(argv)
     results = []
     for size in args.sizes:
-        result = run(size)
+        result = run(size, memory=not args.no_memory)
         print(json.dumps(result), flush=True)
         results.append(result)
     args.output.write_text(json.dumps({"close": results}, indent=2) + "\n")
