@@ -45,7 +45,6 @@ from api.views import (
     rate_card_out,
     transaction_out,
 )
-from coalition.check import liability
 from coalition.db import transaction
 from partners.keys import create_key, list_keys, revoke_key
 from partners.queries import list_partners
@@ -56,6 +55,7 @@ from partners.rates import (
     list_rate_cards,
     update_partner,
 )
+from settlement.reports import liability
 
 PathId = Annotated[str, PathParameter(min_length=1, max_length=64)]
 

@@ -26,10 +26,13 @@ from api.docs import COMPONENTS, StrictStructSchemaPlugin, problems
 from api.partner import PartnerController
 from api.problems import EXCEPTION_HANDLERS, add_request_id, describe_problem
 from api.runtime import STATE_KEY, Services, services_of
+from api.settlement import SettlementAdminController, StatementsController
 from api.structs import Health, SigningKey
 from coalition.config import Settings, load_settings
-from coalition.db import utcnow
+from coalition.db import transaction, utcnow
 from coalition.errors import Unavailable
+from settlement.canonical import b64url
+from settlement.signing import public_keys
 
 log = logging.getLogger("coalition.api")
 
@@ -71,10 +74,16 @@ def health(request: Request[Any, Any, Any]) -> Health:
     return Health(status="ok", database="ok")
 
 
-@get("/v1/signing-keys", tags=["service"], sync_to_thread=False, security=[])
-def signing_keys() -> list[SigningKey]:
-    """The operator's statement-signing public keys (Ed25519, raw, base64url)."""
-    return []
+@get("/v1/signing-keys", tags=["service"], sync_to_thread=True, security=[])
+def signing_keys(request: Request[Any, Any, Any]) -> list[SigningKey]:
+    """The operator's statement-signing public keys (Ed25519, raw, base64url), the one that
+    signs now first; older keys stay so that every statement they signed verifies."""
+    services = services_of(request.app.state)
+    with transaction(services.sessions) as s:
+        return [
+            SigningKey(kid=k.kid, alg="ed25519", public_key=b64url(k.public_key))
+            for k in public_keys(s)
+        ]
 
 
 def create_app(
@@ -90,6 +99,8 @@ def create_app(
         route_handlers=[
             PartnerController,
             AdminController,
+            StatementsController,
+            SettlementAdminController,
             health,
             signing_keys,
             describe_problem,

@@ -22,13 +22,13 @@ from api.structs import (
     RateCardOut,
     TransactionOut,
 )
-from coalition.check import Liability
 from coalition.errors import ValidationFailed
 from coalition.models import Hold, Transaction
 from coalition.money import format_amount
 from partners.keys import NewKey
 from partners.models import ApiKey, Partner, RateCard
 from partners.operations import Balance
+from settlement.reports import Liability
 
 
 def transaction_out(txn: Transaction) -> TransactionOut:
@@ -147,14 +147,14 @@ def liability_out(report: Liability) -> LiabilityReport:
     return LiabilityReport(
         as_of=report.at,
         outstanding_points=report.outstanding_points,
-        issued_points=report.issued_points,
-        earned_points=report.earned_points,
-        bonus_points=report.bonus_points,
-        earn_reversed_points=report.earn_reversed_points,
-        redeemed_points=report.redeemed_points,
-        burn_reversed_points=report.burn_reversed_points,
-        expired_points=report.expired_points,
-        adjusted_points=report.adjusted_points,
+        issued_points=report.flows.issued_points,
+        earned_points=report.flows.earned_points,
+        bonus_points=report.flows.bonus_points,
+        earn_reversed_points=report.flows.earn_reversed_points,
+        redeemed_points=report.flows.redeemed_points,
+        burn_reversed_points=report.flows.burn_reversed_points,
+        expired_points=report.flows.expired_points,
+        adjusted_points=report.flows.adjusted_points,
     )
 
 

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cli.demo import demo
 from coalition.config import Settings
 from coalition.db import make_engine, session_factory
-from partners.demo import demo
 
 REPO = Path(__file__).resolve().parent.parent
 

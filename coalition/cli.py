@@ -52,10 +52,12 @@ def _require_schema(rt: Runtime) -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     """Create or upgrade the schema; create the first operator key when there is none."""
     from partners.keys import create_key, has_operator_key
+    from settlement.signing import ensure_key
 
     rt = runtime()
     before, after = migrate(rt.engine)
     with transaction(rt.sessions) as session:
+        ensure_key(session, secret_key=rt.settings.secret_key, now=utcnow())
         new = None
         if not has_operator_key(session):
             new = create_key(
@@ -88,7 +90,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Verify every ledger invariant; exit 1 with a report on any violation."""
-    from coalition.check import run_checks
+    from settlement.check import run_checks
 
     rt = runtime()
     _require_schema(rt)
@@ -133,7 +135,15 @@ def jobs(rt: Runtime) -> list[object]:
         Job("points-expiry", ops.expire_points, every_s=60),
         Job("idempotency-purge", lambda: purge_idempotency_keys(rt), every_s=600),
         Job("nonce-purge", lambda: purge_request_nonces(rt), every_s=60),
+        Job("settlement-close", lambda: close_due_period(rt), every_s=60),
     ]
+
+
+def close_due_period(rt: Runtime) -> int:
+    """Close the period at the latest scheduled cut-off once it has passed; statements issued."""
+    from settlement.close import close_due
+
+    return close_due(rt.sessions, rt.settings, utcnow())
 
 
 def purge_request_nonces(rt: Runtime) -> int:
@@ -228,8 +238,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """A demo coalition on an empty database, with a period of traffic."""
-    from api.example import demo_lines
-    from partners.demo import run_demo
+    from cli.demo import run_demo
+    from cli.example import demo_lines
 
     rt = runtime()
     return run_demo(
@@ -240,6 +250,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
         members=args.members,
         describe_api=demo_lines,
     )
+
+
+def cmd_rotate_signing_key(_args: argparse.Namespace) -> int:
+    """Make a new statement-signing key the one that signs; old public keys stay published."""
+    from settlement.signing import rotate
+
+    rt = runtime()
+    _require_schema(rt)
+    with transaction(rt.sessions) as session:
+        key = rotate(session, secret_key=rt.settings.secret_key, now=utcnow())
+    print(f"statement-signing key {key.kid} (generation {key.generation}) now signs;")
+    print("earlier keys stay published at GET /v1/signing-keys")
+    return 0
+
+
+def cmd_verify_statement(args: argparse.Namespace) -> int:
+    """Verify a statement export offline: exit 0 when its hash and signature hold, else 1."""
+    from pathlib import Path
+
+    from settlement.canonical import ExportError, parse_export, parse_keys, verify_document
+
+    try:
+        data = Path(args.file).read_bytes()
+        document = parse_export(data)
+        if args.keys:
+            keys = parse_keys(Path(args.keys).read_bytes())
+            source = args.keys
+        else:
+            keys, source = _database_signing_keys()
+    except (OSError, ExportError) as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    verdict = verify_document(document, keys)
+    if verdict.ok:
+        print(f"OK: statement {document.get('id')}: {verdict.reason} (keys from {source})")
+        return 0
+    print(f"FAILED: statement {document.get('id')}: {verdict.reason}", file=sys.stderr)
+    return 1
+
+
+def _database_signing_keys() -> tuple[dict[str, bytes], str]:
+    from settlement.signing import public_keys
+
+    rt = runtime()
+    _require_schema(rt)
+    with transaction(rt.sessions) as session:
+        keys = {k.kid: k.public_key for k in public_keys(session)}
+    return keys, rt.engine.url.render_as_string(hide_password=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,6 +326,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     demo.add_argument("--members", type=int, default=400, help="members (default 400)")
     demo.set_defaults(func=cmd_demo)
+    statements = sub.add_parser("statements", help="settlement statements")
+    statements_sub = statements.add_subparsers(dest="statements_command", required=True)
+    verify = statements_sub.add_parser(
+        "verify", help="verify a statement export (JSON or CSV) offline: hash and signature"
+    )
+    verify.add_argument("file", help="the export (.json or .csv)")
+    verify.add_argument(
+        "--keys", help="a saved answer of GET /v1/signing-keys (default: the database's keys)"
+    )
+    verify.set_defaults(func=cmd_verify_statement)
+    signing = sub.add_parser("signing-keys", help="the statement-signing keys")
+    signing_sub = signing.add_subparsers(dest="signing_command", required=True)
+    rotate = signing_sub.add_parser("rotate", help="make a new key the one that signs")
+    rotate.set_defaults(func=cmd_rotate_signing_key)
     return parser
 
 

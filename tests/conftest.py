@@ -28,12 +28,13 @@ import pytest
 from sqlalchemy import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from coalition.check import Finding, run_checks
+from coalition.check import Finding
 from coalition.config import Settings
 from coalition.db import MIGRATIONS_DIR, make_engine, migrate, session_factory, transaction
 from partners.models import Partner, RateCard
 from partners.operations import Operations
 from partners.rates import create_partner, create_rate_card
+from settlement.check import run_checks
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/coalition_test"
 PG_URL = os.environ.get("COALITION_TEST_DATABASE_URL", DEFAULT_PG)

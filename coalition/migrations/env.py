@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 import coalition.idempotency
 import coalition.models
 import partners.models  # noqa: F401  (registers the partners' tables on the metadata)
+import settlement.models  # noqa: F401  (the settlement tables)
 from coalition.db import Base
 
 engine: Engine = context.config.attributes["engine"]

@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from api.example import signed_example_script
+from cli.example import signed_example_script
 from tests.api.conftest import Live
 
 

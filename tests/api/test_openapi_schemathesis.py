@@ -56,6 +56,23 @@ OPERATIONS = [
     "POST /v1/admin/bonuses",
     "POST /v1/admin/adjustments",
     "GET /v1/admin/reports/liability",
+    "GET /v1/statements",
+    "GET /v1/statements/{statement_id}",
+    "GET /v1/statements/{statement_id}/export",
+    "POST /v1/statements/{statement_id}/acknowledge",
+    "GET /v1/statements/{statement_id}/disputes",
+    "POST /v1/statements/{statement_id}/disputes",
+    "POST /v1/admin/settlement/close",
+    "GET /v1/admin/statements",
+    "GET /v1/admin/statements/{statement_id}",
+    "GET /v1/admin/statements/{statement_id}/export",
+    "GET /v1/admin/statements/{statement_id}/events",
+    "GET /v1/admin/statements/{statement_id}/disputes",
+    "POST /v1/admin/statements/{statement_id}/settle",
+    "POST /v1/admin/disputes/{dispute_id}/resolve",
+    "GET /v1/admin/periods",
+    "GET /v1/admin/periods/{period_id}/summary",
+    "GET /v1/admin/reports/cross-brand",
 ]
 
 

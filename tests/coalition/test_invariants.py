@@ -22,7 +22,6 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from coalition.check import liability_at
 from coalition.cli import main
 from coalition.db import transaction
 from coalition.ids import new_id
@@ -37,6 +36,7 @@ from coalition.models import (
     Transaction,
 )
 from partners.models import Partner
+from settlement.reports import liability_at
 from tests.conftest import Db
 
 SECRET = base64.urlsafe_b64encode(b"s" * 32).decode().rstrip("=")

@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from coalition.check import liability_at
 from coalition.errors import InsufficientPoints
 from coalition.models import OPERATOR_ACCOUNTS, Lot, LotMovement, Member, Posting, Transaction
+from settlement.reports import liability_at
 from tests.conftest import Db
 
 

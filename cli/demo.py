@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import json
 import random
 import time
 from collections import Counter, deque
@@ -24,20 +25,27 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
+from pathlib import Path
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from coalition.check import liability_at, run_checks
 from coalition.config import Settings
 from coalition.db import migrate, transaction, utcnow
 from coalition.errors import CoalitionError
-from coalition.models import OPERATOR_ACCOUNTS, Lot, LotMovement, Member, Posting, Transaction
-from coalition.money import format_amount, quantum, round_money
+from coalition.models import Member, Transaction
+from coalition.money import quantum
 from partners.keys import NewKey, create_key, has_operator_key
 from partners.models import PARTNER_SCOPES, Partner, RateCard
 from partners.operations import EARN_BATCH_MAX, EarnItem, Operations
 from partners.rates import create_partner, create_rate_card
+from settlement import reports
+from settlement.canonical import b64url, csv_export, json_export, parse_export, verify_document
+from settlement.check import run_checks
+from settlement.close import close, statements_of
+from settlement.reports import liability_at
+from settlement.signing import public_keys
+from settlement.statements import document_of
 
 #: The program validity the demo runs with (the configured one is usually 36 months).
 DEMO_VALIDITY_DAYS = 30
@@ -231,6 +239,9 @@ def demo(
     with transaction(sessions) as s:
         for line in _summary(s, sim, end):
             echo(line)
+    settlement_lines, settled_ok = _settlement(settings, sessions, sim, end)
+    for line in settlement_lines:
+        echo(line)
     operations, errors = sim.operation_count(), sum(sim.errors.values())
     echo("")
     echo(
@@ -252,7 +263,7 @@ def demo(
         echo(f"  [{'ok' if finding.ok else 'VIOLATED'}] {finding.invariant}. {finding.name}")
         for violation in finding.violations:
             echo(f"        {violation}")
-    ok = all(f.ok for f in findings)
+    ok = all(f.ok for f in findings) and settled_ok
     elapsed_s = time.perf_counter() - started
     echo("")
     echo(
@@ -884,125 +895,61 @@ def _cell(value: object) -> str:
 
 
 @dataclass(slots=True)
-class _PartnerTotals:
-    earn_points: int = 0
-    bonus_points: int = 0
-    burn_points: int = 0
+class _PartnerPoints:
+    issued: int = 0
+    redeemed: int = 0
     earn_reversed: int = 0
     burn_reversed: int = 0
-    spend_minor: int = 0
-    burn_value_minor: int = 0
-    billed: Decimal = Decimal(0)
-    reimbursed: Decimal = Decimal(0)
-    billed_back: Decimal = Decimal(0)
-    reimbursed_back: Decimal = Decimal(0)
 
 
-def _partner_totals(s: Session) -> dict[str, _PartnerTotals]:
-    cards = {c.id: c for c in s.scalars(select(RateCard))}
+def _partner_points(s: Session) -> dict[str, _PartnerPoints]:
+    """Points by partner and kind (the money is the statements')."""
+    totals: dict[str, _PartnerPoints] = {}
     rows = s.execute(
-        select(
-            Transaction.partner_id,
-            Transaction.kind,
-            Transaction.rate_card_id,
-            func.sum(Transaction.points),
-            func.coalesce(func.sum(Transaction.amount_minor), 0),
-        )
+        select(Transaction.partner_id, Transaction.kind, func.sum(Transaction.points))
         .where(Transaction.partner_id.is_not(None))
-        .group_by(Transaction.partner_id, Transaction.kind, Transaction.rate_card_id)
+        .group_by(Transaction.partner_id, Transaction.kind)
     ).all()
-    totals: dict[str, _PartnerTotals] = {}
-    for partner_id, kind, card_id, points_sum, amount_sum in rows:
-        assert partner_id is not None and card_id is not None
-        t = totals.setdefault(partner_id, _PartnerTotals())
-        card = cards[card_id]
-        points, amount_minor = int(points_sum or 0), int(amount_sum or 0)
-        if kind == "earn":
-            t.earn_points += points
-            t.spend_minor += amount_minor
-            t.billed += points * card.issue_price_per_point
-        elif kind == "bonus":
-            t.bonus_points += points
-            t.billed += points * card.issue_price_per_point
+    for partner_id, kind, points in rows:
+        assert partner_id is not None
+        t = totals.setdefault(partner_id, _PartnerPoints())
+        if kind in ("earn", "bonus"):
+            t.issued += int(points)
         elif kind == "burn":
-            t.burn_points += points
-            t.burn_value_minor += amount_minor
-            t.reimbursed += points * card.reimburse_price_per_point
+            t.redeemed += int(points)
         elif kind == "earn_reversal":
-            t.earn_reversed += points
-            t.billed_back += points * card.issue_price_per_point
+            t.earn_reversed += int(points)
         elif kind == "burn_reversal":
-            t.burn_reversed += points
-            t.reimbursed_back += points * card.reimburse_price_per_point
+            t.burn_reversed += int(points)
     return totals
 
 
 def _summary(s: Session, sim: _Simulation, end: datetime) -> list[str]:
     partners = {p.id: p for p in s.scalars(select(Partner).order_by(Partner.created_at))}
     slug = {sim.partners[spec.slug].id: spec.slug for spec in PARTNERS}
-    totals = _partner_totals(s)
+    totals = _partner_points(s)
     lines = ["", "Per partner: points"]
     point_rows = []
-    money_rows = []
     for pid, partner in partners.items():
-        t = totals.get(pid, _PartnerTotals())
-        cur = partner.currency
+        t = totals.get(pid, _PartnerPoints())
         point_rows.append(
-            [f"{slug[pid]} ({partner.name})", cur, t.earn_points + t.bonus_points,
-             t.burn_points, t.earn_reversed, t.burn_reversed]
-        )  # fmt: skip
-        net = t.reimbursed - t.reimbursed_back - t.billed + t.billed_back
-        money_rows.append(
-            [slug[pid], cur, format_amount(t.spend_minor, cur),
-             format_amount(t.burn_value_minor, cur), round_money(t.billed - t.billed_back, cur),
-             round_money(t.reimbursed - t.reimbursed_back, cur), round_money(net, cur)]
+            [f"{slug[pid]} ({partner.name})", partner.currency, t.issued, t.redeemed,
+             t.earn_reversed, t.burn_reversed]
         )  # fmt: skip
     lines += _table(
         ["partner", "currency", "issued", "redeemed", "earn reversed", "burn reversed"],
         point_rows,
     )
-    lines += ["", "Per partner: money, in the partner's currency (before statement rounding)"]
-    lines += _table(
-        ["partner", "cur", "spend that earned", "paid with points", "billed for points",
-         "reimbursed", "net (+ operator pays)"],
-        money_rows,
-    )  # fmt: skip
     lines += _coalition_lines(s, sim, end)
-    lines += _cross_brand_lines(s, partners, slug)
     return lines
 
 
 def _coalition_lines(s: Session, sim: _Simulation, end: datetime) -> list[str]:
-    by_kind = {
-        kind: int(points)
-        for kind, points in s.execute(
-            select(Transaction.kind, func.sum(Transaction.points)).group_by(Transaction.kind)
-        )
-    }
-    adjust_account = OPERATOR_ACCOUNTS["operator_adjustment"]
-    adjustments = -int(
-        s.scalar(
-            select(func.coalesce(func.sum(Posting.points), 0)).where(
-                Posting.account_id == adjust_account
-            )
-        )
-        or 0
-    )
-    earned, bonus = by_kind.get("earn", 0), by_kind.get("bonus", 0)
-    redeemed, expired = by_kind.get("burn", 0), by_kind.get("expiry", 0)
-    earn_rev, burn_rev = by_kind.get("earn_reversal", 0), by_kind.get("burn_reversal", 0)
+    flows = reports.flows(s, None, end)
     liability = liability_at(s, end)
-    issued = earned + bonus
+    issued = flows.issued_points
     members = s.scalar(select(func.count()).select_from(Member)) or 0
-    active = (
-        s.scalar(
-            select(func.count(func.distinct(Transaction.member_id))).where(
-                Transaction.occurred_at >= end - timedelta(days=30),
-                Transaction.kind.in_(("earn", "burn")),
-            )
-        )
-        or 0
-    )
+    active = reports.active_members(s, end - timedelta(days=30), end)
     negative = s.scalar(select(func.count()).select_from(Member).where(Member.balance < 0)) or 0
     tiers = dict(
         s.execute(
@@ -1011,26 +958,23 @@ def _coalition_lines(s: Session, sim: _Simulation, end: datetime) -> list[str]:
             .group_by(Transaction.tier)
         ).all()
     )
-    breakage = f"{expired / issued:.1%}" if issued else "-"
+    breakage = reports.share(flows.expired_points, issued)
     return [
         "",
         "Coalition",
         *_table(
             ["points", "total"],
             [
-                ["issued by earns", earned],
-                ["issued as bonuses (partner- and coalition-funded)", bonus],
-                ["redeemed (burns and captures)", redeemed],
-                [f"expired (breakage: {breakage} of issued)", expired],
-                ["earn reversals (taken back)", earn_rev],
-                ["burn reversals (given back)", burn_rev],
-                ["operator adjustments (net)", adjustments],
+                ["issued by earns", flows.earned_points],
+                ["issued as bonuses (partner- and coalition-funded)", flows.bonus_points],
+                ["redeemed (burns and captures)", flows.redeemed_points],
+                [f"expired (breakage: {breakage} of issued)", flows.expired_points],
+                ["earn reversals (taken back)", flows.earn_reversed_points],
+                ["burn reversals (given back)", flows.burn_reversed_points],
+                ["operator adjustments (net)", flows.adjusted_points],
                 [f"outstanding liability at {end:%Y-%m-%d %H:%M}", liability],
             ],
         ),
-        f"  check: {issued} - {redeemed} - {expired} - {earn_rev} + {burn_rev} "
-        f"{'+' if adjustments >= 0 else '-'} {abs(adjustments)} = "
-        f"{issued - redeemed - expired - earn_rev + burn_rev + adjustments}",
         f"  members: {members}, active in the last 30 days: {active}, "
         f"owing points after a clawback: {negative}",
         "  earns by tier: "
@@ -1039,41 +983,110 @@ def _coalition_lines(s: Session, sim: _Simulation, end: datetime) -> list[str]:
     ]
 
 
-def _cross_brand_lines(s: Session, partners: dict[str, Partner], slug: dict[str, str]) -> list[str]:
-    """Which partner issued the points redeemed where, net of burn reversals."""
-    rows = s.execute(
-        select(
-            LotMovement.origin_partner_id,
-            Transaction.partner_id,
-            func.sum(-LotMovement.points),
+#: Where the demo writes the statement exports (relative to the working directory).
+EXPORT_DIR = Path("statements")
+
+
+def _settlement(
+    settings: Settings, sessions: sessionmaker[Session], sim: _Simulation, end: datetime
+) -> tuple[list[str], bool]:
+    """Close the demo's period at ``end``; the statements, the roll-forward, the cross-brand
+    matrix, the exports written and verified. (lines, every statement verified)."""
+    closed = close(
+        sessions,
+        secret_key=settings.secret_key,
+        cycle=settings.settlement_cycle,
+        tz=settings.tz,
+        now=max(utcnow(), end),
+        cut_off=end,
+    )
+    slug = {sim.partners[spec.slug].id: spec.slug for spec in PARTNERS}
+    period = closed.period
+    lines = [
+        "",
+        f"Settlement: period {period.id}, posted from {period.start_at:%Y-%m-%d %H:%M} to "
+        f"{period.end_at:%Y-%m-%d %H:%M} UTC, closed; one signed statement per partner, "
+        "in its currency",
+    ]
+    EXPORT_DIR.mkdir(exist_ok=True)
+    verified = True
+    rows = []
+    first: Path | None = None
+    with transaction(sessions) as s:
+        keys = {k.kid: k.public_key for k in public_keys(s)}
+        (EXPORT_DIR / "signing-keys.json").write_text(
+            json.dumps(
+                [{"kid": k, "alg": "ed25519", "public_key": b64url(v)} for k, v in keys.items()]
+            )
         )
-        .join(Transaction, Transaction.id == LotMovement.transaction_id)
-        .join(Lot, Lot.id == LotMovement.lot_id)
-        .where(Transaction.kind.in_(("burn", "burn_reversal")), Lot.is_deficit.is_(False))
-        .group_by(LotMovement.origin_partner_id, Transaction.partner_id)
-    ).all()
-    matrix: dict[tuple[str, str], int] = {}
-    for origin, burner, points in rows:
-        assert burner is not None
-        key = (slug[origin] if origin else "coalition", slug[burner])
-        matrix[key] = matrix.get(key, 0) + int(points)
-    total = sum(matrix.values())
-    cross = sum(p for (o, b), p in matrix.items() if o not in ("coalition", b))
-    from_operator = sum(p for (o, _), p in matrix.items() if o == "coalition")
-    burners = [slug[pid] for pid in partners]
-    origins = [*(slug[pid] for pid in partners if any(k[0] == slug[pid] for k in matrix)),
-               "coalition"]  # fmt: skip
+        for statement in statements_of(s, period.id):
+            document = document_of(statement)
+            t = document["totals"]
+            name = f"{slug[statement.partner_id]}-{statement.id}"
+            for suffix, content in (("json", json_export(document)), ("csv", csv_export(document))):
+                path = EXPORT_DIR / f"{name}.{suffix}"
+                path.write_bytes(content)
+                first = first or path
+                verified = verified and verify_document(parse_export(path.read_bytes()), keys).ok
+            rows.append(
+                [slug[statement.partner_id], statement.currency, statement.line_count,
+                 t["issued_amount"], t["earn_reversed_amount"], t["reimbursed_amount"],
+                 t["burn_reversed_amount"], t["net_amount"], t["direction"]]
+            )  # fmt: skip
+        summary = reports.summary(s, period.id)
+    lines += _table(
+        ["partner", "cur", "lines", "issued", "earn reversed", "reimbursed", "burn reversed",
+         "net (+ operator pays)", "direction"],
+        rows,
+    )  # fmt: skip
+    lines += ["", "  operator's money, per currency (billed - reimbursed - adjustments = margin)"]
+    lines += _table(
+        ["currency", "billed", "reimbursed", "adjustments", "margin"],
+        [[m.currency, *(m.document()[k] for k in ("billed", "reimbursed", "adjustments",
+                                                   "margin"))] for m in summary.money],
+    )  # fmt: skip
+    f = summary.flows
+    lines += [
+        "",
+        "  points roll-forward: opening + issued + bonuses - redeemed - expired"
+        " - earn reversed + burn reversed + adjusted = closing",
+        f"  {summary.opening_points:,} + {f.earned_points:,} + {f.bonus_points:,}"
+        f" - {f.redeemed_points:,} - {f.expired_points:,} - {f.earn_reversed_points:,}"
+        f" + {f.burn_reversed_points:,} + {f.adjusted_points:,} = {summary.closing_points:,}"
+        f" ({'balances' if summary.balances else 'DOES NOT BALANCE'});"
+        f" breakage {reports.share(f.expired_points, f.issued_points)},"
+        f" active members {summary.active_members}",
+    ]
+    lines += _cross_brand_lines(summary.cross_brand, slug)
+    lines += [
+        "",
+        f"Exports: {EXPORT_DIR.resolve()}/ (JSON and CSV per statement, signing-keys.json);",
+        "  every statement verified" if verified else "  A STATEMENT DID NOT VERIFY",
+        f"  check one yourself: coalition statements verify {first.resolve()}"
+        f" --keys {(EXPORT_DIR / 'signing-keys.json').resolve()}"
+        if first is not None
+        else "",
+    ]
+    return lines, verified and summary.balances
+
+
+def _cross_brand_lines(matrix: reports.CrossBrand, slug: dict[str, str]) -> list[str]:
+    """Which partner issued the points redeemed where, net of burn reversals."""
+    burners = list(slug.values())
+    named = {(slug[o] if o else "coalition", slug[b]): p for (o, b), p in matrix.cells.items()}
+    origins = [*(b for b in burners if any(k[0] == b for k in named)), "coalition"]
     table_rows = [
-        [origin, *(matrix.get((origin, b), 0) for b in burners),
-         sum(matrix.get((origin, b), 0) for b in burners)]
+        [origin, *(named.get((origin, b), 0) for b in burners),
+         sum(named.get((origin, b), 0) for b in burners)]
         for origin in origins
     ]  # fmt: skip
-    share = f"{cross / total:.1%}" if total else "-"
-    operator_share = f"{from_operator / total:.1%}" if total else "-"
+    total = matrix.redeemed_points
+    from_operator = sum(p for (o, _), p in matrix.cells.items() if o is None)
     return [
         "",
-        f"Cross-brand: {share} of redeemed points were issued by another partner "
-        f"({operator_share} came from coalition bonuses and adjustments)",
+        f"Cross-brand: {reports.share(matrix.cross_points, total)} of redeemed points were issued"
+        f" by another partner ({reports.share(from_operator, total)} came from coalition bonuses"
+        " and adjustments)",
         "  points issued by (rows) and redeemed at (columns), net of burn reversals:",
         *_table(["issued by", *burners, "total"], table_rows),
     ]

@@ -13,9 +13,9 @@ import shlex
 import shutil
 from pathlib import Path
 
+from cli.demo import DemoKeys, api_example
 from coalition.config import Settings
 from coalition.money import exponent
-from partners.demo import DemoKeys, api_example
 
 _SCRIPT = r"""#!/bin/sh
 # A signed request (RFC 9421, hmac-sha256) against coalition serve: an earn, then the balance.

@@ -8,16 +8,21 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from coalition.check import run_checks
 from coalition.cli import main
 from coalition.db import make_engine, session_factory, transaction
 from coalition.models import Hold, Lot, LotMovement, Transaction
 from partners.models import ApiKey, Partner, RateCard
+from settlement.check import run_checks
 
 SECTIONS = (
     "Per partner: points",
-    "Per partner: money",
     "Coalition",
+    "Settlement: period per_",
+    "operator's money, per currency",
+    "points roll-forward",
+    "(balances)",
+    "Exports: ",
+    "every statement verified",
     "outstanding liability",
     "Cross-brand:",
     "Operations (through Operations, batched",
@@ -79,6 +84,12 @@ def test_demo_fills_an_empty_database_keeps_every_invariant_and_refuses_a_second
             assert s.scalar(select(func.count()).where(ApiKey.role == "partner")) == partners
     finally:
         engine.dispose()
+
+    exports = sorted((tmp_path / "statements").glob("*.csv"))
+    assert len(exports) == partners
+    keys = tmp_path / "statements" / "signing-keys.json"
+    assert main(["statements", "verify", str(exports[0]), "--keys", str(keys)]) == 0
+    assert main(["statements", "verify", str(exports[0].with_suffix(".json"))]) == 0
 
     assert main(["demo", "--members", "40"]) == 1
     out = capsys.readouterr().out

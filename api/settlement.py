@@ -1,0 +1,568 @@
+"""The settlement endpoints: a partner's statements and disputes (``/v1/statements``, scope
+``statements``), and the operator's and finance's close, statements, disputes, periods and
+reports (``/v1/admin``). Each handler maps HTTP to one call of :mod:`settlement`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import PathParameter, QueryParameter, RawBody
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.auth import admin, partner, principal_of, signed
+from api.docs import SIGNED, IdempotencyKey, body, problems
+from api.idempotency import run_idempotent
+from api.runtime import Services, services_of
+from api.settlement_structs import (
+    ClosedOut,
+    CloseRequest,
+    CrossBrandCell,
+    CrossBrandReport,
+    DisputeCreate,
+    DisputeList,
+    DisputeOut,
+    DisputeResolve,
+    PeriodOut,
+    PeriodPage,
+    PeriodRef,
+    PeriodSummary,
+    SettleRequest,
+    StatementDocument,
+    StatementEventList,
+    StatementEventOut,
+    StatementPage,
+    StatementStatus,
+    StatementSummary,
+    StatementTotals,
+)
+from api.structs import EmptyBody, decode
+from api.views import decode_cursor, encode_cursor
+from coalition.db import transaction
+from coalition.money import format_amount
+from partners.signatures import Principal
+from settlement import reports, workflow
+from settlement.canonical import csv_export, json_export
+from settlement.close import close_in
+from settlement.models import Dispute, Period, Statement
+from settlement.statements import document_of, rfc3339, totals_of
+
+PathId = Annotated[str, PathParameter(min_length=1, max_length=64)]
+Limit = Annotated[int, QueryParameter(ge=1, le=500)]
+Cursor = Annotated[
+    str | None,
+    QueryParameter(max_length=200, description="`next_cursor` of the previous page."),
+]
+ExportFormat = Annotated[Literal["json", "csv"], QueryParameter(description="`json` or `csv`.")]
+
+
+def actor_of(principal: Principal) -> workflow.Actor:
+    """The workflow's actor for a verified key."""
+    return workflow.Actor(principal.key_id, principal.role, principal.partner_id)
+
+
+def _period_ref(period: Period) -> PeriodRef:
+    return PeriodRef(period.id, rfc3339(period.start_at), rfc3339(period.end_at))
+
+
+def summary_out(statement: Statement, period: Period) -> StatementSummary:
+    """A statement without its lines (from its columns: its document is not read)."""
+    assert statement.issued_sha256 is not None and statement.period_id == period.id
+    return StatementSummary(
+        id=statement.id,
+        partner_id=statement.partner_id,
+        period=_period_ref(period),
+        currency=statement.currency,
+        status=statement.status,  # type: ignore[arg-type]
+        lines=statement.line_count,
+        totals=msgspec.convert(totals_of(statement).document(statement.currency), StatementTotals),
+        issued_at=statement.issued_at,
+        content_sha256=statement.content_sha256 or "",
+        issued_sha256=statement.issued_sha256,
+        payment_reference=statement.payment_reference,
+        paid_at=statement.paid_at,
+    )
+
+
+def document_response(statement: Statement) -> Response[StatementDocument]:
+    """The signed document, exactly as signed (its canonical JSON plus hash and signature)."""
+    content: Any = json_export(document_of(statement))
+    return Response(content, media_type="application/json")
+
+
+def dispute_out(dispute: Dispute, currency: str) -> DisputeOut:
+    """A dispute in the API's shape."""
+    adjustment = None
+    if dispute.adjustment_minor is not None:
+        adjustment = format_amount(dispute.adjustment_minor, currency)
+    return DisputeOut(
+        id=dispute.id,
+        statement_id=dispute.statement_id,
+        partner_id=dispute.partner_id,
+        reason=dispute.reason,
+        transaction_ids=dispute.transaction_ids.split(),
+        status=dispute.status,  # type: ignore[arg-type]
+        created_at=dispute.created_at,
+        outcome=dispute.outcome,  # type: ignore[arg-type]
+        note=dispute.resolution_note,
+        adjustment=adjustment,
+        currency=currency,
+        resolved_at=dispute.resolved_at,
+    )
+
+
+def period_out(period: Period) -> PeriodOut:
+    """A closed period."""
+    return PeriodOut(
+        id=period.id,
+        start=period.start_at,
+        end=period.end_at,
+        closed_at=period.closed_at,
+        cycle=period.cycle,  # type: ignore[arg-type]
+    )
+
+
+def _export(statement: Statement, format: str) -> Response[bytes]:
+    document = document_of(statement)
+    if format == "csv":
+        content, media, suffix = csv_export(document), "text/csv; charset=utf-8", "csv"
+    else:
+        content, media, suffix = json_export(document), "application/json", "json"
+    return Response(
+        content,
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{statement.id}.{suffix}"'},
+    )
+
+
+def _summary_in(session: Session, statement: Statement) -> StatementSummary:
+    return summary_out(statement, reports.get_period(session, statement.period_id))
+
+
+def _page(services: Services, **query: Any) -> StatementPage:
+    with transaction(services.sessions) as s:
+        page = workflow.list_statements(s, **query)
+        ids = {row.period_id for row in page.rows}
+        periods = {p.id: p for p in s.scalars(select(Period).where(Period.id.in_(ids)))}
+        data = [summary_out(row, periods[row.period_id]) for row in page.rows]
+    return StatementPage(data=data, has_more=page.has_more, next_cursor=encode_cursor(page.last_id))
+
+
+def _partner_id(principal: Principal) -> str:
+    assert principal.partner_id is not None, "partner routes admit partner keys only"
+    return principal.partner_id
+
+
+class StatementsController(Controller):
+    """A partner's statements and disputes (scope ``statements``)."""
+
+    path = "/v1/statements"
+    guards = [signed]  # noqa: RUF012 (Litestar's layer attribute)
+    security = SIGNED
+    tags = ["partner"]  # noqa: RUF012
+
+    @get("/", opt=partner("statements"), responses=problems(403, 422), sync_to_thread=True)
+    def list_statements(
+        self,
+        request: Request[Any, Any, Any],
+        status: Annotated[StatementStatus | None, QueryParameter()] = None,
+        limit: Limit = 100,
+        cursor: Cursor = None,
+    ) -> StatementPage:
+        """The partner's statements, newest first (keyset pagination)."""
+        return _page(
+            services_of(request.app.state),
+            partner_id=_partner_id(principal_of(request)),
+            status=status,
+            before_id=decode_cursor(cursor, "stmt"),
+            limit=limit,
+        )
+
+    @get(
+        "/{statement_id:str}",
+        opt=partner("statements"),
+        responses=problems(403, 404, 422),
+        sync_to_thread=True,
+    )
+    def get_statement(
+        self, request: Request[Any, Any, Any], statement_id: PathId
+    ) -> Response[StatementDocument]:
+        """One of the partner's statements: exactly the signed document."""
+        services = services_of(request.app.state)
+        with transaction(services.sessions) as s:
+            found = workflow.get_statement(
+                s, statement_id, partner_id=_partner_id(principal_of(request))
+            )
+            return document_response(found)
+
+    @get(
+        "/{statement_id:str}/export",
+        opt=partner("statements"),
+        responses=problems(403, 404, 422),
+        sync_to_thread=True,
+        media_type="application/octet-stream",
+    )
+    def export(
+        self, request: Request[Any, Any, Any], statement_id: PathId, format: ExportFormat = "json"
+    ) -> Response[bytes]:
+        """The signed export: JSON (the document) or CSV (lines, then ``#`` rows with the
+        totals, content hash and signature); verify with ``coalition statements verify``."""
+        services = services_of(request.app.state)
+        with transaction(services.sessions) as s:
+            found = workflow.get_statement(
+                s, statement_id, partner_id=_partner_id(principal_of(request))
+            )
+            return _export(found, format)
+
+    @post(
+        "/{statement_id:str}/acknowledge",
+        opt=partner("statements"),
+        dependencies=body(EmptyBody),
+        status_code=200,
+        responses=problems(400, 403, 404, 409, 413, 422),
+        sync_to_thread=True,
+    )
+    def acknowledge(
+        self,
+        request: Request[Any, Any, Any],
+        statement_id: PathId,
+        body: RawBody,
+        idempotency_key: IdempotencyKey,
+    ) -> Response[StatementSummary]:
+        """The partner has checked its statement (``issued`` -> ``acknowledged``)."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+
+        def run(session: Session) -> tuple[int, StatementSummary]:
+            decode(body, EmptyBody, empty_as_object=True)
+            done = workflow.acknowledge(
+                session,
+                statement_id,
+                actor_of(principal),
+                secret_key=services.settings.secret_key,
+                now=services.clock(),
+            )
+            return 200, _summary_in(session, done)
+
+        return run_idempotent(request, services, principal, body, run)
+
+    @post(
+        "/{statement_id:str}/disputes",
+        opt=partner("statements"),
+        dependencies=body(DisputeCreate),
+        responses=problems(400, 403, 404, 409, 413, 422),
+        sync_to_thread=True,
+    )
+    def dispute(
+        self,
+        request: Request[Any, Any, Any],
+        statement_id: PathId,
+        body: RawBody,
+        idempotency_key: IdempotencyKey,
+    ) -> Response[DisputeOut]:
+        """Dispute the statement, optionally naming lines by transaction id."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+
+        def run(session: Session) -> tuple[int, DisputeOut]:
+            data = decode(body, DisputeCreate)
+            made = workflow.open_dispute(
+                session,
+                statement_id,
+                actor_of(principal),
+                reason=data.reason,
+                transaction_ids=list(data.transaction_ids or []),
+                secret_key=services.settings.secret_key,
+                now=services.clock(),
+            )
+            statement = workflow.get_statement(session, statement_id, partner_id=None)
+            return 201, dispute_out(made, statement.currency)
+
+        return run_idempotent(request, services, principal, body, run)
+
+    @get(
+        "/{statement_id:str}/disputes",
+        opt=partner("statements"),
+        responses=problems(403, 404, 422),
+        sync_to_thread=True,
+    )
+    def list_disputes(self, request: Request[Any, Any, Any], statement_id: PathId) -> DisputeList:
+        """The disputes of one of the partner's statements."""
+        services = services_of(request.app.state)
+        partner_id = _partner_id(principal_of(request))
+        with transaction(services.sessions) as s:
+            statement = workflow.get_statement(s, statement_id, partner_id=partner_id)
+            found = workflow.disputes_of(s, statement_id, partner_id=partner_id)
+            return DisputeList(data=[dispute_out(d, statement.currency) for d in found])
+
+
+class SettlementAdminController(Controller):
+    """The close, every partner's statements, disputes, periods and reports (operator keys;
+    finance keys read, and settle)."""
+
+    path = "/v1/admin"
+    guards = [signed]  # noqa: RUF012 (Litestar's layer attribute)
+    security = SIGNED
+    tags = ["operator"]  # noqa: RUF012
+
+    @post(
+        "/settlement/close",
+        opt=admin(),
+        dependencies=body(CloseRequest),
+        responses={
+            **problems(400, 403, 409, 413, 422),
+            200: ResponseSpec(data_container=ClosedOut, description="Closed before."),
+        },
+        sync_to_thread=True,
+    )
+    def close(
+        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
+    ) -> Response[ClosedOut]:
+        """Close the open period at ``cut_off`` (default: the latest scheduled cut-off that
+        has passed; not in the future). The same cut-off twice closes once (``200``);
+        an off-cycle cut-off is allowed and the next period starts there."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+
+        def run(session: Session) -> tuple[int, ClosedOut]:
+            data = decode(body, CloseRequest, empty_as_object=True)
+            settings = services.settings
+            closed = close_in(
+                session,
+                secret_key=settings.secret_key,
+                cycle=settings.settlement_cycle,
+                tz=settings.tz,
+                now=services.clock(),
+                cut_off=data.cut_off,
+                key_id=principal.key_id,
+                role=principal.role,
+            )
+            out = ClosedOut(
+                period=period_out(closed.period),
+                created=closed.created,
+                statements=[summary_out(s, closed.period) for s in closed.statements],
+            )
+            return (201 if closed.created else 200), out
+
+        return run_idempotent(request, services, principal, body, run)
+
+    @get(
+        "/statements",
+        opt=admin("operator", "finance"),
+        responses=problems(403, 422),
+        sync_to_thread=True,
+    )
+    def list_statements(  # noqa: PLR0917 (query parameters)
+        self,
+        request: Request[Any, Any, Any],
+        period_id: Annotated[str | None, QueryParameter(min_length=1, max_length=64)] = None,
+        partner_id: Annotated[str | None, QueryParameter(min_length=1, max_length=64)] = None,
+        status: Annotated[StatementStatus | None, QueryParameter()] = None,
+        limit: Limit = 100,
+        cursor: Cursor = None,
+    ) -> StatementPage:
+        """Every partner's statements, newest first; filter by period, partner, status."""
+        return _page(
+            services_of(request.app.state),
+            partner_id=partner_id,
+            status=status,
+            period_id=period_id,
+            before_id=decode_cursor(cursor, "stmt"),
+            limit=limit,
+        )
+
+    @get(
+        "/statements/{statement_id:str}",
+        opt=admin("operator", "finance"),
+        responses=problems(403, 404, 422),
+        sync_to_thread=True,
+    )
+    def get_statement(
+        self, request: Request[Any, Any, Any], statement_id: PathId
+    ) -> Response[StatementDocument]:
+        """Any partner's statement: exactly the signed document."""
+        services = services_of(request.app.state)
+        with transaction(services.sessions) as s:
+            return document_response(workflow.get_statement(s, statement_id, partner_id=None))
+
+    @get(
+        "/statements/{statement_id:str}/export",
+        opt=admin("operator", "finance"),
+        responses=problems(403, 404, 422),
+        sync_to_thread=True,
+        media_type="application/octet-stream",
+    )
+    def export(
+        self, request: Request[Any, Any, Any], statement_id: PathId, format: ExportFormat = "json"
+    ) -> Response[bytes]:
+        """Any partner's signed export (JSON or CSV)."""
+        services = services_of(request.app.state)
+        with transaction(services.sessions) as s:
+            return _export(workflow.get_statement(s, statement_id, partner_id=None), format)
+
+    @get(
+        "/statements/{statement_id:str}/events",
+        opt=admin("operator", "finance"),
+        responses=problems(403, 404, 422),
+        sync_to_thread=True,
+    )
+    def events(self, request: Request[Any, Any, Any], statement_id: PathId) -> StatementEventList:
+        """The statement's status changes: from, to, when, which key."""
+        services = services_of(request.app.state)
+        with transaction(services.sessions) as s:
+            workflow.get_statement(s, statement_id, partner_id=None)
+            rows = workflow.history(s, statement_id)
+            return StatementEventList(
+                data=[
+                    StatementEventOut(
+                        from_status=e.from_status,  # type: ignore[arg-type]
+                        to_status=e.to_status,  # type: ignore[arg-type]
+                        at=e.at,
+                        key_id=e.key_id,
+                        role=e.role,
+                        note=e.note,
+                    )
+                    for e in rows
+                ]
+            )
+
+    @post(
+        "/statements/{statement_id:str}/settle",
+        opt=admin("operator", "finance"),
+        dependencies=body(SettleRequest),
+        status_code=200,
+        responses=problems(400, 403, 404, 409, 413, 422),
+        sync_to_thread=True,
+    )
+    def settle(
+        self,
+        request: Request[Any, Any, Any],
+        statement_id: PathId,
+        body: RawBody,
+        idempotency_key: IdempotencyKey,
+    ) -> Response[StatementSummary]:
+        """Record the payment that settled the statement."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+
+        def run(session: Session) -> tuple[int, StatementSummary]:
+            data = decode(body, SettleRequest)
+            done = workflow.settle(
+                session,
+                statement_id,
+                actor_of(principal),
+                payment_reference=data.payment_reference,
+                paid_at=data.paid_at,
+                secret_key=services.settings.secret_key,
+                now=services.clock(),
+            )
+            return 200, _summary_in(session, done)
+
+        return run_idempotent(request, services, principal, body, run)
+
+    @get(
+        "/statements/{statement_id:str}/disputes",
+        opt=admin("operator", "finance"),
+        responses=problems(403, 404, 422),
+        sync_to_thread=True,
+    )
+    def list_disputes(self, request: Request[Any, Any, Any], statement_id: PathId) -> DisputeList:
+        """Any statement's disputes."""
+        services = services_of(request.app.state)
+        with transaction(services.sessions) as s:
+            statement = workflow.get_statement(s, statement_id, partner_id=None)
+            found = workflow.disputes_of(s, statement_id, partner_id=None)
+            return DisputeList(data=[dispute_out(d, statement.currency) for d in found])
+
+    @post(
+        "/disputes/{dispute_id:str}/resolve",
+        opt=admin(),
+        dependencies=body(DisputeResolve),
+        status_code=200,
+        responses=problems(400, 403, 404, 409, 413, 422),
+        sync_to_thread=True,
+    )
+    def resolve(
+        self,
+        request: Request[Any, Any, Any],
+        dispute_id: PathId,
+        body: RawBody,
+        idempotency_key: IdempotencyKey,
+    ) -> Response[DisputeOut]:
+        """Resolve a dispute; an ``adjustment`` is billed on the partner's next statement."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+
+        def run(session: Session) -> tuple[int, DisputeOut]:
+            data = decode(body, DisputeResolve)
+            done = workflow.resolve(
+                session,
+                dispute_id,
+                actor_of(principal),
+                outcome=data.outcome,
+                note=data.note,
+                adjustment=data.adjustment,
+                secret_key=services.settings.secret_key,
+                now=services.clock(),
+            )
+            statement = workflow.get_statement(session, done.statement_id, partner_id=None)
+            return 200, dispute_out(done, statement.currency)
+
+        return run_idempotent(request, services, principal, body, run)
+
+    @get("/periods", opt=admin("operator", "finance"), responses=problems(403, 422),
+         sync_to_thread=True)  # fmt: skip
+    def list_periods(
+        self, request: Request[Any, Any, Any], limit: Limit = 100, cursor: Cursor = None
+    ) -> PeriodPage:
+        """Closed periods, the latest first."""
+        services = services_of(request.app.state)
+        with transaction(services.sessions) as s:
+            rows, more = reports.list_periods(
+                s, before_id=decode_cursor(cursor, "per"), limit=limit
+            )
+            last = rows[-1].id if rows and more else None
+            return PeriodPage(
+                data=[period_out(p) for p in rows], has_more=more, next_cursor=encode_cursor(last)
+            )
+
+    @get(
+        "/periods/{period_id:str}/summary",
+        opt=admin("operator", "finance"),
+        responses=problems(403, 404, 422),
+        sync_to_thread=True,
+    )
+    def period_summary(self, request: Request[Any, Any, Any], period_id: PathId) -> PeriodSummary:
+        """Money per currency (billed, reimbursed, margin), the points roll-forward,
+        breakage, active members and the cross-brand share of a closed period."""
+        services = services_of(request.app.state)
+        with transaction(services.sessions) as s:
+            return msgspec.convert(reports.summary(s, period_id).document(), PeriodSummary)
+
+    @get(
+        "/reports/cross-brand",
+        opt=admin("operator", "finance"),
+        responses=problems(403, 404, 422),
+        sync_to_thread=True,
+    )
+    def cross_brand(
+        self,
+        request: Request[Any, Any, Any],
+        period_id: Annotated[str, QueryParameter(min_length=1, max_length=64)],
+    ) -> CrossBrandReport:
+        """Points issued by each partner (rows) and redeemed at each (columns) in a period."""
+        services = services_of(request.app.state)
+        with transaction(services.sessions) as s:
+            period = reports.get_period(s, period_id)
+            matrix = reports.cross_brand(s, period_id).document()
+            return CrossBrandReport(
+                period=_period_ref(period),
+                cells=[msgspec.convert(c, CrossBrandCell) for c in matrix["cells"]],
+                redeemed_points=matrix["redeemed_points"],
+                cross_brand_points=matrix["cross_brand_points"],
+                cross_brand_share=matrix["cross_brand_share"],
+            )

@@ -1,0 +1,292 @@
+"""Request and response structs of the settlement endpoints (statements, disputes, periods,
+reports). The statement document itself is the contract's; its struct here documents it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct
+
+from api.structs import AwareTime, Request
+
+StatementStatus = Literal["issued", "acknowledged", "disputed", "settled"]
+Direction = Literal["partner_pays", "operator_pays", "none"]
+LineKind = Literal["earn", "bonus", "earn_reversal", "burn", "burn_reversal", "adjustment"]
+DisputeOutcome = Literal["upheld", "partially_upheld", "rejected"]
+#: A ledger transaction id as a statement line names it.
+TransactionId = Annotated[str, Meta(min_length=5, max_length=40, pattern=r"^txn_[0-9A-Z]{1,36}\Z")]
+#: A signed decimal amount in major units (a settlement adjustment).
+SignedAmount = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=24,
+        pattern=r"^-?[0-9]{1,10}(\.[0-9]{1,4})?\Z",
+        description="A signed decimal string in major units with at most the currency's "
+        "decimals; positive: the operator pays the partner more.",
+        examples=["-12.50"],
+    ),
+]
+Text2000 = Annotated[str, Meta(min_length=1, max_length=2000)]
+PaymentReference = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x20-\x7e]+\Z",
+        description="The payment's reference (bank transfer id...): printable ASCII.",
+        examples=["SEPA-2026-02-0042"],
+    ),
+]
+
+
+# --- requests -----------------------------------------------------------------------------
+
+
+class CloseRequest(Request):
+    """``POST /v1/admin/settlement/close``: the cut-off (default: the latest scheduled one)."""
+
+    cut_off: AwareTime | None = None
+
+
+class DisputeCreate(Request):
+    """``POST /v1/statements/{id}/disputes``: why, and optionally which lines."""
+
+    reason: Text2000
+    transaction_ids: Annotated[list[TransactionId], Meta(max_length=100)] | None = None
+
+
+class DisputeResolve(Request):
+    """``POST /v1/admin/disputes/{id}/resolve``: the outcome and, where money is owed, the
+    adjustment billed on the partner's next statement."""
+
+    outcome: DisputeOutcome
+    note: Text2000 | None = None
+    adjustment: SignedAmount | None = None
+
+
+class SettleRequest(Request):
+    """``POST /v1/admin/statements/{id}/settle``: the payment that settled it."""
+
+    payment_reference: PaymentReference
+    paid_at: AwareTime
+
+
+# --- the statement document ---------------------------------------------------------------
+
+
+class PeriodRef(Struct):
+    """A period as a statement names it."""
+
+    id: str
+    start: str
+    end: str
+
+
+class StatementLineOut(Struct):
+    """A line: a billed transaction (or a dispute's adjustment, with ``dispute_id``)."""
+
+    transaction_id: str | None
+    kind: LineKind
+    posted_at: str
+    occurred_at: str
+    points: int
+    unit_price: str | None
+    amount: str
+    prior_period: bool
+    dispute_id: str | None = None
+
+
+class StatementTotals(Struct):
+    """The statement's totals, the exact sums of its lines."""
+
+    issued_points: int
+    issued_amount: str
+    earn_reversed_amount: str
+    redeemed_points: int
+    reimbursed_amount: str
+    burn_reversed_amount: str
+    adjustments_amount: str
+    net_amount: str
+    direction: Direction
+
+
+class CrossBrandRow(Struct):
+    """Points burned at this partner that another partner (or the coalition: null) issued."""
+
+    origin_partner_id: str | None
+    points: int
+
+
+class StatementSignature(Struct):
+    """The Ed25519 signature of the canonical JSON (base64url)."""
+
+    alg: Literal["ed25519"]
+    kid: str
+    value: str
+
+
+class StatementDocument(Struct):
+    """A signed statement, exactly as signed (docs/settlement.md)."""
+
+    id: str
+    partner_id: str
+    period: PeriodRef
+    currency: str
+    status: StatementStatus
+    lines: list[StatementLineOut]
+    totals: StatementTotals
+    cross_brand: list[CrossBrandRow]
+    content_sha256: str
+    signature: StatementSignature
+
+
+class StatementSummary(Struct):
+    """A statement in a list: its totals and status, without its lines."""
+
+    id: str
+    partner_id: str
+    period: PeriodRef
+    currency: str
+    status: StatementStatus
+    lines: int
+    totals: StatementTotals
+    issued_at: datetime
+    content_sha256: str
+    issued_sha256: str
+    payment_reference: str | None
+    paid_at: datetime | None
+
+
+class StatementPage(Struct):
+    """A page of statements, newest first."""
+
+    data: list[StatementSummary]
+    has_more: bool
+    next_cursor: str | None
+
+
+class StatementEventOut(Struct):
+    """A recorded status change."""
+
+    from_status: StatementStatus | None
+    to_status: StatementStatus
+    at: datetime
+    key_id: str | None
+    role: str
+    note: str | None
+
+
+class StatementEventList(Struct):
+    """A statement's status history, oldest first."""
+
+    data: list[StatementEventOut]
+
+
+class DisputeOut(Struct):
+    """A dispute of a statement."""
+
+    id: str
+    statement_id: str
+    partner_id: str
+    reason: str
+    transaction_ids: list[str]
+    status: Literal["open", "resolved"]
+    created_at: datetime
+    outcome: DisputeOutcome | None
+    note: str | None
+    adjustment: str | None
+    currency: str
+    resolved_at: datetime | None
+
+
+class DisputeList(Struct):
+    """A statement's disputes, oldest first."""
+
+    data: list[DisputeOut]
+
+
+# --- periods and reports ------------------------------------------------------------------
+
+
+class PeriodOut(Struct):
+    """A closed period: what was posted in ``[start, end)``."""
+
+    id: str
+    start: datetime
+    end: datetime
+    closed_at: datetime
+    cycle: Literal["daily", "weekly", "monthly", "off-cycle"]
+
+
+class PeriodPage(Struct):
+    """Closed periods, the latest first."""
+
+    data: list[PeriodOut]
+    has_more: bool
+    next_cursor: str | None
+
+
+class ClosedOut(Struct):
+    """The closed period and its statements (``created``: false when closed before)."""
+
+    period: PeriodOut
+    created: bool
+    statements: list[StatementSummary]
+
+
+class MoneyFigures(Struct):
+    """One currency's money in a period: billed, reimbursed, adjustments, operator margin."""
+
+    currency: str
+    statements: int
+    billed: str
+    reimbursed: str
+    adjustments: str
+    margin: str
+
+
+class RollForward(Struct):
+    """opening + issued + bonuses - redeemed - expired - earn_reversed + burn_reversed +
+    adjusted = closing (``balances``)."""
+
+    opening_liability: int
+    issued: int
+    bonuses: int
+    redeemed: int
+    expired: int
+    earn_reversed: int
+    burn_reversed: int
+    adjusted: int
+    closing_liability: int
+    balances: bool
+
+
+class PeriodSummary(Struct):
+    """``GET /v1/admin/periods/{id}/summary``."""
+
+    period: PeriodRef
+    money: list[MoneyFigures]
+    points: RollForward
+    breakage_share: str | None
+    active_members: int
+    cross_brand_share: str | None
+
+
+class CrossBrandCell(Struct):
+    """Points issued by ``issued_by`` (null: the coalition) and redeemed at ``redeemed_at``."""
+
+    issued_by: str | None
+    redeemed_at: str
+    points: int
+
+
+class CrossBrandReport(Struct):
+    """``GET /v1/admin/reports/cross-brand``: the matrix of a closed period."""
+
+    period: PeriodRef
+    cells: list[CrossBrandCell]
+    redeemed_points: int
+    cross_brand_points: int
+    cross_brand_share: str | None

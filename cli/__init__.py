@@ -1,0 +1,1 @@
+"""What wires the layers together for people: the demo (and, later, the command line)."""

@@ -1,0 +1,1 @@
+"""Settlement: periods, the close, signed statements, disputes, reports."""

@@ -1,0 +1,200 @@
+"""``coalition check``, settlement's part: invariant 4 (the liability adds up at any moment)
+and invariant 5 (every closed period's statements), besides the kernel's 1 to 3.
+
+Invariant 5, for every issued statement:
+- its totals are the exact sums of its lines (one ``GROUP BY`` over all lines);
+- each line matches its ledger transaction (kind, points, times, partner) and rate card (the
+  price of its kind), and its amount is ``points x unit_price`` half-even;
+- every billable transaction posted before the latest period's start is on a statement, so the
+  lines of all partners add up to the ledger's billable aggregates;
+- its document still hashes to its ``content_sha256`` and, with the status put back to
+  ``issued``, to its ``issued_sha256`` (the issued statement never changed), its lines and
+  totals are the stored ones, and its signature verifies with the published key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import bindparam, func, select, text
+from sqlalchemy.orm import Session
+
+from coalition.check import SAMPLE, Finding, sample_rows
+from coalition.check import run_checks as kernel_checks
+from coalition.db import UTCDateTime
+from coalition.models import Account, Posting
+from settlement.canonical import canonical_json, content_sha256, verify_document
+from settlement.close import last_period
+from settlement.models import Statement
+from settlement.reports import liability
+from settlement.signing import public_keys
+from settlement.statements import (
+    BILLED_KINDS,
+    amount_sql,
+    document_of,
+    lines_of,
+    register_sqlite_functions,
+    totals_of,
+)
+
+#: Moments between the first and the last posting at which invariant 4 is checked.
+LIABILITY_STEPS = 24
+#: Statements whose documents the check reads, at most (newest first): a bound on the audit.
+DOCUMENTS_CHECKED = 10_000
+
+
+def _liability(session: Session) -> list[str]:
+    first, last = session.execute(
+        select(func.min(Posting.posted_at), func.max(Posting.posted_at))
+    ).one()
+    if first is None or last is None:
+        return []
+    moments = sorted(
+        {first + (last - first) * i / LIABILITY_STEPS for i in range(LIABILITY_STEPS + 1)}
+    )
+    problems = []
+    for at in moments:
+        report = liability(session, at)
+        expected = report.flows.net_points
+        contra = -int(
+            session.scalar(
+                select(func.coalesce(func.sum(Posting.points), 0))
+                .join(Account, Account.id == Posting.account_id)
+                .where(Account.kind != "member", Posting.posted_at <= at)
+            )
+            or 0
+        )
+        if not expected == report.outstanding_points == contra:
+            problems.append(
+                f"at {at.isoformat()}: issued+bonuses-redeemed-expired+/-reversals+/-adjustments"
+                f" = {expected}, member postings = {report.outstanding_points},"
+                f" other accounts = {contra}"
+            )
+    return problems[:SAMPLE]
+
+
+_SUMS = """
+SELECT s.id AS statement_id, s.net_minor, COALESCE(l.net, 0) AS lines_net,
+       s.line_count, COALESCE(l.n, 0) AS lines
+FROM statements s LEFT JOIN (
+  SELECT statement_id, COUNT(*) AS n,
+    SUM(CASE WHEN kind IN ('earn', 'bonus') THEN points ELSE 0 END) AS ip,
+    SUM(CASE WHEN kind IN ('earn', 'bonus') THEN amount_minor ELSE 0 END) AS im,
+    SUM(CASE WHEN kind = 'earn_reversal' THEN amount_minor ELSE 0 END) AS erm,
+    SUM(CASE WHEN kind = 'burn' THEN points ELSE 0 END) AS rp,
+    SUM(CASE WHEN kind = 'burn' THEN amount_minor ELSE 0 END) AS rm,
+    SUM(CASE WHEN kind = 'burn_reversal' THEN amount_minor ELSE 0 END) AS brm,
+    SUM(CASE WHEN kind = 'adjustment' THEN amount_minor ELSE 0 END) AS am,
+    SUM(CASE WHEN kind IN ('burn', 'earn_reversal', 'adjustment') THEN amount_minor
+             ELSE -amount_minor END) AS net
+  FROM statement_lines GROUP BY statement_id
+) l ON l.statement_id = s.id
+WHERE s.issued_sha256 IS NOT NULL AND (
+  s.line_count <> COALESCE(l.n, 0) OR s.issued_points <> COALESCE(l.ip, 0)
+  OR s.issued_minor <> COALESCE(l.im, 0) OR s.earn_reversed_minor <> COALESCE(l.erm, 0)
+  OR s.redeemed_points <> COALESCE(l.rp, 0) OR s.reimbursed_minor <> COALESCE(l.rm, 0)
+  OR s.burn_reversed_minor <> COALESCE(l.brm, 0) OR s.adjustments_minor <> COALESCE(l.am, 0)
+  OR s.net_minor <> COALESCE(l.net, 0))
+"""
+_PRICE = (
+    "CASE WHEN t.kind IN ('burn', 'burn_reversal') THEN rc.reimburse_price_per_point"
+    " ELSE rc.issue_price_per_point END"
+)
+_BILLED = ", ".join(f"'{k}'" for k in BILLED_KINDS)
+
+
+def _line_mismatches(dialect: str) -> str:
+    amount = amount_sql(dialect, "l.points", "l.unit_price", "s.currency_exponent")
+    return f"""
+SELECT l.statement_id, l.transaction_id, l.kind, l.points, l.amount_minor
+FROM statement_lines l
+JOIN statements s ON s.id = l.statement_id
+LEFT JOIN transactions t ON t.id = l.transaction_id
+LEFT JOIN rate_cards rc ON rc.id = t.rate_card_id
+WHERE l.transaction_id IS NOT NULL AND (
+  t.id IS NULL OR rc.id IS NULL OR t.kind <> l.kind OR t.points <> l.points
+  OR t.posted_at <> l.posted_at OR t.occurred_at <> l.occurred_at
+  OR t.partner_id <> s.partner_id OR l.unit_price <> {_PRICE}
+  OR l.amount_minor <> {amount})
+"""  # noqa: S608 (built from constants)
+
+
+_UNBILLED = f"""
+SELECT t.id AS transaction_id, t.kind, t.partner_id, t.posted_at FROM transactions t
+WHERE t.partner_id IS NOT NULL AND t.kind IN ({_BILLED}) AND t.posted_at < :before
+  AND NOT EXISTS (SELECT 1 FROM statement_lines l WHERE l.transaction_id = t.id)
+"""  # noqa: S608 (built from constants)
+
+
+def _documents(session: Session) -> list[str]:
+    keys = {k.kid: k.public_key for k in public_keys(session)}
+    problems: list[str] = []
+    statements = session.scalars(
+        select(Statement)
+        .where(Statement.issued_sha256.is_not(None))
+        .order_by(Statement.id.desc())
+        .limit(DOCUMENTS_CHECKED)
+        .execution_options(yield_per=1)
+    )
+    for statement in statements:
+        if len(problems) >= SAMPLE:
+            break
+        document = document_of(statement)
+        if content_sha256(canonical_json(document)) != statement.content_sha256:
+            problems.append(f"document does not hash to its content_sha256: {statement.id}")
+            continue
+        issued = {**document, "status": "issued"}
+        if content_sha256(canonical_json(issued)) != statement.issued_sha256:
+            problems.append(f"issued statement changed (issued_sha256): {statement.id}")
+            continue
+        if document["totals"] != totals_of(statement).document(statement.currency):
+            problems.append(f"document totals != stored totals: {statement.id}")
+        elif document["lines"] != list(lines_of(session, statement)):
+            problems.append(f"document lines != stored lines: {statement.id}")
+        elif not (verdict := verify_document(document, keys)).ok:
+            problems.append(f"signature: {statement.id}: {verdict.reason}")
+    return problems
+
+
+def _statements(session: Session) -> list[str]:
+    register_sqlite_functions(session)
+    dialect = session.get_bind().dialect.name
+    sums = sample_rows(session, _SUMS)
+    lines = sample_rows(session, _line_mismatches(dialect))
+    latest = last_period(session)
+    unbilled = []
+    if latest is not None:
+        query = text(_UNBILLED + f" LIMIT {SAMPLE}").bindparams(
+            bindparam("before", type_=UTCDateTime())
+        )
+        unbilled = [
+            ", ".join(f"{k}={v}" for k, v in row._mapping.items())
+            for row in session.execute(query, {"before": latest.start_at})
+        ]
+    return (
+        [f"totals != sums of lines: {r}" for r in sums]
+        + [f"line does not match its transaction and rate card: {r}" for r in lines]
+        + [f"billable transaction on no statement: {r}" for r in unbilled]
+        + _documents(session)
+    )[: 4 * SAMPLE]
+
+
+SETTLEMENT_CHECKS: list[tuple[int, str, Callable[[Session], list[str]]]] = [
+    (
+        4,
+        "outstanding liability = issued + bonuses - redeemed - expired +/- reversals and "
+        "adjustments, at any point in time",
+        _liability,
+    ),
+    (
+        5,
+        "every closed period: statement totals = sums of lines, lines = ledger and rate cards, "
+        "every billable transaction billed once, issued statements unchanged and signed",
+        _statements,
+    ),
+]
+
+
+def run_checks(session: Session) -> list[Finding]:
+    """Every invariant of docs/invariants.md (1 to 5); a finding per invariant."""
+    return kernel_checks(session, SETTLEMENT_CHECKS)

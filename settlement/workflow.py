@@ -1,0 +1,362 @@
+"""Reading statements, and the finance workflow: acknowledge, dispute, resolve, settle.
+
+The allowed status changes (docs/settlement.md, "Statuses"):
+
+=========================  ==============================  ==============================
+action (who)               from                            to
+=========================  ==============================  ==============================
+acknowledge (partner)      issued                          acknowledged
+                           acknowledged                    acknowledged (nothing changes)
+dispute (partner)          issued, acknowledged, disputed  disputed
+resolve (operator)         disputed, last open dispute     acknowledged
+settle (operator, finance) issued, acknowledged            settled
+=========================  ==============================  ==============================
+
+Anything else is ``409 statement-closed``: a settled statement never changes again, a disputed
+one is settled only after its disputes are resolved. Every change is a ``statement_events``
+row (from, to, when, which key, which role) and a newly signed document; the money and the
+issued hash of the statement never change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from coalition.errors import Conflict, NotFound, StatementClosed, ValidationFailed
+from coalition.ids import new_id
+from coalition.money import exponent, quantum, to_minor
+from settlement.models import (
+    DISPUTE_OUTCOMES,
+    STATEMENT_STATUSES,
+    Dispute,
+    Statement,
+    StatementEvent,
+    StatementLine,
+)
+from settlement.signing import signer
+from settlement.statements import resign
+
+#: At most this many transaction ids in one dispute.
+MAX_DISPUTED_TRANSACTIONS = 100
+#: The largest settlement adjustment, in major units.
+MAX_ADJUSTMENT = Decimal("1000000000")
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who acts: the key and its role (``partner``, ``operator``, ``finance`` or ``system``)."""
+
+    key_id: str | None
+    role: str
+    partner_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of statements, newest first."""
+
+    rows: list[Statement]
+    has_more: bool
+
+    @property
+    def last_id(self) -> str | None:
+        """The id the next page continues after."""
+        return self.rows[-1].id if self.rows and self.has_more else None
+
+
+def get_statement(session: Session, statement_id: str, *, partner_id: str | None) -> Statement:
+    """A statement; for a partner only its own (another's is :class:`NotFound`)."""
+    statement = session.get(Statement, statement_id, populate_existing=True)
+    if statement is None or (partner_id is not None and statement.partner_id != partner_id):
+        raise NotFound(f"no statement {statement_id!r}")
+    return statement
+
+
+def list_statements(
+    session: Session,
+    *,
+    partner_id: str | None,
+    status: str | None,
+    period_id: str | None = None,
+    before_id: str | None,
+    limit: int,
+) -> Page:
+    """Statements, newest first (keyset on the time-ordered id), ``limit`` at most 500."""
+    assert 1 <= limit <= 500
+    if status is not None and status not in STATEMENT_STATUSES:
+        raise ValidationFailed.at("query.status", f"one of {', '.join(STATEMENT_STATUSES)}")
+    query = select(Statement).order_by(Statement.id.desc()).limit(limit + 1)
+    if partner_id is not None:
+        query = query.where(Statement.partner_id == partner_id)
+    if status is not None:
+        query = query.where(Statement.status == status)
+    if period_id is not None:
+        query = query.where(Statement.period_id == period_id)
+    if before_id is not None:
+        query = query.where(Statement.id < before_id)
+    rows = list(session.scalars(query))
+    return Page(rows[:limit], len(rows) > limit)
+
+
+def _lock(session: Session, statement_id: str, partner_id: str | None) -> Statement:
+    statement = session.scalars(
+        select(Statement)
+        .where(Statement.id == statement_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if statement is None or (partner_id is not None and statement.partner_id != partner_id):
+        raise NotFound(f"no statement {statement_id!r}")
+    return statement
+
+
+def _move(
+    session: Session,
+    statement: Statement,
+    to: str,
+    actor: Actor,
+    *,
+    secret_key: bytes,
+    now: datetime,
+    note: str | None = None,
+) -> None:
+    before = statement.status
+    if before != to:
+        resign(session, statement, to, signer(session, secret_key=secret_key, now=now))
+    session.execute(
+        insert(StatementEvent).values(
+            statement_id=statement.id,
+            from_status=before,
+            to_status=to,
+            at=now,
+            key_id=actor.key_id,
+            role=actor.role,
+            note=note,
+        )
+    )
+
+
+def acknowledge(
+    session: Session, statement_id: str, actor: Actor, *, secret_key: bytes, now: datetime
+) -> Statement:
+    """The partner has checked the statement: ``issued`` -> ``acknowledged``."""
+    statement = _lock(session, statement_id, actor.partner_id)
+    if statement.status == "acknowledged":
+        return statement
+    if statement.status != "issued":
+        raise StatementClosed(
+            f"statement {statement.id} is {statement.status}; only an issued statement can be "
+            "acknowledged"
+        )
+    _move(session, statement, "acknowledged", actor, secret_key=secret_key, now=now)
+    return statement
+
+
+def open_dispute(
+    session: Session,
+    statement_id: str,
+    actor: Actor,
+    *,
+    reason: str,
+    transaction_ids: list[str],
+    secret_key: bytes,
+    now: datetime,
+) -> Dispute:
+    """A partner disputes its statement, naming (optionally) lines by transaction id."""
+    statement = _lock(session, statement_id, actor.partner_id)
+    if statement.status == "settled":
+        raise StatementClosed(f"statement {statement.id} is settled and can no longer be disputed")
+    if not reason.strip() or len(reason) > 2000:
+        raise ValidationFailed.at("$.reason", "a reason of 1 to 2000 characters")
+    if len(transaction_ids) > MAX_DISPUTED_TRANSACTIONS:
+        raise ValidationFailed.at(
+            "$.transaction_ids", f"at most {MAX_DISPUTED_TRANSACTIONS} transaction ids"
+        )
+    wanted = list(dict.fromkeys(transaction_ids))
+    if wanted:
+        on_statement = set(
+            session.scalars(
+                select(StatementLine.transaction_id).where(
+                    StatementLine.statement_id == statement.id,
+                    StatementLine.transaction_id.in_(wanted),
+                )
+            )
+        )
+        for index, txn_id in enumerate(transaction_ids):
+            if txn_id not in on_statement:
+                raise ValidationFailed.at(
+                    f"$.transaction_ids[{index}]", f"{txn_id} is not a line of {statement.id}"
+                )
+    dispute = Dispute(
+        id=new_id("dsp"),
+        statement_id=statement.id,
+        partner_id=statement.partner_id,
+        reason=reason,
+        transaction_ids=" ".join(wanted),
+        status="open",
+        created_at=now,
+        created_by_key=actor.key_id,
+    )
+    session.add(dispute)
+    session.flush()
+    _move(session, statement, "disputed", actor, secret_key=secret_key, now=now, note=dispute.id)
+    return dispute
+
+
+def get_dispute(session: Session, dispute_id: str, *, partner_id: str | None) -> Dispute:
+    """A dispute; for a partner only its own (another's is :class:`NotFound`)."""
+    dispute = session.get(Dispute, dispute_id, populate_existing=True)
+    if dispute is None or (partner_id is not None and dispute.partner_id != partner_id):
+        raise NotFound(f"no dispute {dispute_id!r}")
+    return dispute
+
+
+def disputes_of(session: Session, statement_id: str, *, partner_id: str | None) -> list[Dispute]:
+    """A statement's disputes, oldest first (NotFound for another partner's statement)."""
+    get_statement(session, statement_id, partner_id=partner_id)
+    return list(
+        session.scalars(
+            select(Dispute).where(Dispute.statement_id == statement_id).order_by(Dispute.id)
+        )
+    )
+
+
+def _adjustment_minor(raw: str | None, currency: str) -> int | None:
+    if raw is None:
+        return None
+    try:
+        value = Decimal(raw)
+    except (InvalidOperation, TypeError):
+        raise ValidationFailed.at("$.adjustment", "a signed decimal amount") from None
+    if not value.is_finite() or value == 0 or abs(value) > MAX_ADJUSTMENT:
+        raise ValidationFailed.at(
+            "$.adjustment", f"a non-zero amount of at most {MAX_ADJUSTMENT} {currency}"
+        )
+    if value != value.quantize(quantum(currency)):
+        raise ValidationFailed.at(
+            "$.adjustment", f"{currency} amounts have at most {exponent(currency)} decimal places"
+        )
+    return to_minor(value.quantize(quantum(currency)), currency)
+
+
+def resolve(
+    session: Session,
+    dispute_id: str,
+    actor: Actor,
+    *,
+    outcome: str,
+    note: str | None,
+    adjustment: str | None,
+    secret_key: bytes,
+    now: datetime,
+) -> Dispute:
+    """The operator resolves a dispute. ``adjustment`` (partner's currency, either sign: +
+    the operator pays more) becomes an ``adjustment`` line on the partner's next statement.
+    The statement returns to ``acknowledged`` when its last open dispute is resolved."""
+    dispute = session.scalars(
+        select(Dispute)
+        .where(Dispute.id == dispute_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if dispute is None:
+        raise NotFound(f"no dispute {dispute_id!r}")
+    statement = _lock(session, dispute.statement_id, None)
+    if outcome not in DISPUTE_OUTCOMES:
+        raise ValidationFailed.at("$.outcome", f"one of {', '.join(DISPUTE_OUTCOMES)}")
+    if note is not None and len(note) > 2000:
+        raise ValidationFailed.at("$.note", "at most 2000 characters")
+    minor = _adjustment_minor(adjustment, statement.currency)
+    if minor is not None and outcome == "rejected":
+        raise ValidationFailed.at("$.adjustment", "a rejected dispute carries no adjustment")
+    if dispute.status != "open":
+        raise Conflict(f"dispute {dispute.id} is resolved already")
+    session.execute(
+        update(Dispute)
+        .where(Dispute.id == dispute.id)
+        .values(
+            status="resolved",
+            outcome=outcome,
+            resolution_note=note,
+            adjustment_minor=minor,
+            resolved_at=now,
+            resolved_by_key=actor.key_id,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    still_open = session.scalar(
+        select(func.count())
+        .select_from(Dispute)
+        .where(Dispute.statement_id == statement.id, Dispute.status == "open")
+    )
+    if not still_open and statement.status == "disputed":
+        _move(
+            session,
+            statement,
+            "acknowledged",
+            actor,
+            secret_key=secret_key,
+            now=now,
+            note=f"{dispute.id} {outcome}",
+        )
+    session.refresh(dispute)
+    return dispute
+
+
+def settle(
+    session: Session,
+    statement_id: str,
+    actor: Actor,
+    *,
+    payment_reference: str,
+    paid_at: datetime,
+    secret_key: bytes,
+    now: datetime,
+) -> Statement:
+    """Record the payment of a statement: ``issued``/``acknowledged`` -> ``settled``."""
+    statement = _lock(session, statement_id, None)
+    if statement.status == "settled":
+        raise StatementClosed(
+            f"statement {statement.id} was settled already ({statement.payment_reference})"
+        )
+    if statement.status == "disputed":
+        raise StatementClosed(
+            f"statement {statement.id} has open disputes; resolve them before settling"
+        )
+    if not payment_reference.strip() or len(payment_reference) > 255:
+        raise ValidationFailed.at("$.payment_reference", "1 to 255 characters")
+    if paid_at > now:
+        raise ValidationFailed.at("$.paid_at", "may not be in the future")
+    session.execute(
+        update(Statement)
+        .where(Statement.id == statement.id)
+        .values(payment_reference=payment_reference, paid_at=paid_at)
+        .execution_options(synchronize_session=False)
+    )
+    _move(
+        session,
+        statement,
+        "settled",
+        actor,
+        secret_key=secret_key,
+        now=now,
+        note=payment_reference,
+    )
+    session.refresh(statement)
+    return statement
+
+
+def history(session: Session, statement_id: str) -> list[StatementEvent]:
+    """A statement's recorded status changes, oldest first."""
+    return list(
+        session.scalars(
+            select(StatementEvent)
+            .where(StatementEvent.statement_id == statement_id)
+            .order_by(StatementEvent.id)
+        )
+    )
