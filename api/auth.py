@@ -20,6 +20,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from api.runtime import Services, services_of
+from coalition import logs
 from coalition.db import transaction
 from coalition.errors import Forbidden, IdempotencyKeyMissing
 from partners.signatures import Principal, verify_request
@@ -143,6 +144,7 @@ async def signed(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRo
         )
     )
     connection.scope.setdefault("state", {})[_PRINCIPAL_KEY] = principal
+    logs.bind(key_id=principal.key_id, partner_id=principal.partner_id)
     access = handler.opt.get("access")
     assert isinstance(access, Access), f"{handler} declares no access"
     _authorize(principal, access)

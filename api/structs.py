@@ -468,3 +468,9 @@ def parse_time(raw: str | None, name: str) -> datetime | None:
         ) from None
     assert isinstance(value, datetime)
     return value
+
+
+class Liveness(Struct):
+    """The process is alive (no database consulted)."""
+
+    status: Literal["ok"]

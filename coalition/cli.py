@@ -7,12 +7,16 @@ into ``partners``, ``settlement`` and ``api``, and only inside the command that 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
+import os
+import signal
+import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -157,32 +161,62 @@ def purge_idempotency_keys(rt: Runtime) -> int:
             return total
 
 
-def cmd_worker(_args: argparse.Namespace) -> int:
-    """Run only the scheduled jobs."""
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run only the scheduled jobs, until SIGTERM or SIGINT (or, as the scheduler of
+    ``coalition serve``, until that parent is gone)."""
     from coalition.scheduler import Job, run_blocking
 
     rt = runtime()
     _require_schema(rt)
-    run_blocking([j for j in jobs(rt) if isinstance(j, Job)])
+    run_blocking([j for j in jobs(rt) if isinstance(j, Job)], parent_pid=args.parent_pid)
     return 0
 
 
-def _run_scheduler() -> None:
-    """The scheduler process of ``coalition serve`` (a child process of its own)."""
-    from coalition.scheduler import Job, run_blocking
+class _Terminated(Exception):
+    """SIGTERM reached ``coalition serve`` (after uvicorn finished its graceful shutdown)."""
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    rt = runtime()
-    with contextlib.suppress(KeyboardInterrupt):  # the parent stops it on shutdown
-        run_blocking([j for j in jobs(rt) if isinstance(j, Job)])
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise _Terminated
+
+
+def _metrics_dir() -> tempfile.TemporaryDirectory[str] | None:
+    """Set ``PROMETHEUS_MULTIPROC_DIR`` for the workers: the operator's, emptied, or a fresh
+    temporary directory removed at exit (returned, to clean up)."""
+    from coalition.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        prepare_multiprocess_dir(Path(given))
+        return None
+    made = tempfile.TemporaryDirectory(prefix="coalition-metrics-")
+    os.environ[MULTIPROC_ENV] = made.name
+    return made
+
+
+def _stop(child: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM ``child`` and wait for it (SIGKILL after ``timeout_s``)."""
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the HTTP API with uvicorn (``--workers`` processes) and, unless
-    ``--no-scheduler``, the scheduled jobs in a separate process."""
-    import multiprocessing
+    ``--no-scheduler``, the scheduled jobs in a child process (``coalition worker``).
 
+    SIGTERM (or SIGINT): stop accepting connections, let the requests in flight finish (at most
+    ``COALITION_SHUTDOWN_TIMEOUT_S``), stop the scheduler child (its running job finishes),
+    exit 0. The child also stops by itself when this process is gone (even after SIGKILL), so
+    restarts never stack schedulers.
+    """
     import uvicorn
+
+    from coalition import logs
 
     rt = runtime()
     _require_schema(rt)
@@ -191,12 +225,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "serving with the development COALITION_SECRET_KEY; set it in production"
         )
     rt.engine.dispose()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    metrics_dir = _metrics_dir()
     scheduler = None
     if not args.no_scheduler:
-        scheduler = multiprocessing.get_context("spawn").Process(
-            target=_run_scheduler, name="coalition-scheduler", daemon=True
+        scheduler = subprocess.Popen(  # noqa: S603 (this very program, no shell)
+            [sys.executable, "-m", "coalition.cli", "worker", "--parent-pid", str(os.getpid())]
         )
-        scheduler.start()
     try:
         uvicorn.run(
             "api.app:create_app",
@@ -204,16 +239,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             workers=args.workers,
-            log_level="info",
+            log_config=logs.logging_config(),
+            access_log=False,  # the API writes its own JSON line per request
+            timeout_graceful_shutdown=rt.settings.shutdown_timeout_s,
             # X-Forwarded-* only from a proxy on this machine; behind another proxy set
             # COALITION_PUBLIC_URL so signatures over the public URL verify.
             proxy_headers=True,
             forwarded_allow_ips="127.0.0.1",
         )
+    except _Terminated:
+        pass
     finally:
-        if scheduler is not None and scheduler.is_alive():
-            scheduler.terminate()
-            scheduler.join(timeout=10)
+        if scheduler is not None:
+            _stop(scheduler, rt.settings.shutdown_timeout_s)
+        if metrics_dir is not None:
+            metrics_dir.cleanup()
+    logging.getLogger("coalition").info("serve stopped")
     return 0
 
 
@@ -254,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
     worker = sub.add_parser("worker", help="run only the scheduled jobs")
+    # Set by `coalition serve` for its scheduler child: stop when that process is gone.
+    worker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     worker.set_defaults(func=cmd_worker)
     demo = sub.add_parser("demo", help="a demo coalition with a period of traffic")
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
@@ -264,8 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``coalition`` console script."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from coalition import logs
+
+    try:
+        logs.configure()
+    except ValueError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

@@ -60,6 +60,8 @@ class Settings:
     hold_max_expiry_s: int = 7 * 24 * 3600
     tier_window_days: int = 365
     tiers: tuple[Tier, ...] = field(default=DEFAULT_TIERS)
+    #: How long ``coalition serve`` lets requests in flight finish after SIGTERM.
+    shutdown_timeout_s: int = 20
 
     @property
     def tz(self) -> ZoneInfo:
@@ -179,6 +181,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         ),
         tier_window_days=_parse_int(
             "COALITION_TIER_WINDOW_DAYS", values.get("COALITION_TIER_WINDOW_DAYS", "365"), 1
+        ),
+        shutdown_timeout_s=_parse_int(
+            "COALITION_SHUTDOWN_TIMEOUT_S", values.get("COALITION_SHUTDOWN_TIMEOUT_S", "20"), 1
         ),
         tiers=parse_tiers(values["COALITION_TIERS"])
         if "COALITION_TIERS" in values
