@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,7 +116,7 @@ class Served:
 
 def serve_process(
     tmp_path: Path, *, database_url: str | None = None, workers: int = 1, **env_extra: str
-) -> Iterator[Served]:
+) -> Generator[Served, None, None]:
     """``coalition init`` then ``coalition serve`` on a free port, until the generator closes."""
     env = {
         **os.environ,
