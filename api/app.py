@@ -22,6 +22,7 @@ from litestar.openapi.spec import Tag
 from sqlalchemy import text
 
 from api.admin import AdminController
+from api.bulk import EarnBatchController
 from api.docs import COMPONENTS, StrictStructSchemaPlugin, problems
 from api.observe import RequestObserver
 from api.partner import PartnerController
@@ -105,6 +106,7 @@ def create_app(
     app = Litestar(
         route_handlers=[
             PartnerController,
+            EarnBatchController,
             AdminController,
             health,
             liveness,

@@ -474,3 +474,43 @@ class Liveness(Struct):
     """The process is alive (no database consulted)."""
 
     status: Literal["ok"]
+
+
+#: Earns in one ``POST /v1/earn-batches`` at most.
+EARN_BATCH_MAX_ITEMS = 500
+
+
+class EarnBatchCreate(Request):
+    """``POST /v1/earn-batches``: 1 to 500 earns, each shaped like ``POST /v1/earns``."""
+
+    earns: Annotated[list[EarnCreate], Meta(min_length=1, max_length=EARN_BATCH_MAX_ITEMS)]
+
+
+class RawEarnBatch(Request):
+    """How a batch is decoded: the list strictly, then each item on its own (a bad item is
+    that item's problem, not the batch's)."""
+
+    earns: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=EARN_BATCH_MAX_ITEMS)]
+
+
+class EarnBatchResult(Struct, omit_defaults=True):
+    """One item's result, in the order given: its transaction, or its problem document."""
+
+    reference: str | None
+    status: Literal["created", "duplicate", "rejected"]
+    transaction: TransactionOut | None = None
+    problem: dict[str, object] | None = None
+
+
+class EarnBatchOut(Struct):
+    """The results of a batch of earns, one per item in the order given."""
+
+    results: list[EarnBatchResult]
+
+
+def decode_fields(fields: dict[str, str], type_: type[T]) -> T:
+    """:func:`decode` for fields already apart (a CSV row): the same shapes, strictly."""
+    try:
+        return msgspec.convert(fields, type=type_, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed([_field_error(exc)]) from None

@@ -274,6 +274,76 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+# --- coalition import earns (partners/imports.py) ---------------------------------------
+
+
+def cmd_import_earns(args: argparse.Namespace) -> int:
+    """Import a partner's file of earns; exit 0 when no row was rejected, 1 otherwise, 2 when
+    the file or the partner cannot be used at all."""
+    from api.bulk import earn_from_fields, earn_from_json
+    from api.problems import KINDS, problem_type
+    from coalition.errors import NotFound
+    from coalition.progress import progress
+    from partners.imports import ImportError_, format_of, import_earns
+    from partners.operations import Operations
+    from partners.rates import get_partner
+
+    rt = runtime()
+    _require_schema(rt)
+    path = Path(args.file)
+    try:
+        fmt = format_of(path, args.format)
+        size = path.stat().st_size
+        with transaction(rt.sessions) as session:
+            get_partner(session, args.partner)
+    except (ImportError_, OSError, NotFound) as exc:
+        print(f"coalition import earns: {exc}", file=sys.stderr)
+        return 2
+    ops = Operations(rt.settings, rt.sessions)
+    with progress(f"importing {path.name}", size) as update:
+        try:
+            summary = import_earns(
+                ops,
+                args.partner,
+                path,
+                fmt,
+                to_item=earn_from_fields,
+                from_json=earn_from_json,
+                progress=lambda done, rows: update(done, f"{rows:,} rows"),
+            )
+        except ImportError_ as exc:
+            print(f"coalition import earns: {exc}", file=sys.stderr)
+            return 2
+
+    def kind(code: str) -> str:
+        return problem_type(code if code in KINDS else "conflict")
+
+    if args.json:
+        rejected = [
+            {"line": r.line, "reference": r.reference, "type": kind(r.code), "detail": r.detail}
+            for r in summary.rejected
+        ]
+        print(
+            json.dumps(
+                {
+                    "imported": summary.imported,
+                    "duplicates": summary.duplicates,
+                    "rejected": rejected,
+                    "points": summary.points,
+                }
+            )
+        )
+    else:
+        for r in summary.rejected:
+            print(f"line {r.line}: rejected ({kind(r.code)}) {r.detail}")
+        print(
+            f"{summary.imported:,} imported ({summary.points:,} points), "
+            f"{summary.duplicates:,} duplicates, {len(summary.rejected):,} rejected "
+            f"of {summary.rows:,} rows"
+        )
+    return 1 if summary.rejected else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(prog="coalition", description=__doc__.splitlines()[0])
@@ -302,6 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     demo.add_argument("--members", type=int, default=400, help="members (default 400)")
     demo.set_defaults(func=cmd_demo)
+    imports = sub.add_parser("import", help="bulk imports").add_subparsers(
+        dest="what", required=True
+    )
+    earns = imports.add_parser("earns", help="import a partner's file of earns (CSV or NDJSON)")
+    earns.add_argument("--partner", required=True, help="the partner id (prt_...)")
+    earns.add_argument("file", help="the file: CSV with a header row, or NDJSON")
+    earns.add_argument("--format", choices=("csv", "ndjson"), help="default: from the extension")
+    earns.add_argument("--json", action="store_true", help="print the summary as JSON")
+    earns.set_defaults(func=cmd_import_earns)
     return parser
 
 
