@@ -6,7 +6,7 @@ worker answering ``GET /metrics`` reports the sum over all of them. Without the 
 tests' in-process server, a single process) the default registry is used.
 
 Labels never carry partner or member ids (unbounded, and data): routes are templates
-(``/v1/holds/{hold_id:str}/capture``), outcomes are problem types.
+(``/v1/holds/{hold_id}/capture``), outcomes are problem types.
 
 Operations are measured at one place, around :class:`~partners.operations.Operations` (see
 :func:`instrument_operations`), not inside each operation.

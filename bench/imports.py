@@ -1,0 +1,131 @@
+"""``python -m bench.imports``: ``coalition import earns`` of an N-row file on PostgreSQL,
+beside a bare ``COPY`` of the same file into an unindexed table (docs/benchmarks.md).
+
+It makes a CSV of ``--rows`` earns (default 1,000,000) over ``--members`` members, imports it
+(rows per second, peak memory sampled at every batch), imports it again (every row a
+duplicate), and copies it with ``COPY ... FROM STDIN`` into a table without indexes or
+constraints: the floor of what moving those bytes into PostgreSQL costs. Targets (issue 10):
+at least 25,000 rows/s and at least 0.3 x the bare COPY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from api.bulk import earn_from_fields, earn_from_json
+from bench.postgres import scratch_database, server_url
+from bench.throughput import prepare
+from partners.imports import import_earns
+
+
+def _rss_mib() -> float:
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def write_file(path: Path, rows: int, members: list[str]) -> None:
+    """The partner's day: ``rows`` earns of 12.34 EUR, round robin over ``members``."""
+    with path.open("w") as out:
+        out.write("member_id,reference,amount,currency,occurred_at\n")
+        for n in range(rows):
+            out.write(f"{members[n % len(members)]},bench-import-{n},12.34,EUR,\n")
+
+
+def bare_copy(url: str, path: Path) -> float:
+    """Seconds to COPY ``path`` into a new unindexed table (then dropped)."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "CREATE TABLE bench_bare_copy (member_id text, reference text, amount text, "
+            "currency text, occurred_at text)"
+        )
+        conn.commit()
+        start = time.perf_counter()
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY bench_bare_copy FROM STDIN (FORMAT csv, HEADER true)") as copy,
+            path.open("rb") as data,
+        ):
+            while chunk := data.read(1 << 20):
+                copy.write(chunk)
+        conn.commit()
+        seconds = time.perf_counter() - start
+        conn.execute("DROP TABLE bench_bare_copy")
+        conn.commit()
+    return seconds
+
+
+def run(rows: int, members: int) -> dict[str, Any]:
+    """Measure; the figures as a dict."""
+    server = server_url()
+    with scratch_database(server, f"coalition_bench_import_{os.getpid()}") as url:
+        bench = prepare(url.render_as_string(hide_password=False), members=members)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "earns.csv"
+                write_file(path, rows, bench.members)
+                rss: list[float] = [_rss_mib()]
+
+                def sample(_done: int, _rows: int) -> None:
+                    rss.append(_rss_mib())
+
+                def once() -> tuple[float, Any]:
+                    start = time.perf_counter()
+                    summary = import_earns(
+                        bench.ops,
+                        bench.partner_id,
+                        path,
+                        "csv",
+                        to_item=earn_from_fields,
+                        from_json=earn_from_json,
+                        progress=sample,
+                    )
+                    return time.perf_counter() - start, summary
+
+                first_s, first = once()
+                again_s, again = once()
+                assert first.imported == rows and not first.rejected, first
+                assert again.duplicates == rows and again.imported == 0, again
+                libpq = url.set(drivername="postgresql").render_as_string(hide_password=False)
+                copy_s = bare_copy(libpq, path)
+                size = path.stat().st_size
+        finally:
+            bench.engine.dispose()
+    tenth = max(1, len(rss) // 10)
+    return {
+        "rows": rows,
+        "file_bytes": size,
+        "import_s": round(first_s, 2),
+        "import_rows_per_s": round(rows / first_s),
+        "reimport_s": round(again_s, 2),
+        "reimport_rows_per_s": round(rows / again_s),
+        "bare_copy_s": round(copy_s, 3),
+        "bare_copy_rows_per_s": round(rows / copy_s),
+        "ratio_to_bare_copy": round(copy_s / first_s, 4),
+        "rss_mib_after_first_tenth": round(max(rss[:tenth]), 1),
+        "rss_mib_peak": round(max(rss), 1),
+        "maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run and print the figures as JSON."""
+    parser = argparse.ArgumentParser(prog="python -m bench.imports", description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the file")
+    parser.add_argument("--members", type=int, default=1_000, help="members the rows cover")
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.rows, args.members), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
