@@ -261,17 +261,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """A demo coalition on an empty database, with a period of traffic."""
     from api.example import demo_lines
-    from partners.demo import run_demo
+    from coalition.progress import progress
+    from partners.demo import PERIOD_DAYS, run_demo
 
     rt = runtime()
-    return run_demo(
-        rt.settings,
-        rt.engine,
-        rt.sessions,
-        seed=args.seed,
-        members=args.members,
-        describe_api=demo_lines,
-    )
+    with progress("simulating the period", PERIOD_DAYS) as update:
+        return run_demo(
+            rt.settings,
+            rt.engine,
+            rt.sessions,
+            seed=args.seed,
+            members=args.members,
+            describe_api=demo_lines,
+            progress=lambda day, days: update(day, f"of {days} days"),
+        )
 
 
 # --- coalition import earns (partners/imports.py) ---------------------------------------
