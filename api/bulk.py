@@ -27,7 +27,6 @@ from api.structs import (
     EarnBatchOut,
     EarnBatchResult,
     EarnCreate,
-    RawEarnBatch,
     decode,
     decode_fields,
 )
@@ -46,17 +45,14 @@ def earn_from_json(raw: bytes) -> EarnItem:
     return _item(decode(raw, EarnCreate))
 
 
-def earn_from_fields(fields: dict[str, str]) -> EarnItem:
-    """An earn from a CSV row's fields, checked as a ``POST /v1/earns`` body."""
+def earn_from_fields(fields: dict[str, Any]) -> EarnItem:
+    """An earn from a CSV row's fields (or a batch's item), checked as a ``POST /v1/earns``
+    body."""
     return _item(decode_fields(fields, EarnCreate))
 
 
-def _reference_of(raw: bytes) -> str | None:
-    try:
-        loose = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        return None
-    reference = loose.get("reference") if isinstance(loose, dict) else None
+def _reference_of(item: dict[str, Any]) -> str | None:
+    reference = item.get("reference")
     return reference if isinstance(reference, str) else None
 
 
@@ -110,16 +106,16 @@ class EarnBatchController(Controller):
         partner_id = principal.partner_id
 
         def run(session: Session) -> tuple[int, EarnBatchOut]:
-            batch = decode(body, RawEarnBatch)
+            batch = decode(body, EarnBatchCreate)
             outcomes: list[Posted | CoalitionError | None] = []
             items: list[EarnItem] = []
             references: list[str | None] = []
-            for raw in batch.earns:
+            for fields in batch.earns:
                 try:
-                    item = earn_from_json(bytes(raw))
+                    item = earn_from_fields(fields)
                 except CoalitionError as exc:
                     outcomes.append(exc)
-                    references.append(_reference_of(bytes(raw)))
+                    references.append(_reference_of(fields))
                     continue
                 outcomes.append(None)
                 references.append(item.reference)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
@@ -481,16 +481,20 @@ EARN_BATCH_MAX_ITEMS = 500
 
 
 class EarnBatchCreate(Request):
-    """``POST /v1/earn-batches``: 1 to 500 earns, each shaped like ``POST /v1/earns``."""
+    """``POST /v1/earn-batches``: 1 to 500 earns, each shaped like ``POST /v1/earns``.
 
-    earns: Annotated[list[EarnCreate], Meta(min_length=1, max_length=EARN_BATCH_MAX_ITEMS)]
+    Each item is checked on its own: one that is not a valid earn body is that item's
+    ``rejected`` result (with the problem ``POST /v1/earns`` would give), not the batch's."""
 
-
-class RawEarnBatch(Request):
-    """How a batch is decoded: the list strictly, then each item on its own (a bad item is
-    that item's problem, not the batch's)."""
-
-    earns: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=EARN_BATCH_MAX_ITEMS)]
+    earns: Annotated[
+        list[dict[str, Any]],
+        Meta(
+            min_length=1,
+            max_length=EARN_BATCH_MAX_ITEMS,
+            description="Objects shaped like the body of POST /v1/earns: member_id, reference, "
+            "amount, currency, occurred_at?",
+        ),
+    ]
 
 
 class EarnBatchResult(Struct, omit_defaults=True):
@@ -508,7 +512,7 @@ class EarnBatchOut(Struct):
     results: list[EarnBatchResult]
 
 
-def decode_fields(fields: dict[str, str], type_: type[T]) -> T:
+def decode_fields(fields: dict[str, Any], type_: type[T]) -> T:
     """:func:`decode` for fields already apart (a CSV row): the same shapes, strictly."""
     try:
         return msgspec.convert(fields, type=type_, strict=True)

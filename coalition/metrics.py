@@ -32,7 +32,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, bindparam, event, text
 
 from coalition.db import UTCDateTime
 
@@ -206,7 +206,7 @@ def _measured(kind: str, call: Callable[..., Any], engine: Engine | None) -> Cal
 
 _EXPIRED_AT = text(
     "SELECT COALESCE(SUM(points), 0) FROM transactions WHERE posted_at = :at AND kind = 'expiry'"
-)
+).bindparams(bindparam("at", type_=UTCDateTime()))
 
 
 def _expire_points(call: Callable[..., Any], engine: Engine, *args: Any, **kwargs: Any) -> Any:
@@ -218,8 +218,7 @@ def _expire_points(call: Callable[..., Any], engine: Engine, *args: Any, **kwarg
     OPERATIONS.labels("expire_points", "ok").inc()
     if done:
         with engine.connect() as conn:
-            at = UTCDateTime().process_bind_param(now, engine.dialect)
-            POINTS_EXPIRED.inc(int(conn.execute(_EXPIRED_AT, {"at": at}).scalar_one()))
+            POINTS_EXPIRED.inc(int(conn.execute(_EXPIRED_AT, {"at": now}).scalar_one()))
     return done
 
 

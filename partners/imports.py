@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 from coalition.errors import CoalitionError, DuplicateReference, ValidationFailed
 from coalition.ledger import Posted
@@ -37,7 +37,7 @@ BATCH_ROWS = EARN_BATCH_MAX
 MAX_LINE_BYTES = 64 * 1024
 
 #: What a row's fields become: an earn, or the ValidationFailed a request would get.
-ToItem = Callable[[dict[str, str]], EarnItem]
+ToItem = Callable[[dict[str, Any]], EarnItem]
 FromJson = Callable[[bytes], EarnItem]
 
 
