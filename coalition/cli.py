@@ -181,16 +181,19 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
 
 
 def _metrics_dir() -> tempfile.TemporaryDirectory[str] | None:
-    """Set ``PROMETHEUS_MULTIPROC_DIR`` for the workers: the operator's, emptied, or a fresh
-    temporary directory removed at exit (returned, to clean up)."""
-    from coalition.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+    """Set ``PROMETHEUS_MULTIPROC_DIR`` for the workers: the operator's, emptied of an earlier
+    run's samples, or a fresh temporary directory removed at exit (returned, to clean up).
 
-    given = os.environ.get(MULTIPROC_ENV)
+    Before anything imports prometheus_client: it picks its multiprocess mode on import."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if given:
-        prepare_multiprocess_dir(Path(given))
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
         return None
     made = tempfile.TemporaryDirectory(prefix="coalition-metrics-")
-    os.environ[MULTIPROC_ENV] = made.name
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made.name
     return made
 
 

@@ -115,13 +115,6 @@ def multiprocess_dir() -> Path | None:
     return Path(raw) if raw else None
 
 
-def prepare_multiprocess_dir(path: Path) -> None:
-    """Make ``path`` an empty directory for a new server's samples (before workers start)."""
-    path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):
-        stale.unlink()
-
-
 def exposition() -> bytes:
     """Every metric in the Prometheus text format (all workers' in multiprocess mode)."""
     if multiprocess_dir() is None:

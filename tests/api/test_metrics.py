@@ -118,3 +118,15 @@ def test_no_partner_or_member_id_is_a_label(served: Served) -> None:
     values = {value for _, labels in samples for _, value in labels}
     assert "/v1/members/{member_id}/balance" in values
     assert not any(v.startswith(("prt_", "mem_", "key_")) for v in values)
+
+
+def test_a_single_worker_serve_reports_its_metrics_too(tmp_path: Path) -> None:
+    single = serve_process(tmp_path, workers=1)
+    served = next(single)
+    try:
+        ok(served.client(served.operator).get("/v1/admin/partners"))
+        samples = _scrape(served)
+        route = {"route": "/v1/admin/partners", "method": "GET", "status": "200"}
+        assert _value(samples, "coalition_http_requests_total", **route) == 1
+    finally:
+        single.close()
