@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import base64
 import itertools
+import logging
 import os
 import secrets
-import sys
 import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -133,10 +133,11 @@ def _dev_secret_key() -> bytes:
         key = secrets.token_bytes(32)
         path.write_text(base64.urlsafe_b64encode(key).decode().rstrip("=") + "\n")
         path.chmod(0o600)
-    print(
-        f"WARNING: COALITION_SECRET_KEY is not set; using the development key in "
-        f"{path.resolve()}. Set COALITION_SECRET_KEY (32 bytes, base64url) in production.",
-        file=sys.stderr,
+    # A log record (a JSON line under `coalition`), not a bare print: logs stay parseable.
+    logging.getLogger("coalition.config").warning(
+        "COALITION_SECRET_KEY is not set; using the development key in %s. Set "
+        "COALITION_SECRET_KEY (32 bytes, base64url) in production.",
+        path.resolve(),
     )
     return key
 
