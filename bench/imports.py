@@ -28,6 +28,10 @@ from bench.throughput import prepare
 from partners.imports import import_earns
 
 
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def _rss_mib() -> float:
     pages = int(Path("/proc/self/statm").read_text().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -75,8 +79,10 @@ def run(rows: int, members: int) -> dict[str, Any]:
                 write_file(path, rows, bench.members)
                 rss: list[float] = [_rss_mib()]
 
-                def sample(_done: int, _rows: int) -> None:
+                def sample(_done: int, done_rows: int) -> None:
                     rss.append(_rss_mib())
+                    if done_rows % 100_000 == 0:
+                        _say(f"  {done_rows} rows, RSS {rss[-1]:.1f} MiB")
 
                 def once() -> tuple[float, Any]:
                     start = time.perf_counter()
@@ -92,7 +98,9 @@ def run(rows: int, members: int) -> dict[str, Any]:
                     return time.perf_counter() - start, summary
 
                 first_s, first = once()
+                _say(f"import: {rows} rows in {first_s:.1f} s, peak RSS {max(rss):.1f} MiB")
                 again_s, again = once()
+                _say(f"re-import: {again.duplicates} duplicates in {again_s:.1f} s")
                 assert first.imported == rows and not first.rejected, first
                 assert again.duplicates == rows and again.imported == 0, again
                 libpq = url.set(drivername="postgresql").render_as_string(hide_password=False)
