@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from litestar import Litestar, Request, get
+from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
@@ -22,12 +22,15 @@ from litestar.openapi.spec import Tag
 from sqlalchemy import text
 
 from api.admin import AdminController
+from api.bulk import EarnBatchController
 from api.docs import COMPONENTS, StrictStructSchemaPlugin, problems
+from api.observe import RequestObserver
 from api.partner import PartnerController
 from api.problems import EXCEPTION_HANDLERS, add_request_id, describe_problem
 from api.runtime import STATE_KEY, Services, services_of
 from api.settlement import SettlementAdminController, StatementsController
-from api.structs import Health, SigningKey
+from api.structs import Health, Liveness, SigningKey
+from coalition import metrics
 from coalition.config import Settings, load_settings
 from coalition.db import transaction, utcnow
 from coalition.errors import Unavailable
@@ -43,7 +46,8 @@ API_DESCRIPTION = """\
 The HTTP API of the coalition settlement service: a shared points ledger for partner brands.
 
 * Partner endpoints live under `/v1`, operator endpoints under `/v1/admin`.
-* Every `/v1` request except `GET /v1/health` and `GET /v1/signing-keys` is signed (RFC 9421
+* Every `/v1` request except `GET /v1/health`, `GET /v1/health/live` and
+  `GET /v1/signing-keys` is signed (RFC 9421
   HTTP Message Signatures); see the security scheme below and docs/signing.md.
 * Every `POST` needs an `Idempotency-Key` header; a repeat returns the first response with
   `Idempotent-Replayed: true`.
@@ -74,6 +78,19 @@ def health(request: Request[Any, Any, Any]) -> Health:
     return Health(status="ok", database="ok")
 
 
+@get("/v1/health/live", tags=["service"], sync_to_thread=False, security=[])
+def liveness() -> Liveness:
+    """The process answers (no database consulted): restart it when this fails."""
+    return Liveness(status="ok")
+
+
+@get("/metrics", tags=["service"], sync_to_thread=False, security=[], media_type="text/plain")
+def prometheus_metrics() -> Response[bytes]:
+    """Prometheus text format, every worker process included; restrict it at the network
+    edge. No partner or member ids as labels."""
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+
+
 @get("/v1/signing-keys", tags=["service"], sync_to_thread=True, security=[])
 def signing_keys(request: Request[Any, Any, Any]) -> list[SigningKey]:
     """The operator's statement-signing public keys (Ed25519, raw, base64url), the one that
@@ -95,13 +112,16 @@ def create_app(
     def dispose() -> None:
         services.engine.dispose()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             PartnerController,
+            EarnBatchController,
             AdminController,
             StatementsController,
             SettlementAdminController,
             health,
+            liveness,
+            prometheus_metrics,
             signing_keys,
             describe_problem,
         ],
@@ -126,7 +146,11 @@ def create_app(
             path="/schema",
         ),
         debug=False,
+        # Logging is the process's (coalition.logs: JSON lines), not the framework's.
+        logging_config=None,
     )
+    app.asgi_handler = RequestObserver(app.asgi_handler)
+    return app
 
 
 def _state(services: Services) -> State:

@@ -32,6 +32,7 @@ from litestar.handlers.base import BaseRouteHandler
 from sqlalchemy.orm import Session
 
 from api.runtime import Services, services_of
+from coalition import logs
 from coalition.db import WHOLE, transaction
 from coalition.errors import Forbidden, IdempotencyKeyMissing
 from partners.signatures import (
@@ -182,6 +183,7 @@ async def signed(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRo
     state = connection.scope.setdefault("state", {})
     state[_PRINCIPAL_KEY] = verified.principal
     state[_VERIFIED_KEY] = verified
+    logs.bind(key_id=verified.principal.key_id, partner_id=verified.principal.partner_id)
     access = handler.opt.get("access")
     assert isinstance(access, Access), f"{handler} declares no access"
     _authorize(verified.principal, access)

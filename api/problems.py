@@ -11,6 +11,7 @@ the stack trace; nothing else of it (no trace, SQL or secret) reaches the client
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from html import escape
@@ -37,6 +38,10 @@ log = logging.getLogger("coalition.api")
 PROBLEM_JSON = "application/problem+json"
 REQUEST_ID_HEADER = "X-Request-Id"
 _STATE_KEY = "coalition_request_id"
+#: Scope state set when the client disconnected before its request was complete.
+CLIENT_GONE_KEY = "coalition_client_gone"
+#: An ``X-Request-Id`` a client or proxy sends is kept when it looks like an id.
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +193,18 @@ def request_id(scope: Scope) -> str:
     return str(rid)
 
 
+def adopt_request_id(scope: Scope) -> str:
+    """Take the request's ``X-Request-Id`` (8-128 of ``[A-Za-z0-9._:-]``, as proxies make
+    them) as its id, or make one: the id its log lines, problem documents and response carry."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _REQUEST_ID_RE.fullmatch(candidate):
+                scope.setdefault("state", {})[_STATE_KEY] = candidate
+            break
+    return request_id(scope)
+
+
 async def add_request_id(message: Message, scope: Scope) -> None:
     """``before_send`` hook: every response carries ``X-Request-Id``."""
     if message["type"] == "http.response.start":
@@ -295,8 +312,13 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
 
 
 def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    """Anything else: 503 when the database is out of reach, else a logged 500."""
+    """Anything else: 503 when the database is out of reach, else a logged 500 (and an info
+    line when the client went away before sending its whole request)."""
     scope = request.scope
+    if scope.get("state", {}).get(CLIENT_GONE_KEY):
+        # Nobody is left to answer: a client going away is routine, not an error.
+        log.info("client disconnected before sending the whole request")
+        return problem_response(scope, "validation", "the client disconnected", errors=[])
     if isinstance(exc, OperationalError | PoolTimeout):
         log.warning("database unavailable (request %s): %s", request_id(scope), type(exc).__name__)
         return problem_response(scope, "unavailable", "the database is unavailable; retry")

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from coalition import metrics
 from coalition.config import Settings
 from coalition.db import make_engine, session_factory, utcnow
 from partners.operations import Operations
@@ -34,8 +35,9 @@ class Services:
     def build(cls, settings: Settings, clock: Callable[[], datetime] = utcnow) -> Services:
         """Engine, session factory and operations for ``settings``."""
         engine = make_engine(settings.database_url)
+        metrics.observe_pool(engine)
         sessions = session_factory(engine)
-        ops = Operations(settings, sessions, clock)
+        ops = metrics.instrument_operations(Operations(settings, sessions, clock), engine)
         return cls(settings, engine, sessions, ops, clock, KeyCache(settings.secret_key))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
@@ -468,3 +468,53 @@ def parse_time(raw: str | None, name: str) -> datetime | None:
         ) from None
     assert isinstance(value, datetime)
     return value
+
+
+class Liveness(Struct):
+    """The process is alive (no database consulted)."""
+
+    status: Literal["ok"]
+
+
+#: Earns in one ``POST /v1/earn-batches`` at most.
+EARN_BATCH_MAX_ITEMS = 500
+
+
+class EarnBatchCreate(Request):
+    """``POST /v1/earn-batches``: 1 to 500 earns, each shaped like ``POST /v1/earns``.
+
+    Each item is checked on its own: one that is not a valid earn body is that item's
+    ``rejected`` result (with the problem ``POST /v1/earns`` would give), not the batch's."""
+
+    earns: Annotated[
+        list[dict[str, Any]],
+        Meta(
+            min_length=1,
+            max_length=EARN_BATCH_MAX_ITEMS,
+            description="Objects shaped like the body of POST /v1/earns: member_id, reference, "
+            "amount, currency, occurred_at?",
+        ),
+    ]
+
+
+class EarnBatchResult(Struct, omit_defaults=True):
+    """One item's result, in the order given: its transaction, or its problem document."""
+
+    reference: str | None
+    status: Literal["created", "duplicate", "rejected"]
+    transaction: TransactionOut | None = None
+    problem: dict[str, object] | None = None
+
+
+class EarnBatchOut(Struct):
+    """The results of a batch of earns, one per item in the order given."""
+
+    results: list[EarnBatchResult]
+
+
+def decode_fields(fields: dict[str, Any], type_: type[T]) -> T:
+    """:func:`decode` for fields already apart (a CSV row): the same shapes, strictly."""
+    try:
+        return msgspec.convert(fields, type=type_, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed([_field_error(exc)]) from None

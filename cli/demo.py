@@ -66,6 +66,8 @@ HOLD_EXPIRY_S = 1800
 RECENT = 300
 
 Echo = Callable[[str], None]
+#: ``progress(days_done, days)``: called after each simulated day (a progress bar's hook).
+DayProgress = Callable[[int, int], None]
 
 
 # --- the coalition ------------------------------------------------------------------------
@@ -182,6 +184,7 @@ def run_demo(
     members: int = 400,
     echo: Echo = print,
     describe_api: DescribeApi | None = None,
+    progress: DayProgress | None = None,
 ) -> int:
     """Run the demo (see the module's docstring); 0 when every invariant holds, else 1.
 
@@ -195,6 +198,7 @@ def run_demo(
         members=members,
         echo=echo,
         describe_api=describe_api,
+        progress=progress,
     )
     return 0 if result is not None and result.invariants_ok else 1
 
@@ -208,6 +212,7 @@ def demo(
     members: int,
     echo: Echo = print,
     describe_api: DescribeApi | None = None,
+    progress: DayProgress | None = None,
 ) -> DemoResult | None:
     """Run the demo and return what it did; ``None`` when the database is not empty."""
     started = time.perf_counter()
@@ -231,7 +236,7 @@ def demo(
     sim.found_coalition()
     keys = _create_keys(settings, sessions)
     traffic_started, traffic_cpu = time.perf_counter(), time.process_time()
-    sim.run()
+    sim.run(progress)
     traffic_s = time.perf_counter() - traffic_started
     traffic_cpu_s = time.process_time() - traffic_cpu
     echo(_header(settings, sim, members, seed))
@@ -441,7 +446,7 @@ class _Simulation:
             now=self.clock(),
         )
 
-    def run(self) -> None:
+    def run(self, progress: DayProgress | None = None) -> None:
         """Simulate the period day by day; run the expiry jobs at the end of each day."""
         self._schedule_joins()
         self._schedule_operator_work()
@@ -452,6 +457,8 @@ class _Simulation:
             self._schedule_day(day_start)
             self._run_until(day_start + timedelta(days=1))
             self._run_jobs(day_start + timedelta(days=1))
+            if progress is not None:
+                progress(day + 1, PERIOD_DAYS)
 
     def _run_until(self, until: datetime) -> None:
         while self.queue and self.queue[0].at < until:

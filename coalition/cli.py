@@ -7,12 +7,16 @@ into ``partners``, ``settlement`` and ``api``, and only inside the command that 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
+import os
+import signal
+import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -176,32 +180,65 @@ def purge_idempotency_keys(rt: Runtime) -> int:
     return total
 
 
-def cmd_worker(_args: argparse.Namespace) -> int:
-    """Run only the scheduled jobs."""
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run only the scheduled jobs, until SIGTERM or SIGINT (or, as the scheduler of
+    ``coalition serve``, until that parent is gone)."""
     from coalition.scheduler import Job, run_blocking
 
     rt = runtime()
     _require_schema(rt)
-    run_blocking([j for j in jobs(rt) if isinstance(j, Job)])
+    run_blocking([j for j in jobs(rt) if isinstance(j, Job)], parent_pid=args.parent_pid)
     return 0
 
 
-def _run_scheduler() -> None:
-    """The scheduler process of ``coalition serve`` (a child process of its own)."""
-    from coalition.scheduler import Job, run_blocking
+class _Terminated(Exception):
+    """SIGTERM reached ``coalition serve`` (after uvicorn finished its graceful shutdown)."""
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    rt = runtime()
-    with contextlib.suppress(KeyboardInterrupt):  # the parent stops it on shutdown
-        run_blocking([j for j in jobs(rt) if isinstance(j, Job)])
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise _Terminated
+
+
+def _metrics_dir() -> tempfile.TemporaryDirectory[str] | None:
+    """Set ``PROMETHEUS_MULTIPROC_DIR`` for the workers: the operator's, emptied of an earlier
+    run's samples, or a fresh temporary directory removed at exit (returned, to clean up).
+
+    Before anything imports prometheus_client: it picks its multiprocess mode on import."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return None
+    made = tempfile.TemporaryDirectory(prefix="coalition-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made.name
+    return made
+
+
+def _stop(child: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM ``child`` and wait for it (SIGKILL after ``timeout_s``)."""
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the HTTP API with uvicorn (``--workers`` processes) and, unless
-    ``--no-scheduler``, the scheduled jobs in a separate process."""
-    import multiprocessing
+    ``--no-scheduler``, the scheduled jobs in a child process (``coalition worker``).
 
+    SIGTERM (or SIGINT): stop accepting connections, let the requests in flight finish (at most
+    ``COALITION_SHUTDOWN_TIMEOUT_S``), stop the scheduler child (its running job finishes),
+    exit 0. The child also stops by itself when this process is gone (even after SIGKILL), so
+    restarts never stack schedulers.
+    """
     import uvicorn
+
+    from coalition import logs
 
     rt = runtime()
     _require_schema(rt)
@@ -210,12 +247,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "serving with the development COALITION_SECRET_KEY; set it in production"
         )
     rt.engine.dispose()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    metrics_dir = _metrics_dir()
     scheduler = None
     if not args.no_scheduler:
-        scheduler = multiprocessing.get_context("spawn").Process(
-            target=_run_scheduler, name="coalition-scheduler", daemon=True
+        scheduler = subprocess.Popen(  # noqa: S603 (this very program, no shell)
+            [sys.executable, "-m", "coalition.cli", "worker", "--parent-pid", str(os.getpid())]
         )
-        scheduler.start()
     try:
         uvicorn.run(
             "api.app:create_app",
@@ -223,33 +261,112 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             workers=args.workers,
-            log_level="info",
+            log_config=logs.logging_config(),
+            access_log=False,  # the API writes its own JSON line per request
+            timeout_graceful_shutdown=rt.settings.shutdown_timeout_s,
             # X-Forwarded-* only from a proxy on this machine; behind another proxy set
             # COALITION_PUBLIC_URL so signatures over the public URL verify.
             proxy_headers=True,
             forwarded_allow_ips="127.0.0.1",
         )
+    except _Terminated:
+        pass
     finally:
-        if scheduler is not None and scheduler.is_alive():
-            scheduler.terminate()
-            scheduler.join(timeout=10)
+        if scheduler is not None:
+            _stop(scheduler, rt.settings.shutdown_timeout_s)
+        if metrics_dir is not None:
+            metrics_dir.cleanup()
+    logging.getLogger("coalition").info("serve stopped")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """A demo coalition on an empty database, with a period of traffic."""
-    from cli.demo import run_demo
+    from cli.demo import PERIOD_DAYS, run_demo
     from cli.example import demo_lines
+    from coalition.progress import progress
 
     rt = runtime()
-    return run_demo(
-        rt.settings,
-        rt.engine,
-        rt.sessions,
-        seed=args.seed,
-        members=args.members,
-        describe_api=demo_lines,
-    )
+    with progress("simulating the period", PERIOD_DAYS) as update:
+        return run_demo(
+            rt.settings,
+            rt.engine,
+            rt.sessions,
+            seed=args.seed,
+            members=args.members,
+            describe_api=demo_lines,
+            progress=lambda day, days: update(day, f"of {days} days"),
+        )
+
+
+# --- coalition import earns (partners/imports.py) ---------------------------------------
+
+
+def cmd_import_earns(args: argparse.Namespace) -> int:
+    """Import a partner's file of earns; exit 0 when no row was rejected, 1 otherwise, 2 when
+    the file or the partner cannot be used at all."""
+    from api.bulk import earn_from_fields, earn_from_json
+    from api.problems import KINDS, problem_type
+    from coalition.errors import NotFound
+    from coalition.progress import progress
+    from partners.imports import ImportError_, format_of, import_earns
+    from partners.operations import Operations
+    from partners.rates import get_partner
+
+    rt = runtime()
+    _require_schema(rt)
+    path = Path(args.file)
+    try:
+        fmt = format_of(path, args.format)
+        size = path.stat().st_size
+        with transaction(rt.sessions) as session:
+            get_partner(session, args.partner)
+    except (ImportError_, OSError, NotFound) as exc:
+        print(f"coalition import earns: {exc}", file=sys.stderr)
+        return 2
+    ops = Operations(rt.settings, rt.sessions)
+    with progress(f"importing {path.name}", size) as update:
+        try:
+            summary = import_earns(
+                ops,
+                args.partner,
+                path,
+                fmt,
+                to_item=earn_from_fields,
+                from_json=earn_from_json,
+                progress=lambda done, rows: update(done, f"{rows:,} rows"),
+            )
+        except ImportError_ as exc:
+            print(f"coalition import earns: {exc}", file=sys.stderr)
+            return 2
+
+    def kind(code: str) -> str:
+        return problem_type(code if code in KINDS else "conflict")
+
+    if args.json:
+        rejected = [
+            {"line": r.line, "reference": r.reference, "type": kind(r.code), "detail": r.detail}
+            for r in summary.rejected
+        ]
+        print(
+            json.dumps(
+                {
+                    "imported": summary.imported,
+                    "duplicates": summary.duplicates,
+                    "rejected": rejected,
+                    "points": summary.points,
+                }
+            )
+        )
+    else:
+        for r in summary.rejected:
+            print(f"line {r.line}: rejected ({kind(r.code)}) {r.detail}")
+        print(
+            f"{summary.imported:,} imported ({summary.points:,} points), "
+            f"{summary.duplicates:,} duplicates, {len(summary.rejected):,} rejected "
+            f"of {summary.rows:,} rows"
+        )
+    return 1 if summary.rejected else 0
 
 
 def cmd_rotate_signing_key(_args: argparse.Namespace) -> int:
@@ -321,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
     worker = sub.add_parser("worker", help="run only the scheduled jobs")
+    # Set by `coalition serve` for its scheduler child: stop when that process is gone.
+    worker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     worker.set_defaults(func=cmd_worker)
     demo = sub.add_parser("demo", help="a demo coalition with a period of traffic")
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
@@ -340,13 +459,27 @@ def build_parser() -> argparse.ArgumentParser:
     signing_sub = signing.add_subparsers(dest="signing_command", required=True)
     rotate = signing_sub.add_parser("rotate", help="make a new key the one that signs")
     rotate.set_defaults(func=cmd_rotate_signing_key)
+    imports = sub.add_parser("import", help="bulk imports").add_subparsers(
+        dest="what", required=True
+    )
+    earns = imports.add_parser("earns", help="import a partner's file of earns (CSV or NDJSON)")
+    earns.add_argument("--partner", required=True, help="the partner id (prt_...)")
+    earns.add_argument("file", help="the file: CSV with a header row, or NDJSON")
+    earns.add_argument("--format", choices=("csv", "ndjson"), help="default: from the extension")
+    earns.add_argument("--json", action="store_true", help="print the summary as JSON")
+    earns.set_defaults(func=cmd_import_earns)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``coalition`` console script."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from coalition import logs
+
+    try:
+        logs.configure()
+    except ValueError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

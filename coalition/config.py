@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import base64
 import itertools
+import logging
 import os
 import secrets
-import sys
 import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -60,6 +60,8 @@ class Settings:
     hold_max_expiry_s: int = 7 * 24 * 3600
     tier_window_days: int = 365
     tiers: tuple[Tier, ...] = field(default=DEFAULT_TIERS)
+    #: How long ``coalition serve`` lets requests in flight finish after SIGTERM.
+    shutdown_timeout_s: int = 20
 
     @property
     def tz(self) -> ZoneInfo:
@@ -131,10 +133,11 @@ def _dev_secret_key() -> bytes:
         key = secrets.token_bytes(32)
         path.write_text(base64.urlsafe_b64encode(key).decode().rstrip("=") + "\n")
         path.chmod(0o600)
-    print(
-        f"WARNING: COALITION_SECRET_KEY is not set; using the development key in "
-        f"{path.resolve()}. Set COALITION_SECRET_KEY (32 bytes, base64url) in production.",
-        file=sys.stderr,
+    # A log record (a JSON line under `coalition`), not a bare print: logs stay parseable.
+    logging.getLogger("coalition.config").warning(
+        "COALITION_SECRET_KEY is not set; using the development key in %s. Set "
+        "COALITION_SECRET_KEY (32 bytes, base64url) in production.",
+        path.resolve(),
     )
     return key
 
@@ -179,6 +182,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         ),
         tier_window_days=_parse_int(
             "COALITION_TIER_WINDOW_DAYS", values.get("COALITION_TIER_WINDOW_DAYS", "365"), 1
+        ),
+        shutdown_timeout_s=_parse_int(
+            "COALITION_SHUTDOWN_TIMEOUT_S", values.get("COALITION_SHUTDOWN_TIMEOUT_S", "20"), 1
         ),
         tiers=parse_tiers(values["COALITION_TIERS"])
         if "COALITION_TIERS" in values

@@ -7,6 +7,8 @@ number of processes may run the scheduler at once and a job run twice does nothi
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,9 +54,33 @@ def add_jobs(scheduler: BaseScheduler, jobs: list[Job]) -> None:
         )
 
 
-def run_blocking(jobs: list[Job]) -> None:
-    """Run ``jobs`` in this process until interrupted (``coalition worker``)."""
+#: How often a scheduler child looks whether its parent (``coalition serve``) still runs.
+PARENT_CHECK_S = 1
+
+
+def run_blocking(jobs: list[Job], *, parent_pid: int | None = None) -> None:
+    """Run ``jobs`` in this process until SIGTERM or SIGINT (``coalition worker``); with
+    ``parent_pid``, also until that process is no longer this one's parent.
+
+    Stopping starts no new job run; a run in progress finishes before the process exits.
+    """
     scheduler = BlockingScheduler(timezone="UTC")
     add_jobs(scheduler, jobs)
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("worker stopping on %s", signal.Signals(signum).name)
+        scheduler.shutdown(wait=False)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    if parent_pid is not None:
+
+        def orphaned() -> None:
+            if os.getppid() != parent_pid:
+                log.warning("worker stopping: its parent process %d is gone", parent_pid)
+                scheduler.shutdown(wait=False)
+
+        scheduler.add_job(orphaned, "interval", seconds=PARENT_CHECK_S, id="parent-check")
     log.info("worker started: %s", ", ".join(f"{j.name} every {j.every_s}s" for j in jobs))
     scheduler.start()
+    log.info("worker stopped")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 from decimal import Decimal
 from pathlib import Path
 
@@ -117,10 +118,11 @@ def test_a_named_config_file_must_exist(empty_directory: Path) -> None:
 
 
 def test_without_a_secret_key_a_development_key_is_made_once_and_said_loudly(
-    empty_directory: Path, capsys: pytest.CaptureFixture[str]
+    empty_directory: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    first = load_settings({})
-    warning = capsys.readouterr().err
+    with caplog.at_level(logging.WARNING, logger="coalition.config"):
+        first = load_settings({})
+    warning = caplog.text
     second = load_settings({})
 
     assert first.secret_key_is_dev_default and len(first.secret_key) == 32

@@ -1,0 +1,130 @@
+"""Bulk earns: ``POST /v1/earn-batches`` (1 to 500 earns in one signed, idempotent request,
+a result per item) and the row decoding ``coalition import earns`` shares with it.
+
+Each item goes through the same rules as ``POST /v1/earns`` (its shape by
+:class:`~api.structs.EarnCreate`, then :meth:`~partners.operations.Operations.earn_many`), and
+gets ``created``, ``duplicate`` (its reference was already used: nothing changed) or
+``rejected`` with the problem document a single earn would get.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, Response, post
+from litestar.params import RawBody
+from litestar.types import Scope
+from sqlalchemy.orm import Session
+
+from api.auth import partner, principal_of, signed
+from api.docs import SIGNED, IdempotencyKey, body, problems
+from api.idempotency import run_idempotent
+from api.problems import error_body
+from api.runtime import services_of
+from api.structs import (
+    EarnBatchCreate,
+    EarnBatchOut,
+    EarnBatchResult,
+    EarnCreate,
+    decode,
+    decode_fields,
+)
+from api.views import transaction_out
+from coalition.errors import CoalitionError, DuplicateReference
+from coalition.ledger import Posted
+from partners.operations import EarnItem
+
+
+def _item(data: EarnCreate) -> EarnItem:
+    return EarnItem(data.member_id, data.reference, data.amount, data.currency, data.occurred_at)
+
+
+def earn_from_json(raw: bytes) -> EarnItem:
+    """An earn from one JSON object (an NDJSON line), checked as a ``POST /v1/earns`` body."""
+    return _item(decode(raw, EarnCreate))
+
+
+def earn_from_fields(fields: dict[str, Any]) -> EarnItem:
+    """An earn from a CSV row's fields (or a batch's item), checked as a ``POST /v1/earns``
+    body."""
+    return _item(decode_fields(fields, EarnCreate))
+
+
+def _reference_of(item: dict[str, Any]) -> str | None:
+    reference = item.get("reference")
+    return reference if isinstance(reference, str) else None
+
+
+def _problem(scope: Scope, exc: CoalitionError) -> dict[str, object]:
+    _, content = error_body(scope, exc)
+    doc: dict[str, object] = msgspec.json.decode(content)
+    return doc
+
+
+def _result(
+    scope: Scope, reference: str | None, outcome: Posted | CoalitionError
+) -> EarnBatchResult:
+    if isinstance(outcome, Posted):
+        return EarnBatchResult(
+            reference, "created", transaction=transaction_out(outcome.transaction)
+        )
+    status = "duplicate" if isinstance(outcome, DuplicateReference) else "rejected"
+    return EarnBatchResult(reference, status, problem=_problem(scope, outcome))  # type: ignore[arg-type]
+
+
+#: A batch's body may be larger than other requests' 64 KiB: 500 earns with long references
+#: and times take about 200 KiB.
+MAX_BATCH_BODY_BYTES = 512 * 1024
+
+
+class EarnBatchController(Controller):
+    """``POST /v1/earn-batches`` (scope ``earn``)."""
+
+    path = "/v1"
+    guards = [signed]  # noqa: RUF012 (Litestar's layer attribute)
+    security = SIGNED
+    tags = ["partner"]  # noqa: RUF012
+
+    @post(
+        "/earn-batches",
+        opt=partner("earn"),
+        dependencies=body(EarnBatchCreate),
+        responses=problems(400, 403, 409, 413, 422),
+        status_code=200,
+        request_max_body_size=MAX_BATCH_BODY_BYTES,
+        sync_to_thread=True,
+    )
+    def earn_batch(
+        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
+    ) -> Response[EarnBatchOut]:
+        """Up to 500 earns at once; a result per item, in order (``created``, ``duplicate``,
+        ``rejected`` with its problem document). The batch is one database transaction."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+        assert principal.partner_id is not None, "partner routes admit partner keys only"
+        partner_id = principal.partner_id
+
+        def run(session: Session) -> tuple[int, EarnBatchOut]:
+            batch = decode(body, EarnBatchCreate)
+            outcomes: list[Posted | CoalitionError | None] = []
+            items: list[EarnItem] = []
+            references: list[str | None] = []
+            for fields in batch.earns:
+                try:
+                    item = earn_from_fields(fields)
+                except CoalitionError as exc:
+                    outcomes.append(exc)
+                    references.append(_reference_of(fields))
+                    continue
+                outcomes.append(None)
+                references.append(item.reference)
+                items.append(item)
+            posted = iter(services.ops.earn_many(partner_id, items, session=session))
+            results = [
+                _result(request.scope, reference, outcome or next(posted))
+                for reference, outcome in zip(references, outcomes, strict=True)
+            ]
+            return 200, EarnBatchOut(results=results)
+
+        return run_idempotent(request, services, principal, body, run)

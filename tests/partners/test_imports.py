@@ -1,0 +1,180 @@
+"""Bulk import of a partner's file of earns (``coalition import earns``): every row gets what a
+single ``POST /v1/earns`` would, bad rows are reported by line (the header is line 1) with
+nothing of them written, duplicates by reference change nothing, and a re-import imports
+nothing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from api.bulk import earn_from_fields, earn_from_json
+from coalition.db import transaction
+from coalition.models import Transaction
+from partners.imports import Summary, import_earns
+from tests.conftest import Db
+
+
+def _import(
+    db: Db, partner_id: str, path: Path, fmt: str = "csv", batch_rows: int = 1000
+) -> Summary:
+    return import_earns(
+        db.ops,
+        partner_id,
+        path,
+        fmt,  # type: ignore[arg-type]
+        to_item=earn_from_fields,
+        from_json=earn_from_json,
+        batch_rows=batch_rows,
+    )
+
+
+def _earns(db: Db) -> int:
+    with transaction(db.sessions) as s:
+        return int(s.scalar(select(func.count()).where(Transaction.kind == "earn")) or 0)
+
+
+def _rejected(summary: Summary) -> list[tuple[int, str | None, str]]:
+    return [(r.line, r.reference, r.code) for r in summary.rejected]
+
+
+def test_a_file_with_bad_rows_reports_exactly_those_rows_and_imports_the_rest(
+    db: Db, tmp_path: Path
+) -> None:
+    partner = db.partner("EUR")
+    alice, bob = db.member(), db.member()
+    path = tmp_path / "earns.csv"
+    path.write_text(
+        "member_id,reference,amount,currency,occurred_at\n"
+        f"{alice},r-1,12.50,EUR,\n"  # line 2: imported, 12 points
+        f"{bob},r-2,1.999,EUR,\n"  # line 3: three decimals in EUR
+        f"mem_nobody,r-3,5.00,EUR,\n"  # line 4: no such member
+        f"{alice},r-4,5.00,USD,\n"  # line 5: not the partner's currency
+        "\n"  # line 6: blank, skipped
+        f"{bob},r-5,7.00,EUR\n"  # line 7: a cell short
+        f"{bob},r-1,3.00,EUR,\n"  # line 8: the reference of line 2: a duplicate
+        f"{bob},r-6,3.00,EUR,2026-01-05T09:00:00Z\n"  # line 9: imported, 3 points
+        f"{bob},r-7\n,3.00,EUR,\n"  # line 10: a reference with a newline (quoted? no: 2 rows)
+        f"{bob},r-8,3.00,EUR,yesterday\n"  # line 12: not a time
+    )
+    summary = _import(db, partner.id, path)
+    assert (summary.imported, summary.duplicates, summary.points) == (2, 1, 15)
+    assert _rejected(summary) == [
+        (3, "r-2", "validation"),
+        (4, "r-3", "unknown-member"),
+        (5, "r-4", "currency-mismatch"),
+        (7, None, "validation"),
+        (10, None, "validation"),
+        (11, None, "validation"),
+        (12, "r-8", "validation"),
+    ]
+    assert _earns(db) == 2
+    assert db.ops.balance(alice).available == 12 and db.ops.balance(bob).available == 3
+    db.assert_ledger_ok()
+
+
+def test_a_second_import_of_the_same_file_imports_nothing_and_counts_duplicates(
+    db: Db, tmp_path: Path
+) -> None:
+    partner = db.partner("EUR")
+    members = [db.member() for _ in range(5)]
+    path = tmp_path / "day.ndjson"
+    lines = [
+        json.dumps({"member_id": m, "reference": f"n-{i}", "amount": "2.00", "currency": "EUR"})
+        for i, m in enumerate(members * 3)
+    ]
+    path.write_text("\n".join([*lines, "{not json", '{"member_id": 7}']) + "\n")
+    first = _import(db, partner.id, path, "ndjson", batch_rows=4)
+    assert (first.imported, first.duplicates, first.points) == (15, 0, 30)
+    assert _rejected(first) == [(16, None, "validation"), (17, None, "validation")]
+    again = _import(db, partner.id, path, "ndjson", batch_rows=4)
+    assert (again.imported, again.duplicates, again.points) == (0, 15, 0)
+    assert _rejected(again) == _rejected(first)
+    assert _earns(db) == 15
+    db.assert_ledger_ok()
+
+
+@pytest.mark.postgres
+def test_a_larger_file_imports_every_row_once_in_batches(pg: Db, tmp_path: Path) -> None:
+    partner = pg.partner("EUR")
+    members = [pg.member() for _ in range(50)]
+    rows = 4_500
+    path = tmp_path / "big.csv"
+    with path.open("w") as out:
+        out.write("member_id,reference,amount,currency,occurred_at\n")
+        for n in range(rows):
+            out.write(f"{members[n % len(members)]},big-{n},1.00,EUR,\n")
+    progress: list[tuple[int, int]] = []
+    first = import_earns(
+        pg.ops,
+        partner.id,
+        path,
+        "csv",
+        to_item=earn_from_fields,
+        from_json=earn_from_json,
+        progress=lambda done, n: progress.append((done, n)),
+    )
+    assert (first.imported, first.duplicates, first.rejected) == (rows, 0, [])
+    assert progress[-1] == (path.stat().st_size, rows) and len(progress) == 5
+    again = _import(pg, partner.id, path)
+    assert (again.imported, again.duplicates) == (0, rows)
+    assert _earns(pg) == rows
+    pg.assert_ledger_ok()
+
+
+def test_the_command_prints_json_and_exits_1_when_a_row_is_rejected(
+    lite: Db, tmp_path: Path
+) -> None:
+    partner = lite.partner("EUR")
+    member = lite.member()
+    path = tmp_path / "earns.csv"
+    path.write_text(
+        f"member_id,reference,amount,currency\n{member},c-1,10.00,EUR\n{member},c-2,ten,EUR\n"
+    )
+    env = {
+        **os.environ,
+        "COALITION_DATABASE_URL": lite.url,
+        "COALITION_SECRET_KEY": base64.urlsafe_b64encode(b"k" * 32).decode().rstrip("="),
+    }
+    command = [sys.executable, "-m", "coalition.cli", "import", "earns", "--partner"]
+    run = subprocess.run(
+        [*command, partner.id, str(path), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 1, run.stderr
+    out = json.loads(run.stdout.splitlines()[-1])
+    assert out["imported"] == 1 and out["duplicates"] == 0 and out["points"] == 10
+    [rejected] = out["rejected"]
+    assert rejected["line"] == 3 and rejected["reference"] == "c-2"
+    assert rejected["type"] == "/problems/validation" and "$.amount" in rejected["detail"]
+    assert "importing earns.csv: 100%" in run.stderr  # plain progress lines off a terminal
+    again = subprocess.run(
+        [*command, partner.id, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert again.returncode == 1
+    assert "0 imported (0 points), 1 duplicates, 1 rejected of 2 rows" in again.stdout
+    unknown = subprocess.run(
+        [*command, "prt_nobody", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert unknown.returncode == 2 and "no partner" in unknown.stderr
