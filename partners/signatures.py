@@ -34,13 +34,12 @@ from typing import Any
 
 import http_sf
 from cryptography.exceptions import InvalidSignature as CryptoInvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from http_message_signatures import (
     HTTPMessageSignaturesException,
     HTTPMessageVerifier,
     HTTPSignatureKeyResolver,
 )
-from http_message_signatures.algorithms import ED25519, HMAC_SHA256, HTTPSignatureAlgorithm
+from http_message_signatures.algorithms import HMAC_SHA256, HTTPSignatureAlgorithm
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy import insert as portable_insert
 from sqlalchemy.dialects import postgresql, sqlite
@@ -49,7 +48,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from coalition.errors import SignatureInvalid
-from partners.keys import unseal
+from partners.keys import ed25519_verify, unseal
 from partners.models import ApiKey, RequestNonce
 
 #: ``created`` may be this far from the server's clock, either side.
@@ -83,9 +82,25 @@ REASONS = frozenset(
     }
 )
 
+
+class _StrictEd25519(HTTPSignatureAlgorithm):
+    """Ed25519 verified by libsodium (:func:`partners.keys.ed25519_verify`), not by the
+    library's default, which accepts signatures made "with" a small-order public key."""
+
+    algorithm_id = "ed25519"
+
+    def __init__(self, public_key: bytes | None = None, private_key: None = None) -> None:
+        assert isinstance(public_key, bytes), "verification only, with the raw public key"
+        self.public_key = public_key
+
+    def verify(self, signature: bytes, message: bytes) -> None:
+        if not ed25519_verify(self.public_key, signature, message):
+            raise CryptoInvalidSignature
+
+
 ALGORITHMS: dict[str, type[HTTPSignatureAlgorithm]] = {
     "hmac-sha256": HMAC_SHA256,
-    "ed25519": ED25519,
+    "ed25519": _StrictEd25519,
 }
 DIGESTS: dict[str, Callable[[bytes], Any]] = {
     "sha-256": hashlib.sha256,
@@ -145,11 +160,11 @@ class _Message:
 
 
 class _KeyResolver(HTTPSignatureKeyResolver):
-    def __init__(self, key_id: str, key: bytes | Ed25519PublicKey) -> None:
+    def __init__(self, key_id: str, key: bytes) -> None:
         self._key_id = key_id
         self._key = key
 
-    def resolve_public_key(self, key_id: str) -> bytes | Ed25519PublicKey | None:
+    def resolve_public_key(self, key_id: str) -> bytes | None:
         return self._key if key_id == self._key_id else None
 
     def resolve_private_key(self, key_id: str) -> None:
@@ -375,20 +390,20 @@ def _url_variants(url: str) -> list[str]:
     return list(dict.fromkeys(variants))
 
 
-def _verification_key(key: ApiKey, secret_key: bytes) -> bytes | Ed25519PublicKey:
+def _verification_key(key: ApiKey, secret_key: bytes) -> bytes:
     if key.alg == "hmac-sha256":
         assert key.secret_sealed is not None
         # ValueError when COALITION_SECRET_KEY is not the one that sealed it: a server
         # misconfiguration (500), not the client's fault, so it is not a SignatureInvalid.
         return unseal(secret_key, key.id, key.secret_sealed)
     assert key.public_key is not None
-    return Ed25519PublicKey.from_public_bytes(key.public_key)
+    return key.public_key
 
 
 def _check_signature(
     sig: _Signature,
     key: ApiKey,
-    verification_key: bytes | Ed25519PublicKey,
+    verification_key: bytes,
     *,
     method: str,
     urls: Sequence[str],
