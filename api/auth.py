@@ -1,7 +1,7 @@
 """Authentication and authorization at the edge: every signed ``/v1`` route has this guard.
 
 The guard verifies the request's RFC 9421 signature (:func:`partners.signatures.verify_request`,
-against the URL as received and as rebuilt from ``COALITION_PUBLIC_URL``), then checks the
+against the URLs :func:`api.security.signed_urls` says are the service's own), then checks the
 key's role and scope against what the route declares in its ``opt`` (see :func:`partner`,
 :func:`admin`), then, for a ``POST``, that an ``Idempotency-Key`` header is present. Order of
 answers: ``401 signature-invalid``, ``403 forbidden``, ``400 idempotency-key-missing``.
@@ -20,6 +20,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from api.runtime import Services, services_of
+from api.security import signed_urls
 from coalition.db import transaction
 from coalition.errors import Forbidden, IdempotencyKeyMissing
 from partners.signatures import Principal, verify_request
@@ -58,25 +59,11 @@ def principal_of(request: Request[Any, Any, Any]) -> Principal:
     return principal
 
 
-def _target_uri(connection: ASGIConnection[Any, Any, Any, Any]) -> tuple[str, str]:
-    """The target URI as received, and its path with query (for COALITION_PUBLIC_URL)."""
-    scope = connection.scope
-    raw_path = scope.get("raw_path")
-    path = raw_path.decode("latin-1") if raw_path else scope["path"]
-    query = scope.get("query_string", b"").decode("latin-1")
-    path_query = f"{path}?{query}" if query else path
-    host = connection.headers.get("host")
-    if not host:
-        server = scope.get("server") or ("localhost", None)
-        host = server[0] if server[1] is None else f"{server[0]}:{server[1]}"
-    return f"{scope['scheme']}://{host}{path_query}", path_query
-
-
 def _verify(  # noqa: PLR0917 (called through functools.partial)
     services: Services,
     method: str,
     url: str,
-    alternate: str,
+    alternates: tuple[str, ...],
     headers: Any,
     body: bytes,
 ) -> Principal:
@@ -89,7 +76,7 @@ def _verify(  # noqa: PLR0917 (called through functools.partial)
             body=body,
             secret_key=services.settings.secret_key,
             now=services.clock(),
-            alternate_urls=(alternate,),
+            alternate_urls=alternates,
         )
 
 
@@ -130,14 +117,14 @@ async def signed(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRo
     request = cast("Request[Any, Any, Any]", connection)
     services = services_of(connection.app.state)
     body = await request.body()
-    url, path_query = _target_uri(connection)
+    url, alternates = signed_urls(connection, services.settings)
     principal = await anyio.to_thread.run_sync(
         partial(
             _verify,
             services,
             request.method,
             url,
-            services.settings.public_url + path_query,
+            alternates,
             connection.headers,
             body,
         )

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -269,13 +269,20 @@ def _operator_key(engine: Engine) -> Key:
 
 
 def serve(
-    url: str, backend: str, *, routes: Sequence[Any] = (), ready: int = 200
+    url: str,
+    backend: str,
+    *,
+    routes: Sequence[Any] = (),
+    ready: int = 200,
+    **settings_changes: Any,
 ) -> Iterator[Live]:
     """Run the app over ``url`` on a free loopback port until the generator is closed; the
-    server is ready when its health check answers ``ready``. ``routes`` are added to the app."""
+    server is ready when its health check answers ``ready``. ``routes`` are added to the app;
+    ``settings_changes`` change its settings."""
     settings = Settings(
         database_url=url, secret_key=SECRET_KEY, public_url="http://api.coalition.test"
     )
+    settings = replace(settings, **settings_changes)
     app = create_app(settings)
     for route in routes:
         app.register(route)
