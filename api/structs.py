@@ -33,7 +33,7 @@ def full_match(body: str) -> str:
     In Python ``$`` also matches before a final newline (``"mem_x\n"``), so the lookahead
     refuses one; ECMA's ``$`` is the end of the text already, where the lookahead holds.
     """
-    return f"^(?:{body})$(?!\n)"
+    return rf"^(?:{body})$(?!\n)"
 
 
 #: Printable text on one line: no C0 control character (NUL, newline, tab...) and no DEL.
