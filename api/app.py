@@ -17,7 +17,6 @@ from typing import Any
 from litestar import Litestar, Request, get
 from litestar.datastructures import State
 from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Tag
 from sqlalchemy import text
 
@@ -26,7 +25,9 @@ from api.docs import COMPONENTS, StrictStructSchemaPlugin, problems
 from api.partner import PartnerController
 from api.problems import EXCEPTION_HANDLERS, add_request_id, describe_problem
 from api.runtime import STATE_KEY, Services, services_of
+from api.security import add_security_headers
 from api.structs import Health, SigningKey
+from api.swagger import LocalSwaggerPlugin, assets_router
 from coalition.config import Settings, load_settings
 from coalition.db import utcnow
 from coalition.errors import Unavailable
@@ -93,10 +94,11 @@ def create_app(
             health,
             signing_keys,
             describe_problem,
+            assets_router(),
         ],
         state=_state(services),
         exception_handlers=EXCEPTION_HANDLERS,
-        before_send=[add_request_id],
+        before_send=[add_request_id, add_security_headers],
         request_max_body_size=MAX_BODY_BYTES,
         on_shutdown=[dispose],
         plugins=[StrictStructSchemaPlugin()],
@@ -111,7 +113,7 @@ def create_app(
                 Tag(name="service", description="Unsigned."),
             ],
             use_handler_docstrings=True,
-            render_plugins=[SwaggerRenderPlugin()],
+            render_plugins=[LocalSwaggerPlugin()],
             path="/schema",
         ),
         debug=False,

@@ -1,5 +1,5 @@
 """Protections at the HTTP edge that are not about who signed: which address a signature may
-name (the Host check).
+name (the Host check) and the headers every response carries.
 
 A signature covers the target URI, so it is tied to one service only if the service checks
 that the URI is its own. :func:`signed_urls` gives the URLs a request's signature is checked
@@ -15,6 +15,7 @@ import urllib.parse
 from typing import Any
 
 from litestar.connection import ASGIConnection
+from litestar.types import Message, Scope
 
 from coalition.config import Settings
 from coalition.errors import SignatureInvalid
@@ -77,3 +78,41 @@ def signed_urls(
             reason="wrong-host",
         )
     return urls[0], tuple(urls[1:])
+
+
+#: Every response: no MIME sniffing.
+_ALWAYS = ((b"x-content-type-options", b"nosniff"),)
+#: API responses (``/v1``, problems): never stored by a browser or a proxy, above all the
+#: ones that carry a secret (a new key's ``secret``, a webhook endpoint's).
+_API = ((b"cache-control", b"no-store"),)
+#: HTML pages (the API docs, problem pages): only this service's own scripts and styles,
+#: never framed, no referrer sent on.
+_HTML = (
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        b"img-src 'self' data:; connect-src 'self'; font-src 'self'; base-uri 'none'; "
+        b"form-action 'none'; frame-ancestors 'none'",
+    ),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+)
+
+
+async def add_security_headers(message: Message, scope: Scope) -> None:
+    """``before_send`` hook: the headers above, by kind of response."""
+    if message["type"] != "http.response.start":
+        return
+    headers = list(message.get("headers", []))
+    names = {bytes(name).lower() for name, _ in headers}
+    added = list(_ALWAYS)
+    content_type = next(
+        (bytes(v).lower() for n, v in headers if bytes(n).lower() == b"content-type"), b""
+    )
+    if content_type.startswith(b"text/html"):
+        added.extend(_HTML)
+    if scope.get("path", "").startswith("/v1") and b"cache-control" not in names:
+        added.extend(_API)
+    headers.extend(h for h in added if h[0] not in names)
+    message["headers"] = headers
