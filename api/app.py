@@ -21,6 +21,7 @@ from litestar.openapi.spec import Tag
 from sqlalchemy import text
 
 from api.admin import AdminController
+from api.audit import AuditController, record_action
 from api.docs import COMPONENTS, StrictStructSchemaPlugin, problems
 from api.partner import PartnerController
 from api.problems import EXCEPTION_HANDLERS, add_request_id, describe_problem
@@ -91,6 +92,7 @@ def create_app(
         route_handlers=[
             PartnerController,
             AdminController,
+            AuditController,
             health,
             signing_keys,
             describe_problem,
@@ -98,7 +100,7 @@ def create_app(
         ],
         state=_state(services),
         exception_handlers=EXCEPTION_HANDLERS,
-        before_send=[add_request_id, add_security_headers],
+        before_send=[add_request_id, add_security_headers, record_action],
         request_max_body_size=MAX_BODY_BYTES,
         on_shutdown=[dispose],
         plugins=[StrictStructSchemaPlugin()],

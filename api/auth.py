@@ -52,6 +52,12 @@ def admin(*roles: str) -> dict[str, Any]:
     return {"access": Access(frozenset(roles or ("operator",)))}
 
 
+def principal_in(scope: Any) -> Principal | None:
+    """The principal the guard verified for the request of this ASGI scope, if any."""
+    principal = scope.get("state", {}).get(_PRINCIPAL_KEY)
+    return principal if isinstance(principal, Principal) else None
+
+
 def principal_of(request: Request[Any, Any, Any]) -> Principal:
     """The principal the guard verified for this request."""
     principal = request.scope.get("state", {}).get(_PRINCIPAL_KEY)

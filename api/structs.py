@@ -462,6 +462,29 @@ class SigningKey(Struct):
     public_key: str
 
 
+class AuditEventOut(Struct):
+    """One operator or finance action: who (role, key), what (method, path and query as
+    received), when, from where, and the outcome (``ok``, ``replayed`` or the problem type)."""
+
+    id: str
+    at: datetime
+    role: Literal["operator", "finance"]
+    key_id: str
+    action: str
+    source_address: str | None
+    status: int
+    outcome: str
+    request_id: str | None
+
+
+class AuditPage(Struct):
+    """A page of audit events, newest first."""
+
+    data: list[AuditEventOut]
+    has_more: bool
+    next_cursor: str | None
+
+
 class FieldError(Struct):
     """One invalid field: where (``$.amount``) and what is wrong."""
 

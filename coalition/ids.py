@@ -11,7 +11,9 @@ import secrets
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-PREFIXES = frozenset({"mem", "txn", "hold", "stmt", "prt", "key", "we", "evt", "rc", "per", "dsp"})
+PREFIXES = frozenset(
+    {"mem", "txn", "hold", "stmt", "prt", "key", "we", "evt", "rc", "per", "dsp", "aud"}
+)
 
 #: A member id, the one kind of id a caller may choose: ``mem_`` and 1 to 64 of
 #: [A-Za-z0-9_-]. The one limit for request bodies, paths, queries and the database column.

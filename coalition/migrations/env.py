@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Engine
 
+import coalition.audit
 import coalition.idempotency
 import coalition.models
 import partners.models  # noqa: F401  (registers the partners' tables on the metadata)
@@ -22,4 +23,4 @@ with engine.connect() as connection:
     with context.begin_transaction():
         context.run_migrations()
     connection.commit()
-assert coalition.models and coalition.idempotency
+assert coalition.models and coalition.idempotency and coalition.audit

@@ -180,7 +180,8 @@ def _bad_requests(
             yield Bad(f"path {name}: {label}", changed, {}, good)
     for param in (p for p in params if p["in"] == "query"):
         name = param["name"]
-        for label, bad in [*_bad_strings("x"), *_bad_numbers()]:
+        numeric = _plain(document, param.get("schema", {})).get("type") in ("integer", "number")
+        for label, bad in [*_bad_strings("x"), *(_bad_numbers() if numeric else [])]:
             yield Bad(f"query {name}: {label}", good_path, {name: bad}, good)
     if body is None:
         return

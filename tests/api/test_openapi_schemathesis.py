@@ -56,6 +56,7 @@ OPERATIONS = [
     "POST /v1/admin/bonuses",
     "POST /v1/admin/adjustments",
     "GET /v1/admin/reports/liability",
+    "GET /v1/admin/audit",
 ]
 
 

@@ -1,4 +1,4 @@
-"""Security: member ids up to their documented 68 characters
+"""Security: member ids up to their documented 68 characters; the audit log (append-only)
 
 Revision ID: 0005_security
 Revises: 0003
@@ -63,9 +63,55 @@ def _resize(old: int, new: int) -> None:
         )
 
 
+#: The audit log is append-only: the database itself refuses to change or delete an event.
+_APPEND_ONLY_PG = """
+CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit_events is append-only';
+END $$;
+CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON audit_events
+    FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();
+CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();
+"""
+_APPEND_ONLY_SQLITE = (
+    "CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events "
+    "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END",
+    "CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events "
+    "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END",
+)
+
+
+def _audit_events() -> None:
+    op.create_table(
+        "audit_events",
+        sa.Column("id", sa.String(40), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("role", sa.String(16), nullable=False),
+        sa.Column("key_id", sa.String(40), nullable=False),
+        sa.Column("action", sa.String(1024), nullable=False),
+        sa.Column("source_address", sa.String(64), nullable=True),
+        sa.Column("status", sa.Integer(), nullable=False),
+        sa.Column("outcome", sa.String(64), nullable=False),
+        sa.Column("request_id", sa.String(40), nullable=True),
+        sa.PrimaryKeyConstraint("id", name="pk_audit_events"),
+    )
+    op.create_index("ix_audit_events_key_id_id", "audit_events", ["key_id", "id"])
+    op.create_index("ix_audit_events_at", "audit_events", ["at"])
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(_APPEND_ONLY_PG)
+    else:
+        for statement in _APPEND_ONLY_SQLITE:
+            op.execute(statement)
+
+
 def upgrade() -> None:
     _resize(40, 68)
+    _audit_events()
 
 
 def downgrade() -> None:
+    op.drop_table("audit_events")
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION audit_events_append_only()")
     _resize(68, 40)
