@@ -23,6 +23,7 @@ from api.runtime import Services, services_of
 from api.security import signed_urls
 from coalition.db import transaction
 from coalition.errors import Forbidden, IdempotencyKeyMissing
+from partners.replay import claim_post_signature
 from partners.signatures import Principal, verify_request
 
 _PRINCIPAL_KEY = "coalition_principal"
@@ -74,7 +75,7 @@ def _verify(  # noqa: PLR0917 (called through functools.partial)
     body: bytes,
 ) -> Principal:
     with transaction(services.sessions) as session:
-        return verify_request(
+        principal = verify_request(
             session,
             method=method,
             url=url,
@@ -84,6 +85,11 @@ def _verify(  # noqa: PLR0917 (called through functools.partial)
             now=services.clock(),
             alternate_urls=alternates,
         )
+        if method == "POST":
+            claim_post_signature(
+                session, key_id=principal.key_id, headers=headers, now=services.clock()
+            )
+        return principal
 
 
 def _authorize(principal: Principal, access: Access) -> None:

@@ -123,8 +123,9 @@ KINDS: dict[str, Kind] = {
         "The request's HTTP Message Signature (RFC 9421) did not verify; `reason` names the "
         "check that failed: missing-signature, malformed-signature, unknown-key, revoked-key, "
         "expired-key, alg-mismatch, missing-component, digest-missing, digest-mismatch, stale, "
-        "future, expired-signature, replayed-nonce, bad-signature or wrong-host (the request names "
-        "a host that is not this service's). See docs/signing.md.",
+        "future, expired-signature, replayed-nonce, bad-signature, wrong-host (the request names "
+        "a host that is not this service's) or replayed-signature (a POST's signature already "
+        "used with another Idempotency-Key). See docs/signing.md.",
     ),
     "forbidden": Kind(
         403,

@@ -133,6 +133,7 @@ def jobs(rt: Runtime) -> list[object]:
         Job("points-expiry", ops.expire_points, every_s=60),
         Job("idempotency-purge", lambda: purge_idempotency_keys(rt), every_s=600),
         Job("nonce-purge", lambda: purge_request_nonces(rt), every_s=60),
+        Job("signature-use-purge", lambda: purge_signature_uses(rt), every_s=60),
     ]
 
 
@@ -142,6 +143,14 @@ def purge_request_nonces(rt: Runtime) -> int:
 
     with transaction(rt.sessions) as session:
         return purge_nonces(session, utcnow())
+
+
+def purge_signature_uses(rt: Runtime) -> int:
+    """Forget used-up POST signatures that can no longer verify; how many."""
+    from partners.replay import purge_signature_uses as purge
+
+    with transaction(rt.sessions) as session:
+        return purge(session, utcnow())
 
 
 def purge_idempotency_keys(rt: Runtime) -> int:

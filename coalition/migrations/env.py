@@ -8,7 +8,8 @@ from sqlalchemy import Engine
 import coalition.audit
 import coalition.idempotency
 import coalition.models
-import partners.models  # noqa: F401  (registers the partners' tables on the metadata)
+import partners.models
+import partners.replay
 from coalition.db import Base
 
 engine: Engine = context.config.attributes["engine"]
@@ -23,4 +24,6 @@ with engine.connect() as connection:
     with context.begin_transaction():
         context.run_migrations()
     connection.commit()
+# (imported to register their tables on the metadata)
 assert coalition.models and coalition.idempotency and coalition.audit
+assert partners.models and partners.replay

@@ -53,10 +53,19 @@ class Key:
     alg: str
     material: bytes  # hmac-sha256: the decoded secret; ed25519: the PEM private key
 
-    def auth(self, auth_class: type[HTTPSignatureAuth] = HTTPSignatureAuth) -> HTTPSignatureAuth:
-        """The stock client with its default covered components."""
+    def auth(
+        self, auth_class: type[HTTPSignatureAuth] = HTTPSignatureAuth, *, use_nonce: bool = True
+    ) -> HTTPSignatureAuth:
+        """The stock client with its default covered components, and a nonce: tests send
+        identical POSTs within a second, which without one are refused as replays
+        (partners/replay.py; ``use_nonce=False`` for the client's bare default)."""
         algorithm = algorithms.HMAC_SHA256 if self.alg == "hmac-sha256" else algorithms.ED25519
-        return auth_class(signature_algorithm=algorithm, key=self.material, key_id=self.key_id)
+        return auth_class(
+            signature_algorithm=algorithm,
+            key=self.material,
+            key_id=self.key_id,
+            use_nonce=use_nonce,
+        )
 
 
 class StaleAuth(HTTPSignatureAuth):

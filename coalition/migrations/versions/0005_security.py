@@ -1,4 +1,5 @@
-"""Security: member ids up to their documented 68 characters; the audit log (append-only)
+"""Security: member ids up to their documented 68 characters; the audit log (append-only);
+used-up POST signatures
 
 Revision ID: 0005_security
 Revises: 0003
@@ -105,12 +106,30 @@ def _audit_events() -> None:
             op.execute(statement)
 
 
+def _signature_uses() -> None:
+    # Replay protection for POSTs (partners/replay.py): a signature value is used up.
+    op.create_table(
+        "signature_uses",
+        sa.Column("key_id", sa.String(40), nullable=False),
+        sa.Column("signature_sha256", sa.String(64), nullable=False),
+        sa.Column("idempotency_key", sa.String(255), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["key_id"], ["api_keys.id"], name="fk_signature_uses_key_id_api_keys"
+        ),
+        sa.PrimaryKeyConstraint("key_id", "signature_sha256", name="pk_signature_uses"),
+    )
+    op.create_index("ix_signature_uses_expires", "signature_uses", ["expires_at"])
+
+
 def upgrade() -> None:
     _resize(40, 68)
     _audit_events()
+    _signature_uses()
 
 
 def downgrade() -> None:
+    op.drop_table("signature_uses")
     op.drop_table("audit_events")
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP FUNCTION audit_events_append_only()")
