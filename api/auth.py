@@ -20,9 +20,9 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from api.runtime import Services, services_of
-from api.security import signed_urls
+from api.security import client_address, count_failure, signed_urls
 from coalition.db import transaction
-from coalition.errors import Forbidden, IdempotencyKeyMissing
+from coalition.errors import Forbidden, IdempotencyKeyMissing, SignatureInvalid
 from partners.replay import claim_post_signature
 from partners.signatures import Principal, verify_request
 
@@ -89,6 +89,7 @@ def _verify(  # noqa: PLR0917 (called through functools.partial)
             claim_post_signature(
                 session, key_id=principal.key_id, headers=headers, now=services.clock()
             )
+        services.limiter.count_request(session, principal.key_id, services.clock())
         return principal
 
 
@@ -129,18 +130,24 @@ async def signed(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRo
     request = cast("Request[Any, Any, Any]", connection)
     services = services_of(connection.app.state)
     body = await request.body()
-    url, alternates = signed_urls(connection, services.settings)
-    principal = await anyio.to_thread.run_sync(
-        partial(
-            _verify,
-            services,
-            request.method,
-            url,
-            alternates,
-            connection.headers,
-            body,
+    address = client_address(connection)
+    services.limiter.before_verification(address, services.clock())
+    try:
+        url, alternates = signed_urls(connection, services.settings)
+        principal = await anyio.to_thread.run_sync(
+            partial(
+                _verify,
+                services,
+                request.method,
+                url,
+                alternates,
+                connection.headers,
+                body,
+            )
         )
-    )
+    except SignatureInvalid:
+        await anyio.to_thread.run_sync(partial(count_failure, services, address))
+        raise
     connection.scope.setdefault("state", {})[_PRINCIPAL_KEY] = principal
     access = handler.opt.get("access")
     assert isinstance(access, Access), f"{handler} declares no access"

@@ -146,6 +146,13 @@ KINDS: dict[str, Kind] = {
     "payload-too-large": Kind(
         413, "The request body is too large", "Request bodies may be at most 64 KiB."
     ),
+    "rate-limited": Kind(
+        429,
+        "Too many requests",
+        "The key, or the address the request came from (for failed requests), is over its "
+        "limit for this minute; retry after `Retry-After` seconds. Limits are configurable "
+        "(docs/security.md).",
+    ),
     "unavailable": Kind(
         503,
         "The service is unavailable",
@@ -227,7 +234,7 @@ def problem_response(
     """A problem document as a response."""
     status, body = problem_body(scope, code, detail, **extra)
     all_headers = dict(headers or {})
-    if status in (409, 503) and "retry_after_s" in extra:
+    if status in (409, 429, 503) and "retry_after_s" in extra:
         all_headers["Retry-After"] = str(extra["retry_after_s"])
     elif status == 503:
         all_headers["Retry-After"] = "5"

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from coalition.config import Settings
 from coalition.db import make_engine, session_factory, utcnow
 from partners.operations import Operations
+from partners.ratelimit import Limiter
 
 STATE_KEY = "coalition"
 
@@ -26,13 +27,20 @@ class Services:
     sessions: sessionmaker[Session]
     ops: Operations
     clock: Callable[[], datetime]
+    limiter: Limiter
 
     @classmethod
     def build(cls, settings: Settings, clock: Callable[[], datetime] = utcnow) -> Services:
         """Engine, session factory and operations for ``settings``."""
         engine = make_engine(settings.database_url)
         sessions = session_factory(engine)
-        return cls(settings, engine, sessions, Operations(settings, sessions, clock), clock)
+        limiter = Limiter(
+            per_key=settings.rate_limit_per_key,
+            failures_per_address=settings.rate_limit_failures_per_address,
+            window_s=settings.rate_limit_window_s,
+        )
+        ops = Operations(settings, sessions, clock)
+        return cls(settings, engine, sessions, ops, clock, limiter)
 
 
 def services_of(app_state: Any) -> Services:

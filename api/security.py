@@ -17,7 +17,9 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.types import Message, Scope
 
+from api.runtime import Services
 from coalition.config import Settings
+from coalition.db import transaction
 from coalition.errors import SignatureInvalid
 
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
@@ -78,6 +80,23 @@ def signed_urls(
             reason="wrong-host",
         )
     return urls[0], tuple(urls[1:])
+
+
+def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The address the request came from (behind a proxy: as uvicorn's ``--proxy-headers``
+    and ``--forwarded-allow-ips`` make it)."""
+    client = connection.scope.get("client")
+    return str(client[0]) if client else None
+
+
+def count_failure(services: Services, address: str | None) -> None:
+    """Count a failed signature against its source address (a transaction of its own: the
+    verification's rolled back); ``429 rate-limited`` instead of the 401 once over the limit."""
+    now = services.clock()
+    with transaction(services.sessions) as session:
+        over = services.limiter.count_failure(session, address, now)
+    if over and address is not None:
+        raise services.limiter.refusal(address, now)
 
 
 #: Every response: no MIME sniffing.

@@ -134,6 +134,7 @@ def jobs(rt: Runtime) -> list[object]:
         Job("idempotency-purge", lambda: purge_idempotency_keys(rt), every_s=600),
         Job("nonce-purge", lambda: purge_request_nonces(rt), every_s=60),
         Job("signature-use-purge", lambda: purge_signature_uses(rt), every_s=60),
+        Job("rate-counter-purge", lambda: purge_rate_counters(rt), every_s=60),
     ]
 
 
@@ -151,6 +152,14 @@ def purge_signature_uses(rt: Runtime) -> int:
 
     with transaction(rt.sessions) as session:
         return purge(session, utcnow())
+
+
+def purge_rate_counters(rt: Runtime) -> int:
+    """Delete the rate-limit counters of windows that have ended; how many."""
+    from partners.ratelimit import purge_counters
+
+    with transaction(rt.sessions) as session:
+        return purge_counters(session, utcnow(), rt.settings.rate_limit_window_s)
 
 
 def purge_idempotency_keys(rt: Runtime) -> int:

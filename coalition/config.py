@@ -62,6 +62,11 @@ class Settings:
     #: Further ``host`` or ``host:port`` names requests may be addressed to (signatures name
     #: the host, so a request signed for another service is refused).
     allowed_hosts: tuple[str, ...] = ()
+    #: Requests per window per API key, and failed requests per window per source address
+    #: (0: no limit); shared by all API processes (partners/ratelimit.py).
+    rate_limit_per_key: int = 6000
+    rate_limit_failures_per_address: int = 300
+    rate_limit_window_s: int = 60
     settlement_cycle: str = "monthly"
     timezone: str = "UTC"
     webhook_allow_private: bool = False
@@ -192,6 +197,17 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         public_url=values.get("COALITION_PUBLIC_URL", DEFAULT_PUBLIC_URL).rstrip("/"),
         public_url_is_default="COALITION_PUBLIC_URL" not in values,
         allowed_hosts=parse_allowed_hosts(values.get("COALITION_ALLOWED_HOSTS", "")),
+        rate_limit_per_key=_parse_int(
+            "COALITION_RATE_LIMIT_PER_KEY", values.get("COALITION_RATE_LIMIT_PER_KEY", "6000"), 0
+        ),
+        rate_limit_failures_per_address=_parse_int(
+            "COALITION_RATE_LIMIT_FAILURES_PER_ADDRESS",
+            values.get("COALITION_RATE_LIMIT_FAILURES_PER_ADDRESS", "300"),
+            0,
+        ),
+        rate_limit_window_s=_parse_int(
+            "COALITION_RATE_LIMIT_WINDOW_S", values.get("COALITION_RATE_LIMIT_WINDOW_S", "60"), 1
+        ),
         settlement_cycle=cycle,
         timezone=timezone,
         webhook_allow_private=_parse_bool(

@@ -9,6 +9,7 @@ import coalition.audit
 import coalition.idempotency
 import coalition.models
 import partners.models
+import partners.ratelimit
 import partners.replay
 from coalition.db import Base
 
@@ -26,4 +27,4 @@ with engine.connect() as connection:
     connection.commit()
 # (imported to register their tables on the metadata)
 assert coalition.models and coalition.idempotency and coalition.audit
-assert partners.models and partners.replay
+assert partners.models and partners.replay and partners.ratelimit

@@ -289,7 +289,13 @@ def serve(
     server is ready when its health check answers ``ready``. ``routes`` are added to the app;
     ``settings_changes`` change its settings."""
     settings = Settings(
-        database_url=url, secret_key=SECRET_KEY, public_url="http://api.coalition.test"
+        database_url=url,
+        secret_key=SECRET_KEY,
+        public_url="http://api.coalition.test",
+        # the suite sends thousands of requests a minute, many failing on purpose;
+        # tests/api/test_rate_limits.py serves with limits of its own
+        rate_limit_per_key=0,
+        rate_limit_failures_per_address=0,
     )
     settings = replace(settings, **settings_changes)
     app = create_app(settings)

@@ -1,5 +1,5 @@
 """Security: member ids up to their documented 68 characters; the audit log (append-only);
-used-up POST signatures
+used-up POST signatures; rate-limit counters
 
 Revision ID: 0005_security
 Revises: 0003
@@ -122,13 +122,26 @@ def _signature_uses() -> None:
     op.create_index("ix_signature_uses_expires", "signature_uses", ["expires_at"])
 
 
+def _rate_counters() -> None:
+    # Rate limits shared by all API processes (partners/ratelimit.py).
+    op.create_table(
+        "rate_counters",
+        sa.Column("bucket", sa.String(80), nullable=False),
+        sa.Column("window_start", sa.BigInteger(), nullable=False),
+        sa.Column("hits", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("bucket", "window_start", name="pk_rate_counters"),
+    )
+
+
 def upgrade() -> None:
     _resize(40, 68)
     _audit_events()
     _signature_uses()
+    _rate_counters()
 
 
 def downgrade() -> None:
+    op.drop_table("rate_counters")
     op.drop_table("signature_uses")
     op.drop_table("audit_events")
     if op.get_bind().dialect.name == "postgresql":
