@@ -22,7 +22,7 @@ from litestar.types import Message, Scope
 
 from api.auth import admin, principal_in, signed
 from api.docs import SIGNED, problems
-from api.problems import request_id
+from api.problems import database_unavailable, request_id
 from api.runtime import Services, services_of
 from api.structs import ID_PATTERN, LINE, AuditEventOut, AuditPage, QueryText, parse_time
 from api.views import decode_cursor, encode_cursor
@@ -57,8 +57,11 @@ def _write(services: Services, action: audit.Action) -> None:
     try:
         with transaction(services.sessions) as session:
             audit.record(session, action, services.clock())
-    except Exception:
-        log.exception("audit: could not record %s by key %s", action.action, action.key_id)
+    except Exception as exc:
+        if database_unavailable(exc):
+            log.warning("audit: database unavailable; not recorded: %s", action.action)
+        else:
+            log.exception("audit: could not record %s by key %s", action.action, action.key_id)
 
 
 async def record_action(message: Message, scope: Scope) -> None:

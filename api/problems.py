@@ -17,6 +17,7 @@ from html import escape
 from typing import Annotated, Any
 
 import msgspec
+import psycopg
 from litestar import MediaType, Request, Response, get
 from litestar.exceptions import (
     HTTPException,
@@ -27,7 +28,7 @@ from litestar.exceptions import (
 from litestar.params import PathParameter
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from litestar.types import ExceptionHandlersMap, Message, Scope
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from coalition.errors import CoalitionError
@@ -303,10 +304,18 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
     return on_unexpected(request, exc)
 
 
+def database_unavailable(exc: BaseException) -> bool:
+    """True for a failure to reach the database or a connection lost under a request (the
+    server stopped, restarted or terminated the backend): ``503``, never ``500``."""
+    if isinstance(exc, OperationalError | PoolTimeout | InterfaceError | psycopg.OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
 def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Anything else: 503 when the database is out of reach, else a logged 500."""
     scope = request.scope
-    if isinstance(exc, OperationalError | PoolTimeout):
+    if database_unavailable(exc):
         log.warning("database unavailable (request %s): %s", request_id(scope), type(exc).__name__)
         return problem_response(scope, "unavailable", "the database is unavailable; retry")
     error_id = request_id(scope)
