@@ -27,7 +27,7 @@ from partners.replay import claim_post_signature
 from partners.signatures import Principal, verify_request
 
 _PRINCIPAL_KEY = "coalition_principal"
-IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +118,7 @@ def idempotency_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     key = connection.headers.get("idempotency-key")
     if key is None:
         raise IdempotencyKeyMissing("this POST needs an Idempotency-Key header")
-    if not IDEMPOTENCY_KEY_RE.match(key):
+    if not IDEMPOTENCY_KEY_RE.fullmatch(key):
         raise IdempotencyKeyMissing(
             "the Idempotency-Key header must be 1 to 255 visible ASCII characters"
         )
