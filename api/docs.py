@@ -64,7 +64,7 @@ IdempotencyKey = Annotated[
         name="Idempotency-Key",
         min_length=1,
         max_length=255,
-        pattern=full_match(r"[\x21-\x7e]+"),
+        pattern=full_match(r"[\x21-\x7e]+", "1 to 255 visible ASCII characters"),
         description="1-255 visible ASCII characters, unique per request (a UUID). A repeat "
         "with the same body returns the first response with `Idempotent-Replayed: true`.",
     ),

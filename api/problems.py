@@ -31,6 +31,7 @@ from litestar.types import ExceptionHandlersMap, Message, Scope
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from api.structs import explain
 from coalition.errors import CoalitionError
 
 log = logging.getLogger("coalition.api")
@@ -268,7 +269,7 @@ def _litestar_errors(exc: ValidationException) -> list[dict[str, str]]:
         raw_source = item.get("source", "")
         source = str(getattr(raw_source, "value", raw_source))
         where = f"{source}.{key}" if source and key else key or "$"
-        errors.append({"path": where, "message": str(item.get("message", "invalid"))})
+        errors.append({"path": where, "message": explain(str(item.get("message", "invalid")))})
     return errors or [{"path": "$", "message": exc.detail}]
 
 

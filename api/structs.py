@@ -27,20 +27,38 @@ T = TypeVar("T")
 # --- shapes ------------------------------------------------------------------------------
 
 
-def full_match(body: str) -> str:
-    """A pattern both msgspec (``re.search``) and JSON Schema (ECMA 262) read as a full match.
+#: What each pattern means, in words: what a problem document says instead of the regex.
+_RULES: dict[str, str] = {}
+_MATCHING = re.compile(r"Expected `str` matching regex '(?P<pattern>.*)'")
+
+
+def full_match(body: str, rule: str) -> str:
+    """A pattern both msgspec (``re.search``) and JSON Schema (ECMA 262) read as a full match;
+    ``rule`` says it in words for problem documents.
 
     In Python ``$`` also matches before a final newline (``"mem_x\n"``), so the lookahead
     refuses one; ECMA's ``$`` is the end of the text already, where the lookahead holds.
     """
-    return rf"^(?:{body})$(?!\n)"
+    pattern = rf"^(?:{body})$(?!\n)"
+    _RULES[pattern] = rule
+    return pattern
+
+
+def explain(message: str) -> str:
+    """A decoder's message with a pattern it names replaced by the pattern's rule."""
+    found = _MATCHING.fullmatch(message)
+    if found is None:
+        return message
+    pattern = found["pattern"].encode().decode("unicode_escape")
+    rule = _RULES.get(pattern) or _RULES.get(found["pattern"])
+    return f"Expected {rule}" if rule else message
 
 
 #: Printable text on one line: no C0 control character (NUL, newline, tab...) and no DEL.
-LINE = full_match(r"[^\x00-\x1f\x7f]*")
+LINE = full_match(r"[^\x00-\x1f\x7f]*", "one line of printable text (no control characters)")
 #: The ids this service makes (``txn_01J...``): the shape of every id in a path.
-ID_PATTERN = full_match(r"[A-Za-z0-9_-]{1,64}")
-MEMBER_ID_PATTERN = full_match(MEMBER_ID_BODY)
+ID_PATTERN = full_match(r"[A-Za-z0-9_-]{1,64}", "an id: 1 to 64 of [A-Za-z0-9_-]")
+MEMBER_ID_PATTERN = full_match(MEMBER_ID_BODY, f"a member id: {MEMBER_ID_RULE}")
 
 #: Visible ASCII, 1 to 255 characters: the partner's order or receipt id.
 Reference = Annotated[
@@ -48,7 +66,7 @@ Reference = Annotated[
     Meta(
         min_length=1,
         max_length=255,
-        pattern=full_match(r"[\x21-\x7e]+"),
+        pattern=full_match(r"[\x21-\x7e]+", "1 to 255 visible ASCII characters"),
         description="The partner's order or receipt id: 1-255 visible ASCII characters, "
         "unique per partner and operation.",
         examples=["order-10001"],
@@ -70,7 +88,9 @@ Amount = Annotated[
     Meta(
         min_length=1,
         max_length=24,
-        pattern=full_match(r"[0-9]{1,10}(\.[0-9]{1,4})?"),
+        pattern=full_match(
+            r"[0-9]{1,10}(\.[0-9]{1,4})?", "a decimal string in major units, e.g. 12.50"
+        ),
         description="A decimal string in major units with at most the currency's ISO 4217 "
         "decimals (JPY 0, EUR 2, BHD 3).",
         examples=["12.50"],
@@ -81,7 +101,7 @@ Currency = Annotated[
     Meta(
         min_length=3,
         max_length=3,
-        pattern=full_match("[A-Z]{3}"),
+        pattern=full_match("[A-Z]{3}", "an ISO 4217 code, e.g. EUR"),
         description="An ISO 4217 code.",
         examples=["EUR"],
     ),
@@ -99,7 +119,9 @@ Rate = Annotated[
     Meta(
         min_length=1,
         max_length=32,
-        pattern=full_match(r"[0-9]{1,18}(\.[0-9]{1,12})?"),
+        pattern=full_match(
+            r"[0-9]{1,18}(\.[0-9]{1,12})?", "a non-negative decimal string, e.g. 0.01"
+        ),
         description="A non-negative decimal string with at most 12 decimals.",
         examples=["0.01"],
     ),
@@ -116,7 +138,7 @@ PublicKey = Annotated[
     Meta(
         min_length=43,
         max_length=44,
-        pattern=full_match("[A-Za-z0-9_-]{43}=?"),
+        pattern=full_match("[A-Za-z0-9_-]{43}=?", "32 bytes in base64url (43 characters)"),
         description="The raw 32-byte Ed25519 public key, base64url.",
     ),
 ]
@@ -125,7 +147,7 @@ FundedBy = Annotated[
     Meta(
         min_length=1,
         max_length=40,
-        pattern=full_match("coalition|prt_[A-Za-z0-9]{1,36}"),
+        pattern=full_match("coalition|prt_[A-Za-z0-9]{1,36}", "a partner id or coalition"),
         description="A partner id or `coalition`.",
     ),
 ]
@@ -519,7 +541,7 @@ def _field_error(exc: msgspec.ValidationError) -> dict[str, str]:
     text = str(exc)
     match = _AT.match(text)
     assert match is not None
-    message, path = match["message"], match["path"] or "$"
+    message, path = explain(match["message"]), match["path"] or "$"
     field = _FIELD.search(message)
     if field is not None:
         path = f"{path}.{field['name']}"
