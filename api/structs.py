@@ -486,7 +486,8 @@ class SigningKey(Struct):
 
 class AuditEventOut(Struct):
     """One operator or finance action: who (role, key), what (method, path and query as
-    received), when, from where, and the outcome (``ok``, ``replayed`` or the problem type)."""
+    received, or the command), when, from where (an address, or ``command-line``), and the
+    outcome (``ok``, ``replayed`` or the problem type); ``status`` is None for a command."""
 
     id: str
     at: datetime
@@ -494,7 +495,7 @@ class AuditEventOut(Struct):
     key_id: str
     action: str
     source_address: str | None
-    status: int
+    status: int | None
     outcome: str
     request_id: str | None
 

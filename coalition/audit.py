@@ -43,7 +43,8 @@ class AuditEvent(Base):
     key_id: Mapped[str] = mapped_column(String(40))
     action: Mapped[str] = mapped_column(String(ACTION_MAX))
     source_address: Mapped[str | None] = mapped_column(String(ADDRESS_MAX))
-    status: Mapped[int] = mapped_column(Integer)
+    #: The HTTP status; None for an action on the command line (``coalition init``).
+    status: Mapped[int | None] = mapped_column(Integer)
     #: ``ok``, ``replayed`` (an idempotent repeat) or the problem type (``validation``...).
     outcome: Mapped[str] = mapped_column(String(OUTCOME_MAX))
     request_id: Mapped[str | None] = mapped_column(String(40))
@@ -64,9 +65,13 @@ class Action:
     key_id: str
     action: str
     source_address: str | None
-    status: int
+    status: int | None
     outcome: str
     request_id: str | None
+
+
+#: The source address of actions taken on the service's own command line.
+COMMAND_LINE = "command-line"
 
 
 def record(session: Session, action: Action, now: datetime) -> AuditEvent:

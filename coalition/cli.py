@@ -50,7 +50,9 @@ def _require_schema(rt: Runtime) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """Create or upgrade the schema; create the first operator key when there is none."""
+    """Create or upgrade the schema; create the first operator key when there is none (and
+    record that in the audit log)."""
+    from coalition import audit
     from partners.keys import create_key, has_operator_key
 
     rt = runtime()
@@ -68,6 +70,19 @@ def cmd_init(args: argparse.Namespace) -> int:
                 public_key=None,
                 expires_at=None,
                 now=utcnow(),
+            )
+            audit.record(
+                session,
+                audit.Action(
+                    role="operator",
+                    key_id=new.key.id,
+                    action="coalition init: the first operator key",
+                    source_address=audit.COMMAND_LINE,
+                    status=None,
+                    outcome="ok",
+                    request_id=None,
+                ),
+                utcnow(),
             )
     if args.json:
         if new is None:

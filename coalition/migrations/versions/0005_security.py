@@ -92,7 +92,7 @@ def _audit_events() -> None:
         sa.Column("key_id", sa.String(40), nullable=False),
         sa.Column("action", sa.String(1024), nullable=False),
         sa.Column("source_address", sa.String(64), nullable=True),
-        sa.Column("status", sa.Integer(), nullable=False),
+        sa.Column("status", sa.Integer(), nullable=True),
         sa.Column("outcome", sa.String(64), nullable=False),
         sa.Column("request_id", sa.String(40), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_audit_events"),
