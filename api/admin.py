@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, patch, post
-from litestar.params import PathParameter, QueryParameter, RawBody
+from litestar.params import QueryParameter, RawBody
 from sqlalchemy.orm import Session
 
 from api.auth import admin, principal_of, signed
@@ -15,9 +15,11 @@ from api.docs import SIGNED, IdempotencyKey, body, problems
 from api.idempotency import run_idempotent
 from api.runtime import services_of
 from api.structs import (
+    LINE,
     AdjustmentCreate,
     BonusCreate,
     EmptyBody,
+    IdPath,
     KeyCreated,
     KeyList,
     KeyOut,
@@ -28,6 +30,7 @@ from api.structs import (
     PartnerOut,
     PartnerPage,
     PartnerUpdate,
+    QueryText,
     RateCardCreate,
     RateCardList,
     RateCardOut,
@@ -57,7 +60,7 @@ from partners.rates import (
 )
 from settlement.reports import liability
 
-PathId = Annotated[str, PathParameter(min_length=1, max_length=64)]
+PathId = IdPath
 
 
 class AdminController(Controller):
@@ -97,7 +100,7 @@ class AdminController(Controller):
         self,
         request: Request[Any, Any, Any],
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
-        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        cursor: QueryText = None,
     ) -> PartnerPage:
         """Partners, newest first (keyset pagination, like transactions)."""
         services = services_of(request.app.state)
@@ -359,6 +362,7 @@ class AdminController(Controller):
             str | None,
             QueryParameter(
                 max_length=64,
+                pattern=LINE,
                 description="As of this time (RFC 3339); default now.",
                 schema_extra={"format": "date-time"},
             ),

@@ -17,19 +17,21 @@ from typing import Any
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Tag
 from sqlalchemy import text
 
 from api.admin import AdminController
+from api.audit import AuditController, record_action
 from api.bulk import EarnBatchController
 from api.docs import COMPONENTS, StrictStructSchemaPlugin, problems
 from api.observe import RequestObserver
 from api.partner import PartnerController
 from api.problems import EXCEPTION_HANDLERS, add_request_id, describe_problem
 from api.runtime import STATE_KEY, Services, services_of
+from api.security import add_security_headers
 from api.settlement import SettlementAdminController, StatementsController
 from api.structs import Health, Liveness, SigningKey
+from api.swagger import LocalSwaggerPlugin, assets_router
 from coalition import metrics
 from coalition.config import Settings, load_settings
 from coalition.db import transaction, utcnow
@@ -119,15 +121,17 @@ def create_app(
             AdminController,
             StatementsController,
             SettlementAdminController,
+            AuditController,
             health,
             liveness,
             prometheus_metrics,
             signing_keys,
             describe_problem,
+            assets_router(),
         ],
         state=_state(services),
         exception_handlers=EXCEPTION_HANDLERS,
-        before_send=[add_request_id],
+        before_send=[add_request_id, add_security_headers, record_action],
         request_max_body_size=MAX_BODY_BYTES,
         on_shutdown=[dispose],
         plugins=[StrictStructSchemaPlugin()],
@@ -142,7 +146,7 @@ def create_app(
                 Tag(name="service", description="Unsigned."),
             ],
             use_handler_docstrings=True,
-            render_plugins=[SwaggerRenderPlugin()],
+            render_plugins=[LocalSwaggerPlugin()],
             path="/schema",
         ),
         debug=False,

@@ -1,7 +1,8 @@
 """Authentication and authorization at the edge: every signed ``/v1`` route has this guard.
 
 The guard verifies the request's RFC 9421 signature (:func:`partners.signatures
-.verify_signature`, against the URL as received and as rebuilt from ``COALITION_PUBLIC_URL``)
+.verify_signature`, against the URLs :func:`api.security.signed_urls` says are the service's
+own)
 with the keys of the process's :class:`~partners.signatures.KeyCache`, so a known key costs no
 database round trip; then checks the key's role and scope against what the route declares in
 its ``opt`` (see :func:`partner`, :func:`admin`), then, for a ``POST``, that an
@@ -32,9 +33,11 @@ from litestar.handlers.base import BaseRouteHandler
 from sqlalchemy.orm import Session
 
 from api.runtime import Services, services_of
+from api.security import client_address, count_failure, signed_urls
 from coalition import logs
 from coalition.db import WHOLE, transaction
-from coalition.errors import Forbidden, IdempotencyKeyMissing
+from coalition.errors import Forbidden, IdempotencyKeyMissing, SignatureInvalid
+from partners.replay import claim_post_signature
 from partners.signatures import (
     CachedKey,
     Principal,
@@ -81,25 +84,17 @@ def admin(*roles: str) -> dict[str, Any]:
     return {"access": Access(frozenset(roles or ("operator",)))}
 
 
+def principal_in(scope: Any) -> Principal | None:
+    """The principal the guard verified for the request of this ASGI scope, if any."""
+    principal = scope.get("state", {}).get(_PRINCIPAL_KEY)
+    return principal if isinstance(principal, Principal) else None
+
+
 def principal_of(request: Request[Any, Any, Any]) -> Principal:
     """The principal the guard verified for this request."""
     principal = request.scope.get("state", {}).get(_PRINCIPAL_KEY)
     assert isinstance(principal, Principal), "route without the signature guard"
     return principal
-
-
-def _target_uri(connection: ASGIConnection[Any, Any, Any, Any]) -> tuple[str, str]:
-    """The target URI as received, and its path with query (for COALITION_PUBLIC_URL)."""
-    scope = connection.scope
-    raw_path = scope.get("raw_path")
-    path = raw_path.decode("latin-1") if raw_path else scope["path"]
-    query = scope.get("query_string", b"").decode("latin-1")
-    path_query = f"{path}?{query}" if query else path
-    host = connection.headers.get("host")
-    if not host:
-        server = scope.get("server") or ("localhost", None)
-        host = server[0] if server[1] is None else f"{server[0]}:{server[1]}"
-    return f"{scope['scheme']}://{host}{path_query}", path_query
 
 
 def _load_keys(services: Services, key_ids: Set[str]) -> dict[str, CachedKey]:
@@ -123,6 +118,10 @@ def request_unit(request: Request[Any, Any, Any]) -> Iterator[Session]:
     with transaction(services.sessions) as session:
         session.info[WHOLE] = True
         record_use(session, verified, services.keys)
+        if request.method == "POST":
+            claim_post_signature(
+                session, key_id=verified.principal.key_id, headers=request.headers, now=verified.now
+            )
         yield session
 
 
@@ -163,27 +162,39 @@ async def signed(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRo
     request = cast("Request[Any, Any, Any]", connection)
     services = services_of(connection.app.state)
     body = await request.body()
-    url, path_query = _target_uri(connection)
-    signed = parse_signed(connection.headers)
-    wanted = signed.key_ids
-    keys = services.keys.cached(wanted)
-    if len(keys) < len(wanted):  # a key this process has not seen: read it once
-        keys.update(
-            await anyio.to_thread.run_sync(partial(_load_keys, services, wanted - keys.keys()))
+    address = client_address(connection)
+    now = services.clock()
+    services.limiter.before_verification(address, now)
+    try:
+        url, alternates = signed_urls(connection, services.settings)
+        signed = parse_signed(connection.headers)
+        wanted = signed.key_ids
+        keys = services.keys.cached(wanted)
+        if len(keys) < len(wanted):  # a key this process has not seen: read it once
+            keys.update(
+                await anyio.to_thread.run_sync(partial(_load_keys, services, wanted - keys.keys()))
+            )
+        verified = verify_signature(
+            keys,
+            signed,
+            method=request.method,
+            url=url,
+            body=body,
+            now=now,
+            alternate_urls=alternates,
         )
-    verified = verify_signature(
-        keys,
-        signed,
-        method=request.method,
-        url=url,
-        body=body,
-        now=services.clock(),
-        alternate_urls=(services.settings.public_url + path_query,),
-    )
+    except SignatureInvalid:
+        await anyio.to_thread.run_sync(partial(count_failure, services, address))
+        raise
     state = connection.scope.setdefault("state", {})
     state[_PRINCIPAL_KEY] = verified.principal
     state[_VERIFIED_KEY] = verified
     logs.bind(key_id=verified.principal.key_id, partner_id=verified.principal.partner_id)
+    limiter, key_id = services.limiter, verified.principal.key_id
+    limiter.count(key_id, now)
+    if limiter.flush_due():  # a few times a second: merge this process's counts, learn the rest
+        await anyio.to_thread.run_sync(partial(limiter.flush, services.sessions, now))
+    limiter.check(key_id, now)
     access = handler.opt.get("access")
     assert isinstance(access, Access), f"{handler} declares no access"
     _authorize(verified.principal, access)

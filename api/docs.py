@@ -21,7 +21,7 @@ from litestar.params import HeaderParameter
 from litestar.typing import FieldDefinition
 
 from api.problems import KINDS, PROBLEM_JSON
-from api.structs import Problem
+from api.structs import Problem, full_match
 
 SECURITY_SCHEME = "httpMessageSignature"
 
@@ -64,7 +64,7 @@ IdempotencyKey = Annotated[
         name="Idempotency-Key",
         min_length=1,
         max_length=255,
-        pattern=r"^[\x21-\x7e]+$",
+        pattern=full_match(r"[\x21-\x7e]+", "1 to 255 visible ASCII characters"),
         description="1-255 visible ASCII characters, unique per request (a UUID). A repeat "
         "with the same body returns the first response with `Idempotent-Replayed: true`.",
     ),

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import PathParameter, QueryParameter, RawBody
+from litestar.params import QueryParameter, RawBody
 from sqlalchemy.orm import Session
 
 from api.auth import any_key, partner, principal_of, request_unit, require_scope, signed
@@ -18,6 +18,7 @@ from api.docs import SIGNED, IdempotencyKey, body, problems
 from api.idempotency import run_idempotent
 from api.runtime import services_of
 from api.structs import (
+    LINE,
     BalanceOut,
     BurnCreate,
     CaptureCreate,
@@ -25,8 +26,11 @@ from api.structs import (
     EmptyBody,
     HoldCreate,
     HoldOut,
+    IdPath,
     Me,
     MemberCreate,
+    MemberIdPath,
+    MemberIdQuery,
     MemberOut,
     ReversalCreate,
     TransactionKind,
@@ -48,11 +52,12 @@ from partners.queries import active_rate_card, list_transactions
 from partners.rates import get_partner
 from partners.signatures import Principal
 
-PathId = Annotated[str, PathParameter(min_length=1, max_length=64)]
+PathId = IdPath
 Since = Annotated[
     str | None,
     QueryParameter(
         max_length=64,
+        pattern=LINE,
         description="Only transactions posted at or after this time (RFC 3339).",
         schema_extra={"format": "date-time"},
     ),
@@ -61,6 +66,7 @@ Until = Annotated[
     str | None,
     QueryParameter(
         max_length=64,
+        pattern=LINE,
         description="Only transactions posted before this time (RFC 3339).",
         schema_extra={"format": "date-time"},
     ),
@@ -133,7 +139,7 @@ class PartnerController(Controller):
         responses=problems(403, 404, 422),
         sync_to_thread=True,
     )
-    def balance(self, request: Request[Any, Any, Any], member_id: PathId) -> BalanceOut:
+    def balance(self, request: Request[Any, Any, Any], member_id: MemberIdPath) -> BalanceOut:
         """A member's available and held points, tier and upcoming expiries."""
         services = services_of(request.app.state)
         with request_unit(request) as s:
@@ -349,14 +355,16 @@ class PartnerController(Controller):
     def list_transactions(  # noqa: PLR0917 (query parameters)
         self,
         request: Request[Any, Any, Any],
-        member_id: Annotated[str | None, QueryParameter(min_length=1, max_length=68)] = None,
+        member_id: MemberIdQuery = None,
         kind: Annotated[TransactionKind | None, QueryParameter()] = None,
         since: Since = None,
         until: Until = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
         cursor: Annotated[
             str | None,
-            QueryParameter(max_length=200, description="`next_cursor` of the previous page."),
+            QueryParameter(
+                max_length=200, pattern=LINE, description="`next_cursor` of the previous page."
+            ),
         ] = None,
     ) -> TransactionPage:
         """The partner's transactions, newest first, ``limit`` per page (keyset pagination)."""

@@ -18,6 +18,7 @@ from html import escape
 from typing import Annotated, Any
 
 import msgspec
+import psycopg
 from litestar import MediaType, Request, Response, get
 from litestar.exceptions import (
     HTTPException,
@@ -28,9 +29,10 @@ from litestar.exceptions import (
 from litestar.params import PathParameter
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from litestar.types import ExceptionHandlersMap, Message, Scope
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from api.structs import explain
 from coalition.errors import CoalitionError
 
 log = logging.getLogger("coalition.api")
@@ -128,7 +130,9 @@ KINDS: dict[str, Kind] = {
         "The request's HTTP Message Signature (RFC 9421) did not verify; `reason` names the "
         "check that failed: missing-signature, malformed-signature, unknown-key, revoked-key, "
         "expired-key, alg-mismatch, missing-component, digest-missing, digest-mismatch, stale, "
-        "future, expired-signature, replayed-nonce or bad-signature. See docs/signing.md.",
+        "future, expired-signature, replayed-nonce, bad-signature, wrong-host (the request names "
+        "a host that is not this service's) or replayed-signature (a POST's signature already "
+        "used with another Idempotency-Key). See docs/signing.md.",
     ),
     "forbidden": Kind(
         403,
@@ -148,6 +152,13 @@ KINDS: dict[str, Kind] = {
     ),
     "payload-too-large": Kind(
         413, "The request body is too large", "Request bodies may be at most 64 KiB."
+    ),
+    "rate-limited": Kind(
+        429,
+        "Too many requests",
+        "The key, or the address the request came from (for failed requests), is over its "
+        "limit for this minute; retry after `Retry-After` seconds. Limits are configurable "
+        "(docs/security.md).",
     ),
     "unavailable": Kind(
         503,
@@ -242,7 +253,7 @@ def problem_response(
     """A problem document as a response."""
     status, body = problem_body(scope, code, detail, **extra)
     all_headers = dict(headers or {})
-    if status in (409, 503) and "retry_after_s" in extra:
+    if status in (409, 429, 503) and "retry_after_s" in extra:
         all_headers["Retry-After"] = str(extra["retry_after_s"])
     elif status == 503:
         all_headers["Retry-After"] = "5"
@@ -275,7 +286,7 @@ def _litestar_errors(exc: ValidationException) -> list[dict[str, str]]:
         raw_source = item.get("source", "")
         source = str(getattr(raw_source, "value", raw_source))
         where = f"{source}.{key}" if source and key else key or "$"
-        errors.append({"path": where, "message": str(item.get("message", "invalid"))})
+        errors.append({"path": where, "message": explain(str(item.get("message", "invalid")))})
     return errors or [{"path": "$", "message": exc.detail}]
 
 
@@ -311,6 +322,14 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
     return on_unexpected(request, exc)
 
 
+def database_unavailable(exc: BaseException) -> bool:
+    """True for a failure to reach the database or a connection lost under a request (the
+    server stopped, restarted or terminated the backend): ``503``, never ``500``."""
+    if isinstance(exc, OperationalError | PoolTimeout | InterfaceError | psycopg.OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
 def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Anything else: 503 when the database is out of reach, else a logged 500 (and an info
     line when the client went away before sending its whole request)."""
@@ -319,7 +338,7 @@ def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[b
         # Nobody is left to answer: a client going away is routine, not an error.
         log.info("client disconnected before sending the whole request")
         return problem_response(scope, "validation", "the client disconnected", errors=[])
-    if isinstance(exc, OperationalError | PoolTimeout):
+    if database_unavailable(exc):
         log.warning("database unavailable (request %s): %s", request_id(scope), type(exc).__name__)
         return problem_response(scope, "unavailable", "the database is unavailable; retry")
     error_id = request_id(scope)

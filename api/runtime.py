@@ -15,6 +15,7 @@ from coalition import metrics
 from coalition.config import Settings
 from coalition.db import make_engine, session_factory, utcnow
 from partners.operations import Operations
+from partners.ratelimit import Limiter
 from partners.signatures import KeyCache
 
 STATE_KEY = "coalition"
@@ -30,6 +31,7 @@ class Services:
     ops: Operations
     clock: Callable[[], datetime]
     keys: KeyCache
+    limiter: Limiter
 
     @classmethod
     def build(cls, settings: Settings, clock: Callable[[], datetime] = utcnow) -> Services:
@@ -37,8 +39,15 @@ class Services:
         engine = make_engine(settings.database_url)
         metrics.observe_pool(engine)
         sessions = session_factory(engine)
+        limiter = Limiter(
+            per_key=settings.rate_limit_per_key,
+            failures_per_address=settings.rate_limit_failures_per_address,
+            window_s=settings.rate_limit_window_s,
+            flush_s=settings.rate_limit_flush_ms / 1000,
+        )
         ops = metrics.instrument_operations(Operations(settings, sessions, clock), engine)
-        return cls(settings, engine, sessions, ops, clock, KeyCache(settings.secret_key))
+        keys = KeyCache(settings.secret_key)
+        return cls(settings, engine, sessions, ops, clock, keys, limiter)
 
 
 def services_of(app_state: Any) -> Services:

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import PathParameter, QueryParameter, RawBody
+from litestar.params import QueryParameter, RawBody
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -40,7 +40,7 @@ from api.settlement_structs import (
     StatementSummary,
     StatementTotals,
 )
-from api.structs import EmptyBody, decode
+from api.structs import LINE, EmptyBody, IdPath, IdQuery, IdQueryRequired, decode
 from api.views import decode_cursor, encode_cursor
 from coalition.db import transaction
 from coalition.money import format_amount
@@ -51,11 +51,11 @@ from settlement.close import close_in
 from settlement.models import Dispute, Period, Statement
 from settlement.statements import document_of, rfc3339, totals_of
 
-PathId = Annotated[str, PathParameter(min_length=1, max_length=64)]
+PathId = IdPath
 Limit = Annotated[int, QueryParameter(ge=1, le=500)]
 Cursor = Annotated[
     str | None,
-    QueryParameter(max_length=200, description="`next_cursor` of the previous page."),
+    QueryParameter(max_length=200, pattern=LINE, description="`next_cursor` of the previous page."),
 ]
 ExportFormat = Annotated[Literal["json", "csv"], QueryParameter(description="`json` or `csv`.")]
 
@@ -359,8 +359,8 @@ class SettlementAdminController(Controller):
     def list_statements(  # noqa: PLR0917 (query parameters)
         self,
         request: Request[Any, Any, Any],
-        period_id: Annotated[str | None, QueryParameter(min_length=1, max_length=64)] = None,
-        partner_id: Annotated[str | None, QueryParameter(min_length=1, max_length=64)] = None,
+        period_id: IdQuery = None,
+        partner_id: IdQuery = None,
         status: Annotated[StatementStatus | None, QueryParameter()] = None,
         limit: Limit = 100,
         cursor: Cursor = None,
@@ -552,7 +552,7 @@ class SettlementAdminController(Controller):
     def cross_brand(
         self,
         request: Request[Any, Any, Any],
-        period_id: Annotated[str, QueryParameter(min_length=1, max_length=64)],
+        period_id: IdQueryRequired,
     ) -> CrossBrandReport:
         """Points issued by each partner (rows) and redeemed at each (columns) in a period."""
         services = services_of(request.app.state)

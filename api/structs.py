@@ -9,19 +9,56 @@ domain, which reports its own violations the same way.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+from litestar.params import PathParameter, QueryParameter
 from msgspec import Meta, Struct
 
 from coalition.errors import ValidationFailed
+from coalition.ids import MEMBER_ID_BODY, MEMBER_ID_MAX_LENGTH, MEMBER_ID_RULE
 from coalition.money import MAX_POINTS
 
 T = TypeVar("T")
 
 # --- shapes ------------------------------------------------------------------------------
+
+
+#: What each pattern means, in words: what a problem document says instead of the regex.
+_RULES: dict[str, str] = {}
+_MATCHING = re.compile(r"Expected `str` matching regex '(?P<pattern>.*)'")
+
+
+def full_match(body: str, rule: str) -> str:
+    """A pattern both msgspec (``re.search``) and JSON Schema (ECMA 262) read as a full match;
+    ``rule`` says it in words for problem documents.
+
+    In Python ``$`` also matches before a final newline (``"mem_x\n"``), so the lookahead
+    refuses one; ECMA's ``$`` is the end of the text already, where the lookahead holds.
+    """
+    pattern = rf"^(?:{body})$(?!\n)"
+    _RULES[pattern] = rule
+    return pattern
+
+
+def explain(message: str) -> str:
+    """A decoder's message with a pattern it names replaced by the pattern's rule."""
+    found = _MATCHING.fullmatch(message)
+    if found is None:
+        return message
+    pattern = found["pattern"].encode().decode("unicode_escape")
+    rule = _RULES.get(pattern) or _RULES.get(found["pattern"])
+    return f"Expected {rule}" if rule else message
+
+
+#: Printable text on one line: no C0 control character (NUL, newline, tab...) and no DEL.
+LINE = full_match(r"[^\x00-\x1f\x7f]*", "one line of printable text (no control characters)")
+#: The ids this service makes (``txn_01J...``): the shape of every id in a path.
+ID_PATTERN = full_match(r"[A-Za-z0-9_-]{1,64}", "an id: 1 to 64 of [A-Za-z0-9_-]")
+MEMBER_ID_PATTERN = full_match(MEMBER_ID_BODY, f"a member id: {MEMBER_ID_RULE}")
 
 #: Visible ASCII, 1 to 255 characters: the partner's order or receipt id.
 Reference = Annotated[
@@ -29,7 +66,7 @@ Reference = Annotated[
     Meta(
         min_length=1,
         max_length=255,
-        pattern=r"^[\x21-\x7e]+$",
+        pattern=full_match(r"[\x21-\x7e]+", "1 to 255 visible ASCII characters"),
         description="The partner's order or receipt id: 1-255 visible ASCII characters, "
         "unique per partner and operation.",
         examples=["order-10001"],
@@ -39,9 +76,9 @@ MemberId = Annotated[
     str,
     Meta(
         min_length=5,
-        max_length=68,
-        pattern=r"^mem_[A-Za-z0-9_-]{1,64}$",
-        description="A member id: `mem_` and 1-64 of [A-Za-z0-9_-].",
+        max_length=MEMBER_ID_MAX_LENGTH,
+        pattern=MEMBER_ID_PATTERN,
+        description=f"A member id: {MEMBER_ID_RULE}.",
         examples=["mem_01JD3V6Z7Q3XKQ8R2M5N4P6T9W"],
     ),
 ]
@@ -51,7 +88,9 @@ Amount = Annotated[
     Meta(
         min_length=1,
         max_length=24,
-        pattern=r"^[0-9]{1,10}(\.[0-9]{1,4})?$",
+        pattern=full_match(
+            r"[0-9]{1,10}(\.[0-9]{1,4})?", "a decimal string in major units, e.g. 12.50"
+        ),
         description="A decimal string in major units with at most the currency's ISO 4217 "
         "decimals (JPY 0, EUR 2, BHD 3).",
         examples=["12.50"],
@@ -62,7 +101,7 @@ Currency = Annotated[
     Meta(
         min_length=3,
         max_length=3,
-        pattern=r"^[A-Z]{3}$",
+        pattern=full_match("[A-Z]{3}", "an ISO 4217 code, e.g. EUR"),
         description="An ISO 4217 code.",
         examples=["EUR"],
     ),
@@ -80,13 +119,63 @@ Rate = Annotated[
     Meta(
         min_length=1,
         max_length=32,
-        pattern=r"^[0-9]{1,18}(\.[0-9]{1,12})?$",
+        pattern=full_match(
+            r"[0-9]{1,18}(\.[0-9]{1,12})?", "a non-negative decimal string, e.g. 0.01"
+        ),
         description="A non-negative decimal string with at most 12 decimals.",
         examples=["0.01"],
     ),
 ]
-Reason = Annotated[str, Meta(min_length=1, max_length=500, description="Why, for the audit.")]
-PartnerId = Annotated[str, Meta(min_length=1, max_length=40, examples=["prt_01JD3V6Z7Q"])]
+Reason = Annotated[
+    str,
+    Meta(min_length=1, max_length=500, pattern=LINE, description="Why, for the audit: one line."),
+]
+Name = Annotated[
+    str, Meta(min_length=1, max_length=200, pattern=LINE, description="A name: one line.")
+]
+PublicKey = Annotated[
+    str,
+    Meta(
+        min_length=43,
+        max_length=44,
+        pattern=full_match("[A-Za-z0-9_-]{43}=?", "32 bytes in base64url (43 characters)"),
+        description="The raw 32-byte Ed25519 public key, base64url.",
+    ),
+]
+FundedBy = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=40,
+        pattern=full_match("coalition|prt_[A-Za-z0-9]{1,36}", "a partner id or coalition"),
+        description="A partner id or `coalition`.",
+    ),
+]
+#: An id in a path (``/v1/transactions/{txn_id}``): anything else is ``422`` at ``path.<name>``.
+IdPath = Annotated[str, PathParameter(min_length=1, max_length=64, pattern=ID_PATTERN)]
+#: An id in a query: optional (a filter), or required (``IdQueryRequired``).
+IdQuery = Annotated[str | None, QueryParameter(min_length=1, max_length=64, pattern=ID_PATTERN)]
+IdQueryRequired = Annotated[str, QueryParameter(min_length=1, max_length=64, pattern=ID_PATTERN)]
+MemberIdPath = Annotated[
+    str,
+    PathParameter(
+        min_length=5,
+        max_length=MEMBER_ID_MAX_LENGTH,
+        pattern=MEMBER_ID_PATTERN,
+        description=f"A member id: {MEMBER_ID_RULE}.",
+    ),
+]
+MemberIdQuery = Annotated[
+    str | None,
+    QueryParameter(
+        min_length=5,
+        max_length=MEMBER_ID_MAX_LENGTH,
+        pattern=MEMBER_ID_PATTERN,
+        description=f"A member id: {MEMBER_ID_RULE}.",
+    ),
+]
+#: A cursor or a time in a query: printable, one line.
+QueryText = Annotated[str | None, QueryParameter(max_length=200, pattern=LINE)]
 Scope = Literal["earn", "burn", "read", "webhooks", "statements"]
 KeyAlg = Literal["hmac-sha256", "ed25519"]
 TransactionKind = Literal[
@@ -163,14 +252,14 @@ class ReversalCreate(Request):
 class PartnerCreate(Request):
     """``POST /v1/admin/partners``."""
 
-    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    name: Name
     currency: Currency
 
 
 class PartnerUpdate(Request):
     """``PATCH /v1/admin/partners/{id}``: any of the fields."""
 
-    name: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    name: Name | None = None
     currency: Currency | None = None
     status: Literal["active", "suspended"] | None = None
 
@@ -191,7 +280,7 @@ class PartnerKeyCreate(Request):
 
     alg: KeyAlg
     scopes: Annotated[list[Scope], Meta(min_length=1, max_length=5)]
-    public_key: Annotated[str, Meta(max_length=64)] | None = None
+    public_key: PublicKey | None = None
     expires_at: AwareTime | None = None
 
 
@@ -200,7 +289,7 @@ class OperatorKeyCreate(Request):
 
     role: Literal["operator", "finance"]
     alg: KeyAlg = "hmac-sha256"
-    public_key: Annotated[str, Meta(max_length=64)] | None = None
+    public_key: PublicKey | None = None
     expires_at: AwareTime | None = None
 
 
@@ -210,9 +299,7 @@ class BonusCreate(Request):
     member_id: MemberId
     points: Points
     reason: Reason
-    funded_by: Annotated[
-        str, Meta(min_length=1, max_length=40, description="A partner id or `coalition`.")
-    ]
+    funded_by: FundedBy
 
 
 class AdjustmentCreate(Request):
@@ -400,6 +487,30 @@ class SigningKey(Struct):
     public_key: str
 
 
+class AuditEventOut(Struct):
+    """One operator or finance action: who (role, key), what (method, path and query as
+    received, or the command), when, from where (an address, or ``command-line``), and the
+    outcome (``ok``, ``replayed`` or the problem type); ``status`` is None for a command."""
+
+    id: str
+    at: datetime
+    role: Literal["operator", "finance"]
+    key_id: str
+    action: str
+    source_address: str | None
+    status: int | None
+    outcome: str
+    request_id: str | None
+
+
+class AuditPage(Struct):
+    """A page of audit events, newest first."""
+
+    data: list[AuditEventOut]
+    has_more: bool
+    next_cursor: str | None
+
+
 class FieldError(Struct):
     """One invalid field: where (``$.amount``) and what is wrong."""
 
@@ -425,6 +536,7 @@ class Problem(Struct, omit_defaults=True, forbid_unknown_fields=False):
 
 # --- decoding ----------------------------------------------------------------------------
 
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _AT = re.compile(r"^(?P<message>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
 _FIELD = re.compile(r"(missing required field|contains unknown field) `(?P<name>[^`]+)`")
 
@@ -433,27 +545,65 @@ def _field_error(exc: msgspec.ValidationError) -> dict[str, str]:
     text = str(exc)
     match = _AT.match(text)
     assert match is not None
-    message, path = match["message"], match["path"] or "$"
+    message, path = explain(match["message"]), match["path"] or "$"
     field = _FIELD.search(message)
     if field is not None:
         path = f"{path}.{field['name']}"
     return {"path": path, "message": message}
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _DuplicateKey(name)
+            seen.add(name)
+    return members
+
+
+def _check_unique_keys(body: bytes) -> None:
+    """``validation`` when an object of ``body`` repeats a key: msgspec (like most decoders)
+    keeps the last, while a partner's own validator may have read the first."""
+    try:
+        json.loads(body, object_pairs_hook=_refuse_duplicate_keys)
+    except _DuplicateKey as dup:
+        raise ValidationFailed.at(
+            f"$.{dup.name}" if _PLAIN_NAME.fullmatch(dup.name) else "$",
+            "this key appears more than once in an object",
+        ) from None
+    except (ValueError, RecursionError):
+        raise ValidationFailed.at("$", "not valid JSON") from None
+
+
 def decode(body: bytes, type_: type[T], *, empty_as_object: bool = False) -> T:
-    """Decode a JSON request body strictly into ``type_``; :class:`ValidationFailed` if not."""
+    """Decode a JSON request body strictly into ``type_``; :class:`ValidationFailed` if not
+    (a repeated key, nesting beyond the decoder's depth and non-UTF-8 bytes included)."""
     if not body.strip():
         if not empty_as_object:
             raise ValidationFailed.at("$", "a JSON object is required")
         body = b"{}"
     try:
-        return msgspec.json.decode(body, type=type_, strict=True)
+        value = msgspec.json.decode(body, type=type_, strict=True)
     except msgspec.ValidationError as exc:
         raise ValidationFailed([_field_error(exc)]) from None
     except msgspec.DecodeError as exc:
         raise ValidationFailed.at("$", f"not valid JSON ({exc})") from None
     except UnicodeDecodeError:
         raise ValidationFailed.at("$", "not valid JSON (the body is not UTF-8)") from None
+    except RecursionError:
+        raise ValidationFailed.at("$", "nested too deeply") from None
+    # Only a body that already has the right shape is scanned again (a second, C-speed pass:
+    # a few microseconds for a request body, see docs/security.md).
+    _check_unique_keys(body)
+    return value
 
 
 def parse_time(raw: str | None, name: str) -> datetime | None:

@@ -54,7 +54,9 @@ def _require_schema(rt: Runtime) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """Create or upgrade the schema; create the first operator key when there is none."""
+    """Create or upgrade the schema; create the first operator key when there is none (and
+    record that in the audit log)."""
+    from coalition import audit
     from partners.keys import create_key, has_operator_key
     from settlement.signing import ensure_key
 
@@ -74,6 +76,19 @@ def cmd_init(args: argparse.Namespace) -> int:
                 public_key=None,
                 expires_at=None,
                 now=utcnow(),
+            )
+            audit.record(
+                session,
+                audit.Action(
+                    role="operator",
+                    key_id=new.key.id,
+                    action="coalition init: the first operator key",
+                    source_address=audit.COMMAND_LINE,
+                    status=None,
+                    outcome="ok",
+                    request_id=None,
+                ),
+                utcnow(),
             )
     if args.json:
         if new is None:
@@ -140,6 +155,8 @@ def jobs(rt: Runtime) -> list[object]:
         Job("idempotency-purge", lambda: purge_idempotency_keys(rt), every_s=600),
         Job("nonce-purge", lambda: purge_request_nonces(rt), every_s=60),
         Job("settlement-close", lambda: close_due_period(rt), every_s=60),
+        Job("signature-use-purge", lambda: purge_signature_uses(rt), every_s=60),
+        Job("rate-counter-purge", lambda: purge_rate_counters(rt), every_s=60),
     ]
 
 
@@ -162,6 +179,22 @@ def purge_request_nonces(rt: Runtime) -> int:
         if deleted < NONCE_PURGE_BATCH:
             break
     return total
+
+
+def purge_signature_uses(rt: Runtime) -> int:
+    """Forget used-up POST signatures that can no longer verify; how many."""
+    from partners.replay import purge_signature_uses as purge
+
+    with transaction(rt.sessions) as session:
+        return purge(session, utcnow())
+
+
+def purge_rate_counters(rt: Runtime) -> int:
+    """Delete the rate-limit counters of windows that have ended; how many."""
+    from partners.ratelimit import purge_counters
+
+    with transaction(rt.sessions) as session:
+        return purge_counters(session, utcnow(), rt.settings.rate_limit_window_s)
 
 
 def purge_idempotency_keys(rt: Runtime) -> int:
@@ -268,6 +301,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # COALITION_PUBLIC_URL so signatures over the public URL verify.
             proxy_headers=True,
             forwarded_allow_ips="127.0.0.1",
+            # h11 with a bound on how long a request may take to arrive (slow clients are
+            # dropped: api/server.py); idle keep-alive connections close after 5 s
+            http="api.server:BoundedH11Protocol",
+            timeout_keep_alive=5,
         )
     except _Terminated:
         pass

@@ -11,6 +11,7 @@ import base64
 import itertools
 import logging
 import os
+import re
 import secrets
 import tomllib
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ DEV_SECRET_KEY_FILE = ".coalition-secret-key"  # noqa: S105 (a file name, not a 
 CYCLES = ("daily", "weekly", "monthly")
 DEFAULT_DATABASE_URL = "sqlite:///coalition.sqlite3"
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
+
+
+_HOST = re.compile(r"(?:[a-z0-9.-]{1,253}|\[[0-9a-f:.]{2,45}\])(?::[0-9]{1,5})?")
 
 
 class ConfigError(ValueError):
@@ -52,6 +56,20 @@ class Settings:
     secret_key: bytes = b""
     secret_key_is_dev_default: bool = False
     public_url: str = DEFAULT_PUBLIC_URL
+    #: True when COALITION_PUBLIC_URL was not set: signatures are then checked against the
+    #: address the request reached only, never against the default URL.
+    public_url_is_default: bool = False
+    #: Further ``host`` or ``host:port`` names requests may be addressed to (signatures name
+    #: the host, so a request signed for another service is refused).
+    allowed_hosts: tuple[str, ...] = ()
+    #: Requests per window per API key, and failed requests per window per source address
+    #: (0: no limit); shared by all API processes (partners/ratelimit.py).
+    rate_limit_per_key: int = 6000
+    rate_limit_failures_per_address: int = 300
+    rate_limit_window_s: int = 60
+    #: How often a process merges its per-key counts into the shared counters (0: at every
+    #: request, exact but a statement each; partners/ratelimit.py).
+    rate_limit_flush_ms: int = 200
     settlement_cycle: str = "monthly"
     timezone: str = "UTC"
     webhook_allow_private: bool = False
@@ -86,6 +104,19 @@ def _parse_int(name: str, raw: str, minimum: int) -> int:
     if value < minimum:
         raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
     return value
+
+
+def parse_allowed_hosts(raw: str) -> tuple[str, ...]:
+    """``COALITION_ALLOWED_HOSTS``: comma-separated ``host`` (any port) or ``host:port``."""
+    hosts = []
+    for entry in raw.split(","):
+        name = entry.strip().lower()
+        if not name:
+            continue
+        if not _HOST.fullmatch(name):
+            raise ConfigError(f"COALITION_ALLOWED_HOSTS: not a host or host:port: {entry!r}")
+        hosts.append(name)
+    return tuple(hosts)
 
 
 def parse_tiers(raw: str) -> tuple[Tier, ...]:
@@ -170,6 +201,22 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         secret_key=_decode_secret_key(raw_key) if raw_key else _dev_secret_key(),
         secret_key_is_dev_default=not raw_key,
         public_url=values.get("COALITION_PUBLIC_URL", DEFAULT_PUBLIC_URL).rstrip("/"),
+        public_url_is_default="COALITION_PUBLIC_URL" not in values,
+        allowed_hosts=parse_allowed_hosts(values.get("COALITION_ALLOWED_HOSTS", "")),
+        rate_limit_per_key=_parse_int(
+            "COALITION_RATE_LIMIT_PER_KEY", values.get("COALITION_RATE_LIMIT_PER_KEY", "6000"), 0
+        ),
+        rate_limit_failures_per_address=_parse_int(
+            "COALITION_RATE_LIMIT_FAILURES_PER_ADDRESS",
+            values.get("COALITION_RATE_LIMIT_FAILURES_PER_ADDRESS", "300"),
+            0,
+        ),
+        rate_limit_window_s=_parse_int(
+            "COALITION_RATE_LIMIT_WINDOW_S", values.get("COALITION_RATE_LIMIT_WINDOW_S", "60"), 1
+        ),
+        rate_limit_flush_ms=_parse_int(
+            "COALITION_RATE_LIMIT_FLUSH_MS", values.get("COALITION_RATE_LIMIT_FLUSH_MS", "200"), 0
+        ),
         settlement_cycle=cycle,
         timezone=timezone,
         webhook_allow_private=_parse_bool(

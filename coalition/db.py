@@ -21,6 +21,11 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: PostgreSQL: how long a request waits for a new connection, for a pooled one (all busy),
+#: and for a server that stopped answering; past these it is ``503 unavailable``.
+CONNECT_TIMEOUT_S = 5
+POOL_TIMEOUT_S = 5
+TCP_USER_TIMEOUT_S = 15
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -104,9 +109,24 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Eng
 
         return engine
     # No pre-ping: it is a round trip before every transaction. A connection the server
-    # dropped fails its statement instead; SQLAlchemy then sees a disconnect and discards the
-    # whole pool, so the requests after it get fresh connections (docs/operations.md).
-    return create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=10)
+    # dropped fails its statement instead (a 503); SQLAlchemy then sees a disconnect and
+    # discards the whole pool, so the requests after it get fresh connections
+    # (docs/operations.md).
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=POOL_TIMEOUT_S,
+        connect_args={
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            # a server that stops answering mid-request (a network partition) is given up on
+            # instead of holding the request for the kernel's default of many minutes
+            "tcp_user_timeout": TCP_USER_TIMEOUT_S * 1000,
+            "keepalives_idle": TCP_USER_TIMEOUT_S,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        },
+    )
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

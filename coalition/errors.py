@@ -136,6 +136,13 @@ class PayloadTooLarge(CoalitionError):
     title = "The request body is too large"
 
 
+class RateLimited(CoalitionError):
+    """Too many requests for a key or from an address; ``extra["retry_after_s"]`` says when."""
+
+    code = "rate-limited"
+    title = "Too many requests"
+
+
 class Unavailable(CoalitionError):
     code = "unavailable"
     title = "The service is unavailable"

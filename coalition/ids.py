@@ -6,11 +6,26 @@ keeps the primary-key index append-mostly at 100 million rows.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-PREFIXES = frozenset({"mem", "txn", "hold", "stmt", "prt", "key", "we", "evt", "rc", "per", "dsp"})
+PREFIXES = frozenset(
+    {"mem", "txn", "hold", "stmt", "prt", "key", "we", "evt", "rc", "per", "dsp", "aud"}
+)
+
+#: A member id, the one kind of id a caller may choose: ``mem_`` and 1 to 64 of
+#: [A-Za-z0-9_-]. The one limit for request bodies, paths, queries and the database column.
+MEMBER_ID_BODY = "mem_[A-Za-z0-9_-]{1,64}"
+MEMBER_ID_MAX_LENGTH = 68
+MEMBER_ID_RULE = "mem_ followed by 1 to 64 of [A-Za-z0-9_-]"
+_MEMBER_ID = re.compile(MEMBER_ID_BODY)
+
+
+def is_member_id(text: str) -> bool:
+    """True when ``text`` is a whole member id (a full match: no trailing newline)."""
+    return _MEMBER_ID.fullmatch(text) is not None
 
 
 def new_id(prefix: str) -> str:

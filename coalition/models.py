@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coalition.db import Base, UTCDateTime
+from coalition.ids import MEMBER_ID_MAX_LENGTH
 
 #: A 64-bit integer primary key that autoincrements on PostgreSQL and SQLite alike.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -94,7 +95,7 @@ class Member(Base):
     __tablename__ = "members"
     __table_args__ = (CheckConstraint("held >= 0", name="held_not_negative"),)
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    id: Mapped[str] = mapped_column(String(MEMBER_ID_MAX_LENGTH), primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), unique=True)
     balance: Mapped[int] = mapped_column(BigInteger, default=0)
     held: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -6,6 +6,7 @@ database. Rounding is half-even to the currency's exponent, once per line.
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 # ISO 4217 list one: currencies whose minor unit is not 2. Every other active code below has 2.
@@ -31,6 +32,8 @@ EXPONENTS: dict[str, int] = {
 
 #: The largest amount accepted in one operation, in major units (a bound on everything).
 MAX_AMOUNT = Decimal("1000000000")
+#: A plain decimal string: digits, optionally a point and more digits; nothing around them.
+DECIMAL_TEXT = re.compile(r"[0-9]{1,30}(?:\.[0-9]{1,30})?")
 #: The largest number of points in one operation.
 MAX_POINTS = 10**12
 
@@ -62,6 +65,9 @@ def parse_amount(raw: str, currency: str, *, path: str = "$.amount") -> Decimal:
     ``"12.50"`` is fine for EUR, ``"12.5"`` too; ``"12.505"`` is not (EUR has 2 decimals).
     """
     exp = exponent(currency)
+    # Decimal() alone would take white space around the digits ("1.00\n"), exponents and signs.
+    if not isinstance(raw, str) or not DECIMAL_TEXT.fullmatch(raw):
+        raise MoneyError(f"not a decimal amount: {raw!r}", path)
     try:
         value = Decimal(raw)
     except (InvalidOperation, TypeError):

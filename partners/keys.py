@@ -3,11 +3,19 @@
 An HMAC secret is 32 random bytes, shown once (base64url, no padding) and stored only sealed:
 AES-256-GCM under ``COALITION_SECRET_KEY`` with a random 96-bit nonce and the key id as
 associated data, so a sealed secret cannot be moved to another key's row.
+
+An Ed25519 public key is checked with libsodium (PyNaCl) when it is registered: it must be the
+canonical encoding of a point of the prime-order group, so the small-order points (the all-zero
+key among them), mixed-order points and non-canonical encodings that would let anyone forge a
+signature are refused. Signatures are verified by libsodium too (:func:`ed25519_verify`), which
+refuses small-order keys and ``R`` values and non-canonical ``S`` on its own.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +23,9 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from nacl.bindings import crypto_core_ed25519_is_valid_point
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, defer
 
@@ -24,6 +35,8 @@ from partners.models import KEY_ALGS, KEY_ROLES, PARTNER_SCOPES, ApiKey, Partner
 
 NONCE_BYTES = 12
 SECRET_BYTES = 32
+ED25519_KEY_BYTES = 32
+_B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 
 def b64url(data: bytes) -> str:
@@ -32,10 +45,46 @@ def b64url(data: bytes) -> str:
 
 
 def b64url_decode(text: str) -> bytes:
-    """Decode base64url with or without padding; ValueError on anything else."""
-    if not isinstance(text, str) or any(c in text for c in "+/ \n"):
+    """Decode base64url with or without padding; ValueError on anything else (another
+    alphabet, white space, NUL or any character outside base64url: none is skipped)."""
+    if not isinstance(text, str) or not _B64URL.fullmatch(text):
         raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    unpadded = text.rstrip("=")
+    try:
+        return base64.b64decode(
+            unpadded + "=" * (-len(unpadded) % 4), altchars=b"-_", validate=True
+        )
+    except binascii.Error:
+        raise ValueError("not base64url") from None
+
+
+def ed25519_public_key(text: str | None) -> bytes:
+    """The raw key of a base64url Ed25519 public key, checked by libsodium; ValidationFailed at
+    ``$.public_key`` unless it is 32 bytes encoding a point of the prime-order group canonically
+    (small-order and mixed-order points and non-canonical encodings are refused)."""
+    try:
+        raw = b64url_decode(text or "")
+    except ValueError:
+        raw = b""
+    if len(raw) != ED25519_KEY_BYTES:
+        raise ValidationFailed.at("$.public_key", "a raw 32-byte Ed25519 public key, base64url")
+    if not crypto_core_ed25519_is_valid_point(raw):
+        raise ValidationFailed.at(
+            "$.public_key",
+            "not a usable Ed25519 public key (a small-order or non-canonical point)",
+        )
+    return raw
+
+
+def ed25519_verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    """libsodium's strict Ed25519 verification (``crypto_sign_open``): False for a wrong
+    signature, a small-order key or ``R``, a non-canonical ``S`` or a signature of another
+    length."""
+    try:
+        VerifyKey(public_key).verify(message, signature)
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+    return True
 
 
 def seal(secret_key: bytes, key_id: str, plaintext: bytes) -> bytes:
@@ -109,12 +158,7 @@ def create_key(
         raw = secrets.token_bytes(SECRET_BYTES)
         secret, sealed = b64url(raw), seal(secret_key, key_id, raw)
     else:
-        try:
-            raw_public = b64url_decode(public_key or "")
-        except ValueError:
-            raw_public = b""
-        if len(raw_public) != 32:
-            raise ValidationFailed.at("$.public_key", "a raw 32-byte Ed25519 public key, base64url")
+        raw_public = ed25519_public_key(public_key)
     key = ApiKey(
         id=key_id,
         role=role,

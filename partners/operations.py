@@ -34,6 +34,7 @@ from coalition.errors import (
     UnknownMember,
     ValidationFailed,
 )
+from coalition.ids import MEMBER_ID_RULE, is_member_id
 from coalition.ledger import Header, MemberState, Posted
 from coalition.models import OPERATOR_ACCOUNTS, Hold, HoldStatus, Transaction, TransactionKind
 from coalition.money import MAX_POINTS, MoneyError, exponent, parse_amount, to_minor
@@ -50,8 +51,7 @@ from partners.rates import (
     require_active,
 )
 
-REFERENCE_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
-MEMBER_ID_RE = re.compile(r"^mem_[A-Za-z0-9_-]{1,64}$")
+REFERENCE_RE = re.compile(r"[\x21-\x7e]{1,255}")
 #: How far ahead of the server's clock an ``occurred_at`` may be (clock skew).
 CLOCK_SKEW = timedelta(minutes=5)
 REASON_MAX = 500
@@ -115,7 +115,7 @@ class HoldResult:
 
 
 def _check_reference(reference: str, path: str = "$.reference") -> None:
-    if not isinstance(reference, str) or not REFERENCE_RE.match(reference):
+    if not isinstance(reference, str) or not REFERENCE_RE.fullmatch(reference):
         raise ValidationFailed.at(path, "1 to 255 visible ASCII characters")
 
 
@@ -211,8 +211,8 @@ class Operations:
         self, member_id: str | None = None, *, session: Session | None = None
     ) -> tuple[str, bool]:
         """Create a member (optionally with the caller's ``mem_`` id); (id, created)."""
-        if member_id is not None and not MEMBER_ID_RE.match(member_id):
-            raise ValidationFailed.at("$.member_id", "mem_ followed by 1 to 64 of [A-Za-z0-9_-]")
+        if member_id is not None and not is_member_id(member_id):
+            raise ValidationFailed.at("$.member_id", MEMBER_ID_RULE)
         try:
             with self.unit(session) as s:
                 return ledger.create_member(s, member_id, self.clock())

@@ -29,6 +29,7 @@ from coalition.errors import (
 from coalition.ids import new_id
 from coalition.models import Account
 from coalition.money import (
+    DECIMAL_TEXT,
     MAX_POINTS,
     MoneyError,
     ceil_points,
@@ -286,6 +287,8 @@ def _card(values: tuple[Any, ...]) -> CardTerms:
 
 
 def _rate(raw: object, path: str, *, positive: bool = False) -> Decimal:
+    if isinstance(raw, str) and not DECIMAL_TEXT.fullmatch(raw):
+        raise ValidationFailed.at(path, "a decimal number (digits, optionally a point and digits)")
     try:
         value = Decimal(str(raw)) if not isinstance(raw, Decimal) else raw
     except (InvalidOperation, ValueError):

@@ -42,13 +42,12 @@ from typing import Any, cast
 
 import http_sf
 from cryptography.exceptions import InvalidSignature as CryptoInvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from http_message_signatures import (
     HTTPMessageSignaturesException,
     HTTPMessageVerifier,
     HTTPSignatureKeyResolver,
 )
-from http_message_signatures.algorithms import ED25519, HMAC_SHA256, HTTPSignatureAlgorithm
+from http_message_signatures.algorithms import HMAC_SHA256, HTTPSignatureAlgorithm
 from sqlalchemy import Table, bindparam, delete, or_, select, tuple_, update
 from sqlalchemy import insert as portable_insert
 from sqlalchemy.dialects import postgresql, sqlite
@@ -57,7 +56,7 @@ from sqlalchemy.orm import Session
 
 from coalition.db import dialect_of
 from coalition.errors import SignatureInvalid
-from partners.keys import unseal
+from partners.keys import ed25519_verify, unseal
 from partners.models import ApiKey, RequestNonce
 
 #: ``created`` may be this far from the server's clock, either side.
@@ -95,9 +94,25 @@ REASONS = frozenset(
     }
 )
 
+
+class _StrictEd25519(HTTPSignatureAlgorithm):
+    """Ed25519 verified by libsodium (:func:`partners.keys.ed25519_verify`), not by the
+    library's default, which accepts signatures made "with" a small-order public key."""
+
+    algorithm_id = "ed25519"
+
+    def __init__(self, public_key: bytes | None = None, private_key: None = None) -> None:
+        assert isinstance(public_key, bytes), "verification only, with the raw public key"
+        self.public_key = public_key
+
+    def verify(self, signature: bytes, message: bytes) -> None:
+        if not ed25519_verify(self.public_key, signature, message):
+            raise CryptoInvalidSignature
+
+
 ALGORITHMS: dict[str, type[HTTPSignatureAlgorithm]] = {
     "hmac-sha256": HMAC_SHA256,
-    "ed25519": ED25519,
+    "ed25519": _StrictEd25519,
 }
 DIGESTS: dict[str, Callable[[bytes], Any]] = {
     "sha-256": hashlib.sha256,
@@ -157,11 +172,11 @@ class _Message:
 
 
 class _KeyResolver(HTTPSignatureKeyResolver):
-    def __init__(self, key_id: str, key: bytes | Ed25519PublicKey) -> None:
+    def __init__(self, key_id: str, key: bytes) -> None:
         self._key_id = key_id
         self._key = key
 
-    def resolve_public_key(self, key_id: str) -> bytes | Ed25519PublicKey | None:
+    def resolve_public_key(self, key_id: str) -> bytes | None:
         return self._key if key_id == self._key_id else None
 
     def resolve_private_key(self, key_id: str) -> None:
@@ -487,7 +502,7 @@ class CachedKey:
     scopes: frozenset[str]
     expires_at: datetime | None
     revoked_at: datetime | None
-    material: bytes | Ed25519PublicKey
+    material: bytes  # the unsealed HMAC secret, or the raw Ed25519 public key
 
 
 _KEY_COLUMNS = select(
@@ -559,12 +574,10 @@ class KeyCache:
         for row in rows:
             if row.alg == "hmac-sha256":
                 assert row.secret_sealed is not None
-                material: bytes | Ed25519PublicKey = unseal(
-                    self._secret_key, row.id, row.secret_sealed
-                )
+                material = unseal(self._secret_key, row.id, row.secret_sealed)
             else:
                 assert row.public_key is not None
-                material = Ed25519PublicKey.from_public_bytes(row.public_key)
+                material = row.public_key
             found[row.id] = CachedKey(
                 id=row.id,
                 role=row.role,

@@ -5,9 +5,12 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Engine
 
+import coalition.audit
 import coalition.idempotency
 import coalition.models
-import partners.models  # noqa: F401  (registers the partners' tables on the metadata)
+import partners.models
+import partners.ratelimit
+import partners.replay
 import settlement.models  # noqa: F401  (the settlement tables)
 from coalition.db import Base
 
@@ -23,4 +26,6 @@ with engine.connect() as connection:
     with context.begin_transaction():
         context.run_migrations()
     connection.commit()
-assert coalition.models and coalition.idempotency
+# (imported to register their tables on the metadata)
+assert coalition.models and coalition.idempotency and coalition.audit
+assert partners.models and partners.replay and partners.ratelimit

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +53,19 @@ class Key:
     alg: str
     material: bytes  # hmac-sha256: the decoded secret; ed25519: the PEM private key
 
-    def auth(self, auth_class: type[HTTPSignatureAuth] = HTTPSignatureAuth) -> HTTPSignatureAuth:
-        """The stock client with its default covered components."""
+    def auth(
+        self, auth_class: type[HTTPSignatureAuth] = HTTPSignatureAuth, *, use_nonce: bool = True
+    ) -> HTTPSignatureAuth:
+        """The stock client with its default covered components, and a nonce: tests send
+        identical POSTs within a second, which without one are refused as replays
+        (partners/replay.py; ``use_nonce=False`` for the client's bare default)."""
         algorithm = algorithms.HMAC_SHA256 if self.alg == "hmac-sha256" else algorithms.ED25519
-        return auth_class(signature_algorithm=algorithm, key=self.material, key_id=self.key_id)
+        return auth_class(
+            signature_algorithm=algorithm,
+            key=self.material,
+            key_id=self.key_id,
+            use_nonce=use_nonce,
+        )
 
 
 class StaleAuth(HTTPSignatureAuth):
@@ -269,13 +278,26 @@ def _operator_key(engine: Engine) -> Key:
 
 
 def serve(
-    url: str, backend: str, *, routes: Sequence[Any] = (), ready: int = 200
+    url: str,
+    backend: str,
+    *,
+    routes: Sequence[Any] = (),
+    ready: int = 200,
+    **settings_changes: Any,
 ) -> Iterator[Live]:
     """Run the app over ``url`` on a free loopback port until the generator is closed; the
-    server is ready when its health check answers ``ready``. ``routes`` are added to the app."""
+    server is ready when its health check answers ``ready``. ``routes`` are added to the app;
+    ``settings_changes`` change its settings."""
     settings = Settings(
-        database_url=url, secret_key=SECRET_KEY, public_url="http://api.coalition.test"
+        database_url=url,
+        secret_key=SECRET_KEY,
+        public_url="http://api.coalition.test",
+        # the suite sends thousands of requests a minute, many failing on purpose;
+        # tests/api/test_rate_limits.py serves with limits of its own
+        rate_limit_per_key=0,
+        rate_limit_failures_per_address=0,
     )
+    settings = replace(settings, **settings_changes)
     app = create_app(settings)
     for route in routes:
         app.register(route)

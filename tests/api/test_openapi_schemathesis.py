@@ -76,6 +76,7 @@ OPERATIONS = [
     "GET /v1/admin/periods",
     "GET /v1/admin/periods/{period_id}/summary",
     "GET /v1/admin/reports/cross-brand",
+    "GET /v1/admin/audit",
 ]
 
 

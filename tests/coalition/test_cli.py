@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from coalition.audit import AuditEvent, list_events
 from coalition.cli import main
 from coalition.db import make_engine, schema_is_current, session_factory
 from partners.keys import b64url_decode, unseal
@@ -102,3 +103,22 @@ def test_a_configuration_error_exits_2_and_says_what_is_wrong(
     assert main(["check"]) == 2
     err = capsys.readouterr().err
     assert "COALITION_SETTLEMENT_CYCLE" in err and "fortnightly" in err
+
+
+def test_init_records_the_first_operator_key_in_the_audit_log(
+    database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["init", "--json"]) == 0
+    key_id = json.loads(capsys.readouterr().out)["key_id"]
+    assert main(["init", "--json"]) == 0
+    engine = make_engine(database)
+    try:
+        with session_factory(engine)() as s:
+            events, more = list_events(s)
+            assert not more
+            assert [(e.key_id, e.source_address, e.status, e.outcome) for e in events] == [
+                (key_id, "command-line", None, "ok")
+            ]
+            assert isinstance(events[0], AuditEvent) and "init" in events[0].action
+    finally:
+        engine.dispose()

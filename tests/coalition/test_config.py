@@ -136,3 +136,38 @@ def test_the_public_url_loses_its_trailing_slash() -> None:
         {"COALITION_SECRET_KEY": KEY, "COALITION_PUBLIC_URL": "https://points.example/"}
     )
     assert settings.public_url == "https://points.example"
+
+
+def test_the_public_url_is_marked_default_until_configured() -> None:
+    assert load_settings({"COALITION_SECRET_KEY": KEY}).public_url_is_default
+    configured = load_settings(
+        {"COALITION_SECRET_KEY": KEY, "COALITION_PUBLIC_URL": "http://127.0.0.1:8000"}
+    )
+    assert not configured.public_url_is_default
+
+
+def test_allowed_hosts_are_names_with_an_optional_port() -> None:
+    settings = load_settings(
+        {"COALITION_SECRET_KEY": KEY, "COALITION_ALLOWED_HOSTS": "API.example, 10.0.0.5:8000,"}
+    )
+    assert settings.allowed_hosts == ("api.example", "10.0.0.5:8000")
+    for bad in ("http://api.example", "api example", "api.example/x", "a\x00b"):
+        with pytest.raises(ConfigError, match="COALITION_ALLOWED_HOSTS"):
+            load_settings({"COALITION_SECRET_KEY": KEY, "COALITION_ALLOWED_HOSTS": bad})
+
+
+def test_rate_limits_are_configurable_and_zero_turns_them_off() -> None:
+    defaults = load_settings({"COALITION_SECRET_KEY": KEY})
+    assert defaults.rate_limit_per_key > 0 and defaults.rate_limit_failures_per_address > 0
+    settings = load_settings(
+        {
+            "COALITION_SECRET_KEY": KEY,
+            "COALITION_RATE_LIMIT_PER_KEY": "0",
+            "COALITION_RATE_LIMIT_FAILURES_PER_ADDRESS": "20",
+            "COALITION_RATE_LIMIT_WINDOW_S": "10",
+        }
+    )
+    assert (settings.rate_limit_per_key, settings.rate_limit_failures_per_address) == (0, 20)
+    assert settings.rate_limit_window_s == 10
+    with pytest.raises(ConfigError, match="COALITION_RATE_LIMIT_PER_KEY"):
+        load_settings({"COALITION_SECRET_KEY": KEY, "COALITION_RATE_LIMIT_PER_KEY": "-1"})

@@ -1,0 +1,148 @@
+"""A signed ``POST`` has one effect: a signature already seen on a POST is used up.
+
+The stock client signs neither a nonce nor the ``Idempotency-Key`` header by default, so a
+captured POST could be sent again within the 300 s window with a fresh Idempotency-Key and
+act a second time. :func:`claim_post_signature` remembers (a SHA-256 of) every signature value
+of a verified POST, per key, with the Idempotency-Key it came with, until it can no longer
+verify:
+
+- the same signature with the same Idempotency-Key is a retry of the very same request: it
+  passes, and the idempotency layer answers it with the first response;
+- the same signature with another (or no) Idempotency-Key is a replay: ``401
+  signature-invalid``, reason ``replayed-signature``.
+
+A signature that covers a ``nonce`` (refused twice already) or the ``idempotency-key`` header
+(a replay with another key does not verify) is not recorded: it cannot be replayed this way.
+Two different POSTs with identical bytes in the same second (``POST /v1/members {}`` twice)
+have identical signatures: the second is refused as a replay and should be signed with a
+nonce (``requests-http-signature``: ``use_nonce=True``) or retried a second later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import http_sf
+from sqlalchemy import ForeignKey, Index, String, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from coalition.db import Base, UTCDateTime
+from coalition.errors import SignatureInvalid
+
+#: How long a signature is remembered: a signature verifies while ``created`` is within 300 s
+#: of the clock either side, so one seen now verifies until at most 600 s from now; plus a
+#: margin for clock differences between API processes.
+REMEMBER = timedelta(seconds=2 * 300 + 60)
+IDEMPOTENCY_KEY_MAX = 255
+
+
+class SignatureUse(Base):
+    """A signature value seen on a POST by a key, and the Idempotency-Key it came with."""
+
+    __tablename__ = "signature_uses"
+    __table_args__ = (Index("ix_signature_uses_expires", "expires_at"),)
+
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    signature_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_MAX))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+def _fields(headers: Mapping[str, str], name: str) -> Any:
+    raw = next((v for k, v in headers.items() if k.lower() == name), None)
+    if raw is None:
+        return {}
+    try:
+        return http_sf.parse(raw.encode("ascii"), tltype="dictionary")
+    except (ValueError, UnicodeError):
+        return {}
+
+
+def _replayable(inputs: Mapping[str, Any], key_id: str) -> bool:
+    """False when every label of the key covers a nonce or the idempotency-key header."""
+    for member in inputs.values():
+        try:
+            components = [item[0] for item in member[0]]
+            params = dict(member[1])
+        except (TypeError, IndexError, ValueError):
+            return True
+        if params.get("keyid") != key_id:
+            continue
+        if "nonce" not in params and "idempotency-key" not in components:
+            return True
+    return False
+
+
+def _digests(values: Mapping[str, Any]) -> list[str]:
+    found = []
+    for member in values.values():
+        value = member[0] if isinstance(member, tuple) else None
+        if isinstance(value, bytes) and value:
+            found.append(hashlib.sha256(value).hexdigest())
+    return sorted(set(found))
+
+
+def _claim_one(
+    session: Session, key_id: str, digest: str, idempotency_key: str, now: datetime
+) -> str:
+    """Remember the signature; the Idempotency-Key of its first use within the window."""
+    values = {
+        "key_id": key_id,
+        "signature_sha256": digest,
+        "idempotency_key": idempotency_key,
+        "expires_at": now + REMEMBER,
+    }
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(SignatureUse).values(**values)
+    # One statement: a row past its time is taken over; a live row is left as it is (and
+    # PostgreSQL makes a concurrent second claim wait for the first one's transaction).
+    claim = stmt.on_conflict_do_update(
+        index_elements=[SignatureUse.key_id, SignatureUse.signature_sha256],
+        set_={
+            "idempotency_key": stmt.excluded.idempotency_key,
+            "expires_at": stmt.excluded.expires_at,
+        },
+        where=SignatureUse.expires_at < now,
+    ).returning(SignatureUse.key_id)
+    if session.execute(claim).first() is not None:
+        return idempotency_key
+    first = session.scalar(
+        select(SignatureUse.idempotency_key).where(
+            SignatureUse.key_id == key_id, SignatureUse.signature_sha256 == digest
+        )
+    )
+    return idempotency_key if first is None else first
+
+
+def claim_post_signature(
+    session: Session, *, key_id: str, headers: Mapping[str, str], now: datetime
+) -> None:
+    """Use up the signatures of a verified POST by ``key_id``; ``replayed-signature`` if one
+    was already used with another Idempotency-Key. Runs in the verification's transaction."""
+    if not _replayable(_fields(headers, "signature-input"), key_id):
+        return
+    idempotency_key = next((v for k, v in headers.items() if k.lower() == "idempotency-key"), "")[
+        :IDEMPOTENCY_KEY_MAX
+    ]
+    for digest in _digests(_fields(headers, "signature")):
+        if _claim_one(session, key_id, digest, idempotency_key, now) != idempotency_key:
+            raise SignatureInvalid(
+                "this signature was already used by a POST with another Idempotency-Key (a "
+                "replay); sign each request anew, with a nonce when two may be identical",
+                reason="replayed-signature",
+            )
+
+
+def purge_signature_uses(session: Session, now: datetime) -> int:
+    """Forget signatures that can no longer verify; how many (a scheduled job)."""
+    result = session.execute(
+        delete(SignatureUse)
+        .where(SignatureUse.expires_at < now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0))
