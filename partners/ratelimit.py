@@ -9,17 +9,17 @@ row per bucket and window.
   past it the address is refused before any verification is tried.
 
 Past a limit the answer is ``429 rate-limited`` with ``Retry-After`` (the seconds left in the
-window). Cost on the hot path: none. A verified request is counted in the process's memory;
-at most every :data:`DEFAULT_FLUSH_S` a request of the process merges its counts into the
-shared rows (one ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` per key seen, in a short
-transaction of its own, so no request ever waits on a key's counter row) and learns the totals of every
-process. A key is refused once the shared total plus what this process counted since is over
-the limit: every process may let through what it sees in one flush interval before it knows
-(a limit overshoots by at most the key's rate x the flush interval x processes). A failed request
-costs a statement: failures are not the hot path. Each process also remembers, until the
+window). Cost on the hot path: none. A verified request is counted in the process's memory; at
+most every :data:`DEFAULT_FLUSH_S` a request of the process merges its counts into the shared
+rows (one ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` per key seen, in a short
+transaction of its own, so no request ever waits on a key's counter row) and learns the totals
+of every process. A key is refused once the shared total plus what this process counted since is
+over the limit: every process may let through what it sees in one flush interval before it knows
+(a limit overshoots by at most the key's rate x the flush interval x processes). A failed
+request costs a statement: failures are not the hot path. Each process also remembers, until the
 window ends, the buckets it saw over their limit, so a client that keeps going after its 429
-costs a dictionary look-up. A window can let up to twice the limit through around its
-boundary (fixed windows); see docs/security.md.
+costs a dictionary look-up. A window can let up to twice the limit through around its boundary
+(fixed windows); see docs/security.md.
 """
 
 from __future__ import annotations
