@@ -303,7 +303,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             forwarded_allow_ips="127.0.0.1",
             # h11 with a bound on how long a request may take to arrive (slow clients are
             # dropped: api/server.py); idle keep-alive connections close after 5 s
-            http="api.server:BoundedH11Protocol",
+            http="api.server:BoundedHttpToolsProtocol",
             timeout_keep_alive=5,
         )
     except _Terminated:

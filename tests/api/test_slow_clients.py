@@ -12,7 +12,7 @@ import pytest
 import uvicorn
 
 from api.app import create_app
-from api.server import BoundedH11Protocol
+from api.server import BoundedH11Protocol, BoundedHttpToolsProtocol
 from coalition.config import Settings
 from coalition.db import make_engine, migrate
 from tests.api.conftest import SECRET_KEY, STARTUP_TIMEOUT_S
@@ -22,19 +22,25 @@ READ_TIMEOUT_S = 1.0
 CLOSE_WITHIN_S = 10.0
 
 
-class _Quick(BoundedH11Protocol):
+class _QuickH11(BoundedH11Protocol):
     read_timeout_s = READ_TIMEOUT_S
 
 
-@pytest.fixture(scope="module")
-def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+class _QuickHttpTools(BoundedHttpToolsProtocol):
+    read_timeout_s = READ_TIMEOUT_S
+
+
+@pytest.fixture(scope="module", params=[_QuickHttpTools, _QuickH11], ids=["httptools", "h11"])
+def address(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, int]]:
     url = f"sqlite:///{tmp_path_factory.mktemp('slow') / 'slow.sqlite3'}"
     engine = make_engine(url)
     migrate(engine)
     engine.dispose()
     app = create_app(Settings(database_url=url, secret_key=SECRET_KEY))
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", http=_Quick)
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", http=request.param)
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
