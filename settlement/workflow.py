@@ -47,6 +47,11 @@ MAX_DISPUTED_TRANSACTIONS = 100
 MAX_ADJUSTMENT = Decimal("1000000000")
 
 
+def _printable(text: str) -> bool:
+    """No control characters (NUL cannot even be stored) except newlines and tabs."""
+    return all(c in "\n\t" or (ord(c) >= 0x20 and ord(c) != 0x7F) for c in text)
+
+
 @dataclass(frozen=True, slots=True)
 class Actor:
     """Who acts: the key and its role (``partner``, ``operator``, ``finance`` or ``system``)."""
@@ -171,8 +176,10 @@ def open_dispute(
     statement = _lock(session, statement_id, actor.partner_id)
     if statement.status == "settled":
         raise StatementClosed(f"statement {statement.id} is settled and can no longer be disputed")
-    if not reason.strip() or len(reason) > 2000:
-        raise ValidationFailed.at("$.reason", "a reason of 1 to 2000 characters")
+    if not reason.strip() or len(reason) > 2000 or not _printable(reason):
+        raise ValidationFailed.at(
+            "$.reason", "a reason of 1 to 2000 characters, no control characters but newlines"
+        )
     if len(transaction_ids) > MAX_DISPUTED_TRANSACTIONS:
         raise ValidationFailed.at(
             "$.transaction_ids", f"at most {MAX_DISPUTED_TRANSACTIONS} transaction ids"
@@ -269,8 +276,8 @@ def resolve(
     statement = _lock(session, dispute.statement_id, None)
     if outcome not in DISPUTE_OUTCOMES:
         raise ValidationFailed.at("$.outcome", f"one of {', '.join(DISPUTE_OUTCOMES)}")
-    if note is not None and len(note) > 2000:
-        raise ValidationFailed.at("$.note", "at most 2000 characters")
+    if note is not None and (len(note) > 2000 or not _printable(note)):
+        raise ValidationFailed.at("$.note", "at most 2000 characters, no control characters")
     minor = _adjustment_minor(adjustment, statement.currency)
     if minor is not None and outcome == "rejected":
         raise ValidationFailed.at("$.adjustment", "a rejected dispute carries no adjustment")

@@ -265,3 +265,19 @@ def test_an_unknown_export_format_is_a_validation_error(live: Live, fmt: str) ->
         422,
         "validation",
     )
+
+
+def test_a_dispute_reason_with_a_nul_byte_is_a_validation_error_and_changes_nothing(
+    live: Live,
+) -> None:
+    partner, _, _ = _busy_partner(live)
+    statement = _statement_of(_close(live), partner)
+    doc = problem(
+        partner.client.post(
+            f"/v1/statements/{statement['id']}/disputes", {"reason": "bad\u0000byte"}
+        ),
+        422,
+        "validation",
+    )
+    assert doc["errors"][0]["path"] == "$.reason"
+    assert ok(partner.client.get(f"/v1/statements/{statement['id']}"))["status"] == "issued"
