@@ -113,6 +113,8 @@ def serve(url: URL, *, workers: int, log: Path) -> Iterator[Server]:
         "COALITION_DATABASE_URL": url.render_as_string(hide_password=False),
         "COALITION_SECRET_KEY": b64url(SECRET_KEY),
         "COALITION_PUBLIC_URL": base,
+        # One client sends everything: counted like any key, never limited.
+        "COALITION_RATE_LIMIT_PER_KEY": str(10**9),
     }
     command = [sys.executable, "-m", "coalition.cli", "serve", "--port", str(port),
                "--workers", str(workers), "--no-scheduler"]  # fmt: skip
