@@ -480,7 +480,7 @@ class Header:
 _HEADER_COLUMNS = tuple(f.name for f in fields(Header))
 
 
-def _posted(header: Header, balance_after: int) -> Transaction:
+def _posted(session: Session, header: Header, balance_after: int) -> Transaction:
     """The one place every posted transaction passes, in the database transaction that wrote
     it, whichever statements wrote it (the general path's, a one-statement fast path's, a bulk
     insert's): where the event outbox and the metrics attach."""
@@ -509,7 +509,7 @@ def _write(
             for account, points in legs
         ],
     )
-    return _posted(header, balance_after)
+    return _posted(session, header, balance_after)
 
 
 # --- lots --------------------------------------------------------------------------------
@@ -717,7 +717,7 @@ def _credit_in_one(session: Session, c: Credit) -> Posted | None:
     done = session.execute(_CREDIT_IN_ONE, params).one_or_none()
     if done is None:
         return None
-    txn = _posted(c.header, done.balance)
+    txn = _posted(session, c.header, done.balance)
     return Posted(txn, MemberState(c.header.member_id, done.balance, done.held))
 
 
@@ -816,7 +816,7 @@ def credit_many(
             }
         )
         held = members[c.member_id].state.held
-        txn = _posted(c.header, balances[c.member_id])
+        txn = _posted(session, c.header, balances[c.member_id])
         posted.append(Posted(txn, MemberState(c.member_id, balances[c.member_id], held)))
     session.execute(_INSERT_TRANSACTION, rows)
     session.execute(_INSERT_POSTINGS, postings)
@@ -894,7 +894,7 @@ def _debit_in_two(session: Session, header: Header, to_account: int) -> Posted |
     )
     # available >= points and balance = sum(lots) > 0 means the lots cover it.
     invariant(taken == header.points, f"{header.id}: lots gave {taken} of {header.points}")
-    txn = _posted(header, done.balance)
+    txn = _posted(session, header, done.balance)
     return Posted(txn, MemberState(header.member_id, done.balance, done.held))
 
 
