@@ -159,11 +159,14 @@ def _close_once(
     key_id: str | None,
     role: str,
 ) -> Closed:
-    existing = _period_at(session, cut_off)
-    if existing is not None:
-        return Closed(existing, statements_of(session, existing.id), created=False)
+    # One read decides (READ COMMITTED gives each statement a fresh snapshot): if another
+    # process commits its close after this read, the insert below collides with it on the
+    # unique start_at, this attempt rolls back, and the next one finds that period here.
     last = last_period(session)
-    if last is not None and cut_off < last.end_at:
+    if last is not None and cut_off <= last.end_at:
+        existing = _period_at(session, cut_off)
+        if existing is not None:
+            return Closed(existing, statements_of(session, existing.id), created=False)
         raise ValidationFailed.at(
             "$.cut_off",
             f"must be later than the last cut-off, {last.end_at.isoformat()}, or equal to a "

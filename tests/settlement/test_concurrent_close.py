@@ -18,6 +18,8 @@ from tests.conftest import Db
 from tests.settlement.helpers import ref
 
 PROCESSES = 3
+#: Cut-offs closed in turn, each by all the processes at once.
+ROUNDS = 3
 
 
 def _close_in_process(url: str, cut_off: datetime, now: datetime, gate: Barrier) -> str:
@@ -57,27 +59,28 @@ def test_three_processes_closing_the_same_cut_off_make_one_period_and_one_statem
                 amount=str(1000 + n),
                 currency=partner.currency,
             )
-    pg.clock.advance(hours=1)
-    cut_off = pg.clock() - timedelta(minutes=1)
     context = multiprocessing.get_context("spawn")
-    gate = context.Barrier(PROCESSES)
-    out: multiprocessing.Queue[str] = context.Queue()
-    workers = [
-        context.Process(target=_run, args=(pg.url, cut_off, pg.clock(), gate, out))
-        for _ in range(PROCESSES)
-    ]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=120)
-        assert worker.exitcode == 0
-    period_ids = {out.get(timeout=10) for _ in workers}
-    assert len(period_ids) == 1
-    with transaction(pg.sessions) as s:
-        assert s.scalar(select(func.count()).select_from(Period)) == 1
-        per_partner = s.execute(
-            select(Statement.partner_id, func.count()).group_by(Statement.partner_id)
-        ).all()
-        assert sorted(n for _, n in per_partner) == [1] * len(partners)
-        assert s.scalar(select(func.count()).select_from(StatementLine)) == 20 * len(partners)
+    for rounds in range(1, ROUNDS + 1):
+        pg.clock.advance(hours=1)
+        cut_off = pg.clock() - timedelta(minutes=1)
+        gate = context.Barrier(PROCESSES)
+        out: multiprocessing.Queue[str] = context.Queue()
+        workers = [
+            context.Process(target=_run, args=(pg.url, cut_off, pg.clock(), gate, out))
+            for _ in range(PROCESSES)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+            assert worker.exitcode == 0
+        period_ids = {out.get(timeout=10) for _ in workers}
+        assert len(period_ids) == 1
+        with transaction(pg.sessions) as s:
+            assert s.scalar(select(func.count()).select_from(Period)) == rounds
+            per_partner = s.execute(
+                select(Statement.partner_id, func.count()).group_by(Statement.partner_id)
+            ).all()
+            assert sorted(n for _, n in per_partner) == [rounds] * len(partners)
+            assert s.scalar(select(func.count()).select_from(StatementLine)) == 20 * len(partners)
     pg.assert_ledger_ok()
