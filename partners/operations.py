@@ -408,9 +408,12 @@ class Operations:
                 except CoalitionError as exc:
                     results[n] = exc
             used = _find_references(s, partner_id, "earn", [items[n].reference for n in spends])
-            members = ledger.lock_members(s, (items[n].member_id for n in spends))
+            # Items whose reference was used already are duplicates whatever else they say: no
+            # member lock, no tier history for them (a file imported again costs one lookup).
+            fresh = [n for n in spends if items[n].reference not in used]
+            members = ledger.lock_members(s, (items[n].member_id for n in fresh))
             cards = rate_card_history(s, partner_id)
-            window = [occurred[n] for n in spends if items[n].member_id in members]
+            window = [occurred[n] for n in fresh if items[n].member_id in members]
             first, last = min(window, default=now), max(window, default=now)
             history = ledger.qualifying_history(
                 s,
