@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.structs import explain
-from coalition.errors import CoalitionError
+from coalition.errors import CoalitionError, ValidationFailed
 
 log = logging.getLogger("coalition.api")
 
@@ -260,10 +260,31 @@ def problem_response(
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=all_headers)
 
 
+def json_path(field: str) -> str:
+    """A domain error's field (``amount``, ``transaction_ids[2]``; empty: the whole input) as
+    the JSON path a problem document names (``$.amount``, ``$``); a path the HTTP edge itself
+    made (``$.x``, ``query.limit``) is kept."""
+    if not field:
+        return "$"
+    if field.startswith(("$", "query.", "path.", "header.")):
+        return field
+    return f"$.{field}"
+
+
+def _at_the_edge(exc: CoalitionError) -> tuple[str, dict[str, Any]]:
+    """The detail and extra members of a domain error, its fields named as JSON paths."""
+    if not isinstance(exc, ValidationFailed):
+        return exc.detail, exc.extra
+    errors = [{**e, "path": json_path(e["path"])} for e in exc.errors]
+    detail = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
+    return detail, {**exc.extra, "errors": errors}
+
+
 def error_body(scope: Scope, exc: CoalitionError) -> tuple[int, bytes]:
     """The problem document of a domain error (what idempotency stores for a 4xx)."""
     code = exc.code if exc.code in KINDS else "conflict"
-    return problem_body(scope, code, exc.detail, **exc.extra)
+    detail, extra = _at_the_edge(exc)
+    return problem_body(scope, code, detail, **extra)
 
 
 # --- exception handlers ------------------------------------------------------------------
@@ -273,7 +294,8 @@ def on_domain_error(request: Request[Any, Any, Any], exc: CoalitionError) -> Res
     """A typed domain error: its problem kind."""
     code = exc.code if exc.code in KINDS else "conflict"
     headers = {"WWW-Authenticate": "Signature"} if code == "signature-invalid" else None
-    return problem_response(request.scope, code, exc.detail, headers=headers, **exc.extra)
+    detail, extra = _at_the_edge(exc)
+    return problem_response(request.scope, code, detail, headers=headers, **extra)
 
 
 def _litestar_errors(exc: ValidationException) -> list[dict[str, str]]:

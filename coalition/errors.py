@@ -36,19 +36,25 @@ class CoalitionError(Exception):
 
 
 class ValidationFailed(CoalitionError):
-    """Input that breaks a rule; ``errors`` lists ``{"path", "message"}`` items."""
+    """Input that breaks a rule; ``errors`` lists ``{"path", "message"}`` items, where the
+    domain names the field (``amount``, ``transaction_ids[2]``; empty: the input as a whole)
+    and each face turns it into its own words: the API into ``$.amount``, a file import into
+    the row's column."""
 
     code = "validation"
     title = "The request is not valid"
 
     def __init__(self, errors: list[dict[str, str]]) -> None:
-        super().__init__("; ".join(f"{e['path']}: {e['message']}" for e in errors), errors=errors)
+        detail = "; ".join(
+            f"{e['path']}: {e['message']}" if e["path"] else e["message"] for e in errors
+        )
+        super().__init__(detail, errors=errors)
         self.errors = errors
 
     @classmethod
-    def at(cls, path: str, message: str) -> ValidationFailed:
-        """One error at one path."""
-        return cls([{"path": path, "message": message}])
+    def at(cls, field: str, message: str) -> ValidationFailed:
+        """One error at one field."""
+        return cls([{"path": field, "message": message}])
 
 
 class InsufficientPoints(CoalitionError):

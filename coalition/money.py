@@ -41,7 +41,7 @@ MAX_POINTS = 10**12
 class MoneyError(ValueError):
     """An amount or currency that cannot be used; ``path`` names the offending field."""
 
-    def __init__(self, message: str, path: str = "$.amount") -> None:
+    def __init__(self, message: str, path: str = "amount") -> None:
         super().__init__(message)
         self.path = path
 
@@ -51,7 +51,7 @@ def exponent(currency: str) -> int:
     try:
         return EXPONENTS[currency]
     except KeyError:
-        raise MoneyError(f"unknown ISO 4217 currency {currency!r}", "$.currency") from None
+        raise MoneyError(f"unknown ISO 4217 currency {currency!r}", "currency") from None
 
 
 def quantum(currency: str) -> Decimal:
@@ -59,7 +59,7 @@ def quantum(currency: str) -> Decimal:
     return Decimal(1).scaleb(-exponent(currency))
 
 
-def parse_amount(raw: str, currency: str, *, path: str = "$.amount") -> Decimal:
+def parse_amount(raw: str, currency: str, *, path: str = "amount") -> Decimal:
     """Parse a positive decimal string in major units with at most the currency's exponent.
 
     ``"12.50"`` is fine for EUR, ``"12.5"`` too; ``"12.505"`` is not (EUR has 2 decimals).

@@ -120,13 +120,13 @@ def _csv_rows(stream: io.TextIOBase, to_item: ToItem) -> Iterator[_Row]:
             return
         except csv.Error as exc:
             line = reader.line_num
-            yield _Row(start, None, None, ValidationFailed.at("$", f"not CSV ({exc})"))
+            yield _Row(start, None, None, ValidationFailed.at("", f"not CSV ({exc})"))
             continue
         line = reader.line_num
         if not cells:
             continue  # a blank line
         if len(cells) != len(names):
-            error = ValidationFailed.at("$", f"{len(cells)} cells; the header has {len(names)}")
+            error = ValidationFailed.at("", f"{len(cells)} cells; the header has {len(names)}")
             yield _Row(start, None, None, error)
             continue
         fields = {k: v for k, v in zip(names, cells, strict=True) if k != "occurred_at" or v}
@@ -140,7 +140,7 @@ def _ndjson_rows(stream: BinaryIO, from_json: FromJson) -> Iterator[_Row]:
             rest = raw
             while rest and not rest.endswith(b"\n"):
                 rest = stream.readline(MAX_LINE_BYTES)
-            error = ValidationFailed.at("$", f"a line may be at most {MAX_LINE_BYTES} bytes")
+            error = ValidationFailed.at("", f"a line may be at most {MAX_LINE_BYTES} bytes")
             yield _Row(number, None, None, error)
             continue
         if not raw.strip():

@@ -67,10 +67,10 @@ def ed25519_public_key(text: str | None) -> bytes:
     except ValueError:
         raw = b""
     if len(raw) != ED25519_KEY_BYTES:
-        raise ValidationFailed.at("$.public_key", "a raw 32-byte Ed25519 public key, base64url")
+        raise ValidationFailed.at("public_key", "a raw 32-byte Ed25519 public key, base64url")
     if not crypto_core_ed25519_is_valid_point(raw):
         raise ValidationFailed.at(
-            "$.public_key",
+            "public_key",
             "not a usable Ed25519 public key (a small-order or non-canonical point)",
         )
     return raw
@@ -130,31 +130,31 @@ def create_key(
     partner.
     """
     if role not in KEY_ROLES:
-        raise ValidationFailed.at("$.role", f"one of {', '.join(KEY_ROLES)}")
+        raise ValidationFailed.at("role", f"one of {', '.join(KEY_ROLES)}")
     if alg not in KEY_ALGS:
-        raise ValidationFailed.at("$.alg", f"one of {', '.join(KEY_ALGS)}")
+        raise ValidationFailed.at("alg", f"one of {', '.join(KEY_ALGS)}")
     if role == "partner":
         bad = [s for s in scopes if s not in PARTNER_SCOPES]
         if bad or not scopes or len(set(scopes)) != len(scopes):
             raise ValidationFailed.at(
-                "$.scopes", f"a non-empty list of distinct scopes from {', '.join(PARTNER_SCOPES)}"
+                "scopes", f"a non-empty list of distinct scopes from {', '.join(PARTNER_SCOPES)}"
             )
         if partner_id is None or session.get(Partner, partner_id) is None:
             raise NotFound(f"no partner {partner_id}")
     else:
         if scopes:
-            raise ValidationFailed.at("$.scopes", f"{role} keys carry no scopes")
+            raise ValidationFailed.at("scopes", f"{role} keys carry no scopes")
         if partner_id is not None:
-            raise ValidationFailed.at("$.partner_id", f"{role} keys belong to no partner")
+            raise ValidationFailed.at("partner_id", f"{role} keys belong to no partner")
     if expires_at is not None and expires_at <= now:
-        raise ValidationFailed.at("$.expires_at", "must be in the future")
+        raise ValidationFailed.at("expires_at", "must be in the future")
     key_id = new_id("key")
     secret: str | None = None
     sealed: bytes | None = None
     raw_public: bytes | None = None
     if alg == "hmac-sha256":
         if public_key is not None:
-            raise ValidationFailed.at("$.public_key", "only for ed25519 keys")
+            raise ValidationFailed.at("public_key", "only for ed25519 keys")
         raw = secrets.token_bytes(SECRET_BYTES)
         secret, sealed = b64url(raw), seal(secret_key, key_id, raw)
     else:

@@ -114,12 +114,12 @@ class HoldResult:
     member: MemberState
 
 
-def _check_reference(reference: str, path: str = "$.reference") -> None:
+def _check_reference(reference: str, path: str = "reference") -> None:
     if not isinstance(reference, str) or not REFERENCE_RE.fullmatch(reference):
         raise ValidationFailed.at(path, "1 to 255 visible ASCII characters")
 
 
-def _check_points(points: int, path: str = "$.points") -> None:
+def _check_points(points: int, path: str = "points") -> None:
     if isinstance(points, bool) or not isinstance(points, int) or not 0 < points <= MAX_POINTS:
         raise ValidationFailed.at(path, f"a whole number of points from 1 to {MAX_POINTS}")
 
@@ -135,7 +135,7 @@ def _check_currency(partner: PartnerTerms, currency: str) -> None:
     try:
         exponent(currency)
     except MoneyError as exc:
-        raise ValidationFailed.at("$.currency", str(exc)) from None
+        raise ValidationFailed.at("currency", str(exc)) from None
     if currency != partner.currency:
         raise CurrencyMismatch(
             f"partner {partner.id} settles in {partner.currency}, not {currency}",
@@ -212,7 +212,7 @@ class Operations:
     ) -> tuple[str, bool]:
         """Create a member (optionally with the caller's ``mem_`` id); (id, created)."""
         if member_id is not None and not is_member_id(member_id):
-            raise ValidationFailed.at("$.member_id", MEMBER_ID_RULE)
+            raise ValidationFailed.at("member_id", MEMBER_ID_RULE)
         try:
             with self.unit(session) as s:
                 return ledger.create_member(s, member_id, self.clock())
@@ -292,7 +292,7 @@ class Operations:
                 )
                 partner = require_active(terms)
                 _check_currency(partner, currency)
-                spend = _money(amount, currency, "$.amount")
+                spend = _money(amount, currency, "amount")
                 _refuse_reference_used_by(reference, used_by)
                 if qualifying is None:
                     raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
@@ -320,9 +320,9 @@ class Operations:
         _check_reference(reference)
         occurred = occurred_at or now
         if occurred > now + CLOCK_SKEW:
-            raise ValidationFailed.at("$.occurred_at", "may not be in the future")
+            raise ValidationFailed.at("occurred_at", "may not be in the future")
         if self._expires_at(occurred) <= now:
-            raise ValidationFailed.at("$.occurred_at", "points earned then would have expired")
+            raise ValidationFailed.at("occurred_at", "points earned then would have expired")
         return occurred
 
     def _earn_credit(
@@ -345,9 +345,9 @@ class Operations:
         points = earn_points(spend, card, tier.multiplier)
         if points < 1:
             raise ValidationFailed.at(
-                "$.amount", f"{amount} {currency} earns no points at the rate in force"
+                "amount", f"{amount} {currency} earns no points at the rate in force"
             )
-        _check_points(points, "$.amount")
+        _check_points(points, "amount")
         return ledger.Credit(
             Header(
                 kind=TransactionKind.EARN,
@@ -385,7 +385,7 @@ class Operations:
         At most :data:`EARN_BATCH_MAX` items (:class:`ValidationFailed` beyond).
         """
         if len(items) > EARN_BATCH_MAX:
-            raise ValidationFailed.at("$.items", f"at most {EARN_BATCH_MAX} items in one batch")
+            raise ValidationFailed.at("items", f"at most {EARN_BATCH_MAX} items in one batch")
         now = self.clock()
         results: list[Posted | CoalitionError | None] = [None] * len(items)
         occurred: dict[int, datetime] = {}
@@ -404,7 +404,7 @@ class Operations:
                 item = items[n]
                 try:
                     _check_currency(partner, item.currency)
-                    spends[n] = _money(item.amount, item.currency, "$.amount")
+                    spends[n] = _money(item.amount, item.currency, "amount")
                 except CoalitionError as exc:
                     results[n] = exc
             used = _find_references(s, partner_id, "earn", [items[n].reference for n in spends])
@@ -491,11 +491,11 @@ class Operations:
         """Spend points at the partner, given points or an amount to pay (ceil)."""
         _check_reference(reference)
         if (points is None) == (amount is None):
-            raise ValidationFailed.at("$", "give either points or amount and currency")
+            raise ValidationFailed.at("", "give either points or amount and currency")
         if points is not None:
             _check_points(points)
         if amount is not None and currency is None:
-            raise ValidationFailed.at("$.currency", "required with amount")
+            raise ValidationFailed.at("currency", "required with amount")
         now = self.clock()
         try:
             with self.unit(session) as s:
@@ -516,9 +516,9 @@ class Operations:
                 partner = require_active(terms)
                 if currency is not None:
                     _check_currency(partner, currency)
-                spend = _money(amount, partner.currency, "$.amount") if amount else None
+                spend = _money(amount, partner.currency, "amount") if amount else None
                 basket = (
-                    _money(basket_amount, partner.currency, "$.basket_amount")
+                    _money(basket_amount, partner.currency, "basket_amount")
                     if basket_amount is not None
                     else None
                 )
@@ -571,7 +571,7 @@ class Operations:
             or not 0 < seconds <= self.settings.hold_max_expiry_s
         ):
             raise ValidationFailed.at(
-                "$.expires_in", f"seconds from 1 to {self.settings.hold_max_expiry_s}"
+                "expires_in", f"seconds from 1 to {self.settings.hold_max_expiry_s}"
             )
         now = self.clock()
         try:
@@ -653,7 +653,7 @@ class Operations:
             hold = self._active_hold(s, partner_id, hold_id, now)
             take = hold.points if points is None else points
             if take > hold.points:
-                raise ValidationFailed.at("$.points", f"at most the held {hold.points} points")
+                raise ValidationFailed.at("points", f"at most the held {hold.points} points")
             partner = partner_terms(s, partner_id, now)
             card = partner.card_in_force()
             price = burn_price(card, partner.currency, points=take, amount=None, basket_amount=None)
@@ -707,7 +707,7 @@ class Operations:
                 if original is None or original.partner_id != partner_id:
                     raise NotFound(f"no transaction {txn_id!r}")
                 if original.kind not in ("earn", "burn"):
-                    raise ValidationFailed.at("$", f"a {original.kind} cannot be reversed")
+                    raise ValidationFailed.at("", f"a {original.kind} cannot be reversed")
                 kind = (
                     TransactionKind.EARN_REVERSAL
                     if original.kind == TransactionKind.EARN
@@ -805,9 +805,7 @@ class Operations:
                 try:
                     partner = partner_terms(s, funded_by, now)
                 except NotFound:
-                    raise ValidationFailed.at(
-                        "$.funded_by", "a partner id or 'coalition'"
-                    ) from None
+                    raise ValidationFailed.at("funded_by", "a partner id or 'coalition'") from None
                 partner_id, from_account = partner.id, partner.issued_account_id
                 card_id = partner.card_in_force().id
             return ledger.credit(
@@ -834,7 +832,7 @@ class Operations:
     ) -> Posted:
         """An operator's correction of a member's balance (+ adds a lot, - spends available)."""
         if isinstance(points, bool) or not isinstance(points, int) or points == 0:
-            raise ValidationFailed.at("$.points", "a non-zero whole number")
+            raise ValidationFailed.at("points", "a non-zero whole number")
         _check_points(abs(points))
         _check_reason(reason)
         now = self.clock()
@@ -900,7 +898,7 @@ class Operations:
 
 def _check_reason(reason: str) -> None:
     if not isinstance(reason, str) or not reason.strip() or len(reason) > REASON_MAX:
-        raise ValidationFailed.at("$.reason", f"a reason of 1 to {REASON_MAX} characters")
+        raise ValidationFailed.at("reason", f"a reason of 1 to {REASON_MAX} characters")
 
 
 def _refuse_reference_used_by(reference: str, used_by: str | None) -> None:

@@ -98,11 +98,11 @@ def create_partner(session: Session, *, name: str, currency: str, now: datetime)
     """Onboard a partner (active) with its issued and redeemed ledger accounts."""
     errors = []
     if not name.strip() or len(name) > 200:
-        errors.append({"path": "$.name", "message": "a name of 1 to 200 characters"})
+        errors.append({"path": "name", "message": "a name of 1 to 200 characters"})
     try:
         exponent(currency)
     except MoneyError as exc:
-        errors.append({"path": "$.currency", "message": str(exc)})
+        errors.append({"path": "currency", "message": str(exc)})
     if errors:
         raise ValidationFailed(errors)
     issued = session.scalar(insert(Account).values(kind="partner_issued").returning(Account.id))
@@ -143,17 +143,17 @@ def update_partner(
     values: dict[str, str] = {}
     if name is not None:
         if not name.strip() or len(name) > 200:
-            raise ValidationFailed.at("$.name", "a name of 1 to 200 characters")
+            raise ValidationFailed.at("name", "a name of 1 to 200 characters")
         values["name"] = name.strip()
     if status is not None:
         if status not in PARTNER_STATUSES:
-            raise ValidationFailed.at("$.status", f"one of {', '.join(PARTNER_STATUSES)}")
+            raise ValidationFailed.at("status", f"one of {', '.join(PARTNER_STATUSES)}")
         values["status"] = status
     if currency is not None and currency != partner.currency:
         try:
             exponent(currency)
         except MoneyError as exc:
-            raise ValidationFailed.at("$.currency", str(exc)) from None
+            raise ValidationFailed.at("currency", str(exc)) from None
         if session.scalar(select(RateCard.id).where(RateCard.partner_id == partner_id).limit(1)):
             raise Conflict("a partner's currency cannot change once it has a rate card")
         values["currency"] = currency
@@ -320,7 +320,7 @@ def create_rate_card(
     get_partner(session, partner_id)
     effective = effective_from or now
     if effective < now - RATE_CARD_BACKDATE:
-        raise ValidationFailed.at("$.effective_from", "a rate card may not start in the past")
+        raise ValidationFailed.at("effective_from", "a rate card may not start in the past")
     latest = session.scalar(
         select(RateCard.effective_from)
         .where(RateCard.partner_id == partner_id)
@@ -329,21 +329,21 @@ def create_rate_card(
     )
     if latest is not None and effective <= latest:
         raise ValidationFailed.at(
-            "$.effective_from", "must be later than the newest rate card's effective_from"
+            "effective_from", "must be later than the newest rate card's effective_from"
         )
     share = None
     if max_burn_share is not None:
-        share = _rate(max_burn_share, "$.max_burn_share", positive=True)
+        share = _rate(max_burn_share, "max_burn_share", positive=True)
         if share > 1:
-            raise ValidationFailed.at("$.max_burn_share", "a share between 0 and 1")
+            raise ValidationFailed.at("max_burn_share", "a share between 0 and 1")
     card = RateCard(
         id=new_id("rc"),
         partner_id=partner_id,
         effective_from=effective,
-        earn_points_per_unit=_rate(earn_points_per_unit, "$.earn_points_per_unit"),
-        issue_price_per_point=_rate(issue_price_per_point, "$.issue_price_per_point"),
-        burn_value_per_point=_rate(burn_value_per_point, "$.burn_value_per_point", positive=True),
-        reimburse_price_per_point=_rate(reimburse_price_per_point, "$.reimburse_price_per_point"),
+        earn_points_per_unit=_rate(earn_points_per_unit, "earn_points_per_unit"),
+        issue_price_per_point=_rate(issue_price_per_point, "issue_price_per_point"),
+        burn_value_per_point=_rate(burn_value_per_point, "burn_value_per_point", positive=True),
+        reimburse_price_per_point=_rate(reimburse_price_per_point, "reimburse_price_per_point"),
         max_burn_share=share,
         created_at=now,
     )
@@ -394,7 +394,7 @@ def burn_price(
         assert amount is not None
         points = ceil_points(amount / card.burn_value_per_point)
     if points > MAX_POINTS:
-        raise ValidationFailed.at("$.points", f"at most {MAX_POINTS} points in one operation")
+        raise ValidationFailed.at("points", f"at most {MAX_POINTS} points in one operation")
     value = round_money(points * card.burn_value_per_point, currency)
     if basket_amount is not None:
         share = card.max_burn_share if card.max_burn_share is not None else Decimal(1)

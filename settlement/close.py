@@ -125,9 +125,9 @@ def close_in(
     if cut_off is None:
         cut_off = latest_cutoff(now, cycle, tz)
     if cut_off.tzinfo is None:
-        raise ValidationFailed.at("$.cut_off", "a time with a time zone")
+        raise ValidationFailed.at("cut_off", "a time with a time zone")
     if cut_off > now:
-        raise ValidationFailed.at("$.cut_off", "a cut-off may not be in the future")
+        raise ValidationFailed.at("cut_off", "a cut-off may not be in the future")
     for attempt in range(MAX_CLOSE_ATTEMPTS):
         try:
             with session.begin_nested():
@@ -168,13 +168,13 @@ def _close_once(
         if existing is not None:
             return Closed(existing, statements_of(session, existing.id), created=False)
         raise ValidationFailed.at(
-            "$.cut_off",
+            "cut_off",
             f"must be later than the last cut-off, {last.end_at.isoformat()}, or equal to a "
             "closed period's end",
         )
     start = last.end_at if last is not None else _first_start(session, cut_off, cycle, tz)
     if start >= cut_off:
-        raise ValidationFailed.at("$.cut_off", "the period would be empty")
+        raise ValidationFailed.at("cut_off", "the period would be empty")
     period = Period(
         id=new_id("per"),
         start_at=start,

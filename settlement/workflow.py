@@ -178,11 +178,11 @@ def open_dispute(
         raise StatementClosed(f"statement {statement.id} is settled and can no longer be disputed")
     if not reason.strip() or len(reason) > 2000 or not _printable(reason):
         raise ValidationFailed.at(
-            "$.reason", "a reason of 1 to 2000 characters, no control characters but newlines"
+            "reason", "a reason of 1 to 2000 characters, no control characters but newlines"
         )
     if len(transaction_ids) > MAX_DISPUTED_TRANSACTIONS:
         raise ValidationFailed.at(
-            "$.transaction_ids", f"at most {MAX_DISPUTED_TRANSACTIONS} transaction ids"
+            "transaction_ids", f"at most {MAX_DISPUTED_TRANSACTIONS} transaction ids"
         )
     wanted = list(dict.fromkeys(transaction_ids))
     if wanted:
@@ -197,7 +197,7 @@ def open_dispute(
         for index, txn_id in enumerate(transaction_ids):
             if txn_id not in on_statement:
                 raise ValidationFailed.at(
-                    f"$.transaction_ids[{index}]", f"{txn_id} is not a line of {statement.id}"
+                    f"transaction_ids[{index}]", f"{txn_id} is not a line of {statement.id}"
                 )
     dispute = Dispute(
         id=new_id("dsp"),
@@ -239,14 +239,14 @@ def _adjustment_minor(raw: str | None, currency: str) -> int | None:
     try:
         value = Decimal(raw)
     except (InvalidOperation, TypeError):
-        raise ValidationFailed.at("$.adjustment", "a signed decimal amount") from None
+        raise ValidationFailed.at("adjustment", "a signed decimal amount") from None
     if not value.is_finite() or value == 0 or abs(value) > MAX_ADJUSTMENT:
         raise ValidationFailed.at(
-            "$.adjustment", f"a non-zero amount of at most {MAX_ADJUSTMENT} {currency}"
+            "adjustment", f"a non-zero amount of at most {MAX_ADJUSTMENT} {currency}"
         )
     if value != value.quantize(quantum(currency)):
         raise ValidationFailed.at(
-            "$.adjustment", f"{currency} amounts have at most {exponent(currency)} decimal places"
+            "adjustment", f"{currency} amounts have at most {exponent(currency)} decimal places"
         )
     return to_minor(value.quantize(quantum(currency)), currency)
 
@@ -275,12 +275,12 @@ def resolve(
         raise NotFound(f"no dispute {dispute_id!r}")
     statement = _lock(session, dispute.statement_id, None)
     if outcome not in DISPUTE_OUTCOMES:
-        raise ValidationFailed.at("$.outcome", f"one of {', '.join(DISPUTE_OUTCOMES)}")
+        raise ValidationFailed.at("outcome", f"one of {', '.join(DISPUTE_OUTCOMES)}")
     if note is not None and (len(note) > 2000 or not _printable(note)):
-        raise ValidationFailed.at("$.note", "at most 2000 characters, no control characters")
+        raise ValidationFailed.at("note", "at most 2000 characters, no control characters")
     minor = _adjustment_minor(adjustment, statement.currency)
     if minor is not None and outcome == "rejected":
-        raise ValidationFailed.at("$.adjustment", "a rejected dispute carries no adjustment")
+        raise ValidationFailed.at("adjustment", "a rejected dispute carries no adjustment")
     if dispute.status != "open":
         raise Conflict(f"dispute {dispute.id} is resolved already")
     session.execute(
@@ -336,9 +336,9 @@ def settle(
             f"statement {statement.id} has open disputes; resolve them before settling"
         )
     if not payment_reference.strip() or len(payment_reference) > 255:
-        raise ValidationFailed.at("$.payment_reference", "1 to 255 characters")
+        raise ValidationFailed.at("payment_reference", "1 to 255 characters")
     if paid_at > now:
-        raise ValidationFailed.at("$.paid_at", "may not be in the future")
+        raise ValidationFailed.at("paid_at", "may not be in the future")
     session.execute(
         update(Statement)
         .where(Statement.id == statement.id)

@@ -160,16 +160,16 @@ def test_ed25519_key_stores_only_the_public_key(db: Db) -> None:
 @pytest.mark.parametrize(
     ("changes", "path"),
     [
-        ({"alg": "rsa-pss-sha512"}, "$.alg"),
-        ({"role": "admin"}, "$.role"),
-        ({"scopes": []}, "$.scopes"),
-        ({"scopes": ["earn", "earn"]}, "$.scopes"),
-        ({"scopes": ["admin"]}, "$.scopes"),
-        ({"public_key": "AAAA"}, "$.public_key"),  # hmac keys have no public key
-        ({"alg": "ed25519", "public_key": None}, "$.public_key"),
-        ({"alg": "ed25519", "public_key": b64url(b"x" * 31)}, "$.public_key"),
-        ({"alg": "ed25519", "public_key": base64.b64encode(b"\xff" * 32).decode()}, "$.public_key"),
-        ({"expires_at": "past"}, "$.expires_at"),
+        ({"alg": "rsa-pss-sha512"}, "alg"),
+        ({"role": "admin"}, "role"),
+        ({"scopes": []}, "scopes"),
+        ({"scopes": ["earn", "earn"]}, "scopes"),
+        ({"scopes": ["admin"]}, "scopes"),
+        ({"public_key": "AAAA"}, "public_key"),  # hmac keys have no public key
+        ({"alg": "ed25519", "public_key": None}, "public_key"),
+        ({"alg": "ed25519", "public_key": b64url(b"x" * 31)}, "public_key"),
+        ({"alg": "ed25519", "public_key": base64.b64encode(b"\xff" * 32).decode()}, "public_key"),
+        ({"expires_at": "past"}, "expires_at"),
     ],
 )
 def test_create_key_rules(db: Db, changes: dict[str, Any], path: str) -> None:
@@ -186,10 +186,10 @@ def test_operator_and_finance_keys_have_no_scopes_and_no_partner(db: Db) -> None
     for role in ("operator", "finance"):
         with pytest.raises(ValidationFailed) as info:
             new_key(db, None, role=role, scopes=["read"])
-        assert info.value.errors[0]["path"] == "$.scopes"
+        assert info.value.errors[0]["path"] == "scopes"
         with pytest.raises(ValidationFailed) as info:
             new_key(db, partner.id, role=role, scopes=[])
-        assert info.value.errors[0]["path"] == "$.partner_id"
+        assert info.value.errors[0]["path"] == "partner_id"
         new = new_key(db, None, role=role, scopes=[])
         assert new.key.scopes == "" and new.key.partner_id is None
 

@@ -31,10 +31,10 @@ def test_currency_exponents_follow_iso_4217() -> None:
 def test_an_unknown_currency_is_refused_at_the_currency_field(code: str) -> None:
     with pytest.raises(MoneyError) as info:
         exponent(code)
-    assert info.value.path == "$.currency"
+    assert info.value.path == "currency"
     with pytest.raises(MoneyError) as info:
         parse_amount("1", code)
-    assert info.value.path == "$.currency"
+    assert info.value.path == "currency"
 
 
 @pytest.mark.parametrize(
@@ -76,10 +76,10 @@ def test_an_amount_is_parsed_at_its_currency_exponent(raw: str, currency: str, p
 def test_an_amount_that_does_not_fit_is_refused_at_its_path(raw: str, currency: str) -> None:
     with pytest.raises(MoneyError) as info:
         parse_amount(raw, currency)
-    assert info.value.path == "$.amount"
+    assert info.value.path == "amount"
     with pytest.raises(MoneyError) as info:
-        parse_amount(raw, currency, path="$.basket_amount")
-    assert info.value.path == "$.basket_amount"
+        parse_amount(raw, currency, path="basket_amount")
+    assert info.value.path == "basket_amount"
 
 
 @pytest.mark.parametrize(

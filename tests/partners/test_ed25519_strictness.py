@@ -60,7 +60,7 @@ def _create(db: Db, public_key: str) -> None:
 def test_a_degenerate_ed25519_public_key_is_refused_at_registration(db: Db, raw: bytes) -> None:
     with pytest.raises(ValidationFailed) as info:
         _create(db, b64url(raw))
-    assert info.value.errors[0]["path"] == "$.public_key"
+    assert info.value.errors[0]["path"] == "public_key"
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_a_degenerate_ed25519_public_key_is_refused_at_registration(db: Db, raw:
 def test_a_public_key_with_characters_outside_base64url_is_refused(db: Db, text: str) -> None:
     with pytest.raises(ValidationFailed) as info:
         ed25519_public_key(text)
-    assert info.value.errors[0]["path"] == "$.public_key"
+    assert info.value.errors[0]["path"] == "public_key"
 
 
 def test_a_real_ed25519_public_key_is_accepted(db: Db) -> None:

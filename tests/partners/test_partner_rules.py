@@ -69,7 +69,7 @@ def test_an_unknown_partner_is_not_found(lite: Db) -> None:
         lite.ops.earn("prt_nope", member_id=member, reference="e", amount="1", currency="EUR")
     with pytest.raises(ValidationFailed) as info:
         lite.ops.bonus(member_id=member, points=5, reason="promo", funded_by="prt_nope")
-    assert info.value.errors[0]["path"] == "$.funded_by"
+    assert info.value.errors[0]["path"] == "funded_by"
 
 
 def test_money_in_another_currency_than_the_partners_is_refused(lite: Db) -> None:
@@ -145,7 +145,7 @@ def test_a_member_id_chosen_by_the_caller_is_kept_and_created_once(lite: Db) -> 
     for bad in ("alice", "mem_", "mem_a b", "mem_" + "x" * 65):
         with pytest.raises(ValidationFailed) as info:
             lite.ops.create_member(bad)
-        assert info.value.errors[0]["path"] == "$.member_id"
+        assert info.value.errors[0]["path"] == "member_id"
 
 
 def test_malformed_input_is_refused_at_its_path(lite: Db) -> None:
@@ -153,18 +153,18 @@ def test_malformed_input_is_refused_at_its_path(lite: Db) -> None:
     member = lite.member(100, shop)
     now = lite.clock.now
     cases: dict[str, Callable[[], object]] = {
-        "$.reference": lambda: lite.ops.burn(
+        "reference": lambda: lite.ops.burn(
             shop.id, member_id=member, reference="has space", points=1
         ),
-        "$.points": lambda: lite.ops.burn(shop.id, member_id=member, reference="p", points=0),
-        "$": lambda: lite.ops.burn(
+        "points": lambda: lite.ops.burn(shop.id, member_id=member, reference="p", points=0),
+        "": lambda: lite.ops.burn(
             shop.id, member_id=member, reference="x", points=1, amount="1", currency="EUR"
         ),
-        "$.currency": lambda: lite.ops.burn(shop.id, member_id=member, reference="c", amount="1"),
-        "$.expires_in": lambda: lite.ops.hold(
+        "currency": lambda: lite.ops.burn(shop.id, member_id=member, reference="c", amount="1"),
+        "expires_in": lambda: lite.ops.hold(
             shop.id, member_id=member, reference="h", points=1, expires_in=8 * 86400
         ),
-        "$.occurred_at": lambda: lite.ops.earn(
+        "occurred_at": lambda: lite.ops.earn(
             shop.id,
             member_id=member,
             reference="o",
@@ -172,7 +172,7 @@ def test_malformed_input_is_refused_at_its_path(lite: Db) -> None:
             currency="EUR",
             occurred_at=now + timedelta(minutes=6),
         ),
-        "$.reason": lambda: lite.ops.adjust(member_id=member, points=5, reason=" "),
+        "reason": lambda: lite.ops.adjust(member_id=member, points=5, reason=" "),
     }
     for path, attempt in cases.items():
         with pytest.raises(ValidationFailed) as info:
@@ -180,7 +180,7 @@ def test_malformed_input_is_refused_at_its_path(lite: Db) -> None:
         assert [e["path"] for e in info.value.errors] == [path]
     with pytest.raises(ValidationFailed) as info:
         lite.ops.adjust(member_id=member, points=0, reason="nothing")
-    assert info.value.errors[0]["path"] == "$.points"
+    assert info.value.errors[0]["path"] == "points"
     assert lite.ops.balance(member).available == 100
 
 
@@ -208,7 +208,7 @@ def test_an_earn_may_occur_a_little_ahead_of_the_clock_but_not_before_its_points
             currency="EUR",
             occurred_at=lite.clock.now - validity,
         )
-    assert info.value.errors[0]["path"] == "$.occurred_at"
+    assert info.value.errors[0]["path"] == "occurred_at"
 
 
 def test_an_unknown_currency_is_a_validation_error_at_its_path(lite: Db) -> None:
@@ -221,5 +221,5 @@ def test_an_unknown_currency_is_a_validation_error_at_its_path(lite: Db) -> None
     for call in calls:
         with pytest.raises(ValidationFailed) as failure:
             call()
-        assert failure.value.errors[0]["path"] == "$.currency"
+        assert failure.value.errors[0]["path"] == "currency"
     assert lite.ops.balance(member).available == 10

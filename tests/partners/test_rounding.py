@@ -50,12 +50,12 @@ def test_an_amount_with_more_decimals_than_its_currency_is_refused(lite: Db) -> 
             lite.ops.earn(
                 shop.id, member_id=member, reference="e", amount=amount, currency=currency
             )
-        assert [e["path"] for e in info.value.errors] == ["$.amount"], amount
+        assert [e["path"] for e in info.value.errors] == ["amount"], amount
         with pytest.raises(ValidationFailed) as info:
             lite.ops.burn(
                 shop.id, member_id=member, reference="b", amount=amount, currency=currency
             )
-        assert [e["path"] for e in info.value.errors] == ["$.amount"], amount
+        assert [e["path"] for e in info.value.errors] == ["amount"], amount
     assert lite.ops.balance(member).available == 0
 
 
@@ -65,7 +65,7 @@ def test_an_amount_that_is_not_a_positive_bounded_number_is_refused(lite: Db) ->
     for amount in ["0", "-5.00", "abc", "NaN", "Infinity", "1000000000.01"]:
         with pytest.raises(ValidationFailed) as info:
             lite.ops.earn(shop.id, member_id=member, reference="e", amount=amount, currency="EUR")
-        assert [e["path"] for e in info.value.errors] == ["$.amount"], amount
+        assert [e["path"] for e in info.value.errors] == ["amount"], amount
 
 
 def test_a_basket_with_too_many_decimals_is_refused_at_its_own_path(lite: Db) -> None:
@@ -73,7 +73,7 @@ def test_a_basket_with_too_many_decimals_is_refused_at_its_own_path(lite: Db) ->
     member = lite.member(100, shop)
     with pytest.raises(ValidationFailed) as info:
         lite.ops.burn(shop.id, member_id=member, reference="b", points=10, basket_amount="1.001")
-    assert [e["path"] for e in info.value.errors] == ["$.basket_amount"]
+    assert [e["path"] for e in info.value.errors] == ["basket_amount"]
 
 
 def test_dinar_amounts_keep_three_decimals(lite: Db) -> None:
@@ -158,7 +158,7 @@ def test_a_spend_that_earns_no_whole_point_is_refused(lite: Db) -> None:
     member = lite.member()
     with pytest.raises(ValidationFailed) as info:
         lite.ops.earn(shop.id, member_id=member, reference="e", amount="999.99", currency="IDR")
-    assert [e["path"] for e in info.value.errors] == ["$.amount"]
+    assert [e["path"] for e in info.value.errors] == ["amount"]
     with lite.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Transaction)) == 0
 
