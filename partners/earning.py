@@ -1,0 +1,295 @@
+"""Earning: a purchase's points, one by one (:meth:`Earning.earn`) or a partner's batch set-based
+(:meth:`Earning.earn_many`), through the rate card in force and the member's tier."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import cast
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from coalition import ledger
+from coalition.errors import (
+    CoalitionError,
+    DuplicateReference,
+    UnknownMember,
+    ValidationFailed,
+)
+from coalition.ledger import Header, Posted
+from coalition.models import TransactionKind
+from coalition.money import to_minor
+from partners.operation_base import (
+    _FIND_REFERENCE,
+    CLOCK_SKEW,
+    OperationBase,
+    _check_currency,
+    _check_points,
+    _check_reference,
+    _find_references,
+    _money,
+    _refuse_reference_used_by,
+)
+from partners.rates import (
+    CardTerms,
+    PartnerTerms,
+    active_partner_terms,
+    earn_points,
+    partner_terms_with,
+    rate_card_history,
+    read_terms,
+    require_active,
+)
+
+#: Items one :meth:`Operations.earn_many` takes at most.
+EARN_BATCH_MAX = ledger.BULK_MAX
+
+# What an earn reads, in one statement (:func:`partners.rates.read_terms`).
+_EARN_INPUTS = partner_terms_with(
+    ledger.MEMBER_QUALIFYING_POINTS, _FIND_REFERENCE.scalar_subquery()
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EarnItem:
+    """One purchase of a bulk earn (:meth:`Operations.earn_many`): what :meth:`earn` takes."""
+
+    member_id: str
+    reference: str
+    amount: str
+    currency: str
+    occurred_at: datetime | None = None
+
+
+class Earning(OperationBase):
+    """Earn and earn_many."""
+
+    # --- partner operations --------------------------------------------------------------
+
+    def earn(
+        self,
+        partner_id: str,
+        *,
+        member_id: str,
+        reference: str,
+        amount: str,
+        currency: str,
+        occurred_at: datetime | None = None,
+        session: Session | None = None,
+    ) -> Posted:
+        """Points for a purchase: floor(amount x earn rate x tier multiplier), in a new lot."""
+        now = self.clock()
+        occurred = self._earn_occurred(reference, occurred_at, now)
+        try:
+            with self.unit(session) as s:
+                # In one statement: the partner and its rate card in force then, the member's
+                # tier basis (NULL: no such member) and the reference's earlier use.
+                terms, (qualifying, used_by) = read_terms(
+                    s,
+                    _EARN_INPUTS,
+                    {
+                        "partner": partner_id,
+                        "member": member_id,
+                        "since": self._tier_since(occurred),
+                        "until": occurred,
+                        "kind": "earn",
+                        "reference": reference,
+                    },
+                    occurred,
+                )
+                partner = require_active(terms)
+                _check_currency(partner, currency)
+                spend = _money(amount, currency, "amount")
+                _refuse_reference_used_by(reference, used_by)
+                if qualifying is None:
+                    raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
+                credit = self._earn_credit(
+                    partner,
+                    partner.card_in_force(),
+                    int(qualifying),
+                    member_id=member_id,
+                    reference=reference,
+                    amount=amount,
+                    spend=spend,
+                    currency=currency,
+                    occurred=occurred,
+                    now=now,
+                )
+                return ledger.credit(s, credit)
+        except IntegrityError:
+            self._raise_duplicate(session, partner_id, "earn", reference)
+            raise
+
+    def _earn_occurred(
+        self, reference: str, occurred_at: datetime | None, now: datetime
+    ) -> datetime:
+        """An earn's checks that need no database: its reference and when it occurred."""
+        _check_reference(reference)
+        occurred = occurred_at or now
+        if occurred > now + CLOCK_SKEW:
+            raise ValidationFailed.at("occurred_at", "may not be in the future")
+        if self._expires_at(occurred) <= now:
+            raise ValidationFailed.at("occurred_at", "points earned then would have expired")
+        return occurred
+
+    def _earn_credit(
+        self,
+        partner: PartnerTerms,
+        card: CardTerms,
+        qualifying: int,
+        *,
+        member_id: str,
+        reference: str,
+        amount: str,
+        spend: Decimal,
+        currency: str,
+        occurred: datetime,
+        now: datetime,
+    ) -> ledger.Credit:
+        """The earn's points (tier from ``qualifying``, the card's rate, one floor) and the
+        ledger credit that posts them; :class:`ValidationFailed` if it earns no whole point."""
+        tier = ledger.tier_for(qualifying, self.settings.tiers)
+        points = earn_points(spend, card, tier.multiplier)
+        if points < 1:
+            raise ValidationFailed.at(
+                "amount", f"{amount} {currency} earns no points at the rate in force"
+            )
+        _check_points(points, "amount")
+        return ledger.Credit(
+            Header(
+                kind=TransactionKind.EARN,
+                member_id=member_id,
+                points=points,
+                occurred_at=occurred,
+                posted_at=now,
+                partner_id=partner.id,
+                reference=reference,
+                amount_minor=to_minor(spend, currency),
+                currency=currency,
+                rate_card_id=card.id,
+                tier=tier.name,
+            ),
+            from_account=partner.issued_account_id,
+            origin_partner_id=partner.id,
+            expires_at=self._expires_at(occurred),
+        )
+
+    def earn_many(
+        self, partner_id: str, items: Sequence[EarnItem], *, session: Session | None = None
+    ) -> list[Posted | CoalitionError]:
+        """Many earns of one partner (its daily file, the demo) in one transaction, set-based.
+
+        The same rules as :meth:`earn` item by item, in order: the same transactions, postings,
+        lots and balances as calling it for each item would give (duplicate references also
+        within the batch, the rate card in force at each item's ``occurred_at``, the tier over
+        the trailing window counting the batch's earlier earns). Each item's result is in its
+        place: its :class:`Posted`, or the :class:`CoalitionError` :meth:`earn` would raise (and
+        nothing of that item is written). A handful of statements serve the whole batch: the
+        references already used, the members (locked in id order), the rate cards, the tier
+        history, then executemany inserts (:func:`ledger.credit_many`). A member who owes points
+        (a clawback deficit) takes the ordinary path, which fills the deficit.
+
+        At most :data:`EARN_BATCH_MAX` items (:class:`ValidationFailed` beyond).
+        """
+        if len(items) > EARN_BATCH_MAX:
+            raise ValidationFailed.at("items", f"at most {EARN_BATCH_MAX} items in one batch")
+        now = self.clock()
+        results: list[Posted | CoalitionError | None] = [None] * len(items)
+        occurred: dict[int, datetime] = {}
+        for n, item in enumerate(items):
+            try:
+                occurred[n] = self._earn_occurred(item.reference, item.occurred_at, now)
+            except CoalitionError as exc:
+                results[n] = exc
+        with self.unit(session) as s:
+            try:
+                partner = active_partner_terms(s, partner_id, now)
+            except CoalitionError as exc:
+                return [exc if r is None else r for r in results]
+            spends: dict[int, Decimal] = {}
+            for n in occurred:
+                item = items[n]
+                try:
+                    _check_currency(partner, item.currency)
+                    spends[n] = _money(item.amount, item.currency, "amount")
+                except CoalitionError as exc:
+                    results[n] = exc
+            used = _find_references(s, partner_id, "earn", [items[n].reference for n in spends])
+            # Items whose reference was used already are duplicates whatever else they say: no
+            # member lock, no tier history for them (a file imported again costs one lookup).
+            fresh = [n for n in spends if items[n].reference not in used]
+            members = ledger.lock_members(s, (items[n].member_id for n in fresh))
+            cards = rate_card_history(s, partner_id)
+            window = [occurred[n] for n in fresh if items[n].member_id in members]
+            first, last = min(window, default=now), max(window, default=now)
+            history = ledger.qualifying_history(
+                s,
+                members,
+                self._tier_since(first),
+                last,
+                # In the window of every item: summed in the database.
+                core=(self._tier_since(last), first),
+            )
+            credits: list[tuple[int, ledger.Credit]] = []
+            for n, spend in spends.items():
+                item, at = items[n], occurred[n]
+                try:
+                    if item.reference in used:
+                        existing = used[item.reference]
+                        raise DuplicateReference(
+                            f"reference {item.reference!r} was already used by {existing}",
+                            transaction_id=existing,
+                        )
+                    member = members.get(item.member_id)
+                    if member is None:
+                        raise UnknownMember(
+                            f"no member {item.member_id!r}", member_id=item.member_id
+                        )
+                    if member.state.balance < 0:
+                        # A deficit to fill first: the ordinary path, under its own savepoint.
+                        results[n] = posted = self.earn(
+                            partner_id,
+                            member_id=item.member_id,
+                            reference=item.reference,
+                            amount=item.amount,
+                            currency=item.currency,
+                            occurred_at=item.occurred_at,
+                            session=s,
+                        )
+                        used[item.reference] = posted.transaction.id
+                        continue
+                    earlier = history[item.member_id]
+                    credit = self._earn_credit(
+                        partner,
+                        cards.at(at),
+                        _qualifying(earlier, self._tier_since(at), at),
+                        member_id=item.member_id,
+                        reference=item.reference,
+                        amount=item.amount,
+                        spend=spend,
+                        currency=item.currency,
+                        occurred=at,
+                        now=now,
+                    )
+                except CoalitionError as exc:
+                    results[n] = exc
+                    continue
+                used[item.reference] = credit.header.id
+                earlier.append((at, credit.points))
+                credits.append((n, credit))
+            posted_all = ledger.credit_many(s, [c for _, c in credits], members)
+            for (n, _), posted in zip(credits, posted_all, strict=True):
+                results[n] = posted
+        assert all(r is not None for r in results)
+        return cast("list[Posted | CoalitionError]", results)
+
+
+def _qualifying(
+    history: Sequence[tuple[datetime | None, int]], since: datetime, until: datetime
+) -> int:
+    """What :func:`ledger.qualifying_points` sums, over rows already read (``None``: a sum
+    that lies in every window asked about)."""
+    return sum(points for at, points in history if at is None or since <= at <= until)
