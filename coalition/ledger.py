@@ -674,13 +674,9 @@ def _add_lot(
 # the member row updated (and locked), the transaction, its two postings and the new lot. No
 # row comes back when there is no such member or it owes points (a deficit to fill first):
 # then nothing was written, and the statements of the general path do the work.
-_CREDIT_IN_ONE = text(
-    """
-    WITH m AS (
-        UPDATE members SET balance = balance + :points
-        WHERE id = :member_id AND balance >= 0
-        RETURNING balance, held, account_id
-    ), t AS (
+# The header's row, with the balance the member row ``m`` of the statement came back with
+# (every column of ledger.Header, bound by name).
+_TRANSACTION_FROM_MEMBER = """
         INSERT INTO transactions (id, kind, partner_id, member_id, reference, points,
             amount_minor, currency, rate_card_id, tier, occurred_at, posted_at, reverses,
             hold_id, balance_after, overdraft_points, reason)
@@ -688,7 +684,14 @@ _CREDIT_IN_ONE = text(
             :currency, :rate_card_id, :tier, :occurred_at, :posted_at, :reverses, :hold_id,
             m.balance, :overdraft_points, :reason
         FROM m
-        RETURNING id
+        RETURNING id"""
+_CREDIT_IN_ONE = text(
+    f"""
+    WITH m AS (
+        UPDATE members SET balance = balance + :points
+        WHERE id = :member_id AND balance >= 0
+        RETURNING balance, held, account_id
+    ), t AS ({_TRANSACTION_FROM_MEMBER}
     ), p AS (
         INSERT INTO postings (transaction_id, account_id, points, posted_at)
         SELECT t.id, m.account_id, :points, :posted_at FROM t, m
@@ -701,7 +704,7 @@ _CREDIT_IN_ONE = text(
         FROM t
     )
     SELECT balance, held FROM m
-    """
+    """  # noqa: S608 (built from constants)
 )
 
 
@@ -837,20 +840,12 @@ def credit_many(
 # points taken from the member's open lots soonest-expiring first (a running sum over them),
 # each taking recorded as a lot movement.
 _DEBIT_MEMBER = text(
-    """
+    f"""
     WITH m AS (
         UPDATE members SET balance = balance - :points
         WHERE id = :member_id AND balance - held >= :points
         RETURNING balance, held, account_id
-    ), t AS (
-        INSERT INTO transactions (id, kind, partner_id, member_id, reference, points,
-            amount_minor, currency, rate_card_id, tier, occurred_at, posted_at, reverses,
-            hold_id, balance_after, overdraft_points, reason)
-        SELECT :id, :kind, :partner_id, :member_id, :reference, :points, :amount_minor,
-            :currency, :rate_card_id, :tier, :occurred_at, :posted_at, :reverses, :hold_id,
-            m.balance, :overdraft_points, :reason
-        FROM m
-        RETURNING id
+    ), t AS ({_TRANSACTION_FROM_MEMBER}
     ), p AS (
         INSERT INTO postings (transaction_id, account_id, points, posted_at)
         SELECT t.id, m.account_id, -CAST(:points AS BIGINT), :posted_at FROM t, m
@@ -858,7 +853,7 @@ _DEBIT_MEMBER = text(
         SELECT t.id, :to_account, :points, :posted_at FROM t
     )
     SELECT balance, held FROM m
-    """
+    """  # noqa: S608 (built from constants)
 )
 _TAKE_FROM_LOTS = text(
     """
