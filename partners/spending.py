@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,7 +31,6 @@ from partners.operation_base import (
     _refuse_reference_used_by,
 )
 from partners.rates import (
-    active_partner_terms,
     burn_price,
     partner_terms,
     partner_terms_with,
@@ -38,6 +38,14 @@ from partners.rates import (
     require_active,
 )
 
+_HOLDS = cast("Table", Hold.__table__)
+_HOLD_INPUTS = partner_terms_with(
+    select(_HOLDS.c.id)
+    .where(_HOLDS.c.partner_id == bindparam("partner"), _HOLDS.c.reference == bindparam("ref"))
+    .scalar_subquery(),
+    ledger.MEMBER_DUE_LOTS,
+    ledger.MEMBER_DUE_HOLDS,
+)
 _BURN_INPUTS = partner_terms_with(
     ledger.MEMBER_DUE_LOTS, ledger.MEMBER_DUE_HOLDS, _FIND_REFERENCE.scalar_subquery()
 )
@@ -154,17 +162,22 @@ class Spending(OperationBase):
         now = self.clock()
         try:
             with self.unit(session) as s:
-                partner = active_partner_terms(s, partner_id, now)
-                existing = s.scalar(
-                    select(Hold.id).where(
-                        Hold.partner_id == partner_id, Hold.reference == reference
-                    )
+                # In one statement: the partner and its card in force, the reference's earlier
+                # hold, and the member's due work (NULL: no such member).
+                terms, (existing, due_lots, due_holds) = read_terms(
+                    s,
+                    _HOLD_INPUTS,
+                    {"partner": partner_id, "member": member_id, "now": now, "ref": reference},
+                    now,
                 )
+                partner = require_active(terms)
                 if existing is not None:
                     raise DuplicateReference(
                         f"reference {reference!r} was already used by {existing}", hold_id=existing
                     )
-                due = ledger.member_due(s, member_id, now)  # and the existence check
+                if due_lots is None or due_holds is None:
+                    raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
+                due = (int(due_lots), int(due_holds))
                 partner.card_in_force()
                 self._settle_due(s, member_id, now, due)
                 hold, state = ledger.place_hold(
