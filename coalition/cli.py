@@ -157,7 +157,15 @@ def jobs(rt: Runtime) -> list[object]:
         Job("settlement-close", lambda: close_due_period(rt), every_s=60),
         Job("signature-use-purge", lambda: purge_signature_uses(rt), every_s=60),
         Job("rate-counter-purge", lambda: purge_rate_counters(rt), every_s=60),
+        Job("webhook-dispatch", lambda: dispatch_webhooks(rt), every_s=1),
     ]
+
+
+def dispatch_webhooks(rt: Runtime) -> int:
+    """Send the due webhook deliveries; how many attempts were made."""
+    from partners.dispatch import Dispatcher
+
+    return Dispatcher(rt.settings, rt.sessions).run()
 
 
 def close_due_period(rt: Runtime) -> int:
