@@ -302,3 +302,23 @@ def test_redirects_are_not_followed(db: Db, receiver: Receiver) -> None:
     assert (delivery.status, delivery.last_status_code) == ("pending", 302)
     assert len(receiver.received) == 1
     assert timedelta(0) < (delivery.next_attempt_at or db.clock()) - db.clock()
+
+
+@pytest.mark.postgres
+def test_a_dispatcher_skips_what_another_one_holds(pg: Db, receiver: Receiver) -> None:
+    shop = pg.partner("EUR")
+    register(pg, shop, receiver.url)
+    for i in range(4):
+        earn(pg, shop, f"e{i}")
+    held = pg.sessions()
+    with held.begin():
+        # another dispatcher mid-claim: it holds the row locks of the two oldest deliveries
+        locked = list(
+            held.scalars(
+                select(WebhookDelivery.id).order_by(WebhookDelivery.id).limit(2).with_for_update()
+            )
+        )
+        claimed = [c.delivery_id for c in dispatcher(pg).claim()]  # does not wait for them
+    held.close()
+    assert len(locked) == 2 and len(claimed) == 2
+    assert not set(locked) & set(claimed)
