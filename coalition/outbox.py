@@ -72,7 +72,7 @@ class DeliveryStatus(StrEnum):
 DELIVERY_STATUSES = tuple(s.value for s in DeliveryStatus)
 
 #: The event of each kind of ledger transaction that a partner is told about.
-_TRANSACTION_EVENTS = {
+TRANSACTION_EVENTS = {
     TransactionKind.EARN: EventType.TRANSACTION_EARNED,
     TransactionKind.BURN: EventType.TRANSACTION_BURNED,
     TransactionKind.EARN_REVERSAL: EventType.TRANSACTION_REVERSED,
@@ -124,6 +124,14 @@ class WebhookEvent(Base):
     __table_args__ = (
         Index("ix_webhook_events_partner_id", "partner_id", "id"),
         Index("ix_webhook_events_created_at", "created_at"),
+        # a ledger transaction has at most one event (invariant 6)
+        Index(
+            "uq_webhook_events_transaction_id",
+            "transaction_id",
+            unique=True,
+            postgresql_where=text("transaction_id IS NOT NULL"),
+            sqlite_where=text("transaction_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
@@ -131,6 +139,8 @@ class WebhookEvent(Base):
     partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id"))
     payload: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: The ledger transaction a ``transaction.*`` event describes.
+    transaction_id: Mapped[str | None] = mapped_column(ForeignKey("transactions.id"))
 
 
 class WebhookDelivery(Base):
@@ -184,8 +194,8 @@ _POSTED = "EXISTS (SELECT 1 FROM transactions WHERE transactions.id = CAST(:txn 
 def _statements(condition: str) -> tuple[TextClause, TextClause, TextClause]:
     """(PostgreSQL's one statement, SQLite's event insert, SQLite's delivery insert)."""
     event = (
-        "INSERT INTO webhook_events (id, type, partner_id, payload, created_at)"  # noqa: S608 (built from constants)
-        f" SELECT {_ID}, {_TYPE}, {_PARTNER}, :payload, :at"
+        "INSERT INTO webhook_events (id, type, partner_id, payload, created_at, transaction_id)"  # noqa: S608 (built from constants)
+        f" SELECT {_ID}, {_TYPE}, {_PARTNER}, :payload, :at, CAST(:txn AS VARCHAR)"
         f" WHERE EXISTS (SELECT 1 FROM webhook_endpoints WHERE {_SUBSCRIBED}){condition}"
     )
     deliveries = (
@@ -238,6 +248,7 @@ def record(session: Session, *, partner_id: str, event_type: str, data: Any, at:
         "partner": partner_id,
         "payload": body_of(event_id, event_type, at, data),
         "at": at,
+        "txn": None,
     }
     _write(session, _RECORD, [params])
     return event_id
@@ -273,7 +284,7 @@ def transaction_posted(session: Session, txn: Transaction) -> None:
     at once: a bulk insert of many transactions adds one statement (two on SQLite), and only
     the events of transactions still there are written (not those of a rolled-back savepoint).
     """
-    event_type = _TRANSACTION_EVENTS.get(TransactionKind(txn.kind))
+    event_type = TRANSACTION_EVENTS.get(TransactionKind(txn.kind))
     if event_type is None or txn.partner_id is None:
         return
     event_id = new_id("evt")

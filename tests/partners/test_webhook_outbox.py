@@ -125,3 +125,25 @@ def test_a_bulk_earn_writes_one_event_per_transaction(db: Db) -> None:
     assert len(ids) == 5
     assert {e[2]["data"]["id"] for e in written} == ids  # type: ignore[index]
     assert [d[1] for d in deliveries(db)] == [hook] * 5
+
+
+def test_invariant_6_holds_and_catches_a_misdirected_delivery(db: Db) -> None:
+    shop, other = db.partner("EUR", name="Shop"), db.partner("EUR", name="Other")
+    endpoint(db, shop)
+    foreign = endpoint(db, other)
+    db.ops.earn(shop.id, member_id=db.member(), reference="e", amount="5", currency="EUR")
+    db.assert_ledger_ok()
+    with transaction(db.sessions) as s:
+        event = s.scalars(select(WebhookEvent)).one()
+        assert event.transaction_id is not None
+        s.add(
+            WebhookDelivery(
+                event_id=event.id,
+                endpoint_id=foreign,
+                status="pending",
+                attempts=0,
+                next_attempt_at=db.clock(),
+                created_at=db.clock(),
+            )
+        )
+    assert list(db.violations()) == [6]

@@ -47,13 +47,27 @@ def upgrade() -> None:
         sa.Column("partner_id", sa.String(40), nullable=False),
         sa.Column("payload", sa.Text(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("transaction_id", sa.String(40), nullable=True),
         sa.ForeignKeyConstraint(
             ["partner_id"], ["partners.id"], name="fk_webhook_events_partner_id_partners"
+        ),
+        sa.ForeignKeyConstraint(
+            ["transaction_id"],
+            ["transactions.id"],
+            name="fk_webhook_events_transaction_id_transactions",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_webhook_events"),
     )
     op.create_index("ix_webhook_events_partner_id", "webhook_events", ["partner_id", "id"])
     op.create_index("ix_webhook_events_created_at", "webhook_events", ["created_at"])
+    op.create_index(
+        "uq_webhook_events_transaction_id",
+        "webhook_events",
+        ["transaction_id"],
+        unique=True,
+        postgresql_where=sa.text("transaction_id IS NOT NULL"),
+        sqlite_where=sa.text("transaction_id IS NOT NULL"),
+    )
     op.create_table(
         "webhook_deliveries",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
