@@ -9,8 +9,9 @@ One round (:meth:`Dispatcher.run_once`):
    so nothing is lost (delivery is at least once, with the same ``webhook-id``);
 2. **send** them concurrently (httpx, at most :data:`CONCURRENCY` at once and
    :data:`PER_ENDPOINT` per endpoint), each with a :data:`TIMEOUT_S` timeout, no redirects, the
-   response read up to :data:`RESPONSE_EXCERPT_BYTES`; the host is resolved and checked again
-   (``partners.webhooks.check_url``) and the request goes to the address that was checked;
+   response read up to :data:`RESPONSE_EXCERPT_BYTES`; each URL is resolved and checked again
+   (``partners.webhooks.check_url``, once per batch) and the request goes to the address that
+   was checked;
 3. **record** every attempt in one transaction: ``delivered`` on a 2xx; otherwise the next
    attempt per :data:`RETRY_SCHEDULE_S` (with jitter, or later when ``Retry-After`` says so),
    ``failed`` once the schedule is spent; a ``410`` disables the endpoint with its reason.
@@ -212,9 +213,11 @@ class Dispatcher:
     # --- send -------------------------------------------------------------------------
 
     async def send_all(self, claimed: list[Claimed]) -> list[Outcome]:
-        """Send every claimed delivery, bounded overall and per endpoint."""
+        """Send every claimed delivery, bounded overall and per endpoint; each URL of the batch
+        is resolved and checked once."""
         overall = asyncio.Semaphore(CONCURRENCY)
         per_endpoint: dict[str, asyncio.Semaphore] = {}
+        targets: dict[str, asyncio.Task[Target | str]] = {}
         async with httpx.AsyncClient(
             transport=self.transport,
             timeout=httpx.Timeout(TIMEOUT_S),
@@ -224,14 +227,25 @@ class Dispatcher:
         ) as client:
 
             async def one(c: Claimed) -> Outcome:
+                if c.url not in targets:
+                    targets[c.url] = asyncio.create_task(asyncio.to_thread(self.target, c.url))
                 gate = per_endpoint.setdefault(c.endpoint_id, asyncio.Semaphore(PER_ENDPOINT))
                 async with overall, gate:
-                    return await self.send(client, c)
+                    return await self.send(client, c, await targets[c.url])
 
             return list(await asyncio.gather(*(one(c) for c in claimed)))
 
-    async def send(self, client: httpx.AsyncClient, c: Claimed) -> Outcome:
-        """One attempt: resolve and check the host, sign, POST, read a capped excerpt."""
+    def target(self, url: str) -> Target | str:
+        """Where to connect for ``url`` (resolved and checked now), or why not."""
+        try:
+            return check_url(
+                url, allow_private=self.settings.webhook_allow_private, resolver=self.resolver
+            )
+        except ValidationFailed as exc:
+            return f"refused: {exc.errors[0]['message']}"[:500]
+
+    async def send(self, client: httpx.AsyncClient, c: Claimed, target: Target | str) -> Outcome:
+        """One attempt to the checked ``target``: sign, POST, read a capped excerpt."""
         started = time.monotonic()
 
         def outcome(
@@ -242,15 +256,8 @@ class Dispatcher:
                 c.delivery_id, c.endpoint_id, c.attempts + 1, status, latency, error, excerpt, after
             )
 
-        try:
-            target = await asyncio.to_thread(
-                check_url,
-                c.url,
-                allow_private=self.settings.webhook_allow_private,
-                resolver=self.resolver,
-            )
-        except ValidationFailed as exc:
-            return outcome(None, f"refused: {exc.errors[0]['message']}"[:500], None, None)
+        if isinstance(target, str):
+            return outcome(None, target, None, None)
         timestamp = int(time.time())  # the real send time: receivers check it against theirs
         signature = " ".join(sign(s, c.event_id, timestamp, c.body) for s in c.secrets)
         headers = {
