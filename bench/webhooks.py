@@ -34,7 +34,8 @@ RESULTS = Path(__file__).resolve().parent / "webhooks_results.json"
 
 
 class _Ok(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+    protocol_version = "HTTP/1.1"  # keep-alive
+    disable_nagle_algorithm = True  # no 40 ms wait on the delayed ACK of a small write
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["content-length"]))
@@ -92,7 +93,7 @@ def _run(url: str, port: int, args: argparse.Namespace) -> dict[str, Any]:
         pending = s.scalar(select(func.count()).select_from(WebhookDelivery)) or 0
     dispatcher = Dispatcher(settings, sessions)
     started = time.perf_counter()
-    while dispatcher.run_once():
+    while dispatcher.run():
         pass
     elapsed = time.perf_counter() - started
     with sessions() as s:

@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from coalition.config import Settings
@@ -58,7 +58,7 @@ TIMEOUT_S = 15.0
 LEASE_S = 120
 BATCH = 200
 CONCURRENCY = 64
-PER_ENDPOINT = 8
+PER_ENDPOINT = 16
 RESPONSE_EXCERPT_BYTES = 1024
 #: Rounds one run of the job does at most while full batches are due.
 MAX_ROUNDS = 20
@@ -142,24 +142,38 @@ class Dispatcher:
     rng: random.Random = field(default_factory=random.Random)
 
     def run(self) -> int:
-        """Rounds until fewer than a full batch was due (at most :data:`MAX_ROUNDS`); how many
-        attempts were made (the scheduler's job)."""
-        total = 0
-        for _ in range(MAX_ROUNDS):
-            done = self.run_once()
-            total += done
-            if done < self.batch:
-                break
-        return total
+        """Rounds until fewer than a full batch was due (at most :data:`MAX_ROUNDS`), on one
+        HTTP client (its connections stay open across rounds); how many attempts were made
+        (the scheduler's job)."""
+        return asyncio.run(self._rounds(MAX_ROUNDS))
 
     def run_once(self) -> int:
         """Claim, send and record one batch; how many attempts were made."""
-        claimed = self.claim()
-        if not claimed:
-            return 0
-        outcomes = asyncio.run(self.send_all(claimed))
-        self.record(outcomes)
-        return len(outcomes)
+        return asyncio.run(self._rounds(1))
+
+    async def _rounds(self, rounds: int) -> int:
+        total = 0
+        async with self._client() as client:
+            for _ in range(rounds):
+                claimed = await asyncio.to_thread(self.claim)
+                if not claimed:
+                    break
+                outcomes = await self.send_all(client, claimed)
+                await asyncio.to_thread(self.record, outcomes)
+                total += len(outcomes)
+                if len(claimed) < self.batch:
+                    break
+        return total
+
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=self.transport,
+            timeout=httpx.Timeout(TIMEOUT_S),
+            follow_redirects=False,
+            trust_env=False,
+            headers={"user-agent": USER_AGENT},
+            limits=httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY),
+        )
 
     # --- claim ------------------------------------------------------------------------
 
@@ -212,28 +226,21 @@ class Dispatcher:
 
     # --- send -------------------------------------------------------------------------
 
-    async def send_all(self, claimed: list[Claimed]) -> list[Outcome]:
+    async def send_all(self, client: httpx.AsyncClient, claimed: list[Claimed]) -> list[Outcome]:
         """Send every claimed delivery, bounded overall and per endpoint; each URL of the batch
         is resolved and checked once."""
         overall = asyncio.Semaphore(CONCURRENCY)
         per_endpoint: dict[str, asyncio.Semaphore] = {}
         targets: dict[str, asyncio.Task[Target | str]] = {}
-        async with httpx.AsyncClient(
-            transport=self.transport,
-            timeout=httpx.Timeout(TIMEOUT_S),
-            follow_redirects=False,
-            trust_env=False,
-            headers={"user-agent": USER_AGENT},
-        ) as client:
 
-            async def one(c: Claimed) -> Outcome:
-                if c.url not in targets:
-                    targets[c.url] = asyncio.create_task(asyncio.to_thread(self.target, c.url))
-                gate = per_endpoint.setdefault(c.endpoint_id, asyncio.Semaphore(PER_ENDPOINT))
-                async with overall, gate:
-                    return await self.send(client, c, await targets[c.url])
+        async def one(c: Claimed) -> Outcome:
+            if c.url not in targets:
+                targets[c.url] = asyncio.create_task(asyncio.to_thread(self.target, c.url))
+            gate = per_endpoint.setdefault(c.endpoint_id, asyncio.Semaphore(PER_ENDPOINT))
+            async with overall, gate:
+                return await self.send(client, c, await targets[c.url])
 
-            return list(await asyncio.gather(*(one(c) for c in claimed)))
+        return list(await asyncio.gather(*(one(c) for c in claimed)))
 
     def target(self, url: str) -> Target | str:
         """Where to connect for ``url`` (resolved and checked now), or why not."""
@@ -290,49 +297,76 @@ class Dispatcher:
     # --- record -----------------------------------------------------------------------
 
     def record(self, outcomes: list[Outcome]) -> None:
-        """Write each attempt's result; a 410 disables its endpoint."""
+        """Write each attempt's result (one executemany); a 410 disables its endpoint."""
         now = self.clock()
-        with transaction(self.sessions) as s:
-            for o in outcomes:
-                values: dict[str, object] = {
+        rows: list[dict[str, object]] = []
+        gone: set[str] = set()
+        for o in outcomes:
+            status, next_at = DeliveryStatus.PENDING.value, None
+            if o.delivered:
+                status = DeliveryStatus.DELIVERED
+            else:
+                delay = None
+                if o.status_code == 410:
+                    gone.add(o.endpoint_id)
+                else:
+                    delay = next_delay_s(o.attempts, o.retry_after_s, self.rng)
+                if delay is None:
+                    status = DeliveryStatus.FAILED
+                else:
+                    next_at = now + timedelta(seconds=delay)
+            rows.append(
+                {
+                    "delivery_id": o.delivery_id,
+                    "status": status,
                     "attempts": o.attempts,
+                    "next_attempt_at": next_at,
                     "last_attempt_at": now,
                     "last_status_code": o.status_code,
                     "last_latency_ms": o.latency_ms,
                     "last_error": o.error,
                     "last_response": o.excerpt,
                 }
-                if o.delivered:
-                    values |= {"status": DeliveryStatus.DELIVERED, "next_attempt_at": None}
-                else:
-                    delay = None if o.status_code == 410 else next_delay_s(
-                        o.attempts, o.retry_after_s, self.rng
-                    )  # fmt: skip
-                    if delay is None:
-                        values |= {"status": DeliveryStatus.FAILED, "next_attempt_at": None}
-                    else:
-                        values["next_attempt_at"] = now + timedelta(seconds=delay)
+            )
+        with transaction(self.sessions) as s:
+            if rows:
+                s.connection().execute(_RECORD_ATTEMPT, rows)
+            for endpoint_id in sorted(gone):
                 s.execute(
-                    update(WebhookDelivery)
-                    .where(
-                        WebhookDelivery.id == o.delivery_id,
-                        WebhookDelivery.status == DeliveryStatus.PENDING,
+                    update(WebhookEndpoint)
+                    .where(WebhookEndpoint.id == endpoint_id)
+                    .values(
+                        disabled=True,
+                        disabled_reason="the endpoint answered 410 Gone",
+                        updated_at=now,
                     )
-                    .values(**values)
-                    .execution_options(synchronize_session=False)
                 )
-                if o.status_code == 410:
-                    s.execute(
-                        update(WebhookEndpoint)
-                        .where(WebhookEndpoint.id == o.endpoint_id)
-                        .values(
-                            disabled=True,
-                            disabled_reason="the endpoint answered 410 Gone",
-                            updated_at=now,
-                        )
-                        .execution_options(synchronize_session=False)
-                    )
-                    log.warning("webhook endpoint %s disabled: it answered 410", o.endpoint_id)
+                log.warning("webhook endpoint %s disabled: it answered 410", endpoint_id)
+
+
+#: One attempt's result; a delivery no longer pending (recovered, deleted) is left alone.
+_RECORD_ATTEMPT = (
+    update(WebhookDelivery)
+    .where(
+        WebhookDelivery.id == bindparam("delivery_id"),
+        WebhookDelivery.status == DeliveryStatus.PENDING,
+    )
+    .values(
+        {
+            name: bindparam(name)
+            for name in (
+                "status",
+                "attempts",
+                "next_attempt_at",
+                "last_attempt_at",
+                "last_status_code",
+                "last_latency_ms",
+                "last_error",
+                "last_response",
+            )
+        }
+    )
+)
 
 
 def _host_header(target: Target) -> str:
