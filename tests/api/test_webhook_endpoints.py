@@ -142,3 +142,19 @@ def test_a_partner_has_at_most_ten_endpoints(api: Live) -> None:
         create(shop)
     problem(shop.client.post(BASE, {"url": PUBLIC_URL}), 409, "conflict")
     assert len(ok(shop.client.get(BASE))["data"]) == 10
+
+
+def test_an_earn_over_http_queues_its_event_for_the_partners_endpoint(api: Live) -> None:
+    shop = api.partner(scopes=SCOPES)
+    path = f"{BASE}/{create(shop)['id']}"
+    member = ok(shop.client.post("/v1/members", {}), 201)["member_id"]
+    earned = ok(
+        shop.client.post(
+            "/v1/earns",
+            {"member_id": member, "reference": "order-1", "amount": "10", "currency": "EUR"},
+        ),
+        201,
+    )
+    [delivery] = ok(shop.client.get(f"{path}/deliveries"))["data"]
+    assert (delivery["event_type"], delivery["status"]) == ("transaction.earned", "pending")
+    assert earned["id"].startswith("txn_")
