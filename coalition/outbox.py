@@ -191,12 +191,12 @@ _SUBSCRIBED = (
 _POSTED = "EXISTS (SELECT 1 FROM transactions WHERE transactions.id = CAST(:txn AS VARCHAR))"
 
 
-def _statements(condition: str) -> tuple[TextClause, TextClause, TextClause]:
+def _statements() -> tuple[TextClause, TextClause, TextClause]:
     """(PostgreSQL's one statement, SQLite's event insert, SQLite's delivery insert)."""
     event = (
         "INSERT INTO webhook_events (id, type, partner_id, payload, created_at, transaction_id)"  # noqa: S608 (built from constants)
         f" SELECT {_ID}, {_TYPE}, {_PARTNER}, :payload, :at, CAST(:txn AS VARCHAR)"
-        f" WHERE EXISTS (SELECT 1 FROM webhook_endpoints WHERE {_SUBSCRIBED}){condition}"
+        f" WHERE EXISTS (SELECT 1 FROM webhook_endpoints WHERE {_SUBSCRIBED}) AND {_POSTED}"
     )
     deliveries = (
         "INSERT INTO webhook_deliveries (event_id, endpoint_id, status, attempts,"
@@ -219,39 +219,21 @@ def _statements(condition: str) -> tuple[TextClause, TextClause, TextClause]:
     )
 
 
-_RECORD = _statements("")
-_RECORD_POSTED = _statements(f" AND {_POSTED}")
+_RECORD_PG, _RECORD_EVENTS, _RECORD_DELIVERIES = _statements()
 
 
-def _write(session: Session, statements: tuple[TextClause, TextClause, TextClause],
-           rows: list[dict[str, Any]]) -> None:  # fmt: skip
+def _write(session: Session, rows: list[dict[str, Any]]) -> None:
     if dialect_of(session) == "postgresql":
-        session.execute(statements[0], rows)
+        session.execute(_RECORD_PG, rows)
     else:
-        session.execute(statements[1], rows)
-        session.execute(statements[2], rows)
+        session.execute(_RECORD_EVENTS, rows)
+        session.execute(_RECORD_DELIVERIES, rows)
 
 
 def body_of(event_id: str, event_type: str, created_at: datetime, data: Any) -> str:
     """The JSON body of an event, as the contract shapes it."""
     document = {"id": event_id, "type": event_type, "created_at": created_at, "data": data}
     return msgspec.json.encode(document).decode()
-
-
-def record(session: Session, *, partner_id: str, event_type: str, data: Any, at: datetime) -> str:
-    """Write an event and a pending delivery per subscribed, enabled endpoint of
-    ``partner_id``, in ``session``'s transaction; nothing when there is none. The event id."""
-    event_id = new_id("evt")
-    params = {
-        "id": event_id,
-        "type": event_type,
-        "partner": partner_id,
-        "payload": body_of(event_id, event_type, at, data),
-        "at": at,
-        "txn": None,
-    }
-    _write(session, _RECORD, [params])
-    return event_id
 
 
 def transaction_data(txn: Transaction) -> dict[str, Any]:
@@ -308,7 +290,7 @@ _PENDING = "coalition_outbox_pending"
 def _write_noted(session: Session) -> None:
     rows = session.info.pop(_PENDING, None)
     if rows:
-        _write(session, _RECORD_POSTED, rows)
+        _write(session, rows)
 
 
 @event.listens_for(Session, "after_rollback")
