@@ -22,7 +22,7 @@ endpoints are read by ``partner_id``.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -37,7 +37,10 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    delete,
     event,
+    exists,
+    select,
     text,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -162,6 +165,13 @@ class WebhookDelivery(Base):
         ),
         Index("ix_webhook_deliveries_endpoint_id", "endpoint_id", "id"),
         Index("ix_webhook_deliveries_event_id", "event_id"),
+        # the purge's way to what is done (delivered or failed), oldest first
+        Index(
+            "ix_webhook_deliveries_done",
+            "created_at",
+            postgresql_where=text("status <> 'pending'"),
+            sqlite_where=text("status <> 'pending'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -177,6 +187,12 @@ class WebhookDelivery(Base):
     last_response: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
+
+#: How long delivered and failed deliveries (and then their events) are kept; ``recover`` reaches
+#: this far back.
+RETENTION = timedelta(days=30)
+#: Rows one purge statement deletes at most.
+PURGE_BATCH = 1000
 
 #: Parameters are cast: PostgreSQL deduces one type per parameter, and ``:type`` is both a
 #: column value and an operand of ``||``.
@@ -296,3 +312,34 @@ def _write_noted(session: Session) -> None:
 @event.listens_for(Session, "after_rollback")
 def _forget_noted(session: Session) -> None:
     session.info.pop(_PENDING, None)
+
+
+def purge(session: Session, now: datetime) -> int:
+    """Delete up to :data:`PURGE_BATCH` deliveries done (delivered or failed) before the
+    retention, and up to as many events of before it that no delivery refers to any more; how
+    many rows."""
+    cutoff = now - RETENTION
+    done = (
+        select(WebhookDelivery.id)
+        .where(
+            WebhookDelivery.status != DeliveryStatus.PENDING, WebhookDelivery.created_at < cutoff
+        )
+        .order_by(WebhookDelivery.created_at)
+        .limit(PURGE_BATCH)
+    )
+    deliveries = session.execute(
+        delete(WebhookDelivery).where(WebhookDelivery.id.in_(done.scalar_subquery()))
+    )
+    orphans = (
+        select(WebhookEvent.id)
+        .where(
+            WebhookEvent.created_at < cutoff,
+            ~exists().where(WebhookDelivery.event_id == WebhookEvent.id),
+        )
+        .order_by(WebhookEvent.created_at)
+        .limit(PURGE_BATCH)
+    )
+    events = session.execute(
+        delete(WebhookEvent).where(WebhookEvent.id.in_(orphans.scalar_subquery()))
+    )
+    return int(deliveries.rowcount) + int(events.rowcount)  # type: ignore[attr-defined]

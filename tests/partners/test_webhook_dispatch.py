@@ -18,7 +18,7 @@ from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from coalition.db import transaction
-from coalition.outbox import WebhookDelivery, WebhookEndpoint
+from coalition.outbox import WebhookDelivery, WebhookEndpoint, WebhookEvent, purge
 from partners.dispatch import RETRY_SCHEDULE_S, Dispatcher
 from partners.models import Partner
 from partners.webhooks import Webhooks
@@ -322,3 +322,22 @@ def test_a_dispatcher_skips_what_another_one_holds(pg: Db, receiver: Receiver) -
     held.close()
     assert len(locked) == 2 and len(claimed) == 2
     assert not set(locked) & set(claimed)
+
+
+def test_done_deliveries_and_their_events_are_purged_after_the_retention(
+    db: Db, receiver: Receiver
+) -> None:
+    shop = db.partner("EUR")
+    register(db, shop, receiver.url)
+    earn(db, shop, "delivered")
+    dispatcher(db).run()
+    receiver.statuses = [500]
+    earn(db, shop, "pending")
+    dispatcher(db).run()
+    db.clock.advance(days=31)
+    with transaction(db.sessions) as s:
+        assert purge(s, db.clock()) == 2  # the delivered delivery, then its event
+    [left] = deliveries(db)
+    assert left.status == "pending"  # never purged: it is still being sent
+    with db.sessions() as s:
+        assert [e.id for e in s.scalars(select(WebhookEvent))] == [left.event_id]

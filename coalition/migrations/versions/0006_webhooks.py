@@ -114,6 +114,13 @@ def upgrade() -> None:
         "ix_webhook_deliveries_endpoint_id", "webhook_deliveries", ["endpoint_id", "id"]
     )
     op.create_index("ix_webhook_deliveries_event_id", "webhook_deliveries", ["event_id"])
+    op.create_index(
+        "ix_webhook_deliveries_done",
+        "webhook_deliveries",
+        ["created_at"],
+        postgresql_where=sa.text("status <> 'pending'"),
+        sqlite_where=sa.text("status <> 'pending'"),
+    )
 
 
 def downgrade() -> None:
