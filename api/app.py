@@ -32,6 +32,7 @@ from api.security import add_security_headers
 from api.settlement import SettlementAdminController, StatementsController
 from api.structs import Health, Liveness, SigningKey
 from api.swagger import LocalSwaggerPlugin, assets_router
+from api.webhooks import WebhookEndpointController
 from coalition import metrics
 from coalition.config import Settings, load_settings
 from coalition.db import transaction, utcnow
@@ -121,6 +122,7 @@ def create_app(
             AdminController,
             StatementsController,
             SettlementAdminController,
+            WebhookEndpointController,
             AuditController,
             health,
             liveness,

@@ -157,7 +157,30 @@ def jobs(rt: Runtime) -> list[object]:
         Job("settlement-close", lambda: close_due_period(rt), every_s=60),
         Job("signature-use-purge", lambda: purge_signature_uses(rt), every_s=60),
         Job("rate-counter-purge", lambda: purge_rate_counters(rt), every_s=60),
+        Job("webhook-dispatch", lambda: dispatch_webhooks(rt), every_s=1),
+        Job("webhook-purge", lambda: purge_webhooks(rt), every_s=600),
     ]
+
+
+def purge_webhooks(rt: Runtime) -> int:
+    """Forget deliveries done before the webhook retention, then their events; how many."""
+    from coalition.outbox import PURGE_BATCH, purge
+
+    total = 0
+    for _ in range(100):  # bounded: the next run takes the rest
+        with transaction(rt.sessions) as session:
+            deleted = purge(session, utcnow())
+        total += deleted
+        if deleted < PURGE_BATCH:
+            break
+    return total
+
+
+def dispatch_webhooks(rt: Runtime) -> int:
+    """Send the due webhook deliveries; how many attempts were made."""
+    from partners.dispatch import Dispatcher
+
+    return Dispatcher(rt.settings, rt.sessions).run()
 
 
 def close_due_period(rt: Runtime) -> int:

@@ -24,6 +24,7 @@ from typing import Any, cast
 from sqlalchemy import Row, Table, and_, bindparam, case, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from coalition import outbox
 from coalition.config import Tier
 from coalition.db import dialect_of
 from coalition.errors import InsufficientPoints, UnknownMember, invariant
@@ -485,7 +486,9 @@ def _posted(session: Session, header: Header, balance_after: int) -> Transaction
     it, whichever statements wrote it (the general path's, a one-statement fast path's, a bulk
     insert's): where the event outbox and the metrics attach."""
     invariant(header.points > 0, f"{header.id}: a transaction moves a positive number of points")
-    return Transaction(**header.row(), balance_after=balance_after)
+    txn = Transaction(**header.row(), balance_after=balance_after)
+    outbox.transaction_posted(session, txn)
+    return txn
 
 
 def _write(

@@ -196,5 +196,5 @@ SETTLEMENT_CHECKS: list[tuple[int, str, Callable[[Session], list[str]]]] = [
 
 
 def run_checks(session: Session) -> list[Finding]:
-    """Every invariant of docs/invariants.md (1 to 5); a finding per invariant."""
+    """Every invariant of docs/invariants.md (1 to 6); a finding per invariant."""
     return kernel_checks(session, SETTLEMENT_CHECKS)

@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 import coalition.audit
 import coalition.idempotency
 import coalition.models
+import coalition.outbox
 import partners.models
 import partners.ratelimit
 import partners.replay
@@ -27,5 +28,5 @@ with engine.connect() as connection:
         context.run_migrations()
     connection.commit()
 # (imported to register their tables on the metadata)
-assert coalition.models and coalition.idempotency and coalition.audit
+assert coalition.models and coalition.idempotency and coalition.audit and coalition.outbox
 assert partners.models and partners.replay and partners.ratelimit

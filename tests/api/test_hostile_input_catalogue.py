@@ -22,6 +22,7 @@ import requests
 
 import api.settlement_structs
 import api.structs
+import api.webhooks
 from tests.api.conftest import Client, Live, ok, problem, unique
 from tests.api.test_input_strictness import row_counts
 
@@ -71,7 +72,7 @@ def document(api: Live) -> dict[str, Any]:
 
 
 #: Where the request structs live, by their OpenAPI component names.
-STRUCT_MODULES = (api.structs, api.settlement_structs)
+STRUCT_MODULES = (api.structs, api.settlement_structs, api.webhooks)
 
 
 def _schema(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:

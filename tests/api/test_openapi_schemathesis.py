@@ -77,6 +77,15 @@ OPERATIONS = [
     "GET /v1/admin/periods/{period_id}/summary",
     "GET /v1/admin/reports/cross-brand",
     "GET /v1/admin/audit",
+    "POST /v1/webhook-endpoints",
+    "GET /v1/webhook-endpoints",
+    "GET /v1/webhook-endpoints/{endpoint_id}",
+    "PATCH /v1/webhook-endpoints/{endpoint_id}",
+    "DELETE /v1/webhook-endpoints/{endpoint_id}",
+    "POST /v1/webhook-endpoints/{endpoint_id}/rotate-secret",
+    "POST /v1/webhook-endpoints/{endpoint_id}/test",
+    "GET /v1/webhook-endpoints/{endpoint_id}/deliveries",
+    "POST /v1/webhook-endpoints/{endpoint_id}/recover",
 ]
 
 
@@ -142,6 +151,7 @@ WITHOUT_INPUT = {
     "GET /metrics",
     "GET /v1/signing-keys",
     "GET /v1/me",
+    "GET /v1/webhook-endpoints",
 }
 CASES = [
     pytest.param(label, mode, id=f"{label} {mode.value}")

@@ -1,0 +1,391 @@
+"""Webhook endpoint management (``/v1/webhook-endpoints``, partner keys with scope
+``webhooks``): each handler maps HTTP to one call of :class:`partners.webhooks.Webhooks`.
+Another partner's endpoint is ``404``, like an endpoint that does not exist.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, get_args
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.params import QueryParameter, RawBody
+from msgspec import Meta, Struct
+from sqlalchemy.orm import Session
+
+from api.auth import partner, principal_of, signed
+from api.docs import SIGNED, IdempotencyKey, body, problems
+from api.idempotency import run_idempotent
+from api.runtime import Services, services_of
+from api.structs import LINE, AwareTime, EmptyBody, IdPath, decode, full_match
+from api.structs import Request as RequestBody
+from coalition.db import transaction
+from coalition.errors import ValidationFailed
+from coalition.outbox import WebhookDelivery, WebhookEndpoint
+from partners.signatures import Principal
+from partners.webhooks import MAX_URL_LENGTH, SUBSCRIBABLE, NewEndpoint, Webhooks
+
+EventName = Literal["transaction.earned", "transaction.burned", "transaction.reversed"]
+assert set(get_args(EventName)) == set(SUBSCRIBABLE), "the API names every subscribable event"
+Url = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_URL_LENGTH,
+        pattern=full_match(r"[\x21-\x7e]+", "a URL: visible ASCII, no white space"),
+        description="An http or https URL on a public address.",
+        examples=["https://example.com/coalition/webhooks"],
+    ),
+]
+Description = Annotated[str, Meta(max_length=500, pattern=LINE, description="One line.")]
+Events = Annotated[list[EventName], Meta(min_length=1, max_length=len(SUBSCRIBABLE))]
+Limit = Annotated[int, QueryParameter(ge=1, le=500)]
+Cursor = Annotated[
+    str | None,
+    QueryParameter(
+        max_length=20,
+        pattern=full_match("[0-9]{1,19}", "a cursor"),
+        description="`next_cursor` of the previous page.",
+    ),
+]
+
+
+class EndpointCreate(RequestBody):
+    """``POST /v1/webhook-endpoints``; ``events`` omitted: every event."""
+
+    url: Url
+    events: Events | None = None
+    description: Description | None = None
+
+
+class EndpointUpdate(RequestBody):
+    """``PATCH /v1/webhook-endpoints/{id}``: any of the fields (``events: null``: every event)."""
+
+    url: Url | msgspec.UnsetType = msgspec.UNSET
+    events: Events | msgspec.UnsetType | None = msgspec.UNSET
+    disabled: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+class RecoverRequest(RequestBody):
+    """``POST /v1/webhook-endpoints/{id}/recover``: failed deliveries since then, again."""
+
+    since: AwareTime
+
+
+class EndpointOut(Struct, omit_defaults=True):
+    """An endpoint; ``secret`` only when created or rotated, never again."""
+
+    id: str
+    url: str
+    events: list[str] | None
+    description: str | None
+    disabled: bool
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    previous_secret_expires_at: datetime | None = None
+    secret: str | None = None
+
+
+class EndpointList(Struct):
+    """The partner's endpoints (at most 10)."""
+
+    data: list[EndpointOut]
+
+
+class Accepted(Struct, omit_defaults=True):
+    """A ``202``: what was queued."""
+
+    status: Literal["accepted"]
+    event_id: str | None = None
+    deliveries: int | None = None
+
+
+class DeliveryOut(Struct):
+    """A delivery of one event to the endpoint, with its last attempt."""
+
+    id: str
+    event_id: str
+    event_type: str
+    status: str
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    last_status_code: int | None
+    last_latency_ms: int | None
+    last_error: str | None
+
+
+class DeliveryPage(Struct):
+    """A page of deliveries, newest first."""
+
+    data: list[DeliveryOut]
+    has_more: bool
+    next_cursor: str | None
+
+
+def endpoint_out(endpoint: WebhookEndpoint, secret: str | None = None) -> EndpointOut:
+    """An endpoint in the API's shape."""
+    return EndpointOut(
+        id=endpoint.id,
+        url=endpoint.url,
+        events=endpoint.subscribed(),
+        description=endpoint.description,
+        disabled=endpoint.disabled,
+        disabled_reason=endpoint.disabled_reason,
+        created_at=endpoint.created_at,
+        updated_at=endpoint.updated_at,
+        previous_secret_expires_at=endpoint.previous_expires_at,
+        secret=secret,
+    )
+
+
+def _created(new: NewEndpoint) -> EndpointOut:
+    return endpoint_out(new.endpoint, new.secret)
+
+
+def delivery_out(delivery: WebhookDelivery, event_type: str) -> DeliveryOut:
+    """A delivery in the API's shape."""
+    return DeliveryOut(
+        id=str(delivery.id),
+        event_id=delivery.event_id,
+        event_type=event_type,
+        status=delivery.status,
+        attempts=delivery.attempts,
+        created_at=delivery.created_at,
+        next_attempt_at=delivery.next_attempt_at,
+        last_attempt_at=delivery.last_attempt_at,
+        last_status_code=delivery.last_status_code,
+        last_latency_ms=delivery.last_latency_ms,
+        last_error=delivery.last_error,
+    )
+
+
+def webhooks_of(services: Services) -> Webhooks:
+    """The endpoint management with the service's settings."""
+    return Webhooks(services.settings.secret_key, services.settings.webhook_allow_private)
+
+
+def _partner_id(principal: Principal) -> str:
+    assert principal.partner_id is not None, "partner routes admit partner keys only"
+    return principal.partner_id
+
+
+class WebhookEndpointController(Controller):
+    """A partner's webhook endpoints (scope ``webhooks``)."""
+
+    path = "/v1/webhook-endpoints"
+    guards = [signed]  # noqa: RUF012 (Litestar's layer attribute)
+    security = SIGNED
+    tags = ["webhooks"]  # noqa: RUF012
+
+    @post(
+        "/",
+        opt=partner("webhooks"),
+        dependencies=body(EndpointCreate),
+        responses=problems(400, 403, 409, 413, 422),
+        status_code=201,
+        sync_to_thread=True,
+    )
+    def create_endpoint(
+        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
+    ) -> Response[EndpointOut]:
+        """Register an endpoint; its ``secret`` (``whsec_...``) is shown here only."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+
+        def run(session: Session) -> tuple[int, EndpointOut]:
+            data = decode(body, EndpointCreate)
+            new = webhooks_of(services).create(
+                session,
+                _partner_id(principal),
+                url=data.url,
+                events=list(data.events) if data.events is not None else None,
+                description=data.description,
+                now=services.clock(),
+            )
+            return 201, _created(new)
+
+        return run_idempotent(request, services, principal, body, run)
+
+    @get("/", opt=partner("webhooks"), responses=problems(403), sync_to_thread=True)
+    def list_endpoints(self, request: Request[Any, Any, Any]) -> EndpointList:
+        """The partner's endpoints, oldest first."""
+        services = services_of(request.app.state)
+        with transaction(services.sessions) as s:
+            found = webhooks_of(services).all(s, _partner_id(principal_of(request)))
+            return EndpointList([endpoint_out(e) for e in found])
+
+    @get(
+        "/{endpoint_id:str}",
+        opt=partner("webhooks"),
+        responses=problems(403, 404, 422),
+        sync_to_thread=True,
+    )
+    def get_endpoint(self, request: Request[Any, Any, Any], endpoint_id: IdPath) -> EndpointOut:
+        """One of the partner's endpoints."""
+        services = services_of(request.app.state)
+        with transaction(services.sessions) as s:
+            found = webhooks_of(services).get(s, _partner_id(principal_of(request)), endpoint_id)
+            return endpoint_out(found)
+
+    @patch(
+        "/{endpoint_id:str}",
+        opt=partner("webhooks"),
+        dependencies=body(EndpointUpdate),
+        responses=problems(403, 404, 413, 422),
+        sync_to_thread=True,
+    )
+    def update_endpoint(
+        self, request: Request[Any, Any, Any], endpoint_id: IdPath, body: RawBody
+    ) -> EndpointOut:
+        """Change the URL, the events (``null``: every event) or ``disabled``."""
+        services = services_of(request.app.state)
+        data = decode(body, EndpointUpdate)
+        changes = {
+            name: getattr(data, name)
+            for name in ("url", "events", "disabled")
+            if getattr(data, name) is not msgspec.UNSET
+        }
+        if "disabled" in changes and changes["disabled"] is None:
+            raise ValidationFailed.at("$.disabled", "true or false")
+        with transaction(services.sessions) as s:
+            updated = webhooks_of(services).update(
+                s,
+                _partner_id(principal_of(request)),
+                endpoint_id,
+                changes=changes,
+                now=services.clock(),
+            )
+            return endpoint_out(updated)
+
+    @delete(
+        "/{endpoint_id:str}",
+        opt=partner("webhooks"),
+        responses=problems(403, 404, 422),
+        status_code=200,
+        sync_to_thread=True,
+    )
+    def delete_endpoint(self, request: Request[Any, Any, Any], endpoint_id: IdPath) -> EndpointOut:
+        """Remove the endpoint and its pending deliveries; the removed endpoint."""
+        services = services_of(request.app.state)
+        with transaction(services.sessions) as s:
+            gone = webhooks_of(services).delete(s, _partner_id(principal_of(request)), endpoint_id)
+            return endpoint_out(gone)
+
+    @post(
+        "/{endpoint_id:str}/rotate-secret",
+        opt=partner("webhooks"),
+        dependencies=body(EmptyBody),
+        responses=problems(400, 403, 404, 413, 422),
+        status_code=200,
+        sync_to_thread=True,
+    )
+    def rotate_secret(
+        self,
+        request: Request[Any, Any, Any],
+        endpoint_id: IdPath,
+        body: RawBody,
+        idempotency_key: IdempotencyKey,
+    ) -> Response[EndpointOut]:
+        """A new secret (shown here only); the old one keeps signing alongside for 24 h."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+
+        def run(session: Session) -> tuple[int, EndpointOut]:
+            decode(body, EmptyBody, empty_as_object=True)
+            new = webhooks_of(services).rotate(
+                session, _partner_id(principal), endpoint_id, now=services.clock()
+            )
+            return 200, _created(new)
+
+        return run_idempotent(request, services, principal, body, run)
+
+    @post(
+        "/{endpoint_id:str}/test",
+        opt=partner("webhooks"),
+        dependencies=body(EmptyBody),
+        responses=problems(400, 403, 404, 413, 422),
+        status_code=202,
+        sync_to_thread=True,
+    )
+    def test_endpoint(
+        self,
+        request: Request[Any, Any, Any],
+        endpoint_id: IdPath,
+        body: RawBody,
+        idempotency_key: IdempotencyKey,
+    ) -> Response[Accepted]:
+        """Queue a ``ping`` event to this endpoint."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+
+        def run(session: Session) -> tuple[int, Accepted]:
+            decode(body, EmptyBody, empty_as_object=True)
+            event_id = webhooks_of(services).ping(
+                session, _partner_id(principal), endpoint_id, now=services.clock()
+            )
+            return 202, Accepted("accepted", event_id=event_id)
+
+        return run_idempotent(request, services, principal, body, run)
+
+    @get(
+        "/{endpoint_id:str}/deliveries",
+        opt=partner("webhooks"),
+        responses=problems(403, 404, 422),
+        sync_to_thread=True,
+    )
+    def list_deliveries(
+        self,
+        request: Request[Any, Any, Any],
+        endpoint_id: IdPath,
+        limit: Limit = 100,
+        cursor: Cursor = None,
+    ) -> DeliveryPage:
+        """The endpoint's deliveries, newest first, with their last attempt."""
+        services = services_of(request.app.state)
+        with transaction(services.sessions) as s:
+            rows = webhooks_of(services).deliveries(
+                s,
+                _partner_id(principal_of(request)),
+                endpoint_id,
+                after=int(cursor) if cursor is not None else None,
+                limit=limit + 1,
+            )
+            page = [delivery_out(d, t) for d, t in rows[:limit]]
+        has_more = len(rows) > limit
+        return DeliveryPage(page, has_more, page[-1].id if has_more else None)
+
+    @post(
+        "/{endpoint_id:str}/recover",
+        opt=partner("webhooks"),
+        dependencies=body(RecoverRequest),
+        responses=problems(400, 403, 404, 413, 422),
+        status_code=202,
+        sync_to_thread=True,
+    )
+    def recover(
+        self,
+        request: Request[Any, Any, Any],
+        endpoint_id: IdPath,
+        body: RawBody,
+        idempotency_key: IdempotencyKey,
+    ) -> Response[Accepted]:
+        """Send the endpoint's failed deliveries since ``since`` again (same ``webhook-id``)."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+
+        def run(session: Session) -> tuple[int, Accepted]:
+            data = decode(body, RecoverRequest)
+            count = webhooks_of(services).recover(
+                session,
+                _partner_id(principal),
+                endpoint_id,
+                since=data.since,
+                now=services.clock(),
+            )
+            return 202, Accepted("accepted", deliveries=count)
+
+        return run_idempotent(request, services, principal, body, run)

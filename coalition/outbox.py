@@ -1,0 +1,345 @@
+"""The webhook outbox: endpoints, events and their deliveries, written in the database
+transaction of what they describe (docs/webhooks.md).
+
+An event is recorded only when the partner concerned has at least one enabled endpoint
+subscribed to its type, and with it one ``pending`` delivery per such endpoint. On PostgreSQL
+both are one statement (a data-modifying CTE); on SQLite two. A partner without endpoints costs
+one indexed lookup that inserts nothing. Because the rows are written in the same transaction,
+an operation that rolls back leaves no event, and a committed one always has its event: the
+dispatcher (``partners/dispatch.py``) sends what is pending, at least once, with the event id
+as ``webhook-id``.
+
+Ledger transactions (:func:`transaction_posted`, called by ``ledger._posted``) are noted on the
+session and written when it commits, still inside its transaction, in one executemany for all
+of them: a bulk insert of 500 earns adds one statement, not 500, and ``_posted`` may run before
+the transaction's row is inserted. Only the events of transactions that exist at commit are
+written (a savepoint rolled back after ``_posted`` leaves none).
+
+Cost at 100 million events: ``webhook_deliveries`` is read by the dispatcher through the
+partial index on ``next_attempt_at`` of pending rows only, so delivered rows cost it nothing;
+endpoints are read by ``partner_id``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    delete,
+    event,
+    exists,
+    select,
+    text,
+)
+from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.sql.elements import TextClause
+
+from coalition.db import Base, UTCDateTime, dialect_of
+from coalition.ids import new_id
+from coalition.models import ID, BigId, Transaction, TransactionKind
+from coalition.money import format_amount
+
+
+class EventType(StrEnum):
+    """The event types the outbox writes today (the contract's catalogue, docs/webhooks.md)."""
+
+    TRANSACTION_EARNED = "transaction.earned"
+    TRANSACTION_BURNED = "transaction.burned"
+    TRANSACTION_REVERSED = "transaction.reversed"
+    PING = "ping"
+
+
+EVENT_TYPES = tuple(t.value for t in EventType)
+
+
+class DeliveryStatus(StrEnum):
+    """Where a delivery stands."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+DELIVERY_STATUSES = tuple(s.value for s in DeliveryStatus)
+
+#: The event of each kind of ledger transaction that a partner is told about.
+TRANSACTION_EVENTS = {
+    TransactionKind.EARN: EventType.TRANSACTION_EARNED,
+    TransactionKind.BURN: EventType.TRANSACTION_BURNED,
+    TransactionKind.EARN_REVERSAL: EventType.TRANSACTION_REVERSED,
+    TransactionKind.BURN_REVERSAL: EventType.TRANSACTION_REVERSED,
+}
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class WebhookEndpoint(Base):
+    """A partner's webhook endpoint. ``events``: the subscribed types, space separated (NULL:
+    all). The secrets are sealed (AES-GCM under ``COALITION_SECRET_KEY``, bound to the id);
+    during a rotation the previous secret signs alongside until ``previous_expires_at``."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (
+        Index("ix_webhook_endpoints_partner_id", "partner_id", "id"),
+        CheckConstraint(
+            "(previous_secret_sealed IS NULL) = (previous_expires_at IS NULL)",
+            name="previous_secret_has_expiry",
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id"))
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[str | None] = mapped_column(String(1024))
+    description: Mapped[str | None] = mapped_column(String(500))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled_reason: Mapped[str | None] = mapped_column(String(500))
+    secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    previous_secret_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    previous_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    def subscribed(self) -> list[str] | None:
+        """The subscribed event types (None: all of them)."""
+        return None if self.events is None else self.events.split()
+
+
+class WebhookEvent(Base):
+    """An event: ``payload`` is the exact JSON body sent (``id``, ``type``, ``created_at``,
+    ``data``), the same bytes on every attempt."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        Index("ix_webhook_events_partner_id", "partner_id", "id"),
+        Index("ix_webhook_events_created_at", "created_at"),
+        # a ledger transaction has at most one event (invariant 6)
+        Index(
+            "uq_webhook_events_transaction_id",
+            "transaction_id",
+            unique=True,
+            postgresql_where=text("transaction_id IS NOT NULL"),
+            sqlite_where=text("transaction_id IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    type: Mapped[str] = mapped_column(String(64))
+    partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id"))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: The ledger transaction a ``transaction.*`` event describes.
+    transaction_id: Mapped[str | None] = mapped_column(ForeignKey("transactions.id"))
+
+
+class WebhookDelivery(Base):
+    """One event to one endpoint: ``pending`` until a 2xx (``delivered``) or the retry
+    schedule is spent or the endpoint refuses for good (``failed``)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint(_in("status", DELIVERY_STATUSES), name="status"),
+        CheckConstraint(
+            "(status = 'pending') = (next_attempt_at IS NOT NULL)", name="pending_has_next"
+        ),
+        CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        Index("ix_webhook_deliveries_endpoint_id", "endpoint_id", "id"),
+        Index("ix_webhook_deliveries_event_id", "event_id"),
+        # the purge's way to what is done (delivered or failed), oldest first
+        Index(
+            "ix_webhook_deliveries_done",
+            "created_at",
+            postgresql_where=text("status <> 'pending'"),
+            sqlite_where=text("status <> 'pending'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("webhook_events.id"))
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_latency_ms: Mapped[int | None] = mapped_column(BigInteger)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    last_response: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+#: How long delivered and failed deliveries (and then their events) are kept; ``recover`` reaches
+#: this far back.
+RETENTION = timedelta(days=30)
+#: Rows one purge statement deletes at most.
+PURGE_BATCH = 1000
+
+#: Parameters are cast: PostgreSQL deduces one type per parameter, and ``:type`` is both a
+#: column value and an operand of ``||``.
+_ID, _TYPE, _PARTNER = "CAST(:id AS VARCHAR)", "CAST(:type AS VARCHAR)", "CAST(:partner AS VARCHAR)"
+#: An enabled endpoint of ``:partner`` subscribed to ``:type`` (``events`` NULL: all types).
+_SUBSCRIBED = (
+    f"webhook_endpoints.partner_id = {_PARTNER} AND NOT webhook_endpoints.disabled"
+    " AND (webhook_endpoints.events IS NULL"
+    f" OR (' ' || webhook_endpoints.events || ' ') LIKE ('% ' || {_TYPE} || ' %'))"
+)
+#: The transaction an event describes was written (not undone by a rolled-back savepoint).
+_POSTED = "EXISTS (SELECT 1 FROM transactions WHERE transactions.id = CAST(:txn AS VARCHAR))"
+
+
+def _statements() -> tuple[TextClause, TextClause, TextClause]:
+    """(PostgreSQL's one statement, SQLite's event insert, SQLite's delivery insert)."""
+    event = (
+        "INSERT INTO webhook_events (id, type, partner_id, payload, created_at, transaction_id)"  # noqa: S608 (built from constants)
+        f" SELECT {_ID}, {_TYPE}, {_PARTNER}, :payload, :at, CAST(:txn AS VARCHAR)"
+        f" WHERE EXISTS (SELECT 1 FROM webhook_endpoints WHERE {_SUBSCRIBED}) AND {_POSTED}"
+    )
+    deliveries = (
+        "INSERT INTO webhook_deliveries (event_id, endpoint_id, status, attempts,"
+        " next_attempt_at, created_at) SELECT {event}, webhook_endpoints.id, 'pending', 0,"
+        " :at, :at FROM {source} webhook_endpoints WHERE {where}"
+    )
+    return (
+        text(
+            f"WITH event AS ({event} RETURNING id) "
+            + deliveries.format(event="event.id", source="event,", where=_SUBSCRIBED)
+        ),
+        text(event),
+        text(
+            deliveries.format(
+                event=_ID,
+                source="",
+                where=f"{_SUBSCRIBED} AND EXISTS (SELECT 1 FROM webhook_events WHERE id = {_ID})",  # noqa: S608 (built from constants)
+            )
+        ),
+    )
+
+
+_RECORD_PG, _RECORD_EVENTS, _RECORD_DELIVERIES = _statements()
+
+
+def _write(session: Session, rows: list[dict[str, Any]]) -> None:
+    if dialect_of(session) == "postgresql":
+        session.execute(_RECORD_PG, rows)
+    else:
+        session.execute(_RECORD_EVENTS, rows)
+        session.execute(_RECORD_DELIVERIES, rows)
+
+
+def body_of(event_id: str, event_type: str, created_at: datetime, data: Any) -> str:
+    """The JSON body of an event, as the contract shapes it."""
+    document = {"id": event_id, "type": event_type, "created_at": created_at, "data": data}
+    return msgspec.json.encode(document).decode()
+
+
+def transaction_data(txn: Transaction) -> dict[str, Any]:
+    """A transaction in the contract's shape (the API's ``TransactionOut``)."""
+    amount = None
+    if txn.amount_minor is not None and txn.currency is not None:
+        amount = format_amount(txn.amount_minor, txn.currency)
+    data: dict[str, Any] = {
+        "id": txn.id,
+        "kind": txn.kind,
+        "partner_id": txn.partner_id,
+        "member_id": txn.member_id,
+        "reference": txn.reference,
+        "points": txn.points,
+        "amount": amount,
+        "currency": txn.currency,
+        "rate_card_id": txn.rate_card_id,
+        "occurred_at": txn.occurred_at,
+        "posted_at": txn.posted_at,
+        "balance_after": txn.balance_after,
+    }
+    if txn.reverses is not None:  # as in the API: only on reversals
+        data["reverses"] = txn.reverses
+    return data
+
+
+def transaction_posted(session: Session, txn: Transaction) -> None:
+    """Note the event of a posted transaction (if its partner is told about its kind); the
+    session writes the events noted when it commits, in that same database transaction, all
+    at once: a bulk insert of many transactions adds one statement (two on SQLite), and only
+    the events of transactions still there are written (not those of a rolled-back savepoint).
+    """
+    event_type = TRANSACTION_EVENTS.get(TransactionKind(txn.kind))
+    if event_type is None or txn.partner_id is None:
+        return
+    event_id = new_id("evt")
+    session.info.setdefault(_PENDING, []).append(
+        {
+            "id": event_id,
+            "type": event_type.value,
+            "partner": txn.partner_id,
+            "payload": body_of(event_id, event_type, txn.posted_at, transaction_data(txn)),
+            "at": txn.posted_at,
+            "txn": txn.id,
+        }
+    )
+
+
+#: ``Session.info`` key: the events noted in the session's current transaction.
+_PENDING = "coalition_outbox_pending"
+
+
+@event.listens_for(Session, "before_commit")
+def _write_noted(session: Session) -> None:
+    rows = session.info.pop(_PENDING, None)
+    if rows:
+        _write(session, rows)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_noted(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+def purge(session: Session, now: datetime) -> int:
+    """Delete up to :data:`PURGE_BATCH` deliveries done (delivered or failed) before the
+    retention, and up to as many events of before it that no delivery refers to any more; how
+    many rows."""
+    cutoff = now - RETENTION
+    done = (
+        select(WebhookDelivery.id)
+        .where(
+            WebhookDelivery.status != DeliveryStatus.PENDING, WebhookDelivery.created_at < cutoff
+        )
+        .order_by(WebhookDelivery.created_at)
+        .limit(PURGE_BATCH)
+    )
+    deliveries = session.execute(
+        delete(WebhookDelivery).where(WebhookDelivery.id.in_(done.scalar_subquery()))
+    )
+    orphans = (
+        select(WebhookEvent.id)
+        .where(
+            WebhookEvent.created_at < cutoff,
+            ~exists().where(WebhookDelivery.event_id == WebhookEvent.id),
+        )
+        .order_by(WebhookEvent.created_at)
+        .limit(PURGE_BATCH)
+    )
+    events = session.execute(
+        delete(WebhookEvent).where(WebhookEvent.id.in_(orphans.scalar_subquery()))
+    )
+    return int(deliveries.rowcount) + int(events.rowcount)  # type: ignore[attr-defined]

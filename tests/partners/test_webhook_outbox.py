@@ -1,0 +1,149 @@
+"""The outbox: an event and a delivery per subscribed endpoint are written in the database
+transaction of what they describe, and only for the partner concerned."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from sqlalchemy import select
+
+from coalition.db import transaction
+from coalition.outbox import WebhookDelivery, WebhookEvent
+from partners.models import Partner
+from partners.operations import EarnItem
+from partners.webhooks import Webhooks
+from tests.conftest import Db
+
+
+def webhooks(db: Db) -> Webhooks:
+    return Webhooks(db.settings.secret_key, allow_private=True, resolver=lambda h, p: ["127.0.0.1"])
+
+
+def endpoint(db: Db, partner: Partner, events: list[str] | None = None) -> str:
+    with transaction(db.sessions) as s:
+        created = webhooks(db).create(
+            s, partner.id, url="http://127.0.0.1:9/hook", events=events, description=None,
+            now=db.clock(),
+        )  # fmt: skip
+        return created.endpoint.id
+
+
+def events(db: Db) -> list[tuple[str, str, dict[str, object]]]:
+    with db.sessions() as s:
+        rows = s.execute(select(WebhookEvent).order_by(WebhookEvent.id)).scalars().all()
+        return [(e.type, e.partner_id, msgspec.json.decode(e.payload)) for e in rows]
+
+
+def deliveries(db: Db) -> list[tuple[str, str, str]]:
+    with db.sessions() as s:
+        rows = s.execute(select(WebhookDelivery).order_by(WebhookDelivery.id)).scalars().all()
+        return [(d.event_id, d.endpoint_id, d.status) for d in rows]
+
+
+def test_an_earn_writes_its_event_and_a_pending_delivery_per_endpoint(db: Db) -> None:
+    shop = db.partner("EUR")
+    first, second = endpoint(db, shop), endpoint(db, shop)
+    member = db.member()
+    earn = db.ops.earn(shop.id, member_id=member, reference="e1", amount="12.50", currency="EUR")
+
+    [(kind, partner_id, body)] = events(db)
+    assert (kind, partner_id) == ("transaction.earned", shop.id)
+    assert set(body) == {"id", "type", "created_at", "data"}
+    assert body["type"] == "transaction.earned"
+    data = body["data"]
+    assert isinstance(data, dict)
+    assert data["id"] == earn.transaction.id
+    assert (data["amount"], data["currency"], data["points"]) == ("12.50", "EUR", 12)
+    assert "reverses" not in data
+    assert sorted((e, s) for _, e, s in deliveries(db)) == sorted(
+        [(first, "pending"), (second, "pending")]
+    )
+    assert {d[0] for d in deliveries(db)} == {body["id"]}
+
+
+def test_burns_and_reversals_have_their_events(db: Db) -> None:
+    shop = db.partner("EUR")
+    member = db.member(100, shop)
+    endpoint(db, shop)
+    burn = db.ops.burn(shop.id, member_id=member, reference="b", points=10)
+    db.ops.reverse(shop.id, burn.transaction.id, reference="r")
+    assert [e[0] for e in events(db)] == ["transaction.burned", "transaction.reversed"]
+    reversal = events(db)[1][2]["data"]
+    assert isinstance(reversal, dict) and reversal["reverses"] == burn.transaction.id
+
+
+def test_a_partner_without_endpoints_gets_no_event(db: Db) -> None:
+    shop = db.partner("EUR")
+    db.ops.earn(shop.id, member_id=db.member(), reference="e", amount="5", currency="EUR")
+    assert events(db) == []
+
+
+def test_another_partner_never_receives_the_event(db: Db) -> None:
+    shop, other = db.partner("EUR", name="Shop"), db.partner("EUR", name="Other")
+    endpoint(db, other)
+    db.ops.earn(shop.id, member_id=db.member(), reference="e", amount="5", currency="EUR")
+    assert events(db) == []
+    assert deliveries(db) == []
+
+
+def test_an_earn_that_rolled_back_writes_nothing(db: Db) -> None:
+    shop = db.partner("EUR")
+    endpoint(db, shop)
+    member = db.member()
+
+    def failing_request() -> None:
+        with transaction(db.sessions) as s:
+            db.ops.earn(
+                shop.id, member_id=member, reference="e", amount="5", currency="EUR", session=s
+            )
+            raise RuntimeError("the request failed after the earn")
+
+    with pytest.raises(RuntimeError):
+        failing_request()
+    assert events(db) == []
+    assert deliveries(db) == []
+
+
+def test_the_events_filter_and_disabled_endpoints_are_honoured(db: Db) -> None:
+    shop = db.partner("EUR")
+    burns_only = endpoint(db, shop, events=["transaction.burned"])
+    disabled = endpoint(db, shop)
+    with transaction(db.sessions) as s:
+        webhooks(db).update(s, shop.id, disabled, changes={"disabled": True}, now=db.clock())
+    db.ops.earn(shop.id, member_id=db.member(), reference="e", amount="5", currency="EUR")
+    assert events(db) == []
+    assert burns_only
+
+
+def test_a_bulk_earn_writes_one_event_per_transaction(db: Db) -> None:
+    shop = db.partner("EUR")
+    hook = endpoint(db, shop)
+    items = [EarnItem(db.member(), f"r{i}", "3", "EUR", None) for i in range(5)]
+    posted = db.ops.earn_many(shop.id, items)
+    ids = {p.transaction.id for p in posted if not isinstance(p, Exception)}
+    written = events(db)
+    assert len(ids) == 5
+    assert {e[2]["data"]["id"] for e in written} == ids  # type: ignore[index]
+    assert [d[1] for d in deliveries(db)] == [hook] * 5
+
+
+def test_invariant_6_holds_and_catches_a_misdirected_delivery(db: Db) -> None:
+    shop, other = db.partner("EUR", name="Shop"), db.partner("EUR", name="Other")
+    endpoint(db, shop)
+    foreign = endpoint(db, other)
+    db.ops.earn(shop.id, member_id=db.member(), reference="e", amount="5", currency="EUR")
+    db.assert_ledger_ok()
+    with transaction(db.sessions) as s:
+        event = s.scalars(select(WebhookEvent)).one()
+        assert event.transaction_id is not None
+        s.add(
+            WebhookDelivery(
+                event_id=event.id,
+                endpoint_id=foreign,
+                status="pending",
+                attempts=0,
+                next_attempt_at=db.clock(),
+                created_at=db.clock(),
+            )
+        )
+    assert list(db.violations()) == [6]

@@ -1,0 +1,94 @@
+"""Outbound safety of webhook URLs: only http(s), and no host that resolves to a loopback,
+private, link-local, unique-local or metadata address unless private addresses are allowed;
+checked at registration and again at delivery (a host may resolve elsewhere later)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from sqlalchemy import select
+
+from coalition.db import transaction
+from coalition.errors import ValidationFailed
+from coalition.outbox import WebhookDelivery
+from partners.dispatch import Dispatcher, _address_url, _host_header
+from partners.webhooks import Resolver, Target, Webhooks, check_url
+from tests.conftest import Db
+
+REFUSED = (
+    "127.0.0.1 10.0.0.1 169.254.169.254 ::1 fd00::1 192.168.1.2 172.16.0.1 100.64.0.1 0.0.0.0"
+    " ::ffff:10.0.0.1 fe80::1 224.0.0.1"
+).split()
+
+
+def resolving_to(*addresses: str) -> Resolver:
+    def resolver(host: str, port: int) -> Sequence[str]:
+        return list(addresses)
+
+    return resolver
+
+
+@pytest.mark.parametrize("address", REFUSED)
+def test_a_host_resolving_to_a_non_public_address_is_refused(address: str) -> None:
+    with pytest.raises(ValidationFailed) as info:
+        check_url(
+            "https://hooks.partner.example/x", allow_private=False, resolver=resolving_to(address)
+        )
+    assert info.value.errors[0]["path"] == "$.url"
+
+
+def test_one_non_public_address_among_public_ones_is_refused() -> None:
+    with pytest.raises(ValidationFailed):
+        check_url(
+            "https://hooks.partner.example/x",
+            allow_private=False,
+            resolver=resolving_to("93.184.215.14", "10.0.0.1"),
+        )
+
+
+def test_private_addresses_pass_when_allowed() -> None:
+    target = check_url(
+        "http://localhost:8080/x", allow_private=True, resolver=resolving_to("127.0.0.1")
+    )
+    assert (target.host, target.port, target.address) == ("localhost", 8080, "127.0.0.1")
+
+
+def test_a_host_that_does_not_resolve_is_refused() -> None:
+    with pytest.raises(ValidationFailed) as info:
+        check_url("https://nowhere.invalid/", allow_private=True, resolver=resolving_to())
+    assert "does not resolve" in info.value.errors[0]["message"]
+
+
+def test_the_connection_goes_to_the_checked_address_with_the_original_host() -> None:
+    v4 = Target("https://hooks.example:8443/a?b=1", "https", "hooks.example", 8443, "93.184.215.14")
+    assert _address_url(v4) == "https://93.184.215.14:8443/a?b=1"
+    assert _host_header(v4) == "hooks.example:8443"
+    v6 = Target("http://hooks.example/a", "http", "hooks.example", 80, "2606:2800:21f:cb07::1")
+    assert _address_url(v6) == "http://[2606:2800:21f:cb07::1]/a"
+    assert _host_header(v6) == "hooks.example"
+
+
+def test_a_host_that_resolves_privately_at_delivery_is_not_sent_to(db: Db) -> None:
+    shop = db.partner("EUR")
+    hooks = Webhooks(
+        db.settings.secret_key, allow_private=False, resolver=resolving_to("93.184.215.14")
+    )
+    with transaction(db.sessions) as s:
+        made = hooks.create(
+            s,
+            shop.id,
+            url="https://hooks.partner.example/x",
+            events=None,
+            description=None,
+            now=db.clock(),
+        )
+        hooks.ping(s, shop.id, made.endpoint.id, now=db.clock())
+    rebound = Dispatcher(
+        db.settings, db.sessions, clock=db.clock, resolver=resolving_to("169.254.169.254")
+    )
+    assert rebound.run() == 1
+    with db.sessions() as s:
+        [delivery] = s.scalars(select(WebhookDelivery))
+    assert delivery.status == "pending" and delivery.last_status_code is None
+    assert delivery.last_error is not None and "169.254.169.254" in delivery.last_error
