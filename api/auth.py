@@ -90,6 +90,12 @@ def principal_in(scope: Any) -> Principal | None:
     return principal if isinstance(principal, Principal) else None
 
 
+def partner_id_of(principal: Principal) -> str:
+    """The partner of a principal on a partner route (the guard admits partner keys only)."""
+    assert principal.partner_id is not None, "partner routes admit partner keys only"
+    return principal.partner_id
+
+
 def principal_of(request: Request[Any, Any, Any]) -> Principal:
     """The principal the guard verified for this request."""
     principal = request.scope.get("state", {}).get(_PRINCIPAL_KEY)

@@ -17,7 +17,7 @@ from litestar.params import RawBody
 from litestar.types import Scope
 from sqlalchemy.orm import Session
 
-from api.auth import partner, principal_of, signed
+from api.auth import partner, partner_id_of, principal_of, signed
 from api.docs import SIGNED, IdempotencyKey, body, problems
 from api.idempotency import run_idempotent
 from api.problems import error_body
@@ -102,8 +102,7 @@ class EarnBatchController(Controller):
         ``rejected`` with its problem document). The batch is one database transaction."""
         services = services_of(request.app.state)
         principal = principal_of(request)
-        assert principal.partner_id is not None, "partner routes admit partner keys only"
-        partner_id = principal.partner_id
+        partner_id = partner_id_of(principal)
 
         def run(session: Session) -> tuple[int, EarnBatchOut]:
             batch = decode(body, EarnBatchCreate)

@@ -94,6 +94,11 @@ def run_idempotent(
     digest = request_hash(request.method, path, body)
     now = services.clock()
 
+    def first_response(session: Session) -> store.StoredResponse | None:
+        """The key held by this transaction, and the response stored for it if any."""
+        store.exclude(session, owner=owner, key=key)
+        return store.lookup(session, owner=owner, key=key, request_hash=digest, now=now)
+
     def keep(session: Session, status: int, content: bytes) -> None:
         store.save(
             session,
@@ -110,9 +115,7 @@ def run_idempotent(
     for attempt in range(_RACE_ATTEMPTS):
         try:
             with request_unit(request) as session:
-                store.exclude(session, owner=owner, key=key)
-                stored = store.lookup(session, owner=owner, key=key, request_hash=digest, now=now)
-                if stored is not None:
+                if (stored := first_response(session)) is not None:
                     return _response(stored.status, stored.body, replayed=True)
                 try:
                     status, payload = operation(session)
@@ -133,9 +136,7 @@ def run_idempotent(
     # The operation refused and everything it did was rolled back: keep its problem document
     # as the key's response, in a transaction of its own (unless a duplicate stored one first).
     with request_unit(request) as session:
-        store.exclude(session, owner=owner, key=key)
-        stored = store.lookup(session, owner=owner, key=key, request_hash=digest, now=now)
-        if stored is not None:
+        if (stored := first_response(session)) is not None:
             return _response(stored.status, stored.body, replayed=True)
         status, content = error_body(request.scope, refused)
         keep(session, status, content)

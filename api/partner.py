@@ -13,7 +13,15 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter, RawBody
 from sqlalchemy.orm import Session
 
-from api.auth import any_key, partner, principal_of, request_unit, require_scope, signed
+from api.auth import (
+    any_key,
+    partner,
+    partner_id_of,
+    principal_of,
+    request_unit,
+    require_scope,
+    signed,
+)
 from api.docs import SIGNED, IdempotencyKey, body, problems
 from api.idempotency import run_idempotent
 from api.runtime import services_of
@@ -50,7 +58,6 @@ from api.views import (
 )
 from partners.queries import active_rate_card, list_transactions
 from partners.rates import get_partner
-from partners.signatures import Principal
 
 PathId = IdPath
 Since = Annotated[
@@ -75,11 +82,6 @@ Until = Annotated[
 
 def _existing_member_doc() -> ResponseSpec:
     return ResponseSpec(data_container=MemberOut, description="The member exists already.")
-
-
-def _partner_id(principal: Principal) -> str:
-    assert principal.partner_id is not None, "partner routes admit partner keys only"
-    return principal.partner_id
 
 
 class PartnerController(Controller):
@@ -162,7 +164,7 @@ class PartnerController(Controller):
         def run(session: Session) -> tuple[int, TransactionOut]:
             data = decode(body, EarnCreate)
             posted = services.ops.earn(
-                _partner_id(principal),
+                partner_id_of(principal),
                 member_id=data.member_id,
                 reference=data.reference,
                 amount=data.amount,
@@ -191,7 +193,7 @@ class PartnerController(Controller):
         def run(session: Session) -> tuple[int, TransactionOut]:
             data = decode(body, BurnCreate)
             posted = services.ops.burn(
-                _partner_id(principal),
+                partner_id_of(principal),
                 member_id=data.member_id,
                 reference=data.reference,
                 points=data.points,
@@ -221,7 +223,7 @@ class PartnerController(Controller):
         def run(session: Session) -> tuple[int, HoldOut]:
             data = decode(body, HoldCreate)
             result = services.ops.hold(
-                _partner_id(principal),
+                partner_id_of(principal),
                 member_id=data.member_id,
                 reference=data.reference,
                 points=data.points,
@@ -242,7 +244,7 @@ class PartnerController(Controller):
         """One of the partner's holds (another partner's is 404)."""
         services = services_of(request.app.state)
         with request_unit(request) as s:
-            found = services.ops.get_hold(_partner_id(principal_of(request)), hold_id, session=s)
+            found = services.ops.get_hold(partner_id_of(principal_of(request)), hold_id, session=s)
         return hold_out(found, services.clock())
 
     @post(
@@ -267,7 +269,7 @@ class PartnerController(Controller):
         def run(session: Session) -> tuple[int, TransactionOut]:
             data = decode(body, CaptureCreate, empty_as_object=True)
             posted = services.ops.capture(
-                _partner_id(principal), hold_id, points=data.points, session=session
+                partner_id_of(principal), hold_id, points=data.points, session=session
             )
             return 200, transaction_out(posted.transaction)
 
@@ -294,7 +296,7 @@ class PartnerController(Controller):
 
         def run(session: Session) -> tuple[int, HoldOut]:
             decode(body, EmptyBody, empty_as_object=True)
-            result = services.ops.void(_partner_id(principal), hold_id, session=session)
+            result = services.ops.void(partner_id_of(principal), hold_id, session=session)
             return 200, hold_out(result.hold, services.clock())
 
         return run_idempotent(request, services, principal, body, run)
@@ -316,7 +318,7 @@ class PartnerController(Controller):
         """Reverse an earn (scope earn) or a burn (scope burn), fully or by ``points``."""
         services = services_of(request.app.state)
         principal = principal_of(request)
-        partner_id = _partner_id(principal)
+        partner_id = partner_id_of(principal)
         if not {"earn", "burn"} <= principal.scopes:
             original = services.ops.get_transaction(partner_id, txn_id)
             if original.kind in ("earn", "burn"):
@@ -342,7 +344,7 @@ class PartnerController(Controller):
         services = services_of(request.app.state)
         with request_unit(request) as s:
             found = services.ops.get_transaction(
-                _partner_id(principal_of(request)), txn_id, session=s
+                partner_id_of(principal_of(request)), txn_id, session=s
             )
         return transaction_out(found)
 
@@ -371,7 +373,7 @@ class PartnerController(Controller):
         with request_unit(request) as s:
             page = list_transactions(
                 s,
-                partner_id=_partner_id(principal_of(request)),
+                partner_id=partner_id_of(principal_of(request)),
                 member_id=member_id,
                 kind=kind,
                 since=parse_time(since, "since"),

@@ -14,7 +14,7 @@ from litestar.params import QueryParameter, RawBody
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.auth import admin, partner, principal_of, signed
+from api.auth import admin, partner, partner_id_of, principal_of, signed
 from api.docs import SIGNED, IdempotencyKey, body, problems
 from api.idempotency import run_idempotent
 from api.runtime import Services, services_of
@@ -152,11 +152,6 @@ def _page(services: Services, **query: Any) -> StatementPage:
     return StatementPage(data=data, has_more=page.has_more, next_cursor=encode_cursor(page.last_id))
 
 
-def _partner_id(principal: Principal) -> str:
-    assert principal.partner_id is not None, "partner routes admit partner keys only"
-    return principal.partner_id
-
-
 class StatementsController(Controller):
     """A partner's statements and disputes (scope ``statements``)."""
 
@@ -176,7 +171,7 @@ class StatementsController(Controller):
         """The partner's statements, newest first (keyset pagination)."""
         return _page(
             services_of(request.app.state),
-            partner_id=_partner_id(principal_of(request)),
+            partner_id=partner_id_of(principal_of(request)),
             status=status,
             before_id=decode_cursor(cursor, "stmt"),
             limit=limit,
@@ -195,7 +190,7 @@ class StatementsController(Controller):
         services = services_of(request.app.state)
         with transaction(services.sessions) as s:
             found = workflow.get_statement(
-                s, statement_id, partner_id=_partner_id(principal_of(request))
+                s, statement_id, partner_id=partner_id_of(principal_of(request))
             )
             return document_response(found)
 
@@ -214,7 +209,7 @@ class StatementsController(Controller):
         services = services_of(request.app.state)
         with transaction(services.sessions) as s:
             found = workflow.get_statement(
-                s, statement_id, partner_id=_partner_id(principal_of(request))
+                s, statement_id, partner_id=partner_id_of(principal_of(request))
             )
             return _export(found, format)
 
@@ -293,7 +288,7 @@ class StatementsController(Controller):
     def list_disputes(self, request: Request[Any, Any, Any], statement_id: PathId) -> DisputeList:
         """The disputes of one of the partner's statements."""
         services = services_of(request.app.state)
-        partner_id = _partner_id(principal_of(request))
+        partner_id = partner_id_of(principal_of(request))
         with transaction(services.sessions) as s:
             statement = workflow.get_statement(s, statement_id, partner_id=partner_id)
             found = workflow.disputes_of(s, statement_id, partner_id=partner_id)

@@ -14,7 +14,7 @@ from litestar.params import QueryParameter, RawBody
 from msgspec import Meta, Struct
 from sqlalchemy.orm import Session
 
-from api.auth import partner, principal_of, signed
+from api.auth import partner, partner_id_of, principal_of, signed
 from api.docs import SIGNED, IdempotencyKey, body, problems
 from api.idempotency import run_idempotent
 from api.runtime import Services, services_of
@@ -23,7 +23,6 @@ from api.structs import Request as RequestBody
 from coalition.db import transaction
 from coalition.errors import ValidationFailed
 from coalition.outbox import WebhookDelivery, WebhookEndpoint
-from partners.signatures import Principal
 from partners.webhooks import MAX_URL_LENGTH, SUBSCRIBABLE, NewEndpoint, Webhooks
 
 EventName = Literal["transaction.earned", "transaction.burned", "transaction.reversed"]
@@ -168,11 +167,6 @@ def webhooks_of(services: Services) -> Webhooks:
     return Webhooks(services.settings.secret_key, services.settings.webhook_allow_private)
 
 
-def _partner_id(principal: Principal) -> str:
-    assert principal.partner_id is not None, "partner routes admit partner keys only"
-    return principal.partner_id
-
-
 class WebhookEndpointController(Controller):
     """A partner's webhook endpoints (scope ``webhooks``)."""
 
@@ -200,7 +194,7 @@ class WebhookEndpointController(Controller):
             data = decode(body, EndpointCreate)
             new = webhooks_of(services).create(
                 session,
-                _partner_id(principal),
+                partner_id_of(principal),
                 url=data.url,
                 events=list(data.events) if data.events is not None else None,
                 description=data.description,
@@ -215,7 +209,7 @@ class WebhookEndpointController(Controller):
         """The partner's endpoints, oldest first."""
         services = services_of(request.app.state)
         with transaction(services.sessions) as s:
-            found = webhooks_of(services).all(s, _partner_id(principal_of(request)))
+            found = webhooks_of(services).all(s, partner_id_of(principal_of(request)))
             return EndpointList([endpoint_out(e) for e in found])
 
     @get(
@@ -228,7 +222,7 @@ class WebhookEndpointController(Controller):
         """One of the partner's endpoints."""
         services = services_of(request.app.state)
         with transaction(services.sessions) as s:
-            found = webhooks_of(services).get(s, _partner_id(principal_of(request)), endpoint_id)
+            found = webhooks_of(services).get(s, partner_id_of(principal_of(request)), endpoint_id)
             return endpoint_out(found)
 
     @patch(
@@ -254,7 +248,7 @@ class WebhookEndpointController(Controller):
         with transaction(services.sessions) as s:
             updated = webhooks_of(services).update(
                 s,
-                _partner_id(principal_of(request)),
+                partner_id_of(principal_of(request)),
                 endpoint_id,
                 changes=changes,
                 now=services.clock(),
@@ -272,7 +266,9 @@ class WebhookEndpointController(Controller):
         """Remove the endpoint and its pending deliveries; the removed endpoint."""
         services = services_of(request.app.state)
         with transaction(services.sessions) as s:
-            gone = webhooks_of(services).delete(s, _partner_id(principal_of(request)), endpoint_id)
+            gone = webhooks_of(services).delete(
+                s, partner_id_of(principal_of(request)), endpoint_id
+            )
             return endpoint_out(gone)
 
     @post(
@@ -297,7 +293,7 @@ class WebhookEndpointController(Controller):
         def run(session: Session) -> tuple[int, EndpointOut]:
             decode(body, EmptyBody, empty_as_object=True)
             new = webhooks_of(services).rotate(
-                session, _partner_id(principal), endpoint_id, now=services.clock()
+                session, partner_id_of(principal), endpoint_id, now=services.clock()
             )
             return 200, _created(new)
 
@@ -325,7 +321,7 @@ class WebhookEndpointController(Controller):
         def run(session: Session) -> tuple[int, Accepted]:
             decode(body, EmptyBody, empty_as_object=True)
             event_id = webhooks_of(services).ping(
-                session, _partner_id(principal), endpoint_id, now=services.clock()
+                session, partner_id_of(principal), endpoint_id, now=services.clock()
             )
             return 202, Accepted("accepted", event_id=event_id)
 
@@ -349,7 +345,7 @@ class WebhookEndpointController(Controller):
         with transaction(services.sessions) as s:
             rows = webhooks_of(services).deliveries(
                 s,
-                _partner_id(principal_of(request)),
+                partner_id_of(principal_of(request)),
                 endpoint_id,
                 after=int(cursor) if cursor is not None else None,
                 limit=limit + 1,
@@ -381,7 +377,7 @@ class WebhookEndpointController(Controller):
             data = decode(body, RecoverRequest)
             count = webhooks_of(services).recover(
                 session,
-                _partner_id(principal),
+                partner_id_of(principal),
                 endpoint_id,
                 since=data.since,
                 now=services.clock(),

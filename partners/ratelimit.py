@@ -162,11 +162,6 @@ class Limiter:
         if total > self.per_key:
             raise self._refuse(bucket, now, "requests with this key")
 
-    def count_request(self, key_id: str, now: datetime) -> None:
-        """:meth:`count` then :meth:`check` (one process, nothing to merge)."""
-        self.count(key_id, now)
-        self.check(key_id, now)
-
     def flush_due(self) -> bool:
         """True when this process's counts should be merged into the shared rows now."""
         return bool(self._pending) and time.monotonic() - self._flushed_at >= self.flush_s

@@ -3,7 +3,7 @@ once their window has ended; a process remembers a bucket over its limit until t
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -24,30 +24,36 @@ def test_hits_count_per_bucket_and_window(db: Db) -> None:
         assert purge_counters(s, now + timedelta(seconds=120)) == 1
 
 
+def _request(limiter: Limiter, key_id: str, now: datetime) -> None:
+    """What the guard does for a verified request in one process: count, then check."""
+    limiter.count(key_id, now)
+    limiter.check(key_id, now)
+
+
 def test_a_key_over_its_limit_is_refused_until_the_window_ends(db: Db) -> None:
     limiter = Limiter(per_key=2, failures_per_address=0, window_s=60)
     start = db.clock().replace(second=0, microsecond=0)
-    limiter.count_request("key_x", start)
-    limiter.count_request("key_x", start + timedelta(seconds=1))
+    _request(limiter, "key_x", start)
+    _request(limiter, "key_x", start + timedelta(seconds=1))
     with pytest.raises(RateLimited) as info:
-        limiter.count_request("key_x", start + timedelta(seconds=20))
+        _request(limiter, "key_x", start + timedelta(seconds=20))
     assert info.value.extra["retry_after_s"] == 40
     with pytest.raises(RateLimited):  # remembered until the window ends
-        limiter.count_request("key_x", start + timedelta(seconds=30))
-    limiter.count_request("key_x", start + timedelta(seconds=60))
+        _request(limiter, "key_x", start + timedelta(seconds=30))
+    _request(limiter, "key_x", start + timedelta(seconds=60))
 
 
 def test_every_process_counts_what_the_others_counted_once_it_flushed(db: Db) -> None:
     one, two = (Limiter(per_key=5, failures_per_address=0, window_s=60) for _ in range(2))
     start = db.clock().replace(second=0, microsecond=0)
     for n in range(3):
-        one.count_request("key_x", start + timedelta(seconds=n))
+        _request(one, "key_x", start + timedelta(seconds=n))
     one.flush(db.sessions, start + timedelta(seconds=3))
-    two.count_request("key_x", start + timedelta(seconds=4))
+    _request(two, "key_x", start + timedelta(seconds=4))
     two.flush(db.sessions, start + timedelta(seconds=4))  # learns the shared 4
-    two.count_request("key_x", start + timedelta(seconds=5))  # 5: the limit
+    _request(two, "key_x", start + timedelta(seconds=5))  # 5: the limit
     with pytest.raises(RateLimited):
-        two.count_request("key_x", start + timedelta(seconds=6))
+        _request(two, "key_x", start + timedelta(seconds=6))
     with transaction(db.sessions) as s:
         assert hit(s, "key:key_x", start, hits=0) == 4  # what was flushed, from both
 
@@ -55,6 +61,6 @@ def test_every_process_counts_what_the_others_counted_once_it_flushed(db: Db) ->
 def test_limits_of_zero_are_off(db: Db) -> None:
     limiter = Limiter(per_key=0, failures_per_address=0)
     for _ in range(5):
-        limiter.count_request("key_x", db.clock())
+        _request(limiter, "key_x", db.clock())
         assert not limiter.count_failure(None, "10.0.0.1", db.clock())  # type: ignore[arg-type]
     limiter.before_verification("10.0.0.1", db.clock())
