@@ -38,18 +38,16 @@ from api.settlement_structs import (
     StatementPage,
     StatementStatus,
     StatementSummary,
-    StatementTotals,
 )
 from api.structs import LINE, EmptyBody, IdPath, IdQuery, IdQueryRequired, decode
 from api.views import decode_cursor, encode_cursor
 from coalition.db import transaction
-from coalition.money import format_amount
 from partners.signatures import Principal
 from settlement import reports, workflow
 from settlement.canonical import csv_export, json_export
 from settlement.close import close_in
 from settlement.models import Dispute, Period, Statement
-from settlement.statements import document_of, rfc3339, totals_of
+from settlement.statements import document_of, period_ref, summary_data
 
 PathId = IdPath
 Limit = Annotated[int, QueryParameter(ge=1, le=500)]
@@ -65,27 +63,9 @@ def actor_of(principal: Principal) -> workflow.Actor:
     return workflow.Actor(principal.key_id, principal.role, principal.partner_id)
 
 
-def _period_ref(period: Period) -> PeriodRef:
-    return PeriodRef(period.id, rfc3339(period.start_at), rfc3339(period.end_at))
-
-
 def summary_out(statement: Statement, period: Period) -> StatementSummary:
     """A statement without its lines (from its columns: its document is not read)."""
-    assert statement.issued_sha256 is not None and statement.period_id == period.id
-    return StatementSummary(
-        id=statement.id,
-        partner_id=statement.partner_id,
-        period=_period_ref(period),
-        currency=statement.currency,
-        status=statement.status,  # type: ignore[arg-type]
-        lines=statement.line_count,
-        totals=msgspec.convert(totals_of(statement).document(statement.currency), StatementTotals),
-        issued_at=statement.issued_at,
-        content_sha256=statement.content_sha256 or "",
-        issued_sha256=statement.issued_sha256,
-        payment_reference=statement.payment_reference,
-        paid_at=statement.paid_at,
-    )
+    return msgspec.convert(summary_data(statement, period), StatementSummary)
 
 
 def document_response(statement: Statement) -> Response[StatementDocument]:
@@ -96,23 +76,7 @@ def document_response(statement: Statement) -> Response[StatementDocument]:
 
 def dispute_out(dispute: Dispute, currency: str) -> DisputeOut:
     """A dispute in the API's shape."""
-    adjustment = None
-    if dispute.adjustment_minor is not None:
-        adjustment = format_amount(dispute.adjustment_minor, currency)
-    return DisputeOut(
-        id=dispute.id,
-        statement_id=dispute.statement_id,
-        partner_id=dispute.partner_id,
-        reason=dispute.reason,
-        transaction_ids=dispute.transaction_ids.split(),
-        status=dispute.status,  # type: ignore[arg-type]
-        created_at=dispute.created_at,
-        outcome=dispute.outcome,  # type: ignore[arg-type]
-        note=dispute.resolution_note,
-        adjustment=adjustment,
-        currency=currency,
-        resolved_at=dispute.resolved_at,
-    )
+    return msgspec.convert(workflow.dispute_data(dispute, currency), DisputeOut)
 
 
 def period_out(period: Period) -> PeriodOut:
@@ -555,7 +519,7 @@ class SettlementAdminController(Controller):
             period = reports.get_period(s, period_id)
             matrix = reports.cross_brand(s, period_id).document()
             return CrossBrandReport(
-                period=_period_ref(period),
+                period=msgspec.convert(period_ref(period), PeriodRef),
                 cells=[msgspec.convert(c, CrossBrandCell) for c in matrix["cells"]],
                 redeemed_points=matrix["redeemed_points"],
                 cross_brand_points=matrix["cross_brand_points"],

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from decimal import Decimal
 from typing import Any, cast
+
+import msgspec
 
 from api.structs import (
     BalanceOut,
@@ -28,6 +29,7 @@ from coalition.money import format_amount
 from partners.keys import NewKey
 from partners.models import ApiKey, Partner, RateCard
 from partners.operations import Balance
+from partners.rates import rate_card_data
 from settlement.reports import Liability
 
 
@@ -90,23 +92,9 @@ def partner_out(partner: Partner) -> PartnerOut:
     )
 
 
-def _rate(value: Decimal | None) -> str | None:
-    return None if value is None else f"{value.normalize():f}"
-
-
 def rate_card_out(card: RateCard) -> RateCardOut:
     """A rate-card version, rates as decimal strings."""
-    return RateCardOut(
-        id=card.id,
-        partner_id=card.partner_id,
-        effective_from=card.effective_from,
-        earn_points_per_unit=f"{card.earn_points_per_unit.normalize():f}",
-        issue_price_per_point=f"{card.issue_price_per_point.normalize():f}",
-        burn_value_per_point=f"{card.burn_value_per_point.normalize():f}",
-        reimburse_price_per_point=f"{card.reimburse_price_per_point.normalize():f}",
-        max_burn_share=_rate(card.max_burn_share),
-        created_at=card.created_at,
-    )
+    return msgspec.convert(rate_card_data(card), RateCardOut)
 
 
 def _scopes(key: ApiKey) -> list[str]:

@@ -25,7 +25,18 @@ from coalition.errors import ValidationFailed
 from coalition.outbox import WebhookDelivery, WebhookEndpoint
 from partners.webhooks import MAX_URL_LENGTH, SUBSCRIBABLE, NewEndpoint, Webhooks
 
-EventName = Literal["transaction.earned", "transaction.burned", "transaction.reversed"]
+EventName = Literal[
+    "transaction.earned",
+    "transaction.burned",
+    "transaction.reversed",
+    "hold.captured",
+    "hold.voided",
+    "hold.expired",
+    "statement.issued",
+    "statement.settled",
+    "dispute.resolved",
+    "rate_card.activated",
+]
 assert set(get_args(EventName)) == set(SUBSCRIBABLE), "the API names every subscribable event"
 Url = Annotated[
     str,

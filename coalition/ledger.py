@@ -974,7 +974,7 @@ def capture_hold(
     taken = _take(session, hold.member_id, txn.id, points)
     if taken < points:
         _deepen_deficit(session, hold.member_id, txn.id, points - taken)
-    _close_hold(session, hold.id, HoldStatus.CAPTURED, now, captured_points=points)
+    _close_hold(session, hold, HoldStatus.CAPTURED, now, captured_points=points, txn_id=txn.id)
     return Posted(txn, state)
 
 
@@ -987,25 +987,30 @@ def release_hold(session: Session, *, hold: Hold, status: str, now: datetime) ->
     state, _ = _require_member_change(
         session, hold.member_id, balance_delta=0, held_delta=-hold.points
     )
-    _close_hold(session, hold.id, status, now)
+    _close_hold(session, hold, HoldStatus(status), now)
     return state
 
 
 def _close_hold(
     session: Session,
-    hold_id: str,
-    status: str,
+    hold: Hold,
+    status: HoldStatus,
     now: datetime,
     *,
     captured_points: int | None = None,
+    txn_id: str | None = None,
 ) -> None:
+    """The one place a hold leaves ``active`` (where its webhook event is noted)."""
     closed = session.execute(
         update(Hold)
-        .where(Hold.id == hold_id, Hold.status == "active")
+        .where(Hold.id == hold.id, Hold.status == "active")
         .values(status=status, closed_at=now, captured_points=captured_points),
         execution_options={"synchronize_session": False},
     )
-    invariant(closed.rowcount == 1, f"hold {hold_id} was not active")  # type: ignore[attr-defined]
+    invariant(closed.rowcount == 1, f"hold {hold.id} was not active")  # type: ignore[attr-defined]
+    outbox.hold_closed(
+        session, hold, status, now, captured_points=captured_points, transaction_id=txn_id
+    )
 
 
 def lock_hold(session: Session, hold_id: str, partner_id: str) -> Hold | None:

@@ -48,16 +48,23 @@ from sqlalchemy.sql.elements import TextClause
 
 from coalition.db import Base, UTCDateTime, dialect_of
 from coalition.ids import new_id
-from coalition.models import ID, BigId, Transaction, TransactionKind
+from coalition.models import ID, BigId, Hold, HoldStatus, Transaction, TransactionKind
 from coalition.money import format_amount
 
 
 class EventType(StrEnum):
-    """The event types the outbox writes today (the contract's catalogue, docs/webhooks.md)."""
+    """The contract's event catalogue (docs/webhooks.md)."""
 
     TRANSACTION_EARNED = "transaction.earned"
     TRANSACTION_BURNED = "transaction.burned"
     TRANSACTION_REVERSED = "transaction.reversed"
+    HOLD_CAPTURED = "hold.captured"
+    HOLD_VOIDED = "hold.voided"
+    HOLD_EXPIRED = "hold.expired"
+    STATEMENT_ISSUED = "statement.issued"
+    STATEMENT_SETTLED = "statement.settled"
+    DISPUTE_RESOLVED = "dispute.resolved"
+    RATE_CARD_ACTIVATED = "rate_card.activated"
     PING = "ping"
 
 
@@ -73,6 +80,13 @@ class DeliveryStatus(StrEnum):
 
 
 DELIVERY_STATUSES = tuple(s.value for s in DeliveryStatus)
+
+#: The event of each way a hold leaves ``active``.
+HOLD_EVENTS = {
+    HoldStatus.CAPTURED: EventType.HOLD_CAPTURED,
+    HoldStatus.VOIDED: EventType.HOLD_VOIDED,
+    HoldStatus.EXPIRED: EventType.HOLD_EXPIRED,
+}
 
 #: The event of each kind of ledger transaction that a partner is told about.
 TRANSACTION_EVENTS = {
@@ -203,8 +217,14 @@ _SUBSCRIBED = (
     " AND (webhook_endpoints.events IS NULL"
     f" OR (' ' || webhook_endpoints.events || ' ') LIKE ('% ' || {_TYPE} || ' %'))"
 )
-#: The transaction an event describes was written (not undone by a rolled-back savepoint).
-_POSTED = "EXISTS (SELECT 1 FROM transactions WHERE transactions.id = CAST(:txn AS VARCHAR))"
+#: The transaction an event describes (if any) was written, the hold it describes (if any)
+#: closed: neither undone by a rolled-back savepoint.
+_POSTED = (
+    "(CAST(:txn AS VARCHAR) IS NULL"
+    " OR EXISTS (SELECT 1 FROM transactions WHERE transactions.id = CAST(:txn AS VARCHAR)))"
+    " AND (CAST(:hold AS VARCHAR) IS NULL OR EXISTS (SELECT 1 FROM holds"
+    " WHERE holds.id = CAST(:hold AS VARCHAR) AND holds.status <> 'active'))"
+)
 
 
 def _statements() -> tuple[TextClause, TextClause, TextClause]:
@@ -217,7 +237,7 @@ def _statements() -> tuple[TextClause, TextClause, TextClause]:
     deliveries = (
         "INSERT INTO webhook_deliveries (event_id, endpoint_id, status, attempts,"
         " next_attempt_at, created_at) SELECT {event}, webhook_endpoints.id, 'pending', 0,"
-        " :at, :at FROM {source} webhook_endpoints WHERE {where}"
+        " :due, :at FROM {source} webhook_endpoints WHERE {where}"
     )
     return (
         text(
@@ -276,26 +296,80 @@ def transaction_data(txn: Transaction) -> dict[str, Any]:
     return data
 
 
-def transaction_posted(session: Session, txn: Transaction) -> None:
-    """Note the event of a posted transaction (if its partner is told about its kind); the
-    session writes the events noted when it commits, in that same database transaction, all
-    at once: a bulk insert of many transactions adds one statement (two on SQLite), and only
-    the events of transactions still there are written (not those of a rolled-back savepoint).
-    """
-    event_type = TRANSACTION_EVENTS.get(TransactionKind(txn.kind))
-    if event_type is None or txn.partner_id is None:
-        return
+def note(
+    session: Session,
+    event_type: EventType,
+    partner_id: str,
+    data: dict[str, Any],
+    *,
+    at: datetime,
+    due: datetime | None = None,
+    transaction_id: str | None = None,
+    hold_id: str | None = None,
+) -> None:
+    """Note an event for ``partner_id``'s subscribed endpoints, to be written when the session
+    commits, inside its transaction; all the events noted in one transaction are written in one
+    statement (two on SQLite). ``due``: when to send it (default ``at``, at once: a rate card
+    that starts next month is announced when it starts). An event of a ledger transaction is
+    written only if that transaction is, that of a hold only if the hold is closed (neither
+    undone by a rolled-back savepoint)."""
     event_id = new_id("evt")
     session.info.setdefault(_PENDING, []).append(
         {
             "id": event_id,
             "type": event_type.value,
-            "partner": txn.partner_id,
-            "payload": body_of(event_id, event_type, txn.posted_at, transaction_data(txn)),
-            "at": txn.posted_at,
-            "txn": txn.id,
+            "partner": partner_id,
+            "payload": body_of(event_id, event_type, at, data),
+            "at": at,
+            "due": due or at,
+            "txn": transaction_id,
+            "hold": hold_id,
         }
     )
+
+
+def transaction_posted(session: Session, txn: Transaction) -> None:
+    """Note the event of a posted transaction, if its partner is told about its kind
+    (``ledger._posted`` calls this for every transaction, however it was written)."""
+    event_type = TRANSACTION_EVENTS.get(TransactionKind(txn.kind))
+    if event_type is None or txn.partner_id is None:
+        return
+    note(
+        session,
+        event_type,
+        txn.partner_id,
+        transaction_data(txn),
+        at=txn.posted_at,
+        transaction_id=txn.id,
+    )
+
+
+def hold_closed(
+    session: Session,
+    hold: Hold,
+    status: HoldStatus,
+    now: datetime,
+    *,
+    captured_points: int | None = None,
+    transaction_id: str | None = None,
+) -> None:
+    """Note ``hold.captured``, ``hold.voided`` or ``hold.expired`` (``ledger._close_hold``, the
+    one place a hold leaves ``active``, calls this). A capture's burn has its own
+    ``transaction.burned`` event; ``transaction_id`` here names it."""
+    data: dict[str, Any] = {
+        "id": hold.id,
+        "partner_id": hold.partner_id,
+        "member_id": hold.member_id,
+        "reference": hold.reference,
+        "points": hold.points,
+        "status": status.value,
+        "expires_at": hold.expires_at,
+        "closed_at": now,
+    }
+    if status == HoldStatus.CAPTURED:
+        data["captured_points"] = captured_points
+        data["transaction_id"] = transaction_id
+    note(session, HOLD_EVENTS[status], hold.partner_id, data, at=now, hold_id=hold.id)
 
 
 #: ``Session.info`` key: the events noted in the session's current transaction.

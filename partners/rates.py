@@ -19,6 +19,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Select, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from coalition import outbox
 from coalition.errors import (
     BurnCapExceeded,
     Conflict,
@@ -38,6 +39,7 @@ from coalition.money import (
     round_money,
     to_minor,
 )
+from coalition.outbox import EventType
 from partners.models import PARTNER_STATUSES, Partner, RateCard
 
 _PARTNERS = cast("Table", Partner.__table__)
@@ -349,7 +351,35 @@ def create_rate_card(
     )
     session.add(card)
     session.flush()
+    outbox.note(
+        session,
+        EventType.RATE_CARD_ACTIVATED,
+        partner_id,
+        rate_card_data(card),
+        at=effective,
+        due=max(effective, now),
+    )
     return card
+
+
+def _rate_text(value: Decimal | None) -> str | None:
+    return None if value is None else f"{value.normalize():f}"
+
+
+def rate_card_data(card: RateCard) -> dict[str, Any]:
+    """A rate-card version in the contract's shape, rates as decimal strings (the API's and
+    its ``rate_card.activated`` event's)."""
+    return {
+        "id": card.id,
+        "partner_id": card.partner_id,
+        "effective_from": card.effective_from,
+        "earn_points_per_unit": _rate_text(card.earn_points_per_unit),
+        "issue_price_per_point": _rate_text(card.issue_price_per_point),
+        "burn_value_per_point": _rate_text(card.burn_value_per_point),
+        "reimburse_price_per_point": _rate_text(card.reimburse_price_per_point),
+        "max_burn_share": _rate_text(card.max_burn_share),
+        "created_at": card.created_at,
+    }
 
 
 def list_rate_cards(session: Session, partner_id: str) -> list[RateCard]:

@@ -24,8 +24,10 @@ from typing import Any
 from sqlalchemy import TextClause, bindparam, select, text, update
 from sqlalchemy.orm import Session
 
+from coalition import outbox
 from coalition.db import UTCDateTime
 from coalition.money import format_amount
+from coalition.outbox import EventType
 from settlement.canonical import b64url, canonical_json, content_sha256, signed_document
 from settlement.models import Period, Statement, StatementLine
 from settlement.signing import Signer
@@ -336,11 +338,7 @@ def build_document(
     return {
         "id": statement.id,
         "partner_id": statement.partner_id,
-        "period": {
-            "id": period.id,
-            "start": rfc3339(period.start_at),
-            "end": rfc3339(period.end_at),
-        },
+        "period": period_ref(period),
         "currency": statement.currency,
         "status": "issued",
         "lines": lines,
@@ -382,6 +380,40 @@ def issue(
         )
         .execution_options(synchronize_session=False)
     )
+    announce(session, statement, EventType.STATEMENT_ISSUED, at=statement.issued_at)
+
+
+def period_ref(period: Period) -> dict[str, str]:
+    """A period as a statement names it."""
+    return {"id": period.id, "start": rfc3339(period.start_at), "end": rfc3339(period.end_at)}
+
+
+def summary_data(statement: Statement, period: Period) -> dict[str, Any]:
+    """An issued statement without its lines, from its columns (its document is not read): the
+    API's ``StatementSummary`` and the data of its webhook events."""
+    assert statement.issued_sha256 is not None and statement.period_id == period.id
+    return {
+        "id": statement.id,
+        "partner_id": statement.partner_id,
+        "period": period_ref(period),
+        "currency": statement.currency,
+        "status": statement.status,
+        "lines": statement.line_count,
+        "totals": totals_of(statement).document(statement.currency),
+        "issued_at": statement.issued_at,
+        "content_sha256": statement.content_sha256 or "",
+        "issued_sha256": statement.issued_sha256,
+        "payment_reference": statement.payment_reference,
+        "paid_at": statement.paid_at,
+    }
+
+
+def announce(session: Session, statement: Statement, event_type: EventType, at: datetime) -> None:
+    """Note the statement's webhook event (``statement.issued``, ``statement.settled``) for
+    its partner, with the statement as it stands now."""
+    session.refresh(statement)
+    period = session.get_one(Period, statement.period_id)
+    outbox.note(session, event_type, statement.partner_id, summary_data(statement, period), at=at)
 
 
 def resign(session: Session, statement: Statement, status: str, signer: Signer) -> None:

@@ -23,13 +23,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
+from coalition import outbox
 from coalition.errors import Conflict, NotFound, StatementClosed, ValidationFailed
 from coalition.ids import new_id
-from coalition.money import exponent, quantum, to_minor
+from coalition.money import exponent, format_amount, quantum, to_minor
+from coalition.outbox import EventType
 from settlement.models import (
     DISPUTE_OUTCOMES,
     STATEMENT_STATUSES,
@@ -39,7 +42,7 @@ from settlement.models import (
     StatementLine,
 )
 from settlement.signing import signer
-from settlement.statements import resign
+from settlement.statements import announce, resign
 
 #: At most this many transaction ids in one dispute.
 MAX_DISPUTED_TRANSACTIONS = 100
@@ -312,7 +315,35 @@ def resolve(
             note=f"{dispute.id} {outcome}",
         )
     session.refresh(dispute)
+    outbox.note(
+        session,
+        EventType.DISPUTE_RESOLVED,
+        dispute.partner_id,
+        dispute_data(dispute, statement.currency),
+        at=now,
+    )
     return dispute
+
+
+def dispute_data(dispute: Dispute, currency: str) -> dict[str, Any]:
+    """A dispute in the contract's shape (the API's and its ``dispute.resolved`` event's)."""
+    adjustment = None
+    if dispute.adjustment_minor is not None:
+        adjustment = format_amount(dispute.adjustment_minor, currency)
+    return {
+        "id": dispute.id,
+        "statement_id": dispute.statement_id,
+        "partner_id": dispute.partner_id,
+        "reason": dispute.reason,
+        "transaction_ids": dispute.transaction_ids.split(),
+        "status": dispute.status,
+        "created_at": dispute.created_at,
+        "outcome": dispute.outcome,
+        "note": dispute.resolution_note,
+        "adjustment": adjustment,
+        "currency": currency,
+        "resolved_at": dispute.resolved_at,
+    }
 
 
 def settle(
@@ -354,7 +385,7 @@ def settle(
         now=now,
         note=payment_reference,
     )
-    session.refresh(statement)
+    announce(session, statement, EventType.STATEMENT_SETTLED, at=now)
     return statement
 
 

@@ -3,6 +3,8 @@ transaction of what they describe, and only for the partner concerned."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import msgspec
 import pytest
 from sqlalchemy import select
@@ -12,7 +14,10 @@ from coalition.outbox import WebhookDelivery, WebhookEvent
 from partners.models import Partner
 from partners.operations import EarnItem
 from partners.webhooks import Webhooks
+from settlement import workflow
+from settlement.workflow import Actor
 from tests.conftest import Db
+from tests.settlement.helpers import close_at
 
 
 def webhooks(db: Db) -> Webhooks:
@@ -147,3 +152,93 @@ def test_invariant_6_holds_and_catches_a_misdirected_delivery(db: Db) -> None:
             )
         )
     assert list(db.violations()) == [6]
+
+
+def _data(db: Db, event_type: str) -> dict[str, object]:
+    [data] = [body["data"] for kind, _, body in events(db) if kind == event_type]
+    assert isinstance(data, dict)
+    return data
+
+
+def test_a_captured_hold_has_its_event_beside_its_burn(db: Db) -> None:
+    shop = db.partner("EUR")
+    member = db.member(100, shop)
+    endpoint(db, shop)
+    hold = db.ops.hold(shop.id, member_id=member, reference="h", points=40).hold
+    burn = db.ops.capture(shop.id, hold.id, points=30)
+    assert [e[0] for e in events(db)] == ["transaction.burned", "hold.captured"]
+    data = _data(db, "hold.captured")
+    assert data["id"] == hold.id and data["status"] == "captured"
+    assert (data["points"], data["captured_points"]) == (40, 30)
+    assert data["transaction_id"] == burn.transaction.id
+    assert (data["member_id"], data["reference"], data["partner_id"]) == (member, "h", shop.id)
+
+
+def test_voided_and_expired_holds_have_their_events(db: Db) -> None:
+    shop = db.partner("EUR")
+    member = db.member(100, shop)
+    endpoint(db, shop, events=["hold.voided", "hold.expired"])
+    voided = db.ops.hold(shop.id, member_id=member, reference="v", points=10).hold
+    db.ops.void(shop.id, voided.id)
+    lapsed = db.ops.hold(shop.id, member_id=member, reference="x", points=10, expires_in=60).hold
+    db.clock.advance(seconds=61)
+    assert db.ops.expire_holds() == 1
+    assert [(e[0], e[2]["data"]["id"]) for e in events(db)] == [  # type: ignore[index]
+        ("hold.voided", voided.id),
+        ("hold.expired", lapsed.id),
+    ]
+    assert "captured_points" not in _data(db, "hold.voided")
+
+
+def test_a_rate_card_is_announced_when_it_takes_effect(db: Db) -> None:
+    shop = db.partner("EUR")
+    hook = endpoint(db, shop, events=["rate_card.activated"])
+    starts = db.clock() + timedelta(days=10)
+    card = db.rate_card(shop.id, effective_from=starts)
+    data = _data(db, "rate_card.activated")
+    assert data["id"] == card.id
+    assert datetime.fromisoformat(str(data["effective_from"])) == starts
+    with db.sessions() as s:
+        [delivery] = s.scalars(select(WebhookDelivery)).all()
+    assert (delivery.endpoint_id, delivery.next_attempt_at) == (hook, starts)
+
+
+def test_statements_and_disputes_have_their_events(db: Db) -> None:
+    shop = db.partner("EUR")
+    endpoint(db, shop, events=["statement.issued", "statement.settled", "dispute.resolved"])
+    other = db.partner("EUR", name="Other")
+    member = db.member()
+    db.ops.earn(shop.id, member_id=member, reference="e", amount="12.50", currency="EUR")
+    db.clock.advance(hours=1)
+    closed = close_at(db, db.clock())
+    [statement] = [s for s in closed.statements if s.partner_id == shop.id]
+    issued = _data(db, "statement.issued")
+    assert (issued["id"], issued["status"], issued["lines"]) == (statement.id, "issued", 1)
+    assert issued["content_sha256"] == statement.content_sha256
+    assert {p for _, p, _ in events(db)} == {shop.id}, "the other partner has no endpoint"
+    assert other
+
+    key = db.settings.secret_key
+    partner = Actor("key_p", "partner", shop.id)
+    operator = Actor("key_o", "operator")
+    with transaction(db.sessions) as s:
+        dispute = workflow.open_dispute(
+            s, statement.id, partner, reason="why", transaction_ids=[], secret_key=key,
+            now=db.clock(),
+        )  # fmt: skip
+    with transaction(db.sessions) as s:
+        workflow.resolve(
+            s, dispute.id, operator, outcome="upheld", note="ok", adjustment="-1.25",
+            secret_key=key, now=db.clock(),
+        )  # fmt: skip
+    resolved = _data(db, "dispute.resolved")
+    assert (resolved["id"], resolved["outcome"], resolved["adjustment"]) == (
+        dispute.id, "upheld", "-1.25"
+    )  # fmt: skip
+    with transaction(db.sessions) as s:
+        workflow.settle(
+            s, statement.id, operator, payment_reference="wire 1", paid_at=db.clock(),
+            secret_key=key, now=db.clock(),
+        )  # fmt: skip
+    settled = _data(db, "statement.settled")
+    assert (settled["status"], settled["payment_reference"]) == ("settled", "wire 1")
