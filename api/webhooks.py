@@ -22,7 +22,7 @@ from api.structs import LINE, AwareTime, EmptyBody, IdPath, decode, full_match
 from api.structs import Request as RequestBody
 from coalition.db import transaction
 from coalition.errors import ValidationFailed
-from coalition.outbox import WebhookDelivery, WebhookEndpoint
+from coalition.outbox import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from partners.webhooks import MAX_URL_LENGTH, SUBSCRIBABLE, NewEndpoint, Webhooks
 
 EventName = Literal[
@@ -95,6 +95,9 @@ class EndpointOut(Struct, omit_defaults=True):
     created_at: datetime
     updated_at: datetime
     previous_secret_expires_at: datetime | None = None
+    #: Since when every attempt has failed (absent when the last one succeeded); after 5 days
+    #: of that the endpoint is disabled, with the reason in ``disabled_reason``.
+    failing_since: datetime | None = None
     secret: str | None = None
 
 
@@ -112,8 +115,21 @@ class Accepted(Struct, omit_defaults=True):
     deliveries: int | None = None
 
 
+class AttemptOut(Struct):
+    """One attempt: the HTTP status (null when no answer came), the latency, the error, the
+    first 1,024 bytes of the response body."""
+
+    attempt: int
+    at: datetime
+    status_code: int | None
+    latency_ms: int
+    error: str | None
+    response: str | None
+
+
 class DeliveryOut(Struct):
-    """A delivery of one event to the endpoint, with its last attempt."""
+    """A delivery of one event to the endpoint, with its last attempt and every attempt,
+    oldest first (``history``)."""
 
     id: str
     event_id: str
@@ -126,6 +142,7 @@ class DeliveryOut(Struct):
     last_status_code: int | None
     last_latency_ms: int | None
     last_error: str | None
+    history: list[AttemptOut]
 
 
 class DeliveryPage(Struct):
@@ -148,6 +165,7 @@ def endpoint_out(endpoint: WebhookEndpoint, secret: str | None = None) -> Endpoi
         created_at=endpoint.created_at,
         updated_at=endpoint.updated_at,
         previous_secret_expires_at=endpoint.previous_expires_at,
+        failing_since=endpoint.failing_since,
         secret=secret,
     )
 
@@ -156,7 +174,9 @@ def _created(new: NewEndpoint) -> EndpointOut:
     return endpoint_out(new.endpoint, new.secret)
 
 
-def delivery_out(delivery: WebhookDelivery, event_type: str) -> DeliveryOut:
+def delivery_out(
+    delivery: WebhookDelivery, event_type: str, attempts: list[WebhookAttempt]
+) -> DeliveryOut:
     """A delivery in the API's shape."""
     return DeliveryOut(
         id=str(delivery.id),
@@ -170,6 +190,17 @@ def delivery_out(delivery: WebhookDelivery, event_type: str) -> DeliveryOut:
         last_status_code=delivery.last_status_code,
         last_latency_ms=delivery.last_latency_ms,
         last_error=delivery.last_error,
+        history=[
+            AttemptOut(
+                attempt=a.attempt,
+                at=a.attempted_at,
+                status_code=a.status_code,
+                latency_ms=a.latency_ms,
+                error=a.error,
+                response=a.response_excerpt,
+            )
+            for a in attempts
+        ],
     )
 
 
@@ -361,7 +392,7 @@ class WebhookEndpointController(Controller):
                 after=int(cursor) if cursor is not None else None,
                 limit=limit + 1,
             )
-            page = [delivery_out(d, t) for d, t in rows[:limit]]
+            page = [delivery_out(d, t, a) for d, t, a in rows[:limit]]
         has_more = len(rows) > limit
         return DeliveryPage(page, has_more, page[-1].id if has_more else None)
 

@@ -125,6 +125,9 @@ class WebhookEndpoint(Base):
     secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
     previous_secret_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     previous_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Since when every attempt to it has failed (NULL: its last attempt succeeded, or none
+    #: was made); past :data:`FAILING_DISABLES_AFTER` the dispatcher disables it.
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -201,6 +204,30 @@ class WebhookDelivery(Base):
     last_response: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
+
+class WebhookAttempt(Base):
+    """One attempt of a delivery, as the dispatcher recorded it: the HTTP status (NULL when no
+    answer came), the latency, the error, a capped excerpt of the response body. Deleted with
+    its delivery."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_delivery_id", "delivery_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("webhook_deliveries.id", ondelete="CASCADE")
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[int] = mapped_column(BigInteger)
+    error: Mapped[str | None] = mapped_column(String(500))
+    response_excerpt: Mapped[str | None] = mapped_column(String(1024))
+
+
+#: An endpoint every attempt to which failed for this long is disabled (its owner sees why in
+#: ``disabled_reason``; re-enabling it starts the count again).
+FAILING_DISABLES_AFTER = timedelta(days=5)
 
 #: How long delivered and failed deliveries (and then their events) are kept; ``recover`` reaches
 #: this far back.

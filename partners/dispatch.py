@@ -2,19 +2,21 @@
 
 One round (:meth:`Dispatcher.run_once`):
 
-1. **claim** up to :data:`BATCH` due deliveries of enabled endpoints in a short transaction
-   (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several dispatchers never take the same one;
-   on SQLite the write lock serialises them) and push their ``next_attempt_at`` a lease ahead
-   (:data:`LEASE_S`): a dispatcher killed mid-batch leaves them due again when the lease ends,
-   so nothing is lost (delivery is at least once, with the same ``webhook-id``);
+1. **claim** up to :data:`BATCH` due deliveries of enabled endpoints. On PostgreSQL they are
+   locked ``FOR UPDATE SKIP LOCKED`` in a transaction that stays open while they are sent and
+   commits their outcomes: several dispatchers never take the same one, and one killed
+   mid-batch loses its connection, so its deliveries are due again at once (delivery is at
+   least once, with the same ``webhook-id``). On SQLite (one dispatcher) a short transaction
+   pushes their ``next_attempt_at`` a lease ahead (:data:`LEASE_S`) instead;
 2. **send** them concurrently (httpx, at most :data:`CONCURRENCY` at once and
    :data:`PER_ENDPOINT` per endpoint), each with a :data:`TIMEOUT_S` timeout, no redirects, the
    response read up to :data:`RESPONSE_EXCERPT_BYTES`; each URL is resolved and checked again
    (``partners.webhooks.check_url``, once per batch) and the request goes to the address that
    was checked;
-3. **record** every attempt in one transaction: ``delivered`` on a 2xx; otherwise the next
-   attempt per :data:`RETRY_SCHEDULE_S` (with jitter, or later when ``Retry-After`` says so),
-   ``failed`` once the schedule is spent; a ``410`` disables the endpoint with its reason.
+3. **record** every attempt (a row of its own in ``webhook_attempts``) and commit:
+   ``delivered`` on a 2xx; otherwise the next attempt per :data:`RETRY_SCHEDULE_S` (with
+   jitter, or later when ``Retry-After`` says so), ``failed`` once the schedule is spent; a
+   ``410`` disables the endpoint with its reason, and so do 5 days of nothing but failures.
 
 Signatures: ``webhook-signature`` is ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``
 with each secret that signs now (two during a rotation), space separated.
@@ -35,13 +37,19 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 import httpx
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from coalition.config import Settings
-from coalition.db import dialect_of, transaction, utcnow
+from coalition.db import UTCDateTime, dialect_of, utcnow
 from coalition.errors import ValidationFailed
-from coalition.outbox import DeliveryStatus, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from coalition.outbox import (
+    FAILING_DISABLES_AFTER,
+    DeliveryStatus,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+)
 from partners.webhooks import Resolver, Target, check_url, resolve, signing_secrets
 
 log = logging.getLogger("coalition.webhooks")
@@ -155,11 +163,12 @@ class Dispatcher:
         total = 0
         async with self._client() as client:
             for _ in range(rounds):
-                claimed = await asyncio.to_thread(self.claim)
-                if not claimed:
-                    break
-                outcomes = await self.send_all(client, claimed)
-                await asyncio.to_thread(self.record, outcomes)
+                with self.sessions() as session:
+                    claimed = await asyncio.to_thread(self.claim, session)
+                    if not claimed:
+                        break
+                    outcomes = await self.send_all(client, claimed)
+                    await asyncio.to_thread(self.record, session, outcomes)
                 total += len(outcomes)
                 if len(claimed) < self.batch:
                     break
@@ -177,52 +186,64 @@ class Dispatcher:
 
     # --- claim ------------------------------------------------------------------------
 
-    def claim(self) -> list[Claimed]:
-        """Take due deliveries of enabled endpoints, leased for :data:`LEASE_S`."""
+    def claim(self, s: Session) -> list[Claimed]:
+        """Take due deliveries of enabled endpoints in a transaction begun on ``s``.
+
+        On PostgreSQL they stay locked (``FOR UPDATE SKIP LOCKED``) in that transaction until
+        :meth:`record` commits their outcomes: another dispatcher skips them, and if this one
+        dies its connection closes and they are due again at once. On SQLite (one dispatcher; a
+        transaction held open would stop every writer) they are leased for :data:`LEASE_S` and
+        the transaction commits here."""
         now = self.clock()
-        with transaction(self.sessions) as s:
-            due = (
-                select(WebhookDelivery.id)
-                .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-                .where(
-                    WebhookDelivery.status == DeliveryStatus.PENDING,
-                    WebhookDelivery.next_attempt_at <= now,
-                    WebhookEndpoint.disabled.is_(False),
-                )
-                .order_by(WebhookDelivery.next_attempt_at)
-                .limit(self.batch)
+        s.begin()
+        held = dialect_of(s) == "postgresql"
+        due = (
+            select(WebhookDelivery.id)
+            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+            .where(
+                WebhookDelivery.status == DeliveryStatus.PENDING,
+                WebhookDelivery.next_attempt_at <= now,
+                WebhookEndpoint.disabled.is_(False),
             )
-            if dialect_of(s) == "postgresql":
-                due = due.with_for_update(of=WebhookDelivery, skip_locked=True)
-            ids = list(s.scalars(due))
-            if not ids:
-                return []
+            .order_by(WebhookDelivery.next_attempt_at)
+            .limit(self.batch)
+        )
+        if held:
+            due = due.with_for_update(of=WebhookDelivery, skip_locked=True)
+        ids = list(s.scalars(due))
+        if not ids:
+            s.rollback()
+            return []
+        if not held:
             s.execute(
                 update(WebhookDelivery)
                 .where(WebhookDelivery.id.in_(ids))
                 .values(next_attempt_at=now + timedelta(seconds=LEASE_S))
                 .execution_options(synchronize_session=False)
             )
-            rows = s.execute(
-                select(WebhookDelivery, WebhookEndpoint, WebhookEvent.payload)
-                .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-                .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
-                .where(WebhookDelivery.id.in_(ids))
-                .order_by(WebhookDelivery.id)
-            ).all()
-            key = self.settings.secret_key
-            return [
-                Claimed(
-                    delivery_id=d.id,
-                    endpoint_id=e.id,
-                    url=e.url,
-                    event_id=d.event_id,
-                    body=payload.encode(),
-                    secrets=tuple(signing_secrets(e, key, now)),
-                    attempts=d.attempts,
-                )
-                for d, e, payload in rows
-            ]
+        rows = s.execute(
+            select(WebhookDelivery, WebhookEndpoint, WebhookEvent.payload)
+            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+            .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
+            .where(WebhookDelivery.id.in_(ids))
+            .order_by(WebhookDelivery.id)
+        ).all()
+        key = self.settings.secret_key
+        claimed = [
+            Claimed(
+                delivery_id=d.id,
+                endpoint_id=e.id,
+                url=e.url,
+                event_id=d.event_id,
+                body=payload.encode(),
+                secrets=tuple(signing_secrets(e, key, now)),
+                attempts=d.attempts,
+            )
+            for d, e, payload in rows
+        ]
+        if not held:
+            s.commit()
+        return claimed
 
     # --- send -------------------------------------------------------------------------
 
@@ -296,11 +317,16 @@ class Dispatcher:
 
     # --- record -----------------------------------------------------------------------
 
-    def record(self, outcomes: list[Outcome]) -> None:
-        """Write each attempt's result (one executemany); a 410 disables its endpoint."""
+    def record(self, s: Session, outcomes: list[Outcome]) -> None:
+        """Write each attempt (its delivery's new state and a row of its own, one executemany
+        each) and commit, in the claim's transaction on PostgreSQL. An endpoint that answered
+        ``410`` is disabled; so is one whose every attempt has failed for
+        :data:`FAILING_DISABLES_AFTER`; a success ends an endpoint's failing streak."""
         now = self.clock()
         rows: list[dict[str, object]] = []
         gone: set[str] = set()
+        succeeded = {o.endpoint_id for o in outcomes if o.delivered}
+        failing = {o.endpoint_id for o in outcomes} - succeeded
         for o in outcomes:
             status, next_at = DeliveryStatus.PENDING.value, None
             if o.delivered:
@@ -328,21 +354,58 @@ class Dispatcher:
                     "last_response": o.excerpt,
                 }
             )
-        with transaction(self.sessions) as s:
-            if rows:
-                s.connection().execute(_RECORD_ATTEMPT, rows)
-            for endpoint_id in sorted(gone):
-                s.execute(
-                    update(WebhookEndpoint)
-                    .where(WebhookEndpoint.id == endpoint_id)
-                    .values(
-                        disabled=True,
-                        disabled_reason="the endpoint answered 410 Gone",
-                        updated_at=now,
-                    )
-                )
-                log.warning("webhook endpoint %s disabled: it answered 410", endpoint_id)
+        if rows:
+            s.execute(_INSERT_ATTEMPT, rows)
+            s.connection().execute(_RECORD_ATTEMPT, rows)
+        if succeeded:
+            s.execute(
+                update(WebhookEndpoint)
+                .where(WebhookEndpoint.id.in_(sorted(succeeded)))
+                .values(failing_since=None)
+            )
+        if failing:
+            s.execute(
+                update(WebhookEndpoint)
+                .where(WebhookEndpoint.id.in_(sorted(failing)))
+                .values(failing_since=func.coalesce(WebhookEndpoint.failing_since, now))
+            )
+        for endpoint_id in sorted(gone):
+            self._disable(s, endpoint_id, "the endpoint answered 410 Gone", now)
+        stale = now - FAILING_DISABLES_AFTER
+        for endpoint_id, since in s.execute(
+            select(WebhookEndpoint.id, WebhookEndpoint.failing_since).where(
+                WebhookEndpoint.id.in_(sorted(failing - gone)),
+                WebhookEndpoint.disabled.is_(False),
+                WebhookEndpoint.failing_since <= stale,
+            )
+        ):
+            reason = (
+                f"every delivery failed from {since:%Y-%m-%d %H:%M} UTC for"
+                f" {FAILING_DISABLES_AFTER.days} days; fix the receiver, then enable it again"
+                " (PATCH disabled: false): what is pending goes out then"
+            )
+            self._disable(s, endpoint_id, reason, now)
+        s.commit()
 
+    @staticmethod
+    def _disable(s: Session, endpoint_id: str, reason: str, now: datetime) -> None:
+        s.execute(
+            update(WebhookEndpoint)
+            .where(WebhookEndpoint.id == endpoint_id)
+            .values(disabled=True, disabled_reason=reason, updated_at=now)
+        )
+        log.warning("webhook endpoint %s disabled: %s", endpoint_id, reason)
+
+
+#: One attempt's own row, unless its delivery is gone meanwhile (its endpoint deleted while
+#: SQLite's lease ran; on PostgreSQL the claim's row lock keeps it).
+_INSERT_ATTEMPT = text(
+    "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, latency_ms,"
+    " error, response_excerpt) SELECT :delivery_id, CAST(:attempts AS INTEGER), :last_attempt_at,"
+    " CAST(:last_status_code AS INTEGER), CAST(:last_latency_ms AS BIGINT),"
+    " CAST(:last_error AS VARCHAR), CAST(:last_response AS VARCHAR)"
+    " WHERE EXISTS (SELECT 1 FROM webhook_deliveries WHERE id = :delivery_id)"
+).bindparams(bindparam("last_attempt_at", type_=UTCDateTime()))
 
 #: One attempt's result; a delivery no longer pending (recovered, deleted) is left alone.
 _RECORD_ATTEMPT = (

@@ -31,7 +31,13 @@ from sqlalchemy.orm import Session
 from coalition import outbox
 from coalition.errors import Conflict, NotFound, ValidationFailed
 from coalition.ids import new_id
-from coalition.outbox import DeliveryStatus, EventType, WebhookDelivery, WebhookEndpoint
+from coalition.outbox import (
+    DeliveryStatus,
+    EventType,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from partners.keys import seal, unseal
 from partners.models import Partner
 
@@ -229,7 +235,8 @@ class Webhooks:
         changes: dict[str, Any],
         now: datetime,
     ) -> WebhookEndpoint:
-        """Change ``url``, ``events`` (None: all) or ``disabled`` (enabling clears the reason)."""
+        """Change ``url``, ``events`` (None: all) or ``disabled`` (enabling clears the reason and
+        the failing streak: the 5 days start again)."""
         endpoint = self.get(session, partner_id, endpoint_id)
         if "url" in changes:
             check_url(changes["url"], allow_private=self.allow_private, resolver=self.resolver)
@@ -239,6 +246,8 @@ class Webhooks:
         if "disabled" in changes:
             endpoint.disabled = bool(changes["disabled"])
             endpoint.disabled_reason = "disabled by the partner" if endpoint.disabled else None
+            if not endpoint.disabled:
+                endpoint.failing_since = None
         endpoint.updated_at = now
         session.flush()
         return endpoint
@@ -301,9 +310,9 @@ class Webhooks:
         *,
         after: int | None,
         limit: int,
-    ) -> list[tuple[WebhookDelivery, str]]:
+    ) -> list[tuple[WebhookDelivery, str, list[WebhookAttempt]]]:
         """The endpoint's deliveries, newest first, after the ``after`` cursor; with the event
-        type of each."""
+        type of each and its attempts, oldest first (one more query for the page)."""
         self.get(session, partner_id, endpoint_id)
         stmt = (
             select(WebhookDelivery, outbox.WebhookEvent.type)
@@ -314,7 +323,16 @@ class Webhooks:
         )
         if after is not None:
             stmt = stmt.where(WebhookDelivery.id < after)
-        return [(d, t) for d, t in session.execute(stmt)]
+        page = [(d, t) for d, t in session.execute(stmt)]
+        attempts: dict[int, list[WebhookAttempt]] = {d.id: [] for d, _ in page}
+        if page:
+            for attempt in session.scalars(
+                select(WebhookAttempt)
+                .where(WebhookAttempt.delivery_id.in_(list(attempts)))
+                .order_by(WebhookAttempt.id)
+            ):
+                attempts[attempt.delivery_id].append(attempt)
+        return [(d, t, attempts[d.id]) for d, t in page]
 
     def recover(
         self, session: Session, partner_id: str, endpoint_id: str, *, since: datetime, now: datetime
