@@ -44,6 +44,7 @@ from bench.throughput import Bench, prepare
 from coalition.db import transaction, utcnow
 from coalition.models import Transaction
 from partners.keys import b64url, create_key
+from partners.webhooks import Webhooks
 
 LUA = Path(__file__).resolve().parent / "http.lua"
 SECRET_KEY = b"b" * 32  # the Settings of bench.throughput.prepare seal with this key
@@ -342,7 +343,21 @@ def measure_http(url: URL, *, seconds: int, workers: int, members: int) -> dict[
                     results["scenarios"][scenario] = run_scenario(
                         scenario, server, signer, bench, pgbench_url, seconds
                     )
+                # The same earns once the partner has a subscribed endpoint: each earn now
+                # writes its event and a delivery in its transaction (the dispatcher is not
+                # running: this is the cost of the outbox on the request path).
+                with transaction(bench.ops.sessions) as s:
+                    Webhooks(SECRET_KEY, allow_private=True).create(
+                        s, bench.partner_id, url="http://127.0.0.1:9/hooks", events=None,
+                        description=None, now=utcnow(),
+                    )  # fmt: skip
+                print(f"http: earns with an endpoint, {seconds} s ...", file=sys.stderr, flush=True)
+                results["scenarios"]["earns_webhook"] = run_scenario(
+                    "earns", server, signer, bench, pgbench_url, seconds
+                )
+            with_endpoint = results["scenarios"]["earns_webhook"]["requests_per_s"]
             spread = results["scenarios"]["earns"]["requests_per_s"]
+            results["webhook_to_none"] = round(with_endpoint / spread, 3) if spread else None
             hot = results["scenarios"]["hot_member"]["requests_per_s"]
             results["hot_to_spread"] = round(hot / spread, 3) if spread else None
         finally:
@@ -365,4 +380,5 @@ def table(results: dict[str, Any]) -> list[str]:
             f"statuses {r['statuses']}" + ("" if check is None else f"  earns match 201s: {check}")
         )
     lines.append(f"  hot member / spread earns: {results['hot_to_spread']}")
+    lines.append(f"  earns with one endpoint / without: {results.get('webhook_to_none')}")
     return lines
