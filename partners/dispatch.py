@@ -148,6 +148,7 @@ class Dispatcher:
     transport: httpx.AsyncBaseTransport | None = None
     batch: int = BATCH
     rng: random.Random = field(default_factory=random.Random)
+    timeout_s: float = TIMEOUT_S
 
     def run(self) -> int:
         """Rounds until fewer than a full batch was due (at most :data:`MAX_ROUNDS`), on one
@@ -177,7 +178,7 @@ class Dispatcher:
     def _client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             transport=self.transport,
-            timeout=httpx.Timeout(TIMEOUT_S),
+            timeout=httpx.Timeout(self.timeout_s),
             follow_redirects=False,
             trust_env=False,
             headers={"user-agent": USER_AGENT},
@@ -309,7 +310,7 @@ class Dispatcher:
             finally:
                 await response.aclose()
         except httpx.TimeoutException:
-            return outcome(None, f"timed out after {TIMEOUT_S:g} s", None, None)
+            return outcome(None, f"timed out after {self.timeout_s:g} s", None, None)
         except httpx.HTTPError as exc:
             return outcome(None, f"{type(exc).__name__}: {exc}"[:500], None, None)
         after = retry_after_s(response.headers.get("retry-after"), self.clock())

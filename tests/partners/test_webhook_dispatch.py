@@ -16,6 +16,7 @@ import msgspec
 import pytest
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from svix.webhooks import Webhook as SvixWebhook
 
 from coalition.db import transaction
 from coalition.outbox import WebhookDelivery, WebhookEndpoint, WebhookEvent, purge
@@ -33,12 +34,14 @@ class Received:
 
 @dataclass
 class Receiver:
-    """An HTTP server on loopback: answers each POST with the next of ``statuses`` (then 200)."""
+    """An HTTP server on loopback: answers each POST with the next of ``statuses`` (then 200);
+    a status of 0 keeps that request unanswered until ``release`` is set."""
 
     server: ThreadingHTTPServer
     statuses: list[int] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    release: threading.Event = field(default_factory=threading.Event)
 
     @property
     def url(self) -> str:
@@ -61,6 +64,9 @@ def receiver() -> Iterator[Receiver]:
             with r.lock:
                 r.received.append(Received({k.lower(): v for k, v in self.headers.items()}, body))
                 status = r.statuses.pop(0) if r.statuses else 200
+            if status == 0:
+                r.release.wait(30)
+                return
             self.send_response(status)
             if status == 503:
                 self.send_header("Retry-After", "120")
@@ -76,6 +82,7 @@ def receiver() -> Iterator[Receiver]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield state["r"]
+    state["r"].release.set()
     server.shutdown()
     server.server_close()
 
@@ -106,7 +113,7 @@ def earn(db: Db, partner: Partner, reference: str = "e1") -> str:
     return posted.transaction.id
 
 
-def test_a_delivery_verifies_with_the_stock_library(db: Db, receiver: Receiver) -> None:
+def test_a_delivery_verifies_with_the_stock_libraries(db: Db, receiver: Receiver) -> None:
     shop = db.partner("EUR")
     _, secret = register(db, shop, receiver.url)
     txn = earn(db, shop)
@@ -116,6 +123,7 @@ def test_a_delivery_verifies_with_the_stock_library(db: Db, receiver: Receiver) 
     assert payload["type"] == "transaction.earned"
     assert payload["data"]["id"] == txn
     [got] = receiver.received
+    SvixWebhook(secret).verify(got.body, got.headers)  # raises WebhookVerificationError if not
     assert got.headers["webhook-id"] == payload["id"]
     [delivery] = deliveries(db)
     assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("delivered", 1, 200)
@@ -190,6 +198,28 @@ def test_a_410_disables_the_endpoint(db: Db, receiver: Receiver) -> None:
         assert endpoint is not None and endpoint.disabled and endpoint.disabled_reason
     assert [d.status for d in deliveries(db)] == ["failed"]
     assert len(receiver.received) == 1
+
+
+def test_a_timeout_is_recorded_and_retried_with_the_same_webhook_id(
+    db: Db, receiver: Receiver
+) -> None:
+    shop = db.partner("EUR")
+    register(db, shop, receiver.url)
+    earn(db, shop)
+    receiver.statuses = [0]  # the first attempt gets no answer
+    d = dispatcher(db)
+    d.timeout_s = 0.5
+    assert d.run() == 1
+    receiver.release.set()
+    [delivery] = deliveries(db)
+    assert (delivery.status, delivery.last_status_code) == ("pending", None)
+    assert delivery.last_error == "timed out after 0.5 s"
+    db.clock.advance(seconds=6)
+    assert d.run() == 1
+    [delivery] = deliveries(db)
+    assert delivery.status == "delivered"
+    first, second = receiver.received
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]
 
 
 def test_a_refused_connection_is_recorded_and_retried(db: Db, receiver: Receiver) -> None:
