@@ -56,6 +56,14 @@ def day(value: datetime | str | None) -> str:
     return f"{moment:%A} {moment.day} {moment:%B %Y}"
 
 
+def days_away(value: datetime | str, now: datetime) -> str:
+    """How far ahead a moment is, in days: ``today``, ``tomorrow``, ``in 1,095 days``."""
+    days = (_moment(value).date() - now.date()).days
+    if days <= 0:
+        return "today"
+    return "tomorrow" if days == 1 else f"in {days:,} days"
+
+
 def iso(value: datetime | str | None) -> str:
     """RFC 3339 UTC, for ``<time datetime>``."""
     if value is None:
@@ -75,5 +83,6 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "when": when,
     "day": day,
     "iso": iso,
+    "days_away": days_away,
     "words": words,
 }

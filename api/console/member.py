@@ -43,4 +43,5 @@ class MemberPage(Controller):
             history=history,
             names=names,
             window_days=services.settings.tier_window_days,
+            now=services.clock(),
         )

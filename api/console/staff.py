@@ -98,13 +98,15 @@ class StaffPages(Controller):
             names = partner_names(s, ids)
         label: dict[str | None, str] = {None: COALITION}
         label.update(names)
-        rows = sorted({label.get(o, o or COALITION) for o, _ in cells})
-        columns = sorted({label.get(b, b) for _, b in cells})
+        # every partner of the period both ways (a partner's own redemptions on the diagonal),
+        # and the coalition's bonus points as an issuer when it has any
+        partners = sorted({label.get(p, p or "") for p in ids})
+        issuers = partners + ([COALITION] if any(o is None for o, _ in cells) else [])
         heat = heat_map(
-            rows,
-            columns,
+            issuers,
+            partners,
             [
-                HeatCell(label.get(o, o or COALITION), label.get(b, b), p)
+                HeatCell(label.get(o, o or COALITION), label.get(b, b or ""), p)
                 for (o, b), p in cells.items()
             ],
         )
