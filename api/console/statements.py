@@ -29,6 +29,8 @@ from settlement.models import STATEMENT_STATUSES, Period
 from settlement.statements import document_of
 
 PAGE_SIZE = 50
+#: Lines a statement's page lists (and offers to dispute); the downloads have every line.
+LINES_SHOWN = 1000
 ID_PATTERN = r"^[a-z]+_[0-9A-Z]+$"
 ConsoleId = Annotated[str, PathParameter(min_length=1, max_length=64, pattern=ID_PATTERN)]
 OptionalId = Annotated[str | None, QueryParameter(min_length=1, max_length=64, pattern=ID_PATTERN)]
@@ -112,6 +114,7 @@ class StatementPages(Controller):
             disputes=disputes,
             history=history,
             names=names,
+            lines=document["lines"][:LINES_SHOWN],
             today=services.clock().date().isoformat(),
         )
 

@@ -183,6 +183,7 @@ def test_a_statement_goes_from_issued_to_settled_through_the_console(
     partner.goto(f"{base}/console/statements/{alpha_statement}")
     line = partner.locator("#lines tbody tr").first
     disputed_txn = line.get_attribute("data-line")
+    assert disputed_txn is not None
     line.locator("input[type=checkbox]").check()
     partner.locator("textarea[name=reason]").fill("This earn was refunded at the till.")
     partner.locator("#dispute").click()

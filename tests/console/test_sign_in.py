@@ -20,6 +20,7 @@ from partners.signin import (
     LinkRefused,
     SignInLink,
     issue_link,
+    purge,
     redeem,
     token_hash,
 )
@@ -278,3 +279,28 @@ def test_the_member_page_names_other_partners_only(world: World) -> None:
     assert "Alpha Grocer" in page.text and "250" in page.text
     assert "seed-" not in page.text  # another partner's reference stays with it
     assert world.client.get("/console/statements").status_code == 403
+
+
+def test_console_pages_are_never_stored_and_their_forms_post_only_here(world: World) -> None:
+    assert world.sign_in(world.link("operator"))[0] == 200
+    page = world.client.get("/console/periods")
+    policy = page.headers["content-security-policy"]
+    assert "form-action 'self'" in policy and "default-src 'none'" in policy
+    assert "frame-ancestors 'none'" in policy and page.headers["x-frame-options"] == "DENY"
+    assert page.headers["cache-control"] == "no-store"
+    sheet = world.client.get("/console/assets/console.css")
+    assert sheet.status_code == 200 and sheet.headers["content-type"].startswith("text/css")
+    docs = world.client.get("/problems/validation")
+    assert "form-action 'none'" in docs.headers["content-security-policy"]
+
+
+def test_links_and_sessions_are_purged_a_day_after_they_stopped_working(world: World) -> None:
+    assert world.sign_in(world.link("finance"))[0] == 200
+    world.db.clock.advance(hours=12)
+    fresh = world.link("operator")
+    world.db.clock.advance(days=1, minutes=1)  # the first link and session ended a day ago
+    with transaction(world.db.sessions) as s:
+        assert purge(s, world.db.clock()) == 2
+    with transaction(world.db.sessions) as s:
+        assert s.scalars(select(SignInLink.token_sha256)).all() == [token_hash(fresh)]
+        assert s.scalars(select(ConsoleSession)).all() == []
