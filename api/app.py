@@ -4,7 +4,8 @@
 Layout: :class:`~api.partner.PartnerController` (``/v1``, partner keys),
 :class:`~api.admin.AdminController` (``/v1/admin``, operator and finance keys), the unsigned
 ``GET /v1/health`` and ``GET /v1/signing-keys``, ``GET /problems/<code>``, the OpenAPI document
-at ``/schema/openapi.json`` and its interactive page at ``/schema/swagger``.
+at ``/schema/openapi.json`` and its interactive page at ``/schema/swagger``, and the web
+console at ``/console`` (:mod:`api.console`, not in the OpenAPI document).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from sqlalchemy import text
 from api.admin import AdminController
 from api.audit import AuditController, record_action
 from api.bulk import EarnBatchController
+from api.console import TEMPLATE_CONFIG, console_router
+from api.console.links import SignInLinksController
 from api.docs import COMPONENTS, StrictStructSchemaPlugin, problems
 from api.observe import RequestObserver
 from api.partner import PartnerController
@@ -124,6 +127,8 @@ def create_app(
             SettlementAdminController,
             WebhookEndpointController,
             AuditController,
+            SignInLinksController,
+            console_router(),
             health,
             liveness,
             prometheus_metrics,
@@ -136,6 +141,7 @@ def create_app(
         before_send=[add_request_id, add_security_headers, record_action],
         request_max_body_size=MAX_BODY_BYTES,
         on_shutdown=[dispose],
+        template_config=TEMPLATE_CONFIG,
         plugins=[StrictStructSchemaPlugin()],
         openapi_config=OpenAPIConfig(
             title="Coalition settlement service",

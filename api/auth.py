@@ -90,6 +90,12 @@ def principal_in(scope: Any) -> Principal | None:
     return principal if isinstance(principal, Principal) else None
 
 
+def bind_principal(scope: Any, principal: Principal) -> None:
+    """Make ``principal`` the one who acts in this request (what :func:`principal_in` reads,
+    and the audit log records)."""
+    scope.setdefault("state", {})[_PRINCIPAL_KEY] = principal
+
+
 def partner_id_of(principal: Principal) -> str:
     """The partner of a principal on a partner route (the guard admits partner keys only)."""
     assert principal.partner_id is not None, "partner routes admit partner keys only"
@@ -192,9 +198,8 @@ async def signed(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRo
     except SignatureInvalid:
         await anyio.to_thread.run_sync(partial(count_failure, services, address))
         raise
-    state = connection.scope.setdefault("state", {})
-    state[_PRINCIPAL_KEY] = verified.principal
-    state[_VERIFIED_KEY] = verified
+    bind_principal(connection.scope, verified.principal)
+    connection.scope["state"][_VERIFIED_KEY] = verified
     logs.bind(key_id=verified.principal.key_id, partner_id=verified.principal.partner_id)
     limiter, key_id = services.limiter, verified.principal.key_id
     limiter.count(key_id, now)

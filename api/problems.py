@@ -280,9 +280,14 @@ def _at_the_edge(exc: CoalitionError) -> tuple[str, dict[str, Any]]:
     return detail, {**exc.extra, "errors": errors}
 
 
+def code_of(exc: CoalitionError) -> str:
+    """The problem kind of a domain error (``conflict`` for a code without its own kind)."""
+    return exc.code if exc.code in KINDS else "conflict"
+
+
 def error_body(scope: Scope, exc: CoalitionError) -> tuple[int, bytes]:
     """The problem document of a domain error (what idempotency stores for a 4xx)."""
-    code = exc.code if exc.code in KINDS else "conflict"
+    code = code_of(exc)
     detail, extra = _at_the_edge(exc)
     return problem_body(scope, code, detail, **extra)
 
@@ -292,7 +297,7 @@ def error_body(scope: Scope, exc: CoalitionError) -> tuple[int, bytes]:
 
 def on_domain_error(request: Request[Any, Any, Any], exc: CoalitionError) -> Response[bytes]:
     """A typed domain error: its problem kind."""
-    code = exc.code if exc.code in KINDS else "conflict"
+    code = code_of(exc)
     headers = {"WWW-Authenticate": "Signature"} if code == "signature-invalid" else None
     detail, extra = _at_the_edge(exc)
     return problem_response(request.scope, code, detail, headers=headers, **extra)

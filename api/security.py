@@ -104,19 +104,29 @@ _ALWAYS = ((b"x-content-type-options", b"nosniff"),)
 #: API responses (``/v1``, problems): never stored by a browser or a proxy, above all the
 #: ones that carry a secret (a new key's ``secret``, a webhook endpoint's).
 _API = ((b"cache-control", b"no-store"),)
-#: HTML pages (the API docs, problem pages): only this service's own scripts and styles,
-#: never framed, no referrer sent on.
-_HTML = (
-    (
+
+
+def _csp(form_action: bytes) -> tuple[bytes, bytes]:
+    return (
         b"content-security-policy",
         b"default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
         b"img-src 'self' data:; connect-src 'self'; font-src 'self'; base-uri 'none'; "
-        b"form-action 'none'; frame-ancestors 'none'",
-    ),
+        b"form-action " + form_action + b"; frame-ancestors 'none'",
+    )
+
+
+#: HTML pages (the API docs, problem pages): only this service's own scripts and styles,
+#: never framed, no referrer sent on.
+_FRAMING = (
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
     (b"cross-origin-opener-policy", b"same-origin"),
 )
+_HTML = (_csp(b"'none'"), *_FRAMING)
+#: The console's pages: the same, but their forms post to this service; never stored (they
+#: show a partner's numbers, and a new key's secret once).
+_CONSOLE = (_csp(b"'self'"), *_FRAMING)
+CONSOLE_PREFIX = "/console"
 
 
 async def add_security_headers(message: Message, scope: Scope) -> None:
@@ -129,9 +139,13 @@ async def add_security_headers(message: Message, scope: Scope) -> None:
     content_type = next(
         (bytes(v).lower() for n, v in headers if bytes(n).lower() == b"content-type"), b""
     )
+    path = scope.get("path", "")
+    console = path.startswith(CONSOLE_PREFIX + "/") or path == CONSOLE_PREFIX
     if content_type.startswith(b"text/html"):
-        added.extend(_HTML)
-    if scope.get("path", "").startswith("/v1") and b"cache-control" not in names:
+        added.extend(_CONSOLE if console else _HTML)
+    if b"cache-control" not in names and (
+        path.startswith("/v1") or (console and not path.startswith(CONSOLE_PREFIX + "/assets/"))
+    ):
         added.extend(_API)
     headers.extend(h for h in added if h[0] not in names)
     message["headers"] = headers

@@ -90,7 +90,9 @@ def period_out(period: Period) -> PeriodOut:
     )
 
 
-def _export(statement: Statement, format: str) -> Response[bytes]:
+def export_response(statement: Statement, format: str) -> Response[bytes]:
+    """The signed export of a statement as a download (JSON or CSV): what the API and the
+    console both serve."""
     document = document_of(statement)
     if format == "csv":
         content, media, suffix = csv_export(document), "text/csv; charset=utf-8", "csv"
@@ -175,7 +177,7 @@ class StatementsController(Controller):
             found = workflow.get_statement(
                 s, statement_id, partner_id=partner_id_of(principal_of(request))
             )
-            return _export(found, format)
+            return export_response(found, format)
 
     @post(
         "/{statement_id:str}/acknowledge",
@@ -361,7 +363,7 @@ class SettlementAdminController(Controller):
         """Any partner's signed export (JSON or CSV)."""
         services = services_of(request.app.state)
         with transaction(services.sessions) as s:
-            return _export(workflow.get_statement(s, statement_id, partner_id=None), format)
+            return export_response(workflow.get_statement(s, statement_id, partner_id=None), format)
 
     @get(
         "/statements/{statement_id:str}/events",

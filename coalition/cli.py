@@ -159,7 +159,16 @@ def jobs(rt: Runtime) -> list[object]:
         Job("rate-counter-purge", lambda: purge_rate_counters(rt), every_s=60),
         Job("webhook-dispatch", lambda: dispatch_webhooks(rt), every_s=1),
         Job("webhook-purge", lambda: purge_webhooks(rt), every_s=600),
+        Job("sign-in-purge", lambda: purge_sign_ins(rt), every_s=600),
     ]
+
+
+def purge_sign_ins(rt: Runtime) -> int:
+    """Delete console links and sessions that ended more than a day ago; how many."""
+    from partners.signin import purge
+
+    with transaction(rt.sessions) as session:
+        return purge(session, utcnow())
 
 
 def purge_webhooks(rt: Runtime) -> int:
@@ -429,6 +438,21 @@ def cmd_import_earns(args: argparse.Namespace) -> int:
     return 1 if summary.rejected else 0
 
 
+def cmd_console_link(args: argparse.Namespace) -> int:
+    """Print a single-use sign-in link to the web console (operator or finance), valid 10
+    minutes, at the configured public URL."""
+    from api.console.links import console_url
+    from partners.signin import issue_link
+
+    rt = runtime()
+    _require_schema(rt)
+    with transaction(rt.sessions) as session:
+        link = issue_link(session, role=args.role, now=utcnow())
+    print(console_url(rt.settings, link.token))
+    print(f"single use, valid until {link.expires_at:%Y-%m-%d %H:%M} UTC", file=sys.stderr)
+    return 0
+
+
 def cmd_rotate_signing_key(_args: argparse.Namespace) -> int:
     """Make a new statement-signing key the one that signs; old public keys stay published."""
     from settlement.signing import rotate
@@ -505,6 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     demo.add_argument("--members", type=int, default=400, help="members (default 400)")
     demo.set_defaults(func=cmd_demo)
+    link = sub.add_parser("console-link", help="print a single-use sign-in link to the console")
+    link.add_argument("--role", required=True, choices=("operator", "finance"))
+    link.set_defaults(func=cmd_console_link)
     statements = sub.add_parser("statements", help="settlement statements")
     statements_sub = statements.add_subparsers(dest="statements_command", required=True)
     verify = statements_sub.add_parser(

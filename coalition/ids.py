@@ -12,7 +12,7 @@ import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 PREFIXES = frozenset(
-    {"mem", "txn", "hold", "stmt", "prt", "key", "we", "evt", "rc", "per", "dsp", "aud"}
+    {"mem", "txn", "hold", "stmt", "prt", "key", "we", "evt", "rc", "per", "dsp", "aud", "csn"}
 )
 
 #: A member id, the one kind of id a caller may choose: ``mem_`` and 1 to 64 of

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from coalition import ledger
+from coalition.config import Tier
 from coalition.db import owns_rollback
 from coalition.errors import (
     CoalitionError,
@@ -39,6 +40,10 @@ class Balance:
     held: int
     tier: str
     expiring: list[tuple[int, datetime]]
+    #: The points the tier is decided by (over the trailing window), and the next tier up
+    #: with the points it needs (None at the top).
+    qualifying_points: int = 0
+    next_tier: Tier | None = None
 
 
 class Operations(Earning, Spending, Corrections):
@@ -73,7 +78,16 @@ class Operations(Earning, Spending, Corrections):
         held = snapshot.state.held - snapshot.overdue_held
         available = snapshot.state.balance - held
         available -= min(snapshot.overdue_points, max(available, 0))
-        return Balance(member_id, available, held, tier.name, expiring)
+        higher = [t for t in self.settings.tiers if t.threshold_points > tier.threshold_points]
+        return Balance(
+            member_id,
+            available,
+            held,
+            tier.name,
+            expiring,
+            qualifying_points=snapshot.qualifying_points,
+            next_tier=higher[0] if higher else None,
+        )
 
 
 __all__ = [

@@ -8,6 +8,7 @@ scan however deep it is. Every listing is bounded by :data:`MAX_PAGE`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -100,6 +101,15 @@ def list_partners(
     for row in rows:
         session.expunge(row)
     return Page(rows[:limit], len(rows) > limit)
+
+
+def partner_names(session: Session, partner_ids: Iterable[str]) -> dict[str, str]:
+    """The names of these partners, by id (unknown ids are left out)."""
+    wanted = sorted(set(partner_ids))[:MAX_PAGE]
+    if not wanted:
+        return {}
+    rows = session.execute(select(Partner.id, Partner.name).where(Partner.id.in_(wanted)))
+    return {partner_id: name for partner_id, name in rows}
 
 
 def active_rate_card(session: Session, partner_id: str, at: datetime) -> RateCard | None:

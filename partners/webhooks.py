@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from coalition import outbox
@@ -359,3 +359,63 @@ class Webhooks:
             .execution_options(synchronize_session=False)
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointHealth:
+    """An endpoint across partners, with its deliveries that failed and that wait."""
+
+    endpoint: WebhookEndpoint
+    failed: int
+    pending: int
+    last_attempt_at: datetime | None
+
+
+#: The most endpoints and recent attempts the health view lists.
+HEALTH_LIMIT = 100
+
+
+def health(
+    session: Session,
+) -> tuple[list[EndpointHealth], list[tuple[WebhookAttempt, WebhookDelivery, str]]]:
+    """Every partner's endpoints, those with failed deliveries first (then disabled, then
+    waiting), and the latest attempts anywhere (newest first, by the attempts' primary key)
+    with their delivery and endpoint's partner id; each at most :data:`HEALTH_LIMIT`. For the
+    operator's view: a partner reads only its own endpoints."""
+    counts = (
+        select(
+            WebhookDelivery.endpoint_id,
+            func.sum(case((WebhookDelivery.status == DeliveryStatus.FAILED, 1), else_=0)).label(
+                "failed"
+            ),
+            func.sum(case((WebhookDelivery.status == DeliveryStatus.PENDING, 1), else_=0)).label(
+                "pending"
+            ),
+            func.max(WebhookDelivery.last_attempt_at).label("last_attempt_at"),
+        )
+        .group_by(WebhookDelivery.endpoint_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(WebhookEndpoint, counts.c.failed, counts.c.pending, counts.c.last_attempt_at)
+        .outerjoin(counts, counts.c.endpoint_id == WebhookEndpoint.id)
+        .order_by(
+            func.coalesce(counts.c.failed, 0).desc(),
+            WebhookEndpoint.disabled.desc(),
+            func.coalesce(counts.c.pending, 0).desc(),
+            WebhookEndpoint.id,
+        )
+        .limit(HEALTH_LIMIT)
+    ).all()
+    endpoints = [
+        EndpointHealth(e, int(failed or 0), int(pending or 0), last)
+        for e, failed, pending, last in rows
+    ]
+    recent = session.execute(
+        select(WebhookAttempt, WebhookDelivery, WebhookEndpoint.partner_id)
+        .join(WebhookDelivery, WebhookDelivery.id == WebhookAttempt.delivery_id)
+        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+        .order_by(WebhookAttempt.id.desc())
+        .limit(HEALTH_LIMIT)
+    ).all()
+    return endpoints, [(a, d, p) for a, d, p in recent]

@@ -12,6 +12,7 @@ import coalition.outbox
 import partners.models
 import partners.ratelimit
 import partners.replay
+import partners.signin
 import settlement.models  # noqa: F401  (the settlement tables)
 from coalition.db import Base
 
@@ -29,4 +30,4 @@ with engine.connect() as connection:
     connection.commit()
 # (imported to register their tables on the metadata)
 assert coalition.models and coalition.idempotency and coalition.audit and coalition.outbox
-assert partners.models and partners.replay and partners.ratelimit
+assert partners.models and partners.replay and partners.ratelimit and partners.signin

@@ -316,8 +316,8 @@ def serve(
             try:
                 if requests.get(base_url + "/v1/health", timeout=2).status_code == ready:
                     break
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not up yet, or slow to answer on a busy machine: ask again
         time.sleep(0.02)
     else:
         server.should_exit = True

@@ -170,9 +170,15 @@ ENDPOINTS: dict[str, Endpoint] = {
     "GET /v1/admin/reports/liability": Endpoint(
         "GET", "reports", lambda w: ("/v1/admin/reports/liability", None)
     ),
+    "POST /v1/console-links": Endpoint(
+        "POST", "any partner", lambda w: ("/v1/console-links", {}), 201
+    ),
+    "POST /v1/members/{id}/portal-links": Endpoint(
+        "POST", "read", lambda w: (f"/v1/members/{w.member}/portal-links", {}), 201
+    ),
 }
 
-PARTNER_ACCESS = {"any", "earn", "burn", "read", "earn+burn"}
+PARTNER_ACCESS = {"any", "earn", "burn", "read", "earn+burn", "any partner"}
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +236,9 @@ def expected(endpoint: Endpoint, caller: str) -> tuple[int, str | None]:
     if endpoint.access == "any":
         return endpoint.success, None
     if endpoint.access in PARTNER_ACCESS:
-        if caller in ("operator", "finance", "missing scope"):
+        if caller in ("operator", "finance") or (
+            caller == "missing scope" and endpoint.access != "any partner"
+        ):
             return 403, "forbidden"
         if caller == "other partner" and endpoint.owned:
             return 404, "not-found"

@@ -86,6 +86,8 @@ OPERATIONS = [
     "POST /v1/webhook-endpoints/{endpoint_id}/test",
     "GET /v1/webhook-endpoints/{endpoint_id}/deliveries",
     "POST /v1/webhook-endpoints/{endpoint_id}/recover",
+    "POST /v1/console-links",
+    "POST /v1/members/{member_id}/portal-links",
 ]
 
 

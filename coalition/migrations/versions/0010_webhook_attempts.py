@@ -1,7 +1,7 @@
 """Webhooks: every attempt recorded, and since when an endpoint has been failing
 
 Revision ID: 0010_webhook_attempts
-Revises: 0006_webhooks
+Revises: 0007_console
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010_webhook_attempts"
-down_revision = "0006_webhooks"
+down_revision = "0007_console"
 branch_labels = None
 depends_on = None
 
