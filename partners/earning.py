@@ -93,8 +93,7 @@ class Earning(OperationBase):
                     {
                         "partner": partner_id,
                         "member": member_id,
-                        "since": self._tier_since(occurred),
-                        "until": occurred,
+                        **ledger.window(self._tier_since(occurred), occurred),
                         "kind": "earn",
                         "reference": reference,
                     },
