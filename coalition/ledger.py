@@ -200,23 +200,24 @@ _ADD_TO_BALANCE = (
     .values(balance=_MEMBERS.c.balance + bindparam("balance_delta"))
 )
 # The bulk earn's tier history (:func:`qualifying_history`): its members' rows from
-# ``:history_from`` to ``:history_to`` outside the core window, one by one; then, when the core
-# is not empty, the core's parts (:func:`_window_parts`) summed per member with a NULL time.
+# ``:history_from`` to ``:history_to`` outside the core window (before ``:since``, after
+# ``:until``), one by one, each side one index range; and the core's parts
+# (:func:`_window_parts`) summed per member with a NULL time. An empty core: every row.
 _HISTORY_MEMBERS: Any = bindparam("members", expanding=True)
-_OUTSIDE_CORE = select(
-    _TRANSACTIONS.c.member_id, _TRANSACTIONS.c.occurred_at, _SIGNED_POINTS
-).where(
-    _TRANSACTIONS.c.member_id.in_(_HISTORY_MEMBERS),
-    _COUNTS_FOR_TIER,
-    _TRANSACTIONS.c.occurred_at >= bindparam("history_from"),
-    _TRANSACTIONS.c.occurred_at <= bindparam("history_to"),
-    ~and_(
-        _TRANSACTIONS.c.occurred_at >= bindparam("since"),
-        _TRANSACTIONS.c.occurred_at <= bindparam("until"),
-    ),
-)
+
+
+def _history_rows(*bounds: Any) -> Any:
+    return select(_TRANSACTIONS.c.member_id, _TRANSACTIONS.c.occurred_at, _SIGNED_POINTS).where(
+        _TRANSACTIONS.c.member_id.in_(_HISTORY_MEMBERS), _COUNTS_FOR_TIER, *bounds
+    )
+
+
+_HISTORY_FROM = _TRANSACTIONS.c.occurred_at >= bindparam("history_from")
+_HISTORY_TO = _TRANSACTIONS.c.occurred_at <= bindparam("history_to")
+_HISTORY_ROWS = _history_rows(_HISTORY_FROM, _HISTORY_TO)
 _QUALIFYING_HISTORY = union_all(
-    _OUTSIDE_CORE,
+    _history_rows(_HISTORY_FROM, _TRANSACTIONS.c.occurred_at < bindparam("since")),
+    _history_rows(_TRANSACTIONS.c.occurred_at > bindparam("until"), _HISTORY_TO),
     *(
         part.with_only_columns(part.selected_columns[0], null(), part.selected_columns[1]).group_by(
             part.selected_columns[0]
@@ -352,7 +353,7 @@ def qualifying_history(
         return history
     params = {"members": ids, "history_from": since, "history_to": until, **window(*core)}
     # An empty core (the batch spans more than a window): every row comes one by one.
-    stmt = _QUALIFYING_HISTORY if core[0] <= core[1] else _OUTSIDE_CORE
+    stmt = _QUALIFYING_HISTORY if core[0] <= core[1] else _HISTORY_ROWS
     for member_id, occurred_at, points in session.execute(stmt, params):
         history[member_id].append((occurred_at, int(points or 0)))
     return history
