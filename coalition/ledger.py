@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import psycopg
 from sqlalchemy import (
     Row,
     Table,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, configure_mappers
 from sqlalchemy.orm.instrumentation import manager_of_class
 
@@ -997,9 +999,14 @@ def _insert_rows(
     raw = session.connection().connection.driver_connection
     assert raw is not None
     copy_sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
-    with raw.cursor() as cursor, cursor.copy(copy_sql) as copy:
-        for row in rows:
-            copy.write_row(row)
+    try:
+        with raw.cursor() as cursor, cursor.copy(copy_sql) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.Error as exc:
+        # Raised as SQLAlchemy raises the driver's errors of its own statements: a unique key
+        # that a concurrent write took first is an IntegrityError, which callers retry on.
+        raise DBAPIError.instance(copy_sql, None, exc, psycopg.Error) from exc
 
 
 # A debit on PostgreSQL in two statements: first the member row, updated only if it has the
