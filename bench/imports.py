@@ -3,9 +3,13 @@ beside a bare ``COPY`` of the same file into an unindexed table (docs/benchmarks
 
 It makes a CSV of ``--rows`` earns (default 1,000,000) over ``--members`` members, imports it
 (rows per second, peak memory sampled at every batch), imports it again (every row a
-duplicate), and copies it with ``COPY ... FROM STDIN`` into a table without indexes or
-constraints: the floor of what moving those bytes into PostgreSQL costs. Targets (issue 10):
-at least 25,000 rows/s and at least 0.3 x the bare COPY.
+duplicate), runs ``coalition check`` on the result, and copies the file with ``COPY ... FROM
+STDIN`` into a table without indexes or constraints: the floor of what moving those bytes into
+PostgreSQL costs. A second floor is what the database alone spends writing the same rows into
+the ledger's real tables (their indexes, foreign keys and the deferred zero-sum trigger): from
+that copied table, set-based (``INSERT ... SELECT`` of a transaction, two postings and a lot
+per row, the members' balances and tier basis), committed. Targets (issue 10): at least 25,000
+rows/s and at least 0.3 x the bare COPY.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from sqlalchemy import Engine, text
 from api.bulk import earn_from_fields, earn_from_json
 from bench.postgres import scratch_database, server_url
 from bench.throughput import prepare
+from coalition.db import transaction
 from partners.imports import import_earns
+from settlement.check import run_checks
 
 
 def _say(message: str) -> None:
@@ -56,8 +62,49 @@ def analyze(engine: Engine) -> None:
         conn.commit()
 
 
-def bare_copy(url: str, path: Path) -> float:
-    """Seconds to COPY ``path`` into a new unindexed table (then dropped)."""
+# The import's rows written by the database alone (bench_bare_copy holds the file): every
+# row 12 points (12.34 EUR at 1 point a unit, base tier), references prefixed so they differ
+# from the import's; one transaction, committed so the deferred zero-sum checks run too.
+_LEDGER_FLOOR = (
+    "INSERT INTO transactions (id, kind, partner_id, member_id, reference, points, amount_minor,"
+    " currency, rate_card_id, tier, occurred_at, posted_at, balance_after, overdraft_points)"
+    " SELECT 'txn_floor_' || reference, 'earn', %(partner)s, member_id, 'floor-' || reference,"
+    " 12, 1234, 'EUR', %(card)s, 'base', now(), now(), 12, 0 FROM bench_bare_copy",
+    "INSERT INTO postings (transaction_id, account_id, points, posted_at)"
+    " SELECT 'txn_floor_' || b.reference, m.account_id, 12, now()"
+    " FROM bench_bare_copy b JOIN members m ON m.id = b.member_id"
+    " UNION ALL SELECT 'txn_floor_' || reference, %(issued)s, -12, now() FROM bench_bare_copy",
+    "INSERT INTO lots (member_id, origin_partner_id, transaction_id, points, remaining,"
+    " expires_at, is_deficit) SELECT member_id, %(partner)s, 'txn_floor_' || reference, 12, 12,"
+    " now() + interval '1095 days', false FROM bench_bare_copy",
+    "UPDATE members SET balance = balance + c.points FROM (SELECT member_id,"
+    " 12 * count(*) AS points FROM bench_bare_copy GROUP BY member_id) c"
+    " WHERE members.id = c.member_id",
+    "INSERT INTO qualifying_days (member_id, day, points) SELECT member_id,"
+    " CAST(FLOOR(EXTRACT(EPOCH FROM now()) / 86400) AS INTEGER), 12 * count(*)"
+    " FROM bench_bare_copy GROUP BY member_id ON CONFLICT (member_id, day)"
+    " DO UPDATE SET points = qualifying_days.points + excluded.points",
+)
+
+
+def ledger_floor(url: str, partner_id: str) -> float:
+    """Seconds for the database alone to write the copied rows into the ledger's tables."""
+    with psycopg.connect(url) as conn:
+        card, issued = conn.execute(
+            "SELECT r.id, p.issued_account_id FROM partners p JOIN rate_cards r"
+            " ON r.partner_id = p.id WHERE p.id = %s",
+            (partner_id,),
+        ).fetchone() or (None, None)
+        params = {"partner": partner_id, "card": card, "issued": issued}
+        start = time.perf_counter()
+        for statement in _LEDGER_FLOOR:
+            conn.execute(statement, params)
+        conn.commit()
+        return time.perf_counter() - start
+
+
+def bare_copy(url: str, path: Path, *, keep: bool = False) -> float:
+    """Seconds to COPY ``path`` into a new unindexed table (dropped unless ``keep``)."""
     with psycopg.connect(url) as conn:
         conn.execute(
             "CREATE TABLE bench_bare_copy (member_id text, reference text, amount text, "
@@ -74,8 +121,9 @@ def bare_copy(url: str, path: Path) -> float:
                 copy.write(chunk)
         conn.commit()
         seconds = time.perf_counter() - start
-        conn.execute("DROP TABLE bench_bare_copy")
-        conn.commit()
+        if not keep:
+            conn.execute("DROP TABLE bench_bare_copy")
+            conn.commit()
     return seconds
 
 
@@ -120,8 +168,13 @@ def run(rows: int, members: int) -> dict[str, Any]:
                 _say(f"re-import: {again.duplicates} duplicates in {again_s:.1f} s")
                 assert first.imported == rows and not first.rejected, first
                 assert again.duplicates == rows and again.imported == 0, again
+                with transaction(bench.ops.sessions) as s:
+                    violations = {f.invariant: f.violations for f in run_checks(s) if not f.ok}
+                _say(f"coalition check: {violations or 'every invariant holds'}")
                 libpq = url.set(drivername="postgresql").render_as_string(hide_password=False)
-                copy_s = bare_copy(libpq, path)
+                copy_s = bare_copy(libpq, path, keep=True)
+                floor_s = ledger_floor(libpq, bench.partner_id)
+                _say(f"bare COPY {copy_s:.2f} s, ledger floor {floor_s:.1f} s")
                 size = path.stat().st_size
         finally:
             bench.engine.dispose()
@@ -136,6 +189,11 @@ def run(rows: int, members: int) -> dict[str, Any]:
         "bare_copy_s": round(copy_s, 3),
         "bare_copy_rows_per_s": round(rows / copy_s),
         "ratio_to_bare_copy": round(copy_s / first_s, 4),
+        "ledger_floor_s": round(floor_s, 2),
+        "ledger_floor_rows_per_s": round(rows / floor_s),
+        "ratio_to_ledger_floor": round(floor_s / first_s, 3),
+        "floor_ratio_to_bare_copy": round(copy_s / floor_s, 4),
+        "check_violations": violations,
         "rss_mib_after_first_tenth": round(max(rss[:tenth]), 1),
         "rss_mib_peak": round(max(rss), 1),
         "maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from coalition import outbox
+from coalition.db import dialect_of
 
 SAMPLE = 10
 
@@ -72,6 +73,29 @@ WHERE m.held < 0 OR (m.held > m.balance AND m.held - m.balance >
 """
 
 
+#: The UTC day (days since 1970-01-01) a transaction occurred on, as ``ledger.day_of`` computes
+#: it, per dialect (SQLite stores naive UTC text).
+_DAY_OF = {
+    "postgresql": "CAST(FLOOR(EXTRACT(EPOCH FROM t.occurred_at) / 86400) AS INTEGER)",
+    "sqlite": "CAST(strftime('%s', t.occurred_at) AS INTEGER) / 86400",
+}
+
+
+def _tier_basis(session: Session) -> list[str]:
+    """``qualifying_days`` (kept by the write path) = a recomputation from the transactions."""
+    day = _DAY_OF[dialect_of(session)]
+    return sample_rows(
+        session,
+        "SELECT COALESCE(q.member_id, r.member_id) AS member_id, COALESCE(q.day, r.day) AS day,"  # noqa: S608 (built from constants)
+        " q.points AS kept, r.points AS recomputed FROM qualifying_days q FULL OUTER JOIN"
+        f" (SELECT t.member_id, {day} AS day,"
+        " SUM(CASE WHEN t.kind = 'earn' THEN t.points ELSE -t.points END) AS points"
+        " FROM transactions t WHERE t.kind IN ('earn', 'earn_reversal')"
+        f" GROUP BY t.member_id, {day}) r ON r.member_id = q.member_id AND r.day = q.day"
+        " WHERE q.points IS DISTINCT FROM r.points",
+    )
+
+
 def _member_balances(session: Session) -> list[str]:
     by_postings = sample_rows(
         session,
@@ -97,12 +121,14 @@ def _member_balances(session: Session) -> list[str]:
         " WHERE d.is_deficit AND d.remaining < 0 AND p.remaining > 0",
     )
     unrecorded_negative = sample_rows(session, _NEGATIVE_BEYOND_CLAWBACKS)
+    tier_basis = _tier_basis(session)
     return (
         [f"balance != postings: {r}" for r in by_postings]
         + [f"balance != open lots: {r}" for r in by_lots]
         + [f"lot remaining != points + movements: {r}" for r in lot_history]
         + [f"deficit beside open lots: {r}" for r in side_by_side]
         + [f"negative balance without a recorded clawback: {r}" for r in unrecorded_negative]
+        + [f"tier basis != its transactions: {r}" for r in tier_basis]
     )
 
 
@@ -165,7 +191,8 @@ CHECKS: list[tuple[int, str, Callable[[Session], list[str]]]] = [
     (1, "every transaction's postings sum to zero", _zero_sum),
     (
         2,
-        "member balance = its postings = its open lots; negative only by a recorded clawback",
+        "member balance = its postings = its open lots; negative only by a recorded clawback;"
+        " its tier basis per day = its earns less earn reversals that day",
         _member_balances,
     ),
     (

@@ -11,6 +11,8 @@ import secrets
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_DIGIT_PAIRS = [high + low for high in _ALPHABET for low in _ALPHABET]
+_PAIR_SHIFTS = tuple(range(120, -1, -10))
 PREFIXES = frozenset(
     {"mem", "txn", "hold", "stmt", "prt", "key", "we", "evt", "rc", "per", "dsp", "aud", "csn"}
 )
@@ -32,8 +34,6 @@ def new_id(prefix: str) -> str:
     """Return a new id such as ``txn_01JD3...`` (prefix, underscore, 26 characters)."""
     assert prefix in PREFIXES, prefix
     value = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return f"{prefix}_{''.join(reversed(chars))}"
+    # The 26 digits of the value's 130 bits, most significant first, two at a time: a bulk
+    # import makes an id a row, and this is a quarter of the cost of one digit at a time.
+    return f"{prefix}_{''.join([_DIGIT_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])}"

@@ -243,6 +243,23 @@ class LotMovement(Base):
     points: Mapped[int] = mapped_column(BigInteger)
 
 
+class QualifyingDay(Base):
+    """A member's tier basis for one UTC day: the points of its earns less its earn reversals
+    that occurred that day (``day``: days since 1970-01-01 UTC).
+
+    Kept by the ledger's write path (``ledger._posted``) in the transaction of each earn and
+    reversal, under the member's row lock, so the tier over a trailing window of a year reads
+    about 365 of these rows and the window's two edge days, not every earn of the year.
+    ``coalition check`` recomputes it from the transactions (invariant 2).
+    """
+
+    __tablename__ = "qualifying_days"
+
+    member_id: Mapped[str] = mapped_column(ForeignKey("members.id"), primary_key=True)
+    day: Mapped[int] = mapped_column(Integer, primary_key=True)
+    points: Mapped[int] = mapped_column(BigInteger)
+
+
 class Hold(Base):
     """Points reserved at checkout, later captured (a burn), voided or expired."""
 

@@ -9,11 +9,14 @@ an operation that rolls back leaves no event, and a committed one always has its
 dispatcher (``partners/dispatch.py``) sends what is pending, at least once, with the event id
 as ``webhook-id``.
 
-Ledger transactions (:func:`transaction_posted`, called by ``ledger._posted``) are noted on the
-session and written when it commits, still inside its transaction, in one executemany for all
-of them: a bulk insert of 500 earns adds one statement, not 500, and ``_posted`` may run before
-the transaction's row is inserted. Only the events of transactions that exist at commit are
-written (a savepoint rolled back after ``_posted`` leaves none).
+Events are noted on the session (:func:`note`; ledger transactions by
+:func:`transactions_posted`, called by ``ledger._posted_many``; holds by :func:`hold_closed`)
+and written when it commits, still inside its transaction. A single event (a signed request's)
+is one statement that finds the subscribed endpoints itself; for many (a bulk insert of 5,000
+earns) one lookup per partner and event type finds who is subscribed, then one executemany
+writes those events, their bodies built then and only for them. ``_posted_many`` may run before
+the transactions' rows are inserted. Only the events of transactions that exist at commit (and
+of holds closed by then) are written: a savepoint rolled back after the note leaves none.
 
 Cost at 100 million events: ``webhook_deliveries`` is read by the dispatcher through the
 partial index on ``next_attempt_at`` of pending rows only, so delivered rows cost it nothing;
@@ -22,8 +25,11 @@ endpoints are read by ``partner_id``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -323,11 +329,37 @@ def transaction_data(txn: Transaction) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True, slots=True)
+class _Noted:
+    """An event noted in the session's transaction, written (or not) when it commits."""
+
+    event_type: EventType
+    partner_id: str
+    data: Callable[[], dict[str, Any]]
+    at: datetime
+    due: datetime
+    transaction_id: str | None
+    hold_id: str | None
+
+    def row(self) -> dict[str, Any]:
+        event_id = new_id("evt")
+        return {
+            "id": event_id,
+            "type": self.event_type.value,
+            "partner": self.partner_id,
+            "payload": body_of(event_id, self.event_type, self.at, self.data()),
+            "at": self.at,
+            "due": self.due,
+            "txn": self.transaction_id,
+            "hold": self.hold_id,
+        }
+
+
 def note(
     session: Session,
     event_type: EventType,
     partner_id: str,
-    data: dict[str, Any],
+    data: dict[str, Any] | Callable[[], dict[str, Any]],
     *,
     at: datetime,
     due: datetime | None = None,
@@ -335,40 +367,32 @@ def note(
     hold_id: str | None = None,
 ) -> None:
     """Note an event for ``partner_id``'s subscribed endpoints, to be written when the session
-    commits, inside its transaction; all the events noted in one transaction are written in one
-    statement (two on SQLite). ``due``: when to send it (default ``at``, at once: a rate card
-    that starts next month is announced when it starts). An event of a ledger transaction is
-    written only if that transaction is, that of a hold only if the hold is closed (neither
-    undone by a rolled-back savepoint)."""
-    event_id = new_id("evt")
+    commits, inside its transaction. ``data`` may be a function: it is called only if some
+    endpoint is subscribed. ``due``: when to send it (default ``at``, at once: a rate card that
+    starts next month is announced when it starts). An event of a ledger transaction is written
+    only if that transaction is, that of a hold only if the hold is closed (neither undone by a
+    rolled-back savepoint)."""
+    make = data if callable(data) else (lambda: data)
     session.info.setdefault(_PENDING, []).append(
-        {
-            "id": event_id,
-            "type": event_type.value,
-            "partner": partner_id,
-            "payload": body_of(event_id, event_type, at, data),
-            "at": at,
-            "due": due or at,
-            "txn": transaction_id,
-            "hold": hold_id,
-        }
+        _Noted(event_type, partner_id, make, at, due or at, transaction_id, hold_id)
     )
 
 
-def transaction_posted(session: Session, txn: Transaction) -> None:
-    """Note the event of a posted transaction, if its partner is told about its kind
-    (``ledger._posted`` calls this for every transaction, however it was written)."""
-    event_type = TRANSACTION_EVENTS.get(TransactionKind(txn.kind))
-    if event_type is None or txn.partner_id is None:
-        return
-    note(
-        session,
-        event_type,
-        txn.partner_id,
-        transaction_data(txn),
-        at=txn.posted_at,
-        transaction_id=txn.id,
-    )
+def transactions_posted(session: Session, txns: Iterable[Transaction]) -> None:
+    """Note the events of posted transactions (those whose partner is told about their kind;
+    ``ledger._posted_many`` calls this for every transaction, however it was written)."""
+    for txn in txns:
+        event_type = TRANSACTION_EVENTS.get(TransactionKind(txn.kind))
+        if event_type is None or txn.partner_id is None:
+            continue
+        note(
+            session,
+            event_type,
+            txn.partner_id,
+            partial(transaction_data, txn),
+            at=txn.posted_at,
+            transaction_id=txn.id,
+        )
 
 
 def hold_closed(
@@ -401,13 +425,29 @@ def hold_closed(
 
 #: ``Session.info`` key: the events noted in the session's current transaction.
 _PENDING = "coalition_outbox_pending"
+#: Whether ``:partner`` has an enabled endpoint subscribed to ``:type``.
+_ANY_SUBSCRIBED = text(f"SELECT EXISTS (SELECT 1 FROM webhook_endpoints WHERE {_SUBSCRIBED})")  # noqa: S608 (built from constants)
 
 
 @event.listens_for(Session, "before_commit")
 def _write_noted(session: Session) -> None:
-    rows = session.info.pop(_PENDING, None)
-    if rows:
-        _write(session, rows)
+    """Write the noted events. One event (a signed request's) goes out in one statement that
+    finds the subscribed endpoints itself; of many (a bulk insert's), the partners' subscriptions
+    are read first, one lookup per partner and event type, so that no body is built for a
+    partner nobody listens to."""
+    noted: list[_Noted] | None = session.info.pop(_PENDING, None)
+    if not noted:
+        return
+    if len(noted) > 1:
+        kinds = {(n.partner_id, n.event_type) for n in noted}
+        subscribed = {
+            (partner, event_type)
+            for partner, event_type in sorted(kinds)
+            if session.scalar(_ANY_SUBSCRIBED, {"partner": partner, "type": event_type.value})
+        }
+        noted = [n for n in noted if (n.partner_id, n.event_type) in subscribed]
+    if noted:
+        _write(session, [n.row() for n in noted])
 
 
 @event.listens_for(Session, "after_rollback")

@@ -93,8 +93,7 @@ class Earning(OperationBase):
                     {
                         "partner": partner_id,
                         "member": member_id,
-                        "since": self._tier_since(occurred),
-                        "until": occurred,
+                        **ledger.window(self._tier_since(occurred), occurred),
                         "kind": "earn",
                         "reference": reference,
                     },
@@ -189,8 +188,8 @@ class Earning(OperationBase):
         place: its :class:`Posted`, or the :class:`CoalitionError` :meth:`earn` would raise (and
         nothing of that item is written). A handful of statements serve the whole batch: the
         references already used, the members (locked in id order), the rate cards, the tier
-        history, then executemany inserts (:func:`ledger.credit_many`). A member who owes points
-        (a clawback deficit) takes the ordinary path, which fills the deficit.
+        history, then the writes (:func:`ledger.credit_many`: ``COPY`` on PostgreSQL). A member
+        who owes points (a clawback deficit) takes the ordinary path, which fills the deficit.
 
         At most :data:`EARN_BATCH_MAX` items (:class:`ValidationFailed` beyond).
         """

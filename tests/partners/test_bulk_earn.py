@@ -14,12 +14,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
+from sqlalchemy.exc import IntegrityError
 
+from coalition import ledger
 from coalition.db import transaction
 from coalition.errors import CoalitionError, ValidationFailed
-from coalition.ledger import Posted
-from coalition.models import Lot, Member
+from coalition.ledger import Header, Posted
+from coalition.models import Lot, Member, Transaction, TransactionKind
 from partners.models import Partner, RateCard
 from partners.operations import EARN_BATCH_MAX, EarnItem
 from partners.rates import update_partner
@@ -280,3 +282,39 @@ def test_concurrent_batches_on_the_same_members_neither_deadlock_nor_lose_points
         expected[p.transaction.member_id] += sign * p.transaction.points
     assert {m: balances[m] for m in members} == expected
     pg.assert_ledger_ok()
+
+
+def test_a_reference_taken_before_the_bulk_write_fails_the_batch_with_the_unique_key_error(
+    db: Db,
+) -> None:
+    """What a concurrent earn that takes a batch's reference between its check and its write
+    does (the bulk write is ``COPY`` on PostgreSQL): the database's unique-key error, as an
+    ``IntegrityError`` (the API runs the request again), and nothing of the batch written."""
+    shop = db.partner("EUR", earn="1")
+    member = db.member()
+    db.ops.earn(shop.id, member_id=member, reference="taken", amount="5", currency="EUR")
+    now = db.clock()
+    credits = [
+        ledger.Credit(
+            Header(
+                kind=TransactionKind.EARN,
+                member_id=member,
+                points=5,
+                occurred_at=now,
+                posted_at=now,
+                partner_id=shop.id,
+                reference=reference,
+                amount_minor=500,
+                currency="EUR",
+            ),
+            from_account=shop.issued_account_id,
+            origin_partner_id=shop.id,
+            expires_at=now + timedelta(days=30),
+        )
+        for reference in ("fresh", "taken")
+    ]
+    with pytest.raises(IntegrityError), transaction(db.sessions) as s:
+        ledger.credit_many(s, credits, ledger.lock_members(s, [member]))
+    with db.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Transaction)) == 1
+    db.assert_ledger_ok()
