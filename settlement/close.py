@@ -31,7 +31,6 @@ from settlement.models import Period, Statement, StatementEvent
 from settlement.signing import signer
 from settlement.statements import (
     Totals,
-    build_document,
     cross_brand_rows,
     insert_lines,
     issue,
@@ -214,8 +213,7 @@ def _close_once(
     statements = statements_of(session, period.id)
     for statement in statements:
         figures = totals.get(statement.id, Totals())
-        document = build_document(session, statement, period, figures, cross[statement.partner_id])
-        issue(session, statement, document, figures, sign)
+        issue(session, statement, period, figures, cross[statement.partner_id], signer=sign)
     if statements:
         session.execute(
             insert(StatementEvent),
