@@ -33,7 +33,7 @@ from settlement.statements import (
     BILLED_KINDS,
     amount_sql,
     document_of,
-    lines_json,
+    lines_and_totals,
     register_sqlite_functions,
     totals_of,
 )
@@ -163,7 +163,7 @@ def _documents(session: Session) -> list[str]:
             continue
         if document["totals"] != totals_of(statement).document(statement.currency):
             problems.append(f"document totals != stored totals: {statement.id}")
-        elif canonical_value(document["lines"]) != lines_json(session, statement):
+        elif canonical_value(document["lines"]) != lines_and_totals(session, statement)[0]:
             problems.append(f"document lines != stored lines: {statement.id}")
         elif not (verdict := verify_document(document, keys)).ok:
             problems.append(f"signature: {statement.id}: {verdict.reason}")

@@ -2,11 +2,11 @@
 a status change.
 
 A period's lines are one ``INSERT ... SELECT`` over its postings (never loaded row by row into
-Python), written in statement order; its totals are one ``GROUP BY`` over those lines; its
-cross-brand rows one aggregate over the lot movements of its burns. Each statement's lines
-reach Python once, as the canonical JSON text the database builds in one aggregate; Python
-splices it into the document, hashes and signs, one statement at a time, so the close's memory
-is bounded by the largest statement, not by the period.
+Python), written in statement order; its cross-brand rows one aggregate over the lot movements
+of its burns. Each statement's lines reach Python once, as the canonical JSON text the database
+builds in one aggregate that also sums its totals; Python splices the text into the document,
+hashes and signs, one statement at a time, so the close's memory is bounded by the largest
+statement, not by the period.
 
 Line rule: ``amount = points x unit_price`` rounded half-even to the currency's exponent, once
 per line (:func:`line_amount_minor`, and the same arithmetic in SQL: PostgreSQL ``NUMERIC``;
@@ -100,13 +100,6 @@ JOIN statements s ON s.partner_id = d.partner_id AND s.period_id = :period
 WHERE d.adjustment_minor IS NOT NULL AND d.resolved_at < :end
   AND NOT EXISTS (SELECT 1 FROM statement_lines l WHERE l.dispute_id = d.id)
 """
-_TOTALS = """
-SELECT l.statement_id, l.kind, COUNT(*), COALESCE(SUM(l.points), 0),
-       COALESCE(SUM(l.amount_minor), 0)
-FROM statement_lines l JOIN statements s ON s.id = l.statement_id
-WHERE s.period_id = :period
-GROUP BY l.statement_id, l.kind
-"""
 # Which partner issued the points burned at each partner: the lots its burns consumed (net of
 # burn reversals, which put points back into lots); a clawback deficit lot has no origin.
 _CROSS_BRAND = """
@@ -185,20 +178,31 @@ _LINE_JSON_PG = (
     """ || ',"unit_price":' || COALESCE('"' || trim_scale(l.unit_price)::text || '"', 'null')"""
     """ || '}'"""
 )
-# The statement's lines as one canonical JSON array, in document order (posted, then line id).
-_LINES_JSON_PG = f"""
-SELECT '[' || COALESCE(string_agg({_LINE_JSON_PG}, ',' ORDER BY l.posted_at, l.id), '') || ']'
+# A statement's totals, summed in the same pass over its lines (Totals' fields, in order).
+_SUMS = """COUNT(*),
+  SUM(CASE WHEN l.kind IN ('earn', 'bonus') THEN l.points ELSE 0 END),
+  SUM(CASE WHEN l.kind IN ('earn', 'bonus') THEN l.amount_minor ELSE 0 END),
+  SUM(CASE WHEN l.kind = 'earn_reversal' THEN l.amount_minor ELSE 0 END),
+  SUM(CASE WHEN l.kind = 'burn' THEN l.points ELSE 0 END),
+  SUM(CASE WHEN l.kind = 'burn' THEN l.amount_minor ELSE 0 END),
+  SUM(CASE WHEN l.kind = 'burn_reversal' THEN l.amount_minor ELSE 0 END),
+  SUM(CASE WHEN l.kind = 'adjustment' THEN l.amount_minor ELSE 0 END)"""
+# The statement's lines as one canonical JSON array in document order (posted, then line id),
+# and its totals.
+_LINES_PG = f"""
+SELECT '[' || COALESCE(string_agg({_LINE_JSON_PG}, ',' ORDER BY l.posted_at, l.id), '') || ']',
+  {_SUMS}
 FROM statement_lines l WHERE l.statement_id = :statement
 """  # noqa: S608 (built from constants)
 # SQLite (no ordered aggregates before 3.44): the aggregate reads an ordered subquery, which
 # SQLite does not flatten into an aggregate, so it keeps the order.
-_LINES_JSON_SQLITE = """
-SELECT '[' || COALESCE(group_concat(line, ','), '') || ']' FROM (
+_LINES_SQLITE = f"""
+SELECT '[' || COALESCE(group_concat(l.line, ','), '') || ']', {_SUMS} FROM (
   SELECT coalition_line_json(l.transaction_id, l.dispute_id, l.kind, l.posted_at, l.occurred_at,
                              l.points, l.unit_price, l.amount_minor, l.prior_period, :exponent)
-         AS line
-  FROM statement_lines l WHERE l.statement_id = :statement ORDER BY l.posted_at, l.id)
-"""
+         AS line, l.kind, l.points, l.amount_minor
+  FROM statement_lines l WHERE l.statement_id = :statement ORDER BY l.posted_at, l.id) l
+"""  # noqa: S608 (built from constants)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,15 +285,15 @@ def insert_lines(session: Session, period: Period, lower: datetime) -> None:
     session.execute(_insert_lines_sql(dialect, late=lower < period.start_at), params)
 
 
-def lines_json(session: Session, statement: Statement) -> bytes:
-    """The statement's lines as its document writes them, in canonical JSON, built by the
-    database in one aggregate (Python only receives the text)."""
+def lines_and_totals(session: Session, statement: Statement) -> tuple[bytes, Totals]:
+    """The statement's lines as its document writes them (canonical JSON, built by the database
+    in one aggregate: Python only receives the text) and their totals."""
     register_sqlite_functions(session)
-    sql = _LINES_JSON_SQLITE if session.get_bind().dialect.name == "sqlite" else _LINES_JSON_PG
-    written = session.scalar(
+    sql = _LINES_SQLITE if session.get_bind().dialect.name == "sqlite" else _LINES_PG
+    written, *sums = session.execute(
         text(sql), {"statement": statement.id, "exponent": statement.currency_exponent}
-    )
-    return str(written).encode("utf-8")
+    ).one()
+    return str(written).encode("utf-8"), Totals(*(int(n or 0) for n in sums))
 
 
 @dataclass(slots=True)
@@ -304,23 +308,6 @@ class Totals:
     reimbursed_minor: int = 0
     burn_reversed_minor: int = 0
     adjustments_minor: int = 0
-
-    def add(self, kind: str, count: int, points: int, amount_minor: int) -> None:
-        """Add one kind's lines."""
-        self.lines += count
-        if kind in ("earn", "bonus"):
-            self.issued_points += points
-            self.issued_minor += amount_minor
-        elif kind == "earn_reversal":
-            self.earn_reversed_minor += amount_minor
-        elif kind == "burn":
-            self.redeemed_points += points
-            self.reimbursed_minor += amount_minor
-        elif kind == "burn_reversal":
-            self.burn_reversed_minor += amount_minor
-        else:
-            assert kind == "adjustment", kind
-            self.adjustments_minor += amount_minor
 
     @property
     def net_minor(self) -> int:
@@ -366,16 +353,6 @@ def totals_of(statement: Statement) -> Totals:
         burn_reversed_minor=statement.burn_reversed_minor,
         adjustments_minor=statement.adjustments_minor,
     )
-
-
-def period_totals(session: Session, period_id: str) -> dict[str, Totals]:
-    """Totals of each statement of the period that has lines (one ``GROUP BY``)."""
-    totals: dict[str, Totals] = {}
-    for statement_id, kind, count, points, amount in session.execute(
-        text(_TOTALS), {"period": period_id}
-    ):
-        totals.setdefault(statement_id, Totals()).add(kind, int(count), int(points), int(amount))
-    return totals
 
 
 def cross_brand_rows(session: Session, period_id: str) -> list[tuple[str, str | None, int]]:
@@ -430,7 +407,6 @@ def issue(
     session: Session,
     statement: Statement,
     period: Period,
-    totals: Totals,
     cross_brand: Sequence[tuple[str | None, int]],
     *,
     signer: Signer,
@@ -438,11 +414,10 @@ def issue(
     """Write the statement's totals, its issued hash and its signed document (once). The
     lines' canonical JSON comes from the database as one text, spliced into the document's:
     the statement's memory is a few times its document, whatever the period's size."""
-    canonical = canonical_json_with(
-        document_head(statement, period, totals, cross_brand),
-        "lines",
-        lines_json(session, statement),
-    )
+    lines, totals = lines_and_totals(session, statement)
+    head = document_head(statement, period, totals, cross_brand)
+    canonical = canonical_json_with(head, "lines", lines)
+    del lines  # the spliced document holds them now: one copy fewer while it is signed
     digest = content_sha256(canonical)
     signature = b64url(signer.sign(canonical))
     session.execute(
