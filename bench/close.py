@@ -4,8 +4,9 @@
 For each size it makes a scratch database, onboards 50 partners (JPY, EUR, BHD) through the
 service, generates the period's transactions set-based in SQL (``generate_series``: earns,
 burns with the lot movements the cross-brand rows read, earn and burn reversals, partner-funded
-bonuses), then in a child process times the bare aggregate and the close and reports the
-close's peak memory (``tracemalloc`` of the Python heap, and the child's peak RSS).
+bonuses), then in a child process times the bare aggregate (and a bare copy of the same
+postings into an unindexed table, the floor of writing a row per line) and the close, and
+reports the close's peak memory (``tracemalloc`` of the Python heap, and the child's peak RSS).
 """
 
 from __future__ import annotations
@@ -104,6 +105,13 @@ _BARE = """
 SELECT partner_id, kind, COUNT(*), SUM(points) FROM transactions
 WHERE posted_at >= :start AND posted_at < :end GROUP BY partner_id, kind
 """
+# The floor of writing one row per line: the same postings copied into an unindexed temporary
+# table, without prices, amounts or any constraint.
+_BARE_COPY = """
+CREATE TEMPORARY TABLE bench_bare_copy AS
+SELECT id, partner_id, kind, posted_at, occurred_at, points, rate_card_id FROM transactions
+WHERE posted_at >= :start AND posted_at < :end
+"""
 
 
 def _generate(url: str, size: int) -> float:
@@ -117,11 +125,15 @@ def _generate(url: str, size: int) -> float:
     return time.perf_counter() - started
 
 
-def _time_in_sql(engine: Engine) -> tuple[list[float], list[tuple[float, str]]]:
-    """Seconds spent waiting for statements (cursor execute) from now on: ([total], and the
-    statements that took longer than a second, with their first words)."""
+def _time_in_sql(
+    engine: Engine,
+) -> tuple[list[float], list[tuple[float, str]], dict[str, list[float]]]:
+    """Seconds spent waiting for statements (cursor execute) from now on: ([total], the
+    statements that took longer than a second, with their first words, and by their first
+    words: [count, seconds])."""
     spent = [0.0]
     slow: list[tuple[float, str]] = []
+    by_statement: dict[str, list[float]] = {}
 
     @event.listens_for(engine, "before_cursor_execute")
     def before(conn: Any, *_: Any) -> None:
@@ -131,10 +143,14 @@ def _time_in_sql(engine: Engine) -> tuple[list[float], list[tuple[float, str]]]:
     def after(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
         took = time.perf_counter() - conn.info.pop("bench_started")
         spent[0] += took
+        words = " ".join(statement.split())
         if took > 1:
-            slow.append((round(took, 2), " ".join(statement.split())[:90]))
+            slow.append((round(took, 2), words[:90]))
+        totals = by_statement.setdefault(words[:40], [0, 0.0])
+        totals[0] += 1
+        totals[1] += took
 
-    return spent, slow
+    return spent, slow, by_statement
 
 
 def _measure(url: str, out: Any, memory: bool) -> None:
@@ -145,6 +161,10 @@ def _measure(url: str, out: Any, memory: bool) -> None:
         started = time.perf_counter()
         rows = conn.execute(text(_BARE), {"start": START, "end": END}).all()
         bare_s = time.perf_counter() - started
+        started = time.perf_counter()
+        conn.execute(text(_BARE_COPY), {"start": START, "end": END})
+        bare_copy_s = time.perf_counter() - started
+        conn.rollback()
     rss_before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     settings = Settings(secret_key=b"b" * 32)
     arguments: dict[str, Any] = {
@@ -165,10 +185,12 @@ def _measure(url: str, out: Any, memory: bool) -> None:
             session.rollback()
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-    in_sql, slow = _time_in_sql(engine)
+    in_sql, slow, by_statement = _time_in_sql(engine)
     started = time.perf_counter()
     closed = close(sessions, **arguments)
     close_s = time.perf_counter() - started
+    close_in_sql_s = in_sql[0]
+    close_sql = {words: (int(n), seconds) for words, (n, seconds) in by_statement.items()}
     with transaction(sessions) as s:
         lines = s.scalar(text("SELECT COUNT(*) FROM statement_lines")) or 0
         largest = s.scalar(text("SELECT MAX(LENGTH(document)) FROM statements")) or 0
@@ -177,9 +199,16 @@ def _measure(url: str, out: Any, memory: bool) -> None:
         {
             "bare_group_by_s": round(bare_s, 3),
             "bare_groups": len(rows),
+            "bare_copy_s": round(bare_copy_s, 3),
             "close_s": round(close_s, 3),
-            "close_in_sql_s": round(in_sql[0], 3),
+            "close_in_sql_s": round(close_in_sql_s, 3),
             "slow_statements": slow,
+            "sql_by_statement": {
+                words: [n, round(seconds, 3)]
+                for words, (n, seconds) in sorted(close_sql.items(), key=lambda i: -i[1][1])
+                if seconds >= 0.05
+            },
+            "close_in_python_s": round(close_s - close_in_sql_s, 3),
             "ratio_close_to_bare": round(close_s / bare_s, 2) if bare_s else None,
             "statements": len(closed.statements),
             "lines": int(lines),

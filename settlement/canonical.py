@@ -51,16 +51,31 @@ TOTALS = (
     "net_amount",
     "direction",
 )
+#: The fields of a signed document that its canonical JSON leaves out.
+UNSIGNED = ("content_sha256", "signature")
 #: The largest export ``verify`` reads (a bound on everything).
 MAX_EXPORT_BYTES = 512 * 1024 * 1024
 
 
+def canonical_value(value: Any) -> bytes:
+    """Any JSON value in canonical form: keys sorted at every level, no whitespace, UTF-8."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
 def canonical_json(document: Mapping[str, Any]) -> bytes:
     """The canonical bytes of ``document`` (without its ``content_sha256`` and ``signature``)."""
-    body = {k: v for k, v in document.items() if k not in ("content_sha256", "signature")}
-    return json.dumps(
-        body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return canonical_value({k: v for k, v in document.items() if k not in UNSIGNED})
+
+
+def canonical_json_with(document: Mapping[str, Any], key: str, canonical: bytes) -> bytes:
+    """:func:`canonical_json` of ``document`` with ``document[key]`` the value whose canonical
+    bytes are ``canonical``, spliced in as they are (the close's lines arrive as canonical text
+    built in SQL, never as Python objects)."""
+    parts = {k: canonical_value(v) for k, v in document.items() if k not in UNSIGNED}
+    parts[key] = canonical
+    return b"{" + b",".join(canonical_value(k) + b":" + parts[k] for k in sorted(parts)) + b"}"
 
 
 def content_sha256(canonical: bytes) -> str:

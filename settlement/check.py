@@ -4,7 +4,8 @@ and invariant 5 (every closed period's statements), besides the kernel's 1 to 3.
 Invariant 5, for every issued statement:
 - its totals are the exact sums of its lines (one ``GROUP BY`` over all lines);
 - each line matches its ledger transaction (kind, points, times, partner) and rate card (the
-  price of its kind), and its amount is ``points x unit_price`` half-even;
+  price of its kind), and its amount is ``points x unit_price`` half-even; its statement
+  exists, and an adjustment line is its dispute's adjustment (lines have no foreign keys);
 - every billable transaction posted before the latest period's start is on a statement, so the
   lines of all partners add up to the ledger's billable aggregates;
 - its document still hashes to its ``content_sha256`` and, with the status put back to
@@ -23,7 +24,7 @@ from coalition.check import SAMPLE, Finding, sample_rows
 from coalition.check import run_checks as kernel_checks
 from coalition.db import UTCDateTime
 from coalition.models import Account, Posting
-from settlement.canonical import canonical_json, content_sha256, verify_document
+from settlement.canonical import canonical_json, canonical_value, content_sha256, verify_document
 from settlement.close import last_period
 from settlement.models import Statement
 from settlement.reports import liability
@@ -32,7 +33,7 @@ from settlement.statements import (
     BILLED_KINDS,
     amount_sql,
     document_of,
-    lines_of,
+    lines_and_totals,
     register_sqlite_functions,
     totals_of,
 )
@@ -119,6 +120,19 @@ WHERE l.transaction_id IS NOT NULL AND (
 """  # noqa: S608 (built from constants)
 
 
+# Lines have no foreign keys (the close writes millions at once): each line's statement, and
+# each adjustment line's dispute (its partner, amount and resolution time), must exist and agree.
+_UNANCHORED_LINES = """
+SELECT l.id AS line_id, l.statement_id, l.transaction_id, l.dispute_id, l.kind, l.amount_minor
+FROM statement_lines l
+LEFT JOIN statements s ON s.id = l.statement_id
+LEFT JOIN disputes d ON d.id = l.dispute_id
+WHERE s.id IS NULL OR (l.dispute_id IS NOT NULL AND (
+  d.id IS NULL OR d.adjustment_minor IS NULL OR d.adjustment_minor <> l.amount_minor
+  OR d.partner_id <> s.partner_id OR d.resolved_at <> l.posted_at))
+"""
+
+
 _UNBILLED = f"""
 SELECT t.id AS transaction_id, t.kind, t.partner_id, t.posted_at FROM transactions t
 WHERE t.partner_id IS NOT NULL AND t.kind IN ({_BILLED}) AND t.posted_at < :before
@@ -149,7 +163,7 @@ def _documents(session: Session) -> list[str]:
             continue
         if document["totals"] != totals_of(statement).document(statement.currency):
             problems.append(f"document totals != stored totals: {statement.id}")
-        elif document["lines"] != list(lines_of(session, statement)):
+        elif canonical_value(document["lines"]) != lines_and_totals(session, statement)[0]:
             problems.append(f"document lines != stored lines: {statement.id}")
         elif not (verdict := verify_document(document, keys)).ok:
             problems.append(f"signature: {statement.id}: {verdict.reason}")
@@ -161,6 +175,7 @@ def _statements(session: Session) -> list[str]:
     dialect = session.get_bind().dialect.name
     sums = sample_rows(session, _SUMS)
     lines = sample_rows(session, _line_mismatches(dialect))
+    unanchored = sample_rows(session, _UNANCHORED_LINES)
     latest = last_period(session)
     unbilled = []
     if latest is not None:
@@ -174,6 +189,7 @@ def _statements(session: Session) -> list[str]:
     return (
         [f"totals != sums of lines: {r}" for r in sums]
         + [f"line does not match its transaction and rate card: {r}" for r in lines]
+        + [f"line without its statement, or not its dispute's adjustment: {r}" for r in unanchored]
         + [f"billable transaction on no statement: {r}" for r in unbilled]
         + _documents(session)
     )[: 4 * SAMPLE]

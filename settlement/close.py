@@ -29,14 +29,7 @@ from partners.models import Partner
 from settlement.cycles import latest_cutoff, previous_cutoff
 from settlement.models import Period, Statement, StatementEvent
 from settlement.signing import signer
-from settlement.statements import (
-    Totals,
-    build_document,
-    cross_brand_rows,
-    insert_lines,
-    issue,
-    period_totals,
-)
+from settlement.statements import cross_brand_rows, insert_lines, issue
 
 #: Attempts of a close that lost a race to another process before it gives up.
 MAX_CLOSE_ATTEMPTS = 5
@@ -206,16 +199,13 @@ def _close_once(
             ],
         )
     insert_lines(session, period, last.start_at if last is not None else start)
-    totals = period_totals(session, period.id)
     cross: dict[str, list[tuple[str | None, int]]] = defaultdict(list)
     for burned_at, origin, points in cross_brand_rows(session, period.id):
         cross[burned_at].append((origin, points))
     sign = signer(session, secret_key=secret_key, now=now)
     statements = statements_of(session, period.id)
     for statement in statements:
-        figures = totals.get(statement.id, Totals())
-        document = build_document(session, statement, period, figures, cross[statement.partner_id])
-        issue(session, statement, document, figures, sign)
+        issue(session, statement, period, cross[statement.partner_id], signer=sign)
     if statements:
         session.execute(
             insert(StatementEvent),

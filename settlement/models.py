@@ -8,7 +8,9 @@ What the schema holds by itself (docs/settlement.md):
 - a ledger transaction is billed on at most one statement line, a dispute's adjustment too
   (unique ``transaction_id`` and ``dispute_id`` of ``statement_lines``);
 - lines are append-only and an issued statement's money and issued hash never change (database
-  triggers, migration 0004); only its status, and with it the signed document, moves on.
+  triggers, migration 0004); only its status, and with it the signed document, moves on;
+- lines have no foreign keys (migration 0009): invariant 5 checks each line's statement,
+  transaction or dispute.
 """
 
 from __future__ import annotations
@@ -129,9 +131,12 @@ class StatementLine(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    statement_id: Mapped[str] = mapped_column(ForeignKey("statements.id"))
-    transaction_id: Mapped[str | None] = mapped_column(ForeignKey("transactions.id"))
-    dispute_id: Mapped[str | None] = mapped_column(ForeignKey("disputes.id"))
+    # No foreign keys (migration 0009): each was a trigger and a row lock per line at the
+    # close, which builds every line from a join with its statement, transaction or dispute;
+    # invariant 5 checks that each line's statement, transaction and dispute exist and agree.
+    statement_id: Mapped[str] = mapped_column(ID)
+    transaction_id: Mapped[str | None] = mapped_column(ID)
+    dispute_id: Mapped[str | None] = mapped_column(ID)
     kind: Mapped[str] = mapped_column(String(16))
     posted_at: Mapped[datetime] = mapped_column(UTCDateTime)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)

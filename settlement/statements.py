@@ -1,11 +1,12 @@
 """Statement documents: built set-based from the ledger at the close, read back, re-signed on
 a status change.
 
-A statement's lines are one ``INSERT ... SELECT`` over the period's postings (never loaded row
-by row into Python to compute anything); its totals are one ``GROUP BY`` over those lines; its
-cross-brand rows one aggregate over the lot movements of its burns. The only Python pass over
-the lines is the one that writes the canonical document, one statement at a time, so the
-close's memory is bounded by the largest statement, not by the period.
+A period's lines are one ``INSERT ... SELECT`` over its postings (never loaded row by row into
+Python), written in statement order; its cross-brand rows one aggregate over the lot movements
+of its burns. Each statement's lines reach Python once, as the canonical JSON text the database
+builds in one aggregate that also sums its totals; Python splices the text into the document,
+hashes and signs, one statement at a time, so the close's memory is bounded by the largest
+statement, not by the period.
 
 Line rule: ``amount = points x unit_price`` rounded half-even to the currency's exponent, once
 per line (:func:`line_amount_minor`, and the same arithmetic in SQL: PostgreSQL ``NUMERIC``;
@@ -15,29 +16,34 @@ on SQLite, whose numbers are floats, the Python function registered on the conne
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from sqlalchemy import TextClause, bindparam, select, text, update
+from sqlalchemy import TextClause, bindparam, text, update
 from sqlalchemy.orm import Session
 
 from coalition import outbox
 from coalition.db import UTCDateTime
 from coalition.money import format_amount
 from coalition.outbox import EventType
-from settlement.canonical import b64url, canonical_json, content_sha256, signed_document
-from settlement.models import Period, Statement, StatementLine
+from settlement.canonical import (
+    b64url,
+    canonical_json,
+    canonical_json_with,
+    canonical_value,
+    content_sha256,
+    signed_document,
+)
+from settlement.models import Period, Statement
 from settlement.signing import Signer
 
 #: The ledger kinds a statement bills (partner-funded bonuses: ``partner_id`` is set).
 BILLED_KINDS = ("earn", "bonus", "earn_reversal", "burn", "burn_reversal")
 #: Kinds priced at the issue price; the others (burns, burn reversals) at the reimburse price.
 ISSUE_PRICED = ("earn", "bonus", "earn_reversal")
-#: Lines read per round trip when the document is written.
-LINE_FETCH = 5000
 
 
 def line_amount_minor(points: int, unit_price: Decimal | str, exponent: int) -> int:
@@ -67,60 +73,34 @@ _PRICE = (
     " ELSE rc.issue_price_per_point END"
 )
 _BILLED = ", ".join(f"'{k}'" for k in BILLED_KINDS)
+_LINE_COLUMNS = (
+    "statement_id, transaction_id, dispute_id, kind, posted_at, occurred_at, points, unit_price,"
+    " amount_minor, prior_period"
+)
 # The period's billable postings: those posted in [start, end) (none of which can be on a
 # statement yet: no period reaches past ``start``), and, when there is a previous period, those
 # posted in [lower, start) that are on no statement, where ``lower`` is the previous period's
 # start: a transaction posted before the previous cut-off but committed after that close (a
-# request in flight at the cut-off) is billed now, once. The two are separate statements so that
+# request in flight at the cut-off) is billed now, once. The two are separate branches so that
 # the "on no statement" test (an index probe per row) runs only over the small late window.
-_LINE_SOURCE = f"""
-SELECT s.id AS statement_id, t.id AS transaction_id, t.kind, t.posted_at, t.occurred_at,
-       t.points, {_PRICE} AS unit_price, s.currency_exponent,
+_POSTINGS = """
+SELECT s.id AS statement_id, t.id AS transaction_id, NULL AS dispute_id, t.kind, t.posted_at,
+       t.occurred_at, t.points, {price} AS unit_price, {amount} AS amount_minor,
        (t.occurred_at < :start OR t.posted_at < :start) AS prior_period
 FROM transactions t
 JOIN statements s ON s.partner_id = t.partner_id AND s.period_id = :period
 JOIN rate_cards rc ON rc.id = t.rate_card_id
-WHERE t.posted_at >= :since AND t.posted_at < :until AND t.kind IN ({_BILLED})
-  {{late}}
-"""  # noqa: S608 (built from constants)
+WHERE t.posted_at >= {since} AND t.posted_at < {until} AND t.kind IN ({billed}) {late}
+"""
 _NOT_BILLED = "AND NOT EXISTS (SELECT 1 FROM statement_lines l WHERE l.transaction_id = t.id)"
-_LINE_COLUMNS = (
-    "statement_id, transaction_id, kind, posted_at, occurred_at, points, unit_price,"
-    " amount_minor, prior_period"
-)
-# x = points x price in minor units (exact NUMERIC); half-even: a tie goes to the even integer.
-_INSERT_LINES_PG = f"""
-INSERT INTO statement_lines ({_LINE_COLUMNS})
-SELECT statement_id, transaction_id, kind, posted_at, occurred_at, points, unit_price,
-       CAST(CASE WHEN x - FLOOR(x) = 0.5 THEN FLOOR(x) + MOD(FLOOR(x), 2) ELSE ROUND(x) END
-            AS BIGINT),
-       prior_period
-FROM (SELECT src.*, src.points * src.unit_price * POWER(10::numeric, src.currency_exponent) AS x
-      FROM ({_LINE_SOURCE}) src) priced
-"""  # noqa: S608 (built from constants)
-_INSERT_LINES_SQLITE = f"""
-INSERT INTO statement_lines ({_LINE_COLUMNS})
-SELECT statement_id, transaction_id, kind, posted_at, occurred_at, points, unit_price,
-       coalition_line_amount(points, unit_price, currency_exponent), prior_period
-FROM ({_LINE_SOURCE}) src
-"""  # noqa: S608 (built from constants)
 # Settlement adjustments of resolved disputes not yet billed: on the partner's next statement.
-_INSERT_ADJUSTMENTS = """
-INSERT INTO statement_lines (statement_id, dispute_id, kind, posted_at, occurred_at, points,
-                             unit_price, amount_minor, prior_period)
-SELECT s.id, d.id, 'adjustment', d.resolved_at, d.resolved_at, 0, NULL, d.adjustment_minor,
-       (d.resolved_at < :start)
+_ADJUSTMENTS = """
+SELECT s.id, NULL, d.id, 'adjustment', d.resolved_at, d.resolved_at, 0, NULL,
+       d.adjustment_minor, (d.resolved_at < :start)
 FROM disputes d
 JOIN statements s ON s.partner_id = d.partner_id AND s.period_id = :period
 WHERE d.adjustment_minor IS NOT NULL AND d.resolved_at < :end
   AND NOT EXISTS (SELECT 1 FROM statement_lines l WHERE l.dispute_id = d.id)
-"""
-_TOTALS = """
-SELECT l.statement_id, l.kind, COUNT(*), COALESCE(SUM(l.points), 0),
-       COALESCE(SUM(l.amount_minor), 0)
-FROM statement_lines l JOIN statements s ON s.id = l.statement_id
-WHERE s.period_id = :period
-GROUP BY l.statement_id, l.kind
 """
 # Which partner issued the points burned at each partner: the lots its burns consumed (net of
 # burn reversals, which put points back into lots); a clawback deficit lot has no origin.
@@ -137,7 +117,7 @@ GROUP BY s.partner_id, lm.origin_partner_id
 
 def amount_sql(dialect: str, points: str, price: str, exponent: str) -> str:
     """The line rule as an SQL expression over the given column expressions (the close's
-    arithmetic, for ``coalition check`` to recompute each line's amount)."""
+    arithmetic, and ``coalition check``'s to recompute each line's amount)."""
     if dialect == "sqlite":
         return f"coalition_line_amount({points}, {price}, {exponent})"
     x = f"(({points}) * ({price}) * POWER(10::numeric, {exponent}))"
@@ -147,31 +127,175 @@ def amount_sql(dialect: str, points: str, price: str, exponent: str) -> str:
     )
 
 
+def _insert_lines_sql(dialect: str, *, late: bool) -> TextClause:
+    """One ``INSERT ... SELECT`` of every line of the period, in statement and posting order:
+    each statement's lines are then neighbours on disk, and read back in one short range."""
+    amount = amount_sql(dialect, "t.points", _PRICE, "s.currency_exponent")
+    branches = [
+        _POSTINGS.format(
+            price=_PRICE, amount=amount, since=":start", until=":end", billed=_BILLED, late=""
+        )
+    ]
+    if late:
+        branches.append(
+            _POSTINGS.format(
+                price=_PRICE,
+                amount=amount,
+                since=":lower",
+                until=":start",
+                billed=_BILLED,
+                late=_NOT_BILLED,
+            )
+        )
+    branches.append(_ADJUSTMENTS)
+    sql = (
+        f"INSERT INTO statement_lines ({_LINE_COLUMNS}) SELECT {_LINE_COLUMNS} FROM ("  # noqa: S608 (built from constants)
+        + " UNION ALL ".join(branches)
+        + ") lines ORDER BY statement_id, posted_at, transaction_id, dispute_id"
+    )
+    return _timed(sql, "start", "end", *(("lower",) if late else ()))
+
+
+def _canonical_time_pg(column: str) -> str:
+    """:func:`rfc3339` in SQL (microseconds only when there are any)."""
+    return (
+        f"""replace(to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),"""
+        " '.000000Z', 'Z')"
+    )
+
+
+# A line's canonical JSON (keys sorted, no whitespace), exactly what :meth:`Line.canonical` writes;
+# ``:exponent`` is the statement's currency exponent (PostgreSQL ``round`` to it writes exactly
+# that many decimals, none for 0).
+_LINE_JSON_PG = (
+    """'{"amount":"' || round(l.amount_minor / 10::numeric ^ :exponent, :exponent)::text"""
+    """ || '",' || CASE WHEN l.kind = 'adjustment' THEN '"dispute_id":'"""
+    """ || to_json(l.dispute_id)::text || ',' ELSE '' END"""
+    """ || '"kind":"' || l.kind || '","occurred_at":"' || """
+    + _canonical_time_pg("l.occurred_at")
+    + """ || '","points":' || l.points::text || ',"posted_at":"' || """
+    + _canonical_time_pg("l.posted_at")
+    + """ || '","prior_period":' || CASE WHEN l.prior_period THEN 'true' ELSE 'false' END"""
+    """ || ',"transaction_id":' || COALESCE(to_json(l.transaction_id)::text, 'null')"""
+    """ || ',"unit_price":' || COALESCE('"' || trim_scale(l.unit_price)::text || '"', 'null')"""
+    """ || '}'"""
+)
+# A statement's totals, summed in the same pass over its lines (Totals' fields, in order).
+_SUMS = """COUNT(*),
+  SUM(CASE WHEN l.kind IN ('earn', 'bonus') THEN l.points ELSE 0 END),
+  SUM(CASE WHEN l.kind IN ('earn', 'bonus') THEN l.amount_minor ELSE 0 END),
+  SUM(CASE WHEN l.kind = 'earn_reversal' THEN l.amount_minor ELSE 0 END),
+  SUM(CASE WHEN l.kind = 'burn' THEN l.points ELSE 0 END),
+  SUM(CASE WHEN l.kind = 'burn' THEN l.amount_minor ELSE 0 END),
+  SUM(CASE WHEN l.kind = 'burn_reversal' THEN l.amount_minor ELSE 0 END),
+  SUM(CASE WHEN l.kind = 'adjustment' THEN l.amount_minor ELSE 0 END)"""
+# The statement's lines as one canonical JSON array in document order (posted, then line id),
+# and its totals.
+_LINES_PG = f"""
+SELECT '[' || COALESCE(string_agg({_LINE_JSON_PG}, ',' ORDER BY l.posted_at, l.id), '') || ']',
+  {_SUMS}
+FROM statement_lines l WHERE l.statement_id = :statement
+"""  # noqa: S608 (built from constants)
+# SQLite (no ordered aggregates before 3.44): the aggregate reads an ordered subquery, which
+# SQLite does not flatten into an aggregate, so it keeps the order.
+_LINES_SQLITE = f"""
+SELECT '[' || COALESCE(group_concat(l.line, ','), '') || ']', {_SUMS} FROM (
+  SELECT coalition_line_json(l.transaction_id, l.dispute_id, l.kind, l.posted_at, l.occurred_at,
+                             l.points, l.unit_price, l.amount_minor, l.prior_period, :exponent)
+         AS line, l.kind, l.points, l.amount_minor
+  FROM statement_lines l WHERE l.statement_id = :statement ORDER BY l.posted_at, l.id) l
+"""  # noqa: S608 (built from constants)
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One line of a statement as stored (the reference for the SQL that writes lines)."""
+
+    transaction_id: str | None
+    dispute_id: str | None
+    kind: str
+    posted_at: datetime
+    occurred_at: datetime
+    points: int
+    unit_price: Decimal | None
+    amount_minor: int
+    prior_period: bool
+
+    def canonical(self, exponent: int) -> bytes:
+        """The line as its document writes it, in canonical JSON."""
+        line: dict[str, Any] = {
+            "transaction_id": self.transaction_id,
+            "kind": self.kind,
+            "posted_at": rfc3339(self.posted_at),
+            "occurred_at": rfc3339(self.occurred_at),
+            "points": self.points,
+            "unit_price": price_text(self.unit_price),
+            "amount": _amount_writer(exponent)(self.amount_minor),
+            "prior_period": self.prior_period,
+        }
+        if self.kind == "adjustment":
+            line["dispute_id"] = self.dispute_id
+        return canonical_value(line)
+
+
+def _sqlite_line_json(*row: Any) -> str:
+    txn, dispute, kind, posted, occurred, points, price, amount, prior, exponent = row
+    line = Line(
+        txn,
+        dispute,
+        kind,
+        datetime.fromisoformat(posted).replace(tzinfo=UTC),
+        datetime.fromisoformat(occurred).replace(tzinfo=UTC),
+        int(points),
+        None if price is None else Decimal(price),
+        int(amount),
+        bool(prior),
+    )
+    return line.canonical(int(exponent)).decode("utf-8")
+
+
 def register_sqlite_functions(session: Session) -> None:
-    """Give a SQLite connection the exact line arithmetic (SQLite's numbers are floats)."""
+    """Give a SQLite connection the exact line arithmetic (SQLite's numbers are floats) and the
+    line's canonical JSON."""
     connection = session.connection()
-    if connection.dialect.name != "sqlite":
+    pooled = connection.connection
+    # Once per database connection: SQLite refuses to redefine a function while a statement
+    # of the connection is running (a check reading statements while it reads their lines).
+    if connection.dialect.name != "sqlite" or pooled.info.get("coalition_functions"):
         return
-    raw: Any = connection.connection.driver_connection
+    pooled.info["coalition_functions"] = True
+    raw: Any = pooled.driver_connection
     raw.create_function(
         "coalition_line_amount",
         3,
         lambda points, price, exp: line_amount_minor(int(points), str(price), int(exp)),
         deterministic=True,
     )
+    raw.create_function("coalition_line_json", 10, _sqlite_line_json, deterministic=True)
 
 
 def insert_lines(session: Session, period: Period, lower: datetime) -> None:
     """Bill the period's postings and pending adjustments on its (already inserted) statements."""
     register_sqlite_functions(session)
-    sql = _INSERT_LINES_SQLITE if session.get_bind().dialect.name == "sqlite" else _INSERT_LINES_PG
-    params = {"period": period.id, "start": period.start_at, "end": period.end_at}
-    current = _timed(sql.replace("{late}", ""), "start", "since", "until")
-    session.execute(current, {**params, "since": period.start_at, "until": period.end_at})
-    if lower < period.start_at:
-        late = _timed(sql.replace("{late}", _NOT_BILLED), "start", "since", "until")
-        session.execute(late, {**params, "since": lower, "until": period.start_at})
-    session.execute(_timed(_INSERT_ADJUSTMENTS, "start", "end"), params)
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        # The period's statements were inserted a moment ago: without fresh statistics the
+        # planner takes them for one row and reads the postings once per partner (by index, all
+        # over the table) instead of once, joined with them by hash.
+        session.execute(text("ANALYZE statements"))
+    params = {"period": period.id, "start": period.start_at, "end": period.end_at, "lower": lower}
+    session.execute(_insert_lines_sql(dialect, late=lower < period.start_at), params)
+
+
+def lines_and_totals(session: Session, statement: Statement) -> tuple[bytes, Totals]:
+    """The statement's lines as its document writes them (canonical JSON, built by the database
+    in one aggregate: Python only receives the text) and their totals."""
+    register_sqlite_functions(session)
+    sql = _LINES_SQLITE if session.get_bind().dialect.name == "sqlite" else _LINES_PG
+    written, *sums = session.execute(
+        text(sql), {"statement": statement.id, "exponent": statement.currency_exponent}
+    ).one()
+    return str(written).encode("utf-8"), Totals(*(int(n or 0) for n in sums))
 
 
 @dataclass(slots=True)
@@ -186,23 +310,6 @@ class Totals:
     reimbursed_minor: int = 0
     burn_reversed_minor: int = 0
     adjustments_minor: int = 0
-
-    def add(self, kind: str, count: int, points: int, amount_minor: int) -> None:
-        """Add one kind's lines."""
-        self.lines += count
-        if kind in ("earn", "bonus"):
-            self.issued_points += points
-            self.issued_minor += amount_minor
-        elif kind == "earn_reversal":
-            self.earn_reversed_minor += amount_minor
-        elif kind == "burn":
-            self.redeemed_points += points
-            self.reimbursed_minor += amount_minor
-        elif kind == "burn_reversal":
-            self.burn_reversed_minor += amount_minor
-        else:
-            assert kind == "adjustment", kind
-            self.adjustments_minor += amount_minor
 
     @property
     def net_minor(self) -> int:
@@ -250,16 +357,6 @@ def totals_of(statement: Statement) -> Totals:
     )
 
 
-def period_totals(session: Session, period_id: str) -> dict[str, Totals]:
-    """Totals of each statement of the period that has lines (one ``GROUP BY``)."""
-    totals: dict[str, Totals] = {}
-    for statement_id, kind, count, points, amount in session.execute(
-        text(_TOTALS), {"period": period_id}
-    ):
-        totals.setdefault(statement_id, Totals()).add(kind, int(count), int(points), int(amount))
-    return totals
-
-
 def cross_brand_rows(session: Session, period_id: str) -> list[tuple[str, str | None, int]]:
     """(partner where burned, origin partner or ``None`` for the coalition, points) of a
     closed period; rows with zero points left out."""
@@ -285,63 +382,20 @@ def _amount_writer(exponent: int) -> Callable[[int], str]:
     return write
 
 
-def lines_of(session: Session, statement: Statement) -> Iterator[dict[str, Any]]:
-    """The statement's lines as its document writes them, in order, fetched in batches."""
-    result = session.execute(
-        select(
-            StatementLine.transaction_id,
-            StatementLine.dispute_id,
-            StatementLine.kind,
-            StatementLine.posted_at,
-            StatementLine.occurred_at,
-            StatementLine.points,
-            StatementLine.unit_price,
-            StatementLine.amount_minor,
-            StatementLine.prior_period,
-        )
-        .where(StatementLine.statement_id == statement.id)
-        .order_by(StatementLine.posted_at, StatementLine.id),
-        execution_options={"yield_per": LINE_FETCH},
-    )
-    # A statement has few distinct prices: each is written once (the hot loop of the close).
-    prices: dict[Decimal | None, str | None] = {}
-    amount_text = _amount_writer(statement.currency_exponent)
-    for txn, dispute, kind, posted, occurred, points, price, amount, prior in result:
-        written = prices.get(price)
-        if written is None:
-            written = prices[price] = price_text(price)
-        line: dict[str, Any] = {
-            "transaction_id": txn,
-            "kind": kind,
-            "posted_at": rfc3339(posted),
-            "occurred_at": rfc3339(occurred),
-            "points": int(points),
-            "unit_price": written,
-            "amount": amount_text(int(amount)),
-            "prior_period": bool(prior),
-        }
-        if kind == "adjustment":
-            line["dispute_id"] = dispute
-        yield line
-
-
-def build_document(
-    session: Session,
+def document_head(
     statement: Statement,
     period: Period,
     totals: Totals,
     cross_brand: Sequence[tuple[str | None, int]],
 ) -> dict[str, Any]:
-    """The statement's document (status ``issued``), without content hash and signature."""
-    lines = list(lines_of(session, statement))
-    assert len(lines) == totals.lines, (statement.id, len(lines), totals.lines)
+    """The statement's document (status ``issued``) without its lines, content hash and
+    signature."""
     return {
         "id": statement.id,
         "partner_id": statement.partner_id,
         "period": period_ref(period),
         "currency": statement.currency,
         "status": "issued",
-        "lines": lines,
         "totals": totals.document(statement.currency),
         "cross_brand": _cross_brand_document(cross_brand),
     }
@@ -350,12 +404,18 @@ def build_document(
 def issue(
     session: Session,
     statement: Statement,
-    document: dict[str, Any],
-    totals: Totals,
+    period: Period,
+    cross_brand: Sequence[tuple[str | None, int]],
+    *,
     signer: Signer,
 ) -> None:
-    """Write the statement's totals, its issued hash and its signed document (once)."""
-    canonical = canonical_json(document)
+    """Write the statement's totals, its issued hash and its signed document (once). The
+    lines' canonical JSON comes from the database as one text, spliced into the document's:
+    the statement's memory is a few times its document, whatever the period's size."""
+    lines, totals = lines_and_totals(session, statement)
+    head = document_head(statement, period, totals, cross_brand)
+    canonical = canonical_json_with(head, "lines", lines)
+    del lines  # the spliced document holds them now: one copy fewer while it is signed
     digest = content_sha256(canonical)
     signature = b64url(signer.sign(canonical))
     session.execute(

@@ -1,7 +1,7 @@
 """Webhooks: every attempt recorded, and since when an endpoint has been failing
 
 Revision ID: 0010_webhook_attempts
-Revises: 0008_import_speed
+Revises: 0009_close_speed
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010_webhook_attempts"
-down_revision = "0008_import_speed"
+down_revision = "0009_close_speed"
 branch_labels = None
 depends_on = None
 
