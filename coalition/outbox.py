@@ -187,6 +187,13 @@ class WebhookDelivery(Base):
             sqlite_where=text("status = 'pending'"),
         ),
         Index("ix_webhook_deliveries_endpoint_id", "endpoint_id", "id"),
+        # the webhook-health view's counts: an endpoint's deliveries not delivered
+        Index(
+            "ix_webhook_deliveries_endpoint_open",
+            "endpoint_id",
+            postgresql_where=text("status <> 'delivered'"),
+            sqlite_where=text("status <> 'delivered'"),
+        ),
         Index("ix_webhook_deliveries_event_id", "event_id"),
         # the purge's way to what is done (delivered or failed), oldest first
         Index(

@@ -368,7 +368,6 @@ class EndpointHealth:
     endpoint: WebhookEndpoint
     failed: int
     pending: int
-    last_attempt_at: datetime | None
 
 
 #: The most endpoints and recent attempts the health view lists.
@@ -378,39 +377,40 @@ HEALTH_LIMIT = 100
 def health(
     session: Session,
 ) -> tuple[list[EndpointHealth], list[tuple[WebhookAttempt, WebhookDelivery, str]]]:
-    """Every partner's endpoints, those with failed deliveries first (then disabled, then
-    waiting), and the latest attempts anywhere (newest first, by the attempts' primary key)
-    with their delivery and endpoint's partner id; each at most :data:`HEALTH_LIMIT`. For the
-    operator's view: a partner reads only its own endpoints."""
-    counts = (
-        select(
-            WebhookDelivery.endpoint_id,
-            func.sum(case((WebhookDelivery.status == DeliveryStatus.FAILED, 1), else_=0)).label(
-                "failed"
-            ),
-            func.sum(case((WebhookDelivery.status == DeliveryStatus.PENDING, 1), else_=0)).label(
-                "pending"
-            ),
-            func.max(WebhookDelivery.last_attempt_at).label("last_attempt_at"),
+    """Every partner's endpoints, failing ones first (longest first), then disabled ones, with
+    their failed and waiting deliveries counted (through the partial index of deliveries not
+    delivered: delivered ones, nearly all of them, are not read), and the latest attempts
+    anywhere (newest first, by the attempts' primary key) with their delivery and endpoint's
+    partner id; each at most :data:`HEALTH_LIMIT`. For the operator's view: a partner reads
+    only its own endpoints."""
+    endpoints = list(
+        session.scalars(
+            select(WebhookEndpoint)
+            .order_by(
+                WebhookEndpoint.failing_since.is_(None),
+                WebhookEndpoint.failing_since,
+                WebhookEndpoint.disabled.desc(),
+                WebhookEndpoint.id,
+            )
+            .limit(HEALTH_LIMIT)
         )
-        .group_by(WebhookDelivery.endpoint_id)
-        .subquery()
     )
-    rows = session.execute(
-        select(WebhookEndpoint, counts.c.failed, counts.c.pending, counts.c.last_attempt_at)
-        .outerjoin(counts, counts.c.endpoint_id == WebhookEndpoint.id)
-        .order_by(
-            func.coalesce(counts.c.failed, 0).desc(),
-            WebhookEndpoint.disabled.desc(),
-            func.coalesce(counts.c.pending, 0).desc(),
-            WebhookEndpoint.id,
-        )
-        .limit(HEALTH_LIMIT)
-    ).all()
-    endpoints = [
-        EndpointHealth(e, int(failed or 0), int(pending or 0), last)
-        for e, failed, pending, last in rows
-    ]
+    counts: dict[str, tuple[int, int]] = {}
+    if endpoints:
+        for endpoint_id, failed, pending in session.execute(
+            select(
+                WebhookDelivery.endpoint_id,
+                func.sum(case((WebhookDelivery.status == DeliveryStatus.FAILED, 1), else_=0)),
+                func.sum(case((WebhookDelivery.status == DeliveryStatus.PENDING, 1), else_=0)),
+            )
+            .where(
+                WebhookDelivery.endpoint_id.in_([e.id for e in endpoints]),
+                WebhookDelivery.status != DeliveryStatus.DELIVERED,
+            )
+            .group_by(WebhookDelivery.endpoint_id)
+        ):
+            counts[endpoint_id] = (int(failed or 0), int(pending or 0))
+    listed = [EndpointHealth(e, *counts.get(e.id, (0, 0))) for e in endpoints]
     recent = session.execute(
         select(WebhookAttempt, WebhookDelivery, WebhookEndpoint.partner_id)
         .join(WebhookDelivery, WebhookDelivery.id == WebhookAttempt.delivery_id)
@@ -418,4 +418,4 @@ def health(
         .order_by(WebhookAttempt.id.desc())
         .limit(HEALTH_LIMIT)
     ).all()
-    return endpoints, [(a, d, p) for a, d, p in recent]
+    return listed, [(a, d, p) for a, d, p in recent]

@@ -22,7 +22,7 @@ from coalition.db import transaction
 from coalition.outbox import WebhookDelivery, WebhookEndpoint, WebhookEvent, purge
 from partners.dispatch import RETRY_SCHEDULE_S, Dispatcher
 from partners.models import Partner
-from partners.webhooks import Webhooks
+from partners.webhooks import Webhooks, health
 from tests.conftest import Db
 
 
@@ -444,3 +444,27 @@ def test_done_deliveries_and_their_events_are_purged_after_the_retention(
     assert left.status == "pending"  # never purged: it is still being sent
     with db.sessions() as s:
         assert [e.id for e in s.scalars(select(WebhookEvent))] == [left.event_id]
+
+
+def test_the_health_view_lists_failing_endpoints_first_with_their_counts(
+    db: Db, receiver: Receiver
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    shop, other = db.partner("EUR", name="Shop"), db.partner("EUR", name="Other")
+    healthy, _ = register(db, other, receiver.url)
+    failing, _ = register(db, shop, f"http://127.0.0.1:{closed_port}/hooks")
+    earn(db, other, "ok")
+    db.ops.earn(shop.id, member_id=db.member(), reference="bad", amount="7", currency="EUR")
+    dispatcher(db).run()
+    with db.sessions() as s:
+        endpoints, recent = health(s)
+    assert [(h.endpoint.id, h.failed, h.pending) for h in endpoints] == [
+        (failing, 0, 1),
+        (healthy, 0, 0),
+    ]
+    assert endpoints[0].endpoint.failing_since == db.clock()
+    assert sorted((a.status_code or 0, p) for a, _, p in recent) == sorted(
+        [(200, other.id), (0, shop.id)]
+    )

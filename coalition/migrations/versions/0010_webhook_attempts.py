@@ -1,4 +1,5 @@
-"""Webhooks: every attempt recorded, and since when an endpoint has been failing
+"""Webhooks: every attempt recorded, since when an endpoint has been failing, and its
+deliveries not delivered indexed for the health view
 
 Revision ID: 0010_webhook_attempts
 Revises: 0009_close_speed
@@ -39,9 +40,17 @@ def upgrade() -> None:
     op.create_index("ix_webhook_attempts_delivery_id", "webhook_attempts", ["delivery_id", "id"])
     with op.batch_alter_table("webhook_endpoints") as batch:
         batch.add_column(sa.Column("failing_since", sa.DateTime(timezone=True), nullable=True))
+    op.create_index(
+        "ix_webhook_deliveries_endpoint_open",
+        "webhook_deliveries",
+        ["endpoint_id"],
+        postgresql_where=sa.text("status <> 'delivered'"),
+        sqlite_where=sa.text("status <> 'delivered'"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_webhook_deliveries_endpoint_open", table_name="webhook_deliveries")
     with op.batch_alter_table("webhook_endpoints") as batch:
         batch.drop_column("failing_since")
     op.drop_index("ix_webhook_attempts_delivery_id", table_name="webhook_attempts")
