@@ -72,8 +72,8 @@ def test_burns_and_reversals_have_their_events(db: Db) -> None:
     endpoint(db, shop)
     burn = db.ops.burn(shop.id, member_id=member, reference="b", points=10)
     db.ops.reverse(shop.id, burn.transaction.id, reference="r")
-    assert [e[0] for e in events(db)] == ["transaction.burned", "transaction.reversed"]
-    reversal = events(db)[1][2]["data"]
+    assert sorted(e[0] for e in events(db)) == ["transaction.burned", "transaction.reversed"]
+    reversal = _data(db, "transaction.reversed")
     assert isinstance(reversal, dict) and reversal["reverses"] == burn.transaction.id
 
 
@@ -166,7 +166,7 @@ def test_a_captured_hold_has_its_event_beside_its_burn(db: Db) -> None:
     endpoint(db, shop)
     hold = db.ops.hold(shop.id, member_id=member, reference="h", points=40).hold
     burn = db.ops.capture(shop.id, hold.id, points=30)
-    assert [e[0] for e in events(db)] == ["transaction.burned", "hold.captured"]
+    assert sorted(e[0] for e in events(db)) == ["hold.captured", "transaction.burned"]
     data = _data(db, "hold.captured")
     assert data["id"] == hold.id and data["status"] == "captured"
     assert (data["points"], data["captured_points"]) == (40, 30)
@@ -183,9 +183,9 @@ def test_voided_and_expired_holds_have_their_events(db: Db) -> None:
     lapsed = db.ops.hold(shop.id, member_id=member, reference="x", points=10, expires_in=60).hold
     db.clock.advance(seconds=61)
     assert db.ops.expire_holds() == 1
-    assert [(e[0], e[2]["data"]["id"]) for e in events(db)] == [  # type: ignore[index]
-        ("hold.voided", voided.id),
+    assert sorted((e[0], e[2]["data"]["id"]) for e in events(db)) == [  # type: ignore[index]
         ("hold.expired", lapsed.id),
+        ("hold.voided", voided.id),
     ]
     assert "captured_points" not in _data(db, "hold.voided")
 
