@@ -440,7 +440,8 @@ def issue(
         )
         .execution_options(synchronize_session=False)
     )
-    announce(session, statement, EventType.STATEMENT_ISSUED, at=statement.issued_at)
+    session.refresh(statement)
+    announce(session, statement, period, EventType.STATEMENT_ISSUED, at=statement.issued_at)
 
 
 def period_ref(period: Period) -> dict[str, str]:
@@ -468,11 +469,11 @@ def summary_data(statement: Statement, period: Period) -> dict[str, Any]:
     }
 
 
-def announce(session: Session, statement: Statement, event_type: EventType, at: datetime) -> None:
+def announce(
+    session: Session, statement: Statement, period: Period, event_type: EventType, at: datetime
+) -> None:
     """Note the statement's webhook event (``statement.issued``, ``statement.settled``) for
-    its partner, with the statement as it stands now."""
-    session.refresh(statement)
-    period = session.get_one(Period, statement.period_id)
+    its partner, with the statement as loaded (the caller refreshed it after its update)."""
     outbox.note(session, event_type, statement.partner_id, summary_data(statement, period), at=at)
 
 

@@ -37,6 +37,7 @@ from settlement.models import (
     DISPUTE_OUTCOMES,
     STATEMENT_STATUSES,
     Dispute,
+    Period,
     Statement,
     StatementEvent,
     StatementLine,
@@ -385,7 +386,8 @@ def settle(
         now=now,
         note=payment_reference,
     )
-    announce(session, statement, EventType.STATEMENT_SETTLED, at=now)
+    period = session.get_one(Period, statement.period_id)  # resign refreshed the statement
+    announce(session, statement, period, EventType.STATEMENT_SETTLED, at=now)
     return statement
 
 
