@@ -623,19 +623,42 @@ def _write(
     invariant(len(legs) >= 2, f"{header.id}: a transaction has two legs at least: {legs}")
     row = {**header.row(), "balance_after": balance_after}
     session.execute(_INSERT_TRANSACTION, [row])
-    session.execute(
-        _INSERT_POSTINGS,
-        [
+    if dialect_of(session) == "postgresql":
+        # One statement for all the legs: the zero-sum trigger checks each statement.
+        session.execute(
+            _INSERT_LEGS,
             {
                 "transaction_id": header.id,
-                "account_id": account,
-                "points": points,
+                "accounts": [account for account, _ in legs],
+                "points": [points for _, points in legs],
                 "posted_at": header.posted_at,
-            }
-            for account, points in legs
-        ],
-    )
+            },
+        )
+    else:
+        session.execute(
+            _INSERT_POSTINGS,
+            [
+                {
+                    "transaction_id": header.id,
+                    "account_id": account,
+                    "points": points,
+                    "posted_at": header.posted_at,
+                }
+                for account, points in legs
+            ],
+        )
     return _posted(session, header, balance_after)
+
+
+# A transaction's postings in one statement on PostgreSQL, where the zero-sum trigger checks
+# every statement that writes postings (migration 0011): each transaction's legs together.
+_INSERT_LEGS = text(
+    """
+    INSERT INTO postings (transaction_id, account_id, points, posted_at)
+    SELECT :transaction_id, leg.account_id, leg.points, :posted_at
+    FROM unnest(CAST(:accounts AS BIGINT[]), CAST(:points AS BIGINT[])) AS leg(account_id, points)
+    """
+)
 
 
 # --- lots --------------------------------------------------------------------------------
