@@ -40,10 +40,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, configure_mappers
 from sqlalchemy.orm.instrumentation import manager_of_class
+from sqlalchemy.types import NullType, TypeDecorator
 
 from coalition import outbox
 from coalition.config import Tier
-from coalition.db import dialect_of
+from coalition.db import AnyOf, dialect_of
 from coalition.errors import InsufficientPoints, UnknownMember, invariant
 from coalition.ids import new_id
 from coalition.models import (
@@ -193,7 +194,7 @@ _UPDATE_LOT = update(_LOTS).where(_LOTS.c.id == bindparam("lot")).values(remaini
 _INSERT_LOT_MOVEMENTS = insert(cast("Table", LotMovement.__table__))
 _LOCK_MEMBERS = (
     select(_MEMBERS.c.id, _MEMBERS.c.balance, _MEMBERS.c.held, _MEMBERS.c.account_id)
-    .where(_MEMBERS.c.id.in_(bindparam("members", expanding=True)))
+    .where(AnyOf(_MEMBERS.c.id, "members"))
     .order_by(_MEMBERS.c.id)
     .with_for_update()
 )
@@ -202,16 +203,15 @@ _ADD_TO_BALANCE = (
     .where(_MEMBERS.c.id == bindparam("member"))
     .values(balance=_MEMBERS.c.balance + bindparam("balance_delta"))
 )
+
+
 # The bulk earn's tier history (:func:`qualifying_history`): its members' rows from
 # ``:history_from`` to ``:history_to`` outside the core window (before ``:since``, after
 # ``:until``), one by one, each side one index range; and the core's parts
 # (:func:`_window_parts`) summed per member with a NULL time. An empty core: every row.
-_HISTORY_MEMBERS: Any = bindparam("members", expanding=True)
-
-
 def _history_rows(*bounds: Any) -> Any:
     return select(_TRANSACTIONS.c.member_id, _TRANSACTIONS.c.occurred_at, _SIGNED_POINTS).where(
-        _TRANSACTIONS.c.member_id.in_(_HISTORY_MEMBERS), _COUNTS_FOR_TIER, *bounds
+        AnyOf(_TRANSACTIONS.c.member_id, "members"), _COUNTS_FOR_TIER, *bounds
     )
 
 
@@ -225,7 +225,7 @@ _QUALIFYING_HISTORY = union_all(
         part.with_only_columns(part.selected_columns[0], null(), part.selected_columns[1]).group_by(
             part.selected_columns[0]
         )
-        for part in _window_parts(lambda column: column.in_(_HISTORY_MEMBERS))
+        for part in _window_parts(lambda column: AnyOf(column, "members"))
     ),
 )
 #: Rows one bulk statement may touch (members locked, credits written): bounds its parameters.
