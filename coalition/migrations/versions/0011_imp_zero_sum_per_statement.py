@@ -1,12 +1,16 @@
 """Zero-sum postings checked once per statement, set-based, instead of once per posting row
-at commit: an AFTER INSERT statement trigger with a transition table sums the postings of
-every transaction the statement wrote postings for (PostgreSQL)
+at commit: an AFTER INSERT statement trigger whose transition table holds the statement's new
+postings refuses the statement if those of any one transaction do not sum to zero (PostgreSQL)
 
-Each of a transaction's postings is written in the same statement (every write path does), so
-a statement that leaves any of its transactions unbalanced is refused as it runs; postings
-are append-only, so what a statement left balanced stays so. Before, a deferred constraint
-trigger ran one ``SELECT sum(...)`` per posting row at commit: two per earn, 10,000 for a
-batch of a bulk import (docs/benchmarks.md, "Bulk import").
+Why that is the same guarantee (invariant 1, docs/invariants.md): postings are append-only
+(no UPDATE, DELETE or TRUNCATE: their own trigger), and every statement that ever wrote
+postings added zero to each of its transactions (this trigger, and the deferred one before
+it for the postings already there), so a transaction's postings sum to zero after every
+statement, committed or not, however statements of concurrent transactions interleave (sums
+add). It asks one thing more of the writers: a transaction's legs are written in one
+statement, which every write path does. Before, a deferred constraint trigger ran one
+``SELECT sum(...)`` over the postings per posting row at commit: two per earn, 10,000 for a
+batch of a bulk import (docs/benchmarks.md, "Bulk import"); now no index is read at all.
 
 Revision ID: 0011_imp_zero_sum_per_statement
 Revises: 0010_webhook_attempts
@@ -46,11 +50,10 @@ def upgrade() -> None:
         CREATE FUNCTION coalition_postings_zero_sum() RETURNS trigger LANGUAGE plpgsql AS $$
         DECLARE bad record;
         BEGIN
-            SELECT p.transaction_id, sum(p.points) AS total INTO bad
-                FROM postings p
-                WHERE p.transaction_id IN (SELECT transaction_id FROM new_postings)
-                GROUP BY p.transaction_id
-                HAVING sum(p.points) <> 0
+            SELECT transaction_id, sum(points) AS total INTO bad
+                FROM new_postings
+                GROUP BY transaction_id
+                HAVING sum(points) <> 0
                 LIMIT 1;
             IF FOUND THEN
                 RAISE EXCEPTION 'postings of transaction % sum to %, not zero',
