@@ -16,9 +16,7 @@ body are checked by the very same rules.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import gc
 import io
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -183,7 +181,7 @@ def import_earns(
     """Import ``path`` for ``partner_id`` (module docstring); ``progress(bytes_read, rows)``
     is called after each batch."""
     summary = Summary()
-    with path.open("rb") as raw, _fewer_collections():
+    with path.open("rb") as raw:
         counted = _Counted(raw)
         buffered = io.BufferedReader(counted, buffer_size=1 << 16)
         if fmt == "csv":
@@ -198,30 +196,6 @@ def import_earns(
             if progress is not None:
                 progress(counted.count, summary.rows)
     return summary
-
-
-#: The cyclic garbage collector's first threshold during an import (CPython's default: 700).
-GC_THRESHOLD = 100_000
-
-
-@contextlib.contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """The cyclic garbage collector run about 140 times less often while a file is imported.
-
-    A batch's objects (its rows, their earns and headers, the ``Transaction`` each result
-    carries) live until the batch ends, a few hundred thousand of them; at the default
-    threshold the collector ran about 200 times per 5,000-row batch, traversing them and
-    promoting them, so its full collections traversed them again. Reference counting frees
-    them when the batch is done all the same, and the collector still runs (every
-    :data:`GC_THRESHOLD` allocations net), so what does form cycles is collected as before.
-    Measured: a quarter to a third less client CPU (docs/benchmarks.md, "Bulk import").
-    The earlier thresholds are restored afterwards."""
-    before = gc.get_threshold()
-    gc.set_threshold(max(before[0], GC_THRESHOLD), *before[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
 
 
 def _import_batch(ops: Operations, partner_id: str, batch: list[_Row], summary: Summary) -> None:
