@@ -127,7 +127,9 @@ class StatementLine(Base):
             postgresql_where=text("dispute_id IS NOT NULL"),
             sqlite_where=text("dispute_id IS NOT NULL"),
         ),
-        Index("ix_statement_lines_statement", "statement_id", "posted_at"),
+        # A statement's lines in the order they were written (migration 0011): the close writes
+        # them grouped by statement, so this index grows at its right edge.
+        Index("ix_statement_lines_statement", "statement_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
