@@ -97,7 +97,7 @@ FROM transactions t
 JOIN {_STATEMENTS} s ON s.partner_id = t.partner_id
 JOIN rate_cards rc ON rc.id = t.rate_card_id
 WHERE t.posted_at >= {{since}} AND t.posted_at < {{until}} AND t.kind IN ({{billed}}) {{late}}
-"""
+"""  # noqa: S608 (built from constants)
 _NOT_BILLED = "AND NOT EXISTS (SELECT 1 FROM statement_lines l WHERE l.transaction_id = t.id)"
 # Settlement adjustments of resolved disputes not yet billed: on the partner's next statement.
 _ADJUSTMENTS = f"""
@@ -107,7 +107,7 @@ FROM disputes d
 JOIN {_STATEMENTS} s ON s.partner_id = d.partner_id
 WHERE d.adjustment_minor IS NOT NULL AND d.resolved_at < :end
   AND NOT EXISTS (SELECT 1 FROM statement_lines l WHERE l.dispute_id = d.id)
-"""
+"""  # noqa: S608 (built from constants)
 # Which partner issued the points burned at each partner: the lots its burns consumed (net of
 # burn reversals, which put points back into lots); a clawback deficit lot has no origin.
 _CROSS_BRAND = """
