@@ -112,8 +112,9 @@ WHERE d.adjustment_minor IS NOT NULL AND d.resolved_at < :end
 # burn reversals, which put points back into lots); a clawback deficit lot has no origin.
 _CROSS_BRAND = """
 SELECT s.partner_id, lm.origin_partner_id, SUM(-lm.points)
-FROM statement_lines l
-JOIN statements s ON s.id = l.statement_id
+FROM statements s
+JOIN statement_lines l
+  ON l.id BETWEEN s.first_line_id AND s.last_line_id AND l.statement_id = s.id
 JOIN lot_movements lm ON lm.transaction_id = l.transaction_id
 JOIN lots lo ON lo.id = lm.lot_id
 WHERE s.period_id = :period AND l.kind IN ('burn', 'burn_reversal') AND lo.is_deficit = :no
@@ -135,8 +136,8 @@ def amount_sql(dialect: str, points: str, price: str, exponent: str) -> str:
 
 def _insert_lines_sql(dialect: str, *, late: bool) -> TextClause:
     """One ``INSERT ... SELECT`` of every line of the period, grouped by statement: each
-    statement's lines are then neighbours on disk, their ids increasing, and read back in one
-    short range of ``(statement_id, id)``; their document order is ``(posted_at, id)``."""
+    statement's lines are then neighbours on disk and their ids one short range, read back
+    through the primary key; their document order is ``(posted_at, id)``."""
     amount = amount_sql(dialect, "t.points", _PRICE, "s.currency_exponent")
     branches = [
         _POSTINGS.format(
@@ -160,6 +161,9 @@ def _insert_lines_sql(dialect: str, *, late: bool) -> TextClause:
         + " UNION ALL ".join(branches)
         + ") lines ORDER BY n"
     )
+    if dialect == "postgresql":
+        # The same statement gives each statement the id range of the lines it just wrote.
+        sql = _WRITTEN_RANGES.format(insert=sql)
     return _timed(sql, "start", "end", *(("lower",) if late else ()))
 
 
@@ -196,12 +200,14 @@ _SUMS = """COUNT(*),
   SUM(CASE WHEN l.kind = 'burn' THEN l.amount_minor ELSE 0 END),
   SUM(CASE WHEN l.kind = 'burn_reversal' THEN l.amount_minor ELSE 0 END),
   SUM(CASE WHEN l.kind = 'adjustment' THEN l.amount_minor ELSE 0 END)"""
+# A statement's lines: the range of their ids, read through the primary key.
+_OF_STATEMENT = "l.id BETWEEN :first AND :last AND l.statement_id = :statement"
 # The statement's lines as one canonical JSON array in document order (posted, then line id),
 # and its totals.
 _LINES_PG = f"""
 SELECT '[' || COALESCE(string_agg({_LINE_JSON_PG}, ',' ORDER BY l.posted_at, l.id), '') || ']',
   {_SUMS}
-FROM statement_lines l WHERE l.statement_id = :statement
+FROM statement_lines l WHERE {_OF_STATEMENT}
 """  # noqa: S608 (built from constants)
 # SQLite (no ordered aggregates before 3.44): the aggregate reads an ordered subquery, which
 # SQLite does not flatten into an aggregate, so it keeps the order.
@@ -210,7 +216,7 @@ SELECT '[' || COALESCE(group_concat(l.line, ','), '') || ']', {_SUMS} FROM (
   SELECT coalition_line_json(l.transaction_id, l.dispute_id, l.kind, l.posted_at, l.occurred_at,
                              l.points, l.unit_price, l.amount_minor, l.prior_period, :exponent)
          AS line, l.kind, l.points, l.amount_minor
-  FROM statement_lines l WHERE l.statement_id = :statement ORDER BY l.posted_at, l.id) l
+  FROM statement_lines l WHERE {_OF_STATEMENT} ORDER BY l.posted_at, l.id) l
 """  # noqa: S608 (built from constants)
 
 
@@ -290,6 +296,21 @@ SELECT current_setting('work_mem') AS work_mem, current_setting('jit') AS jit,
   set_config('jit', 'off', true)
 """
 _RESTORE = "SELECT set_config('work_mem', :work_mem, true), set_config('jit', :jit, true)"
+# Each statement of the period gets the id range of the lines just written (none: no range):
+# on PostgreSQL from the rows the INSERT returns; on SQLite (one writer at a time, no INSERT in
+# a WITH) from the lines with an id above the largest before the INSERT.
+_WRITTEN_RANGES = """
+WITH written AS ({insert} RETURNING statement_id, id)
+UPDATE statements SET first_line_id = r.lo, last_line_id = r.hi
+FROM (SELECT statement_id, MIN(id) AS lo, MAX(id) AS hi FROM written GROUP BY statement_id) r
+WHERE statements.id = r.statement_id
+"""
+_LINE_RANGES = """
+UPDATE statements SET first_line_id = r.lo, last_line_id = r.hi
+FROM (SELECT statement_id, MIN(id) AS lo, MAX(id) AS hi FROM statement_lines
+      WHERE id > :after GROUP BY statement_id) r
+WHERE statements.id = r.statement_id AND statements.period_id = :period
+"""
 
 
 def insert_lines(session: Session, period: Period, lower: datetime) -> None:
@@ -299,7 +320,9 @@ def insert_lines(session: Session, period: Period, lower: datetime) -> None:
     params = {"period": period.id, "start": period.start_at, "end": period.end_at, "lower": lower}
     insert = _insert_lines_sql(dialect, late=lower < period.start_at)
     if dialect != "postgresql":
+        params["after"] = session.scalar(text("SELECT COALESCE(MAX(id), 0) FROM statement_lines"))
         session.execute(insert, params)
+        session.execute(text(_LINE_RANGES), params)
         return
     # The period's statements were inserted a moment ago: without fresh statistics the planner
     # takes them for one row and reads the postings once per partner (by index, all over the
@@ -318,9 +341,13 @@ def lines_and_totals(session: Session, statement: Statement) -> tuple[bytes, Tot
     in one aggregate: Python only receives the text) and their totals."""
     register_sqlite_functions(session)
     sql = _LINES_SQLITE if session.get_bind().dialect.name == "sqlite" else _LINES_PG
-    written, *sums = session.execute(
-        text(sql), {"statement": statement.id, "exponent": statement.currency_exponent}
-    ).one()
+    params = {
+        "statement": statement.id,
+        "first": statement.first_line_id,
+        "last": statement.last_line_id,
+        "exponent": statement.currency_exponent,
+    }
+    written, *sums = session.execute(text(sql), params).one()
     return str(written).encode("utf-8"), Totals(*(int(n or 0) for n in sums))
 
 
