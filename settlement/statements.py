@@ -176,10 +176,11 @@ def _canonical_time_pg(column: str) -> str:
 
 
 # A line's canonical JSON (keys sorted, no whitespace), exactly what :meth:`Line.canonical` writes;
-# ``:exponent`` is the statement's currency exponent (PostgreSQL ``round`` to it writes exactly
-# that many decimals, none for 0).
+# ``:minor_unit`` is the value of one minor unit of the statement's currency as a decimal with
+# exactly its exponent's decimals (``0.01``, ``0.001``, ``1``): the exact product of a ``NUMERIC``
+# with it writes exactly that many decimals (none for ``1``), the sign in front.
 _LINE_JSON_PG = (
-    """'{"amount":"' || round(l.amount_minor / 10::numeric ^ :exponent, :exponent)::text"""
+    """'{"amount":"' || (l.amount_minor * CAST(:minor_unit AS NUMERIC))::text"""
     """ || '",' || CASE WHEN l.kind = 'adjustment' THEN '"dispute_id":'"""
     """ || to_json(l.dispute_id)::text || ',' ELSE '' END"""
     """ || '"kind":"' || l.kind || '","occurred_at":"' || """
@@ -336,6 +337,11 @@ def insert_lines(session: Session, period: Period, lower: datetime) -> None:
     session.execute(text(_RESTORE), {"work_mem": prior.work_mem, "jit": prior.jit})
 
 
+def _minor_unit(exponent: int) -> str:
+    """One minor unit as a decimal with ``exponent`` decimals: ``0.01`` for 2, ``1`` for 0."""
+    return "1" if exponent == 0 else f"0.{'0' * (exponent - 1)}1"
+
+
 def lines_and_totals(session: Session, statement: Statement) -> tuple[bytes, Totals]:
     """The statement's lines as its document writes them (canonical JSON, built by the database
     in one aggregate: Python only receives the text) and their totals."""
@@ -346,6 +352,7 @@ def lines_and_totals(session: Session, statement: Statement) -> tuple[bytes, Tot
         "first": statement.first_line_id,
         "last": statement.last_line_id,
         "exponent": statement.currency_exponent,
+        "minor_unit": _minor_unit(statement.currency_exponent),
     }
     written, *sums = session.execute(text(sql), params).one()
     return str(written).encode("utf-8"), Totals(*(int(n or 0) for n in sums))
