@@ -5,8 +5,9 @@ A period's lines are one ``INSERT ... SELECT`` over its postings (never loaded r
 Python), written grouped by statement; its cross-brand rows one aggregate over the lot movements
 of its burns. Each statement's lines reach Python once, as the canonical JSON text the database
 builds in one aggregate that also sums its totals; Python splices the text into the document,
-hashes and signs, one statement at a time, so the close's memory is bounded by the largest
-statement, not by the period.
+hashes and signs it (in a second thread, while the database builds the next statement's lines),
+at most two statements at a time, so the close's memory is bounded by the largest statement,
+not by the period.
 
 Line rule: ``amount = points x unit_price`` rounded half-even to the currency's exponent, once
 per line (:func:`line_amount_minor`, and the same arithmetic in SQL: PostgreSQL ``NUMERIC``;
@@ -16,7 +17,8 @@ on SQLite, whose numbers are floats, the Python function registered on the conne
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -461,23 +463,55 @@ def document_head(
     }
 
 
-def issue(
+@dataclass(frozen=True, slots=True)
+class _Sealed:
+    """A statement's canonical document, its hash, and its signature by key ``kid``."""
+
+    canonical: bytes
+    digest: str
+    kid: str
+    signature: str
+
+
+def _seal(head: dict[str, Any], lines: bytes, signer: Signer) -> _Sealed:
+    canonical = canonical_json_with(head, "lines", lines)
+    signature = b64url(signer.sign(canonical))
+    return _Sealed(canonical, content_sha256(canonical), signer.kid, signature)
+
+
+def issue_all(
     session: Session,
-    statement: Statement,
+    statements: Sequence[Statement],
     period: Period,
-    cross_brand: Sequence[tuple[str | None, int]],
+    cross_brand: Mapping[str, Sequence[tuple[str | None, int]]],
     *,
     signer: Signer,
 ) -> None:
-    """Write the statement's totals, its issued hash and its signed document (once). The
-    lines' canonical JSON comes from the database as one text, spliced into the document's:
-    the statement's memory is a few times its document, whatever the period's size."""
-    lines, totals = lines_and_totals(session, statement)
-    head = document_head(statement, period, totals, cross_brand)
-    canonical = canonical_json_with(head, "lines", lines)
-    del lines  # the spliced document holds them now: one copy fewer while it is signed
-    digest = content_sha256(canonical)
-    signature = b64url(signer.sign(canonical))
+    """Write each statement's totals, its issued hash and its signed document (once). A
+    statement's lines' canonical JSON comes from the database as one text, spliced into the
+    document; the splicing, hashing and signing run in a second thread (hashlib and the
+    Ed25519 signature release the GIL) while the database builds the next statement's lines:
+    at most two statements are in memory at once, whatever the period's size."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal") as sealer:
+        pending: tuple[Statement, Totals, Future[_Sealed]] | None = None
+        for statement in statements:
+            lines, totals = lines_and_totals(session, statement)
+            head = document_head(
+                statement, period, totals, cross_brand.get(statement.partner_id, ())
+            )
+            sealing = sealer.submit(_seal, head, lines, signer)
+            del lines  # the sealer holds them now
+            if pending is not None:
+                _store(session, period, *pending)
+            pending = (statement, totals, sealing)
+        if pending is not None:
+            _store(session, period, *pending)
+
+
+def _store(
+    session: Session, period: Period, statement: Statement, totals: Totals, sealing: Future[_Sealed]
+) -> None:
+    sealed = sealing.result()
     session.execute(
         update(Statement)
         .where(Statement.id == statement.id, Statement.issued_sha256.is_(None))
@@ -492,11 +526,11 @@ def issue(
             adjustments_minor=totals.adjustments_minor,
             net_minor=totals.net_minor,
             direction=totals.direction,
-            issued_sha256=digest,
-            document=canonical.decode("utf-8"),
-            content_sha256=digest,
-            signing_kid=signer.kid,
-            signature=signature,
+            issued_sha256=sealed.digest,
+            document=sealed.canonical.decode("utf-8"),
+            content_sha256=sealed.digest,
+            signing_kid=sealed.kid,
+            signature=sealed.signature,
         )
         .execution_options(synchronize_session=False)
     )
