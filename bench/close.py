@@ -6,12 +6,15 @@ service, generates the period's transactions set-based in SQL (``generate_series
 burns with the lot movements the cross-brand rows read, earn and burn reversals, partner-funded
 bonuses), then in a child process times the bare aggregate (and a bare copy of the same
 postings into an unindexed table, the floor of writing a row per line) and the close, and
-reports the close's peak memory (``tracemalloc`` of the Python heap, and the child's peak RSS).
+reports the close's peak memory (``tracemalloc`` of the Python heap, and the child's peak RSS)
+and, after it, the time to hash and sign every document it issued once (what any close owes the
+contract: the signature covers every line's bytes).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import resource
@@ -23,6 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, event, text
 
 from bench.postgres import scratch_database, server_url
@@ -153,6 +157,26 @@ def _time_in_sql(
     return spent, slow, by_statement
 
 
+def _hash_and_sign(sessions: Any) -> float:
+    """Seconds to SHA-256 and Ed25519-sign every issued document's canonical bytes once (what
+    the contract needs of any close: the signature covers every line), documents read one at a
+    time and not timed."""
+    key = Ed25519PrivateKey.generate()
+    spent = 0.0
+    with transaction(sessions) as s:
+        ids = s.scalars(text("SELECT id FROM statements ORDER BY id")).all()
+        for statement_id in ids:
+            document = s.scalar(
+                text("SELECT document FROM statements WHERE id = :id"), {"id": statement_id}
+            )
+            canonical = str(document).encode("utf-8")
+            started = time.perf_counter()
+            hashlib.sha256(canonical).hexdigest()
+            key.sign(canonical)
+            spent += time.perf_counter() - started
+    return spent
+
+
 def _measure(url: str, out: Any, memory: bool) -> None:
     """In a fresh child: the bare GROUP BY, then the close with its peak memory."""
     engine = make_engine(url)
@@ -194,6 +218,7 @@ def _measure(url: str, out: Any, memory: bool) -> None:
     with transaction(sessions) as s:
         lines = s.scalar(text("SELECT COUNT(*) FROM statement_lines")) or 0
         largest = s.scalar(text("SELECT MAX(LENGTH(document)) FROM statements")) or 0
+    sign_s = _hash_and_sign(sessions)
     engine.dispose()
     out.put(
         {
@@ -209,6 +234,7 @@ def _measure(url: str, out: Any, memory: bool) -> None:
                 if seconds >= 0.05
             },
             "close_in_python_s": round(close_s - close_in_sql_s, 3),
+            "hash_and_sign_documents_s": round(sign_s, 3),
             "ratio_close_to_bare": round(close_s / bare_s, 2) if bare_s else None,
             "statements": len(closed.statements),
             "lines": int(lines),

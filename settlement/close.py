@@ -29,7 +29,7 @@ from partners.models import Partner
 from settlement.cycles import latest_cutoff, previous_cutoff
 from settlement.models import Period, Statement, StatementEvent
 from settlement.signing import signer
-from settlement.statements import cross_brand_rows, insert_lines, issue
+from settlement.statements import cross_brand_rows, insert_lines, issue_all
 
 #: Attempts of a close that lost a race to another process before it gives up.
 MAX_CLOSE_ATTEMPTS = 5
@@ -204,8 +204,7 @@ def _close_once(
         cross[burned_at].append((origin, points))
     sign = signer(session, secret_key=secret_key, now=now)
     statements = statements_of(session, period.id)
-    for statement in statements:
-        issue(session, statement, period, cross[statement.partner_id], signer=sign)
+    issue_all(session, statements, period, cross, signer=sign)
     if statements:
         session.execute(
             insert(StatementEvent),

@@ -102,6 +102,11 @@ class Statement(Base):
     signature: Mapped[str | None] = mapped_column(String(128))
     payment_reference: Mapped[str | None] = mapped_column(String(255))
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The smallest and largest id of the statement's lines (``None``: it has none), written
+    #: once at the close: its lines are ``id BETWEEN first_line_id AND last_line_id AND
+    #: statement_id = id``, read through the lines' primary key (migration 0011).
+    first_line_id: Mapped[int | None] = mapped_column(BigInteger)
+    last_line_id: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class StatementLine(Base):
@@ -127,7 +132,6 @@ class StatementLine(Base):
             postgresql_where=text("dispute_id IS NOT NULL"),
             sqlite_where=text("dispute_id IS NOT NULL"),
         ),
-        Index("ix_statement_lines_statement", "statement_id", "posted_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

@@ -2,11 +2,12 @@
 a status change.
 
 A period's lines are one ``INSERT ... SELECT`` over its postings (never loaded row by row into
-Python), written in statement order; its cross-brand rows one aggregate over the lot movements
+Python), written grouped by statement; its cross-brand rows one aggregate over the lot movements
 of its burns. Each statement's lines reach Python once, as the canonical JSON text the database
 builds in one aggregate that also sums its totals; Python splices the text into the document,
-hashes and signs, one statement at a time, so the close's memory is bounded by the largest
-statement, not by the period.
+hashes and signs it (in a second thread, while the database builds the next statement's lines),
+at most two statements at a time, so the close's memory is bounded by the largest statement,
+not by the period.
 
 Line rule: ``amount = points x unit_price`` rounded half-even to the currency's exponent, once
 per line (:func:`line_amount_minor`, and the same arithmetic in SQL: PostgreSQL ``NUMERIC``;
@@ -16,7 +17,8 @@ on SQLite, whose numbers are floats, the Python function registered on the conne
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -83,31 +85,38 @@ _LINE_COLUMNS = (
 # start: a transaction posted before the previous cut-off but committed after that close (a
 # request in flight at the cut-off) is billed now, once. The two are separate branches so that
 # the "on no statement" test (an index probe per row) runs only over the small late window.
-_POSTINGS = """
-SELECT s.id AS statement_id, t.id AS transaction_id, NULL AS dispute_id, t.kind, t.posted_at,
-       t.occurred_at, t.points, {price} AS unit_price, {amount} AS amount_minor,
+# Each row carries its statement's number in the period (``n``, in statement id order), the one
+# key the lines are sorted by: a sort of a million lines is mostly comparisons, and one integer
+# is many times cheaper to compare than the statement's id (a string, in the database's
+# collation) followed by the posting time (read out of each tuple on every tie).
+_STATEMENTS = """(SELECT id, partner_id, currency_exponent, row_number() OVER (ORDER BY id) AS n
+  FROM statements WHERE period_id = :period)"""
+_POSTINGS = f"""
+SELECT s.n, s.id AS statement_id, t.id AS transaction_id, NULL AS dispute_id, t.kind,
+       t.posted_at, t.occurred_at, t.points, {{price}} AS unit_price, {{amount}} AS amount_minor,
        (t.occurred_at < :start OR t.posted_at < :start) AS prior_period
 FROM transactions t
-JOIN statements s ON s.partner_id = t.partner_id AND s.period_id = :period
+JOIN {_STATEMENTS} s ON s.partner_id = t.partner_id
 JOIN rate_cards rc ON rc.id = t.rate_card_id
-WHERE t.posted_at >= {since} AND t.posted_at < {until} AND t.kind IN ({billed}) {late}
-"""
+WHERE t.posted_at >= {{since}} AND t.posted_at < {{until}} AND t.kind IN ({{billed}}) {{late}}
+"""  # noqa: S608 (built from constants)
 _NOT_BILLED = "AND NOT EXISTS (SELECT 1 FROM statement_lines l WHERE l.transaction_id = t.id)"
 # Settlement adjustments of resolved disputes not yet billed: on the partner's next statement.
-_ADJUSTMENTS = """
-SELECT s.id, NULL, d.id, 'adjustment', d.resolved_at, d.resolved_at, 0, NULL,
+_ADJUSTMENTS = f"""
+SELECT s.n, s.id, NULL, d.id, 'adjustment', d.resolved_at, d.resolved_at, 0, NULL,
        d.adjustment_minor, (d.resolved_at < :start)
 FROM disputes d
-JOIN statements s ON s.partner_id = d.partner_id AND s.period_id = :period
+JOIN {_STATEMENTS} s ON s.partner_id = d.partner_id
 WHERE d.adjustment_minor IS NOT NULL AND d.resolved_at < :end
   AND NOT EXISTS (SELECT 1 FROM statement_lines l WHERE l.dispute_id = d.id)
-"""
+"""  # noqa: S608 (built from constants)
 # Which partner issued the points burned at each partner: the lots its burns consumed (net of
 # burn reversals, which put points back into lots); a clawback deficit lot has no origin.
 _CROSS_BRAND = """
 SELECT s.partner_id, lm.origin_partner_id, SUM(-lm.points)
-FROM statement_lines l
-JOIN statements s ON s.id = l.statement_id
+FROM statements s
+JOIN statement_lines l
+  ON l.id BETWEEN s.first_line_id AND s.last_line_id AND l.statement_id = s.id
 JOIN lot_movements lm ON lm.transaction_id = l.transaction_id
 JOIN lots lo ON lo.id = lm.lot_id
 WHERE s.period_id = :period AND l.kind IN ('burn', 'burn_reversal') AND lo.is_deficit = :no
@@ -128,8 +137,9 @@ def amount_sql(dialect: str, points: str, price: str, exponent: str) -> str:
 
 
 def _insert_lines_sql(dialect: str, *, late: bool) -> TextClause:
-    """One ``INSERT ... SELECT`` of every line of the period, in statement and posting order:
-    each statement's lines are then neighbours on disk, and read back in one short range."""
+    """One ``INSERT ... SELECT`` of every line of the period, grouped by statement: each
+    statement's lines are then neighbours on disk and their ids one short range, read back
+    through the primary key; their document order is ``(posted_at, id)``."""
     amount = amount_sql(dialect, "t.points", _PRICE, "s.currency_exponent")
     branches = [
         _POSTINGS.format(
@@ -151,8 +161,11 @@ def _insert_lines_sql(dialect: str, *, late: bool) -> TextClause:
     sql = (
         f"INSERT INTO statement_lines ({_LINE_COLUMNS}) SELECT {_LINE_COLUMNS} FROM ("  # noqa: S608 (built from constants)
         + " UNION ALL ".join(branches)
-        + ") lines ORDER BY statement_id, posted_at, transaction_id, dispute_id"
+        + ") lines ORDER BY n"
     )
+    if dialect == "postgresql":
+        # The same statement gives each statement the id range of the lines it just wrote.
+        sql = _WRITTEN_RANGES.format(insert=sql)
     return _timed(sql, "start", "end", *(("lower",) if late else ()))
 
 
@@ -165,10 +178,11 @@ def _canonical_time_pg(column: str) -> str:
 
 
 # A line's canonical JSON (keys sorted, no whitespace), exactly what :meth:`Line.canonical` writes;
-# ``:exponent`` is the statement's currency exponent (PostgreSQL ``round`` to it writes exactly
-# that many decimals, none for 0).
+# ``:minor_unit`` is the value of one minor unit of the statement's currency as a decimal with
+# exactly its exponent's decimals (``0.01``, ``0.001``, ``1``): the exact product of a ``NUMERIC``
+# with it writes exactly that many decimals (none for ``1``), the sign in front.
 _LINE_JSON_PG = (
-    """'{"amount":"' || round(l.amount_minor / 10::numeric ^ :exponent, :exponent)::text"""
+    """'{"amount":"' || (l.amount_minor * CAST(:minor_unit AS NUMERIC))::text"""
     """ || '",' || CASE WHEN l.kind = 'adjustment' THEN '"dispute_id":'"""
     """ || to_json(l.dispute_id)::text || ',' ELSE '' END"""
     """ || '"kind":"' || l.kind || '","occurred_at":"' || """
@@ -189,12 +203,14 @@ _SUMS = """COUNT(*),
   SUM(CASE WHEN l.kind = 'burn' THEN l.amount_minor ELSE 0 END),
   SUM(CASE WHEN l.kind = 'burn_reversal' THEN l.amount_minor ELSE 0 END),
   SUM(CASE WHEN l.kind = 'adjustment' THEN l.amount_minor ELSE 0 END)"""
+# A statement's lines: the range of their ids, read through the primary key.
+_OF_STATEMENT = "l.id BETWEEN :first AND :last AND l.statement_id = :statement"
 # The statement's lines as one canonical JSON array in document order (posted, then line id),
 # and its totals.
 _LINES_PG = f"""
 SELECT '[' || COALESCE(string_agg({_LINE_JSON_PG}, ',' ORDER BY l.posted_at, l.id), '') || ']',
   {_SUMS}
-FROM statement_lines l WHERE l.statement_id = :statement
+FROM statement_lines l WHERE {_OF_STATEMENT}
 """  # noqa: S608 (built from constants)
 # SQLite (no ordered aggregates before 3.44): the aggregate reads an ordered subquery, which
 # SQLite does not flatten into an aggregate, so it keeps the order.
@@ -203,7 +219,7 @@ SELECT '[' || COALESCE(group_concat(l.line, ','), '') || ']', {_SUMS} FROM (
   SELECT coalition_line_json(l.transaction_id, l.dispute_id, l.kind, l.posted_at, l.occurred_at,
                              l.points, l.unit_price, l.amount_minor, l.prior_period, :exponent)
          AS line, l.kind, l.points, l.amount_minor
-  FROM statement_lines l WHERE l.statement_id = :statement ORDER BY l.posted_at, l.id) l
+  FROM statement_lines l WHERE {_OF_STATEMENT} ORDER BY l.posted_at, l.id) l
 """  # noqa: S608 (built from constants)
 
 
@@ -274,17 +290,58 @@ def register_sqlite_functions(session: Session) -> None:
     raw.create_function("coalition_line_json", 10, _sqlite_line_json, deterministic=True)
 
 
+#: The ``work_mem`` the lines' ``INSERT`` runs with at least (docs/operations.md).
+SORT_WORK_MEM = "256MB"
+_SORT_IN_MEMORY = """
+SELECT current_setting('work_mem') AS work_mem, current_setting('jit') AS jit,
+  set_config('work_mem', CASE WHEN pg_size_bytes(current_setting('work_mem'))
+    < pg_size_bytes(:work_mem) THEN :work_mem ELSE current_setting('work_mem') END, true),
+  set_config('jit', 'off', true)
+"""
+_RESTORE = "SELECT set_config('work_mem', :work_mem, true), set_config('jit', :jit, true)"
+# Each statement of the period gets the id range of the lines just written (none: no range):
+# on PostgreSQL from the rows the INSERT returns; on SQLite (one writer at a time, no INSERT in
+# a WITH) from the lines with an id above the largest before the INSERT.
+_WRITTEN_RANGES = """
+WITH written AS ({insert} RETURNING statement_id, id)
+UPDATE statements SET first_line_id = r.lo, last_line_id = r.hi
+FROM (SELECT statement_id, MIN(id) AS lo, MAX(id) AS hi FROM written GROUP BY statement_id) r
+WHERE statements.id = r.statement_id
+"""
+_LINE_RANGES = """
+UPDATE statements SET first_line_id = r.lo, last_line_id = r.hi
+FROM (SELECT statement_id, MIN(id) AS lo, MAX(id) AS hi FROM statement_lines
+      WHERE id > :after GROUP BY statement_id) r
+WHERE statements.id = r.statement_id AND statements.period_id = :period
+"""
+
+
 def insert_lines(session: Session, period: Period, lower: datetime) -> None:
     """Bill the period's postings and pending adjustments on its (already inserted) statements."""
     register_sqlite_functions(session)
     dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        # The period's statements were inserted a moment ago: without fresh statistics the
-        # planner takes them for one row and reads the postings once per partner (by index, all
-        # over the table) instead of once, joined with them by hash.
-        session.execute(text("ANALYZE statements"))
     params = {"period": period.id, "start": period.start_at, "end": period.end_at, "lower": lower}
-    session.execute(_insert_lines_sql(dialect, late=lower < period.start_at), params)
+    insert = _insert_lines_sql(dialect, late=lower < period.start_at)
+    if dialect != "postgresql":
+        params["after"] = session.scalar(text("SELECT COALESCE(MAX(id), 0) FROM statement_lines"))
+        session.execute(insert, params)
+        session.execute(text(_LINE_RANGES), params)
+        return
+    # The period's statements were inserted a moment ago: without fresh statistics the planner
+    # takes them for one row and reads the postings once per partner (by index, all over the
+    # table) instead of once, joined with them by hash.
+    session.execute(text("ANALYZE statements"))
+    # For this statement only: room to sort the lines in memory (a million take about 180 MB;
+    # the default 4 MB sorts them on disk), and no JIT compilation (half a second spent
+    # compiling expressions that are mostly numeric and text function calls it cannot speed).
+    prior = session.execute(text(_SORT_IN_MEMORY), {"work_mem": SORT_WORK_MEM}).one()
+    session.execute(insert, params)
+    session.execute(text(_RESTORE), {"work_mem": prior.work_mem, "jit": prior.jit})
+
+
+def _minor_unit(exponent: int) -> str:
+    """One minor unit as a decimal with ``exponent`` decimals: ``0.01`` for 2, ``1`` for 0."""
+    return "1" if exponent == 0 else f"0.{'0' * (exponent - 1)}1"
 
 
 def lines_and_totals(session: Session, statement: Statement) -> tuple[bytes, Totals]:
@@ -292,9 +349,14 @@ def lines_and_totals(session: Session, statement: Statement) -> tuple[bytes, Tot
     in one aggregate: Python only receives the text) and their totals."""
     register_sqlite_functions(session)
     sql = _LINES_SQLITE if session.get_bind().dialect.name == "sqlite" else _LINES_PG
-    written, *sums = session.execute(
-        text(sql), {"statement": statement.id, "exponent": statement.currency_exponent}
-    ).one()
+    params = {
+        "statement": statement.id,
+        "first": statement.first_line_id,
+        "last": statement.last_line_id,
+        "exponent": statement.currency_exponent,
+        "minor_unit": _minor_unit(statement.currency_exponent),
+    }
+    written, *sums = session.execute(text(sql), params).one()
     return str(written).encode("utf-8"), Totals(*(int(n or 0) for n in sums))
 
 
@@ -401,23 +463,55 @@ def document_head(
     }
 
 
-def issue(
+@dataclass(frozen=True, slots=True)
+class _Sealed:
+    """A statement's canonical document, its hash, and its signature by key ``kid``."""
+
+    canonical: bytes
+    digest: str
+    kid: str
+    signature: str
+
+
+def _seal(head: dict[str, Any], lines: bytes, signer: Signer) -> _Sealed:
+    canonical = canonical_json_with(head, "lines", lines)
+    signature = b64url(signer.sign(canonical))
+    return _Sealed(canonical, content_sha256(canonical), signer.kid, signature)
+
+
+def issue_all(
     session: Session,
-    statement: Statement,
+    statements: Sequence[Statement],
     period: Period,
-    cross_brand: Sequence[tuple[str | None, int]],
+    cross_brand: Mapping[str, Sequence[tuple[str | None, int]]],
     *,
     signer: Signer,
 ) -> None:
-    """Write the statement's totals, its issued hash and its signed document (once). The
-    lines' canonical JSON comes from the database as one text, spliced into the document's:
-    the statement's memory is a few times its document, whatever the period's size."""
-    lines, totals = lines_and_totals(session, statement)
-    head = document_head(statement, period, totals, cross_brand)
-    canonical = canonical_json_with(head, "lines", lines)
-    del lines  # the spliced document holds them now: one copy fewer while it is signed
-    digest = content_sha256(canonical)
-    signature = b64url(signer.sign(canonical))
+    """Write each statement's totals, its issued hash and its signed document (once). A
+    statement's lines' canonical JSON comes from the database as one text, spliced into the
+    document; the splicing, hashing and signing run in a second thread (hashlib and the
+    Ed25519 signature release the GIL) while the database builds the next statement's lines:
+    at most two statements are in memory at once, whatever the period's size."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal") as sealer:
+        pending: tuple[Statement, Totals, Future[_Sealed]] | None = None
+        for statement in statements:
+            lines, totals = lines_and_totals(session, statement)
+            head = document_head(
+                statement, period, totals, cross_brand.get(statement.partner_id, ())
+            )
+            sealing = sealer.submit(_seal, head, lines, signer)
+            del lines  # the sealer holds them now
+            if pending is not None:
+                _store(session, period, *pending)
+            pending = (statement, totals, sealing)
+        if pending is not None:
+            _store(session, period, *pending)
+
+
+def _store(
+    session: Session, period: Period, statement: Statement, totals: Totals, sealing: Future[_Sealed]
+) -> None:
+    sealed = sealing.result()
     session.execute(
         update(Statement)
         .where(Statement.id == statement.id, Statement.issued_sha256.is_(None))
@@ -432,11 +526,11 @@ def issue(
             adjustments_minor=totals.adjustments_minor,
             net_minor=totals.net_minor,
             direction=totals.direction,
-            issued_sha256=digest,
-            document=canonical.decode("utf-8"),
-            content_sha256=digest,
-            signing_kid=signer.kid,
-            signature=signature,
+            issued_sha256=sealed.digest,
+            document=sealed.canonical.decode("utf-8"),
+            content_sha256=sealed.digest,
+            signing_kid=sealed.kid,
+            signature=sealed.signature,
         )
         .execution_options(synchronize_session=False)
     )

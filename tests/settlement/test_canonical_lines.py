@@ -9,7 +9,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select
 
 from coalition.db import transaction
 from settlement.canonical import canonical_json, canonical_json_with, canonical_value
@@ -41,6 +41,12 @@ def _stored(db: Db, exponent: int) -> tuple[bytes, dict[str, int]]:
             insert(StatementLine),
             [{**asdict(line), "statement_id": statement.id} for line in _lines(exponent)],
         )
+        # The statement knows the id range of its lines, as the close writes it.
+        statement.first_line_id, statement.last_line_id = s.execute(
+            select(func.min(StatementLine.id), func.max(StatementLine.id)).where(
+                StatementLine.statement_id == statement.id
+            )
+        ).one()
         written, totals = lines_and_totals(s, statement)
     return written, {
         "lines": totals.lines,

@@ -38,6 +38,8 @@ def test_invariant_5_holds_after_a_close_and_the_schema_refuses_edits_of_issued_
     for sql in (
         "UPDATE statements SET net_minor = net_minor + 1 WHERE id = :id",
         "UPDATE statements SET issued_sha256 = 'x' WHERE id = :id",
+        "UPDATE statements SET last_line_id = last_line_id - 1 WHERE id = :id",
+        "UPDATE statements SET first_line_id = NULL WHERE id = :id",
         "UPDATE statement_lines SET amount_minor = amount_minor + 1 WHERE statement_id = :id",
         "DELETE FROM statement_lines WHERE statement_id = :id",
         "DELETE FROM statements WHERE id = :id",
@@ -57,6 +59,20 @@ def test_invariant_5_reports_totals_that_are_not_the_sums_of_the_lines(lite: Db)
         )
     found = "\n".join(lite.violations()[5])
     assert "totals != sums of lines" in found and statement_id in found
+
+
+def test_invariant_5_reports_a_statement_whose_line_range_no_longer_holds_its_lines(
+    lite: Db,
+) -> None:
+    statement_id = _closed_with_lines(lite)
+    _drop(lite, "statements_issued_update")
+    with transaction(lite.sessions) as s:
+        s.execute(
+            text("UPDATE statements SET last_line_id = last_line_id - 1 WHERE id = :id"),
+            {"id": statement_id},
+        )
+    found = "\n".join(lite.violations()[5])
+    assert f"document lines != stored lines: {statement_id}" in found
 
 
 def test_invariant_5_reports_a_line_that_does_not_match_its_transaction(lite: Db) -> None:
