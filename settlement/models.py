@@ -104,7 +104,7 @@ class Statement(Base):
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: The smallest and largest id of the statement's lines (``None``: it has none), written
     #: once at the close: its lines are ``id BETWEEN first_line_id AND last_line_id AND
-    #: statement_id = id``, read through the lines' primary key (migration 0011).
+    #: statement_id = id``, read through the lines' primary key (migration 0012).
     first_line_id: Mapped[int | None] = mapped_column(BigInteger)
     last_line_id: Mapped[int | None] = mapped_column(BigInteger)
 

@@ -8,8 +8,8 @@ Existing statements get the range of their lines (the smallest and largest id am
 holds them however they were written). An issued statement's range never changes, like its
 money: the guard of migration 0004 now covers the two columns.
 
-Revision ID: 0011_close_lines_by_id
-Revises: 0010_webhook_attempts
+Revision ID: 0012_close_lines_by_id
+Revises: 0011_imp_zero_sum_per_statement
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011_close_lines_by_id"
-down_revision = "0010_webhook_attempts"
+revision = "0012_close_lines_by_id"
+down_revision = "0011_imp_zero_sum_per_statement"
 branch_labels = None
 depends_on = None
 
