@@ -54,7 +54,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from coalition.db import dialect_of
+from coalition.db import HotStatement, dialect_of
 from coalition.errors import SignatureInvalid
 from partners.keys import ed25519_verify, unseal
 from partners.models import ApiKey, RequestNonce
@@ -454,8 +454,8 @@ _KEYS = cast("Table", ApiKey.__table__)
 # Pre-built per dialect, on the table (not the ORM entity): building the statement on every
 # request cost more than running it.
 _RECORD_NONCE = {
-    "postgresql": _record_nonce_statement(postgresql.insert),
-    "sqlite": _record_nonce_statement(sqlite.insert),
+    "postgresql": HotStatement(_record_nonce_statement(postgresql.insert)),
+    "sqlite": HotStatement(_record_nonce_statement(sqlite.insert)),
 }
 
 
@@ -477,7 +477,7 @@ def _record_nonce(session: Session, key_id: str, nonce: str, created: int, now: 
         except IntegrityError:
             return False
         return True
-    return session.execute(stmt, {**values, "now": now}).first() is not None
+    return stmt.first(session, {**values, "now": now}) is not None
 
 
 def _printable(text: str) -> str:
