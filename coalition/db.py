@@ -9,14 +9,24 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import DateTime, Dialect, Engine, MetaData, Numeric, String, create_engine, event
+from sqlalchemy import (
+    CursorResult,
+    DateTime,
+    Dialect,
+    Engine,
+    MetaData,
+    Numeric,
+    String,
+    create_engine,
+    event,
+)
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
@@ -223,7 +233,7 @@ class HotStatement:
         conn = session.connection()
         dialect = conn.dialect
         if dialect.name != "postgresql":
-            result = session.execute(self.statement, params)
+            result = cast("CursorResult[Any]", session.execute(self.statement, params))
             return list(result) if result.returns_rows else []
         sql, fixed = self._compiled or self._postgresql(dialect)
         if fixed:
