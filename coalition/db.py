@@ -240,7 +240,7 @@ class HotStatement:
             params = {**fixed, **params}
         driver = conn.connection.driver_connection
         assert driver is not None
-        cursor = driver.cursor()
+        cursor: psycopg.Cursor[Any] = driver.cursor()
         if conn.dispatch.before_cursor_execute:
             for listener in conn.dispatch.before_cursor_execute:
                 listener(conn, cursor, sql, params, None, False)
@@ -249,9 +249,12 @@ class HotStatement:
         except psycopg.Error as exc:
             # As SQLAlchemy's own execution: wrapped (IntegrityError...), a lost connection
             # invalidated.
-            conn._handle_dbapi_exception(exc, sql, params, cursor, None)
+            conn._handle_dbapi_exception(exc, sql, params, cast("Any", cursor), None)
             raise
-        return cursor.fetchall() if cursor.description is not None else []
+        answer = cursor.pgresult  # not ``description``: it builds a Column per column
+        if answer is None or answer.status != psycopg.pq.ExecStatus.TUPLES_OK:
+            return []
+        return cursor.fetchall()
 
     def first(self, session: Session, params: dict[str, Any]) -> Any | None:
         """The first row, or ``None``."""

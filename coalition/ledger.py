@@ -537,17 +537,23 @@ class Header:
 _HEADER_COLUMNS = tuple(f.name for f in fields(Header))
 
 
-def _posted(session: Session, header: Header, balance_after: int) -> Transaction:
+def _posted(
+    session: Session, header: Header, balance_after: int, *, tier_counted: bool = False
+) -> Transaction:
     """:func:`_posted_many` of one transaction."""
-    return _posted_many(session, [(header, balance_after)])[0]
+    return _posted_many(session, [(header, balance_after)], tier_counted=tier_counted)[0]
 
 
-def _posted_many(session: Session, posted: Sequence[tuple[Header, int]]) -> list[Transaction]:
+def _posted_many(
+    session: Session, posted: Sequence[tuple[Header, int]], *, tier_counted: bool = False
+) -> list[Transaction]:
     """The one place every posted transaction passes (``(header, balance_after)``), in the
     database transaction that wrote it, whichever statements wrote it (the general path's, a
     one-statement fast path's, a bulk insert's): where the members' tier basis
     (``qualifying_days``), the event outbox and the metrics attach. Many at once cost what one
-    does: one statement for the tier basis, one for the events at commit."""
+    does: one statement for the tier basis, one for the events at commit. ``tier_counted``:
+    the statement that wrote them added them to the tier basis already (the one-statement
+    credit)."""
     configure_mappers()  # _transaction_of bypasses the constructor, which would do this
     txns = []
     for header, balance_after in posted:
@@ -555,7 +561,8 @@ def _posted_many(session: Session, posted: Sequence[tuple[Header, int]]) -> list
             header.points > 0, f"{header.id}: a transaction moves a positive number of points"
         )
         txns.append(_transaction_of(header, balance_after))
-    _count_for_tier(session, [header for header, _ in posted])
+    if not tier_counted:
+        _count_for_tier(session, [header for header, _ in posted])
     outbox.transactions_posted(session, txns)
     return txns
 
@@ -805,7 +812,8 @@ def _add_lot(
 # --- the operations ----------------------------------------------------------------------
 
 # A credit of a member who owes nothing, in one statement (PostgreSQL's data-modifying CTEs):
-# the member row updated (and locked), the transaction, its two postings and the new lot. No
+# the member row updated (and locked), the transaction, its two postings, the new lot and
+# what it adds to the member's tier basis (:func:`_count_for_tier`, here in SQL). No
 # row comes back when there is no such member or it owes points (a deficit to fill first):
 # then nothing was written, and the statements of the general path do the work.
 # The header's row, with the balance the member row ``m`` of the statement came back with
@@ -837,6 +845,11 @@ _CREDIT_IN_ONE = HotStatement(
             expires_at, is_deficit)
         SELECT :member_id, :origin_partner_id, t.id, :points, :points, :expires_at, false
         FROM t
+    ), q AS (
+        INSERT INTO qualifying_days (member_id, day, points)
+        SELECT :member_id, :day, :tier_points FROM t WHERE CAST(:tier_points AS BIGINT) <> 0
+        ON CONFLICT (member_id, day)
+            DO UPDATE SET points = qualifying_days.points + excluded.points
     )
     SELECT balance, held FROM m
     """  # noqa: S608 (built from constants)
@@ -852,12 +865,14 @@ def _credit_in_one(session: Session, c: Credit) -> Posted | None:
         "from_account": c.from_account,
         "origin_partner_id": c.origin_partner_id,
         "expires_at": c.expires_at,
+        "day": day_of(c.header.occurred_at),
+        "tier_points": _TIER_SIGN.get(c.header.kind, 0) * c.header.points,
     }
     done = _CREDIT_IN_ONE.first(session, params)
     if done is None:
         return None
     balance, held = done
-    txn = _posted(session, c.header, balance)
+    txn = _posted(session, c.header, balance, tier_counted=True)
     return Posted(txn, MemberState(c.header.member_id, balance, held))
 
 
