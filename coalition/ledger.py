@@ -372,7 +372,7 @@ def tier_for(points: int, tiers: Sequence[Tier]) -> Tier:
     return reached
 
 
-_EXPIRING_LOTS = (
+_EXPIRING_LOTS = HotStatement(
     select(func.sum(_LOTS.c.remaining), _LOTS.c.expires_at)
     .where(
         _LOTS.c.member_id == bindparam("member"),
@@ -401,13 +401,15 @@ _OVERDUE_HELD = (
     )
     .scalar_subquery()
 )
-_MEMBER_SNAPSHOT = select(
-    _MEMBERS.c.balance,
-    _MEMBERS.c.held,
-    _QUALIFYING_POINTS.scalar_subquery(),
-    _OVERDUE_POINTS,
-    _OVERDUE_HELD,
-).where(_MEMBERS.c.id == bindparam("member"))
+_MEMBER_SNAPSHOT = HotStatement(
+    select(
+        _MEMBERS.c.balance,
+        _MEMBERS.c.held,
+        _QUALIFYING_POINTS.scalar_subquery(),
+        _OVERDUE_POINTS,
+        _OVERDUE_HELD,
+    ).where(_MEMBERS.c.id == bindparam("member"))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,9 +429,7 @@ def member_snapshot(
     ``now``, and its points in lots and active holds past their expiry (what the jobs, or its
     next burn or hold, will expire and release), in one statement; :class:`UnknownMember` if there
     is no such member."""
-    row = session.execute(
-        _MEMBER_SNAPSHOT, {"member": member_id, **window(since, now), "now": now}
-    ).one_or_none()
+    row = _MEMBER_SNAPSHOT.first(session, {"member": member_id, **window(since, now), "now": now})
     if row is None:
         raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
     return MemberSnapshot(
@@ -442,10 +442,12 @@ def expiring_lots(
 ) -> list[tuple[int, datetime]]:
     """The member's open points expiring after ``after``, by date, soonest first:
     ``[(points, expires_at)]``."""
-    rows = session.execute(
-        _EXPIRING_LOTS, {"member": member_id, "after": after, "limit": limit}
-    ).all()
-    return [(int(points), expires_at) for points, expires_at in rows if expires_at is not None]
+    rows = _EXPIRING_LOTS.rows(session, {"member": member_id, "after": after, "limit": limit})
+    return [
+        (int(points), expires_at.astimezone(UTC))  # UTC also from the driver (HotStatement)
+        for points, expires_at in rows
+        if expires_at is not None
+    ]
 
 
 # --- the member row: the only balance updated in place -----------------------------------
