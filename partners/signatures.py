@@ -462,19 +462,11 @@ def _signature_base(
         lines.append(f'"{name}": {value}')
     if len(lines) != len({c.name for c in sig.components}):  # a component named twice
         return None
-    lines.append('"@signature-params": ' + _signature_params(sig, fields["signature-input"]))
+    # As the library: re-serialised (canonical), not the member as the client sent it.
+    serialized = http_sf.ser({sig.label: sig.input_member})
+    lines.append('"@signature-params": ' + serialized.removeprefix(sig.label + "="))
     base = "\n".join(lines)
     return base.encode("ascii") if base.isascii() else None
-
-
-def _signature_params(sig: _Signature, signature_input: str) -> str:
-    """The ``@signature-params`` value: the Signature-Input member as the client sent it when it
-    is the only one (a client serialising it other than canonically then fails to match, and
-    the library decides), else re-serialised."""
-    prefix = sig.label + "="
-    if signature_input.startswith(prefix) and "," not in signature_input:
-        return signature_input.removeprefix(prefix).rstrip(" ")
-    return http_sf.ser({sig.label: sig.input_member}).removeprefix(prefix)
 
 
 def _matches(key: CachedKey, signature: bytes, base: bytes) -> bool:
