@@ -19,6 +19,9 @@ import sys
 import time
 from typing import Any
 
+from sqlalchemy import event
+
+from api.runtime import services_of
 from bench.http import SCENARIOS, SECRET_KEY, Signer
 from bench.postgres import scratch_database, server_url
 from bench.throughput import prepare
@@ -95,6 +98,33 @@ async def _drive(app: Any, requests: list[Raw]) -> tuple[float, dict[int, int]]:
     return time.process_time() - started, statuses
 
 
+def _statements(app: Any, requests: list[Raw]) -> tuple[float, float]:
+    """Statements and commits per request reaching the driver (``before_cursor_execute``:
+    HotStatements included; the rate limiter's merge is in it, a few times a second)."""
+    engine = services_of(app.state).engine
+    counted = {"statements": 0, "commits": 0}
+
+    def on_statement(*_: Any) -> None:
+        counted["statements"] += 1
+
+    def on_commit(*_: Any) -> None:
+        counted["commits"] += 1
+
+    event.listen(engine, "before_cursor_execute", on_statement)
+    event.listen(engine, "commit", on_commit)
+    try:
+        asyncio.run(_send_all(app, requests))
+    finally:
+        event.remove(engine, "before_cursor_execute", on_statement)
+        event.remove(engine, "commit", on_commit)
+    return counted["statements"] / len(requests), counted["commits"] / len(requests)
+
+
+async def _send_all(app: Any, requests: list[Raw]) -> None:
+    for raw in requests:
+        await _send_one(app, raw)
+
+
 def measure(scenario: str, count: int) -> dict[str, Any]:
     """CPU ms per request of ``count`` requests of a :data:`bench.http.SCENARIOS` scenario."""
     with scratch_database(server_url(), f"coalition_bench_asgi_{os.getpid()}") as url:
@@ -126,6 +156,8 @@ def measure(scenario: str, count: int) -> dict[str, Any]:
                 _split(make(signer, rng, bench.members).raw) for _ in range(count + WARM_UP)
             ]
             cpu_s, statuses = asyncio.run(_drive(app, requests))
+            extra = [_split(make(signer, rng, bench.members).raw) for _ in range(200)]
+            statements, commits = _statements(app, extra)
         finally:
             bench.engine.dispose()
     return {
@@ -133,6 +165,8 @@ def measure(scenario: str, count: int) -> dict[str, Any]:
         "requests": count,
         "cpu_ms_per_request": round(cpu_s * 1000 / count, 3),
         "statuses": statuses,
+        "statements_per_request": round(statements, 2),
+        "commits_per_request": round(commits, 2),
     }
 
 
@@ -143,7 +177,9 @@ def main(argv: list[str]) -> None:
     result = measure(scenario, count)
     print(
         f"{result['scenario']}: {result['cpu_ms_per_request']:.3f} ms CPU per request "
-        f"({result['requests']} one at a time through ASGI) statuses {result['statuses']}"
+        f"({result['requests']} one at a time through ASGI), "
+        f"{result['statements_per_request']} statements and {result['commits_per_request']} "
+        f"commits per request, statuses {result['statuses']}"
     )
 
 
