@@ -6,7 +6,7 @@ It makes a CSV of ``--rows`` earns (default 1,000,000) over ``--members`` member
 duplicate), runs ``coalition check`` on the result, and copies the file with ``COPY ... FROM
 STDIN`` into a table without indexes or constraints: the floor of what moving those bytes into
 PostgreSQL costs. A second floor is what the database alone spends writing the same rows into
-the ledger's real tables (their indexes, foreign keys and the deferred zero-sum trigger): from
+the ledger's real tables (their indexes, foreign keys and the zero-sum trigger): from
 that copied table, set-based (``INSERT ... SELECT`` of a transaction, two postings and a lot
 per row, the members' balances and tier basis), committed. Targets (issue 10): at least 25,000
 rows/s and at least 0.3 x the bare COPY.
@@ -64,7 +64,7 @@ def analyze(engine: Engine) -> None:
 
 # The import's rows written by the database alone (bench_bare_copy holds the file): every
 # row 12 points (12.34 EUR at 1 point a unit, base tier), references prefixed so they differ
-# from the import's; one transaction, committed so the deferred zero-sum checks run too.
+# from the import's; one transaction, committed (the zero-sum trigger checks each statement).
 _LEDGER_FLOOR = (
     "INSERT INTO transactions (id, kind, partner_id, member_id, reference, points, amount_minor,"
     " currency, rate_card_id, tier, occurred_at, posted_at, balance_after, overdraft_points)"

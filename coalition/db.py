@@ -17,6 +17,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
+    Boolean,
     CursorResult,
     DateTime,
     Dialect,
@@ -24,11 +25,18 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     String,
+    any_,
+    bindparam,
     create_engine,
     event,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -195,6 +203,36 @@ def schema_is_current(engine: Engine) -> bool:
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC, at microsecond precision."""
     return datetime.now(UTC)
+
+
+class AnyOf(ColumnElement[bool]):
+    """``column`` is one of the list bound as ``name``: ``column = ANY(:name)`` on PostgreSQL
+    (one array parameter however long the list: a bulk earn's 5,000 references or members
+    cost one bind, not 5,000 placeholders for the driver to build and the server to parse),
+    an expanding ``IN`` elsewhere."""
+
+    inherit_cache = True
+    type = Boolean()
+    _is_implicitly_boolean = True
+    _traverse_internals = [  # noqa: RUF012 (SQLAlchemy's own declaration: a list)
+        ("column", InternalTraversal.dp_clauseelement),
+        ("name", InternalTraversal.dp_string),
+    ]
+
+    def __init__(self, column: ColumnElement[Any], name: str) -> None:
+        self.column = column
+        self.name = name
+
+
+@compiles(AnyOf)
+def _any_of_in(element: AnyOf, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.column.in_(bindparam(element.name, expanding=True)), **kw)
+
+
+@compiles(AnyOf, "postgresql")
+def _any_of_array(element: AnyOf, compiler: SQLCompiler, **kw: Any) -> str:
+    array = bindparam(element.name, type_=ARRAY(element.column.type))
+    return compiler.process(element.column == any_(array), **kw)
 
 
 class HotStatement:

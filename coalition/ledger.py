@@ -19,11 +19,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
+from functools import cache
+from operator import attrgetter
 from typing import Any, cast
 
 import psycopg
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Integer,
     Row,
+    String,
     Table,
     and_,
     bindparam,
@@ -41,10 +48,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, configure_mappers
 from sqlalchemy.orm.instrumentation import manager_of_class
+from sqlalchemy.types import NullType, TypeDecorator
 
 from coalition import outbox
 from coalition.config import Tier
-from coalition.db import HotStatement, dialect_of
+from coalition.db import AnyOf, HotStatement, dialect_of
 from coalition.errors import InsufficientPoints, UnknownMember, invariant
 from coalition.ids import new_id
 from coalition.models import (
@@ -198,7 +206,7 @@ _UPDATE_LOT = update(_LOTS).where(_LOTS.c.id == bindparam("lot")).values(remaini
 _INSERT_LOT_MOVEMENTS = insert(cast("Table", LotMovement.__table__))
 _LOCK_MEMBERS = (
     select(_MEMBERS.c.id, _MEMBERS.c.balance, _MEMBERS.c.held, _MEMBERS.c.account_id)
-    .where(_MEMBERS.c.id.in_(bindparam("members", expanding=True)))
+    .where(AnyOf(_MEMBERS.c.id, "members"))
     .order_by(_MEMBERS.c.id)
     .with_for_update()
 )
@@ -207,16 +215,15 @@ _ADD_TO_BALANCE = (
     .where(_MEMBERS.c.id == bindparam("member"))
     .values(balance=_MEMBERS.c.balance + bindparam("balance_delta"))
 )
+
+
 # The bulk earn's tier history (:func:`qualifying_history`): its members' rows from
 # ``:history_from`` to ``:history_to`` outside the core window (before ``:since``, after
 # ``:until``), one by one, each side one index range; and the core's parts
 # (:func:`_window_parts`) summed per member with a NULL time. An empty core: every row.
-_HISTORY_MEMBERS: Any = bindparam("members", expanding=True)
-
-
 def _history_rows(*bounds: Any) -> Any:
     return select(_TRANSACTIONS.c.member_id, _TRANSACTIONS.c.occurred_at, _SIGNED_POINTS).where(
-        _TRANSACTIONS.c.member_id.in_(_HISTORY_MEMBERS), _COUNTS_FOR_TIER, *bounds
+        AnyOf(_TRANSACTIONS.c.member_id, "members"), _COUNTS_FOR_TIER, *bounds
     )
 
 
@@ -230,7 +237,7 @@ _QUALIFYING_HISTORY = union_all(
         part.with_only_columns(part.selected_columns[0], null(), part.selected_columns[1]).group_by(
             part.selected_columns[0]
         )
-        for part in _window_parts(lambda column: column.in_(_HISTORY_MEMBERS))
+        for part in _window_parts(lambda column: AnyOf(column, "members"))
     ),
 )
 #: Rows one bulk statement may touch (members locked, credits written): bounds its parameters.
@@ -533,10 +540,12 @@ class Header:
 
     def row(self) -> dict[str, Any]:
         """The ``transactions`` row's columns, ``balance_after`` aside."""
-        return {name: getattr(self, name) for name in _HEADER_COLUMNS}
+        return dict(zip(_HEADER_COLUMNS, _header_values(self), strict=True))
 
 
 _HEADER_COLUMNS = tuple(f.name for f in fields(Header))
+#: A header's column values in ``_HEADER_COLUMNS`` order, as a tuple (one C call).
+_header_values = attrgetter(*_HEADER_COLUMNS)
 
 
 def _posted(
@@ -577,7 +586,8 @@ def _transaction_of(header: Header, balance_after: int) -> Transaction:
     through the mapped class's constructor: that costs about 8 times as much, which a bulk
     import pays per row (docs/benchmarks.md)."""
     txn: Transaction = _NEW_TRANSACTION()
-    txn.__dict__.update(header.row(), balance_after=balance_after)
+    values = zip(_HEADER_COLUMNS, _header_values(header), strict=True)
+    txn.__dict__.update(values, balance_after=balance_after)
     return txn
 
 
@@ -640,19 +650,42 @@ def _write(
     invariant(len(legs) >= 2, f"{header.id}: a transaction has two legs at least: {legs}")
     row = {**header.row(), "balance_after": balance_after}
     session.execute(_INSERT_TRANSACTION, [row])
-    session.execute(
-        _INSERT_POSTINGS,
-        [
+    if dialect_of(session) == "postgresql":
+        # One statement for all the legs: the zero-sum trigger checks each statement.
+        session.execute(
+            _INSERT_LEGS,
             {
                 "transaction_id": header.id,
-                "account_id": account,
-                "points": points,
+                "accounts": [account for account, _ in legs],
+                "points": [points for _, points in legs],
                 "posted_at": header.posted_at,
-            }
-            for account, points in legs
-        ],
-    )
+            },
+        )
+    else:
+        session.execute(
+            _INSERT_POSTINGS,
+            [
+                {
+                    "transaction_id": header.id,
+                    "account_id": account,
+                    "points": points,
+                    "posted_at": header.posted_at,
+                }
+                for account, points in legs
+            ],
+        )
     return _posted(session, header, balance_after)
+
+
+# A transaction's postings in one statement on PostgreSQL, where the zero-sum trigger checks
+# every statement that writes postings (migration 0011): each transaction's legs together.
+_INSERT_LEGS = text(
+    """
+    INSERT INTO postings (transaction_id, account_id, points, posted_at)
+    SELECT :transaction_id, leg.account_id, leg.points, :posted_at
+    FROM unnest(CAST(:accounts AS BIGINT[]), CAST(:points AS BIGINT[])) AS leg(account_id, points)
+    """
+)
 
 
 # --- lots --------------------------------------------------------------------------------
@@ -952,7 +985,7 @@ def credit_many(
     for c in credits:
         header, points = c.header, c.points
         balance = balances[c.member_id] = balances[c.member_id] + points
-        rows.append((*header.row().values(), balance))
+        rows.append((*_header_values(header), balance))
         postings.append((header.id, members[c.member_id].account_id, points, header.posted_at))
         postings.append((header.id, c.from_account, -points, header.posted_at))
         lots.append(
@@ -1000,21 +1033,50 @@ _ADD_TO_BALANCES = text(
 )
 
 
+#: The PostgreSQL type a binary ``COPY`` sends for a column of these types (the first match).
+_COPY_TYPES = (
+    (Boolean, "bool"),
+    (BigInteger, "int8"),
+    (Integer, "int4"),
+    (DateTime, "timestamptz"),
+    (String, "varchar"),
+)
+
+
+@cache
+def _copy_types(table: Table, columns: tuple[str, ...]) -> tuple[str, ...]:
+    """The types a binary ``COPY`` of ``columns`` into ``table`` sends (a column without a
+    type of its own has its foreign key's)."""
+    names = []
+    for name in columns:
+        column = table.c[name]
+        kind = column.type
+        if isinstance(kind, NullType) and column.foreign_keys:
+            kind = next(iter(column.foreign_keys)).column.type
+        if isinstance(kind, TypeDecorator):
+            kind = kind.impl_instance
+        invariant(not isinstance(kind, DateTime) or kind.timezone, f"{name}: with its zone")
+        names.append(next(pg for python, pg in _COPY_TYPES if isinstance(kind, python)))
+    return tuple(names)
+
+
 def _insert_rows(
     session: Session, table: Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
 ) -> None:
     """Insert ``rows`` (tuples of ``columns``' values) into ``table``, in the session's
-    transaction: one ``COPY ... FROM STDIN`` on PostgreSQL (psycopg 3's ``cursor.copy``: the
-    cheapest way in for a bulk import's rows), one
-    executemany insert on SQLite."""
+    transaction: one binary ``COPY ... FROM STDIN`` on PostgreSQL (psycopg 3's
+    ``cursor.copy``: the cheapest way in for a bulk import's rows; binary, the client sends
+    and the server parses about a quarter of what the text format costs), one executemany
+    insert on SQLite."""
     if dialect_of(session) != "postgresql":
         session.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
         return
     raw = session.connection().connection.driver_connection
     assert raw is not None
-    copy_sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    copy_sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
     try:
         with raw.cursor() as cursor, cursor.copy(copy_sql) as copy:
+            copy.set_types(list(_copy_types(table, columns)))
             for row in rows:
                 copy.write_row(row)
     except psycopg.Error as exc:

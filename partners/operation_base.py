@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from coalition import ledger
 from coalition.config import Settings
-from coalition.db import owns_rollback, transaction, utcnow
+from coalition.db import AnyOf, owns_rollback, transaction, utcnow
 from coalition.errors import (
     CurrencyMismatch,
     DuplicateReference,
@@ -47,7 +47,7 @@ _FIND_REFERENCE = select(_TRANSACTIONS.c.id).where(
 )
 _FIND_REFERENCES = select(_TRANSACTIONS.c.reference, _TRANSACTIONS.c.id).where(
     *_REFERENCE_CONDITIONS,
-    _TRANSACTIONS.c.reference.in_(bindparam("references", expanding=True)),
+    AnyOf(_TRANSACTIONS.c.reference, "references"),
 )
 
 

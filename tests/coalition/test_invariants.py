@@ -3,7 +3,7 @@
 Each invariant holds after real operations (on SQLite and PostgreSQL), and ``coalition check``
 (the function and the ``coalition check --json`` command) reports a deliberate violation made
 behind the ledger's back. On PostgreSQL the database itself refuses to edit the ledger or to
-commit a transaction whose postings do not sum to zero.
+write postings that leave a transaction's sum anything but zero.
 """
 
 from __future__ import annotations
@@ -279,7 +279,7 @@ def test_invariant_1_postgres_refuses_to_commit_postings_that_do_not_sum_to_zero
         account = member_account(s, member)
         earn_id = s.scalar(select(Transaction.id).where(Transaction.kind == "earn"))
 
-    # A new transaction with one leg: the statements pass, the commit refuses.
+    # A new transaction with one leg: the statement writing it is refused.
     txn_id = new_id("txn")
 
     def commit_one_legged_transaction() -> None:
@@ -313,8 +313,28 @@ def test_invariant_1_postgres_refuses_to_commit_postings_that_do_not_sum_to_zero
             )
         )
 
+    def legs(*points: int) -> list[dict[str, Any]]:
+        return [
+            {"transaction_id": earn_id, "account_id": account, "points": p, "posted_at": now}
+            for p in points
+        ]
+
+    def write_legs_one_statement_each(*points: int) -> None:
+        with transaction(pg.sessions) as s:
+            for leg in legs(*points):
+                s.execute(insert(Posting).values(leg))
+
+    # Two balanced legs written in two statements: the first one alone does not balance.
+    with pytest.raises(IntegrityError, match="sum to -1, not zero"):
+        write_legs_one_statement_each(-1, 1)
+
+    # Three legs in one statement that sum to 2: none is written.
+    with pytest.raises(IntegrityError, match="sum to 2, not zero"), transaction(pg.sessions) as s:
+        s.execute(insert(Posting).values(legs(3, -3, 2)))
+
     with pg.sessions() as s:
         assert s.scalar(select(func.count()).where(Transaction.id == txn_id)) == 0
+        assert s.scalar(select(func.count()).where(Posting.transaction_id == earn_id)) == 2
     pg.assert_ledger_ok()
 
 
