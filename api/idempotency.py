@@ -96,8 +96,7 @@ def run_idempotent(
 
     def first_response(session: Session) -> store.StoredResponse | None:
         """The key held by this transaction, and the response stored for it if any."""
-        store.exclude(session, owner=owner, key=key)
-        return store.lookup(session, owner=owner, key=key, request_hash=digest, now=now)
+        return store.claim(session, owner=owner, key=key, request_hash=digest, now=now)
 
     def keep(session: Session, status: int, content: bytes) -> None:
         store.save(

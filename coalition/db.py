@@ -9,14 +9,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
     Boolean,
+    CursorResult,
     DateTime,
     Dialect,
     Engine,
@@ -231,3 +233,68 @@ def _any_of_in(element: AnyOf, compiler: SQLCompiler, **kw: Any) -> str:
 def _any_of_array(element: AnyOf, compiler: SQLCompiler, **kw: Any) -> str:
     array = bindparam(element.name, type_=ARRAY(element.column.type))
     return compiler.process(element.column == any_(array), **kw)
+
+
+class HotStatement:
+    """A statement of the request path, run on PostgreSQL as the driver runs it.
+
+    SQLAlchemy's execution of a Core statement (the compiled-cache lookup, the parameter and
+    result processing, the cursor wrapper) cost more Python than psycopg's own: per signed earn,
+    a fifth of the CPU (docs/benchmarks.md). On PostgreSQL the statement is compiled once, and
+    each call goes to the psycopg connection of the session's transaction with plain values
+    (psycopg prepares it server-side after a few calls): rows come back as psycopg's tuples, so
+    timestamps are aware in the connection's time zone (not converted to UTC) and numerics are
+    psycopg's ``Decimal``. On SQLite it runs through the session as any statement does.
+    SQLAlchemy's ``before_cursor_execute`` listeners (the benchmarks' statement counters) still
+    see every statement.
+    """
+
+    __slots__ = ("_compiled", "statement")
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+        self._compiled: tuple[str, dict[str, Any]] | None = None
+
+    def _postgresql(self, dialect: Dialect) -> tuple[str, dict[str, Any]]:
+        compiled = self.statement.compile(dialect=dialect)
+        # Values bound in the statement itself (a literal compared with a column).
+        fixed = {
+            name: bind.effective_value
+            for bind, name in compiled.bind_names.items()
+            if not bind.required
+        }
+        self._compiled = (compiled.string, fixed)
+        return self._compiled
+
+    def rows(self, session: Session, params: dict[str, Any]) -> list[Any]:
+        """Every row the statement returns (none for a write without ``RETURNING``)."""
+        conn = session.connection()
+        dialect = conn.dialect
+        if dialect.name != "postgresql":
+            result = cast("CursorResult[Any]", session.execute(self.statement, params))
+            return list(result) if result.returns_rows else []
+        sql, fixed = self._compiled or self._postgresql(dialect)
+        if fixed:
+            params = {**fixed, **params}
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        cursor: psycopg.Cursor[Any] = driver.cursor()
+        if conn.dispatch.before_cursor_execute:
+            for listener in conn.dispatch.before_cursor_execute:
+                listener(conn, cursor, sql, params, None, False)
+        try:
+            cursor.execute(sql, params)
+        except psycopg.Error as exc:
+            # As SQLAlchemy's own execution: wrapped (IntegrityError...), a lost connection
+            # invalidated.
+            conn._handle_dbapi_exception(exc, sql, params, cast("Any", cursor), None)
+            raise
+        answer = cursor.pgresult  # not ``description``: it builds a Column per column
+        if answer is None or answer.status != psycopg.pq.ExecStatus.TUPLES_OK:
+            return []
+        return cursor.fetchall()
+
+    def first(self, session: Session, params: dict[str, Any]) -> Any | None:
+        """The first row, or ``None``."""
+        rows = self.rows(session, params)
+        return rows[0] if rows else None

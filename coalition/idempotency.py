@@ -1,15 +1,16 @@
 """Idempotency records: the first response to a ``POST`` kept per (owner, Idempotency-Key).
 
-This is the table and its store (exclude, lookup, save, purge); the HTTP side of it (the
+This is the table and its store (claim, lookup, save, purge); the HTTP side of it (the
 header, the request hash, replays) is api/idempotency.py.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import (
     CheckConstraint,
@@ -28,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from coalition.db import Base, UTCDateTime, dialect_of
+from coalition.db import Base, HotStatement, UTCDateTime, dialect_of
 from coalition.errors import IdempotencyKeyInUse, IdempotencyKeyReused
 
 
@@ -59,7 +60,7 @@ class IdempotencyRecord(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-# --- the store: exclusion, lookup, save, purge ---------------------------------------------
+# --- the store: claim (exclusion and lookup), save, purge --------------------------------
 #
 # "Never two effects", also across a crash, and no lease to wait out: a request takes the
 # key's exclusion *inside its operation's own transaction* (on PostgreSQL a transaction-scoped
@@ -88,16 +89,36 @@ IN_USE_PATIENCE_S = sum(_IN_USE_PAUSES_S)
 # Core statements on the table, built once: the ORM-enabled forms cost several times more
 # Python per request than running them.
 _TABLE = cast("Table", IdempotencyRecord.__table__)
-_LOOKUP = select(
+_COLUMNS = (
     _TABLE.c.request_hash,
     _TABLE.c.method,
     _TABLE.c.path,
     _TABLE.c.response_status,
     _TABLE.c.response_body,
     _TABLE.c.expires_at,
-).where(_TABLE.c.owner == bindparam("owner"), _TABLE.c.key == bindparam("key"))
-_SAVE = insert(_TABLE)
-_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:lock, 0))")
+)
+_LOOKUP = HotStatement(
+    select(*_COLUMNS).where(_TABLE.c.owner == bindparam("owner"), _TABLE.c.key == bindparam("key"))
+)
+_SAVE = HotStatement(
+    insert(_TABLE).values(
+        {column.key: bindparam(column.key) for column in _TABLE.c}  # every column, by name
+    )
+)
+# PostgreSQL: the key's exclusion and its first response in one round trip. The row is read
+# with the statement's snapshot, taken before the lock: a first request that commits in
+# between (releasing the lock to this one) is not seen, this one runs the operation too, and
+# the primary key refuses its save (an IntegrityError: the request runs again and replays).
+_CLAIM = HotStatement(
+    text(
+        """
+        SELECT held.locked, r.request_hash, r.method, r.path, r.response_status,
+            r.response_body, r.expires_at
+        FROM (SELECT pg_try_advisory_xact_lock(hashtextextended(:lock, 0)) AS locked) AS held
+        LEFT JOIN idempotency_keys AS r ON held.locked AND r.owner = :owner AND r.key = :key
+        """
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,17 +133,24 @@ def _rowcount(result: object) -> int:
     return int(getattr(result, "rowcount", 0))
 
 
-def exclude(session: Session, *, owner: str, key: str) -> None:
-    """Hold ``key`` of ``owner`` until this transaction ends, or raise
-    :class:`IdempotencyKeyInUse` if another running transaction still holds it after
-    :data:`IN_USE_PATIENCE_S` (a first request about to finish then answers the second with
-    its replay; a holder that just died has had time to be noticed by the server)."""
+def claim(
+    session: Session, *, owner: str, key: str, request_hash: str, now: datetime
+) -> StoredResponse | None:
+    """Hold ``key`` of ``owner`` until this transaction ends, and the first response to it
+    (:func:`lookup`). :class:`IdempotencyKeyInUse` if another running transaction still holds
+    it after :data:`IN_USE_PATIENCE_S` (a first request about to finish then answers the second
+    with its replay; a holder that just died has had time to be noticed by the server)."""
     if dialect_of(session) != "postgresql":
-        return  # one writer at a time: this transaction is the only one
-    params = {"lock": f"{owner}\n{key}"}
+        # one writer at a time: this transaction is the only one
+        return lookup(session, owner=owner, key=key, request_hash=request_hash, now=now)
+    params = {"lock": f"{owner}\n{key}", "owner": owner, "key": key}
     for pause_s in (*_IN_USE_PAUSES_S, None):
-        if session.scalar(_TRY_LOCK, params):
-            return
+        row = _CLAIM.first(session, params)
+        assert row is not None
+        if row[0]:
+            return _stored(
+                session, row[1:], owner=owner, key=key, request_hash=request_hash, now=now
+            )
         if pause_s is not None:
             time.sleep(pause_s)
     raise IdempotencyKeyInUse(
@@ -136,23 +164,36 @@ def lookup(
 ) -> StoredResponse | None:
     """The first response to ``key`` (to replay), or ``None`` when the key is new (or was
     kept its retention and is forgotten). :class:`IdempotencyKeyReused` when the key was used
-    with another request. Call it after :func:`exclude`, in the same transaction."""
-    row = session.execute(_LOOKUP, {"owner": owner, "key": key}).one_or_none()
-    if row is None:
+    with another request. :func:`claim` is this with the key's exclusion."""
+    row = _LOOKUP.first(session, {"owner": owner, "key": key})
+    return _stored(session, row, owner=owner, key=key, request_hash=request_hash, now=now)
+
+
+def _stored(
+    session: Session,
+    row: Sequence[Any] | None,
+    *,
+    owner: str,
+    key: str,
+    request_hash: str,
+    now: datetime,
+) -> StoredResponse | None:
+    if row is None or row[0] is None:
         return None
-    if row.expires_at <= now:  # kept long enough and forgotten: the key is new again
+    stored_hash, method, path, status, body, expires_at = row
+    if expires_at <= now:  # kept long enough and forgotten: the key is new again
         session.execute(
             delete(IdempotencyRecord)
             .where(IdempotencyRecord.owner == owner, IdempotencyRecord.key == key)
             .execution_options(synchronize_session=False)
         )
         return None
-    if row.request_hash != request_hash:
+    if stored_hash != request_hash:
         raise IdempotencyKeyReused(
             f"Idempotency-Key {key!r} was already used with a different request "
-            f"(to {row.method} {row.path})"
+            f"(to {method} {path})"
         )
-    return StoredResponse(row.response_status, row.response_body)
+    return StoredResponse(status, bytes(body))
 
 
 def save(
@@ -181,7 +222,7 @@ def save(
         "locked_until": now,
         "expires_at": now + RETENTION,
     }
-    session.execute(_SAVE, {"owner": owner, "key": key, **values})
+    _SAVE.rows(session, {"owner": owner, "key": key, **values})
 
 
 def purge(session: Session, now: datetime, batch: int = PURGE_BATCH) -> int:

@@ -52,7 +52,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.sql.elements import TextClause
 
-from coalition.db import Base, UTCDateTime, dialect_of
+from coalition.db import Base, HotStatement, UTCDateTime, dialect_of
 from coalition.ids import new_id
 from coalition.models import ID, BigId, Hold, HoldStatus, Transaction, TransactionKind
 from coalition.money import format_amount
@@ -300,9 +300,15 @@ def _statements() -> tuple[TextClause, TextClause, TextClause]:
 _RECORD_PG, _RECORD_EVENTS, _RECORD_DELIVERIES = _statements()
 
 
+_RECORD_ONE_PG = HotStatement(_RECORD_PG)
+
+
 def _write(session: Session, rows: list[dict[str, Any]]) -> None:
     if dialect_of(session) == "postgresql":
-        session.execute(_RECORD_PG, rows)
+        if len(rows) == 1:  # a signed request's event
+            _RECORD_ONE_PG.rows(session, rows[0])
+        else:
+            session.execute(_RECORD_PG, rows)
     else:
         session.execute(_RECORD_EVENTS, rows)
         session.execute(_RECORD_DELIVERIES, rows)

@@ -28,12 +28,13 @@ import math
 import threading
 import time
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import BigInteger, Integer, String, delete
+from sqlalchemy import BigInteger, Integer, String, Table, bindparam, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from coalition.db import Base, dialect_of, transaction
+from coalition.db import Base, HotStatement, dialect_of, transaction
 from coalition.errors import RateLimited
 
 DEFAULT_WINDOW_S = 60
@@ -59,6 +60,23 @@ def _window(now: datetime, window_s: int) -> int:
     return int(now.timestamp()) // window_s * window_s
 
 
+def _hit_statement(insert: Any) -> HotStatement:
+    table = cast("Table", RateCounter.__table__)
+    stmt = insert(table).values(
+        bucket=bindparam("bucket"), window_start=bindparam("start"), hits=bindparam("hits")
+    )
+    return HotStatement(
+        stmt.on_conflict_do_update(
+            index_elements=[table.c.bucket, table.c.window_start],
+            set_={"hits": table.c.hits + stmt.excluded.hits},
+        ).returning(table.c.hits)
+    )
+
+
+# Pre-built per dialect (building the ORM-enabled statement per call cost more than running it).
+_HIT = {"postgresql": _hit_statement(postgresql.insert), "sqlite": _hit_statement(sqlite.insert)}
+
+
 def hit(
     session: Session,
     bucket: str,
@@ -70,14 +88,10 @@ def hit(
 ) -> int:
     """Count ``hits`` of ``bucket`` in the window of ``now`` (or the one from ``start``); the
     hits of every process so far, these included."""
-    insert = postgresql.insert if dialect_of(session) == "postgresql" else sqlite.insert
     start = _window(now, window_s) if start is None else start
-    stmt = insert(RateCounter).values(bucket=bucket[:BUCKET_MAX], window_start=start, hits=hits)
-    counted = stmt.on_conflict_do_update(
-        index_elements=[RateCounter.bucket, RateCounter.window_start],
-        set_={"hits": RateCounter.hits + stmt.excluded.hits},
-    ).returning(RateCounter.hits)
-    return int(session.execute(counted).scalar_one())
+    params = {"bucket": bucket[:BUCKET_MAX], "start": start, "hits": hits}
+    (counted,) = _HIT[dialect_of(session)].rows(session, params)[0]
+    return int(counted)
 
 
 def purge_counters(session: Session, now: datetime, window_s: int = DEFAULT_WINDOW_S) -> int:

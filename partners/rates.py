@@ -12,14 +12,15 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Select, Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from coalition import outbox
+from coalition.db import HotStatement
 from coalition.errors import (
     BurnCapExceeded,
     Conflict,
@@ -216,19 +217,22 @@ def no_card(partner_id: str, at: datetime) -> PartnerNotActive:
     return PartnerNotActive(f"partner {partner_id} has no rate card in force at {at.isoformat()}")
 
 
-def partner_terms_with(*extra: Any) -> Select[Any]:
+def partner_terms_with(*extra: Any) -> HotStatement:
     """The statement of :func:`partner_terms` with ``extra`` scalar subqueries as further
     columns (their own bind parameters next to ``:partner`` and ``:at``): what an operation
     needs to know besides the partner, in the same round trip. Build it once, at import."""
-    return _PARTNER_TERMS.add_columns(*extra)
+    return HotStatement(_PARTNER_TERMS.add_columns(*extra))
+
+
+_PARTNER_TERMS_ONLY = partner_terms_with()
 
 
 def read_terms(
-    session: Session, stmt: Select[Any], params: dict[str, Any], at: datetime
+    session: Session, stmt: HotStatement, params: dict[str, Any], at: datetime
 ) -> tuple[PartnerTerms, tuple[Any, ...]]:
     """Run a :func:`partner_terms_with` statement: the partner's terms at ``at`` and the
     values of the extra columns. :class:`NotFound` if there is no such partner."""
-    row = session.execute(stmt, {**params, "at": at}).one_or_none()
+    row = stmt.first(session, {**params, "at": at})
     if row is None:
         raise NotFound(f"no partner {params['partner']!r}")
     width = 5 + len(_CARD_COLUMNS)
@@ -242,7 +246,7 @@ def partner_terms(session: Session, partner_id: str, at: datetime) -> PartnerTer
     :class:`NotFound` if there is no such partner; the missing card is raised only when asked
     for (:meth:`PartnerTerms.card_in_force`), so the errors keep their order.
     """
-    return read_terms(session, _PARTNER_TERMS, {"partner": partner_id}, at)[0]
+    return read_terms(session, _PARTNER_TERMS_ONLY, {"partner": partner_id}, at)[0]
 
 
 def require_active(terms: PartnerTerms) -> PartnerTerms:
@@ -284,8 +288,18 @@ def rate_card_history(session: Session, partner_id: str) -> RateCardHistory:
 
 
 def _card(values: tuple[Any, ...]) -> CardTerms:
+    """A card from its columns as SQLAlchemy or the driver returns them (:class:`HotStatement`:
+    the time in the connection's zone, the rates not normalised)."""
     card_id, effective_from, earn, issue, burn, reimburse, share = values
-    return CardTerms(card_id, effective_from, earn, issue, burn, reimburse, share)
+    return CardTerms(
+        card_id,
+        effective_from.astimezone(UTC),
+        earn.normalize(),
+        issue.normalize(),
+        burn.normalize(),
+        reimburse.normalize(),
+        None if share is None else share.normalize(),
+    )
 
 
 def _rate(raw: object, path: str, *, positive: bool = False) -> Decimal:

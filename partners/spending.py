@@ -272,6 +272,9 @@ class Spending(OperationBase):
         """Release an active hold's points."""
         now = self.clock()
         with self.unit(session) as s:
+            voided = ledger.void_in_one(s, hold_id=hold_id, partner_id=partner_id, now=now)
+            if voided is not None:
+                return HoldResult(*voided)
             hold = self._active_hold(s, partner_id, hold_id, now)
             state = ledger.release_hold(s, hold=hold, status="voided", now=now)
             hold.status, hold.closed_at = "voided", now

@@ -216,8 +216,7 @@ def test_identical_requests_racing_make_one_transaction(live_pg: Live) -> None:
 
 def _save(db: Db, key: str, now: datetime, request: str = "h1", body: bytes = b"{}") -> None:
     with transaction(db.sessions) as s:
-        store.exclude(s, owner="prt_x", key=key)
-        assert store.lookup(s, owner="prt_x", key=key, request_hash=request, now=now) is None
+        assert store.claim(s, owner="prt_x", key=key, request_hash=request, now=now) is None
         store.save(
             s,
             owner="prt_x",

@@ -30,7 +30,15 @@ from coalition.db import transaction
 from coalition.errors import SignatureInvalid
 from partners.keys import b64url, b64url_decode, create_key, revoke_key
 from partners.models import ApiKey, RequestNonce
-from partners.signatures import Principal, purge_nonces, verify_request
+from partners.signatures import (
+    CachedKey,
+    Principal,
+    _matches,
+    _signature_base,
+    parse_signed,
+    purge_nonces,
+    verify_request,
+)
 from tests.conftest import Db
 
 BASE = "http://api.coalition.test"
@@ -220,6 +228,46 @@ def test_stock_client_options_verify(db: Db, key: Key) -> None:
         {"covered_component_ids": ("@method", "@target-uri")},
     ):
         assert verify(db, signed(key, "POST", "/v1/burns", json={"points": 5}, **options))
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "options"),
+    [
+        ("GET", "/v1/me", {}),
+        ("GET", "/v1/transactions?member_id=mem_1&limit=10", {"use_nonce": True}),
+        ("POST", "/v1/earns", {"expires_in": timedelta(seconds=30), "tag": "t"}),
+        ("GET", "/v1/me", {"covered_component_ids": ("@method", "@path", "@query", "@authority")}),
+        ("GET", "/v1/me?", {"covered_component_ids": ("@method", "@request-target", "@scheme")}),
+    ],
+)
+def test_the_common_signature_base_is_built_without_the_library(
+    key: Key, method: str, path: str, options: dict[str, Any]
+) -> None:
+    """What the stock client signs (bare derived components, whole header fields) is checked
+    against the signature base :func:`_signature_base` builds: it matches, byte for byte what
+    the client signed; a changed request does not match it (and goes to the library)."""
+    body = {"points": 5} if method == "POST" else None
+    request = signed(key, method, path, json=body, base=BASE + ":80", **options)
+    parsed = parse_signed(dict(request.headers))
+    (sig,) = parsed.signatures
+    fields = parsed.fields
+    material = key.material if key.alg == "hmac-sha256" else _public_raw(key.material)
+    cached = CachedKey(key.id, "partner", None, key.alg, frozenset(), None, None, material)
+    url = str(request.url)
+    base = _signature_base(sig, method=method, url=url, fields=fields)
+    assert base is not None
+    assert _matches(cached, sig.value_member[0], base)
+    other = _signature_base(sig, method=method, url=url.replace("/v1/", "/v2/"), fields=fields)
+    assert other is not None
+    assert not _matches(cached, sig.value_member[0], other)
+
+
+def _public_raw(pem: bytes) -> bytes:
+    private = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(private, Ed25519PrivateKey)
+    return private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
 
 
 def test_operator_key_principal(db: Db) -> None:

@@ -1,0 +1,187 @@
+"""``python -m bench.asgi [scenario] [requests]``: the Python CPU of one signed request, with
+no HTTP server, load generator or neighbour in the way.
+
+The API application (``api.app.create_app``, as ``coalition serve`` builds it) on a scratch
+PostgreSQL database (``COALITION_BENCH_DATABASE_URL``, as the other benchmarks), driven
+through ASGI one request at a time with the requests of :mod:`bench.http` (signed before the
+clock starts): ``time.process_time()`` over the requests (every thread of the process: the
+event loop's and the handlers') per request. One request at a time, so it is the CPU a request
+costs, not what a loaded machine makes of it; compare code before and after with it
+(``PYTHONPATH=<tree> python -m bench.asgi``), and use ``--only http`` for throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sys
+import time
+from typing import Any
+
+from sqlalchemy import event
+
+from api.runtime import services_of
+from bench.http import SCENARIOS, SECRET_KEY, Signer
+from bench.postgres import scratch_database, server_url
+from bench.throughput import prepare
+from coalition.db import transaction, utcnow
+from partners.keys import b64url, create_key
+
+BASE_URL = "http://127.0.0.1:8000"
+WARM_UP = 50
+
+Raw = tuple[str, str, bytes, list[tuple[bytes, bytes]], bytes]
+
+
+class _Addressed:
+    """What :class:`bench.http.Signer` needs of a server: its URL and port."""
+
+    base_url = BASE_URL
+    port = 8000
+
+
+def _split(raw: bytes) -> Raw:
+    """An HTTP/1.1 request as ASGI wants it: method, path, query, headers, body."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    request_line, *lines = head.split(b"\r\n")
+    method, target, _ = request_line.split(b" ")
+    headers = [(k.strip().lower(), v.strip()) for k, v in (line.split(b":", 1) for line in lines)]
+    path, _, query = target.partition(b"?")
+    return method.decode(), path.decode(), query, headers, body
+
+
+async def _send_one(app: Any, raw: Raw) -> int:
+    method, path, query, headers, body = raw
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+    delivered = False
+    status: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the client never goes away
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+
+    await app(scope, receive, send)
+    return status[0]
+
+
+async def _drive(app: Any, requests: list[Raw]) -> tuple[float, dict[int, int]]:
+    for raw in requests[:WARM_UP]:
+        await _send_one(app, raw)
+    statuses: dict[int, int] = {}
+    started = time.process_time()
+    for raw in requests[WARM_UP:]:
+        status = await _send_one(app, raw)
+        statuses[status] = statuses.get(status, 0) + 1
+    return time.process_time() - started, statuses
+
+
+def _statements(app: Any, requests: list[Raw]) -> tuple[float, float]:
+    """Statements and commits per request reaching the driver (``before_cursor_execute``:
+    HotStatements included; the rate limiter's merge is in it, a few times a second)."""
+    engine = services_of(app.state).engine
+    counted = {"statements": 0, "commits": 0}
+
+    def on_statement(*_: Any) -> None:
+        counted["statements"] += 1
+
+    def on_commit(*_: Any) -> None:
+        counted["commits"] += 1
+
+    event.listen(engine, "before_cursor_execute", on_statement)
+    event.listen(engine, "commit", on_commit)
+    try:
+        asyncio.run(_send_all(app, requests))
+    finally:
+        event.remove(engine, "before_cursor_execute", on_statement)
+        event.remove(engine, "commit", on_commit)
+    return counted["statements"] / len(requests), counted["commits"] / len(requests)
+
+
+async def _send_all(app: Any, requests: list[Raw]) -> None:
+    for raw in requests:
+        await _send_one(app, raw)
+
+
+def measure(scenario: str, count: int) -> dict[str, Any]:
+    """CPU ms per request of ``count`` requests of a :data:`bench.http.SCENARIOS` scenario."""
+    with scratch_database(server_url(), f"coalition_bench_asgi_{os.getpid()}") as url:
+        rendered = url.render_as_string(hide_password=False)
+        bench = prepare(rendered, members=1000)
+        try:
+            with transaction(bench.ops.sessions) as s:
+                new = create_key(
+                    s, secret_key=SECRET_KEY, role="partner", partner_id=bench.partner_id,
+                    alg="hmac-sha256", scopes=["earn", "burn", "read"], public_key=None,
+                    expires_at=None, now=utcnow(),
+                )  # fmt: skip
+            assert new.secret is not None
+            os.environ.update(
+                {
+                    "COALITION_DATABASE_URL": rendered,
+                    "COALITION_SECRET_KEY": b64url(SECRET_KEY),
+                    "COALITION_PUBLIC_URL": BASE_URL,
+                    "COALITION_RATE_LIMIT_PER_KEY": str(10**9),
+                }
+            )
+            from api.app import create_app  # noqa: PLC0415 (after the environment is set)
+
+            app = create_app()
+            signer = Signer(_Addressed(), new.key.id, new.secret)  # type: ignore[arg-type]
+            make = SCENARIOS[scenario][1]
+            rng = random.Random(scenario)
+            requests = [
+                _split(make(signer, rng, bench.members).raw) for _ in range(count + WARM_UP)
+            ]
+            cpu_s, statuses = asyncio.run(_drive(app, requests))
+            extra = [_split(make(signer, rng, bench.members).raw) for _ in range(200)]
+            statements, commits = _statements(app, extra)
+        finally:
+            bench.engine.dispose()
+    return {
+        "scenario": scenario,
+        "requests": count,
+        "cpu_ms_per_request": round(cpu_s * 1000 / count, 3),
+        "statuses": statuses,
+        "statements_per_request": round(statements, 2),
+        "commits_per_request": round(commits, 2),
+    }
+
+
+def main(argv: list[str]) -> None:
+    """``python -m bench.asgi [scenario] [requests]`` (default: earns, 1500)."""
+    scenario = argv[0] if argv else "earns"
+    count = int(argv[1]) if len(argv) > 1 else 1500
+    result = measure(scenario, count)
+    print(
+        f"{result['scenario']}: {result['cpu_ms_per_request']:.3f} ms CPU per request "
+        f"({result['requests']} one at a time through ASGI), "
+        f"{result['statements_per_request']} statements and {result['commits_per_request']} "
+        f"commits per request, statuses {result['statuses']}"
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
