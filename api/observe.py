@@ -3,8 +3,9 @@
 For every HTTP request it adopts or makes the request id (``X-Request-Id``), binds it (and the
 method, and later the key id, partner and route) to every log line of the request
 (:mod:`coalition.logs`), notes a client that goes away before sending its whole body, and at
-the end writes one ``request`` line (route template, status, duration) and counts the request
-in :mod:`coalition.metrics`. It never reads or logs a body, a signature or a secret.
+the end (just before the last of the response is sent, so a client holding its answer finds
+the request counted) writes one ``request`` line (route template, status, duration) and counts
+the request in :mod:`coalition.metrics`. It never reads or logs a body, a signature or a secret.
 """
 
 from __future__ import annotations
@@ -48,20 +49,32 @@ class RequestObserver:
                 state[CLIENT_GONE_KEY] = True
             return message
 
+        method = str(scope.get("method", ""))
+        observed = False
+
+        def done() -> None:
+            nonlocal observed
+            if not observed:
+                observed = True
+                self._done(scope, state, method, response, time.perf_counter() - start)
+
         async def observed_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 response["status"] = message["status"]
                 response["replayed"] = any(
                     name.lower() == b"idempotent-replayed" for name, _ in message.get("headers", [])
                 )
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Observed before the last of the body goes out: a client that has its answer
+                # finds the request counted (a scrape right after it cannot miss it).
+                done()
             await send(message)
 
-        method = str(scope.get("method", ""))
         with logs.request_fields(request_id=request_id, method=method):
             try:
                 await self.app(scope, observed_receive, observed_send)
             finally:
-                self._done(scope, state, method, response, time.perf_counter() - start)
+                done()
 
     @staticmethod
     def _done(
