@@ -278,21 +278,22 @@ class HotStatement:
             params = {**fixed, **params}
         driver = conn.connection.driver_connection
         assert driver is not None
-        cursor: psycopg.Cursor[Any] = driver.cursor()
-        if conn.dispatch.before_cursor_execute:
-            for listener in conn.dispatch.before_cursor_execute:
-                listener(conn, cursor, sql, params, None, False)
-        try:
-            cursor.execute(sql, params)
-        except psycopg.Error as exc:
-            # As SQLAlchemy's own execution: wrapped (IntegrityError...), a lost connection
-            # invalidated.
-            conn._handle_dbapi_exception(exc, sql, params, cast("Any", cursor), None)
-            raise
-        answer = cursor.pgresult  # not ``description``: it builds a Column per column
-        if answer is None or answer.status != psycopg.pq.ExecStatus.TUPLES_OK:
-            return []
-        return cursor.fetchall()
+        cursor: psycopg.Cursor[Any]
+        with driver.cursor() as cursor:
+            if conn.dispatch.before_cursor_execute:
+                for listener in conn.dispatch.before_cursor_execute:
+                    listener(conn, cursor, sql, params, None, False)
+            try:
+                cursor.execute(sql, params)
+            except psycopg.Error as exc:
+                # As SQLAlchemy's own execution: wrapped (IntegrityError...), a lost connection
+                # invalidated.
+                conn._handle_dbapi_exception(exc, sql, params, cast("Any", cursor), None)
+                raise
+            answer = cursor.pgresult  # not ``description``: it builds a Column per column
+            if answer is None or answer.status != psycopg.pq.ExecStatus.TUPLES_OK:
+                return []
+            return cursor.fetchall()
 
     def first(self, session: Session, params: dict[str, Any]) -> Any | None:
         """The first row, or ``None``."""

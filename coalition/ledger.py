@@ -613,15 +613,19 @@ _ADD_QUALIFYING_DAY = text(
 )
 
 
+def _tier_points(header: Header) -> int:
+    """What ``header`` adds to its member's tier basis on the day it occurred (0: nothing)."""
+    return _TIER_SIGN.get(header.kind, 0) * header.points
+
+
 def _count_for_tier(session: Session, headers: Iterable[Header]) -> None:
     """Add the earns and earn reversals among ``headers`` to their members' ``qualifying_days``
     (under the member row locks their writes took, so no two transactions race on a row)."""
     deltas: dict[tuple[str, int], int] = {}
     for header in headers:
-        sign = _TIER_SIGN.get(header.kind)
-        if sign is not None:
+        if points := _tier_points(header):
             key = (header.member_id, day_of(header.occurred_at))
-            deltas[key] = deltas.get(key, 0) + sign * header.points
+            deltas[key] = deltas.get(key, 0) + points
     if not deltas:
         return
     rows = sorted(deltas.items())
@@ -901,7 +905,7 @@ def _credit_in_one(session: Session, c: Credit) -> Posted | None:
         "origin_partner_id": c.origin_partner_id,
         "expires_at": c.expires_at,
         "day": day_of(c.header.occurred_at),
-        "tier_points": _TIER_SIGN.get(c.header.kind, 0) * c.header.points,
+        "tier_points": _tier_points(c.header),
     }
     done = _CREDIT_IN_ONE.first(session, params)
     if done is None:
