@@ -1,13 +1,17 @@
 """Opaque, time-ordered ids with a type prefix (``txn_01J...``).
 
 48 bits of milliseconds then 80 random bits, Crockford base32: ids sort by creation time, which
-keeps the primary-key index append-mostly at 100 million rows.
+keeps the primary-key index append-mostly at 100 million rows. Within one process they are
+strictly increasing (the ULID spec's monotonic rule): an id minted in the same millisecond as the
+one before, or after the wall clock stepped back, is the one before plus one, so "newest first"
+by id holds even for earns a millisecond apart.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+import threading
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -30,10 +34,18 @@ def is_member_id(text: str) -> bool:
     return _MEMBER_ID.fullmatch(text) is not None
 
 
+_last = 0
+_lock = threading.Lock()
+
+
 def new_id(prefix: str) -> str:
-    """Return a new id such as ``txn_01JD3...`` (prefix, underscore, 26 characters)."""
+    """Return a new id such as ``txn_01JD3...`` (prefix, underscore, 26 characters), greater
+    than every id this process minted before."""
+    global _last  # noqa: PLW0603 (the process's one monotonic counter)
     assert prefix in PREFIXES, prefix
-    value = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
+    fresh = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
+    with _lock:
+        value = _last = fresh if fresh > _last else _last + 1
     # The 26 digits of the value's 130 bits, most significant first, two at a time: a bulk
     # import makes an id a row, and this is a quarter of the cost of one digit at a time.
     return f"{prefix}_{''.join([_DIGIT_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])}"
