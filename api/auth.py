@@ -132,7 +132,11 @@ def request_unit(request: Request[Any, Any, Any]) -> Iterator[Session]:
         record_use(session, verified, services.keys)
         if request.method == "POST":
             claim_post_signature(
-                session, key_id=verified.principal.key_id, headers=request.headers, now=verified.now
+                session,
+                key_id=verified.principal.key_id,
+                signed=verified.signed,
+                idempotency_key=request.headers.get("idempotency-key"),
+                now=verified.now,
             )
         yield session
 

@@ -25,13 +25,13 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-import http_sf
 from sqlalchemy import ForeignKey, Index, String, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from coalition.db import Base, UTCDateTime
 from coalition.errors import SignatureInvalid
+from partners.signatures import SignedRequest
 
 #: How long a signature is remembered: a signature verifies while ``created`` is within 300 s
 #: of the clock either side, so one seen now verifies until at most 600 s from now; plus a
@@ -50,16 +50,6 @@ class SignatureUse(Base):
     signature_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     idempotency_key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_MAX))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-def _fields(headers: Mapping[str, str], name: str) -> Any:
-    raw = next((v for k, v in headers.items() if k.lower() == name), None)
-    if raw is None:
-        return {}
-    try:
-        return http_sf.parse(raw.encode("ascii"), tltype="dictionary")
-    except (ValueError, UnicodeError):
-        return {}
 
 
 def _replayable(inputs: Mapping[str, Any], key_id: str) -> bool:
@@ -120,16 +110,20 @@ def _claim_one(
 
 
 def claim_post_signature(
-    session: Session, *, key_id: str, headers: Mapping[str, str], now: datetime
+    session: Session,
+    *,
+    key_id: str,
+    signed: SignedRequest,
+    idempotency_key: str | None,
+    now: datetime,
 ) -> None:
-    """Use up the signatures of a verified POST by ``key_id``; ``replayed-signature`` if one
-    was already used with another Idempotency-Key. Runs in the verification's transaction."""
-    if not _replayable(_fields(headers, "signature-input"), key_id):
+    """Use up the signatures of a verified POST by ``key_id`` (its signature fields as
+    :func:`~partners.signatures.parse_signed` read them); ``replayed-signature`` if one was
+    already used with another Idempotency-Key. Runs in the verification's transaction."""
+    if not _replayable(signed.inputs, key_id):
         return
-    idempotency_key = next((v for k, v in headers.items() if k.lower() == "idempotency-key"), "")[
-        :IDEMPOTENCY_KEY_MAX
-    ]
-    for digest in _digests(_fields(headers, "signature")):
+    idempotency_key = (idempotency_key or "")[:IDEMPOTENCY_KEY_MAX]
+    for digest in _digests(signed.values):
         if _claim_one(session, key_id, digest, idempotency_key, now) != idempotency_key:
             raise SignatureInvalid(
                 "this signature was already used by a POST with another Idempotency-Key (a "
