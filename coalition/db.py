@@ -18,6 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
     Boolean,
+    Connection,
     CursorResult,
     DateTime,
     Dialect,
@@ -235,6 +236,32 @@ def _any_of_array(element: AnyOf, compiler: SQLCompiler, **kw: Any) -> str:
     return compiler.process(element.column == any_(array), **kw)
 
 
+_HOT = "coalition_hot"
+
+
+def _hot_cursor(session: Session) -> tuple[Connection, psycopg.Cursor[Any] | None]:
+    """The connection of the session's transaction and, on PostgreSQL, one psycopg cursor of
+    its driver connection, both found once per transaction (a cursor per statement, and the
+    session's connection lookup, were a tenth of a hot statement's Python)."""
+    transaction = session.get_transaction()
+    found = session.info.get(_HOT)
+    if found is not None and transaction is not None and found[0] is transaction:
+        return found[1], found[2]
+    conn = session.connection()
+    cursor: psycopg.Cursor[Any] | None = None
+    if conn.dialect.name == "postgresql":
+        driver = conn.connection.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        # One cursor per driver connection, kept with it in the pool (a cursor holds only its
+        # last result; it is closed with its connection).
+        kept = conn.connection.info.get(_HOT)
+        if kept is None or kept.connection is not driver or kept.closed:
+            kept = conn.connection.info[_HOT] = driver.cursor()
+        cursor = kept
+    session.info[_HOT] = (session.get_transaction(), conn, cursor)
+    return conn, cursor
+
+
 class HotStatement:
     """A statement of the request path, run on PostgreSQL as the driver runs it.
 
@@ -268,32 +295,27 @@ class HotStatement:
 
     def rows(self, session: Session, params: dict[str, Any]) -> list[Any]:
         """Every row the statement returns (none for a write without ``RETURNING``)."""
-        conn = session.connection()
-        dialect = conn.dialect
-        if dialect.name != "postgresql":
+        conn, cursor = _hot_cursor(session)
+        if cursor is None:
             result = cast("CursorResult[Any]", session.execute(self.statement, params))
             return list(result) if result.returns_rows else []
-        sql, fixed = self._compiled or self._postgresql(dialect)
+        sql, fixed = self._compiled or self._postgresql(conn.dialect)
         if fixed:
             params = {**fixed, **params}
-        driver = conn.connection.driver_connection
-        assert driver is not None
-        cursor: psycopg.Cursor[Any]
-        with driver.cursor() as cursor:
-            if conn.dispatch.before_cursor_execute:
-                for listener in conn.dispatch.before_cursor_execute:
-                    listener(conn, cursor, sql, params, None, False)
-            try:
-                cursor.execute(sql, params)
-            except psycopg.Error as exc:
-                # As SQLAlchemy's own execution: wrapped (IntegrityError...), a lost connection
-                # invalidated.
-                conn._handle_dbapi_exception(exc, sql, params, cast("Any", cursor), None)
-                raise
-            answer = cursor.pgresult  # not ``description``: it builds a Column per column
-            if answer is None or answer.status != psycopg.pq.ExecStatus.TUPLES_OK:
-                return []
-            return cursor.fetchall()
+        if conn.dispatch.before_cursor_execute:
+            for listener in conn.dispatch.before_cursor_execute:
+                listener(conn, cursor, sql, params, None, False)
+        try:
+            cursor.execute(sql, params)
+        except psycopg.Error as exc:
+            # As SQLAlchemy's own execution: wrapped (IntegrityError...), a lost connection
+            # invalidated.
+            conn._handle_dbapi_exception(exc, sql, params, cast("Any", cursor), None)
+            raise
+        answer = cursor.pgresult  # not ``description``: it builds a Column per column
+        if answer is None or answer.status != psycopg.pq.ExecStatus.TUPLES_OK:
+            return []
+        return cursor.fetchall()
 
     def first(self, session: Session, params: dict[str, Any]) -> Any | None:
         """The first row, or ``None``."""

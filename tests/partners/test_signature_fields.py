@@ -16,7 +16,10 @@ _KEYS = st.from_regex(r"[a-z*][a-z0-9_\-.*]{0,6}", fullmatch=True)
 _STRINGS = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12)
 _INTEGERS = st.integers(min_value=-(10**15) + 1, max_value=10**15 - 1)
 _PARAMS = st.dictionaries(_KEYS, st.one_of(_STRINGS, _INTEGERS), max_size=5)
-_INNER_LISTS = st.tuples(st.lists(st.tuples(_STRINGS, st.just({})), max_size=5), _PARAMS)
+_ITEMS: st.SearchStrategy[list[tuple[str, dict[str, Any]]]] = st.lists(
+    st.tuples(_STRINGS, st.just({})), max_size=5
+)
+_INNER_LISTS = st.tuples(_ITEMS, _PARAMS)
 
 
 def _parsed(text: str) -> Any:
@@ -52,7 +55,7 @@ def test_other_forms_are_left_to_the_general_parser() -> None:
         'sig1=("@method");created=1;created=2',  # a parameter twice
         'sig1=("@method");created=1, sig1=("@path");created=2',  # a label twice
         'sig1=("content-digest";sf);created=1',  # a component parameter
-        'sig1=(method);created=1',  # a token
+        "sig1=(method);created=1",  # a token
         'sig1=("@method");alg=hmac-sha256',  # a token parameter
         'sig1=("@method");created=1.5',  # a decimal
         'sig1=("@method");created',  # a boolean
