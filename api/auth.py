@@ -11,9 +11,10 @@ its ``opt`` (see :func:`partner`, :func:`admin`), then, for a ``POST``, that an
 
 What the signature writes (the nonce, the key's revalidation, ``last_used_at``:
 :func:`~partners.signatures.record_use`) goes into the request's own database transaction,
-opened by :func:`request_unit`: every ``POST`` (through :func:`api.idempotency.run_idempotent`)
-and every route declared ``one_transaction``. For the other routes the guard writes it in a
-short transaction of its own. Either way a ``401`` from it (a replayed nonce, a key revoked
+opened by :func:`request_unit`: every ``POST`` (through :func:`api.idempotency.run_idempotent`,
+which writes the nonce, or the signature's first use, in the round trip of its Idempotency-Key
+claim) and every route declared ``one_transaction``. For the other routes the guard writes it in
+a short transaction of its own. Either way a ``401`` from it (a replayed nonce, a key revoked
 meanwhile) changes nothing.
 """
 
@@ -37,11 +38,13 @@ from api.security import client_address, count_failure, signed_urls
 from coalition import logs
 from coalition.db import WHOLE, transaction
 from coalition.errors import Forbidden, IdempotencyKeyMissing, SignatureInvalid
-from partners.replay import claim_post_signature
+from coalition.idempotency import Prelude
+from partners.replay import claim_post_signature, post_signature_prelude
 from partners.signatures import (
     CachedKey,
     Principal,
     Verified,
+    nonce_prelude,
     parse_signed,
     record_use,
     verify_signature,
@@ -119,18 +122,29 @@ def _record_use_alone(services: Services, verified: Verified) -> None:
         record_use(session, verified, services.keys)
 
 
-@contextlib.contextmanager
-def request_unit(request: Request[Any, Any, Any]) -> Iterator[Session]:
-    """A database transaction of the request, starting with what its signature writes
-    (:func:`~partners.signatures.record_use`); commits when the block ends, rolls back whole on
-    any exception (so operations in it take no savepoints: :data:`coalition.db.WHOLE`)."""
-    services = services_of(request.app.state)
+def _verified(request: Request[Any, Any, Any]) -> Verified:
     verified = request.scope["state"].get(_VERIFIED_KEY)
     assert isinstance(verified, Verified), "route without the signature guard"
+    return verified
+
+
+@contextlib.contextmanager
+def request_unit(
+    request: Request[Any, Any, Any], *, single_use_later: bool = False
+) -> Iterator[Session]:
+    """A database transaction of the request, starting with what its signature writes
+    (:func:`~partners.signatures.record_use`); commits when the block ends, rolls back whole on
+    any exception (so operations in it take no savepoints: :data:`coalition.db.WHOLE`).
+
+    ``single_use_later``: what makes the request single-use (its nonce, or the first use of its
+    signature) is left to the caller, who writes it in the Idempotency-Key claim's round trip
+    (:func:`single_use`)."""
+    services = services_of(request.app.state)
+    verified = _verified(request)
     with transaction(services.sessions) as session:
         session.info[WHOLE] = True
-        record_use(session, verified, services.keys)
-        if request.method == "POST":
+        record_use(session, verified, services.keys, nonce=not single_use_later)
+        if request.method == "POST" and not single_use_later:
             claim_post_signature(
                 session,
                 key_id=verified.principal.key_id,
@@ -139,6 +153,22 @@ def request_unit(request: Request[Any, Any, Any]) -> Iterator[Session]:
                 now=verified.now,
             )
         yield session
+
+
+def single_use(request: Request[Any, Any, Any]) -> Prelude | None:
+    """What makes this signed ``POST`` single-use, as the Idempotency-Key claim writes it
+    (:func:`request_unit` with ``single_use_later``): its nonce, or else the first use of its
+    signature (:mod:`partners.replay`)."""
+    verified = _verified(request)
+    prelude = nonce_prelude(verified)
+    if prelude is not None or request.method != "POST":
+        return prelude
+    return post_signature_prelude(
+        key_id=verified.principal.key_id,
+        signed=verified.signed,
+        idempotency_key=request.headers.get("idempotency-key"),
+        now=verified.now,
+    )
 
 
 def _authorize(principal: Principal, access: Access) -> None:

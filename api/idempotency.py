@@ -4,10 +4,12 @@ transaction a signed ``POST`` is.
 Flow of one request (the guard already checked the signature, scope and that the header is
 there), all in **one** database transaction:
 
-1. what the signature writes (:func:`partners.signatures.record_use`: the nonce, the key's
-   revalidation, ``last_used_at``); a ``401`` here changes nothing;
+1. what the signature writes (:func:`partners.signatures.record_use`: the key's revalidation,
+   ``last_used_at``); a ``401`` here changes nothing;
 2. the key's **exclusion** (on PostgreSQL a transaction-scoped advisory lock, taken without
-   waiting: ``409 idempotency-key-in-use`` while another request with the key runs);
+   waiting: ``409 idempotency-key-in-use`` while another request with the key runs), in one
+   round trip with what makes the request single-use (the nonce, or the first use of its
+   signature: :func:`api.auth.single_use`; ``401`` when it was used);
 3. the **lookup**: same request and done -> replay its response with
    ``Idempotent-Replayed: true``; other request -> ``422 idempotency-key-reused``;
 4. the **operation** (decoding the body included) and the **save** of its response: a
@@ -35,7 +37,7 @@ from litestar import Request, Response
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.auth import idempotency_key, request_unit
+from api.auth import idempotency_key, request_unit, single_use
 from api.problems import PROBLEM_JSON, error_body
 from api.runtime import Services
 from coalition import idempotency as store
@@ -95,8 +97,16 @@ def run_idempotent(
     now = services.clock()
 
     def first_response(session: Session) -> store.StoredResponse | None:
-        """The key held by this transaction, and the response stored for it if any."""
-        return store.claim(session, owner=owner, key=key, request_hash=digest, now=now)
+        """The key held by this transaction, and the response stored for it if any; in the
+        same round trip, what makes the request single-use (its nonce...)."""
+        return store.claim(
+            session,
+            owner=owner,
+            key=key,
+            request_hash=digest,
+            now=now,
+            prelude=single_use(request),
+        )
 
     def keep(session: Session, status: int, content: bytes) -> None:
         store.save(
@@ -113,7 +123,7 @@ def run_idempotent(
 
     for attempt in range(_RACE_ATTEMPTS):
         try:
-            with request_unit(request) as session:
+            with request_unit(request, single_use_later=True) as session:
                 if (stored := first_response(session)) is not None:
                     return _response(stored.status, stored.body, replayed=True)
                 try:
@@ -134,7 +144,7 @@ def run_idempotent(
                 raise
     # The operation refused and everything it did was rolled back: keep its problem document
     # as the key's response, in a transaction of its own (unless a duplicate stored one first).
-    with request_unit(request) as session:
+    with request_unit(request, single_use_later=True) as session:
         if (stored := first_response(session)) is not None:
             return _response(stored.status, stored.body, replayed=True)
         status, content = error_body(request.scope, refused)

@@ -7,7 +7,7 @@ header, the request hash, replays) is api/idempotency.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from coalition import outbox
 from coalition.db import Base, HotStatement, UTCDateTime, dialect_of
 from coalition.errors import IdempotencyKeyInUse, IdempotencyKeyReused
 
@@ -105,20 +106,58 @@ _SAVE = HotStatement(
         {column.key: bindparam(column.key) for column in _TABLE.c}  # every column, by name
     )
 )
+# PostgreSQL: the save and the request's one webhook event (and its deliveries), which the
+# outbox would otherwise write in a statement of its own at commit.
+_SAVE_WITH_EVENT = HotStatement(
+    text(
+        f"WITH {outbox.EVENT_CTES} INSERT INTO idempotency_keys"  # noqa: S608 (built from constants)
+        f" ({', '.join(c.name for c in _TABLE.c)})"
+        f" VALUES ({', '.join(':' + c.key for c in _TABLE.c)})"
+    )
+)
 # PostgreSQL: the key's exclusion and its first response in one round trip. The row is read
 # with the statement's snapshot, taken before the lock: a first request that commits in
 # between (releasing the lock to this one) is not seen, this one runs the operation too, and
 # the primary key refuses its save (an IntegrityError: the request runs again and replays).
-_CLAIM = HotStatement(
-    text(
-        """
-        SELECT held.locked, r.request_hash, r.method, r.path, r.response_status,
-            r.response_body, r.expires_at
-        FROM (SELECT pg_try_advisory_xact_lock(hashtextextended(:lock, 0)) AS locked) AS held
-        LEFT JOIN idempotency_keys AS r ON held.locked AND r.owner = :owner AND r.key = :key
-        """
-    )
-)
+_CLAIM_SQL = """
+    SELECT held.locked, r.request_hash, r.method, r.path, r.response_status,
+        r.response_body, r.expires_at
+    FROM (SELECT pg_try_advisory_xact_lock(hashtextextended(:lock, 0)) AS locked) AS held
+    LEFT JOIN idempotency_keys AS r ON held.locked AND r.owner = :owner AND r.key = :key
+"""
+_CLAIM = HotStatement(text(_CLAIM_SQL))
+
+
+@dataclass(frozen=True, slots=True)
+class Prelude:
+    """A write the request makes before its operation (what makes a signed request single-use:
+    its nonce, or its signature's first use), sent in the claim's round trip on PostgreSQL.
+
+    ``sql`` is an ``INSERT ... RETURNING`` with its own ``:named`` parameters (``params``; none
+    named ``lock``, ``owner`` or ``key``); ``settle`` is told how many rows it returned and
+    raises to refuse the request; ``alone`` makes the same write and check on its own (SQLite).
+    """
+
+    sql: str
+    params: dict[str, Any]
+    settle: Callable[[Session, int], None]
+    alone: Callable[[Session], None]
+
+
+_CLAIMS_AFTER: dict[str, HotStatement] = {}
+
+
+def _claim_after(sql: str) -> HotStatement:
+    """The claim preceded by a prelude's write, in one statement (built once per prelude)."""
+    statement = _CLAIMS_AFTER.get(sql)
+    if statement is None:
+        statement = _CLAIMS_AFTER[sql] = HotStatement(
+            text(
+                f"WITH written AS ({sql}) SELECT (SELECT count(*) FROM written) AS written, "  # noqa: S608 (built from constants)
+                f"claimed.* FROM ({_CLAIM_SQL}) AS claimed"
+            )
+        )
+    return statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,18 +173,33 @@ def _rowcount(result: object) -> int:
 
 
 def claim(
-    session: Session, *, owner: str, key: str, request_hash: str, now: datetime
+    session: Session,
+    *,
+    owner: str,
+    key: str,
+    request_hash: str,
+    now: datetime,
+    prelude: Prelude | None = None,
 ) -> StoredResponse | None:
     """Hold ``key`` of ``owner`` until this transaction ends, and the first response to it
-    (:func:`lookup`). :class:`IdempotencyKeyInUse` if another running transaction still holds
-    it after :data:`IN_USE_PATIENCE_S` (a first request about to finish then answers the second
-    with its replay; a holder that just died has had time to be noticed by the server)."""
+    (:func:`lookup`), after the ``prelude``'s write if any. :class:`IdempotencyKeyInUse` if
+    another running transaction still holds it after :data:`IN_USE_PATIENCE_S` (a first
+    request about to finish then answers the second with its replay; a holder that just died
+    has had time to be noticed by the server)."""
     if dialect_of(session) != "postgresql":
         # one writer at a time: this transaction is the only one
+        if prelude is not None:
+            prelude.alone(session)
         return lookup(session, owner=owner, key=key, request_hash=request_hash, now=now)
     params = {"lock": f"{owner}\n{key}", "owner": owner, "key": key}
     for pause_s in (*_IN_USE_PAUSES_S, None):
-        row = _CLAIM.first(session, params)
+        if prelude is not None:
+            row = _claim_after(prelude.sql).first(session, {**prelude.params, **params})
+            assert row is not None
+            prelude.settle(session, int(row[0]))
+            prelude, row = None, row[1:]
+        else:
+            row = _CLAIM.first(session, params)
         assert row is not None
         if row[0]:
             return _stored(
@@ -209,7 +263,9 @@ def save(
     now: datetime,
 ) -> None:
     """Store the first response to ``key``, in the transaction of the operation it answers
-    (after :func:`lookup` found none). The primary key refuses a second row.
+    (after :func:`lookup` found none). The primary key refuses a second row. On PostgreSQL the
+    one webhook event the operation noted goes out in the same statement
+    (:func:`coalition.outbox.take_one`).
     """
     values = {
         "request_hash": request_hash,
@@ -222,7 +278,12 @@ def save(
         "locked_until": now,
         "expires_at": now + RETENTION,
     }
-    _SAVE.rows(session, {"owner": owner, "key": key, **values})
+    values = {"owner": owner, "key": key, **values}
+    event = outbox.take_one(session) if dialect_of(session) == "postgresql" else None
+    if event is None:
+        _SAVE.rows(session, values)
+    else:
+        _SAVE_WITH_EVENT.rows(session, {**event, **values})
 
 
 def purge(session: Session, now: datetime, batch: int = PURGE_BATCH) -> int:

@@ -269,8 +269,9 @@ _POSTED = (
 )
 
 
-def _statements() -> tuple[TextClause, TextClause, TextClause]:
-    """(PostgreSQL's one statement, SQLite's event insert, SQLite's delivery insert)."""
+def _statements() -> tuple[str, TextClause, TextClause, TextClause]:
+    """(PostgreSQL's two CTEs, one statement of them, SQLite's event insert, SQLite's delivery
+    insert)."""
     event = (
         "INSERT INTO webhook_events (id, type, partner_id, payload, created_at, transaction_id)"  # noqa: S608 (built from constants)
         f" SELECT {_ID}, {_TYPE}, {_PARTNER}, :payload, :at, CAST(:txn AS VARCHAR)"
@@ -281,11 +282,10 @@ def _statements() -> tuple[TextClause, TextClause, TextClause]:
         " next_attempt_at, created_at) SELECT {event}, webhook_endpoints.id, 'pending', 0,"
         " :due, :at FROM {source} webhook_endpoints WHERE {where}"
     )
+    from_event = deliveries.format(event="event.id", source="event,", where=_SUBSCRIBED)
     return (
-        text(
-            f"WITH event AS ({event} RETURNING id) "
-            + deliveries.format(event="event.id", source="event,", where=_SUBSCRIBED)
-        ),
+        f"event AS ({event} RETURNING id), deliveries AS ({from_event})",
+        text(f"WITH event AS ({event} RETURNING id) {from_event}"),
         text(event),
         text(
             deliveries.format(
@@ -297,7 +297,9 @@ def _statements() -> tuple[TextClause, TextClause, TextClause]:
     )
 
 
-_RECORD_PG, _RECORD_EVENTS, _RECORD_DELIVERIES = _statements()
+#: ``event`` and ``deliveries``: the CTEs that write one event and its deliveries (PostgreSQL),
+#: for a statement of a signed request's to end with (:func:`take_one`).
+EVENT_CTES, _RECORD_PG, _RECORD_EVENTS, _RECORD_DELIVERIES = _statements()
 
 
 _RECORD_ONE_PG = HotStatement(_RECORD_PG)
@@ -312,6 +314,18 @@ def _write(session: Session, rows: list[dict[str, Any]]) -> None:
     else:
         session.execute(_RECORD_EVENTS, rows)
         session.execute(_RECORD_DELIVERIES, rows)
+
+
+def take_one(session: Session) -> dict[str, Any] | None:
+    """The one event noted in the session's transaction (a signed request's), taken out of
+    the outbox's commit-time write: the parameters of :data:`EVENT_CTES`, for a statement the
+    caller makes before the commit anyway (on PostgreSQL only). ``None`` when none or several
+    are noted (they are written at commit)."""
+    noted: list[_Noted] | None = session.info.get(_PENDING)
+    if noted is None or len(noted) != 1:
+        return None
+    del session.info[_PENDING]
+    return noted[0].row()
 
 
 def body_of(event_id: str, event_type: str, created_at: datetime, data: Any) -> str:

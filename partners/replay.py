@@ -31,6 +31,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from coalition.db import Base, UTCDateTime
 from coalition.errors import SignatureInvalid
+from coalition.idempotency import Prelude
 from partners.signatures import SignedRequest
 
 #: How long a signature is remembered: a signature verifies while ``created`` is within 300 s
@@ -107,6 +108,45 @@ def _claim_one(
         )
     )
     return idempotency_key if first is None else first
+
+
+_PRELUDE_SQL = (
+    "INSERT INTO signature_uses (key_id, signature_sha256, idempotency_key, expires_at)"
+    " SELECT :use_key, digest, :use_idempotency_key, :use_expires_at"
+    " FROM unnest(CAST(:use_digests AS VARCHAR[])) AS digest"
+    " ON CONFLICT (key_id, signature_sha256) DO UPDATE"
+    " SET idempotency_key = excluded.idempotency_key, expires_at = excluded.expires_at"
+    " WHERE signature_uses.expires_at < :use_now RETURNING 1"
+)
+
+
+def post_signature_prelude(
+    *, key_id: str, signed: SignedRequest, idempotency_key: str | None, now: datetime
+) -> Prelude | None:
+    """:func:`claim_post_signature` as the write the Idempotency-Key claim makes in its own
+    round trip (``None``: nothing to remember). When one of the signatures was seen before,
+    the claim's write took over none of it and :func:`claim_post_signature` decides."""
+    if not _replayable(signed.inputs, key_id):
+        return None
+    digests = _digests(signed.values)
+
+    def settle(session: Session, written: int) -> None:
+        if written < len(digests):
+            alone(session)
+
+    def alone(session: Session) -> None:
+        claim_post_signature(
+            session, key_id=key_id, signed=signed, idempotency_key=idempotency_key, now=now
+        )
+
+    params = {
+        "use_key": key_id,
+        "use_idempotency_key": (idempotency_key or "")[:IDEMPOTENCY_KEY_MAX],
+        "use_expires_at": now + REMEMBER,
+        "use_digests": digests,
+        "use_now": now,
+    }
+    return Prelude(_PRELUDE_SQL, params, settle, alone)
 
 
 def claim_post_signature(

@@ -41,6 +41,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
 import http_sf
@@ -60,6 +61,7 @@ from sqlalchemy.orm import Session
 
 from coalition.db import HotStatement, dialect_of
 from coalition.errors import SignatureInvalid
+from coalition.idempotency import Prelude
 from partners.keys import ed25519_verify, unseal
 from partners.models import ApiKey, RequestNonce
 
@@ -625,6 +627,11 @@ _RECORD_NONCE = {
 }
 
 
+def _nonce_expiry(created: int, now: datetime) -> datetime:
+    """How long a nonce is kept: while its signature verifies, and a margin."""
+    return datetime.fromtimestamp(created, tz=now.tzinfo) + WINDOW + NONCE_MARGIN
+
+
 def _record_nonce(session: Session, key_id: str, nonce: str, created: int, now: datetime) -> bool:
     """Remember ``nonce`` for the key; False if it is already remembered (a replay).
 
@@ -633,8 +640,7 @@ def _record_nonce(session: Session, key_id: str, nonce: str, created: int, now: 
     for the first's transaction, then finds the row (no row returned): exactly one succeeds.
     An expired row not yet purged is taken over, so only the window counts.
     """
-    expires_at = datetime.fromtimestamp(created, tz=now.tzinfo) + WINDOW + NONCE_MARGIN
-    values = {"key_id": key_id, "nonce": nonce, "expires_at": expires_at}
+    values = {"key_id": key_id, "nonce": nonce, "expires_at": _nonce_expiry(created, now)}
     stmt = _RECORD_NONCE.get(dialect_of(session))
     if stmt is None:  # another dialect: the primary key, inside a savepoint
         try:
@@ -888,17 +894,63 @@ def verify_signature(
     raise failures[0]
 
 
-def record_use(session: Session, verified: Verified, cache: KeyCache) -> None:
+def record_use(
+    session: Session, verified: Verified, cache: KeyCache, *, nonce: bool = True
+) -> None:
     """What a verified request writes, in its own transaction: its nonce (``replayed-nonce``
-    if the key used it within the window), the key's revalidation (``revoked-key``) and its
+    if the key used it within the window; not when ``nonce`` is false: the Idempotency-Key
+    claim writes it, :func:`nonce_prelude`), the key's revalidation (``revoked-key``) and its
     ``last_used_at`` (at most once a minute)."""
     key_id = verified.principal.key_id
-    if verified.nonce is not None and not _record_nonce(
-        session, key_id, verified.nonce, verified.created, verified.now
-    ):
-        raise _fail("replayed-nonce", f"nonce already used with key {key_id}")
+    if nonce and verified.nonce is not None:
+        _use_nonce(session, verified)
     cache.revalidate(session, key_id)
     cache.touch(session, key_id, verified.now)
+
+
+def _use_nonce(session: Session, verified: Verified) -> None:
+    assert verified.nonce is not None
+    key_id = verified.principal.key_id
+    if not _record_nonce(session, key_id, verified.nonce, verified.created, verified.now):
+        _replayed_nonce(key_id)
+
+
+def _replayed_nonce(key_id: str) -> None:
+    raise _fail("replayed-nonce", f"nonce already used with key {key_id}")
+
+
+#: :func:`_record_nonce`'s statement as a :class:`~coalition.idempotency.Prelude` writes it.
+_NONCE_PRELUDE_SQL = (
+    "INSERT INTO request_nonces (key_id, nonce, expires_at)"
+    " VALUES (:nonce_key, :nonce, :nonce_expires_at)"
+    " ON CONFLICT (key_id, nonce) DO UPDATE SET expires_at = excluded.expires_at"
+    " WHERE request_nonces.expires_at < :nonce_now RETURNING key_id"
+)
+
+
+def nonce_prelude(verified: Verified) -> Prelude | None:
+    """The request's nonce (if it has one) as the write the Idempotency-Key claim makes in its
+    own round trip (``replayed-nonce`` as :func:`record_use`)."""
+    if verified.nonce is None:
+        return None
+    key_id = verified.principal.key_id
+    expires_at = _nonce_expiry(verified.created, verified.now)
+
+    def settle(_: Session, written: int) -> None:
+        if not written:
+            _replayed_nonce(key_id)
+
+    return Prelude(
+        _NONCE_PRELUDE_SQL,
+        {
+            "nonce_key": key_id,
+            "nonce": verified.nonce,
+            "nonce_expires_at": expires_at,
+            "nonce_now": verified.now,
+        },
+        settle,
+        partial(_use_nonce, verified=verified),
+    )
 
 
 def verify_request(
