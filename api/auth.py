@@ -144,7 +144,9 @@ def request_unit(
     with transaction(services.sessions) as session:
         session.info[WHOLE] = True
         record_use(session, verified, services.keys, nonce=not single_use_later)
-        if request.method == "POST" and not single_use_later:
+        # With a nonce, the claim writes the nonce; the signature's use is still checked here
+        # (it writes nothing unless another signature of the key lacks a nonce).
+        if request.method == "POST" and (not single_use_later or verified.nonce is not None):
             claim_post_signature(
                 session,
                 key_id=verified.principal.key_id,
@@ -157,8 +159,8 @@ def request_unit(
 
 def single_use(request: Request[Any, Any, Any]) -> Prelude | None:
     """What makes this signed ``POST`` single-use, as the Idempotency-Key claim writes it
-    (:func:`request_unit` with ``single_use_later``): its nonce, or else the first use of its
-    signature (:mod:`partners.replay`)."""
+    (:func:`request_unit` with ``single_use_later``): its nonce, or else (a signature without
+    one) the first use of its signature (:mod:`partners.replay`)."""
     verified = _verified(request)
     prelude = nonce_prelude(verified)
     if prelude is not None or request.method != "POST":

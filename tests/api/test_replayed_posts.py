@@ -96,6 +96,39 @@ def test_signatures_with_a_nonce_or_covering_the_idempotency_key_are_not_used_up
     assert used == 0
 
 
+def test_a_signature_without_a_nonce_beside_one_with_is_used_up_too(api: Live) -> None:
+    """A POST carrying two signatures of one key, one with a nonce and one without: the one
+    without is remembered, so the request replayed with only that signature is refused."""
+    partner = api.partner()
+    key = partner.key
+    algorithm = algorithms.HMAC_SHA256
+    with_nonce = HTTPSignatureAuth(
+        signature_algorithm=algorithm, key=key.material, key_id=key.key_id, use_nonce=True,
+        label="fresh",
+    )  # fmt: skip
+    without = HTTPSignatureAuth(
+        signature_algorithm=algorithm, key=key.material, key_id=key.key_id, label="plain",
+        append_if_signature_exists=True, use_existing_digest=True,
+    )  # fmt: skip
+    both = _captured(api, key, with_nonce)
+    signed = without(both)
+    assert isinstance(signed, requests.PreparedRequest)
+    assert (
+        "fresh=" in signed.headers["Signature-Input"]
+        and "plain=" in signed.headers["Signature-Input"]
+    )
+    ok(_send(signed), 201)
+    before = _members(api)
+    stripped = copy.deepcopy(signed)
+    for name in ("Signature-Input", "Signature"):
+        stripped.headers[name] = ", ".join(
+            member for member in signed.headers[name].split(", ") if member.startswith("plain=")
+        )
+    doc = problem(_send(stripped, str(uuid.uuid4())), 401, "signature-invalid")
+    assert doc["reason"] == "replayed-signature"
+    assert _members(api) == before
+
+
 class _OneSecond(HTTPSignatureAuth):
     """The stock client, signing at one fixed second (as two requests in a second do)."""
 
