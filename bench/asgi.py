@@ -22,11 +22,10 @@ from typing import Any
 from sqlalchemy import event
 
 from api.runtime import services_of
-from bench.http import SCENARIOS, SECRET_KEY, Signer
+from bench.http import SCENARIOS, SECRET_KEY, Signer, partner_key
 from bench.postgres import scratch_database, server_url
 from bench.throughput import prepare
-from coalition.db import transaction, utcnow
-from partners.keys import b64url, create_key
+from partners.keys import b64url
 
 BASE_URL = "http://127.0.0.1:8000"
 WARM_UP = 50
@@ -131,13 +130,7 @@ def measure(scenario: str, count: int) -> dict[str, Any]:
         rendered = url.render_as_string(hide_password=False)
         bench = prepare(rendered, members=1000)
         try:
-            with transaction(bench.ops.sessions) as s:
-                new = create_key(
-                    s, secret_key=SECRET_KEY, role="partner", partner_id=bench.partner_id,
-                    alg="hmac-sha256", scopes=["earn", "burn", "read"], public_key=None,
-                    expires_at=None, now=utcnow(),
-                )  # fmt: skip
-            assert new.secret is not None
+            key_id, secret = partner_key(bench)
             os.environ.update(
                 {
                     "COALITION_DATABASE_URL": rendered,
@@ -149,7 +142,7 @@ def measure(scenario: str, count: int) -> dict[str, Any]:
             from api.app import create_app  # noqa: PLC0415 (after the environment is set)
 
             app = create_app()
-            signer = Signer(_Addressed(), new.key.id, new.secret)  # type: ignore[arg-type]
+            signer = Signer(_Addressed(), key_id, secret)  # type: ignore[arg-type]
             make = SCENARIOS[scenario][1]
             rng = random.Random(scenario)
             requests = [

@@ -317,6 +317,18 @@ def run_scenario(
     return result
 
 
+def partner_key(bench: Bench) -> tuple[str, str]:
+    """An HMAC key of the bench partner with the scopes every scenario needs: (id, secret)."""
+    with transaction(bench.ops.sessions) as s:
+        new = create_key(
+            s, secret_key=SECRET_KEY, role="partner", partner_id=bench.partner_id,
+            alg="hmac-sha256", scopes=["earn", "burn", "read"], public_key=None,
+            expires_at=None, now=utcnow(),
+        )  # fmt: skip
+    assert new.secret is not None
+    return new.key.id, new.secret
+
+
 def measure_http(url: URL, *, seconds: int, workers: int, members: int) -> dict[str, Any]:
     """Every scenario against one ``coalition serve`` on a scratch database of ``url``."""
     name = f"coalition_bench_http_{os.getpid()}"
@@ -329,15 +341,9 @@ def measure_http(url: URL, *, seconds: int, workers: int, members: int) -> dict[
         pgbench_init(pgbench_url)
         bench = prepare(bench_url.render_as_string(hide_password=False), members=members)
         try:
-            with transaction(bench.ops.sessions) as s:
-                new = create_key(
-                    s, secret_key=SECRET_KEY, role="partner", partner_id=bench.partner_id,
-                    alg="hmac-sha256", scopes=["earn", "burn", "read"], public_key=None,
-                    expires_at=None, now=utcnow(),
-                )  # fmt: skip
-            assert new.secret is not None
+            key_id, secret = partner_key(bench)
             with serve(bench_url, workers=workers, log=Path(logs) / "serve.log") as server:
-                signer = Signer(server, new.key.id, new.secret)
+                signer = Signer(server, key_id, secret)
                 for scenario in SCENARIOS:
                     print(f"http: {scenario}, {seconds} s ...", file=sys.stderr, flush=True)
                     results["scenarios"][scenario] = run_scenario(

@@ -1256,7 +1256,8 @@ def _close_hold(
     captured_points: int | None = None,
     txn_id: str | None = None,
 ) -> None:
-    """The one place a hold leaves ``active`` (where its webhook event is noted)."""
+    """Where a hold leaves ``active`` on the general path (and its webhook event is noted);
+    :func:`void_in_one` is the one other place, and notes the same event."""
     closed = session.execute(
         update(Hold)
         .where(Hold.id == hold.id, Hold.status == "active")

@@ -440,8 +440,8 @@ def hold_closed(
     captured_points: int | None = None,
     transaction_id: str | None = None,
 ) -> None:
-    """Note ``hold.captured``, ``hold.voided`` or ``hold.expired`` (``ledger._close_hold``, the
-    one place a hold leaves ``active``, calls this). A capture's burn has its own
+    """Note ``hold.captured``, ``hold.voided`` or ``hold.expired`` (``ledger._close_hold`` and
+    ``ledger.void_in_one``, where a hold leaves ``active``, call this). A capture's burn has its own
     ``transaction.burned`` event; ``transaction_id`` here names it."""
     data: dict[str, Any] = {
         "id": hold.id,

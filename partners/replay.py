@@ -25,11 +25,11 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, delete, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ForeignKey, Index, String, delete, select, text
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from coalition.db import Base, UTCDateTime
+from coalition.db import Base, HotStatement, UTCDateTime, dialect_of
 from coalition.errors import SignatureInvalid
 from coalition.idempotency import Prelude
 from partners.signatures import SignedRequest
@@ -77,40 +77,11 @@ def _digests(values: Mapping[str, Any]) -> list[str]:
     return sorted(set(found))
 
 
-def _claim_one(
-    session: Session, key_id: str, digest: str, idempotency_key: str, now: datetime
-) -> str:
-    """Remember the signature; the Idempotency-Key of its first use within the window."""
-    values = {
-        "key_id": key_id,
-        "signature_sha256": digest,
-        "idempotency_key": idempotency_key,
-        "expires_at": now + REMEMBER,
-    }
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(SignatureUse).values(**values)
-    # One statement: a row past its time is taken over; a live row is left as it is (and
-    # PostgreSQL makes a concurrent second claim wait for the first one's transaction).
-    claim = stmt.on_conflict_do_update(
-        index_elements=[SignatureUse.key_id, SignatureUse.signature_sha256],
-        set_={
-            "idempotency_key": stmt.excluded.idempotency_key,
-            "expires_at": stmt.excluded.expires_at,
-        },
-        where=SignatureUse.expires_at < now,
-    ).returning(SignatureUse.key_id)
-    if session.execute(claim).first() is not None:
-        return idempotency_key
-    first = session.scalar(
-        select(SignatureUse.idempotency_key).where(
-            SignatureUse.key_id == key_id, SignatureUse.signature_sha256 == digest
-        )
-    )
-    return idempotency_key if first is None else first
-
-
-_PRELUDE_SQL = (
+# PostgreSQL: one statement for every signature value of a request. A row past its time is
+# taken over; a live row is left as it is (and PostgreSQL makes a concurrent second claim wait
+# for the first one's transaction). The claim of one value on its own, or in front of the
+# Idempotency-Key claim (:func:`post_signature_prelude`).
+_USE_SQL = (
     "INSERT INTO signature_uses (key_id, signature_sha256, idempotency_key, expires_at)"
     " SELECT :use_key, digest, :use_idempotency_key, :use_expires_at"
     " FROM unnest(CAST(:use_digests AS VARCHAR[])) AS digest"
@@ -118,6 +89,51 @@ _PRELUDE_SQL = (
     " SET idempotency_key = excluded.idempotency_key, expires_at = excluded.expires_at"
     " WHERE signature_uses.expires_at < :use_now RETURNING 1"
 )
+_USE = HotStatement(text(_USE_SQL))
+
+
+def _use_params(
+    key_id: str, digests: list[str], idempotency_key: str, now: datetime
+) -> dict[str, Any]:
+    return {
+        "use_key": key_id,
+        "use_idempotency_key": idempotency_key,
+        "use_expires_at": now + REMEMBER,
+        "use_digests": digests,
+        "use_now": now,
+    }
+
+
+def _claim_one(
+    session: Session, key_id: str, digest: str, idempotency_key: str, now: datetime
+) -> str:
+    """Remember the signature; the Idempotency-Key of its first use within the window."""
+    if dialect_of(session) == "postgresql":
+        written = bool(_USE.rows(session, _use_params(key_id, [digest], idempotency_key, now)))
+    else:  # SQLite: the same upsert, one value
+        stmt = sqlite.insert(SignatureUse).values(
+            key_id=key_id,
+            signature_sha256=digest,
+            idempotency_key=idempotency_key,
+            expires_at=now + REMEMBER,
+        )
+        claim = stmt.on_conflict_do_update(
+            index_elements=[SignatureUse.key_id, SignatureUse.signature_sha256],
+            set_={
+                "idempotency_key": stmt.excluded.idempotency_key,
+                "expires_at": stmt.excluded.expires_at,
+            },
+            where=SignatureUse.expires_at < now,
+        ).returning(SignatureUse.key_id)
+        written = session.execute(claim).first() is not None
+    if written:
+        return idempotency_key
+    first = session.scalar(
+        select(SignatureUse.idempotency_key).where(
+            SignatureUse.key_id == key_id, SignatureUse.signature_sha256 == digest
+        )
+    )
+    return idempotency_key if first is None else first
 
 
 def post_signature_prelude(
@@ -139,14 +155,8 @@ def post_signature_prelude(
             session, key_id=key_id, signed=signed, idempotency_key=idempotency_key, now=now
         )
 
-    params = {
-        "use_key": key_id,
-        "use_idempotency_key": (idempotency_key or "")[:IDEMPOTENCY_KEY_MAX],
-        "use_expires_at": now + REMEMBER,
-        "use_digests": digests,
-        "use_now": now,
-    }
-    return Prelude(_PRELUDE_SQL, params, settle, alone)
+    params = _use_params(key_id, digests, (idempotency_key or "")[:IDEMPOTENCY_KEY_MAX], now)
+    return Prelude(_USE_SQL, params, settle, alone)
 
 
 def claim_post_signature(

@@ -53,9 +53,9 @@ from http_message_signatures import (
 )
 from http_message_signatures._url import URLParts, parse_url
 from http_message_signatures.algorithms import HMAC_SHA256, HTTPSignatureAlgorithm
-from sqlalchemy import Table, bindparam, delete, or_, select, tuple_, update
+from sqlalchemy import Table, bindparam, delete, or_, select, text, tuple_, update
 from sqlalchemy import insert as portable_insert
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -619,17 +619,25 @@ def _record_nonce_statement(insert: Any) -> Any:
 
 _NONCES = cast("Table", RequestNonce.__table__)
 _KEYS = cast("Table", ApiKey.__table__)
+#: The statement on PostgreSQL, as text: on its own here, or in front of a POST's
+#: Idempotency-Key claim (:func:`nonce_prelude`).
+_RECORD_NONCE_SQL = (
+    "INSERT INTO request_nonces (key_id, nonce, expires_at) VALUES (:key_id, :nonce, :expires_at)"
+    " ON CONFLICT (key_id, nonce) DO UPDATE SET expires_at = excluded.expires_at"
+    " WHERE request_nonces.expires_at < :now RETURNING key_id"
+)
 # Pre-built per dialect, on the table (not the ORM entity): building the statement on every
 # request cost more than running it.
 _RECORD_NONCE = {
-    "postgresql": HotStatement(_record_nonce_statement(postgresql.insert)),
+    "postgresql": HotStatement(text(_RECORD_NONCE_SQL)),
     "sqlite": HotStatement(_record_nonce_statement(sqlite.insert)),
 }
 
 
-def _nonce_expiry(created: int, now: datetime) -> datetime:
-    """How long a nonce is kept: while its signature verifies, and a margin."""
-    return datetime.fromtimestamp(created, tz=now.tzinfo) + WINDOW + NONCE_MARGIN
+def _nonce_values(key_id: str, nonce: str, created: int, now: datetime) -> dict[str, Any]:
+    """The nonce's row, kept while its signature verifies and a margin."""
+    expires_at = datetime.fromtimestamp(created, tz=now.tzinfo) + WINDOW + NONCE_MARGIN
+    return {"key_id": key_id, "nonce": nonce, "expires_at": expires_at}
 
 
 def _record_nonce(session: Session, key_id: str, nonce: str, created: int, now: datetime) -> bool:
@@ -640,7 +648,7 @@ def _record_nonce(session: Session, key_id: str, nonce: str, created: int, now: 
     for the first's transaction, then finds the row (no row returned): exactly one succeeds.
     An expired row not yet purged is taken over, so only the window counts.
     """
-    values = {"key_id": key_id, "nonce": nonce, "expires_at": _nonce_expiry(created, now)}
+    values = _nonce_values(key_id, nonce, created, now)
     stmt = _RECORD_NONCE.get(dialect_of(session))
     if stmt is None:  # another dialect: the primary key, inside a savepoint
         try:
@@ -919,35 +927,21 @@ def _replayed_nonce(key_id: str) -> None:
     raise _fail("replayed-nonce", f"nonce already used with key {key_id}")
 
 
-#: :func:`_record_nonce`'s statement as a :class:`~coalition.idempotency.Prelude` writes it.
-_NONCE_PRELUDE_SQL = (
-    "INSERT INTO request_nonces (key_id, nonce, expires_at)"
-    " VALUES (:nonce_key, :nonce, :nonce_expires_at)"
-    " ON CONFLICT (key_id, nonce) DO UPDATE SET expires_at = excluded.expires_at"
-    " WHERE request_nonces.expires_at < :nonce_now RETURNING key_id"
-)
-
-
 def nonce_prelude(verified: Verified) -> Prelude | None:
     """The request's nonce (if it has one) as the write the Idempotency-Key claim makes in its
     own round trip (``replayed-nonce`` as :func:`record_use`)."""
     if verified.nonce is None:
         return None
     key_id = verified.principal.key_id
-    expires_at = _nonce_expiry(verified.created, verified.now)
+    values = _nonce_values(key_id, verified.nonce, verified.created, verified.now)
 
     def settle(_: Session, written: int) -> None:
         if not written:
             _replayed_nonce(key_id)
 
     return Prelude(
-        _NONCE_PRELUDE_SQL,
-        {
-            "nonce_key": key_id,
-            "nonce": verified.nonce,
-            "nonce_expires_at": expires_at,
-            "nonce_now": verified.now,
-        },
+        _RECORD_NONCE_SQL,
+        {**values, "now": verified.now},
         settle,
         partial(_use_nonce, verified=verified),
     )
