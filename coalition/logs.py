@@ -26,6 +26,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_LEVEL = "INFO"
 #: The longest single string field written (a longer one is cut, saying so).
@@ -95,7 +97,16 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             doc["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
             doc["exc"] = _clip(self.formatException(record.exc_info))
-        return json.dumps(doc, default=str, ensure_ascii=True, separators=(",", ":"))
+        line = _ENCODER.encode(doc).decode()
+        if line.isascii():
+            return line
+        return json.dumps(json.loads(line), ensure_ascii=True, separators=(",", ":"))
+
+
+#: msgspec writes the JSON of a line (a tenth of the Python CPU of a signed request went to
+#: the request's line through ``json``); values it has no JSON for are written as ``str``.
+#: A line with text beyond ASCII is written again by ``json``, escaped to ASCII.
+_ENCODER = msgspec.json.Encoder(enc_hook=str)
 
 
 def logging_config(level: str | None = None) -> dict[str, Any]:
@@ -127,6 +138,9 @@ def logging_config(level: str | None = None) -> dict[str, Any]:
 def configure(level: str | None = None) -> None:
     """Send every log record of this process to stderr as JSON lines."""
     logging.config.dictConfig(logging_config(level))
+    # No line shows where it was logged from: skip the stack walk every record would make
+    # (the logging HOWTO's "Optimization").
+    logging._srcfile = None
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught
 

@@ -177,14 +177,21 @@ class Limiter:
             raise self._refuse(bucket, now, "requests with this key")
 
     def flush_due(self) -> bool:
-        """True when this process's counts should be merged into the shared rows now."""
-        return bool(self._pending) and time.monotonic() - self._flushed_at >= self.flush_s
+        """True when this process's counts should be merged into the shared rows now: once per
+        :attr:`flush_s` (the caller that hears it makes the :meth:`flush`; the requests that
+        arrive while that flush waits for its thread do not start one each)."""
+        if not self._pending or time.monotonic() - self._flushed_at < self.flush_s:
+            return False
+        with self._lock:
+            if time.monotonic() - self._flushed_at < self.flush_s:
+                return False
+            self._flushed_at = time.monotonic()
+            return True
 
     def flush(self, sessions: sessionmaker[Session], now: datetime) -> None:
         """Merge this process's per-key counts into the shared counters (a transaction of its
         own, one statement per key) and learn every process's totals."""
         with self._lock:
-            self._flushed_at = time.monotonic()
             window, pending = self._pending_window, dict(self._pending)
             self._pending.clear()
         if window is None or not pending:
