@@ -36,9 +36,8 @@ from sqlalchemy.orm import Session
 from api.runtime import Services, services_of
 from api.security import client_address, count_failure, signed_urls
 from coalition import logs
-from coalition.db import WHOLE, transaction
+from coalition.db import WHOLE, Prelude, transaction
 from coalition.errors import Forbidden, IdempotencyKeyMissing, SignatureInvalid
-from coalition.idempotency import Prelude
 from partners.replay import claim_post_signature, post_signature_prelude
 from partners.signatures import (
     CachedKey,
@@ -137,8 +136,8 @@ def request_unit(
     any exception (so operations in it take no savepoints: :data:`coalition.db.WHOLE`).
 
     ``single_use_later``: what makes the request single-use (its nonce, or the first use of its
-    signature) is left to the caller, who writes it in the Idempotency-Key claim's round trip
-    (:func:`single_use`)."""
+    signature) is left to the caller, who writes it in the round trip of the request's first
+    statement (:func:`single_use`): the Idempotency-Key claim's, or a balance read's."""
     services = services_of(request.app.state)
     verified = _verified(request)
     with transaction(services.sessions) as session:
@@ -158,9 +157,9 @@ def request_unit(
 
 
 def single_use(request: Request[Any, Any, Any]) -> Prelude | None:
-    """What makes this signed ``POST`` single-use, as the Idempotency-Key claim writes it
-    (:func:`request_unit` with ``single_use_later``): its nonce, or else (a signature without
-    one) the first use of its signature (:mod:`partners.replay`)."""
+    """What makes this signed request single-use, as its first statement writes it
+    (:func:`request_unit` with ``single_use_later``): its nonce, or else, for a ``POST`` whose
+    signature has none, the first use of its signature (:mod:`partners.replay`)."""
     verified = _verified(request)
     prelude = nonce_prelude(verified)
     if prelude is not None or request.method != "POST":

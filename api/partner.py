@@ -21,6 +21,7 @@ from api.auth import (
     request_unit,
     require_scope,
     signed,
+    single_use,
 )
 from api.docs import SIGNED, IdempotencyKey, body, problems
 from api.idempotency import run_idempotent
@@ -144,8 +145,11 @@ class PartnerController(Controller):
     def balance(self, request: Request[Any, Any, Any], member_id: MemberIdPath) -> BalanceOut:
         """A member's available and held points, tier and upcoming expiries."""
         services = services_of(request.app.state)
-        with request_unit(request) as s:
-            return balance_out(services.ops.balance(member_id, session=s))
+        # One statement on PostgreSQL: the request's nonce, the member's row and its expiries.
+        with request_unit(request, single_use_later=True) as s:
+            return balance_out(
+                services.ops.balance(member_id, session=s, prelude=single_use(request))
+            )
 
     @post(
         "/earns",

@@ -11,7 +11,8 @@ figure is also a ratio measured in the same minute.
 
 Reported per scenario: requests/s, p50/p99 latency, the statuses, the Python CPU per request of
 the API processes (``/proc`` times of every process of the server, so the uvicorn workers and
-their threads are all in it), each worker's share of that CPU (every worker must be busy), and,
+their threads are all in it), PostgreSQL's CPU per request (every ``postgres`` process, read
+the same way), each worker's share of the Python CPU (every worker must be busy), and,
 for earns, that the database holds exactly as many new earns as there were fresh ``201``
 answers.
 """
@@ -102,6 +103,20 @@ def _cpu_s(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def _postgres_cpu_s() -> float:
+    """CPU seconds of every PostgreSQL process on this machine so far (its backends, the WAL
+    writer, the checkpointer...): what the server spends, read off ``/proc`` as for the API's
+    processes. Backends that exited meanwhile are not counted: the service's pool keeps its
+    connections, so within a run they stay."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().startswith("postgres"):
+                    total += _cpu_s(int(entry.name))
+    return total
 
 
 @contextlib.contextmanager
@@ -275,8 +290,10 @@ def run_scenario(
         earns_before = _earns_in_db(bench)
         pids = server.pids()
         cpu_before = {pid: _cpu_s(pid) for pid in pids}
+        postgres_before = _postgres_cpu_s()
         wrk = _wrk(server, directory, seconds)
         cpu = {pid: _cpu_s(pid) - cpu_before[pid] for pid in pids}
+        postgres_cpu = _postgres_cpu_s() - postgres_before
     # Requests wrk sent but had no answer to when it stopped may still commit: wait for them.
     earns_after = _earns_in_db(bench)
     for _ in range(50):
@@ -301,6 +318,7 @@ def run_scenario(
         "wrapped": wrk["wrapped"],
         "socket_errors": wrk["socket_errors"],
         "cpu_ms_per_request": round(total_cpu * 1000 / max(answered, 1), 3),
+        "postgres_cpu_ms_per_request": round(postgres_cpu * 1000 / max(answered, 1), 3),
         "cpu_share_per_process": sorted(
             (round(c / total_cpu, 3) for c in cpu.values() if total_cpu), reverse=True
         ),
@@ -382,7 +400,9 @@ def table(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"  {name:<11} {r['requests_per_s']:>7.0f} /s  {r['ratio_to_pgbench']:.3f} x pgbench "
             f"({r['pgbench_tps']:.0f} tps)  p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  "
-            f"CPU {r['cpu_ms_per_request']:.2f} ms/req  shares {r['cpu_share_per_process']}  "
+            f"CPU {r['cpu_ms_per_request']:.2f} ms/req (PostgreSQL "
+            f"{r.get('postgres_cpu_ms_per_request', float('nan')):.2f})  "
+            f"shares {r['cpu_share_per_process']}  "
             f"statuses {r['statuses']}" + ("" if check is None else f"  earns match 201s: {check}")
         )
     lines.append(f"  hot member / spread earns: {results['hot_to_spread']}")

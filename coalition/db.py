@@ -5,7 +5,8 @@ portable column types, the declarative base, transactions and Alembic migrations
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -32,6 +33,8 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+from sqlalchemy.engine.interfaces import BindTyping
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -321,3 +324,40 @@ class HotStatement:
         """The first row, or ``None``."""
         rows = self.rows(session, params)
         return rows[0] if rows else None
+
+
+@dataclass(frozen=True, slots=True)
+class Prelude:
+    """A write a request makes before its first statement (what makes a signed request
+    single-use: its nonce, or its signature's first use), sent in that statement's round trip on
+    PostgreSQL (the Idempotency-Key claim's, a balance read's), as a data-modifying CTE.
+
+    ``sql`` is an ``INSERT ... RETURNING`` with its own ``:named`` parameters (``params``; none
+    named as a parameter of the statement it goes in front of); ``settle`` is told how many rows
+    it returned and raises to refuse the request; ``alone`` makes the same write and check on
+    its own (SQLite).
+    """
+
+    sql: str
+    params: dict[str, Any]
+    settle: Callable[[Session, int], None]
+    alone: Callable[[Session], None]
+
+
+def named_sql(statement: Any) -> tuple[str, dict[str, Any]]:
+    """A Core statement as PostgreSQL SQL with ``:named`` parameters, to compose into a
+    ``text()`` statement (in front of it a :class:`Prelude`, say), and the values the statement
+    binds itself (literals compared with a column), to pass along with the caller's."""
+    compiled = statement.compile(dialect=_NAMED_POSTGRESQL)
+    fixed = {
+        name: bind.effective_value
+        for bind, name in compiled.bind_names.items()
+        if not bind.required
+    }
+    return compiled.string, fixed
+
+
+# ``:name`` parameters, and no ``::TYPE`` casts after them (``text()`` would not see a
+# parameter followed by ``::``); PostgreSQL infers each parameter's type from where it is.
+_NAMED_POSTGRESQL = PGDialect_psycopg(paramstyle="named")  # type: ignore[no-untyped-call]
+_NAMED_POSTGRESQL.bind_typing = BindTyping.NONE

@@ -7,7 +7,7 @@ header, the request hash, replays) is api/idempotency.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from coalition import outbox
-from coalition.db import Base, HotStatement, UTCDateTime, dialect_of
+from coalition.db import Base, HotStatement, Prelude, UTCDateTime, dialect_of
 from coalition.errors import IdempotencyKeyInUse, IdempotencyKeyReused
 
 
@@ -126,22 +126,6 @@ _CLAIM_SQL = """
     LEFT JOIN idempotency_keys AS r ON held.locked AND r.owner = :owner AND r.key = :key
 """
 _CLAIM = HotStatement(text(_CLAIM_SQL))
-
-
-@dataclass(frozen=True, slots=True)
-class Prelude:
-    """A write the request makes before its operation (what makes a signed request single-use:
-    its nonce, or its signature's first use), sent in the claim's round trip on PostgreSQL.
-
-    ``sql`` is an ``INSERT ... RETURNING`` with its own ``:named`` parameters (``params``; none
-    named ``lock``, ``owner`` or ``key``); ``settle`` is told how many rows it returned and
-    raises to refuse the request; ``alone`` makes the same write and check on its own (SQLite).
-    """
-
-    sql: str
-    params: dict[str, Any]
-    settle: Callable[[Session, int], None]
-    alone: Callable[[Session], None]
 
 
 _CLAIMS_AFTER: dict[str, HotStatement] = {}

@@ -52,7 +52,7 @@ from sqlalchemy.types import NullType, TypeDecorator
 
 from coalition import outbox
 from coalition.config import Tier
-from coalition.db import AnyOf, HotStatement, dialect_of
+from coalition.db import AnyOf, HotStatement, Prelude, dialect_of, named_sql
 from coalition.errors import InsufficientPoints, UnknownMember, invariant
 from coalition.ids import new_id
 from coalition.models import (
@@ -380,7 +380,7 @@ def tier_for(points: int, tiers: Sequence[Tier]) -> Tier:
 
 
 _EXPIRING_LOTS = HotStatement(
-    select(func.sum(_LOTS.c.remaining), _LOTS.c.expires_at)
+    select(func.sum(_LOTS.c.remaining).label("points"), _LOTS.c.expires_at)
     .where(
         _LOTS.c.member_id == bindparam("member"),
         _LOTS.c.remaining > 0,
@@ -444,17 +444,92 @@ def member_snapshot(
     )
 
 
+#: The dates :func:`expiring_lots` lists at most.
+EXPIRING_DATES = 12
+
+
 def expiring_lots(
-    session: Session, member_id: str, after: datetime, limit: int = 12
+    session: Session, member_id: str, after: datetime, limit: int = EXPIRING_DATES
 ) -> list[tuple[int, datetime]]:
     """The member's open points expiring after ``after``, by date, soonest first:
     ``[(points, expires_at)]``."""
     rows = _EXPIRING_LOTS.rows(session, {"member": member_id, "after": after, "limit": limit})
+    return _expiring(rows)
+
+
+def _expiring(rows: Iterable[Sequence[Any]]) -> list[tuple[int, datetime]]:
     return [
         (int(points), expires_at.astimezone(UTC))  # UTC also from the driver (HotStatement)
         for points, expires_at in rows
         if expires_at is not None
     ]
+
+
+def _balance_read_sql(prelude_sql: str | None) -> tuple[str, dict[str, Any]]:
+    """:data:`_MEMBER_SNAPSHOT` and :data:`_EXPIRING_LOTS` in one statement (the dates as two
+    arrays), after a prelude's write; a row also when there is no such member (its columns
+    NULL), so the prelude's count always comes back."""
+    snapshot, fixed = named_sql(_MEMBER_SNAPSHOT.statement)
+    expiring, fixed_too = named_sql(_EXPIRING_LOTS.statement)
+    assert all(fixed[k] == v for k, v in fixed_too.items() if k in fixed), "bind names clash"
+    written = "0"
+    head = ""
+    if prelude_sql is not None:
+        head, written = f"WITH written AS ({prelude_sql}) ", "(SELECT count(*) FROM written)"
+    sql = (
+        f"{head}SELECT {written} AS written, s.*, e.points, e.expires_at"  # noqa: S608 (built from constants)
+        f" FROM (SELECT 1) AS one LEFT JOIN ({snapshot}) AS s ON true"
+        " CROSS JOIN (SELECT array_agg(x.points ORDER BY x.expires_at) AS points,"
+        " array_agg(x.expires_at ORDER BY x.expires_at) AS expires_at"
+        f" FROM ({expiring}) AS x) AS e"
+    )
+    return sql, {**fixed, **fixed_too}
+
+
+@cache
+def _balance_read(prelude_sql: str | None) -> tuple[HotStatement, dict[str, Any]]:
+    sql, fixed = _balance_read_sql(prelude_sql)
+    return HotStatement(text(sql)), fixed
+
+
+def balance_read(
+    session: Session,
+    member_id: str,
+    *,
+    since: datetime,
+    now: datetime,
+    prelude: Prelude | None = None,
+) -> tuple[MemberSnapshot, list[tuple[int, datetime]]]:
+    """What a balance read shows: the :func:`member_snapshot` and the :func:`expiring_lots`
+    after ``now``, after the ``prelude``'s write (the request's nonce, which it settles first:
+    a replay is refused before the member is looked for). On PostgreSQL one statement."""
+    if dialect_of(session) != "postgresql":
+        if prelude is not None:
+            prelude.alone(session)
+        snapshot = member_snapshot(session, member_id, since=since, now=now)
+        return snapshot, expiring_lots(session, member_id, after=now)
+    statement, fixed = _balance_read(prelude.sql if prelude is not None else None)
+    params = {
+        "member": member_id,
+        **window(since, now),
+        "now": now,
+        "after": now,
+        "limit": EXPIRING_DATES,
+        **fixed,
+    }
+    if prelude is not None:
+        assert not prelude.params.keys() & params.keys(), "a prelude's parameter clashes"
+        params.update(prelude.params)
+    row = statement.first(session, params)
+    assert row is not None
+    if prelude is not None:
+        prelude.settle(session, int(row[0]))
+    _, balance, held, qualifying, overdue_points, overdue_held, points, dates = row
+    if balance is None:
+        raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
+    state = MemberState(member_id, balance, held)
+    snapshot = MemberSnapshot(state, int(qualifying or 0), int(overdue_points), int(overdue_held))
+    return snapshot, _expiring(zip(points or (), dates or (), strict=True))
 
 
 # --- the member row: the only balance updated in place -----------------------------------

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from coalition import ledger
 from coalition.config import Tier
-from coalition.db import owns_rollback
+from coalition.db import Prelude, owns_rollback
 from coalition.errors import (
     CoalitionError,
     ValidationFailed,
@@ -66,12 +66,16 @@ class Operations(Earning, Spending, Corrections):
                 raise
             return member_id, False
 
-    def balance(self, member_id: str, *, session: Session | None = None) -> Balance:
-        """Available and held points, tier and upcoming expiries of a member."""
+    def balance(
+        self, member_id: str, *, session: Session | None = None, prelude: Prelude | None = None
+    ) -> Balance:
+        """Available and held points, tier and upcoming expiries of a member; after the
+        ``prelude``'s write (the request's nonce), in the same round trip on PostgreSQL."""
         now = self.clock()
         with self.reading(session) as s:
-            snapshot = ledger.member_snapshot(s, member_id, since=self._tier_since(now), now=now)
-            expiring = ledger.expiring_lots(s, member_id, after=now)
+            snapshot, expiring = ledger.balance_read(
+                s, member_id, since=self._tier_since(now), now=now, prelude=prelude
+            )
         tier = ledger.tier_for(snapshot.qualifying_points, self.settings.tiers)
         # Read as the member's next burn would see it: holds past their expiry released, then
         # points past their date expired (never more than is available, as the job does).

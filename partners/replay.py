@@ -29,9 +29,8 @@ from sqlalchemy import ForeignKey, Index, String, delete, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from coalition.db import Base, HotStatement, UTCDateTime, dialect_of
+from coalition.db import Base, HotStatement, Prelude, UTCDateTime, dialect_of
 from coalition.errors import SignatureInvalid
-from coalition.idempotency import Prelude
 from partners.signatures import SignedRequest
 
 #: How long a signature is remembered: a signature verifies while ``created`` is within 300 s

@@ -59,9 +59,8 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from coalition.db import HotStatement, dialect_of
+from coalition.db import HotStatement, Prelude, dialect_of
 from coalition.errors import SignatureInvalid
-from coalition.idempotency import Prelude
 from partners.keys import ed25519_verify, unseal
 from partners.models import ApiKey, RequestNonce
 
@@ -613,7 +612,7 @@ def _record_nonce_statement(insert: Any) -> Any:
     return stmt.on_conflict_do_update(
         index_elements=[_NONCES.c.key_id, _NONCES.c.nonce],
         set_={"expires_at": stmt.excluded.expires_at},
-        where=_NONCES.c.expires_at < bindparam("now"),
+        where=_NONCES.c.expires_at < bindparam("nonce_now"),
     ).returning(_NONCES.c.key_id)
 
 
@@ -624,7 +623,7 @@ _KEYS = cast("Table", ApiKey.__table__)
 _RECORD_NONCE_SQL = (
     "INSERT INTO request_nonces (key_id, nonce, expires_at) VALUES (:key_id, :nonce, :expires_at)"
     " ON CONFLICT (key_id, nonce) DO UPDATE SET expires_at = excluded.expires_at"
-    " WHERE request_nonces.expires_at < :now RETURNING key_id"
+    " WHERE request_nonces.expires_at < :nonce_now RETURNING key_id"
 )
 # Pre-built per dialect, on the table (not the ORM entity): building the statement on every
 # request cost more than running it.
@@ -657,7 +656,7 @@ def _record_nonce(session: Session, key_id: str, nonce: str, created: int, now: 
         except IntegrityError:
             return False
         return True
-    return stmt.first(session, {**values, "now": now}) is not None
+    return stmt.first(session, {**values, "nonce_now": now}) is not None
 
 
 def _printable(text: str) -> str:
@@ -928,8 +927,9 @@ def _replayed_nonce(key_id: str) -> None:
 
 
 def nonce_prelude(verified: Verified) -> Prelude | None:
-    """The request's nonce (if it has one) as the write the Idempotency-Key claim makes in its
-    own round trip (``replayed-nonce`` as :func:`record_use`)."""
+    """The request's nonce (if it has one) as the write the request's first statement makes in
+    its own round trip (a POST's Idempotency-Key claim, a balance read; ``replayed-nonce`` as
+    :func:`record_use`)."""
     if verified.nonce is None:
         return None
     key_id = verified.principal.key_id
@@ -941,7 +941,7 @@ def nonce_prelude(verified: Verified) -> Prelude | None:
 
     return Prelude(
         _RECORD_NONCE_SQL,
-        {**values, "now": verified.now},
+        {**values, "nonce_now": verified.now},
         settle,
         partial(_use_nonce, verified=verified),
     )

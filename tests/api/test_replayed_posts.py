@@ -172,3 +172,25 @@ def test_used_signatures_are_forgotten_once_they_cannot_verify(api: Live) -> Non
         assert purge_signature_uses(s, utcnow()) == 0
     with transaction(sessions) as s:
         assert purge_signature_uses(s, utcnow() + timedelta(seconds=661)) >= 1
+
+
+def test_a_replayed_balance_read_is_refused(api: Live) -> None:
+    """A balance read writes its nonce in the statement that reads the balance (PostgreSQL):
+    the captured read is answered once and its replays refused; a read refused (an unknown
+    member) keeps nothing, its nonce included; fresh reads of the member still work."""
+    partner = api.partner()
+    member = api.member(partner, 40)
+
+    def captured(member_id: str) -> requests.PreparedRequest:
+        request = requests.Request("GET", f"{api.base_url}/v1/members/{member_id}/balance")
+        signed = partner.key.auth()(request.prepare())
+        assert isinstance(signed, requests.PreparedRequest)
+        return signed
+
+    known, unknown = captured(member), captured("mem_nobody_here")
+    assert ok(_send(known), 200)["available"] == 40
+    for _ in range(2):
+        doc = problem(_send(known), 401, "signature-invalid")
+        assert doc["reason"] == "replayed-nonce"
+        problem(_send(unknown), 404, "unknown-member")
+    assert ok(_send(captured(member)), 200)["available"] == 40
