@@ -81,6 +81,13 @@ def _clip(value: Any) -> Any:
 class JsonFormatter(logging.Formatter):
     """A record as one line of JSON (see the module docstring)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A line never shows the file and line it was logged from: in a process that writes
+        # these lines (every ``coalition`` command, each ``serve`` worker configures them),
+        # skip the stack walk each record would make (the logging HOWTO's "Optimization").
+        logging._srcfile = None
+
     def format(self, record: logging.LogRecord) -> str:
         """The record as a JSON object on one line."""
         doc: dict[str, Any] = {
@@ -138,9 +145,6 @@ def logging_config(level: str | None = None) -> dict[str, Any]:
 def configure(level: str | None = None) -> None:
     """Send every log record of this process to stderr as JSON lines."""
     logging.config.dictConfig(logging_config(level))
-    # No line shows where it was logged from: skip the stack walk every record would make
-    # (the logging HOWTO's "Optimization").
-    logging._srcfile = None
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught
 

@@ -142,6 +142,18 @@ def test_no_partner_or_member_id_is_a_label(served: Served) -> None:
     assert not any(v.startswith(("prt_", "mem_", "key_")) for v in values)
 
 
+def test_an_unusual_method_is_counted_as_other(served: Served) -> None:
+    """Methods beyond the usual ones (the HTTP parser knows dozens) share one label value."""
+    for method in ("PROPFIND", "PURGE"):
+        requests.request(method, served.base_url + "/v1/health", timeout=10)
+    methods = {
+        dict(labels).get("method")
+        for name, labels in _scrape(served)
+        if name == "coalition_http_requests_total"
+    }
+    assert "OTHER" in methods and not methods & {"PROPFIND", "PURGE"}
+
+
 def test_a_single_worker_serve_reports_its_metrics_too(tmp_path: Path) -> None:
     single = serve_process(tmp_path, workers=1)
     served = next(single)
