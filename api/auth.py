@@ -13,7 +13,8 @@ What the signature writes (the nonce, the key's revalidation, ``last_used_at``:
 :func:`~partners.signatures.record_use`) goes into the request's own database transaction,
 opened by :func:`request_unit`: every ``POST`` (through :func:`api.idempotency.run_idempotent`,
 which writes the nonce, or the signature's first use, in the round trip of its Idempotency-Key
-claim) and every route declared ``one_transaction``. For the other routes the guard writes it in
+claim) and every route declared ``one_transaction`` (the balance read writes its nonce in the
+statement that reads the balance). For the other routes the guard writes it in
 a short transaction of its own. Either way a ``401`` from it (a replayed nonce, a key revoked
 meanwhile) changes nothing.
 """
