@@ -119,7 +119,7 @@ class OneWriteTransport(asyncio.Transport):
 
     def get_write_buffer_size(self) -> int:
         """Bytes not yet sent, held here included."""
-        return self._transport.get_write_buffer_size() + sum(map(len, self._held))
+        return self._transport.get_write_buffer_size() + self._held_bytes
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         """The connection's flow-control marks."""

@@ -400,8 +400,8 @@ def table(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"  {name:<11} {r['requests_per_s']:>7.0f} /s  {r['ratio_to_pgbench']:.3f} x pgbench "
             f"({r['pgbench_tps']:.0f} tps)  p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  "
-            f"CPU {r['cpu_ms_per_request']:.2f} ms/req (PostgreSQL "
-            f"{r.get('postgres_cpu_ms_per_request', float('nan')):.2f})  "
+            f"CPU {r['cpu_ms_per_request']:.2f} ms/req "
+            f"(PostgreSQL {r['postgres_cpu_ms_per_request']:.2f})  "
             f"shares {r['cpu_share_per_process']}  "
             f"statuses {r['statuses']}" + ("" if check is None else f"  earns match 201s: {check}")
         )

@@ -287,13 +287,7 @@ class HotStatement:
 
     def _postgresql(self, dialect: Dialect) -> tuple[str, dict[str, Any]]:
         compiled = self.statement.compile(dialect=dialect)
-        # Values bound in the statement itself (a literal compared with a column).
-        fixed = {
-            name: bind.effective_value
-            for bind, name in compiled.bind_names.items()
-            if not bind.required
-        }
-        self._compiled = (compiled.string, fixed)
+        self._compiled = (compiled.string, _fixed_values(compiled))
         return self._compiled
 
     def rows(self, session: Session, params: dict[str, Any]) -> list[Any]:
@@ -347,14 +341,15 @@ class Prelude:
 def named_sql(statement: Any) -> tuple[str, dict[str, Any]]:
     """A Core statement as PostgreSQL SQL with ``:named`` parameters, to compose into a
     ``text()`` statement (in front of it a :class:`Prelude`, say), and the values the statement
-    binds itself (literals compared with a column), to pass along with the caller's."""
+    binds itself (:func:`_fixed_values`), to pass along with the caller's."""
     compiled = statement.compile(dialect=_NAMED_POSTGRESQL)
-    fixed = {
-        name: bind.effective_value
-        for bind, name in compiled.bind_names.items()
-        if not bind.required
-    }
-    return compiled.string, fixed
+    return compiled.string, _fixed_values(compiled)
+
+
+def _fixed_values(compiled: Any) -> dict[str, Any]:
+    """The values a compiled statement binds itself (a literal compared with a column)."""
+    binds = compiled.bind_names.items()
+    return {name: bind.effective_value for bind, name in binds if not bind.required}
 
 
 # ``:name`` parameters, and no ``::TYPE`` casts after them (``text()`` would not see a

@@ -465,10 +465,11 @@ def _expiring(rows: Iterable[Sequence[Any]]) -> list[tuple[int, datetime]]:
     ]
 
 
-def _balance_read_sql(prelude_sql: str | None) -> tuple[str, dict[str, Any]]:
+@cache
+def _balance_read(prelude_sql: str | None) -> tuple[HotStatement, dict[str, Any]]:
     """:data:`_MEMBER_SNAPSHOT` and :data:`_EXPIRING_LOTS` in one statement (the dates as two
-    arrays), after a prelude's write; a row also when there is no such member (its columns
-    NULL), so the prelude's count always comes back."""
+    arrays), after a prelude's write, and the values both bind themselves; a row also when
+    there is no such member (its columns NULL), so the prelude's count always comes back."""
     snapshot, fixed = named_sql(_MEMBER_SNAPSHOT.statement)
     expiring, fixed_too = named_sql(_EXPIRING_LOTS.statement)
     assert all(fixed[k] == v for k, v in fixed_too.items() if k in fixed), "bind names clash"
@@ -483,13 +484,7 @@ def _balance_read_sql(prelude_sql: str | None) -> tuple[str, dict[str, Any]]:
         " array_agg(x.expires_at ORDER BY x.expires_at) AS expires_at"
         f" FROM ({expiring}) AS x) AS e"
     )
-    return sql, {**fixed, **fixed_too}
-
-
-@cache
-def _balance_read(prelude_sql: str | None) -> tuple[HotStatement, dict[str, Any]]:
-    sql, fixed = _balance_read_sql(prelude_sql)
-    return HotStatement(text(sql)), fixed
+    return HotStatement(text(sql)), {**fixed, **fixed_too}
 
 
 def balance_read(

@@ -618,8 +618,8 @@ def _record_nonce_statement(insert: Any) -> Any:
 
 _NONCES = cast("Table", RequestNonce.__table__)
 _KEYS = cast("Table", ApiKey.__table__)
-#: The statement on PostgreSQL, as text: on its own here, or in front of a POST's
-#: Idempotency-Key claim (:func:`nonce_prelude`).
+#: The statement on PostgreSQL, as text: on its own here, or in front of a request's first
+#: statement (:func:`nonce_prelude`: a POST's Idempotency-Key claim, a balance read).
 _RECORD_NONCE_SQL = (
     "INSERT INTO request_nonces (key_id, nonce, expires_at) VALUES (:key_id, :nonce, :expires_at)"
     " ON CONFLICT (key_id, nonce) DO UPDATE SET expires_at = excluded.expires_at"
