@@ -22,6 +22,8 @@ from typing import Any
 
 import sqlalchemy
 
+from bench.ceiling import measure_ceilings
+from bench.ceiling import table as ceiling_table
 from bench.demo_run import run_demo_process
 from bench.http import measure_http
 from bench.http import table as http_table
@@ -263,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["http"] = measure_http(
             server_url(), seconds=seconds, workers=args.workers, members=1000
         )
+        results["http"]["sql_ceiling"] = measure_ceilings(server_url(), seconds=seconds)
     if args.only != "http":
         results["postgres"] = measure_postgres(
             seconds, statement_runs=20 if args.quick else 100, members=200 if args.quick else 1000
@@ -271,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["demo_sqlite"] = run_demo_process(members=members, seed=7)
     results["bench_s"] = round(time.perf_counter() - started, 1)
     if "http" in results:
-        for line in http_table(results["http"]):
+        for line in [*http_table(results["http"]), *ceiling_table(results["http"])]:
             print(line)
     if "postgres" in results:
         for line in table(results):

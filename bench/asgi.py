@@ -33,14 +33,14 @@ WARM_UP = 50
 Raw = tuple[str, str, bytes, list[tuple[bytes, bytes]], bytes]
 
 
-class _Addressed:
+class Addressed:
     """What :class:`bench.http.Signer` needs of a server: its URL and port."""
 
     base_url = BASE_URL
     port = 8000
 
 
-def _split(raw: bytes) -> Raw:
+def split(raw: bytes) -> Raw:
     """An HTTP/1.1 request as ASGI wants it: method, path, query, headers, body."""
     head, _, body = raw.partition(b"\r\n\r\n")
     request_line, *lines = head.split(b"\r\n")
@@ -50,7 +50,7 @@ def _split(raw: bytes) -> Raw:
     return method.decode(), path.decode(), query, headers, body
 
 
-async def _send_one(app: Any, raw: Raw) -> int:
+async def send_one(app: Any, raw: Raw) -> int:
     method, path, query, headers, body = raw
     scope = {
         "type": "http",
@@ -88,11 +88,11 @@ async def _send_one(app: Any, raw: Raw) -> int:
 
 async def _drive(app: Any, requests: list[Raw]) -> tuple[float, dict[int, int]]:
     for raw in requests[:WARM_UP]:
-        await _send_one(app, raw)
+        await send_one(app, raw)
     statuses: dict[int, int] = {}
     started = time.process_time()
     for raw in requests[WARM_UP:]:
-        status = await _send_one(app, raw)
+        status = await send_one(app, raw)
         statuses[status] = statuses.get(status, 0) + 1
     return time.process_time() - started, statuses
 
@@ -121,7 +121,7 @@ def _statements(app: Any, requests: list[Raw]) -> tuple[float, float]:
 
 async def _send_all(app: Any, requests: list[Raw]) -> None:
     for raw in requests:
-        await _send_one(app, raw)
+        await send_one(app, raw)
 
 
 def measure(scenario: str, count: int) -> dict[str, Any]:
@@ -142,14 +142,12 @@ def measure(scenario: str, count: int) -> dict[str, Any]:
             from api.app import create_app  # noqa: PLC0415 (after the environment is set)
 
             app = create_app()
-            signer = Signer(_Addressed(), key_id, secret)  # type: ignore[arg-type]
+            signer = Signer(Addressed(), key_id, secret)  # type: ignore[arg-type]
             make = SCENARIOS[scenario][1]
             rng = random.Random(scenario)
-            requests = [
-                _split(make(signer, rng, bench.members).raw) for _ in range(count + WARM_UP)
-            ]
+            requests = [split(make(signer, rng, bench.members).raw) for _ in range(count + WARM_UP)]
             cpu_s, statuses = asyncio.run(_drive(app, requests))
-            extra = [_split(make(signer, rng, bench.members).raw) for _ in range(200)]
+            extra = [split(make(signer, rng, bench.members).raw) for _ in range(200)]
             statements, commits = _statements(app, extra)
         finally:
             bench.engine.dispose()

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -74,6 +75,20 @@ def _pgbench(url: URL, *args: str) -> str:
 def pgbench_init(url: URL) -> None:
     """Create pgbench's tables (scale 1) in ``url``'s database."""
     _pgbench(url, "-i", "-q", "-s", "1")
+
+
+def pgbench_run(url: URL, script: Path, *, clients: int, seconds: int, threads: int) -> float:
+    """Transactions per second of pgbench replaying ``script`` on ``url``'s database, with
+    prepared statements (``-M prepared``: parsed and planned once per connection, as psycopg
+    does with the service's statements)."""
+    out = _pgbench(
+        url, "-n", "-M", "prepared", "-f", str(script), "-T", str(seconds), "-c", str(clients),
+        "-j", str(threads),
+    )  # fmt: skip
+    match = TPS_RE.search(out)
+    if match is None:
+        raise RuntimeError(f"no tps in pgbench's output:\n{out}")
+    return float(match.group(1))
 
 
 def pgbench_tps(url: URL, *, clients: int, seconds: int, threads: int | None = None) -> float:
