@@ -67,7 +67,7 @@ class AdminController(Controller):
     """Operator keys (finance keys read reports)."""
 
     path = "/v1/admin"
-    guards = [signed]  # noqa: RUF012 (Litestar's layer attribute)
+    before_request = staticmethod(signed)
     security = SIGNED
     tags = ["operator"]  # noqa: RUF012
 

@@ -93,7 +93,7 @@ class AuditController(Controller):
     """``GET /v1/admin/audit``: operator keys."""
 
     path = "/v1/admin/audit"
-    guards = [signed]  # noqa: RUF012 (Litestar's layer attribute)
+    before_request = staticmethod(signed)
     security = SIGNED
     tags = ["operator"]  # noqa: RUF012
 

@@ -82,7 +82,7 @@ class EarnBatchController(Controller):
     """``POST /v1/earn-batches`` (scope ``earn``)."""
 
     path = "/v1"
-    guards = [signed]  # noqa: RUF012 (Litestar's layer attribute)
+    before_request = staticmethod(signed)
     security = SIGNED
     tags = ["partner"]  # noqa: RUF012
 

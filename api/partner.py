@@ -89,7 +89,7 @@ class PartnerController(Controller):
     """Partner keys; each route names the scope it needs."""
 
     path = "/v1"
-    guards = [signed]  # noqa: RUF012 (Litestar's layer attribute)
+    before_request = staticmethod(signed)
     security = SIGNED
     tags = ["partner"]  # noqa: RUF012
 

@@ -122,7 +122,7 @@ class StatementsController(Controller):
     """A partner's statements and disputes (scope ``statements``)."""
 
     path = "/v1/statements"
-    guards = [signed]  # noqa: RUF012 (Litestar's layer attribute)
+    before_request = staticmethod(signed)
     security = SIGNED
     tags = ["partner"]  # noqa: RUF012
 
@@ -266,7 +266,7 @@ class SettlementAdminController(Controller):
     finance keys read, and settle)."""
 
     path = "/v1/admin"
-    guards = [signed]  # noqa: RUF012 (Litestar's layer attribute)
+    before_request = staticmethod(signed)
     security = SIGNED
     tags = ["operator"]  # noqa: RUF012
 

@@ -213,7 +213,7 @@ class WebhookEndpointController(Controller):
     """A partner's webhook endpoints (scope ``webhooks``)."""
 
     path = "/v1/webhook-endpoints"
-    guards = [signed]  # noqa: RUF012 (Litestar's layer attribute)
+    before_request = staticmethod(signed)
     security = SIGNED
     tags = ["webhooks"]  # noqa: RUF012
 

@@ -40,7 +40,7 @@ class SignInLinksController(Controller):
     """Links to the console (a partner's view) and to a member's page."""
 
     path = "/v1"
-    guards = [signed]  # noqa: RUF012 (Litestar's layer attribute)
+    before_request = staticmethod(signed)
     security = SIGNED
     tags = ["partner"]  # noqa: RUF012
 
