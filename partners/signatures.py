@@ -568,14 +568,21 @@ def _check_signature(
     key: CachedKey,
     *,
     method: str,
-    urls: Sequence[str],
+    url: str,
+    alternate_urls: Sequence[str],
     fields: Mapping[str, str],
 ) -> None:
-    """Verify the signature against any of ``urls``: first against the base
-    :func:`_signature_base` builds, then as the library builds it."""
+    """Verify the signature against ``url`` or any of ``alternate_urls``, each also spelled
+    with and without its scheme's default port: first against the base
+    :func:`_signature_base` builds, then as the library builds it. The other spellings are
+    only worked out when the URL as requested does not match (the common case does)."""
     signature = sig.value_member[0]
-    for url in urls:
-        base = _signature_base(sig, method=method, url=url, fields=fields)
+    base = _signature_base(sig, method=method, url=url, fields=fields)
+    if base is not None and _matches(key, signature, base):
+        return
+    urls = list(dict.fromkeys(v for u in (url, *alternate_urls) for v in _url_variants(u)))
+    for other in urls[1:]:
+        base = _signature_base(sig, method=method, url=other, fields=fields)
         if base is not None and _matches(key, signature, base):
             return
     # Only this label's members, so the library sees exactly one signature to verify.
@@ -587,9 +594,9 @@ def _check_signature(
         key_resolver=_KeyResolver(key.id, key.material),
     )
     problem = "the signature does not match the request"
-    for url in urls:
+    for candidate in urls:
         try:
-            verifier.verify(_Message(method, url, single), max_age=None)
+            verifier.verify(_Message(method, candidate, single), max_age=None)
         except HTTPMessageSignaturesException as e:
             cause = e.__cause__
             if not isinstance(cause, CryptoInvalidSignature):
@@ -880,7 +887,6 @@ def verify_signature(
     if not candidates:
         shown = ", ".join(sorted(_printable(k) for k in signed.key_ids))
         raise _fail("unknown-key", f"no API key with id {shown}")
-    urls = list(dict.fromkeys(v for u in (url, *alternate_urls) for v in _url_variants(u)))
     failures: list[SignatureInvalid] = []
     for sig in candidates:
         key = keys[sig.params["keyid"]]
@@ -890,7 +896,9 @@ def verify_signature(
             _check_clock(sig, now)
             _check_coverage(sig, url, body)
             _check_digest(fields, body)
-            _check_signature(sig, key, method=method, urls=urls, fields=fields)
+            _check_signature(
+                sig, key, method=method, url=url, alternate_urls=alternate_urls, fields=fields
+            )
         except SignatureInvalid as e:
             failures.append(e)
             continue
