@@ -212,15 +212,14 @@ def idempotency_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
 async def signed(request: Request[Any, Any, Any]) -> None:
     """The guard of every signed route (its controller's ``before_request``): signature, then
     role and scope, then Idempotency-Key."""
-    connection, handler = request, request.route_handler
-    services = services_of(connection.app.state)
+    services = services_of(request.app.state)
     body = await request.body()
-    address = client_address(connection)
+    address = client_address(request)
     now = services.clock()
     services.limiter.before_verification(address, now)
     try:
-        url, alternates = signed_urls(connection, services.settings)
-        signed = parse_signed(connection.headers)
+        url, alternates = signed_urls(request, services.settings)
+        signed = parse_signed(request.headers)
         wanted = signed.key_ids
         keys = services.keys.cached(wanted)
         if len(keys) < len(wanted):  # a key this process has not seen: read it once
@@ -239,18 +238,19 @@ async def signed(request: Request[Any, Any, Any]) -> None:
     except SignatureInvalid:
         await anyio.to_thread.run_sync(partial(count_failure, services, address))
         raise
-    bind_principal(connection.scope, verified.principal)
-    connection.scope["state"][_VERIFIED_KEY] = verified
+    bind_principal(request.scope, verified.principal)
+    request.scope["state"][_VERIFIED_KEY] = verified
     logs.bind(key_id=verified.principal.key_id, partner_id=verified.principal.partner_id)
     limiter, key_id = services.limiter, verified.principal.key_id
     limiter.count(key_id, now)
     if limiter.flush_due():  # a few times a second: merge this process's counts, learn the rest
         await anyio.to_thread.run_sync(partial(limiter.flush, services.sessions, now))
     limiter.check(key_id, now)
+    handler = request.route_handler
     access = handler.opt.get("access")
     assert isinstance(access, Access), f"{handler} declares no access"
     _authorize(verified.principal, access)
     if request.method == "POST":
-        idempotency_key(connection)
+        idempotency_key(request)
     elif not handler.opt.get(ONE_TRANSACTION):
         await anyio.to_thread.run_sync(partial(_record_use_alone, services, verified))

@@ -40,6 +40,7 @@ from typing import Any
 
 from sqlalchemy import URL, event, text
 
+from api.app import create_app
 from api.runtime import services_of
 from bench.asgi import BASE_URL, Addressed, send_one, split
 from bench.http import CONNECTIONS, SECRET_KEY, WRK_THREADS, Signed, Signer, partner_key
@@ -161,8 +162,6 @@ def _alike(one: Recorded, two: Recorded) -> bool:
 
 def scripts(bench: Bench, url: URL, key_id: str, secret: str) -> dict[str, str]:
     """The pgbench script of each of :data:`KINDS`, recorded through the API application."""
-    from api.app import create_app  # noqa: PLC0415 (importing it builds nothing)
-
     rendered = url.render_as_string(hide_password=False)
     settings = load_settings(
         {
