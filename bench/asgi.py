@@ -17,15 +17,16 @@ import os
 import random
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event
 
 from api.runtime import services_of
-from bench.http import SCENARIOS, SECRET_KEY, Signer, partner_key
+from bench.http import SCENARIOS, Signer, partner_key, service_environment
 from bench.postgres import scratch_database, server_url
 from bench.throughput import prepare
-from partners.keys import b64url
 
 BASE_URL = "http://127.0.0.1:8000"
 WARM_UP = 50
@@ -97,31 +98,51 @@ async def _drive(app: Any, requests: list[Raw]) -> tuple[float, dict[int, int]]:
     return time.process_time() - started, statuses
 
 
-def _statements(app: Any, requests: list[Raw]) -> tuple[float, float]:
-    """Statements and commits per request reaching the driver (``before_cursor_execute``:
-    HotStatements included; the rate limiter's merge is in it, a few times a second)."""
+@dataclass(slots=True)
+class Recorded:
+    """What one request sent to the driver: its statements in order, with their parameters
+    (an executemany is one, as ``<many>``), and its commits."""
+
+    statements: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    commits: int = 0
+
+
+def record(app: Any, requests: Sequence[Raw]) -> list[Recorded]:
+    """What each of ``requests`` sent to the driver, sent one at a time
+    (``before_cursor_execute``: HotStatements included; the rate limiter's merge too, a few
+    times a second, with the request it came in)."""
     engine = services_of(app.state).engine
-    counted = {"statements": 0, "commits": 0}
+    found: list[Recorded] = []
 
-    def on_statement(*_: Any) -> None:
-        counted["statements"] += 1
+    def on_statement(
+        _conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, many: bool
+    ) -> None:
+        single = not many and isinstance(parameters, dict)
+        found[-1].statements.append((statement, dict(parameters)) if single else ("<many>", {}))
 
-    def on_commit(*_: Any) -> None:
-        counted["commits"] += 1
+    def on_commit(_conn: Any) -> None:
+        found[-1].commits += 1
+
+    async def send_all() -> None:
+        for raw in requests:
+            found.append(Recorded())
+            await send_one(app, raw)
 
     event.listen(engine, "before_cursor_execute", on_statement)
     event.listen(engine, "commit", on_commit)
     try:
-        asyncio.run(_send_all(app, requests))
+        asyncio.run(send_all())
     finally:
         event.remove(engine, "before_cursor_execute", on_statement)
         event.remove(engine, "commit", on_commit)
-    return counted["statements"] / len(requests), counted["commits"] / len(requests)
+    return found
 
 
-async def _send_all(app: Any, requests: list[Raw]) -> None:
-    for raw in requests:
-        await send_one(app, raw)
+def _statements(app: Any, requests: list[Raw]) -> tuple[float, float]:
+    """Statements and commits per request reaching the driver (:func:`record`)."""
+    recorded = record(app, requests)
+    statements = sum(len(r.statements) for r in recorded)
+    return statements / len(requests), sum(r.commits for r in recorded) / len(requests)
 
 
 def measure(scenario: str, count: int) -> dict[str, Any]:
@@ -131,14 +152,7 @@ def measure(scenario: str, count: int) -> dict[str, Any]:
         bench = prepare(rendered, members=1000)
         try:
             key_id, secret = partner_key(bench)
-            os.environ.update(
-                {
-                    "COALITION_DATABASE_URL": rendered,
-                    "COALITION_SECRET_KEY": b64url(SECRET_KEY),
-                    "COALITION_PUBLIC_URL": BASE_URL,
-                    "COALITION_RATE_LIMIT_PER_KEY": str(10**9),
-                }
-            )
+            os.environ.update(service_environment(url, BASE_URL))
             from api.app import create_app  # noqa: PLC0415 (after the environment is set)
 
             app = create_app()

@@ -24,31 +24,27 @@ by it is the share of that ceiling the service reaches.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import URL, event, text
+from sqlalchemy import URL, text
 
 from api.app import create_app
 from api.runtime import services_of
-from bench.asgi import BASE_URL, Addressed, send_one, split
-from bench.http import CONNECTIONS, SECRET_KEY, WRK_THREADS, Signed, Signer, partner_key
+from bench.asgi import BASE_URL, Addressed, Recorded, record, split
+from bench.http import CONNECTIONS, WRK_THREADS, Signer, partner_key, service_environment
 from bench.postgres import pgbench_init, pgbench_run, pgbench_tps, scratch_database, server_url
 from bench.throughput import Bench, prepare
 from coalition.config import load_settings
 from coalition.db import transaction
-from partners.keys import b64url
 
 #: The scenarios whose SQL is replayed, and how one request of each is signed.
 KINDS = ("earns", "burns", "balances")
@@ -56,14 +52,6 @@ _PARAM = re.compile(r"%\((\w+)\)s")
 #: Strings longer than this (a webhook event's JSON) are kept as they are: only their size
 #: matters to the database.
 _VARYING_MAX = 200
-
-
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    """The statements of one request, in order, with their parameters, and its commits."""
-
-    statements: list[tuple[str, dict[str, Any]]]
-    commits: list[int]
 
 
 def _literal(value: Any) -> str:
@@ -121,40 +109,11 @@ def script(first: Recorded, second: Recorded, members: tuple[str, str], populati
     return "\n".join(lines) + "\n"
 
 
-def _record(app: Any, requests: Sequence[Signed]) -> list[Recorded]:
-    """What each of ``requests`` sent to the driver, sent one at a time."""
-    engine = services_of(app.state).engine
-    found: list[Recorded] = []
-
-    def on_statement(
-        _conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, many: bool
-    ) -> None:
-        single = not many and isinstance(parameters, dict)
-        found[-1].statements.append((statement, dict(parameters)) if single else ("<many>", {}))
-
-    def on_commit(_conn: Any) -> None:
-        found[-1].commits.append(1)
-
-    async def send_all() -> None:
-        for signed in requests:
-            found.append(Recorded([], []))
-            await send_one(app, split(signed.raw))
-
-    event.listen(engine, "before_cursor_execute", on_statement)
-    event.listen(engine, "commit", on_commit)
-    try:
-        asyncio.run(send_all())
-    finally:
-        event.remove(engine, "before_cursor_execute", on_statement)
-        event.remove(engine, "commit", on_commit)
-    return found
-
-
 def _alike(one: Recorded, two: Recorded) -> bool:
     """Two requests of the same statements, each one transaction."""
     texts = [sql for sql, _ in one.statements]
     return (
-        len(one.commits) == len(two.commits) == 1
+        one.commits == two.commits == 1
         and texts == [sql for sql, _ in two.statements]
         and "<many>" not in texts
     )
@@ -162,24 +121,14 @@ def _alike(one: Recorded, two: Recorded) -> bool:
 
 def scripts(bench: Bench, url: URL, key_id: str, secret: str) -> dict[str, str]:
     """The pgbench script of each of :data:`KINDS`, recorded through the API application."""
-    rendered = url.render_as_string(hide_password=False)
-    settings = load_settings(
-        {
-            **os.environ,
-            "COALITION_DATABASE_URL": rendered,
-            "COALITION_SECRET_KEY": b64url(SECRET_KEY),
-            "COALITION_PUBLIC_URL": BASE_URL,
-            "COALITION_RATE_LIMIT_PER_KEY": str(10**9),
-        }
-    )
-    app = create_app(settings)
+    app = create_app(load_settings({**os.environ, **service_environment(url, BASE_URL)}))
     signer = Signer(Addressed(), key_id, secret)  # type: ignore[arg-type]
     sign = {"earns": signer.earn, "burns": signer.burn, "balances": signer.balance}
     found: dict[str, str] = {}
     try:
         for kind in KINDS:
             members = bench.members[:8]
-            recorded = _record(app, [sign[kind](member) for member in members])
+            recorded = record(app, [split(sign[kind](member).raw) for member in members])
             for i in range(len(recorded) - 1):
                 if _alike(recorded[i], recorded[i + 1]):
                     pair = (members[i], members[i + 1])
@@ -218,6 +167,7 @@ def measure_ceilings(url: URL, *, seconds: int) -> dict[str, Any]:
         for kind, body in found.items():
             path = Path(directory) / f"{kind}.sql"
             path.write_text(body)
+            lines = body.splitlines()
             print(f"http: the SQL of {kind} alone (pgbench), {seconds} s ...", file=sys.stderr)
             tps = pgbench_tps(
                 pgbench_url, clients=CONNECTIONS, seconds=seconds, threads=WRK_THREADS
@@ -229,8 +179,7 @@ def measure_ceilings(url: URL, *, seconds: int) -> dict[str, Any]:
                 "pgbench_tps": round(tps, 1),
                 "sql_tps": round(replayed, 1),
                 "ratio_to_pgbench": round(replayed / tps, 4),
-                # the lines between BEGIN and COMMIT
-                "statements": body.splitlines().index("COMMIT;") - 4,
+                "statements": lines.index("COMMIT;") - lines.index("BEGIN;") - 1,
             }
     return results
 

@@ -119,19 +119,24 @@ def _postgres_cpu_s() -> float:
     return total
 
 
+def service_environment(url: URL, public_url: str) -> dict[str, str]:
+    """The service's settings for a bench on ``url``'s database, answering at ``public_url``
+    (``coalition serve``, or the application built in-process)."""
+    return {
+        "COALITION_DATABASE_URL": url.render_as_string(hide_password=False),
+        "COALITION_SECRET_KEY": b64url(SECRET_KEY),
+        "COALITION_PUBLIC_URL": public_url,
+        # One client sends everything: counted like any key, never limited.
+        "COALITION_RATE_LIMIT_PER_KEY": str(10**9),
+    }
+
+
 @contextlib.contextmanager
 def serve(url: URL, *, workers: int, log: Path) -> Iterator[Server]:
     """Run ``coalition serve --workers N --no-scheduler`` against ``url``; wait until ready."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "COALITION_DATABASE_URL": url.render_as_string(hide_password=False),
-        "COALITION_SECRET_KEY": b64url(SECRET_KEY),
-        "COALITION_PUBLIC_URL": base,
-        # One client sends everything: counted like any key, never limited.
-        "COALITION_RATE_LIMIT_PER_KEY": str(10**9),
-    }
+    env = {**os.environ, **service_environment(url, base)}
     command = [sys.executable, "-m", "coalition.cli", "serve", "--port", str(port),
                "--workers", str(workers), "--no-scheduler"]  # fmt: skip
     with log.open("wb") as out:

@@ -580,14 +580,16 @@ def _check_signature(
     :func:`_signature_base` builds, then as the library builds it. The other spellings are
     only worked out when the URL as requested does not match (the common case does)."""
     signature = sig.value_member[0]
-    base = _signature_base(sig, method=method, url=url, fields=fields)
-    if base is not None and _matches(key, signature, base):
+
+    def matches(candidate: str) -> bool:
+        base = _signature_base(sig, method=method, url=candidate, fields=fields)
+        return base is not None and _matches(key, signature, base)
+
+    if matches(url):
         return
     urls = list(dict.fromkeys(v for u in (url, *alternate_urls) for v in _url_variants(u)))
-    for other in urls[1:]:
-        base = _signature_base(sig, method=method, url=other, fields=fields)
-        if base is not None and _matches(key, signature, base):
-            return
+    if any(matches(other) for other in urls[1:]):
+        return
     # Only this label's members, so the library sees exactly one signature to verify.
     single = dict(fields)
     single["signature-input"] = http_sf.ser({sig.label: sig.input_member})

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from bench.ceiling import Recorded, script
+from bench.asgi import Recorded
+from bench.ceiling import script
 
 T1 = datetime(2026, 12, 1, 9, 0, 0, 123456, tzinfo=UTC)
 T2 = datetime(2026, 12, 1, 9, 0, 1, tzinfo=UTC)
@@ -21,7 +22,7 @@ def _two() -> tuple[Recorded, Recorded]:
             (SAME, {"id": "txn_A"}),
             ("SELECT %(big)s, %(n)s", {"big": long_text, "n": 7}),
         ],
-        [1],
+        1,
     )
     second = Recorded(
         [
@@ -29,7 +30,7 @@ def _two() -> tuple[Recorded, Recorded]:
             (SAME, {"id": "txn_B"}),
             ("SELECT %(big)s, %(n)s", {"big": long_text + " ", "n": 7}),
         ],
-        [1],
+        1,
     )
     return first, second
 
