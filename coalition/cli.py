@@ -467,14 +467,14 @@ def cmd_rotate_signing_key(_args: argparse.Namespace) -> int:
 
 
 def cmd_verify_statement(args: argparse.Namespace) -> int:
-    """Verify a statement export offline: exit 0 when its hash and signature hold, else 1."""
+    """Verify a statement export offline: exit 0 when it is byte for byte an export of the
+    service and its hash and signature hold, else 1."""
     from pathlib import Path
 
-    from settlement.canonical import ExportError, parse_export, parse_keys, verify_document
+    from settlement.canonical import ExportError, parse_keys, read_export, verify_document
 
     try:
-        data = Path(args.file).read_bytes()
-        document = parse_export(data)
+        export = read_export(Path(args.file).read_bytes())
         if args.keys:
             keys = parse_keys(Path(args.keys).read_bytes())
             source = args.keys
@@ -483,11 +483,14 @@ def cmd_verify_statement(args: argparse.Namespace) -> int:
     except (OSError, ExportError) as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
-    verdict = verify_document(document, keys)
+    verdict = verify_document(export.document, keys)
+    statement = export.document.get("id")
     if verdict.ok:
-        print(f"OK: statement {document.get('id')}: {verdict.reason} (keys from {source})")
+        print(f"OK: statement {statement}: {verdict.reason} (keys from {source})")
+        for note in export.notes:
+            print(f"note: {note}")
         return 0
-    print(f"FAILED: statement {document.get('id')}: {verdict.reason}", file=sys.stderr)
+    print(f"FAILED: statement {statement}: {verdict.reason}", file=sys.stderr)
     return 1
 
 
