@@ -94,7 +94,7 @@ def liveness() -> Liveness:
 def prometheus_metrics() -> Response[bytes]:
     """Prometheus text format, every worker process included; restrict it at the network
     edge. No partner or member ids as labels."""
-    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+    return Response(metrics.exposition(), media_type=metrics.MEDIA_TYPE)
 
 
 @get("/v1/signing-keys", tags=["service"], sync_to_thread=True, security=[])

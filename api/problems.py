@@ -151,7 +151,10 @@ KINDS: dict[str, Kind] = {
         405, "Method not allowed", "The path exists but does not accept this method."
     ),
     "payload-too-large": Kind(
-        413, "The request body is too large", "Request bodies may be at most 64 KiB."
+        413,
+        "The request body is too large",
+        "Request bodies may be at most 64 KiB (512 KiB for `POST /v1/earn-batches`); `detail` "
+        "names the limit of the endpoint.",
     ),
     "rate-limited": Kind(
         429,
@@ -335,7 +338,7 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
             headers={"Allow": allow} if allow else None,
         )
     if exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
-        return problem_response(scope, "payload-too-large", "request bodies may be at most 64 KiB")
+        return problem_response(scope, "payload-too-large", _body_limit(request))
     if exc.status_code == 401:
         return problem_response(scope, "signature-invalid", exc.detail)
     if exc.status_code == 403:
@@ -347,6 +350,16 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
     if 400 <= exc.status_code < 500:
         return problem_response(scope, "validation", exc.detail, errors=[])
     return on_unexpected(request, exc)
+
+
+def _body_limit(request: Request[Any, Any, Any]) -> str:
+    """What a ``413`` says: the limit of the endpoint that refused the body (its own
+    ``request_max_body_size``, else the application's), the one limit in force."""
+    handler = request.scope.get("route_handler")
+    limit = handler.resolve_request_max_body_size() if handler is not None else None
+    if not limit:
+        return "the request body is too large"
+    return f"this endpoint's request bodies may be at most {limit // 1024} KiB"
 
 
 def database_unavailable(exc: BaseException) -> bool:

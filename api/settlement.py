@@ -95,7 +95,8 @@ def export_response(statement: Statement, format: str) -> Response[bytes]:
     console both serve."""
     document = document_of(statement)
     if format == "csv":
-        content, media, suffix = csv_export(document), "text/csv; charset=utf-8", "csv"
+        # Litestar adds "; charset=utf-8" (the response's encoding) to every text/* type.
+        content, media, suffix = csv_export(document), "text/csv", "csv"
     else:
         content, media, suffix = json_export(document), "application/json", "json"
     return Response(

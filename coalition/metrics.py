@@ -37,7 +37,9 @@ from sqlalchemy import Engine, bindparam, event, text
 from coalition.db import UTCDateTime
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: The exposition's media type without its charset, which a Litestar response adds to every
+#: text/* type itself (given twice, a strict client may refuse the header).
+MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 HTTP_REQUESTS = Counter(
