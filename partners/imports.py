@@ -147,10 +147,15 @@ def _header(header: list[str]) -> list[str]:
     """The column names of a CSV header row: each of :data:`COLUMNS` at most once (a repeated
     one would leave the row's value a guess), the required ones present, no other."""
     names = [name.strip() for name in header]
-    if repeated := next((name for name in names if names.count(name) > 1), None):
-        raise ImportError_(f"line 1: the column {repeated} appears twice in the header")
     if not set(names) >= REQUIRED_COLUMNS or not set(names) <= set(COLUMNS):
-        raise ImportError_(f"line 1: the header must be {','.join(COLUMNS)}; got {','.join(names)}")
+        got = ",".join(names)
+        shown = repr(got) if len(got) <= 200 else f"{got[:200]!r}..."
+        raise ImportError_(f"line 1: the header must be {','.join(COLUMNS)}; got {shown}")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ImportError_(f"line 1: the column {name} appears twice in the header")
+        seen.add(name)
     return names
 
 
