@@ -8,7 +8,11 @@ Pure functions (no database): ``coalition statements verify`` runs offline on th
 - ``content_sha256``: SHA-256 (hex, lower case) of those bytes;
 - ``signature.value``: the base64url (no padding) Ed25519 signature of the same bytes;
 - the CSV export: a header row, one row per line, then ``#`` comment rows that carry every
-  other field of the document, so the canonical bytes can be rebuilt from the CSV alone.
+  other field of the document, so the canonical bytes can be rebuilt from the CSV alone;
+- reading an export back (:func:`read_export`) accepts a file only when it is byte for byte
+  what :func:`json_export` or :func:`csv_export` writes for the document read from it (a
+  UTF-8 byte order mark in front set aside, and said so): a hash that holds says nothing of
+  what a reader of the file sees (a row or a key given twice, a field no export has).
 """
 
 from __future__ import annotations
