@@ -26,6 +26,7 @@ from litestar.exceptions import (
     NotFoundException,
     ValidationException,
 )
+from litestar.handlers import HTTPRouteHandler
 from litestar.params import PathParameter
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from litestar.types import ExceptionHandlersMap, Message, Scope
@@ -356,7 +357,9 @@ def _body_limit(request: Request[Any, Any, Any]) -> str:
     """What a ``413`` says: the limit of the endpoint that refused the body (its own
     ``request_max_body_size``, else the application's), the one limit in force."""
     handler = request.scope.get("route_handler")
-    limit = handler.resolve_request_max_body_size() if handler is not None else None
+    limit = (
+        handler.resolve_request_max_body_size() if isinstance(handler, HTTPRouteHandler) else None
+    )
     if not limit:
         return "the request body is too large"
     return f"this endpoint's request bodies may be at most {limit // 1024} KiB"
