@@ -267,7 +267,8 @@ def test_the_member_page_shows_exactly_the_expiring_points_of_the_ledger(
     browser: Browser, coalition: Coalition
 ) -> None:
     beta = coalition.beta
-    link = ok(beta.client.post(f"/v1/members/{coalition.member}/portal-links", {}), 201)["url"]
+    operator = coalition.live.operator
+    link = ok(operator.post(f"/v1/admin/members/{coalition.member}/portal-links", {}), 201)["url"]
     page = _context(browser, coalition).new_page()
     _sign_in(page, link)
     assert page.url == f"{coalition.served.base_url}/console/member"
