@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from api.structs import AwareTime, Request
+from api.structs import LINE, AwareTime, Request, full_match
+from settlement import workflow
 
 StatementStatus = Literal["issued", "acknowledged", "disputed", "settled"]
 Direction = Literal["partner_pays", "operator_pays", "none"]
@@ -28,13 +29,18 @@ SignedAmount = Annotated[
         examples=["-12.50"],
     ),
 ]
-Text2000 = Annotated[str, Meta(min_length=1, max_length=2000)]
+Text2000 = Annotated[
+    str, Meta(min_length=1, max_length=workflow.REASON_MAX, pattern=LINE, description="One line.")
+]
 PaymentReference = Annotated[
     str,
     Meta(
         min_length=1,
-        max_length=255,
-        pattern=r"^[\x20-\x7e]+\Z",
+        max_length=workflow.PAYMENT_REFERENCE_MAX,
+        pattern=full_match(
+            f"[{workflow.PAYMENT_REFERENCE_CHARS}]+",
+            f"1 to {workflow.PAYMENT_REFERENCE_MAX} printable ASCII characters",
+        ),
         description="The payment's reference (bank transfer id...): printable ASCII.",
         examples=["SEPA-2026-02-0042"],
     ),

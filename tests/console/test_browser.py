@@ -185,7 +185,7 @@ def test_a_statement_goes_from_issued_to_settled_through_the_console(
     disputed_txn = line.get_attribute("data-line")
     assert disputed_txn is not None
     line.locator("input[type=checkbox]").check()
-    partner.locator("textarea[name=reason]").fill("This earn was refunded at the till.")
+    partner.locator("input[name=reason]").fill("This earn was refunded at the till.")
     partner.locator("#dispute").click()
     assert _status(partner) == "disputed"
     assert disputed_txn in partner.locator("#disputes").inner_text()
