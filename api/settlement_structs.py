@@ -16,7 +16,14 @@ Direction = Literal["partner_pays", "operator_pays", "none"]
 LineKind = Literal["earn", "bonus", "earn_reversal", "burn", "burn_reversal", "adjustment"]
 DisputeOutcome = Literal["upheld", "partially_upheld", "rejected"]
 #: A ledger transaction id as a statement line names it.
-TransactionId = Annotated[str, Meta(min_length=5, max_length=40, pattern=r"^txn_[0-9A-Z]{1,36}\Z")]
+TransactionId = Annotated[
+    str,
+    Meta(
+        min_length=5,
+        max_length=40,
+        pattern=full_match(workflow.TRANSACTION_ID, "a transaction id (txn_...)"),
+    ),
+]
 #: A signed decimal amount in major units (a settlement adjustment).
 SignedAmount = Annotated[
     str,

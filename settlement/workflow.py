@@ -20,6 +20,7 @@ issued hash of the statement never change.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -47,6 +48,9 @@ from settlement.statements import announce, resign
 
 #: At most this many transaction ids in one dispute.
 MAX_DISPUTED_TRANSACTIONS = 100
+#: The shape of a ledger transaction id, as a dispute names a statement line.
+TRANSACTION_ID = r"txn_[0-9A-Z]{1,36}"
+_TRANSACTION_ID = re.compile(TRANSACTION_ID)
 #: The largest settlement adjustment, in major units.
 MAX_ADJUSTMENT = Decimal("1000000000")
 #: The longest dispute reason and resolution note (one line each: :mod:`coalition.text`).
@@ -224,6 +228,9 @@ def open_dispute(
         raise ValidationFailed.at(
             "transaction_ids", f"at most {MAX_DISPUTED_TRANSACTIONS} transaction ids"
         )
+    for index, txn_id in enumerate(transaction_ids):
+        if not isinstance(txn_id, str) or _TRANSACTION_ID.fullmatch(txn_id) is None:
+            raise ValidationFailed.at(f"transaction_ids[{index}]", "a transaction id (txn_...)")
     wanted = list(dict.fromkeys(transaction_ids))
     if wanted:
         on_statement = set(

@@ -56,14 +56,22 @@ def actor_of(viewer: Viewer) -> workflow.Actor:
     return workflow.Actor(viewer.session_id, viewer.role, viewer.partner_id)
 
 
+#: The last year a form's date may name: a day after it (an inclusive ``until``) still exists.
+LAST_YEAR = 9998
+
+
 def parse_day(raw: str | None, field: str) -> datetime | None:
-    """A form's or a filter's date (``YYYY-MM-DD``) as midnight UTC; empty: None."""
+    """A form's or a filter's date (``YYYY-MM-DD``, year at most :data:`LAST_YEAR`) as
+    midnight UTC; empty: None."""
     if not raw:
         return None
     try:
-        return datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=UTC)
+        day = datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
-        raise ValidationFailed.at(field, "a date such as 2026-01-31") from None
+        day = None
+    if day is None or day.year > LAST_YEAR:
+        raise ValidationFailed.at(field, f"a date such as 2026-01-31, up to year {LAST_YEAR}")
+    return day
 
 
 class StatementPages(Controller):

@@ -7,6 +7,7 @@ its forms (HTML, never a 500 or JSON). A text stored before the rule shows harml
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select, update
@@ -15,7 +16,8 @@ from coalition.db import transaction
 from coalition.models import Transaction
 from partners.models import Partner
 from settlement.models import Dispute, Statement
-from tests.console.conftest import World
+from tests.conftest import Db
+from tests.console.conftest import World, _world
 
 
 def _settle(world: World, reference: str, day: str) -> tuple[int, str, str]:
@@ -112,3 +114,34 @@ def test_a_bidi_override_stored_before_the_rule_is_shown_harmlessly(world: World
     for path in ("/console/partners", f"/console/statements/{world.alpha_statement}"):
         text = world.client.get(path).text
         assert "\u202e" not in text and "Alpha\ufffdRBE 001" in text
+
+
+@pytest.fixture
+def pg_world(pg: Db) -> Iterator[World]:
+    yield from _world(pg, "https://console.coalition.test")
+
+
+@pytest.mark.parametrize("line", ["txn_\x00", "wire\x00", "txn_01\u202e", "x" * 5000])
+def test_a_disputed_line_that_is_not_a_transaction_id_is_refused_on_postgresql(
+    pg_world: World, line: str
+) -> None:
+    world = pg_world
+    assert world.sign_in(world.link("partner", world.alpha))[0] == 200
+    refused = world.client.post(
+        f"/console/statements/{world.alpha_statement}/disputes",
+        data={"csrf": world.csrf(), "reason": "why", "transaction_ids": [line]},
+    )
+    assert refused.status_code == 422 and "transaction_ids[0]" in refused.text
+    with transaction(world.db.sessions) as s:
+        assert s.scalars(select(Dispute)).all() == []
+
+
+@pytest.mark.parametrize("reference", ["wire\x00", "wire\r\n"])
+def test_a_payment_reference_with_a_nul_is_refused_on_postgresql(
+    pg_world: World, reference: str
+) -> None:
+    world = pg_world
+    assert world.sign_in(world.link("finance"))[0] == 200
+    status, kind, _ = _settle(world, reference, world.db.clock().date().isoformat())
+    assert (status, kind.split(";")[0]) == (422, "text/html")
+    assert _statement(world, world.alpha_statement).status == "issued"
