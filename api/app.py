@@ -25,7 +25,7 @@ from api.admin import AdminController
 from api.audit import AuditController, record_action
 from api.bulk import EarnBatchController
 from api.console import TEMPLATE_CONFIG, console_router
-from api.console.links import SignInLinksController
+from api.console.links import AdminMemberLinksController, SignInLinksController
 from api.docs import COMPONENTS, StrictStructSchemaPlugin, problems
 from api.observe import RequestObserver
 from api.partner import PartnerController
@@ -128,6 +128,7 @@ def create_app(
             WebhookEndpointController,
             AuditController,
             SignInLinksController,
+            AdminMemberLinksController,
             console_router(),
             health,
             liveness,

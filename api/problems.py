@@ -194,6 +194,7 @@ _EXTRA_MEMBERS = frozenset(
         "remaining_points",
         "retry_after_s",
         "member_id",
+        "dispute_id",
     }
 )
 

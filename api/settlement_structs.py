@@ -8,14 +8,22 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from api.structs import AwareTime, Request
+from api.structs import LINE, AwareTime, Request, full_match
+from settlement import workflow
 
 StatementStatus = Literal["issued", "acknowledged", "disputed", "settled"]
 Direction = Literal["partner_pays", "operator_pays", "none"]
 LineKind = Literal["earn", "bonus", "earn_reversal", "burn", "burn_reversal", "adjustment"]
 DisputeOutcome = Literal["upheld", "partially_upheld", "rejected"]
 #: A ledger transaction id as a statement line names it.
-TransactionId = Annotated[str, Meta(min_length=5, max_length=40, pattern=r"^txn_[0-9A-Z]{1,36}\Z")]
+TransactionId = Annotated[
+    str,
+    Meta(
+        min_length=5,
+        max_length=40,
+        pattern=full_match(workflow.TRANSACTION_ID, "a transaction id (txn_...)"),
+    ),
+]
 #: A signed decimal amount in major units (a settlement adjustment).
 SignedAmount = Annotated[
     str,
@@ -28,13 +36,18 @@ SignedAmount = Annotated[
         examples=["-12.50"],
     ),
 ]
-Text2000 = Annotated[str, Meta(min_length=1, max_length=2000)]
+Text2000 = Annotated[
+    str, Meta(min_length=1, max_length=workflow.REASON_MAX, pattern=LINE, description="One line.")
+]
 PaymentReference = Annotated[
     str,
     Meta(
         min_length=1,
-        max_length=255,
-        pattern=r"^[\x20-\x7e]+\Z",
+        max_length=workflow.PAYMENT_REFERENCE_MAX,
+        pattern=full_match(
+            f"[{workflow.PAYMENT_REFERENCE_CHARS}]+",
+            f"1 to {workflow.PAYMENT_REFERENCE_MAX} printable ASCII characters",
+        ),
         description="The payment's reference (bank transfer id...): printable ASCII.",
         examples=["SEPA-2026-02-0042"],
     ),

@@ -18,9 +18,12 @@ import msgspec
 from litestar.params import PathParameter, QueryParameter
 from msgspec import Meta, Struct
 
+from coalition import text
 from coalition.errors import ValidationFailed
 from coalition.ids import MEMBER_ID_BODY, MEMBER_ID_MAX_LENGTH, MEMBER_ID_RULE
 from coalition.money import MAX_POINTS
+from partners.operation_base import REASON_MAX
+from partners.rates import NAME_MAX
 
 T = TypeVar("T")
 
@@ -54,8 +57,9 @@ def explain(message: str) -> str:
     return f"Expected {rule}" if rule else message
 
 
-#: Printable text on one line: no C0 control character (NUL, newline, tab...) and no DEL.
-LINE = full_match(r"[^\x00-\x1f\x7f]*", "one line of printable text (no control characters)")
+#: Text on one line, as every text field of the service (:mod:`coalition.text`): no control
+#: character (NUL, newline, tab, escape...), no bidirectional override.
+LINE = full_match(text.LINE_BODY, text.RULE)
 #: The ids this service makes (``txn_01J...``): the shape of every id in a path.
 ID_PATTERN = full_match(r"[A-Za-z0-9_-]{1,64}", "an id: 1 to 64 of [A-Za-z0-9_-]")
 MEMBER_ID_PATTERN = full_match(MEMBER_ID_BODY, f"a member id: {MEMBER_ID_RULE}")
@@ -128,10 +132,15 @@ Rate = Annotated[
 ]
 Reason = Annotated[
     str,
-    Meta(min_length=1, max_length=500, pattern=LINE, description="Why, for the audit: one line."),
+    Meta(
+        min_length=1,
+        max_length=REASON_MAX,
+        pattern=LINE,
+        description="Why, for the audit: one line.",
+    ),
 ]
 Name = Annotated[
-    str, Meta(min_length=1, max_length=200, pattern=LINE, description="A name: one line.")
+    str, Meta(min_length=1, max_length=NAME_MAX, pattern=LINE, description="A name: one line.")
 ]
 PublicKey = Annotated[
     str,

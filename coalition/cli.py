@@ -453,6 +453,26 @@ def cmd_console_link(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_member_link(args: argparse.Namespace) -> int:
+    """Print a single-use link to a member's page with the whole coalition history (every
+    brand), valid 15 minutes: the operator hands it to the member through its own channel."""
+    from api.console.links import console_url
+    from coalition.errors import CoalitionError
+    from partners.signin import issue_link
+
+    rt = runtime()
+    _require_schema(rt)
+    try:
+        with transaction(rt.sessions) as session:
+            link = issue_link(session, role="member", member_id=args.member_id, now=utcnow())
+    except CoalitionError as exc:
+        print(f"refused: {exc.detail}", file=sys.stderr)
+        return 1
+    print(console_url(rt.settings, link.token))
+    print(f"single use, valid until {link.expires_at:%Y-%m-%d %H:%M} UTC", file=sys.stderr)
+    return 0
+
+
 def cmd_rotate_signing_key(_args: argparse.Namespace) -> int:
     """Make a new statement-signing key the one that signs; old public keys stay published."""
     from settlement.signing import rotate
@@ -535,6 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
     link = sub.add_parser("console-link", help="print a single-use sign-in link to the console")
     link.add_argument("--role", required=True, choices=("operator", "finance"))
     link.set_defaults(func=cmd_console_link)
+    member_link = sub.add_parser(
+        "member-link",
+        help="print a single-use link to a member's page with the whole coalition history",
+    )
+    member_link.add_argument("member_id", help="the member id (mem_...)")
+    member_link.set_defaults(func=cmd_member_link)
     statements = sub.add_parser("statements", help="settlement statements")
     statements_sub = statements.add_subparsers(dest="statements_command", required=True)
     verify = statements_sub.add_parser(

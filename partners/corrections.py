@@ -142,7 +142,7 @@ class Corrections(OperationBase):
         """Points for an action (sign-up, referral...), funded by a partner (billed like an
         earn, at its issue price) or by the coalition."""
         _check_points(points)
-        _check_reason(reason)
+        reason = _check_reason(reason)
         now = self.clock()
         with self.unit(session) as s:
             ledger.member_state(s, member_id)
@@ -182,7 +182,7 @@ class Corrections(OperationBase):
         if isinstance(points, bool) or not isinstance(points, int) or points == 0:
             raise ValidationFailed.at("points", "a non-zero whole number")
         _check_points(abs(points))
-        _check_reason(reason)
+        reason = _check_reason(reason)
         now = self.clock()
         header = Header(
             kind=TransactionKind.ADJUSTMENT,

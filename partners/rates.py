@@ -19,7 +19,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from coalition import outbox
+from coalition import outbox, text
 from coalition.db import HotStatement
 from coalition.errors import (
     BurnCapExceeded,
@@ -86,6 +86,8 @@ _PARTNER_CARDS = (
 )
 
 #: Rate-card values carry at most this many decimal places (the NUMERIC scale).
+#: The longest partner name.
+NAME_MAX = 200
 RATE_SCALE = 12
 #: How far in the past a new rate card may start (clock skew between operator and server).
 RATE_CARD_BACKDATE = timedelta(minutes=5)
@@ -100,8 +102,10 @@ RATE_FIELDS = (
 def create_partner(session: Session, *, name: str, currency: str, now: datetime) -> Partner:
     """Onboard a partner (active) with its issued and redeemed ledger accounts."""
     errors = []
-    if not name.strip() or len(name) > 200:
-        errors.append({"path": "name", "message": "a name of 1 to 200 characters"})
+    try:
+        name = text.clean(name, "name", max_length=NAME_MAX)
+    except ValidationFailed as exc:
+        errors.extend(exc.errors)
     try:
         exponent(currency)
     except MoneyError as exc:
@@ -113,7 +117,7 @@ def create_partner(session: Session, *, name: str, currency: str, now: datetime)
     assert issued is not None and redeemed is not None
     partner = Partner(
         id=new_id("prt"),
-        name=name.strip(),
+        name=name,
         currency=currency,
         status="active",
         issued_account_id=issued,
@@ -145,9 +149,7 @@ def update_partner(
     partner = get_partner(session, partner_id)
     values: dict[str, str] = {}
     if name is not None:
-        if not name.strip() or len(name) > 200:
-            raise ValidationFailed.at("name", "a name of 1 to 200 characters")
-        values["name"] = name.strip()
+        values["name"] = text.clean(name, "name", max_length=NAME_MAX)
     if status is not None:
         if status not in PARTNER_STATUSES:
             raise ValidationFailed.at("status", f"one of {', '.join(PARTNER_STATUSES)}")

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
-from coalition import outbox
+from coalition import outbox, text
 from coalition.errors import Conflict, NotFound, ValidationFailed
 from coalition.ids import new_id
 from coalition.outbox import (
@@ -45,6 +45,8 @@ SECRET_PREFIX = "whsec_"  # noqa: S105 (the format's prefix, not a secret)
 SECRET_BYTES = 32
 ROTATION_OVERLAP = timedelta(hours=24)
 MAX_ENDPOINTS_PER_PARTNER = 10
+#: The longest endpoint description.
+DESCRIPTION_MAX = 500
 MAX_URL_LENGTH = 2048
 #: Event types an endpoint may subscribe to (``ping`` always reaches it).
 SUBSCRIBABLE = tuple(t for t in outbox.EVENT_TYPES if t != EventType.PING)
@@ -178,6 +180,10 @@ class Webhooks:
     ) -> NewEndpoint:
         """Register an endpoint (at most :data:`MAX_ENDPOINTS_PER_PARTNER` per partner)."""
         check_url(url, allow_private=self.allow_private, resolver=self.resolver)
+        if description is not None:
+            description = text.clean(
+                description, "description", max_length=DESCRIPTION_MAX, required=False
+            )
         subscribed = _events(events)
         # The partner's row lock serialises registrations, so the limit holds under races.
         session.execute(select(Partner.id).where(Partner.id == partner_id).with_for_update())

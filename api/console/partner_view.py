@@ -17,11 +17,22 @@ from litestar.params import QueryParameter
 from litestar.response import Redirect, Template
 
 from api.console.statements import ConsoleId, Cursor, parse_day
-from api.console.web import back, form_of, page, roles, signed_in, viewer_of
+from api.console.web import (
+    Problem,
+    back,
+    field,
+    form_of,
+    page,
+    problem_of,
+    roles,
+    signed_in,
+    viewer_of,
+)
 from api.runtime import services_of
 from api.views import decode_cursor, encode_cursor
 from api.webhooks import webhooks_of
 from coalition.db import transaction
+from coalition.errors import ValidationFailed
 from coalition.models import TRANSACTION_KINDS
 from partners.queries import list_transactions
 from partners.rates import get_partner
@@ -101,6 +112,15 @@ class PartnerPages(Controller):
         after: Annotated[int | None, QueryParameter(ge=0)] = None,
     ) -> Template:
         """One endpoint and its deliveries, newest first, with their last attempt."""
+        return self._endpoint_page(request, endpoint_id, after)
+
+    def _endpoint_page(
+        self,
+        request: Request[Any, Any, Any],
+        endpoint_id: str,
+        after: int | None = None,
+        problem: Problem | None = None,
+    ) -> Template:
         viewer = viewer_of(request)
         services = services_of(request.app.state)
         hooks = webhooks_of(services)
@@ -120,6 +140,8 @@ class PartnerPages(Controller):
             next_after=rows[-1][0].id if more else None,
             yesterday=(services.clock() - timedelta(days=1)).date().isoformat(),
             sent=request.query_params.get("sent"),
+            problem=problem,
+            status_code=problem.status if problem else 200,
         )
 
     @post("/webhooks/{endpoint_id:str}/test", opt=roles("partner"), sync_to_thread=True)
@@ -134,17 +156,23 @@ class PartnerPages(Controller):
         return back(f"/webhooks/{endpoint_id}", sent="ping")
 
     @post("/webhooks/{endpoint_id:str}/recover", opt=roles("partner"), sync_to_thread=True)
-    def recover(self, request: Request[Any, Any, Any], endpoint_id: ConsoleId) -> Redirect:
-        """Send the endpoint's failed deliveries since a day again."""
+    def recover(
+        self, request: Request[Any, Any, Any], endpoint_id: ConsoleId
+    ) -> Template | Redirect:
+        """Send the endpoint's failed deliveries since a day again; a rule broken (nothing
+        is sent) shows the endpoint's page again with the problem."""
         viewer = viewer_of(request)
         services = services_of(request.app.state)
-        since = parse_day(str(form_of(request).get("since", "")), "since")
-        with transaction(services.sessions) as s:
-            count = webhooks_of(services).recover(
-                s,
-                _own(viewer.partner_id),
-                endpoint_id,
-                since=since or services.clock() - timedelta(days=1),
-                now=services.clock(),
-            )
+        try:
+            since = parse_day(field(form_of(request), "since"), "since")
+            with transaction(services.sessions) as s:
+                count = webhooks_of(services).recover(
+                    s,
+                    _own(viewer.partner_id),
+                    endpoint_id,
+                    since=since or services.clock() - timedelta(days=1),
+                    now=services.clock(),
+                )
+        except ValidationFailed as exc:
+            return self._endpoint_page(request, endpoint_id, problem=problem_of(exc))
         return back(f"/webhooks/{endpoint_id}", sent=str(count))

@@ -15,10 +15,20 @@ from litestar.response import Redirect, Template
 
 from api.console.charts import HeatCell, PeriodBar, flows_chart, heat_map
 from api.console.statements import ConsoleId, parse_day
-from api.console.web import STAFF, back, form_of, page, roles, signed_in, viewer_of
+from api.console.web import (
+    STAFF,
+    back,
+    field,
+    form_of,
+    page,
+    problem_of,
+    roles,
+    signed_in,
+    viewer_of,
+)
 from api.runtime import services_of
 from coalition.db import transaction
-from coalition.errors import ValidationFailed
+from coalition.errors import CoalitionError, ValidationFailed
 from partners.keys import create_key, get_key, list_keys, revoke_key
 from partners.models import PARTNER_SCOPES
 from partners.queries import active_rate_card, list_partners, partner_names
@@ -161,23 +171,28 @@ class StaffPages(Controller):
 
     @post("/partners/{partner_id:str}/keys", opt=roles("operator"), sync_to_thread=True)
     def issue_key(self, request: Request[Any, Any, Any], partner_id: ConsoleId) -> Template:
-        """Issue a partner key; an HMAC secret is shown on this page, this once."""
+        """Issue a partner key; an HMAC secret is shown on this page, this once. A rule broken
+        (nothing is stored) shows the partner's page again with the problem."""
         services = services_of(request.app.state)
         form = form_of(request)
-        public_key = str(form.get("public_key", "")).strip() or None
-        with transaction(services.sessions) as s:
-            new = create_key(
-                s,
-                secret_key=services.settings.secret_key,
-                role="partner",
-                partner_id=partner_id,
-                alg="ed25519" if public_key else "hmac-sha256",
-                scopes=[str(v) for v in form.getall("scopes", [])],
-                public_key=public_key,
-                expires_at=parse_day(str(form.get("expires_at", "")), "expires_at"),
-                now=services.clock(),
-            )
-            new_key_id = new.key.id
+        try:
+            public_key = field(form, "public_key").strip() or None
+            with transaction(services.sessions) as s:
+                new = create_key(
+                    s,
+                    secret_key=services.settings.secret_key,
+                    role="partner",
+                    partner_id=partner_id,
+                    alg="ed25519" if public_key else "hmac-sha256",
+                    scopes=[str(v) for v in form.getall("scopes", [])],
+                    public_key=public_key,
+                    expires_at=parse_day(field(form, "expires_at"), "expires_at"),
+                    now=services.clock(),
+                )
+                new_key_id = new.key.id
+        except CoalitionError as exc:
+            found = problem_of(exc)
+            return self._partner_page(request, partner_id, problem=found, status_code=found.status)
         return self._partner_page(request, partner_id, new_key_id=new_key_id, secret=new.secret)
 
     @post("/keys/{key_id:str}/revoke", opt=roles("operator"), sync_to_thread=True)

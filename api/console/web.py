@@ -30,14 +30,15 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template.config import TemplateConfig
 from litestar.types import ExceptionHandlersMap
+from markupsafe import Markup
 
 from api.auth import bind_principal
 from api.console import formats
 from api.problems import KINDS, code_of
 from api.runtime import Services, services_of
-from coalition import logs
+from coalition import logs, text
 from coalition.db import transaction
-from coalition.errors import CoalitionError
+from coalition.errors import CoalitionError, ValidationFailed
 from partners import signin
 from partners.signatures import Principal
 
@@ -53,9 +54,20 @@ _FORM_KEY = "coalition_console_form"
 STAFF = ("operator", "finance")
 
 
+def _shown(value: Any) -> Any:
+    """Every value a page prints, with the characters the text rule refuses (a bidi override,
+    a control character) shown as U+FFFD: a text stored before the rule is harmless too."""
+    if isinstance(value, Markup):
+        return Markup(text.neutralise(str(value)))  # noqa: S704 (already escaped markup)
+    if isinstance(value, str):
+        return text.neutralise(value)
+    return value
+
+
 def _engine_setup(engine: JinjaTemplateEngine) -> None:
     engine.engine.filters.update(formats.FILTERS)
     engine.engine.globals["PREFIX"] = PREFIX
+    engine.engine.finalize = _shown
 
 
 TEMPLATE_CONFIG = TemplateConfig(
@@ -171,6 +183,15 @@ def form_of(request: Request[Any, Any, Any]) -> FormMultiDict:
     return form
 
 
+def field(form: FormMultiDict, name: str) -> str:
+    """A form's text field (empty when absent); :class:`ValidationFailed` for a file posted
+    in its place. What the text must be is the domain's rule (:mod:`coalition.text`)."""
+    value = form.get(name, "")
+    if not isinstance(value, str):
+        raise ValidationFailed.at(name, "a text field, not a file")
+    return value
+
+
 def page(name: str, viewer: Viewer | None, *, status_code: int = 200, **context: Any) -> Template:
     """A console page: the template with the viewer (for the navigation and the forms)."""
     return Template(
@@ -213,10 +234,26 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Templa
     return _error_page(request, exc.status_code, str(exc.detail))
 
 
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A rule an action broke, as a page shows it above the form: the API's title and detail
+    (the field named as the form names it), and the status the page is sent with."""
+
+    title: str
+    detail: str
+    status: int
+
+
+def problem_of(exc: CoalitionError) -> Problem:
+    """The problem of a domain error, in the API's words."""
+    kind = KINDS[code_of(exc)]
+    return Problem(kind.title, exc.detail, kind.status)
+
+
 def on_domain_error(request: Request[Any, Any, Any], exc: CoalitionError) -> Template:
     """A rule the action broke (the same rules as the API's), as a page."""
-    kind = KINDS[code_of(exc)]
-    return _error_page(request, kind.status, exc.detail, title=kind.title)
+    found = problem_of(exc)
+    return _error_page(request, found.status, found.detail, title=found.title)
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
