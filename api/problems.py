@@ -153,6 +153,12 @@ KINDS: dict[str, Kind] = {
     "payload-too-large": Kind(
         413, "The request body is too large", "Request bodies may be at most 64 KiB."
     ),
+    "headers-too-large": Kind(
+        431,
+        "The request's headers are too large",
+        "The request line and headers may be at most 16 KiB together. The connection is "
+        "closed after this answer.",
+    ),
     "rate-limited": Kind(
         429,
         "Too many requests",
