@@ -8,21 +8,30 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from api.structs import AwareTime, Request
+from api.structs import AwareTime, Request, full_match
 
 StatementStatus = Literal["issued", "acknowledged", "disputed", "settled"]
 Direction = Literal["partner_pays", "operator_pays", "none"]
 LineKind = Literal["earn", "bonus", "earn_reversal", "burn", "burn_reversal", "adjustment"]
 DisputeOutcome = Literal["upheld", "partially_upheld", "rejected"]
 #: A ledger transaction id as a statement line names it.
-TransactionId = Annotated[str, Meta(min_length=5, max_length=40, pattern=r"^txn_[0-9A-Z]{1,36}\Z")]
+TransactionId = Annotated[
+    str,
+    Meta(
+        min_length=5,
+        max_length=40,
+        pattern=full_match("txn_[0-9A-Z]{1,36}", "a transaction id: txn_ and 1 to 36 of [0-9A-Z]"),
+    ),
+]
 #: A signed decimal amount in major units (a settlement adjustment).
 SignedAmount = Annotated[
     str,
     Meta(
         min_length=1,
         max_length=24,
-        pattern=r"^-?[0-9]{1,10}(\.[0-9]{1,4})?\Z",
+        pattern=full_match(
+            r"-?[0-9]{1,10}(\.[0-9]{1,4})?", "a signed decimal string in major units, e.g. -12.50"
+        ),
         description="A signed decimal string in major units with at most the currency's "
         "decimals; positive: the operator pays the partner more.",
         examples=["-12.50"],
@@ -34,7 +43,7 @@ PaymentReference = Annotated[
     Meta(
         min_length=1,
         max_length=255,
-        pattern=r"^[\x20-\x7e]+\Z",
+        pattern=full_match(r"[\x20-\x7e]+", "printable ASCII characters"),
         description="The payment's reference (bank transfer id...): printable ASCII.",
         examples=["SEPA-2026-02-0042"],
     ),

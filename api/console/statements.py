@@ -23,6 +23,7 @@ from api.settlement import export_response
 from api.views import decode_cursor, encode_cursor
 from coalition.db import transaction
 from coalition.errors import ValidationFailed
+from coalition.times import client_time
 from partners.queries import partner_names
 from settlement import workflow
 from settlement.models import STATEMENT_STATUSES, Period
@@ -43,13 +44,15 @@ def actor_of(viewer: Viewer) -> workflow.Actor:
 
 
 def parse_day(raw: str | None, field: str) -> datetime | None:
-    """A form's or a filter's date (``YYYY-MM-DD``) as midnight UTC; empty: None."""
+    """A form's or a filter's date (``YYYY-MM-DD``) as midnight UTC, bounded like every time
+    a client sends (:func:`coalition.times.client_time`); empty: None."""
     if not raw:
         return None
     try:
-        return datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=UTC)
+        day = datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
         raise ValidationFailed.at(field, "a date such as 2026-01-31") from None
+    return client_time(day, field)
 
 
 class StatementPages(Controller):
