@@ -237,12 +237,25 @@ class PeriodPage(Struct):
     next_cursor: str | None
 
 
+class UnbilledOut(Struct):
+    """A posting the close left off its statement: too large for the ledger to bill (data
+    written before the bounds of docs/api.md); ``coalition check`` reports it too."""
+
+    transaction_id: str
+    partner_id: str
+    kind: LineKind
+    points: int
+    reason: str
+
+
 class ClosedOut(Struct):
-    """The closed period and its statements (``created``: false when closed before)."""
+    """The closed period and its statements (``created``: false when closed before), and the
+    postings it could not bill (``unbilled``, usually empty)."""
 
     period: PeriodOut
     created: bool
     statements: list[StatementSummary]
+    unbilled: list[UnbilledOut] = []
 
 
 class MoneyFigures(Struct):

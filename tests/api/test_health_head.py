@@ -18,4 +18,3 @@ def test_head_of_a_health_path_answers_like_get_without_a_body(api: Live, path: 
     assert head.headers["content-type"] == got.headers["content-type"]
     assert head.headers["content-length"] == got.headers["content-length"]
     assert head.headers["x-request-id"].startswith("req_")
-
