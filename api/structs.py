@@ -598,11 +598,12 @@ def _check_unique_keys(body: bytes) -> None:
 
 def decode(body: bytes, type_: type[T], *, empty_as_object: bool = False) -> T:
     """Decode a JSON request body strictly into ``type_``; :class:`ValidationFailed` if not
-    (a repeated key, nesting beyond the decoder's depth and non-UTF-8 bytes included)."""
-    if not body.strip():
-        if not empty_as_object:
-            raise ValidationFailed.at("$", "a JSON object is required")
-        body = b"{}"
+    (a repeated key, nesting beyond the decoder's depth and non-UTF-8 bytes included). With
+    ``empty_as_object`` no body at all stands for ``{}``; white space alone is not JSON."""
+    if not body and empty_as_object:
+        body = b"{}"  # no body at all: an endpoint whose fields are all optional
+    elif not body.strip():
+        raise ValidationFailed.at("$", "a JSON object is required")
     try:
         value = msgspec.json.decode(body, type=type_, strict=True)
     except msgspec.ValidationError as exc:

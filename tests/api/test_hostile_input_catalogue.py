@@ -1,7 +1,8 @@
 """The hostile-input catalogue: every operation of the OpenAPI document gets NUL bytes,
-trailing newlines, over-long strings, repeated keys, deep nesting, huge numbers and times at the
-calendar's edge in each of its inputs (path, query, body), and answers each with a 4xx problem
-document in words (never a raw regular expression), writing nothing.
+trailing newlines, over-long strings, repeated keys, deep nesting, huge numbers, decimal strings
+past the ledger's bounds and times at the calendar's edge in each of its inputs (path, query,
+body), and answers each with a 4xx problem document in words (never a raw regular expression),
+writing nothing.
 
 The well-formed request each bad one departs from is made from the document itself (examples,
 enums, bounds) with real ids of the test's own partner, member, hold and transaction; its body
@@ -169,6 +170,14 @@ def _bad_times() -> Iterator[tuple[str, str]]:
     yield "year 1970 pushed before it by its offset", "1970-01-01T00:30:00+01:00"
 
 
+def _bad_decimals() -> Iterator[tuple[str, str]]:
+    """Decimal strings of the documented shape but past what the ledger can hold."""
+    yield "largest rate shape", "9" * 18 + "." + "9" * 12
+    yield "10^16", "1" + "0" * 16
+    yield "largest amount shape", "9" * 10 + ".9999"
+    yield "just past the amount bound", "1000000001"
+
+
 def _encode(body: dict[str, Any], name: str, raw: str) -> bytes:
     """``body`` with the field ``name`` set to the raw JSON text ``raw``."""
     marker = f"__{uuid.uuid4().hex}__"
@@ -219,6 +228,11 @@ def _bad_requests(
                 )
         for label, raw in _bad_numbers():
             yield Bad(f"body {name}: {label}", good_path, {}, _encode(body, name, raw))
+        if schema.get("pattern", "").startswith(("^(?:[0-9]", "^(?:-?[0-9]")):
+            for label, bad in _bad_decimals():
+                yield Bad(
+                    f"body {name}: {label}", good_path, {}, _encode(body, name, json.dumps(bad))
+                )
         if schema.get("format") == "date-time":
             for label, bad in _bad_times():
                 yield Bad(
