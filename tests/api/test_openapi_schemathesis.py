@@ -103,7 +103,8 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     engine = make_engine(f"sqlite:///{path}")
     migrate(engine)
     engine.dispose()
-    yield from serve(f"sqlite:///{path}", "sqlite")
+    # A webhook endpoint of the world's partner on loopback (nothing is delivered here).
+    yield from serve(f"sqlite:///{path}", "sqlite", webhook_allow_private=True)
 
 
 #: The operations a finance key may use (docs/api.md, *finance*): run with one as well.
