@@ -156,7 +156,7 @@ FROM transactions t
 JOIN statements s ON s.partner_id = t.partner_id AND s.period_id = :period
 JOIN rate_cards rc ON rc.id = t.rate_card_id
 WHERE t.posted_at >= :lower AND t.posted_at < :end AND t.kind IN ({_BILLED})
-  AND NOT ({{fits}})
+  AND t.points > :least AND NOT ({{fits}})
   AND NOT EXISTS (SELECT 1 FROM statement_lines l WHERE l.transaction_id = t.id)
 ORDER BY t.posted_at, t.id
 """  # noqa: S608 (built from constants)
@@ -186,8 +186,16 @@ def unbillable(session: Session, period: Period, lower: datetime) -> list[Unbill
     off: on no statement because they are too large to bill (:func:`fits_sql`)."""
     register_sqlite_functions(session)
     dialect = session.get_bind().dialect.name
+    # The fewest points any rate card's prices make too much: rows with as many or fewer fit,
+    # and are passed over by one integer comparison (this runs after every close).
+    prices = session.execute(
+        text("SELECT issue_price_per_point, reimburse_price_per_point FROM rate_cards")
+    ).all()
+    top = max((Decimal(p) for row in prices for p in row), default=Decimal(0))
+    least = MAX_POINTS if top <= 0 else min(MAX_POINTS, int(MAX_AMOUNT / top))
     sql = _timed(_UNBILLABLE.format(fits=fits_sql(dialect, "t.points", _PRICE)), "lower", "end")
-    rows = session.execute(sql, {"period": period.id, "lower": lower, "end": period.end_at})
+    params = {"period": period.id, "lower": lower, "end": period.end_at, "least": least}
+    rows = session.execute(sql, params)
     return [
         Unbillable(r.transaction_id, r.partner_id, r.kind, int(r.points), Decimal(r.unit_price))
         for r in rows
