@@ -37,7 +37,7 @@ from litestar.types import Scope
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from api.problems import PROBLEM_JSON, problem_body
+from api.problems import PROBLEM_JSON, problem_body, request_id
 
 log = logging.getLogger("coalition.api")
 
@@ -180,8 +180,9 @@ class _ReadDeadline:
 
 def _head_too_large_response() -> bytes:
     """The ``431`` problem document, as the bytes of a whole response that closes."""
+    scope = cast("Scope", {})
     status, body = problem_body(
-        cast("Scope", {}),
+        scope,
         "headers-too-large",
         f"the request line and headers may be at most {MAX_HEAD_BYTES // 1024} KiB together",
     )
@@ -190,6 +191,7 @@ def _head_too_large_response() -> bytes:
             b"HTTP/1.1 %d Request Header Fields Too Large\r\n" % status,
             b"content-type: %s\r\n" % PROBLEM_JSON.encode(),
             b"content-length: %d\r\n" % len(body),
+            b"x-request-id: %s\r\n" % request_id(scope).encode(),
             b"cache-control: no-store\r\n",
             b"x-content-type-options: nosniff\r\n",
             b"connection: close\r\n\r\n",

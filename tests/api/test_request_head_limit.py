@@ -127,6 +127,7 @@ def _assert_431(answer: Answer) -> None:
     assert problem["type"] == "/problems/headers-too-large"
     assert problem["status"] == 431
     assert "16 KiB" in problem["detail"]
+    assert problem["request_id"] == answer.headers["x-request-id"]
 
 
 def test_a_17_kib_header_is_431_and_the_connection_closed(address: tuple[str, int]) -> None:
