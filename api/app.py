@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.spec import Tag
+from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy import text
 
 from api.admin import AdminController
@@ -109,6 +110,27 @@ def signing_keys(request: Request[Any, Any, Any]) -> list[SigningKey]:
         ]
 
 
+#: Unsigned paths that answer ``HEAD`` as ``GET`` without the body (load balancers and uptime
+#: checks probe with ``HEAD``).
+HEAD_AS_GET = frozenset({"/v1/health", "/v1/health/live"})
+
+
+class HeadAsGet:
+    """Serves ``HEAD`` on :data:`HEAD_AS_GET` as a ``GET``: the application sees a ``GET`` (in
+    a copy of the scope), the server sends the status and headers of its answer and no body
+    (uvicorn drops a ``HEAD`` response's body by the method it read)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, as a ``GET`` when it is a ``HEAD`` of a health path."""
+        if scope.get("method") == "HEAD" and scope["path"] in HEAD_AS_GET:
+            await self.app(cast("Scope", {**scope, "method": "GET"}), receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 def create_app(
     settings: Settings | None = None, clock: Callable[[], datetime] = utcnow
 ) -> Litestar:
@@ -162,7 +184,7 @@ def create_app(
         # Logging is the process's (coalition.logs: JSON lines), not the framework's.
         logging_config=None,
     )
-    app.asgi_handler = RequestObserver(app.asgi_handler)
+    app.asgi_handler = RequestObserver(HeadAsGet(app.asgi_handler))
     return app
 
 

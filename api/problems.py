@@ -157,6 +157,12 @@ KINDS: dict[str, Kind] = {
         "Request bodies may be at most 64 KiB (512 KiB for `POST /v1/earn-batches`); `detail` "
         "names the limit of the endpoint.",
     ),
+    "headers-too-large": Kind(
+        431,
+        "The request's headers are too large",
+        "The request line and headers may be at most 16 KiB together. The connection is "
+        "closed after this answer.",
+    ),
     "rate-limited": Kind(
         429,
         "Too many requests",

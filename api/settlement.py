@@ -38,6 +38,7 @@ from api.settlement_structs import (
     StatementPage,
     StatementStatus,
     StatementSummary,
+    UnbilledOut,
 )
 from api.structs import LINE, EmptyBody, IdPath, IdQuery, IdQueryRequired, decode
 from api.views import decode_cursor, encode_cursor
@@ -307,6 +308,10 @@ class SettlementAdminController(Controller):
                 period=period_out(closed.period),
                 created=closed.created,
                 statements=[summary_out(s, closed.period) for s in closed.statements],
+                unbilled=[
+                    UnbilledOut(u.transaction_id, u.partner_id, u.kind, u.points, u.reason)  # type: ignore[arg-type]
+                    for u in closed.unbilled
+                ],
             )
             return (201 if closed.created else 200), out
 

@@ -30,7 +30,9 @@ SignedAmount = Annotated[
     Meta(
         min_length=1,
         max_length=24,
-        pattern=r"^-?[0-9]{1,10}(\.[0-9]{1,4})?\Z",
+        pattern=full_match(
+            r"-?[0-9]{1,10}(\.[0-9]{1,4})?", "a signed decimal string in major units, e.g. -12.50"
+        ),
         description="A signed decimal string in major units with at most the currency's "
         "decimals; positive: the operator pays the partner more.",
         examples=["-12.50"],
@@ -241,12 +243,25 @@ class PeriodPage(Struct):
     next_cursor: str | None
 
 
+class UnbilledOut(Struct):
+    """A posting the close left off its statement: too large for the ledger to bill (data
+    written before the bounds of docs/api.md); ``coalition check`` reports it too."""
+
+    transaction_id: str
+    partner_id: str
+    kind: LineKind
+    points: int
+    reason: str
+
+
 class ClosedOut(Struct):
-    """The closed period and its statements (``created``: false when closed before)."""
+    """The closed period and its statements (``created``: false when closed before), and the
+    postings it could not bill (``unbilled``, usually empty)."""
 
     period: PeriodOut
     created: bool
     statements: list[StatementSummary]
+    unbilled: list[UnbilledOut] = []
 
 
 class MoneyFigures(Struct):

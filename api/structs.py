@@ -22,6 +22,8 @@ from coalition import text
 from coalition.errors import ValidationFailed
 from coalition.ids import MEMBER_ID_BODY, MEMBER_ID_MAX_LENGTH, MEMBER_ID_RULE
 from coalition.money import MAX_POINTS
+from coalition.times import RULE as TIME_RULE
+from coalition.times import client_time
 from partners.operation_base import REASON_MAX
 from partners.rates import NAME_MAX
 
@@ -116,7 +118,11 @@ SignedPoints = Annotated[
     Meta(ge=-MAX_POINTS, le=MAX_POINTS, description="Whole points, positive or negative, not 0."),
 ]
 AwareTime = Annotated[
-    datetime, Meta(tz=True, description="RFC 3339 with a time zone, e.g. 2026-01-05T09:00:00Z.")
+    datetime,
+    Meta(
+        tz=True,
+        description=f"RFC 3339 with a time zone, e.g. 2026-01-05T09:00:00Z: {TIME_RULE}.",
+    ),
 ]
 Rate = Annotated[
     str,
@@ -194,7 +200,14 @@ HoldStatus = Literal["active", "captured", "voided", "expired"]
 
 
 class Request(Struct, forbid_unknown_fields=True):
-    """Base of request bodies: unknown fields are refused."""
+    """Base of request bodies: unknown fields are refused; every time is bounded and in UTC
+    (:func:`coalition.times.client_time`, ``validation`` at the field otherwise)."""
+
+    def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if isinstance(value, datetime):
+                setattr(self, name, client_time(value, name))
 
 
 # --- partner requests --------------------------------------------------------------------
@@ -594,11 +607,12 @@ def _check_unique_keys(body: bytes) -> None:
 
 def decode(body: bytes, type_: type[T], *, empty_as_object: bool = False) -> T:
     """Decode a JSON request body strictly into ``type_``; :class:`ValidationFailed` if not
-    (a repeated key, nesting beyond the decoder's depth and non-UTF-8 bytes included)."""
-    if not body.strip():
-        if not empty_as_object:
-            raise ValidationFailed.at("$", "a JSON object is required")
-        body = b"{}"
+    (a repeated key, nesting beyond the decoder's depth and non-UTF-8 bytes included). With
+    ``empty_as_object`` no body at all stands for ``{}``; white space alone is not JSON."""
+    if not body and empty_as_object:
+        body = b"{}"  # no body at all: an endpoint whose fields are all optional
+    elif not body.strip():
+        raise ValidationFailed.at("$", "a JSON object is required")
     try:
         value = msgspec.json.decode(body, type=type_, strict=True)
     except msgspec.ValidationError as exc:
@@ -616,7 +630,8 @@ def decode(body: bytes, type_: type[T], *, empty_as_object: bool = False) -> T:
 
 
 def parse_time(raw: str | None, name: str) -> datetime | None:
-    """An RFC 3339 time with a zone from a query parameter, strictly (``validation`` if not)."""
+    """An RFC 3339 time with a zone from a query parameter, strictly and bounded, in UTC
+    (``validation`` at ``query.<name>`` if not)."""
     if raw is None:
         return None
     try:
@@ -625,8 +640,7 @@ def parse_time(raw: str | None, name: str) -> datetime | None:
         raise ValidationFailed.at(
             f"query.{name}", "an RFC 3339 time with a time zone, e.g. 2026-01-05T09:00:00Z"
         ) from None
-    assert isinstance(value, datetime)
-    return value
+    return client_time(value, f"query.{name}")
 
 
 class Liveness(Struct):

@@ -333,8 +333,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # COALITION_PUBLIC_URL so signatures over the public URL verify.
             proxy_headers=True,
             forwarded_allow_ips="127.0.0.1",
-            # h11 with a bound on how long a request may take to arrive (slow clients are
-            # dropped: api/server.py); idle keep-alive connections close after 5 s
+            # httptools with a bound on how long a request may take to arrive (slow clients
+            # are dropped) and on the size of its head (431): api/server.py; idle keep-alive
+            # connections close after 5 s
             http="api.server:BoundedHttpToolsProtocol",
             timeout_keep_alive=5,
         )

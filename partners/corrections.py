@@ -26,6 +26,7 @@ from partners.operation_base import (
     _check_reference,
 )
 from partners.rates import (
+    check_worth,
     partner_terms,
 )
 
@@ -155,7 +156,9 @@ class Corrections(OperationBase):
                 except NotFound:
                     raise ValidationFailed.at("funded_by", "a partner id or 'coalition'") from None
                 partner_id, from_account = partner.id, partner.issued_account_id
-                card_id = partner.card_in_force().id
+                card = partner.card_in_force()
+                check_worth(points, card.issue_price_per_point, "points")
+                card_id = card.id
             return ledger.credit(
                 s,
                 ledger.Credit(

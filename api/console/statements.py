@@ -37,6 +37,7 @@ from api.settlement import export_response
 from api.views import decode_cursor, encode_cursor
 from coalition.db import transaction
 from coalition.errors import CoalitionError, NotFound, ValidationFailed
+from coalition.times import client_time
 from partners.queries import partner_names
 from settlement import workflow
 from settlement.models import DISPUTE_OUTCOMES, STATEMENT_STATUSES, Period
@@ -56,22 +57,16 @@ def actor_of(viewer: Viewer) -> workflow.Actor:
     return workflow.Actor(viewer.session_id, viewer.role, viewer.partner_id)
 
 
-#: The last year a form's date may name: a day after it (an inclusive ``until``) still exists.
-LAST_YEAR = 9998
-
-
 def parse_day(raw: str | None, field: str) -> datetime | None:
-    """A form's or a filter's date (``YYYY-MM-DD``, year at most :data:`LAST_YEAR`) as
-    midnight UTC; empty: None."""
+    """A form's or a filter's date (``YYYY-MM-DD``) as midnight UTC, bounded like every time
+    a client sends (:func:`coalition.times.client_time`); empty: None."""
     if not raw:
         return None
     try:
         day = datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
-        day = None
-    if day is None or day.year > LAST_YEAR:
-        raise ValidationFailed.at(field, f"a date such as 2026-01-31, up to year {LAST_YEAR}")
-    return day
+        raise ValidationFailed.at(field, "a date such as 2026-01-31") from None
+    return client_time(day, field)
 
 
 class StatementPages(Controller):

@@ -263,3 +263,29 @@ def test_an_ndjson_object_that_names_a_key_twice_is_rejected_at_its_line(
     assert _rejected(summary) == [(2, None, "validation"), (3, None, "validation")]
     assert "$.member_id: this key appears more than once" in summary.rejected[0].detail
     assert lite.ops.balance(bob).available == 0
+
+
+def test_rows_with_times_or_amounts_past_the_bounds_are_rejected_by_line(
+    db: Db, tmp_path: Path
+) -> None:
+    """A file's rows get the API's one time rule and money bounds: rejected, never a crash."""
+    partner = db.partner("EUR", earn="1000")
+    alice = db.member()
+    path = tmp_path / "edges.csv"
+    path.write_text(
+        "member_id,reference,amount,currency,occurred_at\n"
+        f"{alice},e-1,1.00,EUR,0001-01-01T00:00:00+01:00\n"  # line 2: before year 1 in UTC
+        f"{alice},e-2,1.00,EUR,9999-12-31T23:59:59-01:00\n"  # line 3: after year 9999 in UTC
+        f"{alice},e-3,1000000000,EUR,\n"  # line 4: 10^12 points worth 10^10 EUR
+        f"{alice},e-4,1000000001,EUR,\n"  # line 5: over the amount bound
+        f"{alice},e-5,1.00,EUR,\n"  # line 6: imported
+    )
+    summary = _import(db, partner.id, path)
+    assert _rejected(summary) == [
+        (2, "e-1", "validation"),
+        (3, "e-2", "validation"),
+        (4, "e-3", "validation"),
+        (5, "e-4", "validation"),
+    ]
+    assert (summary.imported, summary.points) == (1, 1000)
+    db.assert_ledger_ok()
