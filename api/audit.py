@@ -118,17 +118,20 @@ class AuditController(Controller):
     ) -> AuditPage:
         """Operator and finance actions, newest first, filtered (keyset pagination)."""
         services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            rows, has_more = audit.list_events(
+        after, before = parse_time(since, "since"), parse_time(until, "until")
+        before_id = decode_cursor(cursor, "aud")
+        rows, has_more = services.reads.run(
+            lambda s: audit.list_events(
                 s,
                 key_id=key_id,
                 role=role,
                 outcome=outcome,
-                since=parse_time(since, "since"),
-                until=parse_time(until, "until"),
-                before_id=decode_cursor(cursor, "aud"),
+                since=after,
+                until=before,
+                before_id=before_id,
                 limit=limit,
             )
+        )
         return AuditPage(
             data=[
                 AuditEventOut(

@@ -9,10 +9,10 @@ from typing import Any
 
 from litestar import Controller, Request, get
 from litestar.response import Template
+from sqlalchemy.orm import Session
 
-from api.console.web import page, roles, signed_in, viewer_of
+from api.console.web import page, read, roles, signed_in, viewer_of
 from api.runtime import services_of
-from coalition.db import transaction
 from partners.queries import list_transactions, partner_names
 
 HISTORY = 50
@@ -30,12 +30,18 @@ class MemberPage(Controller):
         viewer = viewer_of(request)
         assert viewer.member_id is not None
         services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            balance = services.ops.balance(viewer.member_id, session=s)
-            history = list_transactions(
-                s, partner_id=None, member_id=viewer.member_id, limit=HISTORY
-            ).rows
-            names = partner_names(s, {t.partner_id for t in history if t.partner_id})
+        member_id = viewer.member_id
+
+        def member(s: Session) -> tuple[Any, list[Any], dict[str, str]]:
+            balance = services.ops.balance(member_id, session=s)
+            history = list_transactions(s, partner_id=None, member_id=member_id, limit=HISTORY).rows
+            return (
+                balance,
+                history,
+                partner_names(s, {t.partner_id for t in history if t.partner_id}),
+            )
+
+        balance, history, names = read(request, member)
         return page(
             "member.html",
             viewer,

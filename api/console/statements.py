@@ -16,8 +16,19 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import PathParameter, QueryParameter
 from litestar.response import Redirect, Template
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from api.console.web import STAFF, Viewer, back, form_of, page, roles, signed_in, viewer_of
+from api.console.web import (
+    STAFF,
+    Viewer,
+    back,
+    form_of,
+    page,
+    read,
+    roles,
+    signed_in,
+    viewer_of,
+)
 from api.runtime import services_of
 from api.settlement import export_response
 from api.views import decode_cursor, encode_cursor
@@ -68,55 +79,58 @@ class StatementPages(Controller):
     ) -> Template:
         """Statements, newest first, with their net positions; filter by status or period."""
         viewer = viewer_of(request)
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+        before_id = decode_cursor(cursor, "stmt")
+
+        def statements(s: Session) -> Template:
             found = workflow.list_statements(
                 s,
                 partner_id=viewer.scope_partner,
                 status=status or None,
                 period_id=period_id if viewer.staff else None,
-                before_id=decode_cursor(cursor, "stmt"),
+                before_id=before_id,
                 limit=PAGE_SIZE,
             )
             ids = {row.period_id for row in found.rows}
             periods = {p.id: p for p in s.scalars(select(Period).where(Period.id.in_(ids)))}
             names = partner_names(s, (row.partner_id for row in found.rows))
-        return page(
-            "statements.html",
-            viewer,
-            statements=found.rows,
-            periods=periods,
-            names=names,
-            statuses=STATEMENT_STATUSES,
-            status=status or "",
-            period_id=period_id or "",
-            next_cursor=encode_cursor(found.last_id),
-        )
+            return page(
+                "statements.html",
+                viewer,
+                statements=found.rows,
+                periods=periods,
+                names=names,
+                statuses=STATEMENT_STATUSES,
+                status=status or "",
+                period_id=period_id or "",
+                next_cursor=encode_cursor(found.last_id),
+            )
+
+        return read(request, statements)
 
     @get("/statements/{statement_id:str}", opt=roles(*STAFF, "partner"), sync_to_thread=True)
     def statement(self, request: Request[Any, Any, Any], statement_id: ConsoleId) -> Template:
         """One statement: totals, net position, lines, cross-brand points, disputes, history
         and the actions the viewer may take."""
         viewer = viewer_of(request)
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+        today = services_of(request.app.state).clock().date().isoformat()
+
+        def statement(s: Session) -> Template:
             found = workflow.get_statement(s, statement_id, partner_id=viewer.scope_partner)
             document = document_of(found)
-            disputes = workflow.disputes_of(s, statement_id, partner_id=viewer.scope_partner)
-            history = workflow.history(s, statement_id)
             origins = {row["origin_partner_id"] for row in document["cross_brand"]}
-            names = partner_names(s, {found.partner_id} | {o for o in origins if o})
-        return page(
-            "statement.html",
-            viewer,
-            statement=found,
-            document=document,
-            disputes=disputes,
-            history=history,
-            names=names,
-            lines=document["lines"][:LINES_SHOWN],
-            today=services.clock().date().isoformat(),
-        )
+            return page(
+                "statement.html",
+                viewer,
+                statement=found,
+                document=document,
+                disputes=workflow.disputes_of(s, statement_id, partner_id=viewer.scope_partner),
+                history=workflow.history(s, statement_id),
+                names=partner_names(s, {found.partner_id} | {o for o in origins if o}),
+                lines=document["lines"][:LINES_SHOWN],
+                today=today,
+            )
+
+        return read(request, statement)
 
     @get(
         "/statements/{statement_id:str}/export",
@@ -132,10 +146,12 @@ class StatementPages(Controller):
     ) -> Response[bytes]:
         """The signed export, the same bytes as the API's (``coalition statements verify``)."""
         viewer = viewer_of(request)
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            found = workflow.get_statement(s, statement_id, partner_id=viewer.scope_partner)
-            return export_response(found, format)
+        return read(
+            request,
+            lambda s: export_response(
+                workflow.get_statement(s, statement_id, partner_id=viewer.scope_partner), format
+            ),
+        )
 
     @post("/statements/{statement_id:str}/acknowledge", opt=roles("partner"), sync_to_thread=True)
     def acknowledge(self, request: Request[Any, Any, Any], statement_id: ConsoleId) -> Redirect:
