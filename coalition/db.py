@@ -39,7 +39,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine.interfaces import BindTyping
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -159,6 +160,17 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Eng
     )
 
 
+def database_unreachable(exc: BaseException) -> bool:
+    """True for a failure to reach the database or a connection lost under a statement (the
+    server stopped, restarted, failed over or terminated the backend; the pool exhausted):
+    expected in operation and retried, so a request answers ``503`` (never ``500``) and a
+    scheduled job logs one warning (never a traceback). The transaction it broke was rolled
+    back whole by the server."""
+    if isinstance(exc, OperationalError | PoolTimeout | InterfaceError | psycopg.OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that never expire loaded objects on commit (results are read after it)."""
     return sessionmaker(engine, expire_on_commit=False, autoflush=False)
@@ -270,7 +282,7 @@ class Replica:
             with self.engine.connect() as conn:
                 lag_s, lag_bytes = conn.execute(_REPLICA_LAG).one()
         except Exception as exc:  # an unreachable replica is a state, not a failure
-            return ReplicaLag(False, error=_reason(exc))
+            return ReplicaLag(False, error=failure_line(exc))
         return ReplicaLag(True, float(lag_s), int(lag_bytes))
 
     def check(self) -> ReplicaLag:
@@ -282,7 +294,7 @@ class Replica:
     def lost(self, exc: BaseException) -> None:
         """A read on the replica failed to reach it: reads go to the primary until the next
         measurement finds it back."""
-        self._decide(ReplicaLag(False, error=_reason(exc)))
+        self._decide(ReplicaLag(False, error=failure_line(exc)))
 
     def _decide(self, lag: ReplicaLag) -> None:
         usable = lag.within(self.max_lag_s)
@@ -325,7 +337,8 @@ class Replica:
         self.engine.dispose()
 
 
-def _reason(exc: BaseException) -> str:
+def failure_line(exc: BaseException) -> str:
+    """A database failure in one short line: the driver's exception and its first line."""
     cause = getattr(exc, "orig", None) or exc
     first = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {first[0]}" if first else type(cause).__name__
@@ -366,7 +379,9 @@ class Reads:
                     if exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) is None:
                         replica.lost(exc)  # out of reach: logged once, by the state change
                     else:  # a statement the replica refused (a conflict with recovery)
-                        log.info("replica: a read failed (%s); read on the primary", _reason(exc))
+                        log.info(
+                            "replica: a read failed (%s); read on the primary", failure_line(exc)
+                        )
         with transaction(self.primary) as session:
             return work(session)
 

@@ -193,12 +193,13 @@ def read(request: Request[Any, Any, Any], work: Callable[[Session], T]) -> T:
 
 
 async def mark_fresh(message: Message, scope: Scope) -> None:
-    """``before_send`` hook: a console ``POST`` answered without an error sets
-    :data:`FRESH_COOKIE` for the replica's lag bound and a second more (no replica: nothing)."""
+    """``before_send`` hook: a signed-in console form (a ``POST`` past the guard) answered
+    without an error sets :data:`FRESH_COOKIE` for the replica's lag bound and two seconds
+    more (no replica: nothing)."""
     if (
         message["type"] != "http.response.start"
         or scope.get("method") != "POST"
-        or not scope.get("path", "").startswith(PREFIX + "/")
+        or _VIEWER_KEY not in scope.get("state", {})
         or message["status"] >= 400
     ):
         return
