@@ -5,7 +5,7 @@ line; any other failure is an error with its traceback at every run."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -33,7 +33,7 @@ def test_a_lost_database_is_one_warning_line_per_job_then_one_line_when_it_runs_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     gone = _unreachable()
-    outcomes = iter([gone, gone, gone, lambda: 2, gone, lambda: 0])
+    outcomes: Iterator[Callable[[], int]] = iter([gone, gone, gone, lambda: 2, gone, lambda: 0])
 
     def step() -> int:
         return next(outcomes)()
