@@ -352,7 +352,8 @@ class Reads:
 
     A read on the replica that cannot reach it, or fails on it (a query cancelled by a
     conflict with recovery), or finds nothing (:class:`~coalition.errors.NotFound`: a row not
-    replayed yet) runs again on the primary: a replica never makes a read fail.
+    replayed yet), or finds the replica's pool busy, runs again on the primary: a replica never
+    makes a read fail. ``work`` may therefore run twice: it only reads.
     """
 
     def __init__(self, primary: sessionmaker[Session], replica: Replica | None = None) -> None:
@@ -375,6 +376,8 @@ class Reads:
                         return work(session)
                 except NotFound:
                     pass  # perhaps not replayed yet: the primary says for sure
+                except PoolTimeout:
+                    pass  # the replica's connections are all busy: the primary serves this one
                 except (OperationalError, InterfaceError) as exc:
                     if exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) is None:
                         replica.lost(exc)  # out of reach: logged once, by the state change
