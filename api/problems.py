@@ -18,7 +18,6 @@ from html import escape
 from typing import Annotated, Any
 
 import msgspec
-import psycopg
 from litestar import MediaType, Request, Response, get
 from litestar.exceptions import (
     HTTPException,
@@ -30,10 +29,9 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import PathParameter
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from litestar.types import ExceptionHandlersMap, Message, Scope
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.structs import explain
+from coalition.db import database_unreachable
 from coalition.errors import CoalitionError, ValidationFailed
 
 log = logging.getLogger("coalition.api")
@@ -372,14 +370,6 @@ def _body_limit(request: Request[Any, Any, Any]) -> str:
     return f"this endpoint's request bodies may be at most {limit // 1024} KiB"
 
 
-def database_unavailable(exc: BaseException) -> bool:
-    """True for a failure to reach the database or a connection lost under a request (the
-    server stopped, restarted or terminated the backend): ``503``, never ``500``."""
-    if isinstance(exc, OperationalError | PoolTimeout | InterfaceError | psycopg.OperationalError):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
-
-
 def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Anything else: 503 when the database is out of reach, else a logged 500 (and an info
     line when the client went away before sending its whole request)."""
@@ -388,7 +378,7 @@ def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[b
         # Nobody is left to answer: a client going away is routine, not an error.
         log.info("client disconnected before sending the whole request")
         return problem_response(scope, "validation", "the client disconnected", errors=[])
-    if database_unavailable(exc):
+    if database_unreachable(exc):  # a restart, a failover: the client retries, nothing is done
         log.warning("database unavailable (request %s): %s", request_id(scope), type(exc).__name__)
         return problem_response(scope, "unavailable", "the database is unavailable; retry")
     error_id = request_id(scope)

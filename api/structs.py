@@ -494,11 +494,24 @@ class LiabilityReport(Struct):
     adjusted_points: int
 
 
-class Health(Struct):
-    """The service and its database are up."""
+class ReplicaHealth(Struct):
+    """The read replica as this process last measured it (``COALITION_REPLICA_DATABASE_URL``)."""
+
+    #: ``lagging``: past ``COALITION_REPLICA_MAX_LAG_S``; ``unknown``: not measured yet.
+    status: Literal["ok", "lagging", "unreachable", "unknown"]
+    #: Where the reads that may be a moment old go now.
+    reads: Literal["replica", "primary"]
+    lag_s: float | None = None
+    lag_bytes: int | None = None
+
+
+class Health(Struct, omit_defaults=True):
+    """The service and its database are up (and, when one is configured, how its read replica
+    is: it never makes the service unready, its reads then go to the primary)."""
 
     status: Literal["ok"]
     database: Literal["ok"]
+    replica: ReplicaHealth | None = None
 
 
 class SigningKey(Struct):

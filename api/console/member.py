@@ -21,14 +21,15 @@ from typing import Any
 
 from litestar import Controller, Request, get
 from litestar.response import Template
+from sqlalchemy.orm import Session
 
 from api.console.statements import Cursor
-from api.console.web import page, roles, signed_in, viewer_of
+from api.console.web import page, read, roles, signed_in, viewer_of
 from api.runtime import services_of
 from api.views import decode_cursor, encode_cursor
-from coalition.db import transaction
 from coalition.errors import invariant
-from partners.queries import list_transactions, partner_names
+from coalition.models import Transaction
+from partners.queries import Page, list_transactions, partner_names
 
 HISTORY = 50
 
@@ -48,7 +49,8 @@ class MemberPage(Controller):
         # A partner's link: that partner's transactions only; the operator's: all of them.
         through = viewer.partner_id
         services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+
+        def member(s: Session) -> tuple[Any, Page[Transaction], dict[str, str]]:
             balance = services.ops.balance(member_id, session=s)
             found = list_transactions(
                 s,
@@ -60,7 +62,9 @@ class MemberPage(Controller):
             wanted = {t.partner_id for t in found.rows if t.partner_id}
             if through is not None:
                 wanted.add(through)
-            names = partner_names(s, wanted)
+            return balance, found, partner_names(s, wanted)
+
+        balance, found, names = read(request, member)
         return page(
             "member.html",
             viewer,

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from litestar import Controller, Request, get, post
 from litestar.params import QueryParameter
 from litestar.response import Redirect, Template
+from sqlalchemy.orm import Session
 
 from api.console.statements import ConsoleId, Cursor, parse_day
 from api.console.web import (
@@ -24,6 +25,7 @@ from api.console.web import (
     form_of,
     page,
     problem_of,
+    read,
     roles,
     signed_in,
     viewer_of,
@@ -33,8 +35,9 @@ from api.views import decode_cursor, encode_cursor
 from api.webhooks import webhooks_of
 from coalition.db import transaction
 from coalition.errors import ValidationFailed
-from coalition.models import TRANSACTION_KINDS
-from partners.queries import list_transactions
+from coalition.models import TRANSACTION_KINDS, Transaction
+from partners.models import Partner
+from partners.queries import Page, list_transactions
 from partners.rates import get_partner
 
 PAGE_SIZE = 50
@@ -65,20 +68,25 @@ class PartnerPages(Controller):
         """The partner's transactions, newest first, :data:`PAGE_SIZE` a page; filter by
         kind, member and the days they were posted (``until`` included)."""
         viewer = viewer_of(request)
-        services = services_of(request.app.state)
         until_day = parse_day(until, "until")
-        with transaction(services.sessions) as s:
+        since_day = parse_day(since, "since")
+        before_id = decode_cursor(cursor, "txn")
+
+        def transactions(s: Session) -> tuple[Partner, Page[Transaction]]:
             partner = get_partner(s, _own(viewer.partner_id))
             found = list_transactions(
                 s,
                 partner_id=partner.id,
                 member_id=member_id or None,
                 kind=kind or None,
-                since=parse_day(since, "since"),
+                since=since_day,
                 until=until_day + timedelta(days=1) if until_day else None,
-                before_id=decode_cursor(cursor, "txn"),
+                before_id=before_id,
                 limit=PAGE_SIZE,
             )
+            return partner, found
+
+        partner, found = read(request, transactions)
         filters = {
             "kind": kind or "",
             "member_id": member_id or "",
@@ -99,9 +107,8 @@ class PartnerPages(Controller):
     def endpoints(self, request: Request[Any, Any, Any]) -> Template:
         """The partner's webhook endpoints."""
         viewer = viewer_of(request)
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            found = webhooks_of(services).all(s, _own(viewer.partner_id))
+        hooks = webhooks_of(services_of(request.app.state))
+        found = read(request, lambda s: hooks.all(s, _own(viewer.partner_id)))
         return page("endpoints.html", viewer, endpoints=found)
 
     @get("/webhooks/{endpoint_id:str}", opt=roles("partner"), sync_to_thread=True)
@@ -124,12 +131,16 @@ class PartnerPages(Controller):
         viewer = viewer_of(request)
         services = services_of(request.app.state)
         hooks = webhooks_of(services)
-        with transaction(services.sessions) as s:
+
+        def endpoint(s: Session) -> tuple[Any, list[Any]]:
             found = hooks.get(s, _own(viewer.partner_id), endpoint_id)
             rows = hooks.deliveries(
                 s, found.partner_id, endpoint_id, after=after, limit=PAGE_SIZE + 1
             )
             s.expunge(found)
+            return found, rows
+
+        found, rows = read(request, endpoint)
         more = len(rows) > PAGE_SIZE
         rows = rows[:PAGE_SIZE]
         return page(

@@ -28,6 +28,7 @@ from api.console.web import (
     form_of,
     page,
     problem_of,
+    read,
     roles,
     signed_in,
     viewer_of,
@@ -85,30 +86,33 @@ class StatementPages(Controller):
     ) -> Template:
         """Statements, newest first, with their net positions; filter by status or period."""
         viewer = viewer_of(request)
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+        before_id = decode_cursor(cursor, "stmt")
+
+        def statements(s: Session) -> Template:
             found = workflow.list_statements(
                 s,
                 partner_id=viewer.scope_partner,
                 status=status or None,
                 period_id=period_id if viewer.staff else None,
-                before_id=decode_cursor(cursor, "stmt"),
+                before_id=before_id,
                 limit=PAGE_SIZE,
             )
             ids = {row.period_id for row in found.rows}
             periods = {p.id: p for p in s.scalars(select(Period).where(Period.id.in_(ids)))}
             names = partner_names(s, (row.partner_id for row in found.rows))
-        return page(
-            "statements.html",
-            viewer,
-            statements=found.rows,
-            periods=periods,
-            names=names,
-            statuses=STATEMENT_STATUSES,
-            status=status or "",
-            period_id=period_id or "",
-            next_cursor=encode_cursor(found.last_id),
-        )
+            return page(
+                "statements.html",
+                viewer,
+                statements=found.rows,
+                periods=periods,
+                names=names,
+                statuses=STATEMENT_STATUSES,
+                status=status or "",
+                period_id=period_id or "",
+                next_cursor=encode_cursor(found.last_id),
+            )
+
+        return read(request, statements)
 
     @get("/statements/{statement_id:str}", opt=roles(*STAFF, "partner"), sync_to_thread=True)
     def statement(self, request: Request[Any, Any, Any], statement_id: ConsoleId) -> Template:
@@ -125,29 +129,29 @@ class StatementPages(Controller):
         entered: dict[str, str] | None = None,
     ) -> Template:
         viewer = viewer_of(request)
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+        today = services_of(request.app.state).clock().date().isoformat()
+
+        def statement(s: Session) -> Template:
             found = workflow.get_statement(s, statement_id, partner_id=viewer.scope_partner)
             document = document_of(found)
-            disputes = workflow.disputes_of(s, statement_id, partner_id=viewer.scope_partner)
-            history = workflow.history(s, statement_id)
             origins = {row["origin_partner_id"] for row in document["cross_brand"]}
-            names = partner_names(s, {found.partner_id} | {o for o in origins if o})
-        return page(
-            "statement.html",
-            viewer,
-            statement=found,
-            document=document,
-            disputes=disputes,
-            history=history,
-            names=names,
-            lines=document["lines"][:LINES_SHOWN],
-            today=services.clock().date().isoformat(),
-            outcomes=DISPUTE_OUTCOMES,
-            problem=problem,
-            entered=entered or {},
-            status_code=problem.status if problem else 200,
-        )
+            return page(
+                "statement.html",
+                viewer,
+                statement=found,
+                document=document,
+                disputes=workflow.disputes_of(s, statement_id, partner_id=viewer.scope_partner),
+                history=workflow.history(s, statement_id),
+                names=partner_names(s, {found.partner_id} | {o for o in origins if o}),
+                lines=document["lines"][:LINES_SHOWN],
+                today=today,
+                outcomes=DISPUTE_OUTCOMES,
+                problem=problem,
+                entered=entered or {},
+                status_code=problem.status if problem else 200,
+            )
+
+        return read(request, statement)
 
     def _act(
         self,
@@ -186,10 +190,12 @@ class StatementPages(Controller):
     ) -> Response[bytes]:
         """The signed export, the same bytes as the API's (``coalition statements verify``)."""
         viewer = viewer_of(request)
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            found = workflow.get_statement(s, statement_id, partner_id=viewer.scope_partner)
-            return export_response(found, format)
+        return read(
+            request,
+            lambda s: export_response(
+                workflow.get_statement(s, statement_id, partner_id=viewer.scope_partner), format
+            ),
+        )
 
     @post("/statements/{statement_id:str}/acknowledge", opt=roles("partner"), sync_to_thread=True)
     def acknowledge(
