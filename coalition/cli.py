@@ -338,6 +338,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # connections close after 5 s
             http="api.server:BoundedHttpToolsProtocol",
             timeout_keep_alive=5,
+            # A worker answers the supervisor's health check once it has imported the app; on
+            # a loaded host that import took 17 s, and uvicorn's default 5 s killed and
+            # restarted the workers in a loop.
+            timeout_worker_healthcheck=60,
         )
     except _Terminated:
         pass
