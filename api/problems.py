@@ -147,11 +147,28 @@ KINDS: dict[str, Kind] = {
     "conflict": Kind(
         409, "The request conflicts with the current state", "See `detail` for what conflicts."
     ),
+    "four-eyes": Kind(
+        403,
+        "Another person must approve this",
+        "A change of a partner's bank details becomes active only when a second finance key "
+        "approves it; the key that proposed it (or a console session signed in for that key) "
+        "may not. Ask a colleague with another finance key.",
+    ),
+    "payments-not-configured": Kind(
+        409,
+        "The operator's bank account is not configured",
+        "Payment files need the operator's own account: set COALITION_OPERATOR_NAME, "
+        "COALITION_OPERATOR_IBAN, COALITION_OPERATOR_BIC and, for direct debits, "
+        "COALITION_SEPA_CREDITOR_ID; `detail` names what is missing.",
+    ),
     "method-not-allowed": Kind(
         405, "Method not allowed", "The path exists but does not accept this method."
     ),
     "payload-too-large": Kind(
-        413, "The request body is too large", "Request bodies may be at most 64 KiB."
+        413,
+        "The request body is too large",
+        "Request bodies may be at most 64 KiB (512 KiB for `POST /v1/earn-batches`, 16 MiB "
+        "for a bank statement, `POST /v1/admin/bank-statements`).",
     ),
     "rate-limited": Kind(
         429,
@@ -317,6 +334,13 @@ def _litestar_errors(exc: ValidationException) -> list[dict[str, str]]:
     return errors or [{"path": "$", "message": exc.detail}]
 
 
+def _size_text(limit: int) -> str:
+    """A body limit in words: ``64 KiB``, ``16 MiB``."""
+    if limit % (1024 * 1024) == 0:
+        return f"{limit // (1024 * 1024)} MiB"
+    return f"{limit // 1024} KiB" if limit % 1024 == 0 else f"{limit} bytes"
+
+
 def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     """Litestar's own errors (routing, body size, parameter validation) as problems."""
     scope = request.scope
@@ -335,7 +359,11 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
             headers={"Allow": allow} if allow else None,
         )
     if exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
-        return problem_response(scope, "payload-too-large", "request bodies may be at most 64 KiB")
+        limit = getattr(scope.get("route_handler"), "request_max_body_size", None)
+        size = _size_text(limit) if isinstance(limit, int) else "64 KiB"
+        return problem_response(
+            scope, "payload-too-large", f"this request's body may be at most {size}"
+        )
     if exc.status_code == 401:
         return problem_response(scope, "signature-invalid", exc.detail)
     if exc.status_code == 403:
