@@ -188,7 +188,7 @@ def create_run(
             select(PaymentItem.statement_id, PaymentItem.run_id).where(
                 PaymentItem.live, PaymentItem.statement_id.in_(ids)
             )
-        ).tuples()
+        )
     }
     periods = {
         p.id: p
