@@ -43,8 +43,15 @@ MandateId = Annotated[
     ),
 ]
 StatementIdText = Annotated[
-    str, Meta(min_length=5, max_length=40, pattern=r"^stmt_[0-9A-Z]{1,35}\Z")
+    str,
+    Meta(
+        min_length=5,
+        max_length=40,
+        pattern=r"^stmt_[0-9A-Z]{1,35}\Z",
+        examples=["stmt_01KB7Z4V3K9N3R6S7T8V9W0X1Y"],
+    ),
 ]
+Day = Annotated[date, Meta(description="A day, YYYY-MM-DD.", examples=["2026-02-02"])]
 Note = Annotated[str, Meta(min_length=1, max_length=2000, description="Why, for the record.")]
 RunNote = Annotated[str, Meta(min_length=1, max_length=500, pattern=LINE)]
 
@@ -57,7 +64,7 @@ class BankAccountPut(Request):
     iban: Iban
     bic: Bic | None = None
     mandate_id: MandateId | None = None
-    mandate_signed_on: date | None = None
+    mandate_signed_on: Day | None = None
 
 
 class BankAccountVersion(Struct):
@@ -90,10 +97,14 @@ class PaymentRunCreate(Request):
     """``POST /v1/admin/payment-runs``: which statements (default: every acknowledged one with
     a non-zero net in no live run) and when (default: today)."""
 
-    statement_ids: Annotated[list[StatementIdText], Meta(min_length=1, max_length=1000)] | None = (
-        None
-    )
-    execution_date: date | None = None
+    statement_ids: (
+        Annotated[
+            list[StatementIdText],
+            Meta(min_length=1, max_length=1000, examples=[["stmt_01KB7Z4V3K9N3R6S7T8V9W0X1Y"]]),
+        ]
+        | None
+    ) = None
+    execution_date: Day | None = None
 
 
 class PaymentRunCancel(Request):
