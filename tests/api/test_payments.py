@@ -21,7 +21,7 @@ from coalition.db import make_engine, migrate
 from settlement.bankfiles import MAX_BANK_FILE_BYTES, BankEntry, write_camt053
 from tests.api.conftest import Client, Live, ok, problem, serve, unique
 
-OPERATOR = {
+OPERATOR: dict[str, Any] = {
     "operator_name": "Coalition Operator GmbH",
     "operator_iban": "DE89370400440532013000",
     "operator_bic": "COBADEFFXXX",
