@@ -11,6 +11,7 @@ encodes it against the camt.053.001.08 schema, which refuses anything invalid.
 from __future__ import annotations
 
 import functools
+import re
 import textwrap
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
@@ -46,6 +47,10 @@ RETURN_SUBFAMILIES = frozenset({"RRTN", "RPCR", "UPDD", "PRDD", "PRCT"})
 #: Entry statuses that are booked money; pending or information-only entries are left out.
 BOOKED = "BOOK"
 _REASON_LIMIT = 300
+#: A camt.053 statement's elements nest about 15 deep; supplementary data may add a few.
+MAX_XML_DEPTH = 64
+#: The day of an ISO date or date-time: four-digit year, month, day, then the end or more.
+_DAY = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})(?:$|[TZ+-])")
 
 
 @functools.cache
@@ -59,6 +64,7 @@ def parse_camt053(data: bytes, sha256: str) -> BankStatementFile:
     """Read a camt.053 document; :class:`BankFileInvalid` names what is wrong."""
     root = _safe_root(data)
     version = _version_of(root)
+    _check_depth(root)
     decoded = _decode(root, version)
     document = _mapping(decoded, "BkToCstmrStmt")
     statements = _list(document.get("Stmt"))
@@ -84,7 +90,8 @@ def _safe_root(data: bytes) -> ET.Element:
         return SafeET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except DefusedXmlException as exc:
         raise BankFileInvalid(
-            f"XML with a DTD, entities or external references is refused ({type(exc).__name__})"
+            "XML with a DTD (<!DOCTYPE>), entities or external references is refused: a bank "
+            f"statement needs none, and they are how XML bombs work ({type(exc).__name__})"
         ) from None
     except ET.ParseError as exc:
         raise BankFileInvalid(f"malformed XML: {exc}") from None
@@ -92,14 +99,25 @@ def _safe_root(data: bytes) -> ET.Element:
         raise BankFileInvalid(f"unreadable XML: {exc}") from None
 
 
+def _check_depth(root: ET.Element) -> None:
+    """Refuse XML nested deeper than any statement is (the schema lets supplementary data hold
+    any XML, which the recursive schema validation must not be made to follow without end)."""
+    stack = [(root, 1)]
+    while stack:
+        element, depth = stack.pop()
+        if depth > MAX_XML_DEPTH:
+            raise BankFileInvalid(f"the XML is nested deeper than {MAX_XML_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in element)
+
+
 def _version_of(root: ET.Element) -> str:
     tag = root.tag
     namespace, _, local = tag[1:].partition("}") if tag.startswith("{") else ("", "", tag)
     if not namespace.startswith(ISO20022_NAMESPACE) or local != "Document":
         raise BankFileInvalid(
-            f"not an ISO 20022 camt.053 bank statement: the root element is {tag!r}"
+            f"not an ISO 20022 camt.053 bank statement: the root element is {tag[:120]!r}"
         )
-    message = namespace.removeprefix(ISO20022_NAMESPACE)
+    message = namespace.removeprefix(ISO20022_NAMESPACE)[:40]
     if message in CAMT053_VERSIONS:
         return message
     if message.startswith("camt.053."):
@@ -118,12 +136,13 @@ def _decode(root: ET.Element, version: str) -> Mapping[str, Any]:
         )
     except xmlschema.XMLSchemaValidationError as exc:
         reason = " ".join(str(exc.reason or exc.message).split())[:_REASON_LIMIT]
-        where = f" at {exc.path}" if exc.path else ""
+        where = f" at {re.sub(r'{[^}]*}', '', exc.path)}" if exc.path else ""
         raise BankFileInvalid(
             f"the document is not valid against the {version} schema{where}: {reason}"
         ) from None
     except (xmlschema.XMLSchemaException, ValueError, TypeError) as exc:
-        raise BankFileInvalid(f"the {version} document cannot be read: {exc}") from None
+        reason = " ".join(str(exc).split())[:_REASON_LIMIT]
+        raise BankFileInvalid(f"the {version} document cannot be read: {reason}") from None
     if not isinstance(decoded, Mapping):
         raise BankFileInvalid(f"the {version} document is empty")
     return decoded
@@ -219,10 +238,13 @@ def _tx_amount(tx: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def _booking_date(ntry: Mapping[str, Any], ntry_no: int) -> date:
     for key in ("BookgDt", "ValDt"):
         when = _mapping(ntry, key)
-        if day := _text(when.get("Dt")):
-            return date.fromisoformat(day)
-        if moment := _text(when.get("DtTm")):
-            return datetime.fromisoformat(moment).date()
+        # A date (xs:date may carry a time zone) or a date and time: the day as the bank wrote it.
+        if text := _text(when.get("Dt")) or _text(when.get("DtTm")):
+            day = _DAY.match(text)
+            try:
+                return date.fromisoformat(day.group(1)) if day else date.fromisoformat(text)
+            except ValueError:
+                raise BankFileInvalid(f"{key} {text!r} is not a date", entry=ntry_no) from None
     raise BankFileInvalid("the entry has no booking date (BookgDt)", entry=ntry_no)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import logging
 import re
 from datetime import date
 from decimal import Decimal
@@ -28,13 +29,19 @@ from settlement.bankfiles._model import (
 )
 
 FORMAT = "mt940"
+# mt940 logs each tag it cannot read at ERROR; a bad file is its sender's error, reported as a
+# BankFileInvalid, not a fault of the service to alert on.
+logging.getLogger("mt940").setLevel(logging.CRITICAL)
 #: A tag at the start of a line: ``:20:``, ``:60F:``...
 _TAG = re.compile(r"^:(\d\d[A-Z]?):", re.MULTILINE)
 _MANDATORY = {"20": ":20:", "25": ":25:", "28C": ":28C:", "60": ":60F:/:60M:", "62": ":62F:/:62M:"}
-#: The first token of ``:25:`` when it is an IBAN (country, check digits, up to 30 more).
+#: An IBAN's shape (country, check digits, up to 30 more); the bank checked its digits.
 _IBAN = re.compile(r"[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}")
 #: SWIFT transaction type of a returned item (``:61:`` ``NRTI``/``SRTI``...).
 _RETURNED_ITEM = "RTI"
+#: German (DK) business transaction codes of a structured ``:86:`` that return a payment: 109
+#: a returned SEPA direct debit, 159 a returned SEPA credit transfer.
+_RETURN_CODES = frozenset({"109", "159"})
 #: ``:86:`` lines are at most 65 characters; a full line goes on in the next without a space.
 _LINE = 65
 
@@ -43,7 +50,7 @@ def looks_like_mt940(text: str) -> bool:
     """Whether ``text`` has the shape of an MT940 message: a SWIFT block header or a ``:20:``
     tag at its start."""
     head = text.lstrip("\ufeff \t\r\n")
-    return head.startswith(("{1:", ":20:", ":940:"))
+    return head.startswith(("{1:", ":20:"))
 
 
 def parse_mt940(text: str, sha256: str) -> BankStatementFile:
@@ -60,7 +67,7 @@ def parse_mt940(text: str, sha256: str) -> BankStatementFile:
         statements = mt940.parse_statements(io.StringIO(text), options=mt940.Options.all())
         transactions = [(s, t) for s in statements for t in s]
     except Exception as exc:  # the library raises many kinds for a file it cannot read
-        raise BankFileInvalid(f"unreadable MT940: {type(exc).__name__}: {exc}") from None
+        raise BankFileInvalid(_unreadable(exc)) from None
     expected = sum(1 for m in _TAG.finditer(text) if m.group(1) == "61")
     if len(transactions) != expected:
         raise BankFileInvalid(
@@ -78,6 +85,16 @@ def parse_mt940(text: str, sha256: str) -> BankStatementFile:
         )
         ids.append(f"{data.get('transaction_reference', '')}:{number}")
     return BankStatementFile(FORMAT, ",".join(ids), entries, sha256)
+
+
+def _unreadable(exc: Exception) -> str:
+    """What mt940 could not read: a tag's value (its ``RuntimeError`` carries the tag and the
+    value), else the library's own words."""
+    args = exc.args
+    if isinstance(exc, RuntimeError) and len(args) == 3 and isinstance(args[2], str):
+        tag = getattr(args[1], "id", "?")
+        return f"unreadable MT940: the :{tag}: field {args[2][:80]!r} does not have its format"
+    return f"unreadable MT940: {type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _entry(no: int, statement: dict[str, Any], data: dict[str, Any]) -> BankEntry:
@@ -105,16 +122,20 @@ def _entry(no: int, statement: dict[str, Any], data: dict[str, Any]) -> BankEntr
         end_to_end_id=no_reference(data.get("end_to_end_reference")),
         bank_reference=no_reference(data.get("bank_reference")),
         remittance=_remittance(data),
-        reversal=status in {"RC", "RD"} or kind[1:] == _RETURNED_ITEM,
+        reversal=status in {"RC", "RD"}
+        or kind[1:] == _RETURNED_ITEM
+        or data.get("transaction_code") in _RETURN_CODES,
         return_reason=None,
     )
 
 
 def _iban(account: object) -> str | None:
+    """The IBAN in ``:25:`` (``DE89...``, ``COBADEFFXXX/DE89...``, ``NL91... EUR``), ``None``
+    for an account number of another kind (``37040044/532013000``)."""
     if not isinstance(account, str):
         return None
-    first = account.replace("/", " ").split()
-    return first[0] if first and _IBAN.fullmatch(first[0]) else None
+    tokens = account.replace("/", " ").split()
+    return next((t for t in tokens if _IBAN.fullmatch(t)), None)
 
 
 def _remittance(data: dict[str, Any]) -> str:
