@@ -84,6 +84,13 @@ class Settings:
     tiers: tuple[Tier, ...] = field(default=DEFAULT_TIERS)
     #: How long ``coalition serve`` lets requests in flight finish after SIGTERM.
     shutdown_timeout_s: int = 20
+    #: The operator's own bank account, for payment files (settlement/payments/runs.py checks
+    #: them when a run is made: a run without them is ``409 payments-not-configured``).
+    operator_name: str | None = None
+    operator_iban: str | None = None
+    operator_bic: str | None = None
+    #: The operator's SEPA creditor identifier, for direct debits.
+    sepa_creditor_id: str | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -251,6 +258,10 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         shutdown_timeout_s=_parse_int(
             "COALITION_SHUTDOWN_TIMEOUT_S", values.get("COALITION_SHUTDOWN_TIMEOUT_S", "20"), 1
         ),
+        operator_name=values.get("COALITION_OPERATOR_NAME") or None,
+        operator_iban=values.get("COALITION_OPERATOR_IBAN") or None,
+        operator_bic=values.get("COALITION_OPERATOR_BIC") or None,
+        sepa_creditor_id=values.get("COALITION_SEPA_CREDITOR_ID") or None,
         tiers=parse_tiers(values["COALITION_TIERS"])
         if "COALITION_TIERS" in values
         else DEFAULT_TIERS,

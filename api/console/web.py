@@ -97,6 +97,8 @@ class Viewer:
     partner_id: str | None
     member_id: str | None
     csrf: str
+    #: The key the session acts for (``coalition console-link --key``), if any.
+    key_id: str | None = None
 
     @property
     def staff(self) -> bool:
@@ -160,6 +162,7 @@ async def signed_in(
         found.partner_id,
         found.member_id,
         signin.csrf_token(secret, found.token_sha256),
+        found.key_id,
     )
     state = connection.scope.setdefault("state", {})
     state[_VIEWER_KEY] = viewer
