@@ -11,6 +11,7 @@ encodes it against the camt.053.001.08 schema, which refuses anything invalid.
 from __future__ import annotations
 
 import functools
+import re
 import textwrap
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
@@ -84,7 +85,8 @@ def _safe_root(data: bytes) -> ET.Element:
         return SafeET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except DefusedXmlException as exc:
         raise BankFileInvalid(
-            f"XML with a DTD, entities or external references is refused ({type(exc).__name__})"
+            "XML with a DTD (<!DOCTYPE>), entities or external references is refused: a bank "
+            f"statement needs none, and they are how XML bombs work ({type(exc).__name__})"
         ) from None
     except ET.ParseError as exc:
         raise BankFileInvalid(f"malformed XML: {exc}") from None
@@ -118,7 +120,7 @@ def _decode(root: ET.Element, version: str) -> Mapping[str, Any]:
         )
     except xmlschema.XMLSchemaValidationError as exc:
         reason = " ".join(str(exc.reason or exc.message).split())[:_REASON_LIMIT]
-        where = f" at {exc.path}" if exc.path else ""
+        where = f" at {re.sub(r'{[^}]*}', '', exc.path)}" if exc.path else ""
         raise BankFileInvalid(
             f"the document is not valid against the {version} schema{where}: {reason}"
         ) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import logging
 import re
 from datetime import date
 from decimal import Decimal
@@ -28,6 +29,9 @@ from settlement.bankfiles._model import (
 )
 
 FORMAT = "mt940"
+# mt940 logs each tag it cannot read at ERROR; a bad file is its sender's error, reported as a
+# BankFileInvalid, not a fault of the service to alert on.
+logging.getLogger("mt940").setLevel(logging.CRITICAL)
 #: A tag at the start of a line: ``:20:``, ``:60F:``...
 _TAG = re.compile(r"^:(\d\d[A-Z]?):", re.MULTILINE)
 _MANDATORY = {"20": ":20:", "25": ":25:", "28C": ":28C:", "60": ":60F:/:60M:", "62": ":62F:/:62M:"}
@@ -60,7 +64,7 @@ def parse_mt940(text: str, sha256: str) -> BankStatementFile:
         statements = mt940.parse_statements(io.StringIO(text), options=mt940.Options.all())
         transactions = [(s, t) for s in statements for t in s]
     except Exception as exc:  # the library raises many kinds for a file it cannot read
-        raise BankFileInvalid(f"unreadable MT940: {type(exc).__name__}: {exc}") from None
+        raise BankFileInvalid(_unreadable(exc)) from None
     expected = sum(1 for m in _TAG.finditer(text) if m.group(1) == "61")
     if len(transactions) != expected:
         raise BankFileInvalid(
@@ -78,6 +82,16 @@ def parse_mt940(text: str, sha256: str) -> BankStatementFile:
         )
         ids.append(f"{data.get('transaction_reference', '')}:{number}")
     return BankStatementFile(FORMAT, ",".join(ids), entries, sha256)
+
+
+def _unreadable(exc: Exception) -> str:
+    """What mt940 could not read: a tag's value (its ``RuntimeError`` carries the tag and the
+    value), else the library's own words."""
+    args = exc.args
+    if isinstance(exc, RuntimeError) and len(args) == 3 and isinstance(args[2], str):
+        tag = getattr(args[1], "id", "?")
+        return f"unreadable MT940: the :{tag}: field {args[2][:80]!r} does not have its format"
+    return f"unreadable MT940: {type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _entry(no: int, statement: dict[str, Any], data: dict[str, Any]) -> BankEntry:
