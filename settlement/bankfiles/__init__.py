@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 _BOM = b"\xef\xbb\xbf"
+#: XML in UTF-16 starts with its byte-order mark (the XML parser reads it from there).
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 def parse_bank_statement(data: bytes) -> BankStatementFile:
@@ -49,7 +51,7 @@ def parse_bank_statement(data: bytes) -> BankStatementFile:
         )
     sha256 = hashlib.sha256(data).hexdigest()
     head = data.removeprefix(_BOM).lstrip(b" \t\r\n")
-    if head.startswith(b"<"):
+    if head.startswith(b"<") or data.startswith(_UTF16_BOMS):
         return parse_camt053(data, sha256)
     text = _text(data)
     if looks_like_mt940(text):

@@ -47,6 +47,8 @@ RETURN_SUBFAMILIES = frozenset({"RRTN", "RPCR", "UPDD", "PRDD", "PRCT"})
 #: Entry statuses that are booked money; pending or information-only entries are left out.
 BOOKED = "BOOK"
 _REASON_LIMIT = 300
+#: The day of an ISO date or date-time: four-digit year, month, day, then the end or more.
+_DAY = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})(?:$|[TZ+-])")
 
 
 @functools.cache
@@ -221,10 +223,13 @@ def _tx_amount(tx: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def _booking_date(ntry: Mapping[str, Any], ntry_no: int) -> date:
     for key in ("BookgDt", "ValDt"):
         when = _mapping(ntry, key)
-        if day := _text(when.get("Dt")):
-            return date.fromisoformat(day)
-        if moment := _text(when.get("DtTm")):
-            return datetime.fromisoformat(moment).date()
+        # A date (xs:date may carry a time zone) or a date and time: the day as the bank wrote it.
+        if text := _text(when.get("Dt")) or _text(when.get("DtTm")):
+            day = _DAY.match(text)
+            try:
+                return date.fromisoformat(day.group(1)) if day else date.fromisoformat(text)
+            except ValueError:
+                raise BankFileInvalid(f"{key} {text!r} is not a date", entry=ntry_no) from None
     raise BankFileInvalid("the entry has no booking date (BookgDt)", entry=ntry_no)
 
 

@@ -5,6 +5,7 @@ sends it. The samples in bank_files/ are written from the standard (each says wh
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ET
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -422,6 +423,68 @@ def test_mutated_samples_raise_nothing_but_bank_file_invalid(
         at = int(where * len(data))
         data = data[:at] + insert + data[at + cut :]
     parse_or_refuse(data)
+
+
+CAMT_SAMPLES = sorted(FILES.glob("camt053_*.xml"))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sample=st.sampled_from(CAMT_SAMPLES),
+    changes=st.lists(
+        st.tuples(
+            st.floats(0, 1, exclude_max=True),
+            st.one_of(
+                st.text(max_size=20),
+                st.from_regex(
+                    r"-?[0-9]{1,5}-[0-9]{1,2}-[0-9]{1,2}([TZ+-].{0,12})?", fullmatch=True
+                ),
+                st.from_regex(r"[+-]?[0-9]{0,12}(\.[0-9]{0,6})?", fullmatch=True),
+                st.sampled_from(["true", "false", "1", "CRDT", "DBIT", "PDNG", "NOTPROVIDED"]),
+            ),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_samples_with_changed_values_raise_nothing_but_bank_file_invalid(
+    sample: Path, changes: list[tuple[float, str]]
+) -> None:
+    # Well-formed XML with any element's text or any attribute replaced: what reaches the
+    # reading of the decoded values, past the XML parser.
+    root = ET.fromstring(sample.read_bytes())
+    elements = list(root.iter())
+    for where, value in changes:
+        element = elements[int(where * len(elements))]
+        if element.attrib:
+            element.set(next(iter(element.attrib)), value)
+        else:
+            element.text = value
+    parse_or_refuse(ET.tostring(root, encoding="utf-8"))
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        (b"<Dt>2026-12-07+01:00</Dt>", date(2026, 12, 7)),
+        (b"<Dt>2026-12-07Z</Dt>", date(2026, 12, 7)),
+        (b"<DtTm>2026-12-07T23:59:59.1234567-05:00</DtTm>", date(2026, 12, 7)),
+        (b"<Dt>12026-12-07</Dt>", "BookgDt '12026-12-07' is not a date"),
+    ],
+)
+def test_booking_dates_are_the_day_the_bank_wrote(written: bytes, read: date | str) -> None:
+    data = (FILES / "camt053_v08_eur.xml").read_bytes()
+    data = data.replace(b"<Dt>2026-12-07</Dt>\n        </BookgDt>", written + b"</BookgDt>", 1)
+    if isinstance(read, str):
+        assert read in refusal(data).detail
+    else:
+        assert parse_bank_statement(data).entries[0].booking_date == read
+
+
+def test_xml_in_utf16_is_read() -> None:
+    data = (FILES / "camt053_v08_eur.xml").read_text(encoding="utf-8")
+    utf16 = data.replace('encoding="UTF-8"', 'encoding="UTF-16"').encode("utf-16")
+    assert parse_bank_statement(utf16).entries == SAME_DAY
 
 
 @settings(max_examples=60, deadline=None)
