@@ -47,6 +47,8 @@ RETURN_SUBFAMILIES = frozenset({"RRTN", "RPCR", "UPDD", "PRDD", "PRCT"})
 #: Entry statuses that are booked money; pending or information-only entries are left out.
 BOOKED = "BOOK"
 _REASON_LIMIT = 300
+#: A camt.053 statement's elements nest about 15 deep; supplementary data may add a few.
+MAX_XML_DEPTH = 64
 #: The day of an ISO date or date-time: four-digit year, month, day, then the end or more.
 _DAY = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})(?:$|[TZ+-])")
 
@@ -62,6 +64,7 @@ def parse_camt053(data: bytes, sha256: str) -> BankStatementFile:
     """Read a camt.053 document; :class:`BankFileInvalid` names what is wrong."""
     root = _safe_root(data)
     version = _version_of(root)
+    _check_depth(root)
     decoded = _decode(root, version)
     document = _mapping(decoded, "BkToCstmrStmt")
     statements = _list(document.get("Stmt"))
@@ -94,6 +97,17 @@ def _safe_root(data: bytes) -> ET.Element:
         raise BankFileInvalid(f"malformed XML: {exc}") from None
     except (ValueError, LookupError) as exc:
         raise BankFileInvalid(f"unreadable XML: {exc}") from None
+
+
+def _check_depth(root: ET.Element) -> None:
+    """Refuse XML nested deeper than any statement is (the schema lets supplementary data hold
+    any XML, which the recursive schema validation must not be made to follow without end)."""
+    stack = [(root, 1)]
+    while stack:
+        element, depth = stack.pop()
+        if depth > MAX_XML_DEPTH:
+            raise BankFileInvalid(f"the XML is nested deeper than {MAX_XML_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in element)
 
 
 def _version_of(root: ET.Element) -> str:

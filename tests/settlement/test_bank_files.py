@@ -271,6 +271,16 @@ def test_an_amount_or_field_that_breaks_a_rule_names_the_entry(
     assert says in error.detail
 
 
+def test_xml_nested_without_end_in_supplementary_data_is_refused() -> None:
+    data = (FILES / "camt053_v08_eur.xml").read_bytes()
+    nested = b"<a>" * 100_000 + b"</a>" * 100_000
+    deep = b"<SplmtryData><Envlp>" + nested + b"</Envlp></SplmtryData></BkToCstmrStmt>"
+    error = refusal(data.replace(b"</BkToCstmrStmt>", deep))
+    assert "nested deeper than 64 levels" in error.detail
+    shallow = b"<SplmtryData><Envlp><a><b>x</b></a></Envlp></SplmtryData></BkToCstmrStmt>"
+    assert parse_bank_statement(data.replace(b"</BkToCstmrStmt>", shallow)).entries == SAME_DAY
+
+
 def test_a_file_over_16_mib_is_refused_before_it_is_parsed() -> None:
     sample = (FILES / "camt053_v08_eur.xml").read_bytes()
     error = refusal(sample + b" " * (MAX_BANK_FILE_BYTES - len(sample) + 1))
