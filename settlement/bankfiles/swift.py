@@ -35,7 +35,7 @@ logging.getLogger("mt940").setLevel(logging.CRITICAL)
 #: A tag at the start of a line: ``:20:``, ``:60F:``...
 _TAG = re.compile(r"^:(\d\d[A-Z]?):", re.MULTILINE)
 _MANDATORY = {"20": ":20:", "25": ":25:", "28C": ":28C:", "60": ":60F:/:60M:", "62": ":62F:/:62M:"}
-#: The first token of ``:25:`` when it is an IBAN (country, check digits, up to 30 more).
+#: An IBAN's shape (country, check digits, up to 30 more); the bank checked its digits.
 _IBAN = re.compile(r"[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}")
 #: SWIFT transaction type of a returned item (``:61:`` ``NRTI``/``SRTI``...).
 _RETURNED_ITEM = "RTI"
@@ -125,10 +125,12 @@ def _entry(no: int, statement: dict[str, Any], data: dict[str, Any]) -> BankEntr
 
 
 def _iban(account: object) -> str | None:
+    """The IBAN in ``:25:`` (``DE89...``, ``COBADEFFXXX/DE89...``, ``NL91... EUR``), ``None``
+    for an account number of another kind (``37040044/532013000``)."""
     if not isinstance(account, str):
         return None
-    first = account.replace("/", " ").split()
-    return first[0] if first and _IBAN.fullmatch(first[0]) else None
+    tokens = account.replace("/", " ").split()
+    return next((t for t in tokens if _IBAN.fullmatch(t)), None)
 
 
 def _remittance(data: dict[str, Any]) -> str:

@@ -317,6 +317,38 @@ def test_a_bad_mt940_or_unknown_file_is_refused(data: bytes, says: str) -> None:
     assert says in refusal(data).detail
 
 
+def test_an_mt940_file_of_several_statements_gives_each_its_account() -> None:
+    one = (FILES / "mt940_eur_same_day.sta").read_text(encoding="utf-8")
+    two = (
+        one.replace("STMT20261207", "STMT20261207B")
+        .replace(":25:DE89370400440532013000", ":25:NL91ABNA0417164300")
+        .replace("341/1", "12/1")
+    )
+    parsed = parse_bank_statement((one + two).encode())
+    assert parsed.statement_id == "STMT20261207:341/1,STMT20261207B:12/1"
+    assert [(e.line, e.account_iban) for e in parsed.entries] == [
+        (1, OPERATOR_IBAN),
+        (2, OPERATOR_IBAN),
+        (3, "NL91ABNA0417164300"),
+        (4, "NL91ABNA0417164300"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("account", "iban"),
+    [
+        ("DE89370400440532013000", OPERATOR_IBAN),
+        ("COBADEFFXXX/DE89370400440532013000", OPERATOR_IBAN),
+        ("NL91ABNA0417164300 EUR", "NL91ABNA0417164300"),
+        ("37040044/532013000", None),
+    ],
+)
+def test_mt940_account_is_the_iban_in_field_25(account: str, iban: str | None) -> None:
+    data = (FILES / "mt940_eur_same_day.sta").read_text(encoding="utf-8")
+    data = data.replace(":25:DE89370400440532013000", f":25:{account}")
+    assert {e.account_iban for e in parse_bank_statement(data.encode()).entries} == {iban}
+
+
 def test_mt940_return_marks_are_reversals_in_the_right_direction() -> None:
     data = (
         b":20:R\n:25:NL91ABNA0417164300\n:28C:7/1\n:60F:C261206EUR100,00\n"
