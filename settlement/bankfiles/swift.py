@@ -39,6 +39,9 @@ _MANDATORY = {"20": ":20:", "25": ":25:", "28C": ":28C:", "60": ":60F:/:60M:", "
 _IBAN = re.compile(r"[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}")
 #: SWIFT transaction type of a returned item (``:61:`` ``NRTI``/``SRTI``...).
 _RETURNED_ITEM = "RTI"
+#: German (DK) business transaction codes of a structured ``:86:`` that return a payment: 109
+#: a returned SEPA direct debit, 159 a returned SEPA credit transfer.
+_RETURN_CODES = frozenset({"109", "159"})
 #: ``:86:`` lines are at most 65 characters; a full line goes on in the next without a space.
 _LINE = 65
 
@@ -119,7 +122,9 @@ def _entry(no: int, statement: dict[str, Any], data: dict[str, Any]) -> BankEntr
         end_to_end_id=no_reference(data.get("end_to_end_reference")),
         bank_reference=no_reference(data.get("bank_reference")),
         remittance=_remittance(data),
-        reversal=status in {"RC", "RD"} or kind[1:] == _RETURNED_ITEM,
+        reversal=status in {"RC", "RD"}
+        or kind[1:] == _RETURNED_ITEM
+        or data.get("transaction_code") in _RETURN_CODES,
         return_reason=None,
     )
 

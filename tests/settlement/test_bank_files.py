@@ -349,6 +349,13 @@ def test_mt940_account_is_the_iban_in_field_25(account: str, iban: str | None) -
     assert {e.account_iban for e in parse_bank_statement(data.encode()).entries} == {iban}
 
 
+def test_an_mt940_returned_transfer_code_is_a_reversal() -> None:
+    data = (FILES / "mt940_eur_same_day.sta").read_bytes()
+    returned = data.replace(b":86:171?00SEPA-LASTSCHRIFT", b":86:159?00SEPA-UEBERW. RETOURE")
+    first, second = parse_bank_statement(returned).entries
+    assert (first.reversal, second.reversal) == (False, True)
+
+
 def test_mt940_return_marks_are_reversals_in_the_right_direction() -> None:
     data = (
         b":20:R\n:25:NL91ABNA0417164300\n:28C:7/1\n:60F:C261206EUR100,00\n"
