@@ -115,9 +115,9 @@ def _version_of(root: ET.Element) -> str:
     namespace, _, local = tag[1:].partition("}") if tag.startswith("{") else ("", "", tag)
     if not namespace.startswith(ISO20022_NAMESPACE) or local != "Document":
         raise BankFileInvalid(
-            f"not an ISO 20022 camt.053 bank statement: the root element is {tag!r}"
+            f"not an ISO 20022 camt.053 bank statement: the root element is {tag[:120]!r}"
         )
-    message = namespace.removeprefix(ISO20022_NAMESPACE)
+    message = namespace.removeprefix(ISO20022_NAMESPACE)[:40]
     if message in CAMT053_VERSIONS:
         return message
     if message.startswith("camt.053."):
@@ -141,7 +141,8 @@ def _decode(root: ET.Element, version: str) -> Mapping[str, Any]:
             f"the document is not valid against the {version} schema{where}: {reason}"
         ) from None
     except (xmlschema.XMLSchemaException, ValueError, TypeError) as exc:
-        raise BankFileInvalid(f"the {version} document cannot be read: {exc}") from None
+        reason = " ".join(str(exc).split())[:_REASON_LIMIT]
+        raise BankFileInvalid(f"the {version} document cannot be read: {reason}") from None
     if not isinstance(decoded, Mapping):
         raise BankFileInvalid(f"the {version} document is empty")
     return decoded

@@ -50,7 +50,7 @@ def looks_like_mt940(text: str) -> bool:
     """Whether ``text`` has the shape of an MT940 message: a SWIFT block header or a ``:20:``
     tag at its start."""
     head = text.lstrip("\ufeff \t\r\n")
-    return head.startswith(("{1:", ":20:", ":940:"))
+    return head.startswith(("{1:", ":20:"))
 
 
 def parse_mt940(text: str, sha256: str) -> BankStatementFile:
