@@ -18,8 +18,9 @@ from settlement.bankfiles._model import (
     BankFileInvalid,
     BankStatementFile,
 )
-from settlement.bankfiles.camt import CAMT053_VERSIONS, parse_camt053, write_camt053
+from settlement.bankfiles.camt import CAMT053_VERSIONS, parse_camt053
 from settlement.bankfiles.swift import looks_like_mt940, parse_mt940
+from settlement.bankfiles.writer import write_camt053
 
 __all__ = [
     "CAMT053_VERSIONS",

@@ -1,22 +1,21 @@
-"""ISO 20022 camt.053 (Bank-to-Customer Statement), versions 001.02 to 001.08: read and written.
+"""ISO 20022 camt.053 (Bank-to-Customer Statement), versions 001.02 to 001.08, read.
 
 A document is parsed by ``defusedxml`` (no DTD, no entities, no external references: an XML
 bomb is refused before anything is expanded), validated against the official ISO 20022 schema
 of its version (shipped in ``schemas/``) and decoded by that schema with ``xmlschema``. The
 entries are then read from the decoded document, whose shape the schema guarantees. Writing
-goes the same way back: :func:`write_camt053` builds the document's data and ``xmlschema``
-encodes it against the camt.053.001.08 schema, which refuses anything invalid.
+goes the same way back: ``write_camt053`` builds the document's data and ``xmlschema`` encodes
+it against the camt.053.001.08 schema, which refuses anything invalid (``writer.py``).
 """
 
 from __future__ import annotations
 
 import functools
 import re
-import textwrap
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ import defusedxml.ElementTree as SafeET
 import xmlschema
 from defusedxml import DefusedXmlException
 
-from coalition.errors import InvariantViolated
 from coalition.money import format_amount
 from settlement.bankfiles._model import (
     BankEntry,
@@ -37,8 +35,6 @@ from settlement.bankfiles._model import (
 ISO20022_NAMESPACE = "urn:iso:std:iso:20022:tech:xsd:"
 #: The camt.053 versions read, each validated against its own official schema.
 CAMT053_VERSIONS = tuple(f"camt.053.001.{n:02d}" for n in range(2, 9))
-#: The version :func:`write_camt053` writes.
-WRITTEN_VERSION = "camt.053.001.08"
 _SCHEMAS = Path(__file__).parent / "schemas"
 #: Bank transaction sub-family codes (ISO 20022 external code set) that return or reverse an
 #: earlier payment: reversal due to a payment return, to a cancellation request, an unpaid or
@@ -46,7 +42,7 @@ _SCHEMAS = Path(__file__).parent / "schemas"
 RETURN_SUBFAMILIES = frozenset({"RRTN", "RPCR", "UPDD", "PRDD", "PRCT"})
 #: Entry statuses that are booked money; pending or information-only entries are left out.
 BOOKED = "BOOK"
-_REASON_LIMIT = 300
+REASON_LIMIT = 300
 #: A camt.053 statement's elements nest about 15 deep; supplementary data may add a few.
 MAX_XML_DEPTH = 64
 #: The day of an ISO date or date-time: four-digit year, month, day, then the end or more.
@@ -135,13 +131,13 @@ def _decode(root: ET.Element, version: str) -> Mapping[str, Any]:
             root, validation="strict", decimal_type=str, strip_namespaces=True
         )
     except xmlschema.XMLSchemaValidationError as exc:
-        reason = " ".join(str(exc.reason or exc.message).split())[:_REASON_LIMIT]
+        reason = " ".join(str(exc.reason or exc.message).split())[:REASON_LIMIT]
         where = f" at {re.sub(r'{[^}]*}', '', exc.path)}" if exc.path else ""
         raise BankFileInvalid(
             f"the document is not valid against the {version} schema{where}: {reason}"
         ) from None
     except (xmlschema.XMLSchemaException, ValueError, TypeError) as exc:
-        reason = " ".join(str(exc).split())[:_REASON_LIMIT]
+        reason = " ".join(str(exc).split())[:REASON_LIMIT]
         raise BankFileInvalid(f"the {version} document cannot be read: {reason}") from None
     if not isinstance(decoded, Mapping):
         raise BankFileInvalid(f"the {version} document is empty")
@@ -306,101 +302,3 @@ def _text(value: Any) -> str | None:
     if isinstance(value, str):
         return value.strip() or None
     return None
-
-
-# --- writing -----------------------------------------------------------------------------
-
-
-def write_camt053(
-    *,
-    statement_id: str,
-    account_iban: str,
-    entries: Sequence[BankEntry],
-    created_at: datetime,
-) -> bytes:
-    """A camt.053.001.08 document with one statement of ``entries``, the way a bank sends it
-    (group header, account, opening and closing booked balances, one booked ``Ntry`` with one
-    ``TxDtls`` per entry), valid against the official schema. The entries' ``line`` is not
-    written (it is their order); their currency is the account's (that of the first entry).
-
-    Used to play the bank: the demo and the tests write the statement a bank would return.
-    """
-    if not entries:
-        raise BankFileInvalid("a statement to write needs at least one entry")
-    currency = entries[0].currency
-    if any(e.currency != currency for e in entries):
-        raise BankFileInvalid("the entries of one statement share the account's currency")
-    stamp = created_at.isoformat(timespec="seconds")
-    first_day = min(e.booking_date for e in entries)
-    last_day = max(e.booking_date for e in entries)
-    net = sum(e.amount_minor if e.credit else -e.amount_minor for e in entries)
-    statement: dict[str, Any] = {
-        "Id": statement_id,
-        "ElctrncSeqNb": "1",
-        "CreDtTm": stamp,
-        "Acct": {"Id": {"IBAN": account_iban}, "Ccy": currency},
-        "Bal": [
-            _balance("OPBD", 0, currency, first_day),
-            _balance("CLBD", net, currency, last_day),
-        ],
-        "Ntry": [_written_entry(e) for e in entries],
-    }
-    document = {
-        "BkToCstmrStmt": {
-            "GrpHdr": {"MsgId": statement_id[:35], "CreDtTm": stamp},
-            "Stmt": [statement],
-        }
-    }
-    namespace = ISO20022_NAMESPACE + WRITTEN_VERSION
-    try:
-        element = schema(WRITTEN_VERSION).encode(
-            document, path="Document", namespaces={"": namespace}, validation="strict"
-        )
-    except xmlschema.XMLSchemaValidationError as exc:
-        reason = " ".join(str(exc.reason or exc.message).split())[:_REASON_LIMIT]
-        raise BankFileInvalid(
-            f"the statement cannot be written as {WRITTEN_VERSION}: {reason}"
-        ) from None
-    if not isinstance(element, ET.Element):
-        raise InvariantViolated("a strict encode returns the document element")
-    ET.register_namespace("", namespace)
-    body: bytes = ET.tostring(element, encoding="utf-8", xml_declaration=True)
-    return body
-
-
-def _balance(code: str, net_minor: int, currency: str, day: date) -> dict[str, Any]:
-    return {
-        "Tp": {"CdOrPrtry": {"Cd": code}},
-        "Amt": {"$": format_amount(abs(net_minor), currency), "@Ccy": currency},
-        "CdtDbtInd": "CRDT" if net_minor >= 0 else "DBIT",
-        "Dt": {"Dt": day.isoformat()},
-    }
-
-
-def _written_entry(entry: BankEntry) -> dict[str, Any]:
-    amount = {"$": format_amount(entry.amount_minor, entry.currency), "@Ccy": entry.currency}
-    indicator = "CRDT" if entry.credit else "DBIT"
-    family = ("RCDT" if entry.credit else "ICDT", "RRTN" if entry.reversal else "ESCT")
-    ntry: dict[str, Any] = {"Amt": amount, "CdtDbtInd": indicator}
-    if entry.reversal:
-        ntry["RvslInd"] = True
-    ntry |= {
-        "Sts": {"Cd": BOOKED},
-        "BookgDt": {"Dt": entry.booking_date.isoformat()},
-        "ValDt": {"Dt": entry.booking_date.isoformat()},
-    }
-    if entry.bank_reference:
-        ntry["AcctSvcrRef"] = entry.bank_reference
-    ntry["BkTxCd"] = {"Domn": {"Cd": "PMNT", "Fmly": {"Cd": family[0], "SubFmlyCd": family[1]}}}
-    tx: dict[str, Any] = {
-        "Refs": {"EndToEndId": entry.end_to_end_id or "NOTPROVIDED"},
-        "Amt": amount,
-        "CdtDbtInd": indicator,
-    }
-    if entry.remittance:
-        # Ustrd lines hold 140 characters; the reader joins them with a space again.
-        tx["RmtInf"] = {"Ustrd": textwrap.wrap(entry.remittance, 140, break_on_hyphens=False)}
-    if entry.return_reason:
-        tx["RtrInf"] = {"Rsn": {"Cd": entry.return_reason}}
-    ntry["NtryDtls"] = [{"TxDtls": [tx]}]
-    return ntry
