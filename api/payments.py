@@ -27,7 +27,7 @@ from api.payments_structs import (
     ReconciliationPage,
     ResolveEntry,
 )
-from api.runtime import services_of
+from api.runtime import Services, services_of
 from api.settlement import actor_of
 from api.structs import EmptyBody, IdPath, decode
 from api.views import decode_cursor, encode_cursor
@@ -59,6 +59,18 @@ def bank_account_out(found: bank_accounts.BankDetails, status: str) -> BankAccou
 def run_out(view: runs.RunView) -> PaymentRunOut:
     """A run in the API's shape."""
     return msgspec.convert(runs.run_data(view), PaymentRunOut)
+
+
+def payment_file_response(services: Services, run_id: str, name: str) -> Response[bytes]:
+    """A payment run's file as an attachment, byte for byte as stored (the API's and the
+    console's download)."""
+    with transaction(services.sessions) as s:
+        found = runs.get_file(s, run_id, name)
+    return Response(
+        found.content,
+        media_type="application/xml",
+        headers={"Content-Disposition": f'attachment; filename="{found.name}"'},
+    )
 
 
 def _media_type(request: Request[Any, Any, Any]) -> str:
@@ -228,14 +240,7 @@ class PaymentsController(Controller):
         self, request: Request[Any, Any, Any], run_id: IdPath, name: FileName
     ) -> Response[bytes]:
         """A file of the run, byte for byte as built (valid against its ISO 20022 XSD)."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            found = runs.get_file(s, run_id, name)
-            return Response(
-                found.content,
-                media_type="application/xml",
-                headers={"Content-Disposition": f'attachment; filename="{found.name}"'},
-            )
+        return payment_file_response(services_of(request.app.state), run_id, name)
 
     @post(
         "/payment-runs/{run_id:str}/cancel",

@@ -18,7 +18,7 @@ from litestar.response import Redirect, Template
 
 from api.console.statements import ConsoleId, actor_of
 from api.console.web import STAFF, back, form_of, page, roles, signed_in, viewer_of
-from api.payments import FileName
+from api.payments import FileName, payment_file_response
 from api.runtime import services_of
 from coalition.db import transaction
 from coalition.errors import ValidationFailed
@@ -102,14 +102,7 @@ class PaymentPages(Controller):
         self, request: Request[Any, Any, Any], run_id: ConsoleId, name: FileName
     ) -> Response[bytes]:
         """A file of the run, byte for byte the API's."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            found = runs.get_file(s, run_id, name)
-            return Response(
-                found.content,
-                media_type="application/xml",
-                headers={"Content-Disposition": f'attachment; filename="{found.name}"'},
-            )
+        return payment_file_response(services_of(request.app.state), run_id, name)
 
     @post("/payments/{run_id:str}/cancel", opt=roles("finance"), sync_to_thread=True)
     def cancel_run(self, request: Request[Any, Any, Any], run_id: ConsoleId) -> Redirect:
