@@ -104,6 +104,7 @@ OPERATIONS = [
     "POST /v1/webhook-endpoints/{endpoint_id}/recover",
     "POST /v1/console-links",
     "POST /v1/members/{member_id}/portal-links",
+    "POST /v1/admin/members/{member_id}/portal-links",
 ]
 
 
