@@ -36,7 +36,9 @@ class Services:
     @classmethod
     def build(cls, settings: Settings, clock: Callable[[], datetime] = utcnow) -> Services:
         """Engine, session factory and operations for ``settings``."""
-        engine = make_engine(settings.database_url)
+        engine = make_engine(
+            settings.database_url, prepared_statements=not settings.database_pgbouncer
+        )
         metrics.observe_pool(engine)
         sessions = session_factory(engine)
         limiter = Limiter(

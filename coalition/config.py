@@ -53,6 +53,10 @@ class Settings:
     """Everything the service reads from its environment."""
 
     database_url: str = DEFAULT_DATABASE_URL
+    #: True when a pooler in transaction mode (pgbouncer, ``pool_mode = transaction``) stands
+    #: between the service and PostgreSQL: the driver then prepares no statement on the server,
+    #: since the next transaction may run on another server connection (docs/operations.md).
+    database_pgbouncer: bool = False
     secret_key: bytes = b""
     secret_key_is_dev_default: bool = False
     public_url: str = DEFAULT_PUBLIC_URL
@@ -198,6 +202,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     raw_key = values.get("COALITION_SECRET_KEY")
     return Settings(
         database_url=values.get("COALITION_DATABASE_URL", DEFAULT_DATABASE_URL),
+        database_pgbouncer=_parse_bool(
+            "COALITION_DATABASE_PGBOUNCER", values.get("COALITION_DATABASE_PGBOUNCER", "off")
+        ),
         secret_key=_decode_secret_key(raw_key) if raw_key else _dev_secret_key(),
         secret_key_is_dev_default=not raw_key,
         public_url=values.get("COALITION_PUBLIC_URL", DEFAULT_PUBLIC_URL).rstrip("/"),
