@@ -109,6 +109,8 @@ class Minute:
     errors: int = 0
     kinds: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     rss: dict[str, int] = field(default_factory=dict)
+    #: the machine's 1-minute load average at the minute's last sample (a shared machine)
+    load: float = 0.0
 
 
 class Recorder:
@@ -141,7 +143,9 @@ class Recorder:
             now = time.monotonic()
             self.samples.append((now - self.started, rss))
             # the minute's last sample stands for it in the table
-            self._minute(now).rss = rss
+            minute = self._minute(now)
+            minute.rss = rss
+            minute.load = float(Path("/proc/loadavg").read_text().split()[0])
 
 
 class Traffic:
@@ -225,7 +229,7 @@ def drive(
         with CoalitionClient(server.base_url, key[0], secret=key[1], retries=0) as client:
             traffic = Traffic(client, members, n, rec)
             due = time.monotonic() + n * interval / threads
-            while due < until:
+            while due < until and time.monotonic() < until:
                 pause = due - time.monotonic()
                 if pause > 0:
                     time.sleep(pause)
@@ -265,6 +269,7 @@ def summarise(rec: Recorder, *, rss_bound_mib: float) -> dict[str, Any]:
             "errors": m.errors,
             "p50_ms": round(_percentile(m.latencies_ms, 0.5), 1),
             "p99_ms": round(_percentile(m.latencies_ms, 0.99), 1),
+            "load": m.load,
             "rss_mib": {role: round(b / MIB, 1) for role, b in sorted(m.rss.items())},
         }
         for n, m in enumerate(minutes)
@@ -364,12 +369,12 @@ def lines(result: dict[str, Any]) -> list[str]:
         f"  RSS growth over the last {s['window_minutes']} min (MiB): "
         f"{s['rss_growth_last_window_mib']} (bound {s['rss_bound_mib']})",
         f"  closes: {result['closes']}; coalition check: {result['check']}",
-        "  minute  requests  errors  p50 ms  p99 ms  RSS MiB",
+        "  minute  requests  errors  p50 ms  p99 ms  load  RSS MiB",
     ]
     for m in s["per_minute"]:
         out.append(
             f"  {m['minute']:>6}  {m['requests']:>8}  {m['errors']:>6}  {m['p50_ms']:>6}  "
-            f"{m['p99_ms']:>6}  {m['rss_mib']}"
+            f"{m['p99_ms']:>6}  {m['load']:>4.1f}  {m['rss_mib']}"
         )
     out.append("  criteria: " + ", ".join(f"{k} {v}" for k, v in s["criteria"].items()))
     out.append("  PASSED" if result["passed"] else "  FAILED")
@@ -381,7 +386,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m bench.soak", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--minutes", type=float, default=30.0, help="length of the run (30)")
-    parser.add_argument("--rate", type=float, default=40.0, help="mix steps per second (40)")
+    parser.add_argument("--rate", type=float, default=30.0, help="mix steps per second (30)")
     parser.add_argument("--threads", type=int, default=8, help="client threads (8)")
     parser.add_argument("--workers", type=int, default=2, help="`coalition serve --workers` (2)")
     parser.add_argument("--members", type=int, default=1000, help="members (1000)")
