@@ -44,7 +44,7 @@ class Runtime:
 def runtime(settings: Settings | None = None) -> Runtime:
     """Build the runtime from the environment."""
     settings = settings or load_settings()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, prepared_statements=not settings.database_pgbouncer)
     return Runtime(settings, engine, session_factory(engine))
 
 

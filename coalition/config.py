@@ -57,6 +57,10 @@ class Settings:
     #: the lag past which those reads go to the primary instead.
     replica_database_url: str | None = None
     replica_max_lag_s: float = 5.0
+    #: True when a pooler in transaction mode (pgbouncer, ``pool_mode = transaction``) stands
+    #: between the service and PostgreSQL: the driver then prepares no statement on the server,
+    #: since the next transaction may run on another server connection (docs/operations.md).
+    database_pgbouncer: bool = False
     secret_key: bytes = b""
     secret_key_is_dev_default: bool = False
     public_url: str = DEFAULT_PUBLIC_URL
@@ -222,6 +226,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         replica_database_url=values.get("COALITION_REPLICA_DATABASE_URL") or None,
         replica_max_lag_s=_parse_seconds(
             "COALITION_REPLICA_MAX_LAG_S", values.get("COALITION_REPLICA_MAX_LAG_S", "5")
+        ),
+        database_pgbouncer=_parse_bool(
+            "COALITION_DATABASE_PGBOUNCER", values.get("COALITION_DATABASE_PGBOUNCER", "off")
         ),
         secret_key=_decode_secret_key(raw_key) if raw_key else _dev_secret_key(),
         secret_key_is_dev_default=not raw_key,
