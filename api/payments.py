@@ -29,7 +29,7 @@ from api.payments_structs import (
 )
 from api.runtime import Services, services_of
 from api.settlement import actor_of
-from api.structs import EmptyBody, IdPath, decode
+from api.structs import EmptyBody, IdPath, decode, full_match
 from api.views import decode_cursor, encode_cursor
 from coalition.db import transaction
 from coalition.errors import ValidationFailed
@@ -37,7 +37,12 @@ from settlement.bankfiles import MAX_BANK_FILE_BYTES
 from settlement.payments import bank_accounts, reconcile, runs
 
 FileName = Annotated[
-    str, PathParameter(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_.-]{1,80}\Z")
+    str,
+    PathParameter(
+        min_length=1,
+        max_length=80,
+        pattern=full_match(r"[A-Za-z0-9_.-]{1,80}", "a file name: 1 to 80 of [A-Za-z0-9_.-]"),
+    ),
 ]
 #: Media types a bank statement body may carry (camt.053 is XML; MT940 is text).
 BANK_FILE_TYPES = ("application/xml", "text/xml", "text/plain", "application/octet-stream")

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from api.structs import LINE, Request
+from api.structs import LINE, Request, full_match
 
 Holder = Annotated[
     str, Meta(min_length=1, max_length=70, pattern=LINE, description="The account holder.")
@@ -18,7 +18,7 @@ Iban = Annotated[
     Meta(
         min_length=5,
         max_length=42,
-        pattern=r"^[A-Za-z0-9 ]+\Z",
+        pattern=full_match("[A-Za-z0-9 ]+", "letters, digits and spaces"),
         description="An IBAN (spaces allowed); its checksum and its country's format are checked.",
         examples=["DE89 3704 0044 0532 0130 00"],
     ),
@@ -28,7 +28,7 @@ Bic = Annotated[
     Meta(
         min_length=8,
         max_length=11,
-        pattern=r"^[A-Za-z0-9]+\Z",
+        pattern=full_match("[A-Za-z0-9]+", "letters and digits"),
         description="A BIC (ISO 9362), 8 or 11 characters.",
         examples=["COBADEFFXXX"],
     ),
@@ -38,7 +38,9 @@ MandateId = Annotated[
     Meta(
         min_length=1,
         max_length=35,
-        pattern=r"^[A-Za-z0-9+?/:().,' -]+\Z",
+        pattern=full_match(
+            "[A-Za-z0-9+?/:().,' -]+", "letters, digits, spaces and the SEPA characters +?/:().,'-"
+        ),
         description="The SEPA direct debit mandate's reference.",
     ),
 ]
@@ -47,7 +49,7 @@ StatementIdText = Annotated[
     Meta(
         min_length=5,
         max_length=40,
-        pattern=r"^stmt_[0-9A-Z]{1,35}\Z",
+        pattern=full_match("stmt_[0-9A-Z]{1,35}", "a statement id: stmt_ and 1 to 35 of [0-9A-Z]"),
         examples=["stmt_01KB7Z4V3K9N3R6S7T8V9W0X1Y"],
     ),
 ]
