@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from coalition.check import SAMPLE, Finding, sample_rows
 from coalition.check import run_checks as kernel_checks
 from coalition.db import UTCDateTime
+from coalition.ledger.kinds import BILLED_KINDS
 from coalition.models import Account, Posting
 from settlement.canonical import canonical_json, canonical_value, content_sha256, verify_document
 from settlement.close import last_period
@@ -30,11 +31,13 @@ from settlement.models import Statement
 from settlement.reports import liability
 from settlement.signing import public_keys
 from settlement.statements import (
-    BILLED_KINDS,
+    NET_SIGNS,
+    PRICE_SQL,
     amount_sql,
     document_of,
     lines_and_totals,
     register_sqlite_functions,
+    total_sums,
     totals_of,
 )
 
@@ -74,33 +77,23 @@ def _liability(session: Session) -> list[str]:
     return problems[:SAMPLE]
 
 
-_SUMS = """
-SELECT s.id AS statement_id, s.net_minor, COALESCE(l.net, 0) AS lines_net,
+# Each issued statement's stored totals against the sums of its lines (the same sums the close
+# writes, ``statements.total_sums``), and its net against the totals with their signs.
+_TOTALS = total_sums("")
+_NET = " + ".join(f"{sign} * COALESCE(l.{name}, 0)" for name, sign in NET_SIGNS.items())
+_SUMS = f"""
+SELECT s.id AS statement_id, s.net_minor, {_NET} AS lines_net,
        s.line_count, COALESCE(l.n, 0) AS lines
 FROM statements s LEFT JOIN (
-  SELECT statement_id, COUNT(*) AS n,
-    SUM(CASE WHEN kind IN ('earn', 'bonus') THEN points ELSE 0 END) AS ip,
-    SUM(CASE WHEN kind IN ('earn', 'bonus') THEN amount_minor ELSE 0 END) AS im,
-    SUM(CASE WHEN kind = 'earn_reversal' THEN amount_minor ELSE 0 END) AS erm,
-    SUM(CASE WHEN kind = 'burn' THEN points ELSE 0 END) AS rp,
-    SUM(CASE WHEN kind = 'burn' THEN amount_minor ELSE 0 END) AS rm,
-    SUM(CASE WHEN kind = 'burn_reversal' THEN amount_minor ELSE 0 END) AS brm,
-    SUM(CASE WHEN kind = 'adjustment' THEN amount_minor ELSE 0 END) AS am,
-    SUM(CASE WHEN kind IN ('burn', 'earn_reversal', 'adjustment') THEN amount_minor
-             ELSE -amount_minor END) AS net
+  SELECT statement_id, COUNT(*) AS n, {", ".join(f"SUM({sql}) AS {name}" for name, sql in _TOTALS)}
   FROM statement_lines GROUP BY statement_id
 ) l ON l.statement_id = s.id
 WHERE s.issued_sha256 IS NOT NULL AND (
-  s.line_count <> COALESCE(l.n, 0) OR s.issued_points <> COALESCE(l.ip, 0)
-  OR s.issued_minor <> COALESCE(l.im, 0) OR s.earn_reversed_minor <> COALESCE(l.erm, 0)
-  OR s.redeemed_points <> COALESCE(l.rp, 0) OR s.reimbursed_minor <> COALESCE(l.rm, 0)
-  OR s.burn_reversed_minor <> COALESCE(l.brm, 0) OR s.adjustments_minor <> COALESCE(l.am, 0)
-  OR s.net_minor <> COALESCE(l.net, 0))
-"""
-_PRICE = (
-    "CASE WHEN t.kind IN ('burn', 'burn_reversal') THEN rc.reimburse_price_per_point"
-    " ELSE rc.issue_price_per_point END"
-)
+  s.line_count <> COALESCE(l.n, 0)
+  OR {" OR ".join(f"s.{name} <> COALESCE(l.{name}, 0)" for name, _ in _TOTALS)}
+  OR s.net_minor <> {_NET})
+"""  # noqa: S608 (built from constants)
+_PRICE = PRICE_SQL
 _BILLED = ", ".join(f"'{k}'" for k in BILLED_KINDS)
 
 

@@ -21,7 +21,8 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from coalition.errors import NotFound
-from coalition.models import OPERATOR_ACCOUNTS, TRANSACTION_KINDS, Account, Posting, Transaction
+from coalition.ledger.kinds import KINDS, Flow
+from coalition.models import OPERATOR_ACCOUNTS, Account, Posting, Transaction
 from coalition.money import format_amount
 from settlement.models import Period, Statement
 from settlement.statements import cross_brand_rows, rfc3339
@@ -72,27 +73,21 @@ class Flows:
 
     @property
     def net_points(self) -> int:
-        """How much the liability moved: issued - earn reversed - redeemed + burn reversed -
-        expired + adjusted."""
-        return (
-            self.issued_points
-            - self.earn_reversed_points
-            - self.redeemed_points
-            + self.burn_reversed_points
-            - self.expired_points
-            + self.adjusted_points
-        )
+        """How much the liability moved: each kind's flow with the sign it moves the members'
+        points by (issued - earn reversed - redeemed + burn reversed - expired + adjusted)."""
+        return sum(k.liability_sign * getattr(self, f"{k.flow}_points") for k in KINDS.values())
 
 
 def flows(session: Session, since: datetime | None, until: datetime) -> Flows:
     """The points flows of ``[since, until)``, one ``GROUP BY`` and one sum."""
-    totals = dict.fromkeys(TRANSACTION_KINDS, 0)
+    totals = {f"{k.flow}_points": 0 for k in KINDS.values()}
+    one_way = [name for name, k in KINDS.items() if not k.either_way]
     for kind, points in session.execute(
         select(Transaction.kind, func.sum(Transaction.points))
-        .where(Transaction.kind != "adjustment", *_window(Transaction.posted_at, since, until))
+        .where(Transaction.kind.in_(one_way), *_window(Transaction.posted_at, since, until))
         .group_by(Transaction.kind)
     ):
-        totals[kind] = int(points or 0)
+        totals[f"{KINDS[kind].flow}_points"] = int(points or 0)
     adjusted = session.scalar(
         select(func.coalesce(func.sum(Posting.points), 0))
         .join(Transaction, Transaction.id == Posting.transaction_id)
@@ -102,17 +97,8 @@ def flows(session: Session, since: datetime | None, until: datetime) -> Flows:
             *_window(Posting.posted_at, since, until),
         )
     )
-    return Flows(
-        since=since,
-        until=until,
-        earned_points=totals["earn"],
-        bonus_points=totals["bonus"],
-        earn_reversed_points=totals["earn_reversal"],
-        redeemed_points=totals["burn"],
-        burn_reversed_points=totals["burn_reversal"],
-        expired_points=totals["expiry"],
-        adjusted_points=-int(adjusted or 0),
-    )
+    totals[f"{Flow.ADJUSTED}_points"] = -int(adjusted or 0)
+    return Flows(since=since, until=until, **totals)
 
 
 @dataclass(frozen=True, slots=True)
