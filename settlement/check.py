@@ -24,7 +24,7 @@ from coalition.check import SAMPLE, Finding, sample_rows
 from coalition.check import run_checks as kernel_checks
 from coalition.db import UTCDateTime
 from coalition.ledger.kinds import BILLED_KINDS
-from coalition.models import Account, Posting
+from coalition.models import Transaction
 from settlement.canonical import canonical_json, canonical_value, content_sha256, verify_document
 from settlement.close import last_period
 from settlement.models import Statement
@@ -47,9 +47,24 @@ LIABILITY_STEPS = 24
 DOCUMENTS_CHECKED = 10_000
 
 
+# The members' points at a moment read from the accounts themselves (what the transfers up to
+# it credited to member accounts less what they debited from them), against the kinds table's
+# reading (``reports.liability``) and the flows by kind.
+_BY_ACCOUNTS = text(
+    """
+SELECT COALESCE(SUM(CASE WHEN ca.kind = 'member' THEN t.points ELSE 0 END), 0)
+     - COALESCE(SUM(CASE WHEN da.kind = 'member' THEN t.points ELSE 0 END), 0)
+FROM transactions t
+JOIN accounts da ON da.id = t.debit_account_id
+JOIN accounts ca ON ca.id = t.credit_account_id
+WHERE t.posted_at <= :at
+"""
+).bindparams(bindparam("at", type_=UTCDateTime()))
+
+
 def _liability(session: Session) -> list[str]:
     first, last = session.execute(
-        select(func.min(Posting.posted_at), func.max(Posting.posted_at))
+        select(func.min(Transaction.posted_at), func.max(Transaction.posted_at))
     ).one()
     if first is None or last is None:
         return []
@@ -60,19 +75,12 @@ def _liability(session: Session) -> list[str]:
     for at in moments:
         report = liability(session, at)
         expected = report.flows.net_points
-        contra = -int(
-            session.scalar(
-                select(func.coalesce(func.sum(Posting.points), 0))
-                .join(Account, Account.id == Posting.account_id)
-                .where(Account.kind != "member", Posting.posted_at <= at)
-            )
-            or 0
-        )
-        if not expected == report.outstanding_points == contra:
+        by_accounts = int(session.scalar(_BY_ACCOUNTS, {"at": at}) or 0)
+        if not expected == report.outstanding_points == by_accounts:
             problems.append(
                 f"at {at.isoformat()}: issued+bonuses-redeemed-expired+/-reversals+/-adjustments"
-                f" = {expected}, member postings = {report.outstanding_points},"
-                f" other accounts = {contra}"
+                f" = {expected}, members' transfers by kind = {report.outstanding_points},"
+                f" by account = {by_accounts}"
             )
     return problems[:SAMPLE]
 

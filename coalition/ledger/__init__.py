@@ -63,7 +63,6 @@ from coalition.models import (
     Lot,
     LotMovement,
     Member,
-    Posting,
     QualifyingDay,
     Transaction,
     TransactionKind,
@@ -199,8 +198,6 @@ _MEMBER_DUE = select(_DUE_LOTS, _DUE_HOLDS).where(_MEMBERS.c.id == bindparam("me
 MEMBER_DUE_LOTS = select(_DUE_LOTS).where(_MEMBERS.c.id == bindparam("member")).scalar_subquery()
 MEMBER_DUE_HOLDS = select(_DUE_HOLDS).where(_MEMBERS.c.id == bindparam("member")).scalar_subquery()
 _INSERT_TRANSACTION = insert(_TRANSACTIONS)
-_POSTINGS = cast("Table", Posting.__table__)
-_INSERT_POSTINGS = insert(_POSTINGS)
 _INSERT_LOT = insert(_LOTS)
 _UPDATE_LOT = update(_LOTS).where(_LOTS.c.id == bindparam("lot")).values(remaining=bindparam("to"))
 _INSERT_LOT_MOVEMENTS = insert(cast("Table", LotMovement.__table__))
@@ -582,7 +579,7 @@ def _require_member_change(
     )
 
 
-# --- transactions and postings -----------------------------------------------------------
+# --- transfers ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -606,6 +603,11 @@ class Header:
     hold_id: str | None = None
     overdraft_points: int = 0
     reason: str | None = None
+    #: The accounts the transfer debits and credits: set by the ledger operation that posts
+    #: it (``None`` until then, or for the member's own account in a one-statement write,
+    #: which names it from the member row).
+    debit_account_id: int | None = None
+    credit_account_id: int | None = None
     id: str = field(default_factory=lambda: new_id("txn"))
 
     def row(self) -> dict[str, Any]:
@@ -614,6 +616,16 @@ class Header:
 
 
 _HEADER_COLUMNS = tuple(f.name for f in fields(Header))
+
+
+def _between(header: Header, member_account: int, other: int, *, to_member: bool) -> Header:
+    """The header as a transfer between the member's account and ``other``: crediting the
+    member (``to_member``) or debiting it."""
+    if to_member:
+        return replace(header, debit_account_id=other, credit_account_id=member_account)
+    return replace(header, debit_account_id=member_account, credit_account_id=other)
+
+
 #: A header's column values in ``_HEADER_COLUMNS`` order, as a tuple (one C call).
 _header_values = attrgetter(*_HEADER_COLUMNS)
 
@@ -639,7 +651,11 @@ def _posted_many(
     txns = []
     for header, balance_after in posted:
         invariant(
-            header.points > 0, f"{header.id}: a transaction moves a positive number of points"
+            header.points > 0
+            and header.debit_account_id is not None
+            and header.credit_account_id is not None
+            and header.debit_account_id != header.credit_account_id,
+            f"{header.id}: a transfer moves positive points between two accounts",
         )
         txns.append(_transaction_of(header, balance_after))
     if not tier_counted:
@@ -715,51 +731,10 @@ def _count_for_tier(session: Session, headers: Iterable[Header]) -> None:
         )
 
 
-def _write(
-    session: Session, header: Header, balance_after: int, postings: Iterable[tuple[int, int]]
-) -> Transaction:
-    """Insert a transaction and its postings (which must sum to zero)."""
-    legs = [(account, points) for account, points in postings if points != 0]
-    invariant(sum(points for _, points in legs) == 0, f"{header.id}: postings {legs} sum to 0")
-    invariant(len(legs) >= 2, f"{header.id}: a transaction has two legs at least: {legs}")
-    row = {**header.row(), "balance_after": balance_after}
-    session.execute(_INSERT_TRANSACTION, [row])
-    if dialect_of(session) == "postgresql":
-        # One statement for all the legs: the zero-sum trigger checks each statement.
-        session.execute(
-            _INSERT_LEGS,
-            {
-                "transaction_id": header.id,
-                "accounts": [account for account, _ in legs],
-                "points": [points for _, points in legs],
-                "posted_at": header.posted_at,
-            },
-        )
-    else:
-        session.execute(
-            _INSERT_POSTINGS,
-            [
-                {
-                    "transaction_id": header.id,
-                    "account_id": account,
-                    "points": points,
-                    "posted_at": header.posted_at,
-                }
-                for account, points in legs
-            ],
-        )
+def _write(session: Session, header: Header, balance_after: int) -> Transaction:
+    """Insert a transfer (its two accounts set, by :func:`_between`)."""
+    session.execute(_INSERT_TRANSACTION, [{**header.row(), "balance_after": balance_after}])
     return _posted(session, header, balance_after)
-
-
-# A transaction's postings in one statement on PostgreSQL, where the zero-sum trigger checks
-# every statement that writes postings (migration 0011): each transaction's legs together.
-_INSERT_LEGS = text(
-    """
-    INSERT INTO postings (transaction_id, account_id, points, posted_at)
-    SELECT :transaction_id, leg.account_id, leg.points, :posted_at
-    FROM unnest(CAST(:accounts AS BIGINT[]), CAST(:points AS BIGINT[])) AS leg(account_id, points)
-    """
-)
 
 
 # --- lots --------------------------------------------------------------------------------
@@ -921,19 +896,23 @@ def _add_lot(
 # --- the operations ----------------------------------------------------------------------
 
 # A credit of a member who owes nothing, in one statement (PostgreSQL's data-modifying CTEs):
-# the member row updated (and locked), the transaction, its two postings, the new lot and
+# the member row updated (and locked), the transfer, the new lot and
 # what it adds to the member's tier basis (:func:`_count_for_tier`, here in SQL). No
 # row comes back when there is no such member or it owes points (a deficit to fill first):
 # then nothing was written, and the statements of the general path do the work.
 # The header's row, with the balance the member row ``m`` of the statement came back with
 # (every column of ledger.Header, bound by name).
+# The member's own account is the one of the two left NULL, named from the member row.
 _TRANSACTION_FROM_MEMBER = """
         INSERT INTO transactions (id, kind, partner_id, member_id, reference, points,
             amount_minor, currency, rate_card_id, tier, occurred_at, posted_at, reverses,
-            hold_id, balance_after, overdraft_points, reason)
+            hold_id, balance_after, overdraft_points, reason, debit_account_id,
+            credit_account_id)
         SELECT :id, :kind, :partner_id, :member_id, :reference, :points, :amount_minor,
             :currency, :rate_card_id, :tier, :occurred_at, :posted_at, :reverses, :hold_id,
-            m.balance, :overdraft_points, :reason
+            m.balance, :overdraft_points, :reason,
+            COALESCE(CAST(:debit_account_id AS BIGINT), m.account_id),
+            COALESCE(CAST(:credit_account_id AS BIGINT), m.account_id)
         FROM m
         RETURNING id"""
 _CREDIT_IN_ONE = HotStatement(
@@ -944,11 +923,6 @@ _CREDIT_IN_ONE = HotStatement(
         WHERE id = :member_id AND balance >= 0
         RETURNING balance, held, account_id
     ), t AS ({_TRANSACTION_FROM_MEMBER}
-    ), p AS (
-        INSERT INTO postings (transaction_id, account_id, points, posted_at)
-        SELECT t.id, m.account_id, :points, :posted_at FROM t, m
-        UNION ALL
-        SELECT t.id, :from_account, -CAST(:points AS BIGINT), :posted_at FROM t
     ), l AS (
         INSERT INTO lots (member_id, origin_partner_id, transaction_id, points, remaining,
             expires_at, is_deficit)
@@ -960,7 +934,7 @@ _CREDIT_IN_ONE = HotStatement(
         ON CONFLICT (member_id, day)
             DO UPDATE SET points = qualifying_days.points + excluded.points
     )
-    SELECT balance, held FROM m
+    SELECT balance, held, account_id FROM m
     """  # noqa: S608 (built from constants)
     )
 )
@@ -970,8 +944,7 @@ def _credit_in_one(session: Session, c: Credit) -> Posted | None:
     """:func:`credit` in one statement on PostgreSQL; ``None`` (nothing written) when the
     member is unknown or owes points."""
     params = {
-        **c.header.row(),
-        "from_account": c.from_account,
+        **replace(c.header, debit_account_id=c.from_account).row(),
         "origin_partner_id": c.origin_partner_id,
         "expires_at": c.expires_at,
         "day": day_of(c.header.occurred_at),
@@ -980,8 +953,9 @@ def _credit_in_one(session: Session, c: Credit) -> Posted | None:
     done = _CREDIT_IN_ONE.first(session, params)
     if done is None:
         return None
-    balance, held = done
-    txn = _posted(session, c.header, balance, tier_counted=True)
+    balance, held, account = done
+    header = _between(c.header, account, c.from_account, to_member=True)
+    txn = _posted(session, header, balance, tier_counted=True)
     return Posted(txn, MemberState(c.header.member_id, balance, held))
 
 
@@ -993,9 +967,8 @@ def credit(session: Session, c: Credit) -> Posted:
             return posted
     member_id, points = c.header.member_id, c.header.points
     state, member_acct = _require_member_change(session, member_id, balance_delta=points)
-    txn = _write(
-        session, c.header, state.balance, [(member_acct, points), (c.from_account, -points)]
-    )
+    header = _between(c.header, member_acct, c.from_account, to_member=True)
+    txn = _write(session, header, state.balance)
     _add_lot(
         session,
         member_id=member_id,
@@ -1033,9 +1006,9 @@ class Credit:
 def credit_many(
     session: Session, credits: Sequence[Credit], members: dict[str, LockedMember]
 ) -> list[Posted]:
-    """:func:`credit` for many credits at once: the same transactions, postings, lots and
+    """:func:`credit` for many credits at once: the same transfers, lots and
     balances as calling it for each one in order, in a handful of statements whatever their
-    number: the transactions, postings and lots by :func:`_insert_rows` (``COPY`` on
+    number: the transfers and lots by :func:`_insert_rows` (``COPY`` on
     PostgreSQL), the members' balances in one update, the tier basis and the events by
     :func:`_posted_many`.
 
@@ -1053,21 +1026,18 @@ def credit_many(
         all(balance >= 0 for balance in balances.values()), "a bulk credit of a member who owes"
     )
     rows: list[tuple[Any, ...]] = []
-    postings: list[tuple[Any, ...]] = []
     lots: list[tuple[Any, ...]] = []
     written: list[tuple[Header, int]] = []
     for c in credits:
-        header, points = c.header, c.points
+        points = c.points
+        header = _between(c.header, members[c.member_id].account_id, c.from_account, to_member=True)
         balance = balances[c.member_id] = balances[c.member_id] + points
         rows.append((*_header_values(header), balance))
-        postings.append((header.id, members[c.member_id].account_id, points, header.posted_at))
-        postings.append((header.id, c.from_account, -points, header.posted_at))
         lots.append(
             (c.member_id, c.origin_partner_id, header.id, points, points, c.expires_at, False)
         )
         written.append((header, balance))
     _insert_rows(session, _TRANSACTIONS, _TRANSACTION_COLUMNS, rows)
-    _insert_rows(session, _POSTINGS, _POSTING_COLUMNS, postings)
     _insert_rows(session, _LOTS, _LOT_COLUMNS, lots)
     deltas = sorted((member_id, balance - members[member_id].state.balance)
                     for member_id, balance in balances.items())  # fmt: skip
@@ -1087,7 +1057,6 @@ def credit_many(
 
 
 _TRANSACTION_COLUMNS = (*_HEADER_COLUMNS, "balance_after")
-_POSTING_COLUMNS = ("transaction_id", "account_id", "points", "posted_at")
 _LOT_COLUMNS = (
     "member_id",
     "origin_partner_id",
@@ -1160,7 +1129,7 @@ def _insert_rows(
 
 
 # A debit on PostgreSQL in two statements: first the member row, updated only if it has the
-# points available (and so locked), with the transaction and its postings; then, in a new
+# points available (and so locked), with the transfer; then, in a new
 # statement whose snapshot sees every lot change committed before that lock was ours, the
 # points taken from the member's open lots soonest-expiring first (a running sum over them),
 # each taking recorded as a lot movement.
@@ -1172,13 +1141,8 @@ _DEBIT_MEMBER = HotStatement(
         WHERE id = :member_id AND balance - held >= :points
         RETURNING balance, held, account_id
     ), t AS ({_TRANSACTION_FROM_MEMBER}
-    ), p AS (
-        INSERT INTO postings (transaction_id, account_id, points, posted_at)
-        SELECT t.id, m.account_id, -CAST(:points AS BIGINT), :posted_at FROM t, m
-        UNION ALL
-        SELECT t.id, :to_account, :points, :posted_at FROM t
     )
-    SELECT balance, held FROM m
+    SELECT balance, held, account_id FROM m
     """  # noqa: S608 (built from constants)
     )
 )
@@ -1209,10 +1173,11 @@ _TAKE_FROM_LOTS = HotStatement(
 def _debit_in_two(session: Session, header: Header, to_account: int) -> Posted | None:
     """:func:`debit` in two statements on PostgreSQL; ``None`` (nothing written) when the
     member is unknown or has fewer points available."""
-    done = _DEBIT_MEMBER.first(session, {**header.row(), "to_account": to_account})
+    done = _DEBIT_MEMBER.first(session, replace(header, credit_account_id=to_account).row())
     if done is None:
         return None
-    balance, held = done
+    balance, held, account = done
+    header = _between(header, account, to_account, to_member=False)
     (taken,) = _TAKE_FROM_LOTS.rows(
         session, {"member_id": header.member_id, "points": header.points, "txn_id": header.id}
     )[0]
@@ -1235,7 +1200,8 @@ def debit(session: Session, header: Header, *, to_account: int) -> Posted:
     state, member_acct = _require_member_change(
         session, member_id, balance_delta=-points, need_available=points
     )
-    txn = _write(session, header, state.balance, [(member_acct, -points), (to_account, points)])
+    header = _between(header, member_acct, to_account, to_member=False)
+    txn = _write(session, header, state.balance)
     taken = _take(session, member_id, txn.id, points)
     # available >= points and balance = sum(lots) > 0 means the lots cover it.
     invariant(taken == points, f"{txn.id}: lots gave {taken} of {points}")
@@ -1296,7 +1262,8 @@ def capture_hold(
     state, member_acct = _require_member_change(
         session, hold.member_id, balance_delta=-points, held_delta=-hold.points
     )
-    txn = _write(session, header, state.balance, [(member_acct, -points), (to_account, points)])
+    header = _between(header, member_acct, to_account, to_member=False)
+    txn = _write(session, header, state.balance)
     taken = _take(session, hold.member_id, txn.id, points)
     if taken < points:
         _deepen_deficit(session, hold.member_id, txn.id, points - taken)
@@ -1415,12 +1382,8 @@ def reverse_earn(
     state, member_acct = _require_member_change(session, member_id, balance_delta=-points)
     available_before = state.available + points
     overdraft = points - min(max(available_before, 0), points)
-    txn = _write(
-        session,
-        replace(header, overdraft_points=overdraft),
-        state.balance,
-        [(member_acct, -points), (to_account, points)],
-    )
+    header = _between(header, member_acct, to_account, to_member=False)
+    txn = _write(session, replace(header, overdraft_points=overdraft), state.balance)
     own_lot = session.scalar(
         select(Lot.id).where(Lot.transaction_id == original.id, Lot.is_deficit.is_(False))
     )
@@ -1448,7 +1411,9 @@ def reverse_burn(
     points, member_id = header.points, original.member_id
     invariant(header.member_id == member_id, f"{header.id} reverses another member's burn")
     state, member_acct = _require_member_change(session, member_id, balance_delta=points)
-    txn = _write(session, header, state.balance, [(member_acct, points), (from_account, -points)])
+    txn = _write(
+        session, _between(header, member_acct, from_account, to_member=True), state.balance
+    )
     related = select(Transaction.id).where(
         or_(Transaction.id == original.id, Transaction.reverses == original.id)
     )
@@ -1539,7 +1504,8 @@ def expire_member_lots(session: Session, member_id: str, now: datetime) -> Poste
         posted_at=now,
     )
     breakage = OPERATOR_ACCOUNTS["operator_breakage"]
-    txn = _write(session, header, after.balance, [(member_acct, -points), (breakage, points)])
+    header = _between(header, member_acct, breakage, to_member=False)
+    txn = _write(session, header, after.balance)
     taken = _take(session, member_id, txn.id, points, expired_by=now)
     invariant(taken == points, f"{txn.id}: expired lots gave {taken} of {points}")
     return Posted(txn, after)

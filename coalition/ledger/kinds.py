@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from coalition.models import AccountKind, TransactionKind
+from coalition.models import OPERATOR_ACCOUNTS, AccountKind, TransactionKind
 
 Role = AccountKind
 #: Which rate-card price a billed kind is priced at.
@@ -173,3 +173,46 @@ def sql_tier_points(kind: str, points: str) -> str:
     """What a transfer adds to its member's tier basis, as SQL (0 for the other kinds)."""
     whens = " ".join(f"WHEN '{name}' THEN {sign} * {points}" for name, sign in TIER_SIGNS.items())
     return f"CASE {kind} {whens} ELSE 0 END"
+
+
+def sql_roles(kind: str, partner: str, debit_role: str, credit_role: str) -> str:
+    """SQL true when a transfer's accounts have the roles its kind declares (``kind``,
+    ``partner``: its kind and partner columns; ``debit_role``, ``credit_role``: the ``kind``
+    of the accounts it debits and credits)."""
+
+    def roles(k: Kind, debit: str, credit: str) -> str:
+        if k.unfunded is None:
+            return f"{debit_role} = '{debit}' AND {credit_role} = '{credit}'"
+        unfunded = k.unfunded.value
+        other = {debit: unfunded} if debit != Role.MEMBER else {credit: unfunded}
+        return (
+            f"(({partner} IS NOT NULL AND {debit_role} = '{debit}' AND {credit_role} = '{credit}')"
+            f" OR ({partner} IS NULL AND {debit_role} = '{other.get(debit, debit)}'"
+            f" AND {credit_role} = '{other.get(credit, credit)}'))"
+        )
+
+    cases = []
+    for name, k in KINDS.items():
+        ways = [roles(k, k.debit.value, k.credit.value)]
+        if k.either_way:
+            ways.append(roles(k, k.credit.value, k.debit.value))
+        cases.append(f"({kind} = '{name}' AND ({' OR '.join(ways)}))")
+    return "(" + " OR ".join(cases) + ")"
+
+
+def sql_member_points(kind: str, points: str, debit: str) -> str:
+    """What a transfer adds to its member's balance, as SQL (``kind``, ``points``, ``debit``:
+    its columns): its points when its kind credits the member, minus them when it debits it;
+    a kind that goes either way (an adjustment) credits the member when it debits the
+    operator account of its role (whose id is fixed, :data:`OPERATOR_ACCOUNTS`)."""
+    whens = []
+    for name, k in KINDS.items():
+        if k.either_way:
+            other = k.debit if k.member_credited else k.credit
+            whens.append(
+                f"WHEN '{name}' THEN CASE WHEN {debit} = {OPERATOR_ACCOUNTS[other.value]}"
+                f" THEN {points} ELSE -{points} END"
+            )
+        else:
+            whens.append(f"WHEN '{name}' THEN {k.liability_sign} * {points}")
+    return f"CASE {kind} {' '.join(whens)} END"
