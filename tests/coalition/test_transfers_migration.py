@@ -5,6 +5,7 @@ on both backends. Every transfer, balance, lot and statement comes back exactly 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def _state(db: Db) -> dict[str, Any]:
         return {name: conn.execute(text(sql)).all() for name, sql in queries.items()}
 
 
-def _postings(db: Db) -> list[Any]:
+def _postings(db: Db) -> Sequence[Any]:
     with db.engine.connect() as conn:
         return conn.execute(
             text(
