@@ -103,9 +103,10 @@ class AdminController(Controller):
         cursor: QueryText = None,
     ) -> PartnerPage:
         """Partners, newest first (keyset pagination, like transactions)."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            page = list_partners(s, before_id=decode_cursor(cursor, "prt"), limit=limit)
+        before_id = decode_cursor(cursor, "prt")
+        page = services_of(request.app.state).reads.run(
+            lambda s: list_partners(s, before_id=before_id, limit=limit)
+        )
         return PartnerPage(
             data=[partner_out(p) for p in page.rows],
             has_more=page.has_more,
@@ -187,9 +188,9 @@ class AdminController(Controller):
     )
     def list_rate_cards(self, request: Request[Any, Any, Any], partner_id: PathId) -> RateCardList:
         """Every version of the partner's rate card, newest first."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            return RateCardList(data=[rate_card_out(c) for c in list_rate_cards(s, partner_id)])
+        return services_of(request.app.state).reads.run(
+            lambda s: RateCardList(data=[rate_card_out(c) for c in list_rate_cards(s, partner_id)])
+        )
 
     # --- keys ----------------------------------------------------------------------------
 
@@ -236,9 +237,9 @@ class AdminController(Controller):
     )
     def list_partner_keys(self, request: Request[Any, Any, Any], partner_id: PathId) -> KeyList:
         """The partner's keys, revoked and expired ones included; never a secret."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            return KeyList(data=[key_out(k) for k in list_keys(s, partner_id)])
+        return services_of(request.app.state).reads.run(
+            lambda s: KeyList(data=[key_out(k) for k in list_keys(s, partner_id)])
+        )
 
     @post(
         "/keys/{key_id:str}/revoke",
@@ -371,5 +372,4 @@ class AdminController(Controller):
         """Outstanding points now (or ``at``) and issued, redeemed, expired totals."""
         services = services_of(request.app.state)
         as_of = parse_time(at, "at") or services.clock()
-        with transaction(services.sessions) as s:
-            return liability_out(liability(s, as_of))
+        return services.reads.run(lambda s: liability_out(liability(s, as_of)))

@@ -11,21 +11,24 @@ console at ``/console`` (:mod:`api.console`, not in the OpenAPI document).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, cast
 
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.spec import Tag
+from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy import text
 
 from api.admin import AdminController
 from api.audit import AuditController, record_action
 from api.bulk import EarnBatchController
 from api.console import TEMPLATE_CONFIG, console_router
-from api.console.links import SignInLinksController
+from api.console.links import AdminMemberLinksController, SignInLinksController
+from api.console.web import mark_fresh
 from api.docs import COMPONENTS, StrictStructSchemaPlugin, problems
 from api.observe import RequestObserver
 from api.partner import PartnerController
@@ -33,7 +36,7 @@ from api.problems import EXCEPTION_HANDLERS, add_request_id, describe_problem
 from api.runtime import STATE_KEY, Services, services_of
 from api.security import add_security_headers
 from api.settlement import SettlementAdminController, StatementsController
-from api.structs import Health, Liveness, SigningKey
+from api.structs import Health, Liveness, ReplicaHealth, SigningKey
 from api.swagger import LocalSwaggerPlugin, assets_router
 from api.webhooks import WebhookEndpointController
 from coalition import metrics
@@ -81,7 +84,22 @@ def health(request: Request[Any, Any, Any]) -> Health:
     except Exception as exc:  # any failure to reach the database is "unavailable"
         log.warning("health: database unreachable: %s", type(exc).__name__)
         raise Unavailable("the database is unreachable") from None
-    return Health(status="ok", database="ok")
+    return Health(status="ok", database="ok", replica=_replica_health(services))
+
+
+def _replica_health(services: Services) -> ReplicaHealth | None:
+    replica = services.reads.replica
+    if replica is None:
+        return None
+    reads: Literal["replica", "primary"] = "replica" if replica.usable else "primary"
+    lag = replica.last
+    if lag is None:
+        return ReplicaHealth(status="unknown", reads=reads)
+    if not lag.reachable:
+        return ReplicaHealth(status="unreachable", reads=reads)
+    status: Literal["ok", "lagging"] = "ok" if lag.within(replica.max_lag_s) else "lagging"
+    lag_s = round(lag.lag_s, 3) if math.isfinite(lag.lag_s) else None
+    return ReplicaHealth(status=status, reads=reads, lag_s=lag_s, lag_bytes=lag.lag_bytes)
 
 
 @get("/v1/health/live", tags=["service"], sync_to_thread=False, security=[])
@@ -94,7 +112,7 @@ def liveness() -> Liveness:
 def prometheus_metrics() -> Response[bytes]:
     """Prometheus text format, every worker process included; restrict it at the network
     edge. No partner or member ids as labels."""
-    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+    return Response(metrics.exposition(), media_type=metrics.MEDIA_TYPE)
 
 
 @get("/v1/signing-keys", tags=["service"], sync_to_thread=True, security=[])
@@ -109,14 +127,32 @@ def signing_keys(request: Request[Any, Any, Any]) -> list[SigningKey]:
         ]
 
 
+#: Unsigned paths that answer ``HEAD`` as ``GET`` without the body (load balancers and uptime
+#: checks probe with ``HEAD``).
+HEAD_AS_GET = frozenset({"/v1/health", "/v1/health/live"})
+
+
+class HeadAsGet:
+    """Serves ``HEAD`` on :data:`HEAD_AS_GET` as a ``GET``: the application sees a ``GET`` (in
+    a copy of the scope), the server sends the status and headers of its answer and no body
+    (uvicorn drops a ``HEAD`` response's body by the method it read)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, as a ``GET`` when it is a ``HEAD`` of a health path."""
+        if scope.get("method") == "HEAD" and scope["path"] in HEAD_AS_GET:
+            await self.app(cast("Scope", {**scope, "method": "GET"}), receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 def create_app(
     settings: Settings | None = None, clock: Callable[[], datetime] = utcnow
 ) -> Litestar:
     """The application for ``settings`` (default: the environment), one engine per process."""
     services = Services.build(settings or load_settings(), clock)
-
-    def dispose() -> None:
-        services.engine.dispose()
 
     app = Litestar(
         route_handlers=[
@@ -128,6 +164,7 @@ def create_app(
             WebhookEndpointController,
             AuditController,
             SignInLinksController,
+            AdminMemberLinksController,
             console_router(),
             health,
             liveness,
@@ -138,9 +175,9 @@ def create_app(
         ],
         state=_state(services),
         exception_handlers=EXCEPTION_HANDLERS,
-        before_send=[add_request_id, add_security_headers, record_action],
+        before_send=[add_request_id, add_security_headers, record_action, mark_fresh],
         request_max_body_size=MAX_BODY_BYTES,
-        on_shutdown=[dispose],
+        on_shutdown=[services.close],
         template_config=TEMPLATE_CONFIG,
         plugins=[StrictStructSchemaPlugin()],
         openapi_config=OpenAPIConfig(
@@ -161,7 +198,7 @@ def create_app(
         # Logging is the process's (coalition.logs: JSON lines), not the framework's.
         logging_config=None,
     )
-    app.asgi_handler = RequestObserver(app.asgi_handler)
+    app.asgi_handler = RequestObserver(HeadAsGet(app.asgi_handler))
     return app
 
 

@@ -22,12 +22,12 @@ from litestar.types import Message, Scope
 
 from api.auth import admin, principal_in, signed
 from api.docs import SIGNED, problems
-from api.problems import database_unavailable, request_id
+from api.problems import request_id
 from api.runtime import Services, services_of
 from api.structs import ID_PATTERN, LINE, AuditEventOut, AuditPage, QueryText, parse_time
 from api.views import decode_cursor, encode_cursor
 from coalition import audit
-from coalition.db import transaction
+from coalition.db import database_unreachable, transaction
 
 log = logging.getLogger("coalition.api")
 
@@ -58,7 +58,7 @@ def _write(services: Services, action: audit.Action) -> None:
         with transaction(services.sessions) as session:
             audit.record(session, action, services.clock())
     except Exception as exc:
-        if database_unavailable(exc):
+        if database_unreachable(exc):
             log.warning("audit: database unavailable; not recorded: %s", action.action)
         else:
             log.exception("audit: could not record %s by key %s", action.action, action.key_id)
@@ -118,17 +118,20 @@ class AuditController(Controller):
     ) -> AuditPage:
         """Operator and finance actions, newest first, filtered (keyset pagination)."""
         services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            rows, has_more = audit.list_events(
+        after, before = parse_time(since, "since"), parse_time(until, "until")
+        before_id = decode_cursor(cursor, "aud")
+        rows, has_more = services.reads.run(
+            lambda s: audit.list_events(
                 s,
                 key_id=key_id,
                 role=role,
                 outcome=outcome,
-                since=parse_time(since, "since"),
-                until=parse_time(until, "until"),
-                before_id=decode_cursor(cursor, "aud"),
+                since=after,
+                until=before,
+                before_id=before_id,
                 limit=limit,
             )
+        )
         return AuditPage(
             data=[
                 AuditEventOut(

@@ -18,7 +18,6 @@ from html import escape
 from typing import Annotated, Any
 
 import msgspec
-import psycopg
 from litestar import MediaType, Request, Response, get
 from litestar.exceptions import (
     HTTPException,
@@ -26,13 +25,13 @@ from litestar.exceptions import (
     NotFoundException,
     ValidationException,
 )
+from litestar.handlers import HTTPRouteHandler
 from litestar.params import PathParameter
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from litestar.types import ExceptionHandlersMap, Message, Scope
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.structs import explain
+from coalition.db import database_unreachable
 from coalition.errors import CoalitionError, ValidationFailed
 
 log = logging.getLogger("coalition.api")
@@ -151,7 +150,16 @@ KINDS: dict[str, Kind] = {
         405, "Method not allowed", "The path exists but does not accept this method."
     ),
     "payload-too-large": Kind(
-        413, "The request body is too large", "Request bodies may be at most 64 KiB."
+        413,
+        "The request body is too large",
+        "Request bodies may be at most 64 KiB (512 KiB for `POST /v1/earn-batches`); `detail` "
+        "names the limit of the endpoint.",
+    ),
+    "headers-too-large": Kind(
+        431,
+        "The request's headers are too large",
+        "The request line and headers may be at most 16 KiB together. The connection is "
+        "closed after this answer.",
     ),
     "rate-limited": Kind(
         429,
@@ -190,6 +198,7 @@ _EXTRA_MEMBERS = frozenset(
         "remaining_points",
         "retry_after_s",
         "member_id",
+        "dispute_id",
     }
 )
 
@@ -335,7 +344,7 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
             headers={"Allow": allow} if allow else None,
         )
     if exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
-        return problem_response(scope, "payload-too-large", "request bodies may be at most 64 KiB")
+        return problem_response(scope, "payload-too-large", _body_limit(request))
     if exc.status_code == 401:
         return problem_response(scope, "signature-invalid", exc.detail)
     if exc.status_code == 403:
@@ -349,12 +358,16 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
     return on_unexpected(request, exc)
 
 
-def database_unavailable(exc: BaseException) -> bool:
-    """True for a failure to reach the database or a connection lost under a request (the
-    server stopped, restarted or terminated the backend): ``503``, never ``500``."""
-    if isinstance(exc, OperationalError | PoolTimeout | InterfaceError | psycopg.OperationalError):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+def _body_limit(request: Request[Any, Any, Any]) -> str:
+    """What a ``413`` says: the limit of the endpoint that refused the body (its own
+    ``request_max_body_size``, else the application's), the one limit in force."""
+    handler = request.scope.get("route_handler")
+    limit = (
+        handler.resolve_request_max_body_size() if isinstance(handler, HTTPRouteHandler) else None
+    )
+    if not limit:
+        return "the request body is too large"
+    return f"this endpoint's request bodies may be at most {limit // 1024} KiB"
 
 
 def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
@@ -365,7 +378,7 @@ def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[b
         # Nobody is left to answer: a client going away is routine, not an error.
         log.info("client disconnected before sending the whole request")
         return problem_response(scope, "validation", "the client disconnected", errors=[])
-    if database_unavailable(exc):
+    if database_unreachable(exc):  # a restart, a failover: the client retries, nothing is done
         log.warning("database unavailable (request %s): %s", request_id(scope), type(exc).__name__)
         return problem_response(scope, "unavailable", "the database is unavailable; retry")
     error_id = request_id(scope)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from coalition import metrics
 from coalition.config import Settings
-from coalition.db import make_engine, session_factory, utcnow
+from coalition.db import Reads, Replica, make_engine, session_factory, utcnow
 from partners.operations import Operations
 from partners.ratelimit import Limiter
 from partners.signatures import KeyCache
@@ -27,7 +27,10 @@ class Services:
 
     settings: Settings
     engine: Engine
+    #: The primary's sessions: every write, and every read that must see its own writes.
     sessions: sessionmaker[Session]
+    #: The reads that may be a moment old (the replica's while it is usable).
+    reads: Reads
     ops: Operations
     clock: Callable[[], datetime]
     keys: KeyCache
@@ -39,6 +42,14 @@ class Services:
         engine = make_engine(settings.database_url)
         metrics.observe_pool(engine)
         sessions = session_factory(engine)
+        replica = None
+        if settings.replica_database_url:
+            replica = Replica(
+                make_engine(settings.replica_database_url, pool_size=5, max_overflow=10),
+                max_lag_s=settings.replica_max_lag_s,
+                observe=metrics.observe_replica,
+            )
+            replica.start()
         limiter = Limiter(
             per_key=settings.rate_limit_per_key,
             failures_per_address=settings.rate_limit_failures_per_address,
@@ -47,7 +58,12 @@ class Services:
         )
         ops = metrics.instrument_operations(Operations(settings, sessions, clock), engine)
         keys = KeyCache(settings.secret_key)
-        return cls(settings, engine, sessions, ops, clock, keys, limiter)
+        return cls(settings, engine, sessions, Reads(sessions, replica), ops, clock, keys, limiter)
+
+    def close(self) -> None:
+        """Close the database connections (and stop measuring the replica)."""
+        self.reads.close()
+        self.engine.dispose()
 
 
 def services_of(app_state: Any) -> Services:

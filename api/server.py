@@ -1,14 +1,21 @@
 """The HTTP server's protocol: uvicorn's (httptools, or h11) with a bound on how long a
-request may take to arrive.
+request may take to arrive and on the size of its head.
 
-uvicorn closes idle keep-alive connections (``timeout_keep_alive``) and bounds the size of the
-headers (h11, 16 KiB), but it waits for ever for a request whose headers or body trickle in (a
-"slowloris" client holds a connection, and a worker's file descriptors, with a byte a minute).
+uvicorn closes idle keep-alive connections (``timeout_keep_alive``), but it waits for ever for a
+request whose headers or body trickle in (a "slowloris" client holds a connection, and a
+worker's file descriptors, with a byte a minute), and its httptools protocol takes headers of
+any size (h11 bounds only an *incomplete* head: a 1 MiB head that arrives in one read passes).
 :class:`BoundedHttpToolsProtocol` (and :class:`BoundedH11Protocol`) drop a connection whose
 request (headers and body) is not complete within ``COALITION_REQUEST_READ_TIMEOUT_S`` (default
 20 s) of the connection being opened or of the previous response: no answer, the connection is
 closed. A request that has fully arrived is never cut, however long the service takes to answer
 it.
+
+Both protocols also bound the head of every request (request line and headers together) to
+:data:`MAX_HEAD_BYTES` (16 KiB), per request on a keep-alive connection: past it the answer is
+``431`` with a problem document and the connection is closed, before the application sees the
+request (:class:`_HeadLimit`). The head is read in slices that end at the bound, so what a
+connection holds of an unfinished head never exceeds it.
 
 uvicorn stays the server (``coalition serve``): it is what the service and its tests run on,
 and this is the one bound it lacks; this class is its documented ``http=`` extension point.
@@ -23,13 +30,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 import h11
+from litestar.types import Scope
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from api.problems import PROBLEM_JSON, problem_body, request_id
+
 log = logging.getLogger("coalition.api")
+
+#: The most a request's head (request line and headers, with their line ends) may take.
+MAX_HEAD_BYTES = 16 * 1024
 
 TIMEOUT_ENV = "COALITION_REQUEST_READ_TIMEOUT_S"
 DEFAULT_REQUEST_READ_TIMEOUT_S = 20.0
@@ -165,22 +178,136 @@ class _ReadDeadline:
             self.transport.close()
 
 
-class BoundedHttpToolsProtocol(_ReadDeadline, HttpToolsProtocol):
+def _head_too_large_response() -> bytes:
+    """The ``431`` problem document, as the bytes of a whole response that closes."""
+    scope = cast("Scope", {})
+    status, body = problem_body(
+        scope,
+        "headers-too-large",
+        f"the request line and headers may be at most {MAX_HEAD_BYTES // 1024} KiB together",
+    )
+    return b"".join(
+        [
+            b"HTTP/1.1 %d Request Header Fields Too Large\r\n" % status,
+            b"content-type: %s\r\n" % PROBLEM_JSON.encode(),
+            b"content-length: %d\r\n" % len(body),
+            b"x-request-id: %s\r\n" % request_id(scope).encode(),
+            b"cache-control: no-store\r\n",
+            b"x-content-type-options: nosniff\r\n",
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a head past the bound."""
+
+
+class _HeadLimit:
+    """The bound on a request's head, for either protocol: a parser that reports the head as
+    too large makes the connection answer ``431`` and close instead of uvicorn's ``400``."""
+
+    transport: asyncio.Transport
+    _head_too_large = False
+    _refusal_pending = False
+
+    def _answering(self) -> bool:
+        """A request before this one is still being answered (pipelining)."""
+        return False
+
+    def _refuse_head(self) -> None:
+        """Answer ``431`` and close, after the answers of the requests before it."""
+        if self._answering():
+            self._refusal_pending = True
+        elif not self.transport.is_closing():
+            log.info("refused a request whose head is over %d bytes", MAX_HEAD_BYTES)
+            self.transport.write(_head_too_large_response())
+            self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request it cannot parse; ``431`` when the head was too large."""
+        if self._head_too_large:
+            self._refuse_head()
+        else:
+            super().send_400_response(msg)  # type: ignore[misc]
+
+
+class BoundedHttpToolsProtocol(_HeadLimit, _ReadDeadline, HttpToolsProtocol):
     """uvicorn's httptools protocol (what ``coalition serve`` runs: its C parser costs a tenth
-    of a request's CPU less than h11) that drops a request still arriving after the bound."""
+    of a request's CPU less than h11) that drops a request still arriving after the bound and
+    refuses a head over :data:`MAX_HEAD_BYTES`.
+
+    httptools keeps a header that is still arriving whole in memory, however long, so a head
+    is fed to it in slices that end at the bound (:meth:`data_received`); what the parser
+    reports (the request line and each header) is counted too, which bounds a pipelined
+    request's head that arrived in the same read as the end of the one before.
+    """
+
+    #: Bytes of the current head received so far (reset once its message is complete).
+    _head_received = 0
+    #: Bytes of the current head parsed so far: URL and headers as the parser reports them.
+    _head_parsed = 0
+    _in_head = True
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.transport = OneWriteTransport(transport, self.loop)
         self._arm()
 
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser; a head only up to the bound, then ``431``."""
+        while data:
+            if not self._in_head:
+                super().data_received(data)
+                return
+            room = MAX_HEAD_BYTES - self._head_received
+            if room <= 0:
+                self._head_too_large = True
+                self._refuse_head()
+                return
+            piece, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
+            self._head_received += len(piece)
+            super().data_received(piece)
+            if self.transport.is_closing() or self.transport.get_protocol() is not self:
+                return
+
+    def _parsed(self, size: int) -> None:
+        self._head_parsed += size
+        if self._head_parsed > MAX_HEAD_BYTES:
+            self._head_too_large = True
+            raise _HeadTooLarge
+
+    def on_message_begin(self) -> None:
+        self._head_parsed = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._parsed(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._parsed(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
     def on_message_complete(self) -> None:
         self._disarm()
+        self._in_head, self._head_received = True, 0
         super().on_message_complete()
+
+    def _answering(self) -> bool:
+        cycle = self.cycle
+        return bool(self.pipeline) or (cycle is not None and not cycle.response_complete)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
+        if self._refusal_pending and not self._answering():
+            self._refuse_head()
+        elif not self.transport.is_closing():
             self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -188,9 +315,48 @@ class BoundedHttpToolsProtocol(_ReadDeadline, HttpToolsProtocol):
         super().connection_lost(exc)
 
 
-class BoundedH11Protocol(_ReadDeadline, H11Protocol):
+class _BoundedConnection(h11.Connection):
+    """h11's connection with the head bound: h11 bounds what it buffers of an incomplete head
+    (``max_incomplete_event_size``, set to :data:`MAX_HEAD_BYTES`) but parses a complete head
+    of any size that arrived in one read; that one is measured here."""
+
+    head_too_large = False
+
+    def __init__(self) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+
+    def next_event(self) -> Any:
+        """h11's next event; a head over the bound is a protocol error (``431``)."""
+        try:
+            event = super().next_event()
+        except h11.RemoteProtocolError as exc:
+            self.head_too_large = exc.error_status_hint == 431
+            raise
+        if isinstance(event, h11.Request) and _head_size(event) > MAX_HEAD_BYTES:
+            self.head_too_large = True
+            raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+        return event
+
+
+def _head_size(request: h11.Request) -> int:
+    """The bytes of a parsed head: request line, each header with ``": "`` and CRLF, the
+    blank line (h11 drops optional white space, so this is at most what was sent)."""
+    line = len(request.method) + len(request.target) + len(b"  HTTP/1.1\r\n")
+    headers = sum(len(name) + len(value) + 4 for name, value in request.headers.raw_items())
+    return line + headers + 2
+
+
+class BoundedH11Protocol(_HeadLimit, _ReadDeadline, H11Protocol):
     """uvicorn's h11 protocol (pure Python, where httptools is not installed) that drops a
-    request still arriving after the bound."""
+    request still arriving after the bound and refuses a head over :data:`MAX_HEAD_BYTES`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn = _BoundedConnection()
+
+    @property
+    def _head_too_large(self) -> bool:  # type: ignore[override]
+        return isinstance(self.conn, _BoundedConnection) and self.conn.head_too_large
 
     def _still_arriving(self) -> bool:
         return self.conn.their_state in (h11.IDLE, h11.SEND_BODY)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from api.auth import admin, partner, partner_id_of, principal_of, signed
 from api.docs import SIGNED, IdempotencyKey, body, problems
 from api.idempotency import run_idempotent
-from api.runtime import Services, services_of
+from api.runtime import services_of
 from api.settlement_structs import (
     ClosedOut,
     CloseRequest,
@@ -38,6 +38,7 @@ from api.settlement_structs import (
     StatementPage,
     StatementStatus,
     StatementSummary,
+    UnbilledOut,
 )
 from api.structs import LINE, EmptyBody, IdPath, IdQuery, IdQueryRequired, decode
 from api.views import decode_cursor, encode_cursor
@@ -95,7 +96,8 @@ def export_response(statement: Statement, format: str) -> Response[bytes]:
     console both serve."""
     document = document_of(statement)
     if format == "csv":
-        content, media, suffix = csv_export(document), "text/csv; charset=utf-8", "csv"
+        # Litestar adds "; charset=utf-8" (the response's encoding) to every text/* type.
+        content, media, suffix = csv_export(document), "text/csv", "csv"
     else:
         content, media, suffix = json_export(document), "application/json", "json"
     return Response(
@@ -109,12 +111,11 @@ def _summary_in(session: Session, statement: Statement) -> StatementSummary:
     return summary_out(statement, reports.get_period(session, statement.period_id))
 
 
-def _page(services: Services, **query: Any) -> StatementPage:
-    with transaction(services.sessions) as s:
-        page = workflow.list_statements(s, **query)
-        ids = {row.period_id for row in page.rows}
-        periods = {p.id: p for p in s.scalars(select(Period).where(Period.id.in_(ids)))}
-        data = [summary_out(row, periods[row.period_id]) for row in page.rows]
+def _page(s: Session, **query: Any) -> StatementPage:
+    page = workflow.list_statements(s, **query)
+    ids = {row.period_id for row in page.rows}
+    periods = {p.id: p for p in s.scalars(select(Period).where(Period.id.in_(ids)))}
+    data = [summary_out(row, periods[row.period_id]) for row in page.rows]
     return StatementPage(data=data, has_more=page.has_more, next_cursor=encode_cursor(page.last_id))
 
 
@@ -135,13 +136,14 @@ class StatementsController(Controller):
         cursor: Cursor = None,
     ) -> StatementPage:
         """The partner's statements, newest first (keyset pagination)."""
-        return _page(
-            services_of(request.app.state),
-            partner_id=partner_id_of(principal_of(request)),
-            status=status,
-            before_id=decode_cursor(cursor, "stmt"),
-            limit=limit,
-        )
+        with transaction(services_of(request.app.state).sessions) as s:
+            return _page(
+                s,
+                partner_id=partner_id_of(principal_of(request)),
+                status=status,
+                before_id=decode_cursor(cursor, "stmt"),
+                limit=limit,
+            )
 
     @get(
         "/{statement_id:str}",
@@ -154,11 +156,13 @@ class StatementsController(Controller):
     ) -> Response[StatementDocument]:
         """One of the partner's statements: exactly the signed document."""
         services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            found = workflow.get_statement(
-                s, statement_id, partner_id=partner_id_of(principal_of(request))
+        partner_id = partner_id_of(principal_of(request))
+        # signed once, never changed: a replica's copy is the primary's (or not there yet)
+        return services.reads.run(
+            lambda s: document_response(
+                workflow.get_statement(s, statement_id, partner_id=partner_id)
             )
-            return document_response(found)
+        )
 
     @get(
         "/{statement_id:str}/export",
@@ -173,11 +177,12 @@ class StatementsController(Controller):
         """The signed export: JSON (the document) or CSV (lines, then ``#`` rows with the
         totals, content hash and signature); verify with ``coalition statements verify``."""
         services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            found = workflow.get_statement(
-                s, statement_id, partner_id=partner_id_of(principal_of(request))
+        partner_id = partner_id_of(principal_of(request))
+        return services.reads.run(
+            lambda s: export_response(
+                workflow.get_statement(s, statement_id, partner_id=partner_id), format
             )
-            return export_response(found, format)
+        )
 
     @post(
         "/{statement_id:str}/acknowledge",
@@ -306,6 +311,10 @@ class SettlementAdminController(Controller):
                 period=period_out(closed.period),
                 created=closed.created,
                 statements=[summary_out(s, closed.period) for s in closed.statements],
+                unbilled=[
+                    UnbilledOut(u.transaction_id, u.partner_id, u.kind, u.points, u.reason)  # type: ignore[arg-type]
+                    for u in closed.unbilled
+                ],
             )
             return (201 if closed.created else 200), out
 
@@ -327,13 +336,16 @@ class SettlementAdminController(Controller):
         cursor: Cursor = None,
     ) -> StatementPage:
         """Every partner's statements, newest first; filter by period, partner, status."""
-        return _page(
-            services_of(request.app.state),
-            partner_id=partner_id,
-            status=status,
-            period_id=period_id,
-            before_id=decode_cursor(cursor, "stmt"),
-            limit=limit,
+        before_id = decode_cursor(cursor, "stmt")
+        return services_of(request.app.state).reads.run(
+            lambda s: _page(
+                s,
+                partner_id=partner_id,
+                status=status,
+                period_id=period_id,
+                before_id=before_id,
+                limit=limit,
+            )
         )
 
     @get(
@@ -347,8 +359,9 @@ class SettlementAdminController(Controller):
     ) -> Response[StatementDocument]:
         """Any partner's statement: exactly the signed document."""
         services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            return document_response(workflow.get_statement(s, statement_id, partner_id=None))
+        return services.reads.run(
+            lambda s: document_response(workflow.get_statement(s, statement_id, partner_id=None))
+        )
 
     @get(
         "/statements/{statement_id:str}/export",
@@ -362,8 +375,11 @@ class SettlementAdminController(Controller):
     ) -> Response[bytes]:
         """Any partner's signed export (JSON or CSV)."""
         services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            return export_response(workflow.get_statement(s, statement_id, partner_id=None), format)
+        return services.reads.run(
+            lambda s: export_response(
+                workflow.get_statement(s, statement_id, partner_id=None), format
+            )
+        )
 
     @get(
         "/statements/{statement_id:str}/events",
@@ -373,8 +389,8 @@ class SettlementAdminController(Controller):
     )
     def events(self, request: Request[Any, Any, Any], statement_id: PathId) -> StatementEventList:
         """The statement's status changes: from, to, when, which key."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+
+        def read(s: Session) -> StatementEventList:
             workflow.get_statement(s, statement_id, partner_id=None)
             rows = workflow.history(s, statement_id)
             return StatementEventList(
@@ -390,6 +406,8 @@ class SettlementAdminController(Controller):
                     for e in rows
                 ]
             )
+
+        return services_of(request.app.state).reads.run(read)
 
     @post(
         "/statements/{statement_id:str}/settle",
@@ -433,11 +451,13 @@ class SettlementAdminController(Controller):
     )
     def list_disputes(self, request: Request[Any, Any, Any], statement_id: PathId) -> DisputeList:
         """Any statement's disputes."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+
+        def read(s: Session) -> DisputeList:
             statement = workflow.get_statement(s, statement_id, partner_id=None)
             found = workflow.disputes_of(s, statement_id, partner_id=None)
             return DisputeList(data=[dispute_out(d, statement.currency) for d in found])
+
+        return services_of(request.app.state).reads.run(read)
 
     @post(
         "/disputes/{dispute_id:str}/resolve",
@@ -481,15 +501,16 @@ class SettlementAdminController(Controller):
         self, request: Request[Any, Any, Any], limit: Limit = 100, cursor: Cursor = None
     ) -> PeriodPage:
         """Closed periods, the latest first."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            rows, more = reports.list_periods(
-                s, before_id=decode_cursor(cursor, "per"), limit=limit
-            )
+        before_id = decode_cursor(cursor, "per")
+
+        def read(s: Session) -> PeriodPage:
+            rows, more = reports.list_periods(s, before_id=before_id, limit=limit)
             last = rows[-1].id if rows and more else None
             return PeriodPage(
                 data=[period_out(p) for p in rows], has_more=more, next_cursor=encode_cursor(last)
             )
+
+        return services_of(request.app.state).reads.run(read)
 
     @get(
         "/periods/{period_id:str}/summary",
@@ -500,9 +521,9 @@ class SettlementAdminController(Controller):
     def period_summary(self, request: Request[Any, Any, Any], period_id: PathId) -> PeriodSummary:
         """Money per currency (billed, reimbursed, margin), the points roll-forward,
         breakage, active members and the cross-brand share of a closed period."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            return msgspec.convert(reports.summary(s, period_id).document(), PeriodSummary)
+        return services_of(request.app.state).reads.run(
+            lambda s: msgspec.convert(reports.summary(s, period_id).document(), PeriodSummary)
+        )
 
     @get(
         "/reports/cross-brand",
@@ -516,8 +537,8 @@ class SettlementAdminController(Controller):
         period_id: IdQueryRequired,
     ) -> CrossBrandReport:
         """Points issued by each partner (rows) and redeemed at each (columns) in a period."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+
+        def read(s: Session) -> CrossBrandReport:
             period = reports.get_period(s, period_id)
             matrix = reports.cross_brand(s, period_id).document()
             return CrossBrandReport(
@@ -527,3 +548,5 @@ class SettlementAdminController(Controller):
                 cross_brand_points=matrix["cross_brand_points"],
                 cross_brand_share=matrix["cross_brand_share"],
             )
+
+        return services_of(request.app.state).reads.run(read)

@@ -8,8 +8,9 @@ from typing import Annotated, Literal, get_args
 
 from msgspec import Meta, Struct
 
-from api.structs import AwareTime, Request
+from api.structs import LINE, AwareTime, Request, full_match
 from coalition.errors import invariant
+from settlement import workflow
 from settlement.models import LINE_KINDS
 
 StatementStatus = Literal["issued", "acknowledged", "disputed", "settled"]
@@ -20,26 +21,40 @@ LineKind = Literal["earn", "bonus", "earn_reversal", "burn", "burn_reversal", "a
 invariant(set(get_args(LineKind)) == set(LINE_KINDS), "API line kinds != the statement's")
 DisputeOutcome = Literal["upheld", "partially_upheld", "rejected"]
 #: A ledger transaction id as a statement line names it.
-TransactionId = Annotated[str, Meta(min_length=5, max_length=40, pattern=r"^txn_[0-9A-Z]{1,36}\Z")]
+TransactionId = Annotated[
+    str,
+    Meta(
+        min_length=5,
+        max_length=40,
+        pattern=full_match(workflow.TRANSACTION_ID, "a transaction id (txn_...)"),
+    ),
+]
 #: A signed decimal amount in major units (a settlement adjustment).
 SignedAmount = Annotated[
     str,
     Meta(
         min_length=1,
         max_length=24,
-        pattern=r"^-?[0-9]{1,10}(\.[0-9]{1,4})?\Z",
+        pattern=full_match(
+            r"-?[0-9]{1,10}(\.[0-9]{1,4})?", "a signed decimal string in major units, e.g. -12.50"
+        ),
         description="A signed decimal string in major units with at most the currency's "
         "decimals; positive: the operator pays the partner more.",
         examples=["-12.50"],
     ),
 ]
-Text2000 = Annotated[str, Meta(min_length=1, max_length=2000)]
+Text2000 = Annotated[
+    str, Meta(min_length=1, max_length=workflow.REASON_MAX, pattern=LINE, description="One line.")
+]
 PaymentReference = Annotated[
     str,
     Meta(
         min_length=1,
-        max_length=255,
-        pattern=r"^[\x20-\x7e]+\Z",
+        max_length=workflow.PAYMENT_REFERENCE_MAX,
+        pattern=full_match(
+            f"[{workflow.PAYMENT_REFERENCE_CHARS}]+",
+            f"1 to {workflow.PAYMENT_REFERENCE_MAX} printable ASCII characters",
+        ),
         description="The payment's reference (bank transfer id...): printable ASCII.",
         examples=["SEPA-2026-02-0042"],
     ),
@@ -233,12 +248,25 @@ class PeriodPage(Struct):
     next_cursor: str | None
 
 
+class UnbilledOut(Struct):
+    """A posting the close left off its statement: too large for the ledger to bill (data
+    written before the bounds of docs/api.md); ``coalition check`` reports it too."""
+
+    transaction_id: str
+    partner_id: str
+    kind: LineKind
+    points: int
+    reason: str
+
+
 class ClosedOut(Struct):
-    """The closed period and its statements (``created``: false when closed before)."""
+    """The closed period and its statements (``created``: false when closed before), and the
+    postings it could not bill (``unbilled``, usually empty)."""
 
     period: PeriodOut
     created: bool
     statements: list[StatementSummary]
+    unbilled: list[UnbilledOut] = []
 
 
 class MoneyFigures(Struct):

@@ -18,10 +18,15 @@ import msgspec
 from litestar.params import PathParameter, QueryParameter
 from msgspec import Meta, Struct
 
+from coalition import text
 from coalition.errors import ValidationFailed, invariant
 from coalition.ids import MEMBER_ID_BODY, MEMBER_ID_MAX_LENGTH, MEMBER_ID_RULE
 from coalition.ledger.kinds import KINDS
 from coalition.money import MAX_POINTS
+from coalition.times import RULE as TIME_RULE
+from coalition.times import client_time
+from partners.operation_base import REASON_MAX
+from partners.rates import NAME_MAX
 
 T = TypeVar("T")
 
@@ -55,8 +60,9 @@ def explain(message: str) -> str:
     return f"Expected {rule}" if rule else message
 
 
-#: Printable text on one line: no C0 control character (NUL, newline, tab...) and no DEL.
-LINE = full_match(r"[^\x00-\x1f\x7f]*", "one line of printable text (no control characters)")
+#: Text on one line, as every text field of the service (:mod:`coalition.text`): no control
+#: character (NUL, newline, tab, escape...), no bidirectional override.
+LINE = full_match(text.LINE_BODY, text.RULE)
 #: The ids this service makes (``txn_01J...``): the shape of every id in a path.
 ID_PATTERN = full_match(r"[A-Za-z0-9_-]{1,64}", "an id: 1 to 64 of [A-Za-z0-9_-]")
 MEMBER_ID_PATTERN = full_match(MEMBER_ID_BODY, f"a member id: {MEMBER_ID_RULE}")
@@ -113,7 +119,11 @@ SignedPoints = Annotated[
     Meta(ge=-MAX_POINTS, le=MAX_POINTS, description="Whole points, positive or negative, not 0."),
 ]
 AwareTime = Annotated[
-    datetime, Meta(tz=True, description="RFC 3339 with a time zone, e.g. 2026-01-05T09:00:00Z.")
+    datetime,
+    Meta(
+        tz=True,
+        description=f"RFC 3339 with a time zone, e.g. 2026-01-05T09:00:00Z: {TIME_RULE}.",
+    ),
 ]
 Rate = Annotated[
     str,
@@ -129,10 +139,15 @@ Rate = Annotated[
 ]
 Reason = Annotated[
     str,
-    Meta(min_length=1, max_length=500, pattern=LINE, description="Why, for the audit: one line."),
+    Meta(
+        min_length=1,
+        max_length=REASON_MAX,
+        pattern=LINE,
+        description="Why, for the audit: one line.",
+    ),
 ]
 Name = Annotated[
-    str, Meta(min_length=1, max_length=200, pattern=LINE, description="A name: one line.")
+    str, Meta(min_length=1, max_length=NAME_MAX, pattern=LINE, description="A name: one line.")
 ]
 PublicKey = Annotated[
     str,
@@ -189,7 +204,14 @@ HoldStatus = Literal["active", "captured", "voided", "expired"]
 
 
 class Request(Struct, forbid_unknown_fields=True):
-    """Base of request bodies: unknown fields are refused."""
+    """Base of request bodies: unknown fields are refused; every time is bounded and in UTC
+    (:func:`coalition.times.client_time`, ``validation`` at the field otherwise)."""
+
+    def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if isinstance(value, datetime):
+                setattr(self, name, client_time(value, name))
 
 
 # --- partner requests --------------------------------------------------------------------
@@ -476,11 +498,24 @@ class LiabilityReport(Struct):
     adjusted_points: int
 
 
-class Health(Struct):
-    """The service and its database are up."""
+class ReplicaHealth(Struct):
+    """The read replica as this process last measured it (``COALITION_REPLICA_DATABASE_URL``)."""
+
+    #: ``lagging``: past ``COALITION_REPLICA_MAX_LAG_S``; ``unknown``: not measured yet.
+    status: Literal["ok", "lagging", "unreachable", "unknown"]
+    #: Where the reads that may be a moment old go now.
+    reads: Literal["replica", "primary"]
+    lag_s: float | None = None
+    lag_bytes: int | None = None
+
+
+class Health(Struct, omit_defaults=True):
+    """The service and its database are up (and, when one is configured, how its read replica
+    is: it never makes the service unready, its reads then go to the primary)."""
 
     status: Literal["ok"]
     database: Literal["ok"]
+    replica: ReplicaHealth | None = None
 
 
 class SigningKey(Struct):
@@ -589,11 +624,12 @@ def _check_unique_keys(body: bytes) -> None:
 
 def decode(body: bytes, type_: type[T], *, empty_as_object: bool = False) -> T:
     """Decode a JSON request body strictly into ``type_``; :class:`ValidationFailed` if not
-    (a repeated key, nesting beyond the decoder's depth and non-UTF-8 bytes included)."""
-    if not body.strip():
-        if not empty_as_object:
-            raise ValidationFailed.at("$", "a JSON object is required")
-        body = b"{}"
+    (a repeated key, nesting beyond the decoder's depth and non-UTF-8 bytes included). With
+    ``empty_as_object`` no body at all stands for ``{}``; white space alone is not JSON."""
+    if not body and empty_as_object:
+        body = b"{}"  # no body at all: an endpoint whose fields are all optional
+    elif not body.strip():
+        raise ValidationFailed.at("$", "a JSON object is required")
     try:
         value = msgspec.json.decode(body, type=type_, strict=True)
     except msgspec.ValidationError as exc:
@@ -611,7 +647,8 @@ def decode(body: bytes, type_: type[T], *, empty_as_object: bool = False) -> T:
 
 
 def parse_time(raw: str | None, name: str) -> datetime | None:
-    """An RFC 3339 time with a zone from a query parameter, strictly (``validation`` if not)."""
+    """An RFC 3339 time with a zone from a query parameter, strictly and bounded, in UTC
+    (``validation`` at ``query.<name>`` if not)."""
     if raw is None:
         return None
     try:
@@ -620,8 +657,7 @@ def parse_time(raw: str | None, name: str) -> datetime | None:
         raise ValidationFailed.at(
             f"query.{name}", "an RFC 3339 time with a time zone, e.g. 2026-01-05T09:00:00Z"
         ) from None
-    assert isinstance(value, datetime)
-    return value
+    return client_time(value, f"query.{name}")
 
 
 class Liveness(Struct):

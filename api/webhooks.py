@@ -23,7 +23,13 @@ from api.structs import Request as RequestBody
 from coalition.db import transaction
 from coalition.errors import ValidationFailed
 from coalition.outbox import WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from partners.webhooks import MAX_URL_LENGTH, SUBSCRIBABLE, NewEndpoint, Webhooks
+from partners.webhooks import (
+    DESCRIPTION_MAX,
+    MAX_URL_LENGTH,
+    SUBSCRIBABLE,
+    NewEndpoint,
+    Webhooks,
+)
 
 EventName = Literal[
     "transaction.earned",
@@ -48,7 +54,9 @@ Url = Annotated[
         examples=["https://example.com/coalition/webhooks"],
     ),
 ]
-Description = Annotated[str, Meta(max_length=500, pattern=LINE, description="One line.")]
+Description = Annotated[
+    str, Meta(max_length=DESCRIPTION_MAX, pattern=LINE, description="One line.")
+]
 Events = Annotated[list[EventName], Meta(min_length=1, max_length=len(SUBSCRIBABLE))]
 Limit = Annotated[int, QueryParameter(ge=1, le=500)]
 Cursor = Annotated[

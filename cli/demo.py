@@ -41,7 +41,7 @@ from partners.models import PARTNER_SCOPES, Partner, RateCard
 from partners.operations import EARN_BATCH_MAX, EarnItem, Operations
 from partners.rates import create_partner, create_rate_card
 from settlement import reports
-from settlement.canonical import b64url, csv_export, json_export, parse_export, verify_document
+from settlement.canonical import b64url, csv_export, json_export, read_export, verify_document
 from settlement.check import run_checks
 from settlement.close import close, statements_of
 from settlement.reports import liability_at
@@ -1036,7 +1036,9 @@ def _settlement(
                 path = EXPORT_DIR / f"{name}.{suffix}"
                 path.write_bytes(content)
                 first = first or path
-                verified = verified and verify_document(parse_export(path.read_bytes()), keys).ok
+                verified = (
+                    verified and verify_document(read_export(path.read_bytes()).document, keys).ok
+                )
             rows.append(
                 [slug[statement.partner_id], statement.currency, statement.line_count,
                  t["issued_amount"], t["earn_reversed_amount"], t["reimbursed_amount"],

@@ -333,10 +333,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # COALITION_PUBLIC_URL so signatures over the public URL verify.
             proxy_headers=True,
             forwarded_allow_ips="127.0.0.1",
-            # h11 with a bound on how long a request may take to arrive (slow clients are
-            # dropped: api/server.py); idle keep-alive connections close after 5 s
+            # httptools with a bound on how long a request may take to arrive (slow clients
+            # are dropped) and on the size of its head (431): api/server.py; idle keep-alive
+            # connections close after 5 s
             http="api.server:BoundedHttpToolsProtocol",
             timeout_keep_alive=5,
+            # A worker answers the supervisor's health check once it has imported the app; on
+            # a loaded host that import took 17 s, and uvicorn's default 5 s killed and
+            # restarted the workers in a loop.
+            timeout_worker_healthcheck=60,
         )
     except _Terminated:
         pass
@@ -453,6 +458,26 @@ def cmd_console_link(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_member_link(args: argparse.Namespace) -> int:
+    """Print a single-use link to a member's page with the whole coalition history (every
+    brand), valid 15 minutes: the operator hands it to the member through its own channel."""
+    from api.console.links import console_url
+    from coalition.errors import CoalitionError
+    from partners.signin import issue_link
+
+    rt = runtime()
+    _require_schema(rt)
+    try:
+        with transaction(rt.sessions) as session:
+            link = issue_link(session, role="member", member_id=args.member_id, now=utcnow())
+    except CoalitionError as exc:
+        print(f"refused: {exc.detail}", file=sys.stderr)
+        return 1
+    print(console_url(rt.settings, link.token))
+    print(f"single use, valid until {link.expires_at:%Y-%m-%d %H:%M} UTC", file=sys.stderr)
+    return 0
+
+
 def cmd_rotate_signing_key(_args: argparse.Namespace) -> int:
     """Make a new statement-signing key the one that signs; old public keys stay published."""
     from settlement.signing import rotate
@@ -467,14 +492,14 @@ def cmd_rotate_signing_key(_args: argparse.Namespace) -> int:
 
 
 def cmd_verify_statement(args: argparse.Namespace) -> int:
-    """Verify a statement export offline: exit 0 when its hash and signature hold, else 1."""
+    """Verify a statement export offline: exit 0 when it is byte for byte an export of the
+    service and its hash and signature hold, else 1."""
     from pathlib import Path
 
-    from settlement.canonical import ExportError, parse_export, parse_keys, verify_document
+    from settlement.canonical import ExportError, parse_keys, read_export, verify_document
 
     try:
-        data = Path(args.file).read_bytes()
-        document = parse_export(data)
+        export = read_export(Path(args.file).read_bytes())
         if args.keys:
             keys = parse_keys(Path(args.keys).read_bytes())
             source = args.keys
@@ -483,11 +508,14 @@ def cmd_verify_statement(args: argparse.Namespace) -> int:
     except (OSError, ExportError) as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
-    verdict = verify_document(document, keys)
+    verdict = verify_document(export.document, keys)
+    statement = export.document.get("id")
     if verdict.ok:
-        print(f"OK: statement {document.get('id')}: {verdict.reason} (keys from {source})")
+        print(f"OK: statement {statement}: {verdict.reason} (keys from {source})")
+        for note in export.notes:
+            print(f"note: {note}")
         return 0
-    print(f"FAILED: statement {document.get('id')}: {verdict.reason}", file=sys.stderr)
+    print(f"FAILED: statement {statement}: {verdict.reason}", file=sys.stderr)
     return 1
 
 
@@ -532,6 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     link = sub.add_parser("console-link", help="print a single-use sign-in link to the console")
     link.add_argument("--role", required=True, choices=("operator", "finance"))
     link.set_defaults(func=cmd_console_link)
+    member_link = sub.add_parser(
+        "member-link",
+        help="print a single-use link to a member's page with the whole coalition history",
+    )
+    member_link.add_argument("member_id", help="the member id (mem_...)")
+    member_link.set_defaults(func=cmd_member_link)
     statements = sub.add_parser("statements", help="settlement statements")
     statements_sub = statements.add_subparsers(dest="statements_command", required=True)
     verify = statements_sub.add_parser(

@@ -53,6 +53,10 @@ class Settings:
     """Everything the service reads from its environment."""
 
     database_url: str = DEFAULT_DATABASE_URL
+    #: A streaming replica for the reads that may be a moment old (coalition.db.Reads), and
+    #: the lag past which those reads go to the primary instead.
+    replica_database_url: str | None = None
+    replica_max_lag_s: float = 5.0
     secret_key: bytes = b""
     secret_key_is_dev_default: bool = False
     public_url: str = DEFAULT_PUBLIC_URL
@@ -103,6 +107,16 @@ def _parse_int(name: str, raw: str, minimum: int) -> int:
         raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _parse_seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number of seconds, got {raw!r}") from None
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{name}: must be a positive number of seconds, got {raw!r}")
     return value
 
 
@@ -198,6 +212,10 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     raw_key = values.get("COALITION_SECRET_KEY")
     return Settings(
         database_url=values.get("COALITION_DATABASE_URL", DEFAULT_DATABASE_URL),
+        replica_database_url=values.get("COALITION_REPLICA_DATABASE_URL") or None,
+        replica_max_lag_s=_parse_seconds(
+            "COALITION_REPLICA_MAX_LAG_S", values.get("COALITION_REPLICA_MAX_LAG_S", "5")
+        ),
         secret_key=_decode_secret_key(raw_key) if raw_key else _dev_secret_key(),
         secret_key_is_dev_default=not raw_key,
         public_url=values.get("COALITION_PUBLIC_URL", DEFAULT_PUBLIC_URL).rstrip("/"),

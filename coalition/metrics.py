@@ -34,11 +34,13 @@ from prometheus_client import (
 )
 from sqlalchemy import Engine, bindparam, event, text
 
-from coalition.db import UTCDateTime
+from coalition.db import ReplicaLag, UTCDateTime
 from coalition.ledger.kinds import ISSUED_KINDS, REDEEMED_KINDS
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: The exposition's media type without its charset, which a Litestar response adds to every
+#: text/* type itself (given twice, a strict client may refuse the header).
+MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 HTTP_REQUESTS = Counter(
@@ -90,6 +92,22 @@ DB_POOL_SIZE = Gauge(
     multiprocess_mode="livesum",
 )
 DB_POOL_CHECKOUTS = Counter("coalition_db_pool_checkouts_total", "Connections taken from the pool.")
+DB_REPLICA_LAG = Gauge(
+    "coalition_db_replica_lag_seconds",
+    "The read replica's replay lag as it sees itself (NaN: unreachable), the most of any process.",
+    multiprocess_mode="livemax",
+)
+DB_REPLICA_LAG_BYTES = Gauge(
+    "coalition_db_replica_lag_bytes",
+    "WAL the read replica received but has not replayed yet, the most of any process.",
+    multiprocess_mode="livemax",
+)
+DB_REPLICA_IN_USE = Gauge(
+    "coalition_db_replica_in_use",
+    "1 while reads go to the replica, 0 while they fall back to the primary (the least of any "
+    "process).",
+    multiprocess_mode="livemin",
+)
 
 #: Operation kinds measured (the methods of Operations of the same name).
 OPERATION_KINDS = (
@@ -162,6 +180,13 @@ def observe_pool(engine: Engine) -> None:
     @event.listens_for(engine, "checkin")
     def _checkin(*_args: Any) -> None:
         DB_POOL_CHECKED_OUT.dec()
+
+
+def observe_replica(lag: ReplicaLag, in_use: bool) -> None:
+    """Record one measurement of the read replica (``coalition.db.Replica``'s ``observe``)."""
+    DB_REPLICA_LAG.set(lag.lag_s)
+    DB_REPLICA_LAG_BYTES.set(lag.lag_bytes)
+    DB_REPLICA_IN_USE.set(1 if in_use else 0)
 
 
 def _outcome(exc: BaseException) -> str:

@@ -30,11 +30,13 @@ EXPONENTS: dict[str, int] = {
     **dict.fromkeys(_EXPONENT_4, 4),
 }
 
-#: The largest amount accepted in one operation, in major units (a bound on everything).
+#: The most money one operation, or one statement line, may be worth, in major units (a bound
+#: on everything): at the largest exponent (4) a line is at most 10^13 minor units, so a
+#: statement's totals (BIGINT, 9.2 x 10^18) hold 900,000 lines of the largest size.
 MAX_AMOUNT = Decimal("1000000000")
 #: A plain decimal string: digits, optionally a point and more digits; nothing around them.
 DECIMAL_TEXT = re.compile(r"[0-9]{1,30}(?:\.[0-9]{1,30})?")
-#: The largest number of points in one operation.
+#: The largest number of points in one operation (and one statement line).
 MAX_POINTS = 10**12
 
 
@@ -113,3 +115,10 @@ def floor_points(value: Decimal) -> int:
 def ceil_points(value: Decimal) -> int:
     """Points needed to pay for an amount: the next whole point up."""
     return int(value.to_integral_value(rounding=ROUND_CEILING))
+
+
+def line_fits(points: int, unit_price: Decimal | str) -> bool:
+    """Whether ``points`` at ``unit_price`` per point is something the ledger can bill: at
+    most :data:`MAX_POINTS` points worth at most :data:`MAX_AMOUNT` (what every operation is
+    held to at input; a row of older data may break it, and the close leaves it off)."""
+    return 0 <= points <= MAX_POINTS and points * Decimal(unit_price) <= MAX_AMOUNT

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
+from coalition.db import database_unreachable, failure_line
+
 log = logging.getLogger("coalition.jobs")
 
 
@@ -28,12 +30,31 @@ class Job:
 
 
 def _logged(job: Job) -> Callable[[], None]:
+    """``job.run`` with its outcome logged. The database out of reach (a restart, a failover:
+    expected, and the job's transaction rolled back whole) is one warning line when the job
+    first meets it, then quiet until the job runs again, which says so in one info line;
+    anything else is an error with its traceback at every run."""
+    unreachable = False
+
     def run() -> None:
+        nonlocal unreachable
         try:
             done = job.run()
-        except Exception:
-            log.exception("job %s failed; it runs again in %s s", job.name, job.every_s)
+        except Exception as exc:
+            if not database_unreachable(exc):
+                log.exception("job %s failed; it runs again in %s s", job.name, job.every_s)
+            elif not unreachable:
+                unreachable = True
+                log.warning(
+                    "job %s: the database is unreachable (%s); it retries every %s s",
+                    job.name,
+                    failure_line(exc),
+                    job.every_s,
+                )
             return
+        if unreachable:
+            unreachable = False
+            log.info("job %s: the database is reachable again; the job runs", job.name)
         if done:
             log.info("job %s: %d done", job.name, done)
 

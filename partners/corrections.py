@@ -26,6 +26,7 @@ from partners.operation_base import (
     _check_reference,
 )
 from partners.rates import (
+    check_worth,
     partner_terms,
 )
 
@@ -142,7 +143,7 @@ class Corrections(OperationBase):
         """Points for an action (sign-up, referral...), funded by a partner (billed like an
         earn, at its issue price) or by the coalition."""
         _check_points(points)
-        _check_reason(reason)
+        reason = _check_reason(reason)
         now = self.clock()
         with self.unit(session) as s:
             ledger.member_state(s, member_id)
@@ -155,7 +156,9 @@ class Corrections(OperationBase):
                 except NotFound:
                     raise ValidationFailed.at("funded_by", "a partner id or 'coalition'") from None
                 partner_id, from_account = partner.id, partner.issued_account_id
-                card_id = partner.card_in_force().id
+                card = partner.card_in_force()
+                check_worth(points, card.issue_price_per_point, "points")
+                card_id = card.id
             return ledger.credit(
                 s,
                 ledger.Credit(
@@ -182,7 +185,7 @@ class Corrections(OperationBase):
         if isinstance(points, bool) or not isinstance(points, int) or points == 0:
             raise ValidationFailed.at("points", "a non-zero whole number")
         _check_points(abs(points))
-        _check_reason(reason)
+        reason = _check_reason(reason)
         now = self.clock()
         header = Header(
             kind=TransactionKind.ADJUSTMENT,

@@ -37,6 +37,7 @@ from partners.rates import (
     CardTerms,
     PartnerTerms,
     active_partner_terms,
+    check_worth,
     earn_points,
     partner_terms_with,
     rate_card_history,
@@ -157,6 +158,7 @@ class Earning(OperationBase):
                 "amount", f"{amount} {currency} earns no points at the rate in force"
             )
         _check_points(points, "amount")
+        check_worth(points, card.issue_price_per_point, "amount")
         return ledger.Credit(
             Header(
                 kind=TransactionKind.EARN,

@@ -5,9 +5,16 @@ column optional and its cells possibly empty) or NDJSON (one object with those f
 It is read as a stream and goes to :meth:`~partners.operations.Operations.earn_many` in
 batches of :data:`BATCH_ROWS`, each batch one database transaction, so memory stays flat
 whatever the file's size. Every row gets what a single ``POST /v1/earns`` would: imported, a
-duplicate (its ``reference`` already used: nothing changes, so a file can be imported again),
-or rejected with the problem type and detail a single earn would get, nothing of it written.
-Lines are counted from 1, the header included.
+duplicate (its ``reference`` already used for the same earn: nothing changes, so a file can be
+imported again), or rejected with the problem type and detail a single earn would get, nothing
+of it written. A row whose ``reference`` was used for another earn (another member, amount,
+currency or time) is not the same row imported again: it is rejected as
+``duplicate-reference``, with its line. Lines are counted from 1, the header included.
+
+A CSV header that names a column twice, or a column an earn does not have, refuses the whole
+file at line 1 before anything is imported: which of two ``amount`` cells was meant is not
+something to guess. (An NDJSON object that names a key twice is rejected at its line, by the
+API's own decoding.)
 
 How a row's fields become an :class:`~partners.operations.EarnItem` (the request's shape) is
 the caller's ``to_item`` (the CLI passes the API's own decoding), so a file row and a request
@@ -20,12 +27,17 @@ import csv
 import io
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from sqlalchemy import select
+
 from coalition.errors import CoalitionError, DuplicateReference, ValidationFailed
 from coalition.ledger import Posted
+from coalition.models import Transaction
+from coalition.money import parse_amount, to_minor
 from partners.operations import EARN_BATCH_MAX, EarnItem, Operations
 
 Format = Literal["csv", "ndjson"]
@@ -108,9 +120,7 @@ def _csv_rows(stream: io.TextIOBase, to_item: ToItem) -> Iterator[_Row]:
         raise ImportError_("the file is empty: a CSV file starts with its header row") from None
     except csv.Error as exc:
         raise ImportError_(f"line 1: not CSV ({exc})") from None
-    names = [name.strip() for name in header]
-    if not set(names) >= REQUIRED_COLUMNS or not set(names) <= set(COLUMNS):
-        raise ImportError_(f"line 1: the header must be {','.join(COLUMNS)}; got {','.join(names)}")
+    names = _header(header)
     line = reader.line_num
     while True:
         start = line + 1
@@ -131,6 +141,22 @@ def _csv_rows(stream: io.TextIOBase, to_item: ToItem) -> Iterator[_Row]:
             continue
         fields = {k: v for k, v in zip(names, cells, strict=True) if k != "occurred_at" or v}
         yield _item(start, fields.get("reference"), partial(to_item, fields))
+
+
+def _header(header: list[str]) -> list[str]:
+    """The column names of a CSV header row: each of :data:`COLUMNS` at most once (a repeated
+    one would leave the row's value a guess), the required ones present, no other."""
+    names = [name.strip() for name in header]
+    if not set(names) >= REQUIRED_COLUMNS or not set(names) <= set(COLUMNS):
+        got = ",".join(names)
+        shown = repr(got) if len(got) <= 200 else f"{got[:200]!r}..."
+        raise ImportError_(f"line 1: the header must be {','.join(COLUMNS)}; got {shown}")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ImportError_(f"line 1: the column {name} appears twice in the header")
+        seen.add(name)
+    return names
 
 
 def _ndjson_rows(stream: BinaryIO, from_json: FromJson) -> Iterator[_Row]:
@@ -200,15 +226,84 @@ def import_earns(
 
 def _import_batch(ops: Operations, partner_id: str, batch: list[_Row], summary: Summary) -> None:
     items = [row.item for row in batch if row.item is not None]
-    results = iter(ops.earn_many(partner_id, items))
+    results = iter(_conflicts_told_apart(ops, items, ops.earn_many(partner_id, items)))
     for row in batch:
         summary.rows += 1
         result: Posted | CoalitionError
         result = next(results) if row.item is not None else row.error  # type: ignore[assignment]
-        if isinstance(result, DuplicateReference):
+        if isinstance(result, DuplicateReference) and not isinstance(result, _Conflicting):
             summary.duplicates += 1
         elif isinstance(result, CoalitionError):
             summary.rejected.append(Rejected(row.line, row.reference, result.code, result.detail))
         else:
             summary.imported += 1
             summary.points += result.transaction.points
+
+
+class _Conflicting(DuplicateReference):
+    """A row whose reference was used for another earn (another member, amount, currency or
+    time): not the same row imported again, so it is rejected with its line."""
+
+
+def _conflicts_told_apart(
+    ops: Operations, items: list[EarnItem], results: list[Posted | CoalitionError]
+) -> list[Posted | CoalitionError]:
+    """``results`` with each duplicate whose earlier earn says something else than its row
+    made a :class:`_Conflicting` (one query for the batch's duplicates)."""
+    used = {
+        n: str(result.extra["transaction_id"])
+        for n, result in enumerate(results)
+        if isinstance(result, DuplicateReference)
+    }
+    if not used:
+        return results
+    earlier = earns_by_id(ops, used.values())
+    told: list[Posted | CoalitionError] = list(results)
+    for n, txn_id in used.items():
+        differs = earlier[txn_id].differences(items[n])
+        if differs:
+            told[n] = _Conflicting(
+                f"reference {items[n].reference!r} was already used by {txn_id}, for an earn "
+                f"with another {' and '.join(differs)}: not this row imported again",
+                transaction_id=txn_id,
+            )
+    return told
+
+
+@dataclass(frozen=True, slots=True)
+class _Earned:
+    """What an earlier earn said (to tell a row imported again from a conflicting one)."""
+
+    member_id: str
+    amount_minor: int | None
+    currency: str | None
+    occurred_at: datetime
+
+    def differences(self, item: EarnItem) -> list[str]:
+        """The fields of ``item`` that say something else (``occurred_at`` only when the row
+        gives one: without it the earn took the time it was first imported)."""
+        differs = []
+        if item.member_id != self.member_id:
+            differs.append("member_id")
+        try:
+            amount = to_minor(parse_amount(item.amount, item.currency), item.currency)
+        except CoalitionError:
+            amount = None
+        if item.currency != self.currency or amount != self.amount_minor:
+            differs.append("amount" if item.currency == self.currency else "currency")
+        if item.occurred_at is not None and item.occurred_at != self.occurred_at:
+            differs.append("occurred_at")
+        return differs
+
+
+def earns_by_id(ops: Operations, ids: Iterable[str]) -> dict[str, _Earned]:
+    """The earlier earns ``ids``: who, how much, when."""
+    query = select(
+        Transaction.id,
+        Transaction.member_id,
+        Transaction.amount_minor,
+        Transaction.currency,
+        Transaction.occurred_at,
+    ).where(Transaction.id.in_(sorted(set(ids))))
+    with ops.reading() as s:
+        return {row.id: _Earned(*row[1:]) for row in s.execute(query)}

@@ -16,7 +16,7 @@ from typing import cast
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from coalition import ledger
+from coalition import ledger, text
 from coalition.config import Settings
 from coalition.db import AnyOf, owns_rollback, transaction, utcnow
 from coalition.errors import (
@@ -168,9 +168,9 @@ class OperationBase:
         _refuse_reference_used_by(ref, _find_reference(s, partner_id, kind, ref))
 
 
-def _check_reason(reason: str) -> None:
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > REASON_MAX:
-        raise ValidationFailed.at("reason", f"a reason of 1 to {REASON_MAX} characters")
+def _check_reason(reason: str) -> str:
+    """The reason as stored: the service's text rule (:mod:`coalition.text`)."""
+    return text.clean(reason, "reason", max_length=REASON_MAX)
 
 
 def _refuse_reference_used_by(reference: str, used_by: str | None) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from coalition import outbox
+from coalition import outbox, text
 from coalition.db import HotStatement
 from coalition.errors import (
     BurnCapExceeded,
@@ -32,6 +32,7 @@ from coalition.ids import new_id
 from coalition.models import Account
 from coalition.money import (
     DECIMAL_TEXT,
+    MAX_AMOUNT,
     MAX_POINTS,
     MoneyError,
     ceil_points,
@@ -86,7 +87,13 @@ _PARTNER_CARDS = (
 )
 
 #: Rate-card values carry at most this many decimal places (the NUMERIC scale).
+#: The longest partner name.
+NAME_MAX = 200
 RATE_SCALE = 12
+#: The largest value of any rate-card field (points per unit of money, or money per point):
+#: with :data:`~coalition.money.MAX_AMOUNT` and :data:`~coalition.money.MAX_POINTS` it keeps
+#: every product the service computes inside its columns.
+MAX_RATE = Decimal(1_000_000)
 #: How far in the past a new rate card may start (clock skew between operator and server).
 RATE_CARD_BACKDATE = timedelta(minutes=5)
 RATE_FIELDS = (
@@ -100,8 +107,10 @@ RATE_FIELDS = (
 def create_partner(session: Session, *, name: str, currency: str, now: datetime) -> Partner:
     """Onboard a partner (active) with its issued and redeemed ledger accounts."""
     errors = []
-    if not name.strip() or len(name) > 200:
-        errors.append({"path": "name", "message": "a name of 1 to 200 characters"})
+    try:
+        name = text.clean(name, "name", max_length=NAME_MAX)
+    except ValidationFailed as exc:
+        errors.extend(exc.errors)
     try:
         exponent(currency)
     except MoneyError as exc:
@@ -113,7 +122,7 @@ def create_partner(session: Session, *, name: str, currency: str, now: datetime)
     assert issued is not None and redeemed is not None
     partner = Partner(
         id=new_id("prt"),
-        name=name.strip(),
+        name=name,
         currency=currency,
         status="active",
         issued_account_id=issued,
@@ -145,9 +154,7 @@ def update_partner(
     partner = get_partner(session, partner_id)
     values: dict[str, str] = {}
     if name is not None:
-        if not name.strip() or len(name) > 200:
-            raise ValidationFailed.at("name", "a name of 1 to 200 characters")
-        values["name"] = name.strip()
+        values["name"] = text.clean(name, "name", max_length=NAME_MAX)
     if status is not None:
         if status not in PARTNER_STATUSES:
             raise ValidationFailed.at("status", f"one of {', '.join(PARTNER_STATUSES)}")
@@ -173,6 +180,8 @@ class Rates(Protocol):
     def earn_points_per_unit(self) -> Decimal: ...
     @property
     def burn_value_per_point(self) -> Decimal: ...
+    @property
+    def reimburse_price_per_point(self) -> Decimal: ...
     @property
     def max_burn_share(self) -> Decimal | None: ...
 
@@ -313,11 +322,23 @@ def _rate(raw: object, path: str, *, positive: bool = False) -> Decimal:
         raise ValidationFailed.at(path, "a finite decimal number")
     if value < 0 or (positive and value == 0):
         raise ValidationFailed.at(path, "must be positive" if positive else "may not be negative")
+    if value > MAX_RATE:  # first: rounding a larger one to the scale may exceed the precision
+        raise ValidationFailed.at(path, f"at most {MAX_RATE}")
     if value != round(value, RATE_SCALE):
         raise ValidationFailed.at(path, f"at most {RATE_SCALE} decimal places")
-    if value >= 10**18:
-        raise ValidationFailed.at(path, "too large")
     return value
+
+
+def check_worth(points: int, unit_price: Decimal, path: str) -> None:
+    """:class:`ValidationFailed` at ``path`` when ``points`` at ``unit_price`` per point are
+    worth more than :data:`~coalition.money.MAX_AMOUNT`: the most one operation, and so one
+    statement line, may be worth (:func:`~coalition.money.line_fits` at the close)."""
+    if points * unit_price > MAX_AMOUNT:
+        raise ValidationFailed.at(
+            path,
+            f"{points} points are worth more than {MAX_AMOUNT} at the rate card's price; "
+            "split the operation",
+        )
 
 
 def create_rate_card(
@@ -437,8 +458,10 @@ def burn_price(
     if points is None:
         assert amount is not None
         points = ceil_points(amount / card.burn_value_per_point)
+    path = "points" if amount is None else "amount"
     if points > MAX_POINTS:
-        raise ValidationFailed.at("points", f"at most {MAX_POINTS} points in one operation")
+        raise ValidationFailed.at(path, f"at most {MAX_POINTS} points in one operation")
+    check_worth(points, max(card.burn_value_per_point, card.reimburse_price_per_point), path)
     value = round_money(points * card.burn_value_per_point, currency)
     if basket_amount is not None:
         share = card.max_burn_share if card.max_burn_share is not None else Decimal(1)

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from coalition.db import Base, UTCDateTime
 from coalition.errors import NotFound, UnknownMember, ValidationFailed
-from coalition.ids import MEMBER_ID_MAX_LENGTH, new_id
+from coalition.ids import MEMBER_ID_MAX_LENGTH, is_member_id, new_id
 from coalition.models import ID, Member
 from partners.models import Partner
 
@@ -39,6 +39,7 @@ IDLE_TIMEOUT = timedelta(minutes=30)
 MAX_SESSION = timedelta(hours=12)
 #: Who a link signs in: the operator's staff, a partner's staff, or a member.
 ROLES = ("operator", "finance", "partner", "member")
+STAFF_ROLES = ("operator", "finance")
 TOKEN_BYTES = 32
 #: A session's ``last_seen_at`` is written at most this often (a page view is then a read).
 TOUCH_EVERY = timedelta(minutes=1)
@@ -49,11 +50,13 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 
 
 #: Staff of the operator name no one; a partner's view names its partner; a member's page names
-#: the member and the partner that asked for it.
+#: the member and, when a partner minted the link, that partner (the page then shows only that
+#: partner's dealings with the member); a member link the operator minted names no partner and
+#: opens the member's whole coalition history.
 WHO = (
     "(role IN ('operator', 'finance') AND partner_id IS NULL AND member_id IS NULL)"
     " OR (role = 'partner' AND partner_id IS NOT NULL AND member_id IS NULL)"
-    " OR (role = 'member' AND partner_id IS NOT NULL AND member_id IS NOT NULL)"
+    " OR (role = 'member' AND member_id IS NOT NULL)"
 )
 
 
@@ -69,7 +72,8 @@ class SignInLink(Base):
 
     token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     role: Mapped[str] = mapped_column(String(16))
-    #: The partner whose view it opens, or (member links) the partner that asked for it.
+    #: The partner whose view it opens, or (member links) the partner that asked for it: none
+    #: when the operator minted a member link (the member's whole history).
     partner_id: Mapped[str | None] = mapped_column(ForeignKey("partners.id"))
     member_id: Mapped[str | None] = mapped_column(ForeignKey("members.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -121,17 +125,22 @@ def issue_link(
     member_id: str | None = None,
 ) -> NewLink:
     """A sign-in link: ``operator`` or ``finance`` (no partner), ``partner`` (its view), or
-    ``member`` (the member's page, asked for by ``partner_id``). NotFound for an unknown
-    partner, UnknownMember for an unknown member."""
+    ``member`` (the member's page: asked for by ``partner_id``, it shows only that partner's
+    dealings with the member; without one, minted by the operator, the whole coalition
+    history). NotFound for an unknown partner, UnknownMember for an unknown member."""
     if role not in ROLES:
         raise ValidationFailed.at("role", f"one of {', '.join(ROLES)}")
-    if (role in ("partner", "member")) != (partner_id is not None):
-        raise ValidationFailed.at("partner_id", "partner and member links name a partner")
+    if role == "partner" and partner_id is None:
+        raise ValidationFailed.at("partner_id", "a partner's link names the partner")
+    if role in STAFF_ROLES and partner_id is not None:
+        raise ValidationFailed.at("partner_id", "the operator's staff links name no partner")
     if (role == "member") != (member_id is not None):
         raise ValidationFailed.at("member_id", "member links (only) name a member")
     if partner_id is not None and session.get(Partner, partner_id) is None:
         raise NotFound(f"no partner {partner_id}")
-    if member_id is not None and session.get(Member, member_id) is None:
+    if member_id is not None and (
+        not is_member_id(member_id) or session.get(Member, member_id) is None
+    ):
         raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
     token = secrets.token_urlsafe(TOKEN_BYTES)
     ttl = MEMBER_LINK_TTL if role == "member" else CONSOLE_LINK_TTL

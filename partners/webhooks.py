@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
-from coalition import outbox
+from coalition import outbox, text
 from coalition.errors import Conflict, NotFound, ValidationFailed
 from coalition.ids import new_id
 from coalition.outbox import (
@@ -45,6 +45,8 @@ SECRET_PREFIX = "whsec_"  # noqa: S105 (the format's prefix, not a secret)
 SECRET_BYTES = 32
 ROTATION_OVERLAP = timedelta(hours=24)
 MAX_ENDPOINTS_PER_PARTNER = 10
+#: The longest endpoint description.
+DESCRIPTION_MAX = 500
 MAX_URL_LENGTH = 2048
 #: Event types an endpoint may subscribe to (``ping`` always reaches it).
 SUBSCRIBABLE = tuple(t for t in outbox.EVENT_TYPES if t != EventType.PING)
@@ -60,12 +62,44 @@ def resolve(host: str, port: int) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
-def is_public(address: str) -> bool:
-    """True for a globally routable unicast address (an IPv4-mapped IPv6 one by its IPv4)."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+#: IPv6 prefixes whose last 32 bits are an IPv4 address: IPv4-compatible (``::a.b.c.d``,
+#: deprecated) and the well-known NAT64 prefix (RFC 6052). The local-use NAT64 prefix
+#: (``64:ff9b:1::/48``, RFC 8215) embeds it at a place of the network's choosing: refused whole.
+_IPV4_IN_LAST_32_BITS = (ipaddress.IPv6Network("::/96"), ipaddress.IPv6Network("64:ff9b::/96"))
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def _public_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_global and not ip.is_multicast
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries, by which a network may reach them:
+    IPv4-mapped, IPv4-compatible, NAT64, 6to4 and Teredo (its server and its client)."""
+    found: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if any(ip in prefix for prefix in _IPV4_IN_LAST_32_BITS):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    return found
+
+
+def is_public(address: str) -> bool:
+    """True for a globally routable unicast address. An IPv4-mapped IPv6 address is judged by
+    its IPv4; any other IPv6 form that carries an IPv4 address (IPv4-compatible, NAT64, 6to4,
+    Teredo) must be public itself and carry only public IPv4 addresses."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv4Address):
+        return _public_ip(ip)
+    if ip.ipv4_mapped is not None:
+        return _public_ip(ip.ipv4_mapped)
+    if ip in _LOCAL_NAT64:
+        return False
+    return _public_ip(ip) and all(_public_ip(v4) for v4 in embedded_ipv4(ip))
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +212,10 @@ class Webhooks:
     ) -> NewEndpoint:
         """Register an endpoint (at most :data:`MAX_ENDPOINTS_PER_PARTNER` per partner)."""
         check_url(url, allow_private=self.allow_private, resolver=self.resolver)
+        if description is not None:
+            description = text.clean(
+                description, "description", max_length=DESCRIPTION_MAX, required=False
+            )
         subscribed = _events(events)
         # The partner's row lock serialises registrations, so the limit holds under races.
         session.execute(select(Partner.id).where(Partner.id == partner_id).with_for_update())

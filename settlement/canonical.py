@@ -8,7 +8,11 @@ Pure functions (no database): ``coalition statements verify`` runs offline on th
 - ``content_sha256``: SHA-256 (hex, lower case) of those bytes;
 - ``signature.value``: the base64url (no padding) Ed25519 signature of the same bytes;
 - the CSV export: a header row, one row per line, then ``#`` comment rows that carry every
-  other field of the document, so the canonical bytes can be rebuilt from the CSV alone.
+  other field of the document, so the canonical bytes can be rebuilt from the CSV alone;
+- reading an export back (:func:`read_export`) accepts a file only when it is byte for byte
+  what :func:`json_export` or :func:`csv_export` writes for the document read from it (a
+  UTF-8 byte order mark in front set aside, and said so): a hash that holds says nothing of
+  what a reader of the file sees (a row or a key given twice, a field no export has).
 """
 
 from __future__ import annotations
@@ -193,7 +197,149 @@ def csv_export(document: Mapping[str, Any]) -> bytes:
 
 
 class ExportError(ValueError):
-    """A file that is not a statement export."""
+    """A file that is not, byte for byte, a statement export of the service."""
+
+
+#: The fields of a statement document and of its parts: an export holds exactly these (a
+#: line's ``dispute_id`` only on an adjustment line).
+DOCUMENT_KEYS = (
+    "id",
+    "partner_id",
+    "period",
+    "currency",
+    "status",
+    "lines",
+    "totals",
+    "cross_brand",
+    "content_sha256",
+    "signature",
+)
+PERIOD_KEYS = ("id", "start", "end")
+SIGNATURE_KEYS = ("alg", "kid", "value")
+CROSS_BRAND_KEYS = ("origin_partner_id", "points")
+#: What a spreadsheet puts in front of a UTF-8 file it saves; :func:`read_export` sets it aside.
+UTF8_BOM = b"\xef\xbb\xbf"
+BOM_NOTE = (
+    "the file starts with a UTF-8 byte order mark (a spreadsheet adds one when it saves a "
+    "file), which was set aside: the rest is byte for byte the export"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    """A statement export as read: its signed document, which export it is (``json`` or
+    ``csv``), and what was set aside to read it (:data:`BOM_NOTE`)."""
+
+    document: dict[str, Any]
+    format: str
+    notes: tuple[str, ...] = ()
+
+
+def read_export(data: bytes) -> Export:
+    """The signed document of an export, JSON or CSV (told apart by the first byte), read
+    strictly; :class:`ExportError` unless the file is exactly what :func:`json_export` or
+    :func:`csv_export` writes for the document it holds. A UTF-8 byte order mark in front is
+    the one thing set aside (and said so in ``notes``); nothing else is tolerated: a key or a
+    row twice, a row or a field the export does not have, other line ends, whitespace, quoting
+    or encoding are all refused, so what a reader of the file sees is what was signed."""
+    if len(data) > MAX_EXPORT_BYTES:
+        raise ExportError(f"larger than {MAX_EXPORT_BYTES} bytes")
+    notes: tuple[str, ...] = ()
+    if data.startswith(UTF8_BOM):
+        data, notes = data[len(UTF8_BOM) :], (BOM_NOTE,)
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ExportError(
+            "the file is UTF-16 (it was saved again, by a spreadsheet or an editor?): an export "
+            "is UTF-8; verify the file as it was downloaded"
+        )
+    if data[:1] == b"{":
+        document, fmt, writer = _parse_json_export(data), "json", json_export
+    else:
+        document, fmt, writer = parse_csv_export(data), "csv", csv_export
+    expected = writer(document)
+    if data != expected:
+        raise ExportError(_difference(data, expected, fmt))
+    return Export(document, fmt, notes)
+
+
+def _difference(data: bytes, expected: bytes, fmt: str) -> str:
+    """Why ``data`` is not the export ``expected`` of the document read from it."""
+    saved = "it was changed, or saved again by another program; verify the file as downloaded"
+    if b"\r\n" in data and data.replace(b"\r\n", b"\n") == expected:
+        return f"the lines of the file end in CR LF, the export's in LF: {saved}"
+    got, want = data.split(b"\n"), expected.split(b"\n")
+    line = next(
+        (n for n, (a, b) in enumerate(zip(got, want, strict=False), 1) if a != b),
+        min(len(got), len(want)),
+    )
+    return (
+        f"not byte for byte the {fmt.upper()} export of the statement it holds (the first "
+        f"difference is on line {line}): {saved}"
+    )
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: an object that names a key twice is refused (a reader of the file
+    may see the first value, the JSON decoder keeps the last)."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ExportError(
+                f"not a JSON statement export: the key {key!r} appears twice in one object"
+            )
+        seen.add(key)
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ExportError(f"not a JSON statement export: {name} is not a JSON value")
+
+
+def _parse_json_export(data: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(
+            data.decode("utf-8"), object_pairs_hook=_unique_pairs, parse_constant=_no_constant
+        )
+    except ExportError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise ExportError(f"not a JSON statement export: not UTF-8 ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise ExportError(f"not a JSON statement export: {exc}") from None
+    _check_shape(document)
+    return document  # type: ignore[no-any-return]
+
+
+def _fields(value: Any, keys: Sequence[str], where: str) -> None:
+    if not isinstance(value, dict):
+        raise ExportError(f"not a statement export: {where} is not an object")
+    if unknown := [k for k in value if k not in keys]:
+        raise ExportError(
+            f"not a statement export: {where} has a field no export has: {unknown[0]}"
+        )
+    if missing := [k for k in keys if k not in value]:
+        raise ExportError(f"not a statement export: {where} has no {missing[0]}")
+
+
+def _check_shape(document: Any) -> None:
+    """Exactly the fields of a statement document, at every level (:data:`DOCUMENT_KEYS`...):
+    in particular nothing beside the signature's own fields, which the content hash does not
+    cover."""
+    _fields(document, DOCUMENT_KEYS, "$")
+    _fields(document["period"], PERIOD_KEYS, "$.period")
+    _fields(document["totals"], TOTALS, "$.totals")
+    _fields(document["signature"], SIGNATURE_KEYS, "$.signature")
+    for name in ("lines", "cross_brand"):
+        if not isinstance(document[name], list):
+            raise ExportError(f"not a statement export: $.{name} is not a list")
+    for n, line in enumerate(document["lines"]):
+        adjustment = isinstance(line, dict) and line.get("kind") == "adjustment"
+        _fields(line, CSV_COLUMNS if adjustment else CSV_COLUMNS[:-1], f"$.lines[{n}]")
+    for n, row in enumerate(document["cross_brand"]):
+        _fields(row, CROSS_BRAND_KEYS, f"$.cross_brand[{n}]")
+    unsigned = [document["content_sha256"], *document["signature"].values()]
+    if not all(isinstance(v, str) for v in unsigned):
+        raise ExportError("not a statement export: its content_sha256 and signature are not text")
 
 
 def _line_from_row(row: Mapping[str, str]) -> dict[str, Any]:
@@ -208,70 +354,128 @@ def _line_from_row(row: Mapping[str, str]) -> dict[str, Any]:
         "prior_period": {"true": True, "false": False}[row["prior_period"]],
     }
     if row["kind"] == "adjustment":
-        line["dispute_id"] = row["dispute_id"]
+        line["dispute_id"] = row["dispute_id"] or None
     return line
 
 
+#: The ``#`` rows of the CSV export after its lines, in order, with how many values each
+#: carries (``# cross_brand`` rows, any number of them, come before ``# content_sha256``).
+_TRAILER = (
+    ("id", 1),
+    ("partner_id", 1),
+    ("period", 3),
+    ("currency", 1),
+    ("status", 1),
+    *((f"totals.{name}", 1) for name in TOTALS),
+)
+_TRAILER_END = (("content_sha256", 1), ("signature", 3))
+_CROSS_BRAND = "cross_brand"
+
+
+class _Rows:
+    """The rows of a CSV export with their line numbers, read one at a time."""
+
+    def __init__(self, text: str) -> None:
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        self.rows = [(reader.line_num, row) for row in reader]
+        self.at = 0
+        self.seen: set[str] = set()
+
+    def peek(self) -> list[str] | None:
+        return self.rows[self.at][1] if self.at < len(self.rows) else None
+
+    def line(self) -> int:
+        return self.rows[self.at][0] if self.at < len(self.rows) else self.rows[-1][0] + 1
+
+    def take(self, name: str, values: int) -> list[str]:
+        """The row ``# name`` with its ``values``, which must come next."""
+        row, line = self.peek(), self.line()
+        if row is None:
+            raise ExportError(f"the file ends before its row '# {name}'")
+        found = row[0] if row else ""
+        if found != f"# {name}":
+            if found.startswith("#") and found.removeprefix("#").strip() in self.seen:
+                raise ExportError(f"line {line}: the row {found!r} appears a second time")
+            if found.startswith("#"):
+                raise ExportError(
+                    f"line {line}: {found!r} is not a row of a statement export here "
+                    f"(the row '# {name}' comes next)"
+                )
+            raise ExportError(f"line {line}: the row '# {name}' was expected, not a line")
+        if len(row) != values + 1:
+            raise ExportError(
+                f"line {line}: the row '# {name}' has {len(row) - 1} values, not {values}"
+            )
+        self.seen.add(name)
+        self.at += 1
+        return row[1:]
+
+
 def parse_csv_export(data: bytes) -> dict[str, Any]:
-    """Rebuild the signed document from a CSV export; :class:`ExportError` if malformed."""
+    """Rebuild the signed document from a CSV export, strictly: the header, the lines (every
+    cell once), then each ``#`` row once in the exporter's order and nothing after; the
+    document rebuilt is checked against the file byte for byte by :func:`read_export`.
+    :class:`ExportError` if malformed, naming the line."""
     try:
-        rows = list(csv.reader(io.StringIO(data.decode("utf-8"))))
-    except (UnicodeDecodeError, csv.Error) as exc:
+        rows = _Rows(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ExportError(f"not a CSV statement export: not UTF-8 ({exc})") from None
+    except csv.Error as exc:
         raise ExportError(f"not a CSV statement export: {exc}") from None
-    if not rows or tuple(rows[0]) != CSV_COLUMNS:
+    if tuple(rows.peek() or ()) != CSV_COLUMNS:
         raise ExportError(
             "not a CSV statement export: the header row is not " + ",".join(CSV_COLUMNS)
         )
+    rows.at = 1
     lines: list[dict[str, Any]] = []
-    fields: dict[str, list[str]] = {}
-    cross_brand: list[dict[str, Any]] = []
     try:
-        for row in rows[1:]:
-            if row and row[0].startswith("#"):
-                name = row[0].removeprefix("#").strip()
-                if name == "cross_brand":
-                    cross_brand.append({"origin_partner_id": row[1] or None, "points": int(row[2])})
-                else:
-                    fields[name] = row[1:]
-            elif row:
-                lines.append(_line_from_row(dict(zip(CSV_COLUMNS, row, strict=True))))
-        totals: dict[str, Any] = {}
-        for name in TOTALS:
-            raw = fields[f"totals.{name}"][0]
-            totals[name] = int(raw) if name in POINT_TOTALS else raw
-        period_id, start, end = fields["period"]
-        alg, kid, value = fields["signature"]
-        return {
-            "id": fields["id"][0],
-            "partner_id": fields["partner_id"][0],
-            "period": {"id": period_id, "start": start, "end": end},
-            "currency": fields["currency"][0],
-            "status": fields["status"][0],
-            "lines": lines,
-            "totals": totals,
-            "cross_brand": cross_brand,
-            "content_sha256": fields["content_sha256"][0],
-            "signature": {"alg": alg, "kid": kid, "value": value},
-        }
-    except (KeyError, ValueError, IndexError) as exc:
+        while (row := rows.peek()) is not None and not (row and row[0].startswith("#")):
+            if len(row) != len(CSV_COLUMNS):
+                raise ExportError(
+                    f"line {rows.line()}: {len(row)} cells, where a statement line has "
+                    f"{len(CSV_COLUMNS)}"
+                )
+            lines.append(_line_from_row(dict(zip(CSV_COLUMNS, row, strict=True))))
+            rows.at += 1
+        fields = {name: rows.take(name, values) for name, values in _TRAILER}
+        cross_brand: list[dict[str, Any]] = []
+        while (row := rows.peek()) is not None and row[:1] == [f"# {_CROSS_BRAND}"]:
+            origin, points = rows.take(_CROSS_BRAND, 2)
+            cross_brand.append({"origin_partner_id": origin or None, "points": int(points)})
+        fields.update((name, rows.take(name, values)) for name, values in _TRAILER_END)
+        if rows.peek() is not None:
+            raise ExportError(
+                f"line {rows.line()}: a row after '# signature', which ends an export"
+            )
+    except ExportError:
+        raise
+    except (KeyError, ValueError) as exc:
         raise ExportError(
-            f"not a complete CSV statement export ({type(exc).__name__}: {exc})"
+            f"line {rows.line()}: not a statement export row ({type(exc).__name__}: {exc})"
         ) from None
-
-
-def parse_export(data: bytes) -> dict[str, Any]:
-    """A signed document from either export (JSON or CSV, told apart by the first byte)."""
-    if len(data) > MAX_EXPORT_BYTES:
-        raise ExportError(f"larger than {MAX_EXPORT_BYTES} bytes")
-    if data.lstrip()[:1] == b"{":
+    totals: dict[str, Any] = {}
+    for name in TOTALS:
+        raw = fields[f"totals.{name}"][0]
         try:
-            document = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ExportError(f"not a JSON statement export: {exc}") from None
-        if not isinstance(document, dict):
-            raise ExportError("not a JSON statement export: not an object")
-        return document
-    return parse_csv_export(data)
+            totals[name] = int(raw) if name in POINT_TOTALS else raw
+        except ValueError:
+            raise ExportError(
+                f"not a CSV statement export: totals.{name} is not a number"
+            ) from None
+    period_id, start, end = fields["period"]
+    alg, kid, value = fields["signature"]
+    return {
+        "id": fields["id"][0],
+        "partner_id": fields["partner_id"][0],
+        "period": {"id": period_id, "start": start, "end": end},
+        "currency": fields["currency"][0],
+        "status": fields["status"][0],
+        "lines": lines,
+        "totals": totals,
+        "cross_brand": cross_brand,
+        "content_sha256": fields["content_sha256"][0],
+        "signature": {"alg": alg, "kid": kid, "value": value},
+    }
 
 
 def parse_keys(data: bytes) -> dict[str, bytes]:

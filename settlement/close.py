@@ -10,8 +10,9 @@ The period, its statements, their lines and signatures are one database transact
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -29,7 +30,15 @@ from partners.models import Partner
 from settlement.cycles import latest_cutoff, previous_cutoff
 from settlement.models import Period, Statement, StatementEvent
 from settlement.signing import signer
-from settlement.statements import cross_brand_rows, insert_lines, issue_all
+from settlement.statements import (
+    Unbillable,
+    cross_brand_rows,
+    insert_lines,
+    issue_all,
+    unbillable,
+)
+
+log = logging.getLogger("coalition.settlement")
 
 #: Attempts of a close that lost a race to another process before it gives up.
 MAX_CLOSE_ATTEMPTS = 5
@@ -37,11 +46,14 @@ MAX_CLOSE_ATTEMPTS = 5
 
 @dataclass(frozen=True, slots=True)
 class Closed:
-    """A closed period and its statements; ``created`` is False when it was closed before."""
+    """A closed period and its statements; ``created`` is False when it was closed before.
+    ``unbilled``: the postings the close left off (too large to bill, see
+    :func:`settlement.statements.unbillable`); ``coalition check`` reports them too."""
 
     period: Period
     statements: list[Statement]
     created: bool
+    unbilled: list[Unbillable] = field(default_factory=list)
 
 
 def _period_at(session: Session, cut_off: datetime) -> Period | None:
@@ -159,7 +171,8 @@ def _close_once(
     if last is not None and cut_off <= last.end_at:
         existing = _period_at(session, cut_off)
         if existing is not None:
-            return Closed(existing, statements_of(session, existing.id), created=False)
+            left_off = unbillable(session, existing, existing.start_at)
+            return Closed(existing, statements_of(session, existing.id), False, left_off)
         raise ValidationFailed.at(
             "cut_off",
             f"must be later than the last cut-off, {last.end_at.isoformat()}, or equal to a "
@@ -198,7 +211,17 @@ def _close_once(
                 for partner_id, currency in partners
             ],
         )
-    insert_lines(session, period, last.start_at if last is not None else start)
+    lower = last.start_at if last is not None else start
+    insert_lines(session, period, lower)
+    left_off = unbillable(session, period, lower)
+    for row in left_off:
+        log.error(
+            "close %s: transaction %s of %s left off its statement: %s",
+            period.id,
+            row.transaction_id,
+            row.partner_id,
+            row.reason,
+        )
     cross: dict[str, list[tuple[str | None, int]]] = defaultdict(list)
     for burned_at, origin, points in cross_brand_rows(session, period.id):
         cross[burned_at].append((origin, points))
@@ -221,7 +244,7 @@ def _close_once(
                 for s in statements
             ],
         )
-    return Closed(period, statements_of(session, period.id), created=True)
+    return Closed(period, statements_of(session, period.id), True, left_off)
 
 
 def close_due(sessions: sessionmaker[Session], settings: Settings, now: datetime) -> int:

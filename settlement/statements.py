@@ -9,6 +9,11 @@ hashes and signs it (in a second thread, while the database builds the next stat
 at most two statements at a time, so the close's memory is bounded by the largest statement,
 not by the period.
 
+A posting the ledger cannot bill (more than :data:`~coalition.money.MAX_POINTS` points, or
+worth more than :data:`~coalition.money.MAX_AMOUNT`: refused at input, but older data may hold
+one) is left off its statement and reported (:func:`unbillable`), so one bad row never blocks a
+close.
+
 Line rule: ``amount = points x unit_price`` rounded half-even to the currency's exponent, once
 per line (:func:`line_amount_minor`, and the same arithmetic in SQL: PostgreSQL ``NUMERIC``;
 on SQLite, whose numbers are floats, the Python function registered on the connection).
@@ -30,7 +35,7 @@ from sqlalchemy.orm import Session
 from coalition import outbox
 from coalition.db import UTCDateTime
 from coalition.ledger.kinds import BILLED_KINDS, KINDS, sql_case, sql_price
-from coalition.money import format_amount
+from coalition.money import MAX_AMOUNT, MAX_POINTS, format_amount, line_fits
 from coalition.outbox import EventType
 from settlement.canonical import (
     b64url,
@@ -162,6 +167,7 @@ FROM transactions t
 JOIN {_STATEMENTS} s ON s.partner_id = t.partner_id
 JOIN rate_cards rc ON rc.id = t.rate_card_id
 WHERE t.posted_at >= {{since}} AND t.posted_at < {{until}} AND t.kind IN ({{billed}}) {{late}}
+  AND {{fits}}
 """  # noqa: S608 (built from constants)
 _NOT_BILLED = "AND NOT EXISTS (SELECT 1 FROM statement_lines l WHERE l.transaction_id = t.id)"
 # Settlement adjustments of resolved disputes not yet billed: on the partner's next statement.
@@ -199,14 +205,81 @@ def amount_sql(dialect: str, points: str, price: str, exponent: str) -> str:
     )
 
 
+def fits_sql(dialect: str, points: str, price: str) -> str:
+    """:func:`~coalition.money.line_fits` as an SQL condition (evaluated before any line's
+    amount is, so a row too large to bill never reaches the ``BIGINT`` cast)."""
+    if dialect == "sqlite":
+        return f"coalition_line_fits({points}, {price}) = 1"
+    return f"(({points}) <= {MAX_POINTS} AND ({points}) * ({price}) <= {MAX_AMOUNT})"
+
+
+_UNBILLABLE = f"""
+SELECT t.id AS transaction_id, t.partner_id, t.kind, t.points, {_PRICE} AS unit_price
+FROM transactions t
+JOIN statements s ON s.partner_id = t.partner_id AND s.period_id = :period
+JOIN rate_cards rc ON rc.id = t.rate_card_id
+WHERE t.posted_at >= :lower AND t.posted_at < :end AND t.kind IN ({_BILLED})
+  AND t.points > :least AND NOT ({{fits}})
+  AND NOT EXISTS (SELECT 1 FROM statement_lines l WHERE l.transaction_id = t.id)
+ORDER BY t.posted_at, t.id
+"""  # noqa: S608 (built from constants)
+
+
+@dataclass(frozen=True, slots=True)
+class Unbillable:
+    """A posting of the period left off its statement: too large for the ledger to bill."""
+
+    transaction_id: str
+    partner_id: str
+    kind: str
+    points: int
+    unit_price: Decimal
+
+    @property
+    def reason(self) -> str:
+        """Why, in words."""
+        return (
+            f"{self.points} points at {price_text(self.unit_price)} per point: more than "
+            f"{MAX_POINTS} points or worth more than {MAX_AMOUNT} in one line"
+        )
+
+
+def unbillable(session: Session, period: Period, lower: datetime) -> list[Unbillable]:
+    """The postings of ``period`` (and of the late window from ``lower``) that its close left
+    off: on no statement because they are too large to bill (:func:`fits_sql`)."""
+    register_sqlite_functions(session)
+    dialect = session.get_bind().dialect.name
+    # The fewest points any rate card's prices make too much: rows with as many or fewer fit,
+    # and are passed over by one integer comparison (this runs after every close).
+    prices = session.execute(
+        text("SELECT issue_price_per_point, reimburse_price_per_point FROM rate_cards")
+    ).all()
+    top = max((Decimal(p) for row in prices for p in row), default=Decimal(0))
+    least = MAX_POINTS if top <= 0 else min(MAX_POINTS, int(MAX_AMOUNT / top))
+    sql = _timed(_UNBILLABLE.format(fits=fits_sql(dialect, "t.points", _PRICE)), "lower", "end")
+    params = {"period": period.id, "lower": lower, "end": period.end_at, "least": least}
+    rows = session.execute(sql, params)
+    return [
+        Unbillable(r.transaction_id, r.partner_id, r.kind, int(r.points), Decimal(r.unit_price))
+        for r in rows
+    ]
+
+
 def _insert_lines_sql(dialect: str, *, late: bool) -> TextClause:
     """One ``INSERT ... SELECT`` of every line of the period, grouped by statement: each
     statement's lines are then neighbours on disk and their ids one short range, read back
     through the primary key; their document order is ``(posted_at, id)``."""
     amount = amount_sql(dialect, "t.points", _PRICE, "s.currency_exponent")
+    fits = fits_sql(dialect, "t.points", _PRICE)
     branches = [
         _POSTINGS.format(
-            price=_PRICE, amount=amount, since=":start", until=":end", billed=_BILLED, late=""
+            price=_PRICE,
+            amount=amount,
+            since=":start",
+            until=":end",
+            billed=_BILLED,
+            late="",
+            fits=fits,
         )
     ]
     if late:
@@ -218,6 +291,7 @@ def _insert_lines_sql(dialect: str, *, late: bool) -> TextClause:
                 until=":start",
                 billed=_BILLED,
                 late=_NOT_BILLED,
+                fits=fits,
             )
         )
     branches.append(_ADJUSTMENTS)
@@ -344,6 +418,12 @@ def register_sqlite_functions(session: Session) -> None:
         deterministic=True,
     )
     raw.create_function("coalition_line_json", 10, _sqlite_line_json, deterministic=True)
+    raw.create_function(
+        "coalition_line_fits",
+        2,
+        lambda points, price: int(line_fits(int(points), str(price))),
+        deterministic=True,
+    )
 
 
 #: The ``work_mem`` the lines' ``INSERT`` runs with at least (docs/operations.md).

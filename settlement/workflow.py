@@ -20,15 +20,16 @@ issued hash of the statement never change.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from coalition import outbox
+from coalition import outbox, text
 from coalition.errors import Conflict, NotFound, StatementClosed, ValidationFailed
 from coalition.ids import new_id
 from coalition.money import exponent, format_amount, quantum, to_minor
@@ -47,13 +48,55 @@ from settlement.statements import announce, resign
 
 #: At most this many transaction ids in one dispute.
 MAX_DISPUTED_TRANSACTIONS = 100
+#: The shape of a ledger transaction id, as a dispute names a statement line.
+TRANSACTION_ID = r"txn_[0-9A-Z]{1,36}"
+_TRANSACTION_ID = re.compile(TRANSACTION_ID)
 #: The largest settlement adjustment, in major units.
 MAX_ADJUSTMENT = Decimal("1000000000")
+#: The longest dispute reason and resolution note (one line each: :mod:`coalition.text`).
+REASON_MAX = 2000
+#: The longest payment reference; it is printable ASCII (a bank's remittance field).
+PAYMENT_REFERENCE_MAX = 255
+#: The characters of a payment reference, as a regular expression's character class.
+PAYMENT_REFERENCE_CHARS = r"\x20-\x7e"
+#: How far past the server's clock a payment's time may be (the payer's clock runs ahead).
+PAID_AT_SKEW = timedelta(minutes=5)
 
 
-def _printable(text: str) -> bool:
-    """No control characters (NUL cannot even be stored) except newlines and tabs."""
-    return all(c in "\n\t" or (ord(c) >= 0x20 and ord(c) != 0x7F) for c in text)
+def check_reason(reason: object) -> str:
+    """A dispute's reason as stored: one line of 1 to :data:`REASON_MAX` characters."""
+    return text.clean(reason, "reason", max_length=REASON_MAX)
+
+
+def check_note(note: object) -> str | None:
+    """A resolution note as stored (None when absent or blank)."""
+    if note is None:
+        return None
+    return text.clean(note, "note", max_length=REASON_MAX, required=False) or None
+
+
+def check_payment_reference(reference: object) -> str:
+    """A payment reference as stored: 1 to :data:`PAYMENT_REFERENCE_MAX` printable ASCII
+    characters, trimmed."""
+    cleaned = text.clean(reference, "payment_reference", max_length=PAYMENT_REFERENCE_MAX)
+    if not cleaned.isascii():
+        raise ValidationFailed.at(
+            "payment_reference", f"1 to {PAYMENT_REFERENCE_MAX} printable ASCII characters"
+        )
+    return cleaned
+
+
+def check_paid_at(paid_at: datetime, *, period_end: datetime, now: datetime) -> datetime:
+    """When a statement was paid: not before the day its period ended (nothing was owed
+    before), not later than now (give or take :data:`PAID_AT_SKEW`)."""
+    earliest = period_end.replace(hour=0, minute=0, second=0, microsecond=0)
+    if paid_at < earliest:
+        raise ValidationFailed.at(
+            "paid_at", f"not before {earliest.date().isoformat()}, the day the period ended"
+        )
+    if paid_at > now + PAID_AT_SKEW:
+        raise ValidationFailed.at("paid_at", "may not be in the future")
+    return paid_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,17 +220,17 @@ def open_dispute(
     now: datetime,
 ) -> Dispute:
     """A partner disputes its statement, naming (optionally) lines by transaction id."""
+    reason = check_reason(reason)
     statement = _lock(session, statement_id, actor.partner_id)
     if statement.status == "settled":
         raise StatementClosed(f"statement {statement.id} is settled and can no longer be disputed")
-    if not reason.strip() or len(reason) > 2000 or not _printable(reason):
-        raise ValidationFailed.at(
-            "reason", "a reason of 1 to 2000 characters, no control characters but newlines"
-        )
     if len(transaction_ids) > MAX_DISPUTED_TRANSACTIONS:
         raise ValidationFailed.at(
             "transaction_ids", f"at most {MAX_DISPUTED_TRANSACTIONS} transaction ids"
         )
+    for index, txn_id in enumerate(transaction_ids):
+        if not isinstance(txn_id, str) or _TRANSACTION_ID.fullmatch(txn_id) is None:
+            raise ValidationFailed.at(f"transaction_ids[{index}]", "a transaction id (txn_...)")
     wanted = list(dict.fromkeys(transaction_ids))
     if wanted:
         on_statement = set(
@@ -203,6 +246,7 @@ def open_dispute(
                 raise ValidationFailed.at(
                     f"transaction_ids[{index}]", f"{txn_id} is not a line of {statement.id}"
                 )
+        _refuse_lines_in_open_disputes(session, statement.id, wanted)
     dispute = Dispute(
         id=new_id("dsp"),
         statement_id=statement.id,
@@ -217,6 +261,25 @@ def open_dispute(
     session.flush()
     _move(session, statement, "disputed", actor, secret_key=secret_key, now=now, note=dispute.id)
     return dispute
+
+
+def _refuse_lines_in_open_disputes(session: Session, statement_id: str, wanted: list[str]) -> None:
+    """:class:`Conflict` naming the open dispute that names one of ``wanted`` already. The
+    statement's row lock (taken by the caller) serialises disputes of one statement, so two
+    racing disputes of one line cannot both pass."""
+    open_disputes = session.execute(
+        select(Dispute.id, Dispute.transaction_ids)
+        .where(Dispute.statement_id == statement_id, Dispute.status == "open")
+        .order_by(Dispute.id)
+    )
+    for dispute_id, named in open_disputes:
+        both = [txn for txn in wanted if txn in set(named.split())]
+        if both:
+            raise Conflict(
+                f"{', '.join(both)} {'is' if len(both) == 1 else 'are'} disputed already, in "
+                f"the open dispute {dispute_id}; wait for its resolution, or dispute other lines",
+                dispute_id=dispute_id,
+            )
 
 
 def get_dispute(session: Session, dispute_id: str, *, partner_id: str | None) -> Dispute:
@@ -280,8 +343,7 @@ def resolve(
     statement = _lock(session, dispute.statement_id, None)
     if outcome not in DISPUTE_OUTCOMES:
         raise ValidationFailed.at("outcome", f"one of {', '.join(DISPUTE_OUTCOMES)}")
-    if note is not None and (len(note) > 2000 or not _printable(note)):
-        raise ValidationFailed.at("note", "at most 2000 characters, no control characters")
+    note = check_note(note)
     minor = _adjustment_minor(adjustment, statement.currency)
     if minor is not None and outcome == "rejected":
         raise ValidationFailed.at("adjustment", "a rejected dispute carries no adjustment")
@@ -358,6 +420,7 @@ def settle(
     now: datetime,
 ) -> Statement:
     """Record the payment of a statement: ``issued``/``acknowledged`` -> ``settled``."""
+    payment_reference = check_payment_reference(payment_reference)
     statement = _lock(session, statement_id, None)
     if statement.status == "settled":
         raise StatementClosed(
@@ -367,10 +430,8 @@ def settle(
         raise StatementClosed(
             f"statement {statement.id} has open disputes; resolve them before settling"
         )
-    if not payment_reference.strip() or len(payment_reference) > 255:
-        raise ValidationFailed.at("payment_reference", "1 to 255 characters")
-    if paid_at > now:
-        raise ValidationFailed.at("paid_at", "may not be in the future")
+    period = session.get_one(Period, statement.period_id)
+    check_paid_at(paid_at, period_end=period.end_at, now=now)
     session.execute(
         update(Statement)
         .where(Statement.id == statement.id)
@@ -386,7 +447,6 @@ def settle(
         now=now,
         note=payment_reference,
     )
-    period = session.get_one(Period, statement.period_id)  # resign refreshed the statement
     announce(session, statement, period, EventType.STATEMENT_SETTLED, at=now)
     return statement
 

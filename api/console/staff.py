@@ -12,19 +12,32 @@ from typing import Any
 
 from litestar import Controller, Request, get, post
 from litestar.response import Redirect, Template
+from sqlalchemy.orm import Session
 
 from api.console.charts import HeatCell, PeriodBar, flows_chart, heat_map
 from api.console.statements import ConsoleId, parse_day
-from api.console.web import STAFF, back, form_of, page, roles, signed_in, viewer_of
+from api.console.web import (
+    STAFF,
+    back,
+    field,
+    form_of,
+    page,
+    problem_of,
+    read,
+    roles,
+    signed_in,
+    viewer_of,
+)
 from api.runtime import services_of
 from coalition.db import transaction
-from coalition.errors import ValidationFailed
+from coalition.errors import CoalitionError, ValidationFailed
 from partners.keys import create_key, get_key, list_keys, revoke_key
 from partners.models import PARTNER_SCOPES
 from partners.queries import active_rate_card, list_partners, partner_names
 from partners.rates import get_partner, list_rate_cards
 from partners.webhooks import health
 from settlement import reports, workflow
+from settlement.models import Statement
 
 #: Closed periods the overview's chart shows (the latest, oldest on the left).
 CHART_PERIODS = 12
@@ -45,9 +58,9 @@ class StaffPages(Controller):
             return back("/statements")
         if viewer.role == "member":
             return back("/member")
-        services = services_of(request.app.state)
-        now = services.clock()
-        with transaction(services.sessions) as s:
+        now = services_of(request.app.state).clock()
+
+        def overview(s: Session) -> Template:
             periods, _ = reports.list_periods(s, before_id=None, limit=CHART_PERIODS)
             since = periods[0].end_at if periods else None
             open_flows = reports.flows(s, since, now)
@@ -57,34 +70,37 @@ class StaffPages(Controller):
                 f = reports.flows(s, period.start_at, period.end_at)
                 label = f"{period.start_at.day} {period.start_at:%b}"
                 bars.append(PeriodBar(label, f.issued_points, f.redeemed_points, f.expired_points))
-        return page(
-            "overview.html",
-            viewer,
-            since=since,
-            now=now,
-            flows=open_flows,
-            outstanding=outstanding,
-            chart=flows_chart(bars),
-            periods=list(periods),
-        )
+            return page(
+                "overview.html",
+                viewer,
+                since=since,
+                now=now,
+                flows=open_flows,
+                outstanding=outstanding,
+                chart=flows_chart(bars),
+                periods=list(periods),
+            )
+
+        return read(request, overview)
 
     @get("/periods", opt=roles(*STAFF), sync_to_thread=True)
     def periods(self, request: Request[Any, Any, Any]) -> Template:
         """The closed periods, latest first, with their points flows."""
         viewer = viewer_of(request)
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+
+        def flows(s: Session) -> list[tuple[Any, Any]]:
             found, _ = reports.list_periods(s, before_id=None, limit=100)
-            rows = [(p, reports.flows(s, p.start_at, p.end_at)) for p in found]
-        return page("periods.html", viewer, rows=rows)
+            return [(p, reports.flows(s, p.start_at, p.end_at)) for p in found]
+
+        return page("periods.html", viewer, rows=read(request, flows))
 
     @get("/periods/{period_id:str}", opt=roles(*STAFF), sync_to_thread=True)
     def period(self, request: Request[Any, Any, Any], period_id: ConsoleId) -> Template:
         """A closed period: money per currency, the points roll-forward, every partner's
         statement and net position, the cross-brand heat map."""
         viewer = viewer_of(request)
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+
+        def period(s: Session) -> tuple[Any, list[Statement], set[Any], dict[str, str]]:
             summary = reports.summary(s, period_id)
             statements = workflow.list_statements(
                 s, partner_id=None, status=None, period_id=period_id, before_id=None, limit=500
@@ -95,7 +111,10 @@ class StaffPages(Controller):
                 | {o for o, _ in cells if o}
                 | {st.partner_id for st in statements}
             )
-            names = partner_names(s, ids)
+            return summary, statements, ids, partner_names(s, ids)
+
+        summary, statements, ids, names = read(request, period)
+        cells = summary.cross_brand.cells
         label: dict[str | None, str] = {None: COALITION}
         label.update(names)
         # every partner of the period both ways (a partner's own redemptions on the diagonal),
@@ -124,35 +143,35 @@ class StaffPages(Controller):
     def partners(self, request: Request[Any, Any, Any]) -> Template:
         """The partners, newest first, with the rate card in force."""
         viewer = viewer_of(request)
-        services = services_of(request.app.state)
-        now = services.clock()
-        with transaction(services.sessions) as s:
+        now = services_of(request.app.state).clock()
+
+        def partners(s: Session) -> Template:
             found = list_partners(s, limit=500).rows
             cards = {p.id: active_rate_card(s, p.id, now) for p in found}
-        return page("partners.html", viewer, partners=found, cards=cards)
+            return page("partners.html", viewer, partners=found, cards=cards)
+
+        return read(request, partners)
 
     def _partner_page(
         self, request: Request[Any, Any, Any], partner_id: str, **extra: Any
     ) -> Template:
         viewer = viewer_of(request)
-        services = services_of(request.app.state)
-        now = services.clock()
-        with transaction(services.sessions) as s:
-            found = get_partner(s, partner_id)
-            cards = list_rate_cards(s, partner_id)
-            in_force = active_rate_card(s, partner_id, now)
-            keys = list_keys(s, partner_id)
-        return page(
-            "partner.html",
-            viewer,
-            partner=found,
-            cards=cards,
-            in_force=in_force,
-            keys=keys,
-            scopes=PARTNER_SCOPES,
-            now=now,
-            **extra,
-        )
+        now = services_of(request.app.state).clock()
+
+        def partner(s: Session) -> Template:
+            return page(
+                "partner.html",
+                viewer,
+                partner=get_partner(s, partner_id),
+                cards=list_rate_cards(s, partner_id),
+                in_force=active_rate_card(s, partner_id, now),
+                keys=list_keys(s, partner_id),
+                scopes=PARTNER_SCOPES,
+                now=now,
+                **extra,
+            )
+
+        return read(request, partner)
 
     @get("/partners/{partner_id:str}", opt=roles("operator"), sync_to_thread=True)
     def partner(self, request: Request[Any, Any, Any], partner_id: ConsoleId) -> Template:
@@ -161,23 +180,28 @@ class StaffPages(Controller):
 
     @post("/partners/{partner_id:str}/keys", opt=roles("operator"), sync_to_thread=True)
     def issue_key(self, request: Request[Any, Any, Any], partner_id: ConsoleId) -> Template:
-        """Issue a partner key; an HMAC secret is shown on this page, this once."""
+        """Issue a partner key; an HMAC secret is shown on this page, this once. A rule broken
+        (nothing is stored) shows the partner's page again with the problem."""
         services = services_of(request.app.state)
         form = form_of(request)
-        public_key = str(form.get("public_key", "")).strip() or None
-        with transaction(services.sessions) as s:
-            new = create_key(
-                s,
-                secret_key=services.settings.secret_key,
-                role="partner",
-                partner_id=partner_id,
-                alg="ed25519" if public_key else "hmac-sha256",
-                scopes=[str(v) for v in form.getall("scopes", [])],
-                public_key=public_key,
-                expires_at=parse_day(str(form.get("expires_at", "")), "expires_at"),
-                now=services.clock(),
-            )
-            new_key_id = new.key.id
+        try:
+            public_key = field(form, "public_key").strip() or None
+            with transaction(services.sessions) as s:
+                new = create_key(
+                    s,
+                    secret_key=services.settings.secret_key,
+                    role="partner",
+                    partner_id=partner_id,
+                    alg="ed25519" if public_key else "hmac-sha256",
+                    scopes=[str(v) for v in form.getall("scopes", [])],
+                    public_key=public_key,
+                    expires_at=parse_day(field(form, "expires_at"), "expires_at"),
+                    now=services.clock(),
+                )
+                new_key_id = new.key.id
+        except CoalitionError as exc:
+            found = problem_of(exc)
+            return self._partner_page(request, partner_id, problem=found, status_code=found.status)
         return self._partner_page(request, partner_id, new_key_id=new_key_id, secret=new.secret)
 
     @post("/keys/{key_id:str}/revoke", opt=roles("operator"), sync_to_thread=True)
@@ -196,9 +220,13 @@ class StaffPages(Controller):
     def webhook_health(self, request: Request[Any, Any, Any]) -> Template:
         """Every partner's endpoints, failing ones first, and the latest attempts."""
         viewer = viewer_of(request)
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+
+        def webhooks(s: Session) -> Template:
             endpoints, recent = health(s)
             owners = {e.endpoint.partner_id for e in endpoints} | {p for _, _, p in recent}
             names = partner_names(s, owners)
-        return page("webhook_health.html", viewer, endpoints=endpoints, recent=recent, names=names)
+            return page(
+                "webhook_health.html", viewer, endpoints=endpoints, recent=recent, names=names
+            )
+
+        return read(request, webhooks)

@@ -9,6 +9,7 @@ is ``404``, as in the API).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -16,16 +17,31 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import PathParameter, QueryParameter
 from litestar.response import Redirect, Template
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from api.console.web import STAFF, Viewer, back, form_of, page, roles, signed_in, viewer_of
+from api.console.web import (
+    STAFF,
+    Problem,
+    Viewer,
+    back,
+    field,
+    form_of,
+    page,
+    problem_of,
+    read,
+    roles,
+    signed_in,
+    viewer_of,
+)
 from api.runtime import services_of
 from api.settlement import export_response
 from api.views import decode_cursor, encode_cursor
 from coalition.db import transaction
-from coalition.errors import ValidationFailed
+from coalition.errors import CoalitionError, NotFound, ValidationFailed
+from coalition.times import client_time
 from partners.queries import partner_names
 from settlement import workflow
-from settlement.models import STATEMENT_STATUSES, Period
+from settlement.models import DISPUTE_OUTCOMES, STATEMENT_STATUSES, Period
 from settlement.statements import document_of
 
 PAGE_SIZE = 50
@@ -43,13 +59,15 @@ def actor_of(viewer: Viewer) -> workflow.Actor:
 
 
 def parse_day(raw: str | None, field: str) -> datetime | None:
-    """A form's or a filter's date (``YYYY-MM-DD``) as midnight UTC; empty: None."""
+    """A form's or a filter's date (``YYYY-MM-DD``) as midnight UTC, bounded like every time
+    a client sends (:func:`coalition.times.client_time`); empty: None."""
     if not raw:
         return None
     try:
-        return datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=UTC)
+        day = datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
         raise ValidationFailed.at(field, "a date such as 2026-01-31") from None
+    return client_time(day, field)
 
 
 class StatementPages(Controller):
@@ -68,55 +86,95 @@ class StatementPages(Controller):
     ) -> Template:
         """Statements, newest first, with their net positions; filter by status or period."""
         viewer = viewer_of(request)
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+        before_id = decode_cursor(cursor, "stmt")
+
+        def statements(s: Session) -> Template:
             found = workflow.list_statements(
                 s,
                 partner_id=viewer.scope_partner,
                 status=status or None,
                 period_id=period_id if viewer.staff else None,
-                before_id=decode_cursor(cursor, "stmt"),
+                before_id=before_id,
                 limit=PAGE_SIZE,
             )
             ids = {row.period_id for row in found.rows}
             periods = {p.id: p for p in s.scalars(select(Period).where(Period.id.in_(ids)))}
             names = partner_names(s, (row.partner_id for row in found.rows))
-        return page(
-            "statements.html",
-            viewer,
-            statements=found.rows,
-            periods=periods,
-            names=names,
-            statuses=STATEMENT_STATUSES,
-            status=status or "",
-            period_id=period_id or "",
-            next_cursor=encode_cursor(found.last_id),
-        )
+            return page(
+                "statements.html",
+                viewer,
+                statements=found.rows,
+                periods=periods,
+                names=names,
+                statuses=STATEMENT_STATUSES,
+                status=status or "",
+                period_id=period_id or "",
+                next_cursor=encode_cursor(found.last_id),
+            )
+
+        return read(request, statements)
 
     @get("/statements/{statement_id:str}", opt=roles(*STAFF, "partner"), sync_to_thread=True)
     def statement(self, request: Request[Any, Any, Any], statement_id: ConsoleId) -> Template:
         """One statement: totals, net position, lines, cross-brand points, disputes, history
         and the actions the viewer may take."""
+        return self._statement_page(request, statement_id)
+
+    def _statement_page(
+        self,
+        request: Request[Any, Any, Any],
+        statement_id: str,
+        *,
+        problem: Problem | None = None,
+        entered: dict[str, str] | None = None,
+    ) -> Template:
         viewer = viewer_of(request)
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+        today = services_of(request.app.state).clock().date().isoformat()
+
+        def statement(s: Session) -> Template:
             found = workflow.get_statement(s, statement_id, partner_id=viewer.scope_partner)
             document = document_of(found)
-            disputes = workflow.disputes_of(s, statement_id, partner_id=viewer.scope_partner)
-            history = workflow.history(s, statement_id)
             origins = {row["origin_partner_id"] for row in document["cross_brand"]}
-            names = partner_names(s, {found.partner_id} | {o for o in origins if o})
-        return page(
-            "statement.html",
-            viewer,
-            statement=found,
-            document=document,
-            disputes=disputes,
-            history=history,
-            names=names,
-            lines=document["lines"][:LINES_SHOWN],
-            today=services.clock().date().isoformat(),
-        )
+            return page(
+                "statement.html",
+                viewer,
+                statement=found,
+                document=document,
+                disputes=workflow.disputes_of(s, statement_id, partner_id=viewer.scope_partner),
+                history=workflow.history(s, statement_id),
+                names=partner_names(s, {found.partner_id} | {o for o in origins if o}),
+                lines=document["lines"][:LINES_SHOWN],
+                today=today,
+                outcomes=DISPUTE_OUTCOMES,
+                problem=problem,
+                entered=entered or {},
+                status_code=problem.status if problem else 200,
+            )
+
+        return read(request, statement)
+
+    def _act(
+        self,
+        request: Request[Any, Any, Any],
+        statement_id: str,
+        action: Callable[[Session], str],
+        entered: dict[str, str] | None = None,
+    ) -> Template | Redirect:
+        """Run ``action`` (one transaction) and show the statement it names; a rule it broke
+        (nothing was stored) re-renders the statement's page with the problem above its
+        forms, and what was typed in them."""
+        services = services_of(request.app.state)
+        try:
+            with transaction(services.sessions) as s:
+                target = action(s)
+        except CoalitionError as exc:
+            try:
+                return self._statement_page(
+                    request, statement_id, problem=problem_of(exc), entered=entered
+                )
+            except NotFound:
+                raise exc from None
+        return back(f"/statements/{target}")
 
     @get(
         "/statements/{statement_id:str}/export",
@@ -132,81 +190,104 @@ class StatementPages(Controller):
     ) -> Response[bytes]:
         """The signed export, the same bytes as the API's (``coalition statements verify``)."""
         viewer = viewer_of(request)
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            found = workflow.get_statement(s, statement_id, partner_id=viewer.scope_partner)
-            return export_response(found, format)
+        return read(
+            request,
+            lambda s: export_response(
+                workflow.get_statement(s, statement_id, partner_id=viewer.scope_partner), format
+            ),
+        )
 
     @post("/statements/{statement_id:str}/acknowledge", opt=roles("partner"), sync_to_thread=True)
-    def acknowledge(self, request: Request[Any, Any, Any], statement_id: ConsoleId) -> Redirect:
+    def acknowledge(
+        self, request: Request[Any, Any, Any], statement_id: ConsoleId
+    ) -> Template | Redirect:
         """The partner has checked its statement."""
         viewer = viewer_of(request)
         services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            workflow.acknowledge(
+
+        def run(s: Session) -> str:
+            return workflow.acknowledge(
                 s,
                 statement_id,
                 actor_of(viewer),
                 secret_key=services.settings.secret_key,
                 now=services.clock(),
-            )
-        return back(f"/statements/{statement_id}")
+            ).id
+
+        return self._act(request, statement_id, run)
 
     @post("/statements/{statement_id:str}/disputes", opt=roles("partner"), sync_to_thread=True)
-    def dispute(self, request: Request[Any, Any, Any], statement_id: ConsoleId) -> Redirect:
+    def dispute(
+        self, request: Request[Any, Any, Any], statement_id: ConsoleId
+    ) -> Template | Redirect:
         """Dispute the statement, naming the ticked lines."""
         viewer = viewer_of(request)
         services = services_of(request.app.state)
         form = form_of(request)
-        with transaction(services.sessions) as s:
-            workflow.open_dispute(
+        reason = field(form, "reason")
+
+        def run(s: Session) -> str:
+            return workflow.open_dispute(
                 s,
                 statement_id,
                 actor_of(viewer),
-                reason=str(form.get("reason", "")),
+                reason=reason,
                 transaction_ids=[str(t) for t in form.getall("transaction_ids", [])],
                 secret_key=services.settings.secret_key,
                 now=services.clock(),
-            )
-        return back(f"/statements/{statement_id}")
+            ).statement_id
+
+        return self._act(request, statement_id, run, {"reason": reason})
 
     @post("/disputes/{dispute_id:str}/resolve", opt=roles("operator"), sync_to_thread=True)
-    def resolve(self, request: Request[Any, Any, Any], dispute_id: ConsoleId) -> Redirect:
-        """Resolve a dispute (accepted or rejected, a note, an optional adjustment)."""
+    def resolve(
+        self, request: Request[Any, Any, Any], dispute_id: ConsoleId
+    ) -> Template | Redirect:
+        """Resolve a dispute (its outcome, a note, an optional adjustment)."""
         viewer = viewer_of(request)
         services = services_of(request.app.state)
         form = form_of(request)
         with transaction(services.sessions) as s:
-            done = workflow.resolve(
+            statement_id = workflow.get_dispute(s, dispute_id, partner_id=None).statement_id
+
+        def run(s: Session) -> str:
+            return workflow.resolve(
                 s,
                 dispute_id,
                 actor_of(viewer),
-                outcome=str(form.get("outcome", "")),
-                note=str(form.get("note", "")) or None,
-                adjustment=str(form.get("adjustment", "")).strip() or None,
+                outcome=field(form, "outcome"),
+                note=field(form, "note") or None,
+                adjustment=field(form, "adjustment").strip() or None,
                 secret_key=services.settings.secret_key,
                 now=services.clock(),
-            )
-            statement_id = done.statement_id
-        return back(f"/statements/{statement_id}")
+            ).statement_id
+
+        return self._act(request, statement_id, run)
 
     @post("/statements/{statement_id:str}/settle", opt=roles(*STAFF), sync_to_thread=True)
-    def settle(self, request: Request[Any, Any, Any], statement_id: ConsoleId) -> Redirect:
+    def settle(
+        self, request: Request[Any, Any, Any], statement_id: ConsoleId
+    ) -> Template | Redirect:
         """Record the payment that settled the statement."""
         viewer = viewer_of(request)
         services = services_of(request.app.state)
         form = form_of(request)
-        paid_at = parse_day(str(form.get("paid_at", "")), "paid_at")
-        if paid_at is None:
-            raise ValidationFailed.at("paid_at", "the day the payment was made")
-        with transaction(services.sessions) as s:
-            workflow.settle(
+        reference, day = field(form, "payment_reference"), field(form, "paid_at")
+
+        def run(s: Session) -> str:
+            paid_at = parse_day(day, "paid_at")
+            if paid_at is None:
+                raise ValidationFailed.at("paid_at", "the day the payment was made")
+            return workflow.settle(
                 s,
                 statement_id,
                 actor_of(viewer),
-                payment_reference=str(form.get("payment_reference", "")),
+                payment_reference=reference,
                 paid_at=paid_at,
                 secret_key=services.settings.secret_key,
                 now=services.clock(),
-            )
-        return back(f"/statements/{statement_id}")
+            ).id
+
+        return self._act(
+            request, statement_id, run, {"payment_reference": reference, "paid_at": day}
+        )

@@ -8,16 +8,24 @@ it into a :class:`Viewer` (or a "signed out" page), checks the role the route de
 another session's, is refused with ``403`` before the handler runs). For operator and finance
 sessions it binds the session as the request's principal, so :func:`api.audit.record_action`
 records every console action in the same audit log as the API's.
+
+The pages read through :func:`read`: from the read replica when one is configured and usable
+(``coalition.db.Reads``), except for a browser that has just changed something: every console
+``POST`` answered without an error sets a short cookie (:data:`FRESH_COOKIE`, for the replica's
+lag bound and a second more; :func:`mark_fresh`), and while it lasts that browser's pages read
+the primary, so the page a form redirects to shows the change. The session itself is always
+checked on the primary (a sign-out or a revocation counts at once).
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar, cast
 
 import anyio.to_thread
 from litestar import Request, Response, get, post
@@ -29,19 +37,23 @@ from litestar.params import PathParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template.config import TemplateConfig
-from litestar.types import ExceptionHandlersMap
+from litestar.types import ExceptionHandlersMap, Message, Scope
+from markupsafe import Markup
+from sqlalchemy.orm import Session
 
 from api.auth import bind_principal
 from api.console import formats
 from api.problems import KINDS, code_of
 from api.runtime import Services, services_of
-from coalition import logs
+from coalition import logs, text
 from coalition.db import transaction
-from coalition.errors import CoalitionError
+from coalition.errors import CoalitionError, ValidationFailed
 from partners import signin
 from partners.signatures import Principal
 
 SESSION_COOKIE = "coalition_console"
+#: Set by a console form's answer: this browser's pages read the primary while it lasts.
+FRESH_COOKIE = "coalition_fresh"
 #: The sign-in page's nonce: binds its form's CSRF token to this browser.
 SIGN_IN_COOKIE = "coalition_sign_in"
 PREFIX = "/console"
@@ -51,11 +63,23 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{20,100}")
 _VIEWER_KEY = "coalition_console_viewer"
 _FORM_KEY = "coalition_console_form"
 STAFF = ("operator", "finance")
+T = TypeVar("T")
+
+
+def _shown(value: Any) -> Any:
+    """Every value a page prints, with the characters the text rule refuses (a bidi override,
+    a control character) shown as U+FFFD: a text stored before the rule is harmless too."""
+    if isinstance(value, Markup):
+        return Markup(text.neutralise(str(value)))  # noqa: S704 (already escaped markup)
+    if isinstance(value, str):
+        return text.neutralise(value)
+    return value
 
 
 def _engine_setup(engine: JinjaTemplateEngine) -> None:
     engine.engine.filters.update(formats.FILTERS)
     engine.engine.globals["PREFIX"] = PREFIX
+    engine.engine.finalize = _shown
 
 
 TEMPLATE_CONFIG = TemplateConfig(
@@ -171,6 +195,43 @@ def form_of(request: Request[Any, Any, Any]) -> FormMultiDict:
     return form
 
 
+def field(form: FormMultiDict, name: str) -> str:
+    """A form's text field (empty when absent); :class:`ValidationFailed` for a file posted
+    in its place. What the text must be is the domain's rule (:mod:`coalition.text`)."""
+    value = form.get(name, "")
+    if not isinstance(value, str):
+        raise ValidationFailed.at(name, "a text field, not a file")
+    return value
+
+
+def read(request: Request[Any, Any, Any], work: Callable[[Session], T]) -> T:
+    """What a page shows, read in one transaction: on the replica when usable; on the primary
+    for a form's own answer and for a browser that has just changed something
+    (:data:`FRESH_COOKIE`)."""
+    reads = services_of(request.app.state).reads
+    fresh = request.method != "GET" or FRESH_COOKIE in request.cookies
+    return reads.run(work, fresh=fresh)
+
+
+async def mark_fresh(message: Message, scope: Scope) -> None:
+    """``before_send`` hook: a signed-in console form (a ``POST`` past the guard) answered
+    without an error sets :data:`FRESH_COOKIE` for the replica's lag bound and two seconds
+    more (no replica: nothing)."""
+    if (
+        message["type"] != "http.response.start"
+        or scope.get("method") != "POST"
+        or _VIEWER_KEY not in scope.get("state", {})
+        or message["status"] >= 400
+    ):
+        return
+    services = services_of(scope["app"].state)
+    if services.reads.replica is None:
+        return
+    max_age = int(services.settings.replica_max_lag_s) + 2
+    cookie = _cookie(services, FRESH_COOKIE, "1", max_age=max_age)
+    message["headers"] = [*message.get("headers", []), cookie.to_encoded_header()]
+
+
 def page(name: str, viewer: Viewer | None, *, status_code: int = 200, **context: Any) -> Template:
     """A console page: the template with the viewer (for the navigation and the forms)."""
     return Template(
@@ -213,10 +274,26 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Templa
     return _error_page(request, exc.status_code, str(exc.detail))
 
 
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A rule an action broke, as a page shows it above the form: the API's title and detail
+    (the field named as the form names it), and the status the page is sent with."""
+
+    title: str
+    detail: str
+    status: int
+
+
+def problem_of(exc: CoalitionError) -> Problem:
+    """The problem of a domain error, in the API's words."""
+    kind = KINDS[code_of(exc)]
+    return Problem(kind.title, exc.detail, kind.status)
+
+
 def on_domain_error(request: Request[Any, Any, Any], exc: CoalitionError) -> Template:
     """A rule the action broke (the same rules as the API's), as a page."""
-    kind = KINDS[code_of(exc)]
-    return _error_page(request, kind.status, exc.detail, title=kind.title)
+    found = problem_of(exc)
+    return _error_page(request, found.status, found.detail, title=found.title)
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {

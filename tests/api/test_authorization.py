@@ -176,6 +176,9 @@ ENDPOINTS: dict[str, Endpoint] = {
     "POST /v1/members/{id}/portal-links": Endpoint(
         "POST", "read", lambda w: (f"/v1/members/{w.member}/portal-links", {}), 201
     ),
+    "POST /v1/admin/members/{id}/portal-links": Endpoint(
+        "POST", "operator", lambda w: (f"/v1/admin/members/{w.member}/portal-links", {}), 201
+    ),
 }
 
 PARTNER_ACCESS = {"any", "earn", "burn", "read", "earn+burn", "any partner"}

@@ -100,3 +100,16 @@ def test_a_batch_needs_the_earn_scope(api: Live) -> None:
     member = api.member()
     body = {"earns": [_earn(member, unique("s"))]}
     problem(partner.client.post("/v1/earn-batches", body), 403, "forbidden")
+
+
+def test_a_body_over_a_limit_is_413_naming_that_endpoints_limit(api: Live) -> None:
+    partner = api.partner()
+    member = api.member(partner)
+    earns = [_earn(member, unique("big-" + "r" * 200)) for _ in range(2400)]
+    doc = problem(
+        partner.client.post("/v1/earn-batches", {"earns": earns}), 413, "payload-too-large"
+    )
+    assert doc["detail"] == "this endpoint's request bodies may be at most 512 KiB", doc
+    over_64 = _earn(member, "x" * 70_000)
+    doc = problem(partner.client.post("/v1/earns", over_64), 413, "payload-too-large")
+    assert doc["detail"] == "this endpoint's request bodies may be at most 64 KiB", doc

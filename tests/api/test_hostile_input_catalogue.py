@@ -1,6 +1,8 @@
 """The hostile-input catalogue: every operation of the OpenAPI document gets NUL bytes,
-trailing newlines, over-long strings, repeated keys, deep nesting and huge numbers in each of
-its inputs (path, query, body), and answers each with a 4xx problem document, writing nothing.
+trailing newlines, over-long strings, repeated keys, deep nesting, huge numbers, decimal strings
+past the ledger's bounds and times at the calendar's edge in each of its inputs (path, query,
+body), and answers each with a 4xx problem document in words (never a raw regular expression),
+writing nothing.
 
 The well-formed request each bad one departs from is made from the document itself (examples,
 enums, bounds) with real ids of the test's own partner, member, hold and transaction; its body
@@ -29,6 +31,8 @@ from tests.api.test_input_strictness import row_counts
 #: Depth of the nested arrays sent (well past any decoder's recursion limit, under 64 KiB).
 DEPTH = 10_000
 HUGE = "1" + "0" * 400  # a JSON number no integer or float field holds
+#: The query parameters that take a time.
+TIME_QUERIES = frozenset({"since", "until", "at"})
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,24 @@ def _bad_numbers() -> Iterator[tuple[str, str]]:
     yield "long fraction", "1." + "1" * 5000
 
 
+def _bad_times() -> Iterator[tuple[str, str]]:
+    """Valid RFC 3339 times whose UTC lies outside what Python's calendar holds, or near it."""
+    yield "year 1 with an offset", "0001-01-01T00:00:00+01:00"
+    yield "year 9999 with an offset", "9999-12-31T23:59:59-01:00"
+    yield "year 1", "0001-01-01T00:00:00Z"
+    yield "year 9999", "9999-12-31T23:59:59.999999Z"
+    yield "before 1970", "1969-12-31T23:59:59Z"
+    yield "year 1970 pushed before it by its offset", "1970-01-01T00:30:00+01:00"
+
+
+def _bad_decimals() -> Iterator[tuple[str, str]]:
+    """Decimal strings of the documented shape but past what the ledger can hold."""
+    yield "largest rate shape", "9" * 18 + "." + "9" * 12
+    yield "10^16", "1" + "0" * 16
+    yield "largest amount shape", "9" * 10 + ".9999"
+    yield "just past the amount bound", "1000000001"
+
+
 def _encode(body: dict[str, Any], name: str, raw: str) -> bytes:
     """``body`` with the field ``name`` set to the raw JSON text ``raw``."""
     marker = f"__{uuid.uuid4().hex}__"
@@ -192,7 +214,8 @@ def _bad_requests(
     for param in (p for p in params if p["in"] == "query"):
         name = param["name"]
         numeric = _plain(document, param.get("schema", {})).get("type") in ("integer", "number")
-        for label, bad in [*_bad_strings("x"), *(_bad_numbers() if numeric else [])]:
+        times = _bad_times() if name in TIME_QUERIES else []
+        for label, bad in [*_bad_strings("x"), *(_bad_numbers() if numeric else []), *times]:
             yield Bad(f"query {name}: {label}", good_path, {name: bad}, good)
     if body is None:
         return
@@ -205,6 +228,16 @@ def _bad_requests(
                 )
         for label, raw in _bad_numbers():
             yield Bad(f"body {name}: {label}", good_path, {}, _encode(body, name, raw))
+        if schema.get("pattern", "").startswith(("^(?:[0-9]", "^(?:-?[0-9]")):
+            for label, bad in _bad_decimals():
+                yield Bad(
+                    f"body {name}: {label}", good_path, {}, _encode(body, name, json.dumps(bad))
+                )
+        if schema.get("format") == "date-time":
+            for label, bad in _bad_times():
+                yield Bad(
+                    f"body {name}: {label}", good_path, {}, _encode(body, name, json.dumps(bad))
+                )
         nested = "[" * DEPTH + "]" * DEPTH
         yield Bad(f"body {name}: deep nesting", good_path, {}, _encode(body, name, nested))
         duplicated = _encode(body, name, json.dumps(body.get(name, 1)))[:-1]
@@ -238,6 +271,7 @@ def test_every_operation_refuses_hostile_input_with_a_problem_and_writes_nothing
             where = f"{method} {path} {bad.label}"
             assert 400 <= response.status_code < 500, (where, response.status_code, response.text)
             problem(response, response.status_code, response.json()["type"].rsplit("/", 1)[1])
+            assert "regex" not in response.text, (where, response.text)
             assert row_counts(api) == before, where
             tried += 1
     assert tried > 500

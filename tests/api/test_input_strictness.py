@@ -304,3 +304,16 @@ def test_deep_nesting_is_a_validation_problem(api: Live, shop: tuple[Partner, st
     for body in (b"[" * 20000 + b"]" * 20000, b'{"a":' * 10000 + b"1" + b"}" * 10000):
         send = partial(partner.client.post, "/v1/members", content=body)
         refused_without_effect(api, send, 422, "validation")
+
+
+@pytest.mark.parametrize("blank", [b"\t", b" ", b"\r\n"])
+def test_a_body_of_white_space_is_not_an_empty_object(api: Live, blank: bytes) -> None:
+    """An endpoint whose fields are all optional takes no body as ``{}``; white space alone
+    is not JSON (it was a close at the default cut-off)."""
+    doc = refused_without_effect(
+        api,
+        lambda: api.operator.request("POST", "/v1/admin/settlement/close", content=blank),
+        422,
+        "validation",
+    )
+    assert doc["errors"] == [{"path": "$", "message": "a JSON object is required"}]

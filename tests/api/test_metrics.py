@@ -28,7 +28,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 def _scrape(served: Served) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     response = requests.get(served.base_url + "/metrics", timeout=10)
     assert response.status_code == 200
-    assert response.headers["Content-Type"].startswith("text/plain")
+    assert response.headers["Content-Type"] == "text/plain; version=1.0.0; charset=utf-8"
     samples = {}
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:

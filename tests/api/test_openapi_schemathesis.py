@@ -3,15 +3,20 @@ response conforms to the documented schema (status code, content type, headers, 
 
 Every in-scope operation is driven with positive and negative data, ``MAX_EXAMPLES`` each,
 derandomized (the same cases every run). Every generated request is signed by the stock
-client: operator paths with an operator key, the others with a key holding every partner
-scope, so the cases reach the handlers rather than stopping at 401. (schemathesis' pytest
-loader ``from_fixture`` does not run under pytest 9, so the cases come from each operation's
-Hypothesis strategy.)
+client: operator paths with an operator key (and the paths finance may use with a finance key
+too), the others with a key holding every partner scope, so the cases reach the handlers
+rather than stopping at 401. Positive data is sent a second time with the path's ids replaced
+by real objects (a partner, member, hold, transaction, key, endpoint, closed period, statement
+and dispute), so that the admin and partner handlers are exercised past their ``404``.
+(schemathesis' pytest loader ``from_fixture`` does not run under pytest 9, so the cases come
+from each operation's Hypothesis strategy.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,7 @@ from schemathesis.core.result import Ok
 from schemathesis.schemas import BaseSchema
 
 from coalition.db import make_engine, migrate
-from tests.api.conftest import Key, Live, serve
+from tests.api.conftest import Key, Live, Partner, ok, serve, unique
 
 MAX_EXAMPLES = 20
 
@@ -98,17 +103,93 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     engine = make_engine(f"sqlite:///{path}")
     migrate(engine)
     engine.dispose()
-    yield from serve(f"sqlite:///{path}", "sqlite")
+    # A webhook endpoint of the world's partner on loopback (nothing is delivered here).
+    yield from serve(f"sqlite:///{path}", "sqlite", webhook_allow_private=True)
+
+
+#: The operations a finance key may use (docs/api.md, *finance*): run with one as well.
+FINANCE = {
+    "GET /v1/admin/reports/liability",
+    "GET /v1/admin/periods",
+    "GET /v1/admin/periods/{period_id}/summary",
+    "GET /v1/admin/reports/cross-brand",
+    "GET /v1/admin/statements",
+    "GET /v1/admin/statements/{statement_id}",
+    "GET /v1/admin/statements/{statement_id}/export",
+    "GET /v1/admin/statements/{statement_id}/events",
+    "GET /v1/admin/statements/{statement_id}/disputes",
+    "POST /v1/admin/statements/{statement_id}/settle",
+}
+
+
+@dataclass
+class World:
+    """The signing partner and real objects for the ids in paths."""
+
+    partner: Partner
+    ids: dict[str, dict[str, str]]  # "partner" or "admin": path parameter -> a real id
 
 
 @pytest.fixture(scope="module")
-def sessions(fuzzed: Live) -> dict[str, requests.Session]:
-    """Signed sessions: one per kind of key."""
+def world(fuzzed: Live) -> World:
+    """A partner with a member, a hold, a transaction and an endpoint, a closed period with
+    its statement and a dispute; for the admin paths another partner (which the run may
+    suspend) and a key of its own (which the run may revoke)."""
     partner = fuzzed.partner("EUR", scopes=("earn", "burn", "read", "webhooks", "statements"))
-    fuzzed.member(partner, 1000)
+    member = fuzzed.member(partner, 1000)
+    hold = ok(
+        partner.client.post("/v1/holds", {"member_id": member, "reference": unique(), "points": 1}),
+        201,
+    )
+    txn = ok(partner.client.get("/v1/transactions", params={"member_id": member}))["data"][0]
+    endpoint = ok(
+        partner.client.post("/v1/webhook-endpoints", {"url": "http://127.0.0.1:9/hook"}), 201
+    )
+    closed = ok(fuzzed.operator.post("/v1/admin/settlement/close", {"cut_off": _now()}), 201)
+    statement = next(s for s in closed["statements"] if s["partner_id"] == partner.id)
+    dispute = ok(
+        partner.client.post(f"/v1/statements/{statement['id']}/disputes", {"reason": "fuzz"}),
+        201,
+    )
+    other = fuzzed.partner("EUR")
+    other_member = fuzzed.member(other)
+    spare_key = fuzzed.partner_key(other.id, scopes=("read",))
+    common = {"statement_id": statement["id"], "member_id": member}
+    return World(
+        partner,
+        {
+            "partner": {
+                **common,
+                "hold_id": hold["id"],
+                "txn_id": txn["id"],
+                "endpoint_id": endpoint["id"],
+            },
+            "admin": {
+                **common,
+                "member_id": other_member,
+                "partner_id": other.id,
+                "key_id": spare_key.key_id,
+                "period_id": closed["period"]["id"],
+                "dispute_id": dispute["id"],
+            },
+        },
+    )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+@pytest.fixture(scope="module")
+def sessions(fuzzed: Live, world: World) -> dict[str, requests.Session]:
+    """Signed sessions: one per kind of key."""
     operator = fuzzed.operator.key
     assert operator is not None
-    keys: dict[str, Key] = {"partner": partner.key, "operator": operator}
+    keys: dict[str, Key] = {
+        "partner": world.partner.key,
+        "operator": operator,
+        "finance": fuzzed.role_key("finance"),
+    }
     result = {}
     for name, key in keys.items():
         session = requests.Session()
@@ -155,24 +236,40 @@ WITHOUT_INPUT = {
     "GET /v1/me",
     "GET /v1/webhook-endpoints",
 }
+#: How a case's path ids are chosen: as generated, or replaced by real objects.
+GENERATED, REAL = "generated ids", "real ids"
 CASES = [
-    pytest.param(label, mode, id=f"{label} {mode.value}")
+    pytest.param(label, mode, role, ids, id=f"{label} {mode.value} {role} {ids}")
     for label in OPERATIONS
+    for role in (
+        ("operator", "finance")
+        if label in FINANCE
+        else ("operator",)
+        if "/v1/admin" in label
+        else ("partner",)
+    )
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    for ids in (
+        (GENERATED, REAL) if mode is GenerationMode.POSITIVE and "{" in label else (GENERATED,)
+    )
     if not (mode is GenerationMode.NEGATIVE and label in WITHOUT_INPUT)
 ]
 
 
-@pytest.mark.parametrize(("label", "mode"), CASES)
+@pytest.mark.parametrize(("label", "mode", "role", "ids"), CASES)
 def test_the_api_keeps_its_documented_schema(
     label: str,
     mode: GenerationMode,
+    role: str,
+    ids: str,
     api_schema: BaseSchema,
     sessions: dict[str, requests.Session],
+    world: World,
 ) -> None:
     operation = api_schema.find_operation_by_label(label)
     assert operation is not None
-    session = sessions["operator" if "/v1/admin" in label else "partner"]
+    session = sessions[role]
+    real = world.ids["partner" if role == "partner" else "admin"] if ids == REAL else {}
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
@@ -183,6 +280,10 @@ def test_the_api_keeps_its_documented_schema(
         suppress_health_check=list(HealthCheck),
     )
     def check(case: schemathesis.Case[Any]) -> None:
+        if real and case.path_parameters:
+            case.path_parameters = {
+                name: real.get(name, value) for name, value in case.path_parameters.items()
+            }
         case.call_and_validate(session=session)
 
     check()

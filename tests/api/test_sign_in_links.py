@@ -59,3 +59,19 @@ def test_a_member_link_opens_the_members_page_for_fifteen_minutes(api: Live) -> 
 def test_a_member_link_for_an_unknown_member_is_404(api: Live) -> None:
     partner = api.partner("EUR")
     problem(partner.client.post("/v1/members/mem_nobody/portal-links", {}), 404, "unknown-member")
+    problem(
+        api.operator.post("/v1/admin/members/mem_nobody/portal-links", {}), 404, "unknown-member"
+    )
+
+
+def test_a_partners_member_link_names_it_and_the_operators_names_no_partner(api: Live) -> None:
+    partner = api.partner("EUR")
+    member = api.member(partner, 10)
+    by_partner = _stored(
+        api, ok(partner.client.post(f"/v1/members/{member}/portal-links", {}), 201)["url"]
+    )
+    made = ok(api.operator.post(f"/v1/admin/members/{member}/portal-links", {}), 201)
+    assert timedelta(minutes=14) < _expires_in(made) <= timedelta(minutes=15)
+    whole = _stored(api, made["url"])
+    assert (by_partner.role, by_partner.partner_id) == ("member", partner.id)
+    assert (whole.role, whole.partner_id, whole.member_id) == ("member", None, member)

@@ -105,7 +105,7 @@ def test_exports_verify_offline_a_tampered_one_fails_and_rotation_keeps_old_ones
         f"/v1/statements/{first['id']}/export", params={"format": "csv"}
     )
     assert json_export.status_code == csv_export.status_code == 200
-    assert csv_export.headers["Content-Type"].startswith("text/csv")
+    assert csv_export.headers["Content-Type"] == "text/csv; charset=utf-8"
     assert csv_export.text.splitlines()[0].startswith("transaction_id,kind,posted_at")
     assert "# content_sha256," in csv_export.text
     keys = live.client(None).get("/v1/signing-keys")

@@ -42,6 +42,19 @@ def test_defaults() -> None:
         ("gold", 20000, Decimal("1.6")),
     ]
     assert settings.webhook_allow_private is False
+    assert (settings.replica_database_url, settings.replica_max_lag_s) == (None, 5.0)
+
+
+def test_a_replica_and_its_lag_bound_are_configured() -> None:
+    replica = "postgresql+psycopg://reader@replica:5432/coalition"
+    settings = load_settings(
+        {
+            "COALITION_SECRET_KEY": KEY,
+            "COALITION_REPLICA_DATABASE_URL": replica,
+            "COALITION_REPLICA_MAX_LAG_S": "2.5",
+        }
+    )
+    assert (settings.replica_database_url, settings.replica_max_lag_s) == (replica, 2.5)
 
 
 def test_coalition_tiers_are_parsed_in_order() -> None:
@@ -95,6 +108,10 @@ def test_settlement_cycles(cycle: str) -> None:
         ("COALITION_TIER_WINDOW_DAYS", "-1"),
         ("COALITION_SECRET_KEY", "c2hvcnQ"),  # 5 bytes
         ("COALITION_SECRET_KEY", "!!!not base64!!!"),
+        ("COALITION_REPLICA_MAX_LAG_S", "0"),
+        ("COALITION_REPLICA_MAX_LAG_S", "five"),
+        ("COALITION_REPLICA_MAX_LAG_S", "inf"),
+        ("COALITION_REPLICA_MAX_LAG_S", "nan"),
     ],
 )
 def test_a_bad_value_is_a_configuration_error_naming_the_variable(name: str, value: str) -> None:

@@ -1,4 +1,4 @@
-"""Migration 0013_transfers on a database that holds a ledger: down to the postings of 0012
+"""Migration 0014_transfers on a database that holds a ledger: down to the postings of 0013
 and up again to transfers, on a database filled by the demo and on one filled by the import,
 on both backends. Every transfer, balance, lot and statement comes back exactly as it was,
 ``coalition check`` finds nothing, and an upgrade that would not balance is refused whole."""
@@ -19,7 +19,7 @@ from coalition.db import _alembic_config, transaction
 from partners.imports import import_earns
 from tests.conftest import Db
 
-BEFORE = "0012_close_lines_by_id"
+BEFORE = "0013_member_links"
 
 
 def _state(db: Db) -> dict[str, Any]:

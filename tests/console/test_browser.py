@@ -185,7 +185,7 @@ def test_a_statement_goes_from_issued_to_settled_through_the_console(
     disputed_txn = line.get_attribute("data-line")
     assert disputed_txn is not None
     line.locator("input[type=checkbox]").check()
-    partner.locator("textarea[name=reason]").fill("This earn was refunded at the till.")
+    partner.locator("input[name=reason]").fill("This earn was refunded at the till.")
     partner.locator("#dispute").click()
     assert _status(partner) == "disputed"
     assert disputed_txn in partner.locator("#disputes").inner_text()
@@ -267,7 +267,8 @@ def test_the_member_page_shows_exactly_the_expiring_points_of_the_ledger(
     browser: Browser, coalition: Coalition
 ) -> None:
     beta = coalition.beta
-    link = ok(beta.client.post(f"/v1/members/{coalition.member}/portal-links", {}), 201)["url"]
+    operator = coalition.live.operator
+    link = ok(operator.post(f"/v1/admin/members/{coalition.member}/portal-links", {}), 201)["url"]
     page = _context(browser, coalition).new_page()
     _sign_in(page, link)
     assert page.url == f"{coalition.served.base_url}/console/member"

@@ -117,3 +117,13 @@ def test_the_staff_see_the_open_period_and_the_closed_one(world: World) -> None:
     assert link is not None
     shown = world.client.get(f"/console/periods/{link.group(1)}").text
     assert "Alpha Grocer" in shown and "Beta Air" in shown and "−2.50 EUR" in shown
+
+
+def test_dates_at_the_calendars_edge_are_a_page_naming_the_bound(world: World) -> None:
+    """The console's dates pass the API's one time rule: a 422 page, never a 500 in JSON."""
+    assert world.sign_in(world.link("partner", world.alpha))[0] == 200
+    for params in ({"until": "9999-12-31"}, {"since": "9999-12-31"}, {"since": "0001-01-01"}):
+        page = world.client.get("/console/transactions", params=params)
+        assert page.status_code == 422, (params, page.text)
+        assert page.headers["content-type"].startswith("text/html")
+        assert "1970-01-01" in page.text and "9000-01-01" in page.text

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from api.bulk import earn_from_fields, earn_from_json
 from coalition.db import transaction
 from coalition.models import Transaction
-from partners.imports import BATCH_ROWS, Summary, import_earns
+from partners.imports import BATCH_ROWS, ImportError_, Summary, import_earns
 from tests.conftest import Db
 
 
@@ -59,18 +59,19 @@ def test_a_file_with_bad_rows_reports_exactly_those_rows_and_imports_the_rest(
         f"{alice},r-4,5.00,USD,\n"  # line 5: not the partner's currency
         "\n"  # line 6: blank, skipped
         f"{bob},r-5,7.00,EUR\n"  # line 7: a cell short
-        f"{bob},r-1,3.00,EUR,\n"  # line 8: the reference of line 2: a duplicate
+        f"{bob},r-1,3.00,EUR,\n"  # line 8: the reference of line 2 for another earn
         f"{bob},r-6,3.00,EUR,2026-01-05T09:00:00Z\n"  # line 9: imported, 3 points
         f"{bob},r-7\n,3.00,EUR,\n"  # line 10: a reference with a newline (quoted? no: 2 rows)
         f"{bob},r-8,3.00,EUR,yesterday\n"  # line 12: not a time
     )
     summary = _import(db, partner.id, path)
-    assert (summary.imported, summary.duplicates, summary.points) == (2, 1, 15)
+    assert (summary.imported, summary.duplicates, summary.points) == (2, 0, 15)
     assert _rejected(summary) == [
         (3, "r-2", "validation"),
         (4, "r-3", "unknown-member"),
         (5, "r-4", "currency-mismatch"),
         (7, None, "validation"),
+        (8, "r-1", "duplicate-reference"),
         (10, None, "validation"),
         (11, None, "validation"),
         (12, "r-8", "validation"),
@@ -137,6 +138,7 @@ def test_the_command_prints_json_and_exits_1_when_a_row_is_rejected(
     path = tmp_path / "earns.csv"
     path.write_text(
         f"member_id,reference,amount,currency\n{member},c-1,10.00,EUR\n{member},c-2,ten,EUR\n"
+        f"{member},c-1,11.00,EUR\n"
     )
     env = {
         **os.environ,
@@ -155,9 +157,12 @@ def test_the_command_prints_json_and_exits_1_when_a_row_is_rejected(
     assert run.returncode == 1, run.stderr
     out = json.loads(run.stdout.splitlines()[-1])
     assert out["imported"] == 1 and out["duplicates"] == 0 and out["points"] == 10
-    [rejected] = out["rejected"]
+    rejected, conflicting = out["rejected"]
     assert rejected["line"] == 3 and rejected["reference"] == "c-2"
     assert rejected["type"] == "/problems/validation" and "$.amount" in rejected["detail"]
+    assert conflicting["line"] == 4 and conflicting["reference"] == "c-1"
+    assert conflicting["type"] == "/problems/duplicate-reference"
+    assert "for an earn with another amount:" in conflicting["detail"]
     assert "importing earns.csv: 100%" in run.stderr  # plain progress lines off a terminal
     again = subprocess.run(
         [*command, partner.id, str(path)],
@@ -168,7 +173,7 @@ def test_the_command_prints_json_and_exits_1_when_a_row_is_rejected(
         check=False,
     )
     assert again.returncode == 1
-    assert "0 imported (0 points), 1 duplicates, 1 rejected of 2 rows" in again.stdout
+    assert "0 imported (0 points), 1 duplicates, 2 rejected of 3 rows" in again.stdout
     unknown = subprocess.run(
         [*command, "prt_nobody", str(path)],
         env=env,
@@ -178,3 +183,109 @@ def test_the_command_prints_json_and_exits_1_when_a_row_is_rejected(
         check=False,
     )
     assert unknown.returncode == 2 and "no partner" in unknown.stderr
+
+
+@pytest.mark.parametrize("repeated", ["amount", "member_id", "reference", "occurred_at"])
+def test_a_header_that_names_a_column_twice_refuses_the_file_at_line_1(
+    lite: Db, tmp_path: Path, repeated: str
+) -> None:
+    partner = lite.partner("EUR")
+    alice, bob = lite.member(), lite.member()
+    path = tmp_path / "earns.csv"
+    values = {"member_id": bob, "amount": "900.00", "reference": "h-2", "occurred_at": ""}
+    path.write_text(
+        f"member_id,reference,amount,currency,occurred_at,{repeated}\n"
+        f"{alice},h-1,1.00,EUR,,{values[repeated]}\n"
+    )
+    with pytest.raises(ImportError_, match=rf"^line 1: the column {repeated} appears twice"):
+        _import(lite, partner.id, path)
+    assert _earns(lite) == 0
+
+
+def test_a_header_with_a_column_no_earn_has_refuses_the_file_at_line_1(
+    lite: Db, tmp_path: Path
+) -> None:
+    partner = lite.partner("EUR")
+    path = tmp_path / "earns.csv"
+    path.write_text(f"member_id,reference,amount,currency,points\n{lite.member()},u-1,1,EUR,9\n")
+    with pytest.raises(ImportError_, match=r"^line 1: .*points"):
+        _import(lite, partner.id, path)
+    assert _earns(lite) == 0
+
+
+@pytest.mark.parametrize("batch_rows", [1, 1000])
+def test_a_reference_used_again_for_another_earn_is_rejected_with_its_line(
+    db: Db, tmp_path: Path, batch_rows: int
+) -> None:
+    partner = db.partner("EUR")
+    alice, bob = db.member(), db.member()
+    path = tmp_path / "earns.csv"
+    path.write_text(
+        "member_id,reference,amount,currency,occurred_at\n"
+        f"{alice},d-1,12.50,EUR,2026-01-05T09:00:00Z\n"  # line 2: imported
+        f"{alice},d-1,12.5,EUR,2026-01-05T09:00:00Z\n"  # line 3: the same earn again
+        f"{bob},d-1,12.50,EUR,2026-01-05T09:00:00Z\n"  # line 4: another member
+        f"{alice},d-1,99.00,EUR,2026-01-05T09:00:00Z\n"  # line 5: another amount
+        f"{alice},d-1,12.50,EUR,2026-01-05T10:00:00Z\n"  # line 6: another time
+        f"{alice},d-1,12.50,EUR,\n"  # line 7: no time given: the same earn
+    )
+    db.clock.advance(days=2)
+    summary = _import(db, partner.id, path, batch_rows=batch_rows)
+    assert (summary.imported, summary.duplicates, summary.points) == (1, 2, 12)
+    assert _rejected(summary) == [
+        (4, "d-1", "duplicate-reference"),
+        (5, "d-1", "duplicate-reference"),
+        (6, "d-1", "duplicate-reference"),
+    ]
+    assert "member_id" in summary.rejected[0].detail and "amount" in summary.rejected[1].detail
+    assert "occurred_at" in summary.rejected[2].detail
+    again = _import(db, partner.id, path, batch_rows=batch_rows)
+    assert (again.imported, again.duplicates) == (0, 3) and _rejected(again) == _rejected(summary)
+    assert _earns(db) == 1 and db.ops.balance(bob).available == 0
+    db.assert_ledger_ok()
+
+
+def test_an_ndjson_object_that_names_a_key_twice_is_rejected_at_its_line(
+    lite: Db, tmp_path: Path
+) -> None:
+    partner = lite.partner("EUR")
+    alice, bob = lite.member(), lite.member()
+    path = tmp_path / "earns.ndjson"
+    path.write_text(
+        f'{{"member_id":"{alice}","reference":"k-1","amount":"1.00","currency":"EUR"}}\n'
+        f'{{"member_id":"{alice}","reference":"k-2","amount":"1.00","currency":"EUR",'
+        f'"member_id":"{bob}"}}\n'
+        f'{{"member_id":"{alice}","reference":"k-3","amount":"1.00","amount":"900.00",'
+        '"currency":"EUR"}\n'
+    )
+    summary = _import(lite, partner.id, path, "ndjson")
+    assert summary.imported == 1
+    assert _rejected(summary) == [(2, None, "validation"), (3, None, "validation")]
+    assert "$.member_id: this key appears more than once" in summary.rejected[0].detail
+    assert lite.ops.balance(bob).available == 0
+
+
+def test_rows_with_times_or_amounts_past_the_bounds_are_rejected_by_line(
+    db: Db, tmp_path: Path
+) -> None:
+    """A file's rows get the API's one time rule and money bounds: rejected, never a crash."""
+    partner = db.partner("EUR", earn="1000")
+    alice = db.member()
+    path = tmp_path / "edges.csv"
+    path.write_text(
+        "member_id,reference,amount,currency,occurred_at\n"
+        f"{alice},e-1,1.00,EUR,0001-01-01T00:00:00+01:00\n"  # line 2: before year 1 in UTC
+        f"{alice},e-2,1.00,EUR,9999-12-31T23:59:59-01:00\n"  # line 3: after year 9999 in UTC
+        f"{alice},e-3,1000000000,EUR,\n"  # line 4: 10^12 points worth 10^10 EUR
+        f"{alice},e-4,1000000001,EUR,\n"  # line 5: over the amount bound
+        f"{alice},e-5,1.00,EUR,\n"  # line 6: imported
+    )
+    summary = _import(db, partner.id, path)
+    assert _rejected(summary) == [
+        (2, "e-1", "validation"),
+        (3, "e-2", "validation"),
+        (4, "e-3", "validation"),
+        (5, "e-4", "validation"),
+    ]
+    assert (summary.imported, summary.points) == (1, 1000)
+    db.assert_ledger_ok()

@@ -164,7 +164,9 @@ def test_a_spend_that_earns_no_whole_point_is_refused(lite: Db) -> None:
 
 
 def test_the_smallest_rate_a_card_holds_is_exact(db: Db) -> None:
-    shop = db.partner("EUR", earn="0.000000000001", burn="0.000000000001")
+    shop = db.partner(
+        "EUR", earn="0.000000000001", burn="0.000000000001", reimburse="0.000000000001"
+    )
     member = db.member()
     # 10^9 EUR at 10^-12 points per EUR is 0.001 point: nothing to earn.
     with pytest.raises(ValidationFailed):

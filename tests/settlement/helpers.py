@@ -4,8 +4,10 @@ independent model of what a statement must say (its own arithmetic, not the serv
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -14,8 +16,10 @@ from coalition.db import transaction
 from coalition.models import Transaction
 from coalition.money import EXPONENTS
 from partners.models import RateCard
+from settlement.canonical import b64url, csv_export, json_export
 from settlement.close import Closed, close
 from settlement.models import Statement
+from settlement.signing import public_keys
 from settlement.statements import document_of
 from tests.conftest import Db
 
@@ -44,6 +48,31 @@ def documents(db: Db, closed: Closed) -> dict[str, dict[str, Any]]:
     with transaction(db.sessions) as s:
         rows = s.scalars(select(Statement).where(Statement.period_id == closed.period.id)).all()
         return {row.partner_id: document_of(row) for row in rows}
+
+
+def export_files(db: Db, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A real statement (earns, a burn, a reversal, cross-brand points) closed on ``db``: its
+    JSON and CSV exports and the published signing keys, as files in ``tmp_path``."""
+    partner = db.partner("BHD", issue="0.0035", reimburse="0.0031")
+    other = db.partner("EUR")
+    member = db.member()
+    db.ops.earn(other.id, member_id=member, reference=ref(), amount="300", currency="EUR")
+    earned = db.ops.earn(
+        partner.id, member_id=member, reference=ref(), amount="2230", currency="BHD"
+    )
+    db.ops.burn(partner.id, member_id=member, reference=ref(), points=405)
+    db.ops.reverse(partner.id, earned.transaction.id, reference=ref(), points=7)
+    db.clock.advance(hours=1)
+    document = documents(db, close_at(db, db.clock()))[partner.id]
+    with transaction(db.sessions) as s:
+        keys = [
+            {"kid": k.kid, "alg": "ed25519", "public_key": b64url(k.public_key)}
+            for k in public_keys(s)
+        ]
+    (tmp_path / "keys.json").write_text(json.dumps(keys))
+    (tmp_path / "s.json").write_bytes(json_export(document))
+    (tmp_path / "s.csv").write_bytes(csv_export(document))
+    return tmp_path / "s.json", tmp_path / "s.csv", tmp_path / "keys.json"
 
 
 def _minor(value: Decimal, currency: str) -> int:

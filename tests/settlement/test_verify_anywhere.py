@@ -4,7 +4,6 @@ exports, with the database's keys or a keys file."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -13,31 +12,11 @@ from pathlib import Path
 import pytest
 
 from coalition.cli import main
-from coalition.db import transaction
-from settlement.canonical import b64url, csv_export, json_export
-from settlement.signing import public_keys
+from settlement.canonical import b64url
 from tests.conftest import Db
-from tests.settlement.helpers import close_at, documents, ref
+from tests.settlement.helpers import export_files
 
 DOCS = Path(__file__).parents[2] / "docs" / "settlement.md"
-
-
-def _export(lite: Db, tmp_path: Path) -> tuple[Path, Path, Path]:
-    partner = lite.partner("BHD", issue="0.0035", reimburse="0.0031")
-    member = lite.member()
-    lite.ops.earn(partner.id, member_id=member, reference=ref(), amount="2230", currency="BHD")
-    lite.ops.burn(partner.id, member_id=member, reference=ref(), points=405)
-    lite.clock.advance(hours=1)
-    document = documents(lite, close_at(lite, lite.clock()))[partner.id]
-    with transaction(lite.sessions) as s:
-        keys = [
-            {"kid": k.kid, "alg": "ed25519", "public_key": b64url(k.public_key)}
-            for k in public_keys(s)
-        ]
-    (tmp_path / "keys.json").write_text(json.dumps(keys))
-    (tmp_path / "s.json").write_bytes(json_export(document))
-    (tmp_path / "s.csv").write_bytes(csv_export(document))
-    return tmp_path / "s.json", tmp_path / "s.csv", tmp_path / "keys.json"
 
 
 def test_the_documented_python_verifier_accepts_an_export_and_refuses_a_tampered_one(
@@ -49,13 +28,23 @@ def test_the_documented_python_verifier_accepts_an_export_and_refuses_a_tampered
     assert len(code.group(1).strip().splitlines()) <= 25
     verifier = tmp_path / "verify.py"
     verifier.write_text(code.group(1))
-    export, _, keys = _export(lite, tmp_path)
+    export, _, keys = export_files(lite, tmp_path)
     run = [sys.executable, str(verifier), str(export), str(keys)]
     good = subprocess.run(run, capture_output=True, text=True, check=False)
     assert good.returncode == 0 and "verified" in good.stdout, good.stderr
-    export.write_text(export.read_text().replace('"1.256"', '"1.266"'))
+    exported = export.read_text()
+    export.write_text(exported.replace('"1.256"', '"1.266"'))
     bad = subprocess.run(run, capture_output=True, text=True, check=False)
     assert bad.returncode != 0 and "content hash mismatch" in bad.stderr
+    forgeries = {
+        "a key appears twice": exported.replace('"totals":{', '"totals":{"net_amount":"9.000",'),
+        "not byte for byte": exported.replace('"kid":', '"payee_iban":"DE89","kid":'),
+        "not byte for byte ": exported.replace(",", ", "),
+    }
+    for reason, forged in forgeries.items():
+        export.write_text(forged)
+        bad = subprocess.run(run, capture_output=True, text=True, check=False)
+        assert bad.returncode != 0 and reason.strip() in bad.stderr, (reason, bad.stderr)
 
 
 def test_coalition_statements_verify_uses_the_database_keys_or_a_keys_file(
@@ -64,7 +53,7 @@ def test_coalition_statements_verify_uses_the_database_keys_or_a_keys_file(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    as_json, as_csv, keys = _export(lite, tmp_path)
+    as_json, as_csv, keys = export_files(lite, tmp_path)
     monkeypatch.setenv("COALITION_DATABASE_URL", lite.url)
     monkeypatch.setenv("COALITION_SECRET_KEY", b64url(b"k" * 32))
     for export in (as_json, as_csv):
