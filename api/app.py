@@ -32,6 +32,7 @@ from api.console.web import mark_fresh
 from api.docs import COMPONENTS, StrictStructSchemaPlugin, problems
 from api.observe import RequestObserver
 from api.partner import PartnerController
+from api.payments import PaymentsController
 from api.problems import EXCEPTION_HANDLERS, add_request_id, describe_problem
 from api.runtime import STATE_KEY, Services, services_of
 from api.security import add_security_headers
@@ -161,6 +162,7 @@ def create_app(
             AdminController,
             StatementsController,
             SettlementAdminController,
+            PaymentsController,
             WebhookEndpointController,
             AuditController,
             SignInLinksController,

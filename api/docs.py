@@ -9,14 +9,24 @@ and never runs a dependency the handler does not ask for.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
 from litestar._openapi.schema_generation import SchemaCreator
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.di import Provide
+from litestar.enums import MediaType
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import Components, Schema, SecurityScheme
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Schema,
+    SecurityScheme,
+)
 from litestar.params import HeaderParameter
 from litestar.typing import FieldDefinition
 
@@ -109,3 +119,25 @@ class StrictStructSchemaPlugin(StructSchemaPlugin):
         if isinstance(info, msgspec.inspect.StructType) and info.forbid_unknown_fields:
             schema.additional_properties = False
         return schema
+
+
+@dataclass
+class ExportOperation(Operation):
+    """The OpenAPI operation of a statement export, whose ``200`` is one of two documents:
+    the signed JSON (``?format=json``) or the CSV (``?format=csv``), each with its own
+    ``Content-Type`` (Litestar documents one media type per handler)."""
+
+    def __post_init__(self) -> None:
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse):
+            ok.content = {
+                MediaType.JSON.value: OpenAPIMediaType(
+                    schema=Schema(type=OpenAPIType.OBJECT, description="The signed statement.")
+                ),
+                "text/csv": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.STRING,
+                        description="One row per line, then `#` rows: totals, hash, signature.",
+                    )
+                ),
+            }

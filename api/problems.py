@@ -146,14 +146,29 @@ KINDS: dict[str, Kind] = {
     "conflict": Kind(
         409, "The request conflicts with the current state", "See `detail` for what conflicts."
     ),
+    "four-eyes": Kind(
+        403,
+        "Another person must approve this",
+        "A change of a partner's bank details becomes active only when a second finance key "
+        "approves it; the key that proposed it (or a console session signed in for that key) "
+        "may not. Ask a colleague with another finance key.",
+    ),
+    "payments-not-configured": Kind(
+        409,
+        "The operator's bank account is not configured",
+        "Payment files need the operator's own account: set COALITION_OPERATOR_NAME, "
+        "COALITION_OPERATOR_IBAN, COALITION_OPERATOR_BIC and, for direct debits, "
+        "COALITION_SEPA_CREDITOR_ID; `detail` names what is missing.",
+    ),
     "method-not-allowed": Kind(
         405, "Method not allowed", "The path exists but does not accept this method."
     ),
     "payload-too-large": Kind(
         413,
         "The request body is too large",
-        "Request bodies may be at most 64 KiB (512 KiB for `POST /v1/earn-batches`); `detail` "
-        "names the limit of the endpoint.",
+        "Request bodies may be at most 64 KiB (512 KiB for `POST /v1/earn-batches`, 16 MiB "
+        "for a bank statement, `POST /v1/admin/bank-statements`); `detail` names the limit of "
+        "the endpoint.",
     ),
     "headers-too-large": Kind(
         431,
@@ -326,6 +341,13 @@ def _litestar_errors(exc: ValidationException) -> list[dict[str, str]]:
     return errors or [{"path": "$", "message": exc.detail}]
 
 
+def _size_text(limit: int) -> str:
+    """A body limit in words: ``64 KiB``, ``16 MiB``."""
+    if limit % (1024 * 1024) == 0:
+        return f"{limit // (1024 * 1024)} MiB"
+    return f"{limit // 1024} KiB" if limit % 1024 == 0 else f"{limit} bytes"
+
+
 def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     """Litestar's own errors (routing, body size, parameter validation) as problems."""
     scope = request.scope
@@ -367,7 +389,7 @@ def _body_limit(request: Request[Any, Any, Any]) -> str:
     )
     if not limit:
         return "the request body is too large"
-    return f"this endpoint's request bodies may be at most {limit // 1024} KiB"
+    return f"this endpoint's request bodies may be at most {_size_text(limit)}"
 
 
 def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

@@ -39,13 +39,20 @@ class Services:
     @classmethod
     def build(cls, settings: Settings, clock: Callable[[], datetime] = utcnow) -> Services:
         """Engine, session factory and operations for ``settings``."""
-        engine = make_engine(settings.database_url)
+        engine = make_engine(
+            settings.database_url, prepared_statements=not settings.database_pgbouncer
+        )
         metrics.observe_pool(engine)
         sessions = session_factory(engine)
         replica = None
         if settings.replica_database_url:
             replica = Replica(
-                make_engine(settings.replica_database_url, pool_size=5, max_overflow=10),
+                make_engine(
+                    settings.replica_database_url,
+                    pool_size=5,
+                    max_overflow=10,
+                    prepared_statements=not settings.database_pgbouncer,
+                ),
                 max_lag_s=settings.replica_max_lag_s,
                 observe=metrics.observe_replica,
             )

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.auth import admin, partner, partner_id_of, principal_of, signed
-from api.docs import SIGNED, IdempotencyKey, body, problems
+from api.docs import SIGNED, ExportOperation, IdempotencyKey, body, problems
 from api.idempotency import run_idempotent
 from api.runtime import services_of
 from api.settlement_structs import (
@@ -169,7 +169,7 @@ class StatementsController(Controller):
         opt=partner("statements"),
         responses=problems(403, 404, 422),
         sync_to_thread=True,
-        media_type="application/octet-stream",
+        operation_class=ExportOperation,
     )
     def export(
         self, request: Request[Any, Any, Any], statement_id: PathId, format: ExportFormat = "json"
@@ -368,7 +368,7 @@ class SettlementAdminController(Controller):
         opt=admin("operator", "finance"),
         responses=problems(403, 404, 422),
         sync_to_thread=True,
-        media_type="application/octet-stream",
+        operation_class=ExportOperation,
     )
     def export(
         self, request: Request[Any, Any, Any], statement_id: PathId, format: ExportFormat = "json"

@@ -42,6 +42,7 @@ EventName = Literal[
     "statement.settled",
     "dispute.resolved",
     "rate_card.activated",
+    "partner.bank_account_changed",
 ]
 assert set(get_args(EventName)) == set(SUBSCRIBABLE), "the API names every subscribable event"
 Url = Annotated[

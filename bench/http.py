@@ -132,13 +132,23 @@ def service_environment(url: URL, public_url: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def serve(url: URL, *, workers: int, log: Path) -> Iterator[Server]:
-    """Run ``coalition serve --workers N --no-scheduler`` against ``url``; wait until ready."""
+def serve(
+    url: URL,
+    *,
+    workers: int,
+    log: Path,
+    scheduler: bool = False,
+    environment: dict[str, str] | None = None,
+) -> Iterator[Server]:
+    """Run ``coalition serve --workers N`` against ``url`` (``--no-scheduler`` unless
+    ``scheduler``; ``environment``: further settings); wait until ready."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, **service_environment(url, base)}
+    env = {**os.environ, **service_environment(url, base), **(environment or {})}
     command = [sys.executable, "-m", "coalition.cli", "serve", "--port", str(port),
-               "--workers", str(workers), "--no-scheduler"]  # fmt: skip
+               "--workers", str(workers)]  # fmt: skip
+    if not scheduler:
+        command.append("--no-scheduler")
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(process, base, port)

@@ -9,7 +9,9 @@ transaction, each under its own savepoint, so an operation the rules refuse (a t
 traffic, wait for their partner's next upload (:data:`EARN_UPLOAD_HOURS`) and go to the ledger
 as one bulk earn per partner (``Operations.earn_many``), refused items counted one by one.
 The program validity is shortened to :data:`DEMO_VALIDITY_DAYS` so that the period shows
-breakage. The run ends with a summary and every ledger invariant checked.
+breakage. The period is then closed, paid and reconciled (bank details under four eyes, a
+payment run's files and the bank's camt.053 in ``payments/``, imported: every statement ends
+settled). The run ends with a summary and every ledger invariant checked.
 """
 
 from __future__ import annotations
@@ -40,13 +42,16 @@ from partners.keys import NewKey, create_key, has_operator_key
 from partners.models import PARTNER_SCOPES, Partner, RateCard
 from partners.operations import EARN_BATCH_MAX, EarnItem, Operations
 from partners.rates import create_partner, create_rate_card
-from settlement import reports
+from settlement import reports, workflow
+from settlement.bankfiles import BankEntry, write_camt053
 from settlement.canonical import b64url, csv_export, json_export, read_export, verify_document
 from settlement.check import run_checks
 from settlement.close import close, statements_of
+from settlement.payments import bank_accounts, reconcile, runs
 from settlement.reports import liability_at
 from settlement.signing import public_keys
 from settlement.statements import document_of
+from settlement.workflow import Actor
 
 #: The program validity the demo runs with (the configured one is usually 36 months).
 DEMO_VALIDITY_DAYS = 30
@@ -248,6 +253,10 @@ def demo(
     settlement_lines, settled_ok = _settlement(settings, sessions, sim, end)
     for line in settlement_lines:
         echo(line)
+    payment_lines, paid_ok = _payments(settings, sessions, sim)
+    for line in payment_lines:
+        echo(line)
+    settled_ok = settled_ok and paid_ok
     operations, errors = sim.operation_count(), sum(sim.errors.values())
     echo("")
     echo(
@@ -1079,6 +1088,146 @@ def _settlement(
         else "",
     ]
     return lines, verified and summary.balances
+
+
+#: Where the demo writes the payment files and the bank's statements.
+PAYMENTS_DIR = Path("payments")
+#: The operator's account when none is configured (valid IBAN and BIC, a test creditor id).
+DEMO_OPERATOR = ("Coalition Demo Operator", "DE89370400440532013000", "COBADEFFXXX",
+                 "DE98ZZZ09999999999")  # fmt: skip
+#: Each demo partner's bank details (valid IBANs); the grocer has a SEPA direct debit mandate.
+DEMO_BANK = {
+    "grocer": ("Fresh & Co. Grocers SAS", "FR1420041010050500013M02606", "MANDATE-GROCER-1"),
+    "airline": ("Sakura Air Europe Ltd", "GB29NWBK60161331926819", None),
+    "fuel": ("Route 9 Fuel Inc", "GB82WEST12345698765432", None),
+    "books": ("Marlowe Books Ltd", "GB33BUKB20201555555555", None),
+    "charity": ("Kind Hearts Foundation", "BE68539007547034", None),
+}
+
+
+def _payments(
+    settings: Settings, sessions: sessionmaker[Session], sim: _Simulation
+) -> tuple[list[str], bool]:
+    """Pay and reconcile the period: bank details under four eyes, every statement
+    acknowledged, a payment run (its files to ``payments/``), the bank's camt.053 per currency
+    (every payment, and the partners' own transfers for what the run skipped) written with
+    ``write_camt053``, imported: every statement ends settled. (lines, all settled)."""
+    finance = (Actor("demo-finance-anna", "finance"), Actor("demo-finance-ben", "finance"))
+    if not settings.operator_iban:
+        name, iban, bic, creditor_id = DEMO_OPERATOR
+        settings = dataclasses.replace(
+            settings,
+            operator_name=name,
+            operator_iban=iban,
+            operator_bic=bic,
+            sepa_creditor_id=creditor_id,
+        )
+    now = utcnow()
+    today = now.date()
+    with transaction(sessions) as s:
+        for spec in PARTNERS:
+            holder, iban, mandate = DEMO_BANK[spec.slug]
+            details = bank_accounts.check_details(
+                holder=holder,
+                iban=iban,
+                bic=None,
+                mandate_id=mandate,
+                mandate_signed_on=today - timedelta(days=90) if mandate else None,
+                today=today,
+            )
+            partner_id = sim.partners[spec.slug].id
+            bank_accounts.propose(s, partner_id, finance[0], details, now=now)
+            bank_accounts.approve(s, partner_id, finance[1], now=now)
+        period = reports.list_periods(s, before_id=None, limit=1)[0][0]
+        statements = list(statements_of(s, period.id))
+        for statement in statements:
+            workflow.acknowledge(
+                s,
+                statement.id,
+                Actor(None, "partner", statement.partner_id),
+                secret_key=settings.secret_key,
+                now=now,
+            )
+        run = runs.create_run(
+            s, finance[0], statement_ids=None, execution_date=today, settings=settings, now=now
+        )
+        for statement in statements:
+            if statement.net_minor == 0:  # nothing moves: finance records it
+                workflow.settle(
+                    s,
+                    statement.id,
+                    finance[1],
+                    payment_reference="nothing to pay",
+                    paid_at=now,
+                    secret_key=settings.secret_key,
+                    now=now,
+                )
+    PAYMENTS_DIR.mkdir(exist_ok=True)
+    for made in run.files:
+        (PAYMENTS_DIR / made.name).write_bytes(made.content)
+    paid = {item.statement_id for item in run.items if item.direction != "skipped"}
+    entries: dict[str, list[BankEntry]] = {}
+    for number, statement in enumerate(statements, start=1):
+        if statement.net_minor == 0:
+            continue
+        own = statement.id not in paid
+        entries.setdefault(statement.currency, []).append(
+            BankEntry(
+                line=0,
+                account_iban=settings.operator_iban,
+                amount_minor=abs(statement.net_minor),
+                currency=statement.currency,
+                credit=statement.net_minor < 0,
+                booking_date=today,
+                # the partner's own transfer quotes the statement in its remittance only
+                end_to_end_id=None if own else statement.id,
+                bank_reference=f"DEMO{today:%Y%m%d}{number:05d}",
+                remittance=f"Coalition statement {statement.id}" if own else "",
+                reversal=False,
+                return_reason=None,
+            )
+        )
+    imported = []
+    for currency, batch in sorted(entries.items()):
+        camt = write_camt053(
+            statement_id=f"DEMO-{today:%Y%m%d}-{currency}",
+            account_iban=settings.operator_iban or "",
+            entries=batch,
+            created_at=now.replace(tzinfo=None, microsecond=0),
+        )
+        path = PAYMENTS_DIR / f"bank-statement-{today:%Y-%m-%d}-{currency}.camt053.xml"
+        path.write_bytes(camt)
+        with transaction(sessions) as s:
+            done = reconcile.import_statement(
+                s, camt, finance[0], secret_key=settings.secret_key, now=utcnow()
+            )
+            imported.append((path.name, reconcile.imported_data(done)))
+    with transaction(sessions) as s:
+        settled = [workflow.get_statement(s, st.id, partner_id=None) for st in statements]
+        all_settled = all(st.status == "settled" for st in settled)
+    data = runs.run_data(run)
+    lines = [
+        "",
+        f"Payments: bank details approved under four eyes; payment run {run.run.id} "
+        f"({len(data['payments'])} payments, {len(data['skipped'])} paid by the partner's own "
+        "transfer)",
+        *(
+            f"  {f['name']}: {f['format']}, {f['transactions']} payment(s), "
+            f"{f['control_sum']} {f['currency']}"
+            for f in data["files"]
+        ),
+        "  the bank's statements, imported as `coalition bank import` does:",
+        *(
+            f"  {name}: {len(result['matched'])} of {result['entries']} entries settled "
+            "their statement"
+            for name, result in imported
+        ),
+        f"Files: {PAYMENTS_DIR.resolve()}/",
+        "  every statement settled by its payment"
+        if all_settled
+        else "  A STATEMENT IS NOT SETTLED",
+    ]
+    return lines, all_settled
 
 
 def _cross_brand_lines(matrix: reports.CrossBrand, slug: dict[str, str]) -> list[str]:

@@ -44,7 +44,7 @@ class Runtime:
 def runtime(settings: Settings | None = None) -> Runtime:
     """Build the runtime from the environment."""
     settings = settings or load_settings()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, prepared_statements=not settings.database_pgbouncer)
     return Runtime(settings, engine, session_factory(engine))
 
 
@@ -443,16 +443,84 @@ def cmd_import_earns(args: argparse.Namespace) -> int:
     return 1 if summary.rejected else 0
 
 
+# --- coalition bank import (settlement/payments/reconcile.py) ----------------------------
+
+
+def cmd_bank_import(args: argparse.Namespace) -> int:
+    """Import a bank account statement (camt.053 or MT940) and reconcile it; exit 0 when every
+    entry matched, 1 when some wait in the reconciliation queue, 2 when the file cannot be
+    used at all (nothing changed)."""
+    from coalition import audit
+    from coalition.errors import CoalitionError
+    from settlement.bankfiles import MAX_BANK_FILE_BYTES
+    from settlement.payments.reconcile import import_statement, imported_data
+    from settlement.workflow import Actor
+
+    rt = runtime()
+    _require_schema(rt)
+    path = Path(args.file)
+    try:
+        if path.stat().st_size > MAX_BANK_FILE_BYTES:
+            print(f"coalition bank import: {path} is larger than 16 MiB", file=sys.stderr)
+            return 2
+        data = path.read_bytes()
+    except OSError as exc:
+        print(f"coalition bank import: {exc}", file=sys.stderr)
+        return 2
+    actor = Actor(audit.COMMAND_LINE, "finance")
+    try:
+        with transaction(rt.sessions) as session:
+            done = import_statement(
+                session, data, actor, secret_key=rt.settings.secret_key, now=utcnow()
+            )
+            audit.record(
+                session,
+                audit.Action(
+                    role="finance",
+                    key_id=audit.COMMAND_LINE,
+                    action=f"coalition bank import {path.name}",
+                    source_address=audit.COMMAND_LINE,
+                    status=None,
+                    outcome="ok",
+                    request_id=None,
+                ),
+                utcnow(),
+            )
+            result = imported_data(done)
+    except CoalitionError as exc:
+        print(f"coalition bank import: {path.name}: {exc.detail}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        if result["duplicate"]:
+            print(f"{path.name} was imported before ({result['id']}): nothing changed")
+        for m in result["matched"]:
+            print(f"entry {m['line']}: settled {m['statement_id']}")
+        for u in result["unmatched"]:
+            print(f"entry {u['line']}: {u['amount']} {u['currency']} waits: {u['reason']}")
+        print(
+            f"{result['entries']} entries: {len(result['matched'])} matched, "
+            f"{len(result['unmatched'])} in the reconciliation queue"
+        )
+    return 1 if result["unmatched"] else 0
+
+
 def cmd_console_link(args: argparse.Namespace) -> int:
     """Print a single-use sign-in link to the web console (operator or finance), valid 10
     minutes, at the configured public URL."""
     from api.console.links import console_url
+    from coalition.errors import CoalitionError
     from partners.signin import issue_link
 
     rt = runtime()
     _require_schema(rt)
-    with transaction(rt.sessions) as session:
-        link = issue_link(session, role=args.role, now=utcnow())
+    try:
+        with transaction(rt.sessions) as session:
+            link = issue_link(session, role=args.role, now=utcnow(), key_id=args.key)
+    except CoalitionError as exc:
+        print(f"coalition console-link: {exc.detail}", file=sys.stderr)
+        return 2
     print(console_url(rt.settings, link.token))
     print(f"single use, valid until {link.expires_at:%Y-%m-%d %H:%M} UTC", file=sys.stderr)
     return 0
@@ -559,6 +627,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     link = sub.add_parser("console-link", help="print a single-use sign-in link to the console")
     link.add_argument("--role", required=True, choices=("operator", "finance"))
+    link.add_argument(
+        "--key",
+        help="the key (of that role) the session acts for: finance needs it to change or "
+        "approve partners' bank details (four eyes count the key as the person)",
+    )
     link.set_defaults(func=cmd_console_link)
     member_link = sub.add_parser(
         "member-link",
@@ -589,6 +662,15 @@ def build_parser() -> argparse.ArgumentParser:
     earns.add_argument("--format", choices=("csv", "ndjson"), help="default: from the extension")
     earns.add_argument("--json", action="store_true", help="print the summary as JSON")
     earns.set_defaults(func=cmd_import_earns)
+    bank = sub.add_parser("bank", help="bank statements in").add_subparsers(
+        dest="bank_command", required=True
+    )
+    bank_import = bank.add_parser(
+        "import", help="import a bank statement (camt.053 or MT940) and reconcile it"
+    )
+    bank_import.add_argument("file", help="the bank's account statement file")
+    bank_import.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    bank_import.set_defaults(func=cmd_bank_import)
     return parser
 
 

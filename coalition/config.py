@@ -57,6 +57,10 @@ class Settings:
     #: the lag past which those reads go to the primary instead.
     replica_database_url: str | None = None
     replica_max_lag_s: float = 5.0
+    #: True when a pooler in transaction mode (pgbouncer, ``pool_mode = transaction``) stands
+    #: between the service and PostgreSQL: the driver then prepares no statement on the server,
+    #: since the next transaction may run on another server connection (docs/operations.md).
+    database_pgbouncer: bool = False
     secret_key: bytes = b""
     secret_key_is_dev_default: bool = False
     public_url: str = DEFAULT_PUBLIC_URL
@@ -84,6 +88,13 @@ class Settings:
     tiers: tuple[Tier, ...] = field(default=DEFAULT_TIERS)
     #: How long ``coalition serve`` lets requests in flight finish after SIGTERM.
     shutdown_timeout_s: int = 20
+    #: The operator's own bank account, for payment files (settlement/payments/runs.py checks
+    #: them when a run is made: a run without them is ``409 payments-not-configured``).
+    operator_name: str | None = None
+    operator_iban: str | None = None
+    operator_bic: str | None = None
+    #: The operator's SEPA creditor identifier, for direct debits.
+    sepa_creditor_id: str | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -216,6 +227,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         replica_max_lag_s=_parse_seconds(
             "COALITION_REPLICA_MAX_LAG_S", values.get("COALITION_REPLICA_MAX_LAG_S", "5")
         ),
+        database_pgbouncer=_parse_bool(
+            "COALITION_DATABASE_PGBOUNCER", values.get("COALITION_DATABASE_PGBOUNCER", "off")
+        ),
         secret_key=_decode_secret_key(raw_key) if raw_key else _dev_secret_key(),
         secret_key_is_dev_default=not raw_key,
         public_url=values.get("COALITION_PUBLIC_URL", DEFAULT_PUBLIC_URL).rstrip("/"),
@@ -251,6 +265,10 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         shutdown_timeout_s=_parse_int(
             "COALITION_SHUTDOWN_TIMEOUT_S", values.get("COALITION_SHUTDOWN_TIMEOUT_S", "20"), 1
         ),
+        operator_name=values.get("COALITION_OPERATOR_NAME") or None,
+        operator_iban=values.get("COALITION_OPERATOR_IBAN") or None,
+        operator_bic=values.get("COALITION_OPERATOR_BIC") or None,
+        sepa_creditor_id=values.get("COALITION_SEPA_CREDITOR_ID") or None,
         tiers=parse_tiers(values["COALITION_TIERS"])
         if "COALITION_TIERS" in values
         else DEFAULT_TIERS,

@@ -126,8 +126,17 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> N
     cursor.close()
 
 
-def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Engine:
-    """Create the engine for ``url`` (``sqlite:///file`` or ``postgresql+psycopg://...``)."""
+def make_engine(
+    url: str, *, pool_size: int = 10, max_overflow: int = 20, prepared_statements: bool = True
+) -> Engine:
+    """Create the engine for ``url`` (``sqlite:///file`` or ``postgresql+psycopg://...``).
+
+    ``prepared_statements=False`` (``COALITION_DATABASE_PGBOUNCER``): psycopg never prepares a
+    statement on the server. A pooler in transaction mode (pgbouncer before 1.21, or without
+    ``max_prepared_statements``) hands each transaction any server connection: a statement
+    prepared on one is missing on the next ("prepared statement "_pg3_0" does not exist"), or
+    another client's of the same name is there already.
+    """
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
@@ -156,6 +165,7 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Eng
             "keepalives_idle": TCP_USER_TIMEOUT_S,
             "keepalives_interval": 5,
             "keepalives_count": 3,
+            **({} if prepared_statements else {"prepare_threshold": None}),
         },
     )
 
@@ -486,7 +496,8 @@ class HotStatement:
     result processing, the cursor wrapper) cost more Python than psycopg's own: per signed earn,
     a fifth of the CPU (docs/benchmarks.md). On PostgreSQL the statement is compiled once, and
     each call goes to the psycopg connection of the session's transaction with plain values
-    (psycopg prepares it server-side after a few calls): rows come back as psycopg's tuples, so
+    (psycopg prepares it server-side after a few calls, unless ``COALITION_DATABASE_PGBOUNCER``):
+    rows come back as psycopg's tuples, so
     timestamps are aware in the connection's time zone (not converted to UTC) and numerics are
     psycopg's ``Decimal``. On SQLite it runs through the session as any statement does.
     SQLAlchemy's ``before_cursor_execute`` listeners (the benchmarks' statement counters) still

@@ -157,3 +157,18 @@ class Unavailable(CoalitionError):
 class StatementClosed(CoalitionError):
     code = "statement-closed"
     title = "The statement can no longer change"
+
+
+class FourEyes(CoalitionError):
+    """A change needs a second person: the key (or its console session) that proposed it may
+    not approve it."""
+
+    code = "four-eyes"
+    title = "Another person must approve this"
+
+
+class PaymentsNotConfigured(CoalitionError):
+    """The operator's own bank account (``COALITION_OPERATOR_*``) is not configured."""
+
+    code = "payments-not-configured"
+    title = "The operator's bank account is not configured"

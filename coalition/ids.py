@@ -18,7 +18,25 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _DIGIT_PAIRS = [high + low for high in _ALPHABET for low in _ALPHABET]
 _PAIR_SHIFTS = tuple(range(120, -1, -10))
 PREFIXES = frozenset(
-    {"mem", "txn", "hold", "stmt", "prt", "key", "we", "evt", "rc", "per", "dsp", "aud", "csn"}
+    {
+        "mem",
+        "txn",
+        "hold",
+        "stmt",
+        "prt",
+        "key",
+        "we",
+        "evt",
+        "rc",
+        "per",
+        "dsp",
+        "aud",
+        "csn",
+        "bac",
+        "pay",
+        "bst",
+        "bke",
+    }
 )
 
 #: A member id, the one kind of id a caller may choose: ``mem_`` and 1 to 64 of

@@ -71,6 +71,7 @@ class EventType(StrEnum):
     STATEMENT_SETTLED = "statement.settled"
     DISPUTE_RESOLVED = "dispute.resolved"
     RATE_CARD_ACTIVATED = "rate_card.activated"
+    PARTNER_BANK_ACCOUNT_CHANGED = "partner.bank_account_changed"
     PING = "ping"
 
 

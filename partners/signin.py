@@ -31,7 +31,7 @@ from coalition.db import Base, UTCDateTime
 from coalition.errors import NotFound, UnknownMember, ValidationFailed
 from coalition.ids import MEMBER_ID_MAX_LENGTH, is_member_id, new_id
 from coalition.models import ID, Member
-from partners.models import Partner
+from partners.models import ApiKey, Partner
 
 CONSOLE_LINK_TTL = timedelta(minutes=10)
 MEMBER_LINK_TTL = timedelta(minutes=15)
@@ -79,6 +79,9 @@ class SignInLink(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The finance (or operator) key the session acts for (``coalition console-link --key``):
+    #: the person four-eyes rules count it as (settlement/payments/bank_accounts.py).
+    key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"))
 
 
 class ConsoleSession(Base):
@@ -101,6 +104,8 @@ class ConsoleSession(Base):
     #: The latest it may last (:data:`MAX_SESSION` after it opened).
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The key the session acts for, from its link (None: not tied to a key).
+    key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"))
 
 
 def token_hash(token: str) -> str:
@@ -123,11 +128,14 @@ def issue_link(
     now: datetime,
     partner_id: str | None = None,
     member_id: str | None = None,
+    key_id: str | None = None,
 ) -> NewLink:
     """A sign-in link: ``operator`` or ``finance`` (no partner), ``partner`` (its view), or
     ``member`` (the member's page: asked for by ``partner_id``, it shows only that partner's
     dealings with the member; without one, minted by the operator, the whole coalition
-    history). NotFound for an unknown partner, UnknownMember for an unknown member."""
+    history). NotFound for an unknown partner, UnknownMember for an unknown member.
+    ``key_id`` (staff only): the unrevoked key of that role the session will act for, the
+    person four-eyes rules count it as."""
     if role not in ROLES:
         raise ValidationFailed.at("role", f"one of {', '.join(ROLES)}")
     if role == "partner" and partner_id is None:
@@ -142,6 +150,10 @@ def issue_link(
         not is_member_id(member_id) or session.get(Member, member_id) is None
     ):
         raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
+    if key_id is not None:
+        key = session.get(ApiKey, key_id)
+        if key is None or key.role != role or key.revoked_at is not None:
+            raise ValidationFailed.at("key_id", f"an unrevoked {role} key")
     token = secrets.token_urlsafe(TOKEN_BYTES)
     ttl = MEMBER_LINK_TTL if role == "member" else CONSOLE_LINK_TTL
     link = SignInLink(
@@ -152,6 +164,7 @@ def issue_link(
         created_at=now,
         expires_at=now + ttl,
         used_at=None,
+        key_id=key_id,
     )
     session.add(link)
     session.flush()
@@ -219,6 +232,7 @@ def redeem(session: Session, token: str, now: datetime) -> SignedIn:
         last_seen_at=now,
         expires_at=now + MAX_SESSION,
         ended_at=None,
+        key_id=link.key_id,
     )
     session.add(opened)
     session.flush()

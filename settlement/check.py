@@ -210,6 +210,48 @@ def _statements(session: Session) -> list[str]:
     )[: 4 * SAMPLE]
 
 
+# Invariant 7: a settled statement has its payment (a bank entry, or finance's decision), a
+# payment belongs to a settled statement, a bank entry pays at most one statement and only the
+# statement it was matched or resolved to.
+_UNPAID_SETTLED = """
+SELECT s.id AS statement_id, s.payment_reference FROM statements s
+WHERE s.status = 'settled'
+  AND NOT EXISTS (SELECT 1 FROM statement_payments p WHERE p.statement_id = s.id)
+"""
+_PAYMENT_OF_UNSETTLED = """
+SELECT p.statement_id, p.kind, s.status FROM statement_payments p
+LEFT JOIN statements s ON s.id = p.statement_id
+WHERE s.id IS NULL OR s.status <> 'settled'
+"""
+_ENTRY_PAYS_TWICE = """
+SELECT p.bank_entry_id, COUNT(*) AS statements FROM statement_payments p
+WHERE p.bank_entry_id IS NOT NULL GROUP BY p.bank_entry_id HAVING COUNT(*) > 1
+"""
+_ENTRY_NOT_ITS_MATCH = """
+SELECT p.statement_id, p.bank_entry_id, e.status, e.statement_id AS entry_statement
+FROM statement_payments p JOIN bank_entries e ON e.id = p.bank_entry_id
+WHERE e.status NOT IN ('matched', 'resolved') OR e.statement_id <> p.statement_id
+"""
+
+
+def _payments(session: Session) -> list[str]:
+    return (
+        [f"settled statement without a payment: {r}" for r in sample_rows(session, _UNPAID_SETTLED)]
+        + [
+            f"payment of a statement that is not settled: {r}"
+            for r in sample_rows(session, _PAYMENT_OF_UNSETTLED)
+        ]
+        + [
+            f"bank entry pays several statements: {r}"
+            for r in sample_rows(session, _ENTRY_PAYS_TWICE)
+        ]
+        + [
+            f"bank entry is not matched to the statement it pays: {r}"
+            for r in sample_rows(session, _ENTRY_NOT_ITS_MATCH)
+        ]
+    )[: 4 * SAMPLE]
+
+
 SETTLEMENT_CHECKS: list[tuple[int, str, Callable[[Session], list[str]]]] = [
     (
         4,
@@ -223,9 +265,15 @@ SETTLEMENT_CHECKS: list[tuple[int, str, Callable[[Session], list[str]]]] = [
         "every billable transaction billed once, issued statements unchanged and signed",
         _statements,
     ),
+    (
+        7,
+        "every settled statement is backed by a payment (a matched bank entry, or finance's "
+        "recorded decision), and no bank entry settles two statements",
+        _payments,
+    ),
 ]
 
 
 def run_checks(session: Session) -> list[Finding]:
-    """Every invariant of docs/invariants.md (1 to 6); a finding per invariant."""
+    """Every invariant of docs/invariants.md (1 to 7); a finding per invariant."""
     return kernel_checks(session, SETTLEMENT_CHECKS)

@@ -43,6 +43,7 @@ from settlement.models import (
     StatementEvent,
     StatementLine,
 )
+from settlement.payments.models import StatementPayment
 from settlement.signing import signer
 from settlement.statements import announce, resign
 
@@ -101,11 +102,23 @@ def check_paid_at(paid_at: datetime, *, period_end: datetime, now: datetime) -> 
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who acts: the key and its role (``partner``, ``operator``, ``finance`` or ``system``)."""
+    """Who acts: the key and its role (``partner``, ``operator``, ``finance`` or ``system``).
+
+    A console session acts with its own id (``csn_...``) as ``key_id``; ``on_behalf_of`` is
+    then the key it was signed in for (``coalition console-link --key``), or None. Four-eyes
+    rules count the person by :attr:`person`."""
 
     key_id: str | None
     role: str
     partner_id: str | None = None
+    on_behalf_of: str | None = None
+    via_console: bool = False
+
+    @property
+    def person(self) -> str | None:
+        """The key the four-eyes rules count this actor as: an API key itself, a console
+        session's key (None for a session tied to no key)."""
+        return self.on_behalf_of if self.via_console else self.key_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,6 +445,44 @@ def settle(
         )
     period = session.get_one(Period, statement.period_id)
     check_paid_at(paid_at, period_end=period.end_at, now=now)
+    return mark_settled(
+        session,
+        statement,
+        actor,
+        payment_reference=payment_reference,
+        paid_at=paid_at,
+        bank_entry_id=None,
+        secret_key=secret_key,
+        now=now,
+    )
+
+
+def mark_settled(
+    session: Session,
+    statement: Statement,
+    actor: Actor,
+    *,
+    payment_reference: str,
+    paid_at: datetime,
+    bank_entry_id: str | None,
+    secret_key: bytes,
+    now: datetime,
+) -> Statement:
+    """Settle a locked, settleable statement with its payment (invariant 7): a bank entry
+    (``bank_entry_id``) or, without one, finance's recorded decision; its
+    ``statement.settled`` event."""
+    session.add(
+        StatementPayment(
+            statement_id=statement.id,
+            kind="decision" if bank_entry_id is None else "bank_entry",
+            bank_entry_id=bank_entry_id,
+            reference=payment_reference,
+            paid_at=paid_at,
+            recorded_at=now,
+            recorded_by=actor.key_id or actor.role,
+        )
+    )
+    session.flush()
     session.execute(
         update(Statement)
         .where(Statement.id == statement.id)
@@ -447,6 +498,7 @@ def settle(
         now=now,
         note=payment_reference,
     )
+    period = session.get_one(Period, statement.period_id)  # resign refreshed the statement
     announce(session, statement, period, EventType.STATEMENT_SETTLED, at=now)
     return statement
 

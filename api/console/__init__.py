@@ -14,6 +14,7 @@ from litestar.static_files import create_static_files_router
 
 from api.console.member import MemberPage
 from api.console.partner_view import PartnerPages
+from api.console.payments import PaymentPages
 from api.console.staff import StaffPages
 from api.console.statements import StatementPages
 from api.console.web import (
@@ -40,6 +41,7 @@ def console_router() -> Router:
             sign_out,
             StaffPages,
             StatementPages,
+            PaymentPages,
             PartnerPages,
             MemberPage,
             create_static_files_router(

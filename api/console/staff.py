@@ -38,6 +38,7 @@ from partners.rates import get_partner, list_rate_cards
 from partners.webhooks import health
 from settlement import reports, workflow
 from settlement.models import Statement
+from settlement.payments import bank_accounts
 
 #: Closed periods the overview's chart shows (the latest, oldest on the left).
 CHART_PERIODS = 12
@@ -65,6 +66,8 @@ class StaffPages(Controller):
             since = periods[0].end_at if periods else None
             open_flows = reports.flows(s, since, now)
             outstanding = reports.liability(s, now).outstanding_points
+            pending = bank_accounts.pending_changes(s)
+            pending_names = partner_names(s, {p.partner_id for p in pending})
             bars = []
             for period in reversed(periods):
                 f = reports.flows(s, period.start_at, period.end_at)
@@ -79,6 +82,8 @@ class StaffPages(Controller):
                 outstanding=outstanding,
                 chart=flows_chart(bars),
                 periods=list(periods),
+                pending=pending,
+                names=pending_names,
             )
 
         return read(request, overview)

@@ -55,7 +55,13 @@ Cursor = Annotated[str | None, QueryParameter(max_length=200)]
 
 def actor_of(viewer: Viewer) -> workflow.Actor:
     """The workflow's actor for a console session: its id stands for the key."""
-    return workflow.Actor(viewer.session_id, viewer.role, viewer.partner_id)
+    return workflow.Actor(
+        viewer.session_id,
+        viewer.role,
+        viewer.partner_id,
+        on_behalf_of=viewer.key_id,
+        via_console=True,
+    )
 
 
 def parse_day(raw: str | None, field: str) -> datetime | None:

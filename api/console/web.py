@@ -47,7 +47,7 @@ from api.problems import KINDS, code_of
 from api.runtime import Services, services_of
 from coalition import logs, text
 from coalition.db import transaction
-from coalition.errors import CoalitionError, ValidationFailed
+from coalition.errors import CoalitionError, ValidationFailed, invariant
 from partners import signin
 from partners.signatures import Principal
 
@@ -97,6 +97,8 @@ class Viewer:
     partner_id: str | None
     member_id: str | None
     csrf: str
+    #: The key the session acts for (``coalition console-link --key``), if any.
+    key_id: str | None = None
 
     @property
     def staff(self) -> bool:
@@ -105,8 +107,13 @@ class Viewer:
 
     @property
     def scope_partner(self) -> str | None:
-        """The partner a query is limited to: the viewer's own, or none for the staff."""
-        return None if self.staff else self.partner_id
+        """The partner a query is limited to: the viewer's own, or none for the staff. Never
+        none for anyone else (the operator's member session names no partner, and reads no
+        partner-scoped page)."""
+        if self.staff:
+            return None
+        invariant(self.partner_id is not None, f"a {self.role} session scoped to no partner")
+        return self.partner_id
 
 
 def roles(*allowed: str) -> dict[str, Any]:
@@ -160,6 +167,7 @@ async def signed_in(
         found.partner_id,
         found.member_id,
         signin.csrf_token(secret, found.token_sha256),
+        found.key_id,
     )
     state = connection.scope.setdefault("state", {})
     state[_VIEWER_KEY] = viewer

@@ -13,7 +13,8 @@ import partners.models
 import partners.ratelimit
 import partners.replay
 import partners.signin
-import settlement.models  # noqa: F401  (the settlement tables)
+import settlement.models
+import settlement.payments.models  # noqa: F401  (the payment tables)
 from coalition.db import Base
 
 engine: Engine = context.config.attributes["engine"]

@@ -22,6 +22,7 @@ import msgspec
 import pytest
 import requests
 
+import api.payments_structs
 import api.settlement_structs
 import api.structs
 import api.webhooks
@@ -76,7 +77,7 @@ def document(api: Live) -> dict[str, Any]:
 
 
 #: Where the request structs live, by their OpenAPI component names.
-STRUCT_MODULES = (api.structs, api.settlement_structs, api.webhooks)
+STRUCT_MODULES = (api.structs, api.settlement_structs, api.webhooks, api.payments_structs)
 
 
 def _schema(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:

@@ -82,6 +82,17 @@ OPERATIONS = [
     "GET /v1/admin/periods/{period_id}/summary",
     "GET /v1/admin/reports/cross-brand",
     "GET /v1/admin/audit",
+    "PUT /v1/admin/partners/{partner_id}/bank-account",
+    "GET /v1/admin/partners/{partner_id}/bank-account",
+    "POST /v1/admin/partners/{partner_id}/bank-account/approve",
+    "POST /v1/admin/payment-runs",
+    "GET /v1/admin/payment-runs",
+    "GET /v1/admin/payment-runs/{run_id}",
+    "GET /v1/admin/payment-runs/{run_id}/files/{name}",
+    "POST /v1/admin/payment-runs/{run_id}/cancel",
+    "POST /v1/admin/bank-statements",
+    "GET /v1/admin/reconciliation",
+    "POST /v1/admin/reconciliation/{entry_id}/resolve",
     "POST /v1/webhook-endpoints",
     "GET /v1/webhook-endpoints",
     "GET /v1/webhook-endpoints/{endpoint_id}",
@@ -93,6 +104,7 @@ OPERATIONS = [
     "POST /v1/webhook-endpoints/{endpoint_id}/recover",
     "POST /v1/console-links",
     "POST /v1/members/{member_id}/portal-links",
+    "POST /v1/admin/members/{member_id}/portal-links",
 ]
 
 

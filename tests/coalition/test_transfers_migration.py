@@ -1,4 +1,4 @@
-"""Migration 0014_transfers on a database that holds a ledger: down to the postings of 0013
+"""Migration 0015_transfers on a database that holds a ledger: down to the postings of 0014
 and up again to transfers, on a database filled by the demo and on one filled by the import,
 on both backends. Every transfer, balance, lot and statement comes back exactly as it was,
 ``coalition check`` finds nothing, and an upgrade that would not balance is refused whole."""
@@ -19,7 +19,7 @@ from coalition.db import _alembic_config, transaction
 from partners.imports import import_earns
 from tests.conftest import Db
 
-BEFORE = "0013_member_links"
+BEFORE = "0014_payments"
 
 
 def _state(db: Db) -> dict[str, Any]:
@@ -61,7 +61,10 @@ def _down_and_up(db: Db) -> None:
     db.assert_ledger_ok()
 
 
-def test_a_demo_ledger_goes_to_postings_and_back_to_the_same_transfers(db: Db) -> None:
+def test_a_demo_ledger_goes_to_postings_and_back_to_the_same_transfers(
+    db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the demo writes its exports and keys where it runs
     done = demo(db.settings, db.engine, db.sessions, seed=3, members=12, echo=lambda _: None)
     assert done is not None and done.invariants_ok
     state = _state(db)

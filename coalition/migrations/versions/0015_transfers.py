@@ -17,8 +17,8 @@ every account's balance (its credits less its debits) equals the sum of its post
 member's balance equals its transfers and its open lots; the issued statements (ids, hashes,
 documents) are untouched. The downgrade writes the postings back from the transfers.
 
-Revision ID: 0014_transfers
-Revises: 0013_member_links
+Revision ID: 0015_transfers
+Revises: 0014_payments
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from alembic import op
 
 from coalition.db import UTCDateTime
 
-revision = "0014_transfers"
-down_revision = "0013_member_links"
+revision = "0015_transfers"
+down_revision = "0014_payments"
 branch_labels = None
 depends_on = None
 
@@ -68,7 +68,7 @@ def _one(sql: str) -> int:
 
 def _refuse_if(count: int, what: str) -> None:
     if count:
-        raise RuntimeError(f"0014_transfers: {count} {what}; nothing was changed")
+        raise RuntimeError(f"0015_transfers: {count} {what}; nothing was changed")
 
 
 def _statements_digest() -> str:

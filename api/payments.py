@@ -1,0 +1,367 @@
+"""The payment endpoints (finance keys; operator keys read): partners' bank details under
+four eyes, payment runs and their ISO 20022 files, bank statements in, the reconciliation
+queue. Each handler maps HTTP to one call of :mod:`settlement.payments`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post, put
+from litestar.params import PathParameter, QueryParameter, RawBody
+from sqlalchemy.orm import Session
+
+from api.auth import admin, principal_of, signed
+from api.docs import SIGNED, IdempotencyKey, body, problems
+from api.idempotency import run_idempotent
+from api.payments_structs import (
+    BankAccountOut,
+    BankAccountPut,
+    BankEntryOut,
+    BankStatementImported,
+    PaymentRunCancel,
+    PaymentRunCreate,
+    PaymentRunList,
+    PaymentRunOut,
+    PaymentRunSummary,
+    ReconciliationPage,
+    ResolveEntry,
+)
+from api.runtime import Services, services_of
+from api.settlement import actor_of
+from api.structs import EmptyBody, IdPath, decode
+from api.views import decode_cursor, encode_cursor
+from coalition.db import transaction
+from coalition.errors import ValidationFailed
+from settlement.bankfiles import MAX_BANK_FILE_BYTES
+from settlement.payments import bank_accounts, reconcile, runs
+
+FileName = Annotated[
+    str, PathParameter(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_.-]{1,80}\Z")
+]
+#: Media types a bank statement body may carry (camt.053 is XML; MT940 is text).
+BANK_FILE_TYPES = ("application/xml", "text/xml", "text/plain", "application/octet-stream")
+
+
+def bank_account_out(found: bank_accounts.BankDetails, status: str) -> BankAccountOut:
+    """A partner's details in the API's shape."""
+    return msgspec.convert(
+        {
+            "partner_id": found.partner_id,
+            "status": status,
+            "active": None if found.active is None else bank_accounts.account_data(found.active),
+            "pending": None if found.pending is None else bank_accounts.account_data(found.pending),
+        },
+        BankAccountOut,
+    )
+
+
+def run_out(view: runs.RunView) -> PaymentRunOut:
+    """A run in the API's shape."""
+    return msgspec.convert(runs.run_data(view), PaymentRunOut)
+
+
+def payment_file_response(services: Services, run_id: str, name: str) -> Response[bytes]:
+    """A payment run's file as an attachment, byte for byte as stored (the API's and the
+    console's download)."""
+    with transaction(services.sessions) as s:
+        found = runs.get_file(s, run_id, name)
+    return Response(
+        found.content,
+        media_type="application/xml",
+        headers={"Content-Disposition": f'attachment; filename="{found.name}"'},
+    )
+
+
+def _media_type(request: Request[Any, Any, Any]) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+class PaymentsController(Controller):
+    """Bank details, payment runs, bank statements and reconciliation under ``/v1/admin``."""
+
+    path = "/v1/admin"
+    before_request = staticmethod(signed)
+    security = SIGNED
+    tags = ["operator"]  # noqa: RUF012
+
+    # --- bank details (four eyes) --------------------------------------------------------
+
+    @put(
+        "/partners/{partner_id:str}/bank-account",
+        opt=admin("finance"),
+        dependencies=body(BankAccountPut),
+        status_code=202,
+        responses=problems(403, 404, 413, 422),
+        sync_to_thread=True,
+    )
+    def propose_bank_account(
+        self, request: Request[Any, Any, Any], partner_id: IdPath, body: RawBody
+    ) -> BankAccountOut:
+        """Propose new bank details: ``pending`` until another finance key approves them;
+        the partner is told (``partner.bank_account_changed``)."""
+        services = services_of(request.app.state)
+        data = decode(body, BankAccountPut)
+        now = services.clock()
+        checked = bank_accounts.check_details(
+            holder=data.holder,
+            iban=data.iban,
+            bic=data.bic,
+            mandate_id=data.mandate_id,
+            mandate_signed_on=data.mandate_signed_on,
+            today=now.date(),
+        )
+        with transaction(services.sessions) as s:
+            bank_accounts.propose(s, partner_id, actor_of(principal_of(request)), checked, now=now)
+            return bank_account_out(bank_accounts.details(s, partner_id), "pending")
+
+    @get(
+        "/partners/{partner_id:str}/bank-account",
+        opt=admin("operator", "finance"),
+        responses=problems(403, 404, 422),
+        sync_to_thread=True,
+    )
+    def get_bank_account(
+        self, request: Request[Any, Any, Any], partner_id: IdPath
+    ) -> BankAccountOut:
+        """The partner's active bank details and the change waiting for approval, if any."""
+        services = services_of(request.app.state)
+        with transaction(services.sessions) as s:
+            found = bank_accounts.details(s, partner_id)
+            status = "active" if found.active is not None else "none"
+            return bank_account_out(found, "pending" if found.pending is not None else status)
+
+    @post(
+        "/partners/{partner_id:str}/bank-account/approve",
+        opt=admin("finance"),
+        dependencies=body(EmptyBody),
+        status_code=200,
+        responses=problems(400, 403, 404, 409, 413, 422),
+        sync_to_thread=True,
+    )
+    def approve_bank_account(
+        self,
+        request: Request[Any, Any, Any],
+        partner_id: IdPath,
+        body: RawBody,
+        idempotency_key: IdempotencyKey,
+    ) -> Response[BankAccountOut]:
+        """A second finance key approves the pending change: it becomes ``active``. The key
+        that proposed it gets ``403 four-eyes``."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+
+        def run(session: Session) -> tuple[int, BankAccountOut]:
+            decode(body, EmptyBody, empty_as_object=True)
+            bank_accounts.approve(session, partner_id, actor_of(principal), now=services.clock())
+            return 200, bank_account_out(bank_accounts.details(session, partner_id), "active")
+
+        return run_idempotent(request, services, principal, body, run)
+
+    # --- payment runs --------------------------------------------------------------------
+
+    @post(
+        "/payment-runs",
+        opt=admin("finance"),
+        dependencies=body(PaymentRunCreate),
+        responses=problems(400, 403, 409, 413, 422),
+        sync_to_thread=True,
+    )
+    def create_run(
+        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
+    ) -> Response[PaymentRunOut]:
+        """A payment run: credit transfers where the operator pays, SEPA direct debits where a
+        partner with a mandate pays, the rest skipped with the reason; its files are built
+        and validated against their XSD now."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+
+        def run(session: Session) -> tuple[int, PaymentRunOut]:
+            data = decode(body, PaymentRunCreate, empty_as_object=True)
+            made = runs.create_run(
+                session,
+                actor_of(principal),
+                statement_ids=None if data.statement_ids is None else list(data.statement_ids),
+                execution_date=data.execution_date,
+                settings=services.settings,
+                now=services.clock(),
+            )
+            return 201, run_out(made)
+
+        return run_idempotent(request, services, principal, body, run)
+
+    @get(
+        "/payment-runs",
+        opt=admin("operator", "finance"),
+        responses=problems(403, 422),
+        sync_to_thread=True,
+    )
+    def list_runs(
+        self,
+        request: Request[Any, Any, Any],
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+    ) -> PaymentRunList:
+        """The latest payment runs, newest first."""
+        services = services_of(request.app.state)
+        with transaction(services.sessions) as s:
+            found = runs.list_runs(s, limit=limit)
+            return PaymentRunList(
+                data=[
+                    PaymentRunSummary(
+                        id=r.id,
+                        status=r.status,  # type: ignore[arg-type]
+                        execution_date=r.execution_date,
+                        created_at=r.created_at,
+                    )
+                    for r in found
+                ]
+            )
+
+    @get(
+        "/payment-runs/{run_id:str}",
+        opt=admin("operator", "finance"),
+        responses=problems(403, 404, 422),
+        sync_to_thread=True,
+    )
+    def get_run(self, request: Request[Any, Any, Any], run_id: IdPath) -> PaymentRunOut:
+        """A payment run: its payments, skipped statements and files."""
+        services = services_of(request.app.state)
+        with transaction(services.sessions) as s:
+            return run_out(runs.get_run(s, run_id))
+
+    @get(
+        "/payment-runs/{run_id:str}/files/{name:str}",
+        opt=admin("operator", "finance"),
+        responses=problems(403, 404, 422),
+        sync_to_thread=True,
+        media_type="application/xml",
+    )
+    def get_file(
+        self, request: Request[Any, Any, Any], run_id: IdPath, name: FileName
+    ) -> Response[bytes]:
+        """A file of the run, byte for byte as built (valid against its ISO 20022 XSD)."""
+        return payment_file_response(services_of(request.app.state), run_id, name)
+
+    @post(
+        "/payment-runs/{run_id:str}/cancel",
+        opt=admin("finance"),
+        dependencies=body(PaymentRunCancel),
+        status_code=200,
+        responses=problems(400, 403, 404, 409, 413, 422),
+        sync_to_thread=True,
+    )
+    def cancel_run(
+        self,
+        request: Request[Any, Any, Any],
+        run_id: IdPath,
+        body: RawBody,
+        idempotency_key: IdempotencyKey,
+    ) -> Response[PaymentRunOut]:
+        """Cancel a run (its statements may go into a later run); not once one of its
+        statements is settled."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+
+        def run(session: Session) -> tuple[int, PaymentRunOut]:
+            data = decode(body, PaymentRunCancel, empty_as_object=True)
+            done = runs.cancel_run(
+                session, run_id, actor_of(principal), note=data.note, now=services.clock()
+            )
+            return 200, run_out(done)
+
+        return run_idempotent(request, services, principal, body, run)
+
+    # --- bank statements and reconciliation ----------------------------------------------
+
+    @post(
+        "/bank-statements",
+        opt=admin("finance"),
+        status_code=200,
+        responses=problems(400, 403, 409, 413, 422),
+        request_max_body_size=MAX_BANK_FILE_BYTES,
+        sync_to_thread=True,
+    )
+    def import_statement(
+        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
+    ) -> Response[BankStatementImported]:
+        """Import a bank account statement (the camt.053 document as the body,
+        ``Content-Type: application/xml``; up to 16 MiB) and reconcile it: entries that pay a
+        statement exactly settle it, the rest wait in the reconciliation queue. The same file
+        again changes nothing (``"duplicate": true``)."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+        media = _media_type(request)
+
+        def run(session: Session) -> tuple[int, BankStatementImported]:
+            if media not in BANK_FILE_TYPES:
+                raise ValidationFailed.at(
+                    "header.content-type", "application/xml (a camt.053 document)"
+                )
+            done = reconcile.import_statement(
+                session,
+                body,
+                actor_of(principal),
+                secret_key=services.settings.secret_key,
+                now=services.clock(),
+            )
+            return 200, msgspec.convert(reconcile.imported_data(done), BankStatementImported)
+
+        return run_idempotent(request, services, principal, body, run)
+
+    @get(
+        "/reconciliation",
+        opt=admin("operator", "finance"),
+        responses=problems(403, 422),
+        sync_to_thread=True,
+    )
+    def reconciliation(
+        self,
+        request: Request[Any, Any, Any],
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+    ) -> ReconciliationPage:
+        """Bank entries waiting for finance, newest first, each with its reason."""
+        services = services_of(request.app.state)
+        with transaction(services.sessions) as s:
+            rows = reconcile.queue(s, limit=limit + 1, before_id=decode_cursor(cursor, "bke"))
+            page = rows[:limit]
+            return ReconciliationPage(
+                data=[msgspec.convert(reconcile.entry_data(e), BankEntryOut) for e in page],
+                has_more=len(rows) > limit,
+                next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
+            )
+
+    @post(
+        "/reconciliation/{entry_id:str}/resolve",
+        opt=admin("finance"),
+        dependencies=body(ResolveEntry),
+        status_code=200,
+        responses=problems(400, 403, 404, 409, 413, 422),
+        sync_to_thread=True,
+    )
+    def resolve(
+        self,
+        request: Request[Any, Any, Any],
+        entry_id: IdPath,
+        body: RawBody,
+        idempotency_key: IdempotencyKey,
+    ) -> Response[BankEntryOut]:
+        """Resolve a waiting entry: match it to ``statement_id`` (which it settles, the entry
+        as its payment) or dismiss it; ``note`` says why."""
+        services = services_of(request.app.state)
+        principal = principal_of(request)
+
+        def run(session: Session) -> tuple[int, BankEntryOut]:
+            data = decode(body, ResolveEntry)
+            done = reconcile.resolve(
+                session,
+                entry_id,
+                actor_of(principal),
+                statement_id=data.statement_id,
+                note=data.note,
+                secret_key=services.settings.secret_key,
+                now=services.clock(),
+            )
+            return 200, msgspec.convert(reconcile.entry_data(done), BankEntryOut)
+
+        return run_idempotent(request, services, principal, body, run)
