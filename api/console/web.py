@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
 
 import anyio.to_thread
+import msgspec
 from litestar import Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie, FormMultiDict
@@ -41,6 +42,7 @@ from litestar.types import ExceptionHandlersMap, Message, Scope
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
+from api import problems
 from api.auth import bind_principal
 from api.console import formats
 from api.problems import KINDS, code_of
@@ -304,9 +306,20 @@ def on_domain_error(request: Request[Any, Any, Any], exc: CoalitionError) -> Tem
     return _error_page(request, found.status, found.detail, title=found.title)
 
 
+def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Template:
+    """Anything else (the database out of reach, a defect): logged exactly as the API logs it
+    (:func:`api.problems.on_unexpected`, with its error id), answered as a page, never JSON."""
+    answer = problems.on_unexpected(request, exc)
+    detail = str(msgspec.json.decode(answer.content)["detail"])
+    shown = _error_page(request, answer.status_code or 500, detail)
+    shown.headers.update({k: v for k, v in answer.headers.items() if k == "Retry-After"})
+    return shown
+
+
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: on_http_error,
     CoalitionError: on_domain_error,
+    Exception: on_unexpected,
 }
 
 

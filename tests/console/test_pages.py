@@ -7,12 +7,14 @@ from __future__ import annotations
 import base64
 import re
 
+import pytest
 from sqlalchemy import select
 
 from coalition.db import transaction
 from partners.keys import unseal
 from partners.models import ApiKey
 from partners.webhooks import Webhooks
+from settlement import reports
 from tests.console.conftest import World
 
 SECRET = re.compile(r'<code class="secret-value">([A-Za-z0-9_-]{43})</code>')
@@ -127,3 +129,19 @@ def test_dates_at_the_calendars_edge_are_a_page_naming_the_bound(world: World) -
         assert page.status_code == 422, (params, page.text)
         assert page.headers["content-type"].startswith("text/html")
         assert "1970-01-01" in page.text and "9000-01-01" in page.text
+
+
+def test_an_unexpected_failure_is_a_page_with_its_error_id_not_json(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("a defect")
+
+    assert world.sign_in(world.link("operator"))[0] == 200
+    monkeypatch.setattr(reports, "liability", broken)
+    answer = world.client.get("/console/")
+    assert answer.status_code == 500
+    assert answer.headers["content-type"].startswith("text/html")
+    shown = re.search(r"logged with error id (\S+?)<", answer.text)
+    assert shown is not None and "a defect" not in answer.text
+    assert any(shown.group(1) in r.getMessage() for r in caplog.records)
