@@ -4,16 +4,21 @@ reports). The statement document itself is the contract's; its struct here docum
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from msgspec import Meta, Struct
 
 from api.structs import LINE, AwareTime, Request, full_match
+from coalition.errors import invariant
 from settlement import workflow
+from settlement.models import LINE_KINDS
 
 StatementStatus = Literal["issued", "acknowledged", "disputed", "settled"]
 Direction = Literal["partner_pays", "operator_pays", "none"]
+#: A statement line's kinds (``settlement.models.LINE_KINDS``, from the kinds table), spelt out
+#: for the type checker; checked against them when this module loads.
 LineKind = Literal["earn", "bonus", "earn_reversal", "burn", "burn_reversal", "adjustment"]
+invariant(set(get_args(LineKind)) == set(LINE_KINDS), "API line kinds != the statement's")
 DisputeOutcome = Literal["upheld", "partially_upheld", "rejected"]
 #: A ledger transaction id as a statement line names it.
 TransactionId = Annotated[

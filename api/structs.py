@@ -12,15 +12,16 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import msgspec
 from litestar.params import PathParameter, QueryParameter
 from msgspec import Meta, Struct
 
 from coalition import text
-from coalition.errors import ValidationFailed
+from coalition.errors import ValidationFailed, invariant
 from coalition.ids import MEMBER_ID_BODY, MEMBER_ID_MAX_LENGTH, MEMBER_ID_RULE
+from coalition.ledger.kinds import KINDS
 from coalition.money import MAX_POINTS
 from coalition.times import RULE as TIME_RULE
 from coalition.times import client_time
@@ -193,9 +194,12 @@ MemberIdQuery = Annotated[
 QueryText = Annotated[str | None, QueryParameter(max_length=200, pattern=LINE)]
 Scope = Literal["earn", "burn", "read", "webhooks", "statements"]
 KeyAlg = Literal["hmac-sha256", "ed25519"]
+#: The kinds table's kinds (``coalition.ledger.kinds``), spelt out for the type checker, which
+#: cannot read a Literal from a table; checked against the table when this module loads.
 TransactionKind = Literal[
     "earn", "burn", "earn_reversal", "burn_reversal", "bonus", "adjustment", "expiry"
 ]
+invariant(set(get_args(TransactionKind)) == set(KINDS), "API kinds != the kinds table")
 HoldStatus = Literal["active", "captured", "voided", "expired"]
 
 

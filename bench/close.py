@@ -1,11 +1,11 @@
 """``python -m bench.close``: the settlement close of a large period on PostgreSQL, beside a bare
-``GROUP BY`` over the same postings (docs/benchmarks.md, "The close").
+``GROUP BY`` over the same transfers (docs/benchmarks.md, "The close").
 
 For each size it makes a scratch database, onboards 50 partners (JPY, EUR, BHD) through the
 service, generates the period's transactions set-based in SQL (``generate_series``: earns,
 burns with the lot movements the cross-brand rows read, earn and burn reversals, partner-funded
 bonuses), then in a child process times the bare aggregate (and a bare copy of the same
-postings into an unindexed table, the floor of writing a row per line) and the close, and
+transfers into an unindexed table, the floor of writing a row per line) and the close, and
 reports the close's peak memory (``tracemalloc`` of the Python heap, and the child's peak RSS)
 and, after it, the time to hash and sign every document it issued once (what any close owes the
 contract: the signature covers every line's bytes).
@@ -73,7 +73,8 @@ def _partners(url: str) -> None:
 # period, one lot movement per burn.
 _GENERATE = [
     """CREATE TEMPORARY TABLE bench_partners AS
-       SELECT (row_number() OVER (ORDER BY p.id)) - 1 AS n, p.id, p.currency, rc.id AS card
+       SELECT (row_number() OVER (ORDER BY p.id)) - 1 AS n, p.id, p.currency, rc.id AS card,
+              p.issued_account_id AS issued, p.redeemed_account_id AS redeemed
        FROM partners p JOIN rate_cards rc ON rc.partner_id = p.id""",
     """INSERT INTO accounts (id, kind)
        SELECT 1000 + g, 'member' FROM generate_series(1, :members) g""",
@@ -81,17 +82,26 @@ _GENERATE = [
        SELECT 'mem_bench' || g, 1000 + g, 0, 0, :start FROM generate_series(1, :members) g""",
     """INSERT INTO transactions (id, kind, partner_id, member_id, reference, points, amount_minor,
                                  currency, rate_card_id, occurred_at, posted_at, balance_after,
-                                 overdraft_points)
-       SELECT 'txn_bench' || lpad(g::text, 10, '0'),
-              CASE WHEN g % 100 < 78 THEN 'earn' WHEN g % 100 < 94 THEN 'burn'
-                   WHEN g % 100 < 97 THEN 'earn_reversal' WHEN g % 100 < 99 THEN 'burn_reversal'
-                   ELSE 'bonus' END,
-              bp.id, 'mem_bench' || (1 + g % :members), 'ref-' || g, 1 + (g::bigint * 7919) % 2500,
-              NULL, NULL, bp.card,
-              :start + (g::float8 / :size) * (:end - :start) - interval '5 minutes' * (g % 3),
-              :start + (g::float8 / :size) * (:end - :start), 0, 0
-       FROM generate_series(1, :size) g
-       JOIN bench_partners bp ON bp.n = g % :partners""",
+                                 overdraft_points, debit_account_id, credit_account_id)
+       SELECT id, kind, partner_id, member_id, reference, points, NULL, NULL, card, occurred_at,
+              posted_at, 0, 0,
+              CASE WHEN kind IN ('earn', 'bonus') THEN issued
+                   WHEN kind = 'burn_reversal' THEN redeemed ELSE account END,
+              CASE WHEN kind IN ('earn', 'bonus', 'burn_reversal') THEN account
+                   WHEN kind = 'burn' THEN redeemed ELSE issued END
+       FROM (
+         SELECT 'txn_bench' || lpad(g::text, 10, '0') AS id,
+                CASE WHEN g % 100 < 78 THEN 'earn' WHEN g % 100 < 94 THEN 'burn'
+                     WHEN g % 100 < 97 THEN 'earn_reversal' WHEN g % 100 < 99 THEN 'burn_reversal'
+                     ELSE 'bonus' END AS kind,
+                bp.id AS partner_id, 'mem_bench' || (1 + g % :members) AS member_id,
+                1000 + (1 + g % :members) AS account, 'ref-' || g AS reference,
+                1 + (g::bigint * 7919) % 2500 AS points, bp.card, bp.issued, bp.redeemed,
+                :start + (g::float8 / :size) * (:end - :start) - interval '5 minutes' * (g % 3)
+                  AS occurred_at,
+                :start + (g::float8 / :size) * (:end - :start) AS posted_at
+         FROM generate_series(1, :size) g
+         JOIN bench_partners bp ON bp.n = g % :partners) x""",
     """INSERT INTO lots (member_id, origin_partner_id, transaction_id, points, remaining,
                          expires_at, is_deficit)
        SELECT 'mem_bench' || m, bp.id, 'txn_bench' || lpad(m::text, 10, '0'), 1000000, 1000000,
@@ -109,7 +119,7 @@ _BARE = """
 SELECT partner_id, kind, COUNT(*), SUM(points) FROM transactions
 WHERE posted_at >= :start AND posted_at < :end GROUP BY partner_id, kind
 """
-# The floor of writing one row per line: the same postings copied into an unindexed temporary
+# The floor of writing one row per line: the same transfers copied into an unindexed temporary
 # table, without prices, amounts or any constraint.
 _BARE_COPY = """
 CREATE TEMPORARY TABLE bench_bare_copy AS

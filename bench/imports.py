@@ -6,8 +6,8 @@ It makes a CSV of ``--rows`` earns (default 1,000,000) over ``--members`` member
 duplicate), runs ``coalition check`` on the result, and copies the file with ``COPY ... FROM
 STDIN`` into a table without indexes or constraints: the floor of what moving those bytes into
 PostgreSQL costs. A second floor is what the database alone spends writing the same rows into
-the ledger's real tables (their indexes, foreign keys and the zero-sum trigger): from
-that copied table, set-based (``INSERT ... SELECT`` of a transaction, two postings and a lot
+the ledger's real tables (their indexes and foreign keys): from
+that copied table, set-based (``INSERT ... SELECT`` of a transfer and a lot
 per row, the members' balances and tier basis), committed. Targets (issue 10): at least 25,000
 rows/s and at least 0.3 x the bare COPY.
 """
@@ -58,22 +58,20 @@ def analyze(engine: Engine) -> None:
     growing table for an empty one, and the reference lookup of a bulk earn scans the
     partner's whole history instead of its unique index."""
     with engine.connect() as conn:
-        conn.execute(text("ANALYZE transactions, postings, lots, lot_movements, members"))
+        conn.execute(text("ANALYZE transactions, lots, lot_movements, members"))
         conn.commit()
 
 
 # The import's rows written by the database alone (bench_bare_copy holds the file): every
 # row 12 points (12.34 EUR at 1 point a unit, base tier), references prefixed so they differ
-# from the import's; one transaction, committed (the zero-sum trigger checks each statement).
+# from the import's; one transaction, committed.
 _LEDGER_FLOOR = (
     "INSERT INTO transactions (id, kind, partner_id, member_id, reference, points, amount_minor,"
-    " currency, rate_card_id, tier, occurred_at, posted_at, balance_after, overdraft_points)"
-    " SELECT 'txn_floor_' || reference, 'earn', %(partner)s, member_id, 'floor-' || reference,"
-    " 12, 1234, 'EUR', %(card)s, 'base', now(), now(), 12, 0 FROM bench_bare_copy",
-    "INSERT INTO postings (transaction_id, account_id, points, posted_at)"
-    " SELECT 'txn_floor_' || b.reference, m.account_id, 12, now()"
-    " FROM bench_bare_copy b JOIN members m ON m.id = b.member_id"
-    " UNION ALL SELECT 'txn_floor_' || reference, %(issued)s, -12, now() FROM bench_bare_copy",
+    " currency, rate_card_id, tier, occurred_at, posted_at, balance_after, overdraft_points,"
+    " debit_account_id, credit_account_id)"
+    " SELECT 'txn_floor_' || b.reference, 'earn', %(partner)s, b.member_id,"
+    " 'floor-' || b.reference, 12, 1234, 'EUR', %(card)s, 'base', now(), now(), 12, 0,"
+    " %(issued)s, m.account_id FROM bench_bare_copy b JOIN members m ON m.id = b.member_id",
     "INSERT INTO lots (member_id, origin_partner_id, transaction_id, points, remaining,"
     " expires_at, is_deficit) SELECT member_id, %(partner)s, 'txn_floor_' || reference, 12, 12,"
     " now() + interval '1095 days', false FROM bench_bare_copy",

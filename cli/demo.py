@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from coalition.config import Settings
 from coalition.db import migrate, transaction, utcnow
 from coalition.errors import CoalitionError
+from coalition.ledger.kinds import KINDS, Flow
 from coalition.models import Member, Transaction
 from coalition.money import quantum
 from partners.keys import NewKey, create_key, has_operator_key
@@ -929,13 +930,14 @@ def _partner_points(s: Session) -> dict[str, _PartnerPoints]:
     for partner_id, kind, points in rows:
         assert partner_id is not None
         t = totals.setdefault(partner_id, _PartnerPoints())
-        if kind in ("earn", "bonus"):
+        flow = KINDS[kind]
+        if flow.issued:
             t.issued += int(points)
-        elif kind == "burn":
+        elif flow.redeemed:
             t.redeemed += int(points)
-        elif kind == "earn_reversal":
+        elif flow.flow is Flow.EARN_REVERSED:
             t.earn_reversed += int(points)
-        elif kind == "burn_reversal":
+        elif flow.flow is Flow.BURN_REVERSED:
             t.burn_reversed += int(points)
     return totals
 

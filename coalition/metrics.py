@@ -35,6 +35,7 @@ from prometheus_client import (
 from sqlalchemy import Engine, bindparam, event, text
 
 from coalition.db import ReplicaLag, UTCDateTime
+from coalition.ledger.kinds import ISSUED_KINDS, REDEEMED_KINDS
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The exposition's media type without its charset, which a Litestar response adds to every
@@ -197,9 +198,9 @@ def _count_points(kind: str, result: Any) -> None:
     txn = getattr(result, "transaction", None)
     if txn is None:
         return
-    if txn.kind in ("earn", "bonus"):
+    if txn.kind in ISSUED_KINDS:
         POINTS_ISSUED.labels(txn.kind).inc(txn.points)
-    elif txn.kind == "burn":
+    elif txn.kind in REDEEMED_KINDS:
         POINTS_REDEEMED.inc(txn.points)
 
 

@@ -1,11 +1,12 @@
 """The kernel's tables: accounts, members, and the append-only points ledger.
 
 Shape and cost at 100 million transactions (see docs/invariants.md and docs/operations.md):
-- ``transactions``, ``postings`` and ``lot_movements`` are append-only; database triggers
-  refuse UPDATE and DELETE. A correction is a new transaction that ``reverses`` another.
+- ``transactions`` (transfers: each names the account it debits and the one it credits) and
+  ``lot_movements`` are append-only; database triggers refuse UPDATE and DELETE. A correction
+  is a new transaction that ``reverses`` another.
 - Member rows hold the only balances updated in place (``balance`` and ``held``); partner
-  totals are aggregates over postings by ``(account_id, posted_at)``, computed at settlement,
-  so no hot row per partner exists.
+  totals are aggregates over transfers, computed at settlement, so no hot row per partner
+  exists.
 - Lots carry ``remaining``; every change to it is a ``lot_movements`` row, so
   ``remaining = points + sum(movements)`` is checkable forever.
 """
@@ -80,7 +81,7 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 
 
 class Account(Base):
-    """One side of a posting: a member, a partner's issued or redeemed points, or the operator."""
+    """One side of a transfer: a member, a partner's issued or redeemed points, or the operator."""
 
     __tablename__ = "accounts"
     __table_args__ = (CheckConstraint(_in("kind", ACCOUNT_KINDS), name="kind"),)
@@ -103,12 +104,16 @@ class Member(Base):
 
 
 class Transaction(Base):
-    """One ledger transaction; its postings sum to zero. Never updated, never deleted."""
+    """One ledger transaction, a transfer: it moves its ``points`` (positive) from the account
+    it debits to the account it credits, two different accounts, so it balances by
+    construction. Never updated, never deleted. The two accounts have no foreign key (a
+    partner's account is a hot parent row); ``coalition check`` verifies them instead."""
 
     __tablename__ = "transactions"
     __table_args__ = (
         CheckConstraint(_in("kind", TRANSACTION_KINDS), name="kind"),
         CheckConstraint("points > 0", name="points_positive"),
+        CheckConstraint("debit_account_id <> credit_account_id", name="two_accounts"),
         CheckConstraint("overdraft_points >= 0", name="overdraft_not_negative"),
         CheckConstraint("(amount_minor IS NULL) = (currency IS NULL)", name="amount_has_currency"),
         # `reference` is unique per partner and operation; a hold's capture carries the
@@ -153,23 +158,8 @@ class Transaction(Base):
     # points already spent or held): the only way a member's available goes below zero.
     overdraft_points: Mapped[int] = mapped_column(BigInteger, default=0)
     reason: Mapped[str | None] = mapped_column(String(500))
-
-
-class Posting(Base):
-    """One leg of a transaction: ``points`` (signed) into ``account_id``."""
-
-    __tablename__ = "postings"
-    __table_args__ = (
-        CheckConstraint("points <> 0", name="points_nonzero"),
-        Index("ix_postings_account_posted", "account_id", "posted_at"),
-        Index("ix_postings_transaction", "transaction_id"),
-    )
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    transaction_id: Mapped[str] = mapped_column(ForeignKey("transactions.id"))
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
-    points: Mapped[int] = mapped_column(BigInteger)
-    posted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    debit_account_id: Mapped[int] = mapped_column(BigId)
+    credit_account_id: Mapped[int] = mapped_column(BigId)
 
 
 class Lot(Base):

@@ -183,7 +183,7 @@ class Earning(OperationBase):
     ) -> list[Posted | CoalitionError]:
         """Many earns of one partner (its daily file, the demo) in one transaction, set-based.
 
-        The same rules as :meth:`earn` item by item, in order: the same transactions, postings,
+        The same rules as :meth:`earn` item by item, in order: the same transfers,
         lots and balances as calling it for each item would give (duplicate references also
         within the batch, the rate card in force at each item's ``occurred_at``, the tier over
         the trailing window counting the batch's earlier earns). Each item's result is in its

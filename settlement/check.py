@@ -24,19 +24,22 @@ from sqlalchemy.orm import Session
 from coalition.check import SAMPLE, Finding, sample_rows
 from coalition.check import run_checks as kernel_checks
 from coalition.db import UTCDateTime
-from coalition.models import Account, Posting
+from coalition.ledger.kinds import BILLED_KINDS
+from coalition.models import Transaction
 from settlement.canonical import canonical_json, canonical_value, content_sha256, verify_document
 from settlement.close import last_period
 from settlement.models import Statement
 from settlement.reports import liability
 from settlement.signing import public_keys
 from settlement.statements import (
-    BILLED_KINDS,
+    NET_SIGNS,
+    PRICE_SQL,
     amount_sql,
     document_of,
     fits_sql,
     lines_and_totals,
     register_sqlite_functions,
+    total_sums,
     totals_of,
 )
 
@@ -46,9 +49,24 @@ LIABILITY_STEPS = 24
 DOCUMENTS_CHECKED = 10_000
 
 
+# The members' points at a moment read from the accounts themselves (what the transfers up to
+# it credited to member accounts less what they debited from them), against the kinds table's
+# reading (``reports.liability``) and the flows by kind.
+_BY_ACCOUNTS = text(
+    """
+SELECT COALESCE(SUM(CASE WHEN ca.kind = 'member' THEN t.points ELSE 0 END), 0)
+     - COALESCE(SUM(CASE WHEN da.kind = 'member' THEN t.points ELSE 0 END), 0)
+FROM transactions t
+JOIN accounts da ON da.id = t.debit_account_id
+JOIN accounts ca ON ca.id = t.credit_account_id
+WHERE t.posted_at <= :at
+"""
+).bindparams(bindparam("at", type_=UTCDateTime()))
+
+
 def _liability(session: Session) -> list[str]:
     first, last = session.execute(
-        select(func.min(Posting.posted_at), func.max(Posting.posted_at))
+        select(func.min(Transaction.posted_at), func.max(Transaction.posted_at))
     ).one()
     if first is None or last is None:
         return []
@@ -59,50 +77,33 @@ def _liability(session: Session) -> list[str]:
     for at in moments:
         report = liability(session, at)
         expected = report.flows.net_points
-        contra = -int(
-            session.scalar(
-                select(func.coalesce(func.sum(Posting.points), 0))
-                .join(Account, Account.id == Posting.account_id)
-                .where(Account.kind != "member", Posting.posted_at <= at)
-            )
-            or 0
-        )
-        if not expected == report.outstanding_points == contra:
+        by_accounts = int(session.scalar(_BY_ACCOUNTS, {"at": at}) or 0)
+        if not expected == report.outstanding_points == by_accounts:
             problems.append(
                 f"at {at.isoformat()}: issued+bonuses-redeemed-expired+/-reversals+/-adjustments"
-                f" = {expected}, member postings = {report.outstanding_points},"
-                f" other accounts = {contra}"
+                f" = {expected}, members' transfers by kind = {report.outstanding_points},"
+                f" by account = {by_accounts}"
             )
     return problems[:SAMPLE]
 
 
-_SUMS = """
-SELECT s.id AS statement_id, s.net_minor, COALESCE(l.net, 0) AS lines_net,
+# Each issued statement's stored totals against the sums of its lines (the same sums the close
+# writes, ``statements.total_sums``), and its net against the totals with their signs.
+_TOTALS = total_sums("")
+_NET = " + ".join(f"{sign} * COALESCE(l.{name}, 0)" for name, sign in NET_SIGNS.items())
+_SUMS = f"""
+SELECT s.id AS statement_id, s.net_minor, {_NET} AS lines_net,
        s.line_count, COALESCE(l.n, 0) AS lines
 FROM statements s LEFT JOIN (
-  SELECT statement_id, COUNT(*) AS n,
-    SUM(CASE WHEN kind IN ('earn', 'bonus') THEN points ELSE 0 END) AS ip,
-    SUM(CASE WHEN kind IN ('earn', 'bonus') THEN amount_minor ELSE 0 END) AS im,
-    SUM(CASE WHEN kind = 'earn_reversal' THEN amount_minor ELSE 0 END) AS erm,
-    SUM(CASE WHEN kind = 'burn' THEN points ELSE 0 END) AS rp,
-    SUM(CASE WHEN kind = 'burn' THEN amount_minor ELSE 0 END) AS rm,
-    SUM(CASE WHEN kind = 'burn_reversal' THEN amount_minor ELSE 0 END) AS brm,
-    SUM(CASE WHEN kind = 'adjustment' THEN amount_minor ELSE 0 END) AS am,
-    SUM(CASE WHEN kind IN ('burn', 'earn_reversal', 'adjustment') THEN amount_minor
-             ELSE -amount_minor END) AS net
+  SELECT statement_id, COUNT(*) AS n, {", ".join(f"SUM({sql}) AS {name}" for name, sql in _TOTALS)}
   FROM statement_lines GROUP BY statement_id
 ) l ON l.statement_id = s.id
 WHERE s.issued_sha256 IS NOT NULL AND (
-  s.line_count <> COALESCE(l.n, 0) OR s.issued_points <> COALESCE(l.ip, 0)
-  OR s.issued_minor <> COALESCE(l.im, 0) OR s.earn_reversed_minor <> COALESCE(l.erm, 0)
-  OR s.redeemed_points <> COALESCE(l.rp, 0) OR s.reimbursed_minor <> COALESCE(l.rm, 0)
-  OR s.burn_reversed_minor <> COALESCE(l.brm, 0) OR s.adjustments_minor <> COALESCE(l.am, 0)
-  OR s.net_minor <> COALESCE(l.net, 0))
-"""
-_PRICE = (
-    "CASE WHEN t.kind IN ('burn', 'burn_reversal') THEN rc.reimburse_price_per_point"
-    " ELSE rc.issue_price_per_point END"
-)
+  s.line_count <> COALESCE(l.n, 0)
+  OR {" OR ".join(f"s.{name} <> COALESCE(l.{name}, 0)" for name, _ in _TOTALS)}
+  OR s.net_minor <> {_NET})
+"""  # noqa: S608 (built from constants)
+_PRICE = PRICE_SQL
 _BILLED = ", ".join(f"'{k}'" for k in BILLED_KINDS)
 
 

@@ -33,13 +33,18 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coalition.db import Base, ExactDecimal, UTCDateTime
+from coalition.ledger.kinds import BILLED_KINDS
 from coalition.models import ID, BigId
 
 STATEMENT_STATUSES = ("issued", "acknowledged", "disputed", "settled")
 DISPUTE_STATUSES = ("open", "resolved")
 DISPUTE_OUTCOMES = ("upheld", "partially_upheld", "rejected")
 #: The ledger kinds a statement bills, and the settlement adjustments of resolved disputes.
-LINE_KINDS = ("earn", "bonus", "earn_reversal", "burn", "burn_reversal", "adjustment")
+#: A line's kind besides the billed ledger kinds (``coalition.ledger.kinds``): a dispute's
+#: settlement adjustment, added to ``adjustments_minor`` and paid to the partner.
+DISPUTE_LINE = "adjustment"
+#: The kinds of statement lines.
+LINE_KINDS = (*BILLED_KINDS, DISPUTE_LINE)
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:

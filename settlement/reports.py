@@ -4,10 +4,11 @@ cross-brand matrix. Each number has one computation here, which the API, the dem
 ``coalition check`` call.
 
 Points flows are aggregates over transactions posted in a half-open window ``[since, until)``;
-the liability at a moment is the sum of the members' postings before it. The roll-forward
-``opening + issued + bonuses - redeemed - expired - earn reversals + burn reversals +
-adjustments = closing`` holds exactly because every transaction's postings sum to zero
-(invariant 1) and each kind moves points between the members and one other account.
+the liability at a moment is what the transfers before it moved into the members' accounts
+less what they moved out. The roll-forward ``opening + issued + bonuses - redeemed - expired -
+earn reversals + burn reversals + adjustments = closing`` holds exactly because every transfer
+moves points between a member's account and one other account (invariant 1), in the direction
+its kind declares (``coalition.ledger.kinds``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, literal_column, select
 from sqlalchemy.orm import Session
 
 from coalition.errors import NotFound
-from coalition.models import OPERATOR_ACCOUNTS, TRANSACTION_KINDS, Account, Posting, Transaction
+from coalition.ledger.kinds import KINDS, Flow, sql_member_points
+from coalition.models import Transaction
 from coalition.money import format_amount
 from settlement.models import Period, Statement
 from settlement.statements import cross_brand_rows, rfc3339
@@ -37,14 +39,28 @@ def _window(column: Any, since: datetime | None, until: datetime) -> list[Column
     return conditions
 
 
-def outstanding_before(session: Session, until: datetime) -> int:
-    """Points the members hold (the operator's liability) from postings before ``until``."""
+#: What a transfer adds to the members' points (the operator's liability).
+_MEMBER_POINTS: ColumnElement[int] = literal_column(
+    sql_member_points("transactions.kind", "transactions.points", "transactions.debit_account_id")
+)
+
+
+def member_net(
+    session: Session, since: datetime | None, until: datetime, *conditions: ColumnElement[bool]
+) -> int:
+    """Points the transfers posted in ``[since, until)`` (and meeting ``conditions``) moved
+    into the members' accounts, less those they moved out."""
     total = session.scalar(
-        select(func.coalesce(func.sum(Posting.points), 0))
-        .join(Account, Account.id == Posting.account_id)
-        .where(Account.kind == "member", *_window(Posting.posted_at, None, until))
+        select(func.coalesce(func.sum(_MEMBER_POINTS), 0))
+        .select_from(Transaction)
+        .where(*_window(Transaction.posted_at, since, until), *conditions)
     )
     return int(total or 0)
+
+
+def outstanding_before(session: Session, until: datetime) -> int:
+    """Points the members hold (the operator's liability) from transfers before ``until``."""
+    return member_net(session, None, until)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,52 +88,31 @@ class Flows:
 
     @property
     def net_points(self) -> int:
-        """How much the liability moved: issued - earn reversed - redeemed + burn reversed -
-        expired + adjusted."""
-        return (
-            self.issued_points
-            - self.earn_reversed_points
-            - self.redeemed_points
-            + self.burn_reversed_points
-            - self.expired_points
-            + self.adjusted_points
-        )
+        """How much the liability moved: each kind's flow with the sign it moves the members'
+        points by (issued - earn reversed - redeemed + burn reversed - expired + adjusted)."""
+        return sum(k.liability_sign * getattr(self, f"{k.flow}_points") for k in KINDS.values())
 
 
 def flows(session: Session, since: datetime | None, until: datetime) -> Flows:
     """The points flows of ``[since, until)``, one ``GROUP BY`` and one sum."""
-    totals = dict.fromkeys(TRANSACTION_KINDS, 0)
+    totals = {f"{k.flow}_points": 0 for k in KINDS.values()}
+    one_way = [name for name, k in KINDS.items() if not k.either_way]
     for kind, points in session.execute(
         select(Transaction.kind, func.sum(Transaction.points))
-        .where(Transaction.kind != "adjustment", *_window(Transaction.posted_at, since, until))
+        .where(Transaction.kind.in_(one_way), *_window(Transaction.posted_at, since, until))
         .group_by(Transaction.kind)
     ):
-        totals[kind] = int(points or 0)
-    adjusted = session.scalar(
-        select(func.coalesce(func.sum(Posting.points), 0))
-        .join(Transaction, Transaction.id == Posting.transaction_id)
-        .where(
-            Transaction.kind == "adjustment",
-            Posting.account_id == OPERATOR_ACCOUNTS["operator_adjustment"],
-            *_window(Posting.posted_at, since, until),
-        )
+        totals[f"{KINDS[kind].flow}_points"] = int(points or 0)
+    either = [name for name, k in KINDS.items() if k.either_way]
+    totals[f"{Flow.ADJUSTED}_points"] = member_net(
+        session, since, until, Transaction.kind.in_(either)
     )
-    return Flows(
-        since=since,
-        until=until,
-        earned_points=totals["earn"],
-        bonus_points=totals["bonus"],
-        earn_reversed_points=totals["earn_reversal"],
-        redeemed_points=totals["burn"],
-        burn_reversed_points=totals["burn_reversal"],
-        expired_points=totals["expiry"],
-        adjusted_points=-int(adjusted or 0),
-    )
+    return Flows(since=since, until=until, **totals)
 
 
 @dataclass(frozen=True, slots=True)
 class Liability:
-    """The operator's outstanding points at ``at`` (postings at or before it) and the flows
+    """The operator's outstanding points at ``at`` (transfers at or before it) and the flows
     that make them up: ``outstanding_points == flows.net_points`` (invariant 4)."""
 
     at: datetime
@@ -326,5 +321,5 @@ def summary(session: Session, period_id: str) -> Summary:
 
 
 def liability_at(session: Session, at: datetime) -> int:
-    """Outstanding points at ``at`` (postings at or before it)."""
+    """Outstanding points at ``at`` (transfers at or before it)."""
     return outstanding_before(session, at + timedelta(microseconds=1))

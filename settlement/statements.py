@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from coalition import outbox
 from coalition.db import UTCDateTime
+from coalition.ledger.kinds import BILLED_KINDS, KINDS, sql_case, sql_price
 from coalition.money import MAX_AMOUNT, MAX_POINTS, format_amount, line_fits
 from coalition.outbox import EventType
 from settlement.canonical import (
@@ -44,13 +45,76 @@ from settlement.canonical import (
     content_sha256,
     signed_document,
 )
-from settlement.models import Period, Statement
+from settlement.models import DISPUTE_LINE, Period, Statement
 from settlement.signing import Signer
 
-#: The ledger kinds a statement bills (partner-funded bonuses: ``partner_id`` is set).
-BILLED_KINDS = ("earn", "bonus", "earn_reversal", "burn", "burn_reversal")
-#: Kinds priced at the issue price; the others (burns, burn reversals) at the reimburse price.
-ISSUE_PRICED = ("earn", "bonus", "earn_reversal")
+#: The sign of each amount total in the net (what the operator pays the partner).
+NET_SIGNS = {k.amount_total: k.net_sign for k in KINDS.values() if k.amount_total} | {
+    "adjustments_minor": 1
+}
+
+
+@dataclass(slots=True)
+class Totals:
+    """A statement's totals in minor units and points, summed from its lines."""
+
+    lines: int = 0
+    issued_points: int = 0
+    issued_minor: int = 0
+    earn_reversed_minor: int = 0
+    redeemed_points: int = 0
+    reimbursed_minor: int = 0
+    burn_reversed_minor: int = 0
+    adjustments_minor: int = 0
+
+    @property
+    def net_minor(self) -> int:
+        """What the operator pays the partner (negative: the partner pays): each amount total
+        with its kinds' sign (``coalition.ledger.kinds``)."""
+        return sum(sign * getattr(self, name) for name, sign in NET_SIGNS.items())
+
+    @property
+    def direction(self) -> str:
+        """``operator_pays``, ``partner_pays`` or ``none``."""
+        net = self.net_minor
+        return "operator_pays" if net > 0 else "partner_pays" if net < 0 else "none"
+
+    def document(self, currency: str) -> dict[str, Any]:
+        """The ``totals`` object of the document."""
+        return {
+            "issued_points": self.issued_points,
+            "issued_amount": format_amount(self.issued_minor, currency),
+            "earn_reversed_amount": format_amount(self.earn_reversed_minor, currency),
+            "redeemed_points": self.redeemed_points,
+            "reimbursed_amount": format_amount(self.reimbursed_minor, currency),
+            "burn_reversed_amount": format_amount(self.burn_reversed_minor, currency),
+            "adjustments_amount": format_amount(self.adjustments_minor, currency),
+            "net_amount": format_amount(self.net_minor, currency),
+            "direction": self.direction,
+        }
+
+
+def _totals_of_lines() -> dict[str, tuple[str, list[str]]]:
+    """Each statement total (:class:`Totals`' fields after ``lines``): the line column it
+    sums and the line kinds that add to it."""
+    totals: dict[str, tuple[str, list[str]]] = {}
+    for name, k in KINDS.items():
+        for total, column in ((k.points_total, "points"), (k.amount_total, "amount_minor")):
+            if total is not None:
+                totals.setdefault(total, (column, []))[1].append(name)
+    totals["adjustments_minor"] = ("amount_minor", [DISPUTE_LINE])
+    return totals
+
+
+def total_sums(prefix: str) -> list[tuple[str, str]]:
+    """Each statement total as ``(field, SQL over a line's columns)`` (``prefix``: the line
+    table's alias and a dot), in :class:`Totals`' order."""
+    totals = _totals_of_lines()
+    order = [f.name for f in fields(Totals)][1:]
+    return [
+        (name, sql_case(f"{prefix}kind", totals[name][1], f"{prefix}{totals[name][0]}"))
+        for name in order
+    ]
 
 
 def line_amount_minor(points: int, unit_price: Decimal | str, exponent: int) -> int:
@@ -75,10 +139,9 @@ def _timed(sql: str, *names: str) -> TextClause:
     return text(sql).bindparams(*(bindparam(n, type_=UTCDateTime()) for n in names))
 
 
-_PRICE = (
-    "CASE WHEN t.kind IN ('burn', 'burn_reversal') THEN rc.reimburse_price_per_point"
-    " ELSE rc.issue_price_per_point END"
-)
+#: The rate-card price of a transaction ``t`` of rate card ``rc``, by its kind.
+PRICE_SQL = sql_price("t.kind", "rc.issue_price_per_point", "rc.reimburse_price_per_point")
+_PRICE = PRICE_SQL
 _BILLED = ", ".join(f"'{k}'" for k in BILLED_KINDS)
 _LINE_COLUMNS = (
     "statement_id, transaction_id, dispute_id, kind, posted_at, occurred_at, points, unit_price,"
@@ -109,7 +172,7 @@ WHERE t.posted_at >= {{since}} AND t.posted_at < {{until}} AND t.kind IN ({{bill
 _NOT_BILLED = "AND NOT EXISTS (SELECT 1 FROM statement_lines l WHERE l.transaction_id = t.id)"
 # Settlement adjustments of resolved disputes not yet billed: on the partner's next statement.
 _ADJUSTMENTS = f"""
-SELECT s.n, s.id, NULL, d.id, 'adjustment', d.resolved_at, d.resolved_at, 0, NULL,
+SELECT s.n, s.id, NULL, d.id, '{DISPUTE_LINE}', d.resolved_at, d.resolved_at, 0, NULL,
        d.adjustment_minor, (d.resolved_at < :start)
 FROM disputes d
 JOIN {_STATEMENTS} s ON s.partner_id = d.partner_id
@@ -257,7 +320,7 @@ def _canonical_time_pg(column: str) -> str:
 # with it writes exactly that many decimals (none for ``1``), the sign in front.
 _LINE_JSON_PG = (
     """'{"amount":"' || (l.amount_minor * CAST(:minor_unit AS NUMERIC))::text"""
-    """ || '",' || CASE WHEN l.kind = 'adjustment' THEN '"dispute_id":'"""
+    """ || '",' || CASE WHEN l.kind = '""" + DISPUTE_LINE + """' THEN '"dispute_id":'"""
     """ || to_json(l.dispute_id)::text || ',' ELSE '' END"""
     """ || '"kind":"' || l.kind || '","occurred_at":"' || """
     + _canonical_time_pg("l.occurred_at")
@@ -269,14 +332,7 @@ _LINE_JSON_PG = (
     """ || '}'"""
 )
 # A statement's totals, summed in the same pass over its lines (Totals' fields, in order).
-_SUMS = """COUNT(*),
-  SUM(CASE WHEN l.kind IN ('earn', 'bonus') THEN l.points ELSE 0 END),
-  SUM(CASE WHEN l.kind IN ('earn', 'bonus') THEN l.amount_minor ELSE 0 END),
-  SUM(CASE WHEN l.kind = 'earn_reversal' THEN l.amount_minor ELSE 0 END),
-  SUM(CASE WHEN l.kind = 'burn' THEN l.points ELSE 0 END),
-  SUM(CASE WHEN l.kind = 'burn' THEN l.amount_minor ELSE 0 END),
-  SUM(CASE WHEN l.kind = 'burn_reversal' THEN l.amount_minor ELSE 0 END),
-  SUM(CASE WHEN l.kind = 'adjustment' THEN l.amount_minor ELSE 0 END)"""
+_SUMS = ",\n  ".join(["COUNT(*)", *(f"SUM({sql})" for _, sql in total_sums("l."))])
 # A statement's lines: the range of their ids, read through the primary key.
 _OF_STATEMENT = "l.id BETWEEN :first AND :last AND l.statement_id = :statement"
 # The statement's lines as one canonical JSON array in document order (posted, then line id),
@@ -438,51 +494,6 @@ def lines_and_totals(session: Session, statement: Statement) -> tuple[bytes, Tot
     }
     written, *sums = session.execute(text(sql), params).one()
     return str(written).encode("utf-8"), Totals(*(int(n or 0) for n in sums))
-
-
-@dataclass(slots=True)
-class Totals:
-    """A statement's totals in minor units and points, summed from its lines."""
-
-    lines: int = 0
-    issued_points: int = 0
-    issued_minor: int = 0
-    earn_reversed_minor: int = 0
-    redeemed_points: int = 0
-    reimbursed_minor: int = 0
-    burn_reversed_minor: int = 0
-    adjustments_minor: int = 0
-
-    @property
-    def net_minor(self) -> int:
-        """What the operator pays the partner (negative: the partner pays)."""
-        return (
-            self.reimbursed_minor
-            - self.issued_minor
-            + self.earn_reversed_minor
-            - self.burn_reversed_minor
-            + self.adjustments_minor
-        )
-
-    @property
-    def direction(self) -> str:
-        """``operator_pays``, ``partner_pays`` or ``none``."""
-        net = self.net_minor
-        return "operator_pays" if net > 0 else "partner_pays" if net < 0 else "none"
-
-    def document(self, currency: str) -> dict[str, Any]:
-        """The ``totals`` object of the document."""
-        return {
-            "issued_points": self.issued_points,
-            "issued_amount": format_amount(self.issued_minor, currency),
-            "earn_reversed_amount": format_amount(self.earn_reversed_minor, currency),
-            "redeemed_points": self.redeemed_points,
-            "reimbursed_amount": format_amount(self.reimbursed_minor, currency),
-            "burn_reversed_amount": format_amount(self.burn_reversed_minor, currency),
-            "adjustments_amount": format_amount(self.adjustments_minor, currency),
-            "net_amount": format_amount(self.net_minor, currency),
-            "direction": self.direction,
-        }
 
 
 def totals_of(statement: Statement) -> Totals:

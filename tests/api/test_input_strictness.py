@@ -20,7 +20,6 @@ from tests.api.conftest import Live, Partner, ok, problem, unique
 EFFECT_TABLES = (
     "members",
     "transactions",
-    "postings",
     "lots",
     "holds",
     "partners",

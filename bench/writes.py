@@ -1,0 +1,97 @@
+"""``python -m bench.writes [earns]``: rows written and WAL bytes per signed earn.
+
+Signed earns (:mod:`bench.http`'s requests) sent one at a time to the API application as
+``coalition serve`` builds it (driven through ASGI, :mod:`bench.asgi`: the same statements a
+request over HTTP sends), on a scratch database of ``COALITION_BENCH_DATABASE_URL``. Before and
+after the load: the rows written (``n_tup_ins + n_tup_upd + n_tup_del`` of
+``pg_stat_user_tables``, per table) and the server's WAL position (``pg_current_wal_lsn()``).
+The service's connections are closed before each reading, so their statistics are flushed.
+
+Both readings are the whole server's WAL: run it on a server nothing else writes to (a private
+instance, docs/benchmarks.md says how), or the neighbours' WAL counts too. No timing here, so a
+noisy machine changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sys
+from typing import Any
+
+import psycopg
+
+from api.runtime import services_of
+from bench.asgi import BASE_URL, WARM_UP, Addressed, send_one, split
+from bench.http import SCENARIOS, Signer, partner_key, service_environment
+from bench.postgres import scratch_database, server_url
+from bench.throughput import prepare
+
+_ROWS = (
+    "SELECT relname, n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables"
+    " WHERE n_tup_ins + n_tup_upd + n_tup_del > 0"
+)
+
+
+def _reading(url: str) -> tuple[dict[str, int], int]:
+    with psycopg.connect(url) as conn:
+        rows = {name: int(n) for name, n in conn.execute(_ROWS)}
+        row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+        assert row is not None
+        return rows, int(row[0])
+
+
+def measure(count: int) -> dict[str, Any]:
+    """Rows and WAL bytes per signed earn, over ``count`` earns after a warm-up."""
+    with scratch_database(server_url(), f"coalition_bench_writes_{os.getpid()}") as url:
+        rendered = url.render_as_string(hide_password=False)
+        plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        bench = prepare(rendered, members=1000)
+        try:
+            key_id, secret = partner_key(bench)
+            os.environ.update(service_environment(url, BASE_URL))
+            from api.app import create_app  # noqa: PLC0415 (after the environment is set)
+
+            app = create_app()
+            engine = services_of(app.state).engine
+            signer = Signer(Addressed(), key_id, secret)  # type: ignore[arg-type]
+            make = SCENARIOS["earns"][1]
+            rng = random.Random("writes")
+            warm = [split(make(signer, rng, bench.members).raw) for _ in range(WARM_UP)]
+            load = [split(make(signer, rng, bench.members).raw) for _ in range(count)]
+
+            async def send(requests: list[Any]) -> list[int]:
+                return [await send_one(app, raw) for raw in requests]
+
+            asyncio.run(send(warm))
+            engine.dispose()
+            bench.engine.dispose()
+            rows_before, wal_before = _reading(plain)
+            statuses = asyncio.run(send(load))
+            engine.dispose()
+            rows_after, wal_after = _reading(plain)
+        finally:
+            bench.engine.dispose()
+    per_table = {
+        name: round((n - rows_before.get(name, 0)) / count, 2)
+        for name, n in sorted(rows_after.items())
+        if n != rows_before.get(name, 0)
+    }
+    return {
+        "earns": count,
+        "statuses": sorted(set(statuses)),
+        "rows_per_earn": round(sum(per_table.values()), 2),
+        "rows_per_earn_by_table": per_table,
+        "wal_bytes_per_earn": round((wal_after - wal_before) / count),
+    }
+
+
+def main(argv: list[str]) -> None:
+    """``python -m bench.writes [earns]`` (default 4,000)."""
+    print(json.dumps(measure(int(argv[0]) if argv else 4000), indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,123 @@
+"""The points ledger: double-entry transactions, lots, holds and expiry.
+
+Every function here runs inside a database transaction the caller owns and changes nothing
+when it raises a :class:`~coalition.errors.CoalitionError` before its first write. Every write
+that touches a member starts by updating (and so locking) the member's row, which serializes
+all changes to one member's balance and lots on PostgreSQL; SQLite has one writer anyway.
+
+The rules, in the words of docs/recipes.md:
+- a credit (earn, bonus, positive adjustment, burn reversal) adds a lot, or restores the lots a
+  burn took, and first fills any clawback deficit;
+- a debit (burn, capture, negative adjustment, earn reversal, expiry) takes points from lots
+  soonest-expiring first and records each lot it touched;
+- only a capture or an earn reversal may take more than the lots hold: the rest becomes the
+  member's deficit, which the next credit fills.
+
+The package: ``kinds`` (what each kind of transfer means), ``post`` (the one place a transfer
+is written and posted), ``operations`` (credit, debit, reversals), ``lots``, ``holds``,
+``expiry``, ``tiers`` (the tier basis), ``reads`` (a member's balance and what is due) and
+``tables``. Its public names are all here.
+"""
+
+from __future__ import annotations
+
+from coalition.ledger.expiry import (
+    expire_member_lots,
+    members_with_expired_lots,
+)
+from coalition.ledger.holds import (
+    capture_hold,
+    due_holds,
+    lock_hold,
+    member_due_holds,
+    place_hold,
+    release_hold,
+    void_in_one,
+)
+from coalition.ledger.lots import (
+    LOT_FIRST_PAGE,
+    LOT_PAGE,
+)
+from coalition.ledger.operations import (
+    Credit,
+    credit,
+    credit_many,
+    debit,
+    lock_transaction,
+    reverse_burn,
+    reverse_earn,
+    reversed_points,
+)
+from coalition.ledger.post import (
+    Header,
+    LockedMember,
+    create_member,
+    lock_members,
+)
+from coalition.ledger.reads import (
+    EXPIRING_DATES,
+    MEMBER_DUE_HOLDS,
+    MEMBER_DUE_LOTS,
+    MemberSnapshot,
+    MemberState,
+    Posted,
+    balance_read,
+    expiring_lots,
+    member_due,
+    member_snapshot,
+    member_state,
+)
+from coalition.ledger.tables import BULK_MAX, EXPIRY_BATCH
+from coalition.ledger.tiers import (
+    MEMBER_QUALIFYING_POINTS,
+    day_of,
+    qualifying_history,
+    qualifying_points,
+    tier_for,
+    window,
+)
+
+__all__ = [
+    "BULK_MAX",
+    "EXPIRING_DATES",
+    "EXPIRY_BATCH",
+    "LOT_FIRST_PAGE",
+    "LOT_PAGE",
+    "MEMBER_DUE_HOLDS",
+    "MEMBER_DUE_LOTS",
+    "MEMBER_QUALIFYING_POINTS",
+    "Credit",
+    "Header",
+    "LockedMember",
+    "MemberSnapshot",
+    "MemberState",
+    "Posted",
+    "balance_read",
+    "capture_hold",
+    "create_member",
+    "credit",
+    "credit_many",
+    "day_of",
+    "debit",
+    "due_holds",
+    "expire_member_lots",
+    "expiring_lots",
+    "lock_hold",
+    "lock_members",
+    "lock_transaction",
+    "member_due",
+    "member_due_holds",
+    "member_snapshot",
+    "member_state",
+    "members_with_expired_lots",
+    "place_hold",
+    "qualifying_history",
+    "qualifying_points",
+    "release_hold",
+    "reverse_burn",
+    "reverse_earn",
+    "reversed_points",
+    "tier_for",
+    "void_in_one",
+    "window",
+]

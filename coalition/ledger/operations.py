@@ -1,0 +1,416 @@
+"""The ledger's operations on a member: credit (one and many), debit, and the reversals."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    func,
+    or_,
+    select,
+    text,
+)
+from sqlalchemy.orm import Session
+
+from coalition.db import HotStatement, dialect_of
+from coalition.errors import invariant
+from coalition.ledger.lots import (
+    _LOT_COLUMNS,
+    _add_lot,
+    _deepen_deficit,
+    _fill_deficit,
+    _move,
+    _take,
+)
+from coalition.ledger.post import (
+    _ADD_TO_BALANCE,
+    _TRANSACTION_COLUMNS,
+    Header,
+    LockedMember,
+    _between,
+    _header_values,
+    _insert_rows,
+    _posted,
+    _posted_many,
+    _require_member_change,
+    _write,
+)
+from coalition.ledger.reads import (
+    MemberState,
+    Posted,
+)
+from coalition.ledger.tables import (
+    _LOTS,
+    _TRANSACTIONS,
+    BULK_MAX,
+)
+from coalition.ledger.tiers import (
+    _tier_points,
+    day_of,
+)
+from coalition.models import (
+    Lot,
+    LotMovement,
+    Transaction,
+)
+
+# --- the operations ----------------------------------------------------------------------
+
+# A credit of a member who owes nothing, in one statement (PostgreSQL's data-modifying CTEs):
+# the member row updated (and locked), the transfer, the new lot and
+# what it adds to the member's tier basis (:func:`_count_for_tier`, here in SQL). No
+# row comes back when there is no such member or it owes points (a deficit to fill first):
+# then nothing was written, and the statements of the general path do the work.
+# The header's row, with the balance the member row ``m`` of the statement came back with
+# (every column of ledger.Header, bound by name).
+# The member's own account is the one of the two left NULL, named from the member row.
+_TRANSACTION_FROM_MEMBER = """
+        INSERT INTO transactions (id, kind, partner_id, member_id, reference, points,
+            amount_minor, currency, rate_card_id, tier, occurred_at, posted_at, reverses,
+            hold_id, balance_after, overdraft_points, reason, debit_account_id,
+            credit_account_id)
+        SELECT :id, :kind, :partner_id, :member_id, :reference, :points, :amount_minor,
+            :currency, :rate_card_id, :tier, :occurred_at, :posted_at, :reverses, :hold_id,
+            m.balance, :overdraft_points, :reason,
+            COALESCE(CAST(:debit_account_id AS BIGINT), m.account_id),
+            COALESCE(CAST(:credit_account_id AS BIGINT), m.account_id)
+        FROM m
+        RETURNING id"""
+_CREDIT_IN_ONE = HotStatement(
+    text(
+        f"""
+    WITH m AS (
+        UPDATE members SET balance = balance + :points
+        WHERE id = :member_id AND balance >= 0
+        RETURNING balance, held, account_id
+    ), t AS ({_TRANSACTION_FROM_MEMBER}
+    ), l AS (
+        INSERT INTO lots (member_id, origin_partner_id, transaction_id, points, remaining,
+            expires_at, is_deficit)
+        SELECT :member_id, :origin_partner_id, t.id, :points, :points, :expires_at, false
+        FROM t
+    ), q AS (
+        INSERT INTO qualifying_days (member_id, day, points)
+        SELECT :member_id, :day, :tier_points FROM t WHERE CAST(:tier_points AS BIGINT) <> 0
+        ON CONFLICT (member_id, day)
+            DO UPDATE SET points = qualifying_days.points + excluded.points
+    )
+    SELECT balance, held, account_id FROM m
+    """  # noqa: S608 (built from constants)
+    )
+)
+
+
+def _credit_in_one(session: Session, c: Credit) -> Posted | None:
+    """:func:`credit` in one statement on PostgreSQL; ``None`` (nothing written) when the
+    member is unknown or owes points."""
+    params = {
+        **replace(c.header, debit_account_id=c.from_account).row(),
+        "origin_partner_id": c.origin_partner_id,
+        "expires_at": c.expires_at,
+        "day": day_of(c.header.occurred_at),
+        "tier_points": _tier_points(c.header),
+    }
+    done = _CREDIT_IN_ONE.first(session, params)
+    if done is None:
+        return None
+    balance, held, account = done
+    header = _between(c.header, account, c.from_account, to_member=True)
+    txn = _posted(session, header, balance, tier_counted=True)
+    return Posted(txn, MemberState(c.header.member_id, balance, held))
+
+
+def credit(session: Session, c: Credit) -> Posted:
+    """Give a member ``points`` in a new lot (earn, bonus, positive adjustment)."""
+    if dialect_of(session) == "postgresql":
+        posted = _credit_in_one(session, c)
+        if posted is not None:
+            return posted
+    member_id, points = c.header.member_id, c.header.points
+    state, member_acct = _require_member_change(session, member_id, balance_delta=points)
+    header = _between(c.header, member_acct, c.from_account, to_member=True)
+    txn = _write(session, header, state.balance)
+    _add_lot(
+        session,
+        member_id=member_id,
+        txn_id=txn.id,
+        points=points,
+        origin_partner_id=c.origin_partner_id,
+        expires_at=c.expires_at,
+    )
+    if state.balance - points < 0:
+        _fill_deficit(session, member_id, txn.id)
+    return Posted(txn, state)
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """What :func:`credit` (and, many at once, :func:`credit_many`) posts: the transaction,
+    the account the points come from, and the lot they make."""
+
+    header: Header
+    from_account: int
+    origin_partner_id: str | None
+    expires_at: datetime
+
+    @property
+    def member_id(self) -> str:
+        """The member credited."""
+        return self.header.member_id
+
+    @property
+    def points(self) -> int:
+        """The points credited."""
+        return self.header.points
+
+
+def credit_many(
+    session: Session, credits: Sequence[Credit], members: dict[str, LockedMember]
+) -> list[Posted]:
+    """:func:`credit` for many credits at once: the same transfers, lots and
+    balances as calling it for each one in order, in a handful of statements whatever their
+    number: the transfers and lots by :func:`_insert_rows` (``COPY`` on
+    PostgreSQL), the members' balances in one update, the tier basis and the events by
+    :func:`_posted_many`.
+
+    ``members``: :func:`lock_members` of every member credited, read in this transaction. None
+    may owe points (a negative balance): a deficit must be filled, which :func:`credit` does.
+    Balances are computed here from the locked rows, so several credits of one member each
+    record the right ``balance_after``.
+    """
+    invariant(len(credits) <= BULK_MAX, f"{len(credits)} credits in one batch")
+    if not credits:
+        return []
+    balances = {member_id: members[member_id].state.balance for member_id in
+                {c.member_id for c in credits}}  # fmt: skip
+    invariant(
+        all(balance >= 0 for balance in balances.values()), "a bulk credit of a member who owes"
+    )
+    rows: list[tuple[Any, ...]] = []
+    lots: list[tuple[Any, ...]] = []
+    written: list[tuple[Header, int]] = []
+    for c in credits:
+        points = c.points
+        header = _between(c.header, members[c.member_id].account_id, c.from_account, to_member=True)
+        balance = balances[c.member_id] = balances[c.member_id] + points
+        rows.append((*_header_values(header), balance))
+        lots.append(
+            (c.member_id, c.origin_partner_id, header.id, points, points, c.expires_at, False)
+        )
+        written.append((header, balance))
+    _insert_rows(session, _TRANSACTIONS, _TRANSACTION_COLUMNS, rows)
+    _insert_rows(session, _LOTS, _LOT_COLUMNS, lots)
+    deltas = sorted((member_id, balance - members[member_id].state.balance)
+                    for member_id, balance in balances.items())  # fmt: skip
+    if dialect_of(session) == "postgresql":
+        session.execute(
+            _ADD_TO_BALANCES,
+            {"members": [m for m, _ in deltas], "deltas": [d for _, d in deltas]},
+        )
+    else:
+        session.execute(_ADD_TO_BALANCE, [{"member": m, "balance_delta": d} for m, d in deltas])
+    return [
+        Posted(
+            txn, MemberState(txn.member_id, txn.balance_after, members[txn.member_id].state.held)
+        )
+        for txn in _posted_many(session, written)
+    ]
+
+
+# The members' new balances in one statement on PostgreSQL (arrays of ids and deltas).
+_ADD_TO_BALANCES = text(
+    """
+    UPDATE members SET balance = members.balance + d.delta
+    FROM unnest(CAST(:members AS VARCHAR[]), CAST(:deltas AS BIGINT[])) AS d(id, delta)
+    WHERE members.id = d.id
+    """
+)
+
+
+# A debit on PostgreSQL in two statements: first the member row, updated only if it has the
+# points available (and so locked), with the transfer; then, in a new
+# statement whose snapshot sees every lot change committed before that lock was ours, the
+# points taken from the member's open lots soonest-expiring first (a running sum over them),
+# each taking recorded as a lot movement.
+_DEBIT_MEMBER = HotStatement(
+    text(
+        f"""
+    WITH m AS (
+        UPDATE members SET balance = balance - :points
+        WHERE id = :member_id AND balance - held >= :points
+        RETURNING balance, held, account_id
+    ), t AS ({_TRANSACTION_FROM_MEMBER}
+    )
+    SELECT balance, held, account_id FROM m
+    """  # noqa: S608 (built from constants)
+    )
+)
+_TAKE_FROM_LOTS = HotStatement(
+    text(
+        """
+    WITH open AS (
+        SELECT id, origin_partner_id, remaining,
+            SUM(remaining) OVER (ORDER BY expires_at, id) - remaining AS before
+        FROM lots
+        WHERE member_id = :member_id AND remaining > 0
+    ), taken AS (
+        SELECT id, origin_partner_id, LEAST(remaining, :points - before) AS take
+        FROM open WHERE before < :points
+    ), u AS (
+        UPDATE lots SET remaining = lots.remaining - taken.take
+        FROM taken WHERE lots.id = taken.id
+    ), mv AS (
+        INSERT INTO lot_movements (transaction_id, lot_id, origin_partner_id, points)
+        SELECT :txn_id, id, origin_partner_id, -take FROM taken
+    )
+    SELECT COALESCE(SUM(take), 0) FROM taken
+    """
+    )
+)
+
+
+def _debit_in_two(session: Session, header: Header, to_account: int) -> Posted | None:
+    """:func:`debit` in two statements on PostgreSQL; ``None`` (nothing written) when the
+    member is unknown or has fewer points available."""
+    done = _DEBIT_MEMBER.first(session, replace(header, credit_account_id=to_account).row())
+    if done is None:
+        return None
+    balance, held, account = done
+    header = _between(header, account, to_account, to_member=False)
+    (taken,) = _TAKE_FROM_LOTS.rows(
+        session, {"member_id": header.member_id, "points": header.points, "txn_id": header.id}
+    )[0]
+    # available >= points and balance = sum(lots) > 0 means the lots cover it.
+    invariant(taken == header.points, f"{header.id}: lots gave {taken} of {header.points}")
+    txn = _posted(session, header, balance)
+    return Posted(txn, MemberState(header.member_id, balance, held))
+
+
+def debit(session: Session, header: Header, *, to_account: int) -> Posted:
+    """Take the header's points the member has available (burn, negative adjustment).
+
+    :class:`InsufficientPoints` (nothing written) when the available balance is short.
+    """
+    if dialect_of(session) == "postgresql":
+        posted = _debit_in_two(session, header, to_account)
+        if posted is not None:
+            return posted
+    member_id, points = header.member_id, header.points
+    state, member_acct = _require_member_change(
+        session, member_id, balance_delta=-points, need_available=points
+    )
+    header = _between(header, member_acct, to_account, to_member=False)
+    txn = _write(session, header, state.balance)
+    taken = _take(session, member_id, txn.id, points)
+    # available >= points and balance = sum(lots) > 0 means the lots cover it.
+    invariant(taken == points, f"{txn.id}: lots gave {taken} of {points}")
+    return Posted(txn, state)
+
+
+def reverse_earn(
+    session: Session, *, original: Transaction, header: Header, to_account: int
+) -> Posted:
+    """Take back the header's points of an earn (or bonus): its own lot first, then the others.
+
+    When the member has already spent or holds those points, the reversal still happens: the
+    member's available goes below zero and ``overdraft_points`` records by how much.
+    """
+    points, member_id = header.points, original.member_id
+    invariant(header.member_id == member_id, f"{header.id} reverses another member's earn")
+    state, member_acct = _require_member_change(session, member_id, balance_delta=-points)
+    available_before = state.available + points
+    overdraft = points - min(max(available_before, 0), points)
+    header = _between(header, member_acct, to_account, to_member=False)
+    txn = _write(session, replace(header, overdraft_points=overdraft), state.balance)
+    own_lot = session.scalar(
+        select(Lot.id).where(Lot.transaction_id == original.id, Lot.is_deficit.is_(False))
+    )
+    taken = _take(session, member_id, txn.id, points, first_lot_id=own_lot)
+    if taken < points:
+        _deepen_deficit(session, member_id, txn.id, points - taken)
+    return Posted(txn, state)
+
+
+def reverse_burn(
+    session: Session,
+    *,
+    original: Transaction,
+    header: Header,
+    from_account: int,
+    expires_at: datetime,
+) -> Posted:
+    """Give back the header's points of a burn to the lots it took them from, latest-expiring
+    first.
+
+    Points a capture took from the member's deficit (beyond its lots) come back as a new lot
+    with no origin expiring at ``expires_at``; a deficit still open is then filled as after any
+    credit. The deficit lot itself is never restored into: a later credit may have filled it.
+    """
+    points, member_id = header.points, original.member_id
+    invariant(header.member_id == member_id, f"{header.id} reverses another member's burn")
+    state, member_acct = _require_member_change(session, member_id, balance_delta=points)
+    txn = _write(
+        session, _between(header, member_acct, from_account, to_member=True), state.balance
+    )
+    related = select(Transaction.id).where(
+        or_(Transaction.id == original.id, Transaction.reverses == original.id)
+    )
+    net_taken = (
+        select(
+            LotMovement.lot_id,
+            func.sum(LotMovement.points).label("net"),
+        )
+        .where(LotMovement.transaction_id.in_(related.scalar_subquery()))
+        .group_by(LotMovement.lot_id)
+        .subquery()
+    )
+    lots = session.execute(
+        select(Lot.id, Lot.origin_partner_id, Lot.remaining, net_taken.c.net)
+        .join(net_taken, net_taken.c.lot_id == Lot.id)
+        .where(net_taken.c.net < 0, Lot.is_deficit.is_(False))
+        .order_by(Lot.expires_at.desc(), Lot.id.desc())
+    ).all()
+    moves: list[tuple[int, str | None, int, int]] = []
+    left = points
+    for lot_id, origin, remaining, net in lots:
+        back = min(-int(net), left)
+        moves.append((lot_id, origin, back, remaining + back))
+        left -= back
+        if left == 0:
+            break
+    _move(session, txn.id, moves)
+    if left:
+        _add_lot(
+            session,
+            member_id=member_id,
+            txn_id=txn.id,
+            points=left,
+            origin_partner_id=None,
+            expires_at=expires_at,
+        )
+    if state.balance - points < 0:
+        _fill_deficit(session, member_id, txn.id)
+    return Posted(txn, state)
+
+
+def reversed_points(session: Session, original_id: str) -> int:
+    """Points already reversed of a transaction."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(Transaction.points), 0)).where(
+            Transaction.reverses == original_id
+        )
+    )
+    return int(total or 0)
+
+
+def lock_transaction(session: Session, txn_id: str) -> Transaction | None:
+    """A transaction, row-locked so that its reversals are serialized."""
+    txn = session.execute(
+        select(Transaction).where(Transaction.id == txn_id).with_for_update()
+    ).scalar_one_or_none()
+    if txn is not None:
+        session.expunge(txn)
+    return txn

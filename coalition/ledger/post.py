@@ -1,0 +1,325 @@
+"""The one place a transfer is written and posted: the header of its row, the accounts it
+moves points between, the member row (the only balance kept in place), the bulk insert, and
+:func:`_posted_many`, where the tier basis, the outbox and the metrics attach."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
+from functools import cache
+from operator import attrgetter
+from typing import Any
+
+import psycopg
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Integer,
+    String,
+    Table,
+    bindparam,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, configure_mappers
+from sqlalchemy.orm.instrumentation import manager_of_class
+from sqlalchemy.types import NullType, TypeDecorator
+
+from coalition import outbox
+from coalition.db import AnyOf, dialect_of
+from coalition.errors import InsufficientPoints, invariant
+from coalition.ids import new_id
+from coalition.ledger.reads import (
+    MemberState,
+    member_state,
+)
+from coalition.ledger.tables import (
+    _CHANGE_MEMBER,
+    _CHANGE_MEMBER_IF_AVAILABLE,
+    _MEMBERS,
+    _TRANSACTIONS,
+    BULK_MAX,
+)
+from coalition.ledger.tiers import (
+    _count_for_tier,
+)
+from coalition.models import (
+    Account,
+    Member,
+    Transaction,
+    TransactionKind,
+)
+
+_INSERT_TRANSACTION = insert(_TRANSACTIONS)
+
+_LOCK_MEMBERS = (
+    select(_MEMBERS.c.id, _MEMBERS.c.balance, _MEMBERS.c.held, _MEMBERS.c.account_id)
+    .where(AnyOf(_MEMBERS.c.id, "members"))
+    .order_by(_MEMBERS.c.id)
+    .with_for_update()
+)
+_ADD_TO_BALANCE = (
+    update(_MEMBERS)
+    .where(_MEMBERS.c.id == bindparam("member"))
+    .values(balance=_MEMBERS.c.balance + bindparam("balance_delta"))
+)
+
+
+# --- members -----------------------------------------------------------------------------
+
+
+def create_member(session: Session, member_id: str | None, now: datetime) -> tuple[str, bool]:
+    """Create a member (with its ledger account); return (id, created). An existing id is kept."""
+    if member_id is not None:
+        existing = session.scalar(select(Member.id).where(Member.id == member_id))
+        if existing is not None:
+            return existing, False
+    account_id = session.scalar(insert(Account).values(kind="member").returning(Account.id))
+    assert account_id is not None
+    new = member_id or new_id("mem")
+    session.execute(
+        insert(Member).values(id=new, account_id=account_id, balance=0, held=0, created_at=now)
+    )
+    return new, True
+
+
+@dataclass(frozen=True, slots=True)
+class LockedMember:
+    """A member row read (and, on PostgreSQL, locked) by :func:`lock_members`."""
+
+    state: MemberState
+    account_id: int
+
+
+def lock_members(session: Session, member_ids: Iterable[str]) -> dict[str, LockedMember]:
+    """The members that exist among ``member_ids``, their rows locked in id order (``FOR
+    UPDATE`` on PostgreSQL, so two batches never deadlock; SQLite has one writer anyway).
+
+    One statement for the whole set; an id that is not a member is simply absent.
+    """
+    ids = sorted(set(member_ids))
+    invariant(len(ids) <= BULK_MAX, f"{len(ids)} members in one statement")
+    if not ids:
+        return {}
+    rows = session.execute(_LOCK_MEMBERS, {"members": ids}).all()
+    return {
+        row.id: LockedMember(MemberState(row.id, row.balance, row.held), row.account_id)
+        for row in rows
+    }
+
+
+# --- the member row: the only balance updated in place -----------------------------------
+
+
+def _change_member(
+    session: Session,
+    member_id: str,
+    *,
+    balance_delta: int,
+    held_delta: int = 0,
+    need_available: int | None = None,
+) -> tuple[MemberState, int] | None:
+    """Apply deltas to the member row, locking it: the state after, and the member's account
+    (read in the same statement, so no separate lookup).
+
+    ``None`` when ``need_available`` is not met or there is no such member. With
+    ``need_available`` the update is conditional (``balance - held >= need``), so two
+    concurrent burns can never overdraw a member.
+    """
+    params = {"member": member_id, "balance_delta": balance_delta, "held_delta": held_delta}
+    stmt = _CHANGE_MEMBER
+    if need_available is not None:
+        stmt = _CHANGE_MEMBER_IF_AVAILABLE
+        params["need_available"] = need_available
+    row = session.execute(stmt, params).one_or_none()
+    if row is None:
+        return None
+    return MemberState(member_id, row.balance, row.held), row.account_id
+
+
+def _require_member_change(
+    session: Session,
+    member_id: str,
+    *,
+    balance_delta: int,
+    held_delta: int = 0,
+    need_available: int | None = None,
+) -> tuple[MemberState, int]:
+    """:func:`_change_member`; :class:`UnknownMember` or :class:`InsufficientPoints` if not."""
+    changed = _change_member(
+        session,
+        member_id,
+        balance_delta=balance_delta,
+        held_delta=held_delta,
+        need_available=need_available,
+    )
+    if changed is not None:
+        return changed
+    current = member_state(session, member_id)  # raises UnknownMember
+    raise InsufficientPoints(
+        f"member has {current.available} points available, {need_available} needed",
+        available=current.available,
+        requested=need_available,
+    )
+
+
+# --- transfers ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """What a posted transaction says of itself: every column of its row but
+    ``balance_after``, which the member row gives when it is written. Every transaction of the
+    ledger is posted from one of these (:func:`_posted`)."""
+
+    kind: TransactionKind
+    member_id: str
+    points: int
+    occurred_at: datetime
+    posted_at: datetime
+    partner_id: str | None = None
+    reference: str | None = None
+    amount_minor: int | None = None
+    currency: str | None = None
+    rate_card_id: str | None = None
+    tier: str | None = None
+    reverses: str | None = None
+    hold_id: str | None = None
+    overdraft_points: int = 0
+    reason: str | None = None
+    #: The accounts the transfer debits and credits: set by the ledger operation that posts
+    #: it (``None`` until then, or for the member's own account in a one-statement write,
+    #: which names it from the member row).
+    debit_account_id: int | None = None
+    credit_account_id: int | None = None
+    id: str = field(default_factory=lambda: new_id("txn"))
+
+    def row(self) -> dict[str, Any]:
+        """The ``transactions`` row's columns, ``balance_after`` aside."""
+        return dict(zip(_HEADER_COLUMNS, _header_values(self), strict=True))
+
+
+_HEADER_COLUMNS = tuple(f.name for f in fields(Header))
+
+
+def _between(header: Header, member_account: int, other: int, *, to_member: bool) -> Header:
+    """The header as a transfer between the member's account and ``other``: crediting the
+    member (``to_member``) or debiting it."""
+    if to_member:
+        return replace(header, debit_account_id=other, credit_account_id=member_account)
+    return replace(header, debit_account_id=member_account, credit_account_id=other)
+
+
+#: A header's column values in ``_HEADER_COLUMNS`` order, as a tuple (one C call).
+_header_values = attrgetter(*_HEADER_COLUMNS)
+
+
+def _posted(
+    session: Session, header: Header, balance_after: int, *, tier_counted: bool = False
+) -> Transaction:
+    """:func:`_posted_many` of one transaction."""
+    return _posted_many(session, [(header, balance_after)], tier_counted=tier_counted)[0]
+
+
+def _posted_many(
+    session: Session, posted: Sequence[tuple[Header, int]], *, tier_counted: bool = False
+) -> list[Transaction]:
+    """The one place every posted transaction passes (``(header, balance_after)``), in the
+    database transaction that wrote it, whichever statements wrote it (the general path's, a
+    one-statement fast path's, a bulk insert's): where the members' tier basis
+    (``qualifying_days``), the event outbox and the metrics attach. Many at once cost what one
+    does: one statement for the tier basis, one for the events at commit. ``tier_counted``:
+    the statement that wrote them added them to the tier basis already (the one-statement
+    credit)."""
+    configure_mappers()  # _transaction_of bypasses the constructor, which would do this
+    txns = []
+    for header, balance_after in posted:
+        invariant(
+            header.points > 0
+            and header.debit_account_id is not None
+            and header.credit_account_id is not None
+            and header.debit_account_id != header.credit_account_id,
+            f"{header.id}: a transfer moves positive points between two accounts",
+        )
+        txns.append(_transaction_of(header, balance_after))
+    if not tier_counted:
+        _count_for_tier(session, [header for header, _ in posted])
+    outbox.transactions_posted(session, txns)
+    return txns
+
+
+_NEW_TRANSACTION = manager_of_class(Transaction).new_instance
+
+
+def _transaction_of(header: Header, balance_after: int) -> Transaction:
+    """A transient :class:`Transaction` of the header's row. Filled in as a loaded row is, not
+    through the mapped class's constructor: that costs about 8 times as much, which a bulk
+    import pays per row (docs/benchmarks.md)."""
+    txn: Transaction = _NEW_TRANSACTION()
+    values = zip(_HEADER_COLUMNS, _header_values(header), strict=True)
+    txn.__dict__.update(values, balance_after=balance_after)
+    return txn
+
+
+def _write(session: Session, header: Header, balance_after: int) -> Transaction:
+    """Insert a transfer (its two accounts set, by :func:`_between`)."""
+    session.execute(_INSERT_TRANSACTION, [{**header.row(), "balance_after": balance_after}])
+    return _posted(session, header, balance_after)
+
+
+_TRANSACTION_COLUMNS = (*_HEADER_COLUMNS, "balance_after")
+
+#: The PostgreSQL type a binary ``COPY`` sends for a column of these types (the first match).
+_COPY_TYPES = (
+    (Boolean, "bool"),
+    (BigInteger, "int8"),
+    (Integer, "int4"),
+    (DateTime, "timestamptz"),
+    (String, "varchar"),
+)
+
+
+@cache
+def _copy_types(table: Table, columns: tuple[str, ...]) -> tuple[str, ...]:
+    """The types a binary ``COPY`` of ``columns`` into ``table`` sends (a column without a
+    type of its own has its foreign key's)."""
+    names = []
+    for name in columns:
+        column = table.c[name]
+        kind = column.type
+        if isinstance(kind, NullType) and column.foreign_keys:
+            kind = next(iter(column.foreign_keys)).column.type
+        if isinstance(kind, TypeDecorator):
+            kind = kind.impl_instance
+        invariant(not isinstance(kind, DateTime) or kind.timezone, f"{name}: with its zone")
+        names.append(next(pg for python, pg in _COPY_TYPES if isinstance(kind, python)))
+    return tuple(names)
+
+
+def _insert_rows(
+    session: Session, table: Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    """Insert ``rows`` (tuples of ``columns``' values) into ``table``, in the session's
+    transaction: one binary ``COPY ... FROM STDIN`` on PostgreSQL (psycopg 3's
+    ``cursor.copy``: the cheapest way in for a bulk import's rows; binary, the client sends
+    and the server parses about a quarter of what the text format costs), one executemany
+    insert on SQLite."""
+    if dialect_of(session) != "postgresql":
+        session.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
+        return
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    copy_sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    try:
+        with raw.cursor() as cursor, cursor.copy(copy_sql) as copy:
+            copy.set_types(list(_copy_types(table, columns)))
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.Error as exc:
+        # Raised as SQLAlchemy raises the driver's errors of its own statements: a unique key
+        # that a concurrent write took first is an IntegrityError, which callers retry on.
+        raise DBAPIError.instance(copy_sql, None, exc, psycopg.Error) from exc
