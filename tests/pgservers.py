@@ -484,3 +484,15 @@ def replicated_pair(
         primary = servers.primary(settings=settings)
         standby = servers.standby(primary, synchronous=synchronous)
         yield servers, primary, standby
+
+
+def require(present: bool, what: str) -> None:
+    """Skip a test whose program is missing; under CI (``CI`` set) fail instead, so a missing
+    install step can never pass as a skip."""
+    if present:
+        return
+    import pytest  # noqa: PLC0415 (only the tests that need a program pull pytest in here)
+
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} must be installed in CI (./dev test installs it as root)")
+    pytest.skip(f"{what} is not installed (./dev test installs it as root)")

@@ -21,7 +21,7 @@ from sqlalchemy import make_url
 
 from coalition.check import run_checks
 from coalition.db import make_engine, session_factory, transaction
-from tests import pgbouncer
+from tests import pgbouncer, pgservers
 from tests.api.conftest import Live, ok, serve, unique
 from tests.conftest import _pg_clone, _pg_drop, require_postgres
 from tests.pgbouncer import PgBouncer
@@ -47,8 +47,7 @@ def _take_turns(bouncer: PgBouncer, database: str, prepare_threshold: int | None
 def bounced() -> Iterator[tuple[Live, PgBouncer, str, str]]:
     """The API through pgbouncer, with COALITION_DATABASE_PGBOUNCER on; the direct URL."""
     require_postgres()
-    if not pgbouncer.available():
-        pytest.skip("Debian's pgbouncer is not installed (./dev test installs it as root)")
+    pgservers.require(pgbouncer.available(), "Debian's pgbouncer")
     engine, name = _pg_clone()
     direct = engine.url
     engine.dispose()

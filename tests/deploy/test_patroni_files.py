@@ -18,6 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests import pgservers
 from tests.deploy.test_deploy_files import (
     DEPLOY,
     KUBERNETES_VERSIONS,
@@ -58,8 +59,8 @@ def etcd_stand_in() -> Iterator[str]:
 
 def _validate(config: Path, etcd: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     patroni = shutil.which("patroni")
-    if patroni is None:
-        pytest.skip("Debian's patroni is not installed (./dev test installs it as root)")
+    pgservers.require(patroni is not None, "Debian's patroni")
+    assert patroni is not None
     node = {
         "PATRONI_NAME": "pg1",
         "PATRONI_RESTAPI_LISTEN": f"127.0.0.1:{_free_port()}",

@@ -6,7 +6,6 @@ its own."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,11 +20,9 @@ DATABASE = "coalition"
 
 def require_servers() -> None:
     """Skip (or, under CI, fail) when the PostgreSQL server programs are not installed."""
-    if pgservers.available():
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"the PostgreSQL 15 server programs must be in {pgservers.BINDIR} in CI")
-    pytest.skip(f"no PostgreSQL server programs in {pgservers.BINDIR}")
+    pgservers.require(
+        pgservers.available(), f"PostgreSQL 15's server programs ({pgservers.BINDIR})"
+    )
 
 
 @dataclass

@@ -37,8 +37,7 @@ DATABASE = "coalition"
 
 @pytest.fixture(scope="module")
 def servers() -> Iterator[PgServers]:
-    if not pgservers.available():
-        pytest.skip("PostgreSQL 15's server programs are not installed")
+    pgservers.require(pgservers.available(), "PostgreSQL 15's server programs")
     with PgServers() as made:
         yield made
 
