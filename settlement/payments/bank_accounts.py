@@ -30,7 +30,7 @@ from schwifty.exceptions import SchwiftyException
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from coalition import outbox
+from coalition import outbox, text
 from coalition.errors import Conflict, Forbidden, FourEyes, NotFound, ValidationFailed
 from coalition.ids import new_id
 from coalition.outbox import EventType
@@ -42,10 +42,6 @@ from settlement.workflow import Actor
 #: practice; the holder is one printable line of at most 70 characters (pain's ``Max70Text``).
 HOLDER_MAX = 70
 MANDATE_MAX = 35
-
-
-def _printable_line(text: str) -> bool:
-    return all(ord(c) >= 0x20 and ord(c) != 0x7F for c in text)
 
 
 def four_eyes_person(actor: Actor) -> str:
@@ -84,9 +80,10 @@ def check_details(
     """The details normalised (IBAN and BIC compact, upper case), or ValidationFailed naming
     the field."""
     errors: list[dict[str, str]] = []
-    holder = holder.strip()
-    if not holder or len(holder) > HOLDER_MAX or not _printable_line(holder):
-        errors.append({"path": "holder", "message": f"1 to {HOLDER_MAX} printable characters"})
+    try:
+        holder = text.clean(holder, "holder", max_length=HOLDER_MAX)
+    except ValidationFailed as exc:
+        errors.extend(exc.errors)
     checked_iban = ""
     try:
         checked_iban = IBAN(iban).compact

@@ -146,6 +146,8 @@ def test_two_approvals_racing_approve_once(pg: Db) -> None:
         ("iban", {"iban": "DE8937040044053201300"}),  # length
         ("bic", {"bic": "COBADEFF9"}),
         ("holder", {"holder": " "}),
+        ("holder", {"holder": "Fresh \u202eHmbG .oC"}),  # a bidi override: the one text rule
+        ("holder", {"holder": "Fresh\x85Co"}),  # a C1 control character
         ("mandate_id", {"mandate_id": "M-1"}),  # without its date
         ("mandate_signed_on", {"mandate_id": "M-1", "mandate_signed_on": date(2027, 1, 1)}),
     ],
