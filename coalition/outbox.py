@@ -25,7 +25,7 @@ endpoints are read by ``partner_id``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -54,6 +54,7 @@ from sqlalchemy.sql.elements import TextClause
 
 from coalition.db import Base, HotStatement, UTCDateTime, dialect_of
 from coalition.ids import new_id
+from coalition.ledger import listeners
 from coalition.models import ID, BigId, Hold, HoldStatus, Transaction, TransactionKind
 from coalition.money import format_amount
 
@@ -408,7 +409,7 @@ def note(
     )
 
 
-def transactions_posted(session: Session, txns: Iterable[Transaction]) -> None:
+def transactions_posted(session: Session, txns: Sequence[Transaction]) -> None:
     """Note the events of posted transactions (those whose partner is told about their kind;
     ``ledger._posted_many`` calls this for every transaction, however it was written)."""
     pending: list[_Noted] | None = None
@@ -521,3 +522,13 @@ def purge(session: Session, now: datetime) -> int:
         delete(WebhookEvent).where(WebhookEvent.id.in_(orphans.scalar_subquery()))
     )
     return int(deliveries.rowcount) + int(events.rowcount)  # type: ignore[attr-defined]
+
+
+class _Outbox:
+    """The outbox as a ledger listener (:mod:`coalition.ledger.listeners`)."""
+
+    transactions_posted = staticmethod(transactions_posted)
+    hold_closed = staticmethod(hold_closed)
+
+
+listeners.listen(_Outbox())

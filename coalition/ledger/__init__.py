@@ -16,7 +16,8 @@ The rules, in the words of docs/recipes.md:
 The package: ``kinds`` (what each kind of transfer means), ``post`` (the one place a transfer
 is written and posted), ``operations`` (credit, debit, reversals), ``lots``, ``holds``,
 ``expiry``, ``tiers`` (the tier basis), ``reads`` (a member's balance and what is due) and
-``tables``. Its public names are all here.
+``tables``, and ``listeners`` (what the layers above hear of each posting). Its public
+names are all here.
 """
 
 from __future__ import annotations
@@ -121,3 +122,7 @@ __all__ = [
     "void_in_one",
     "window",
 ]
+
+# The webhook outbox listens to the write path (coalition.ledger.listeners); imported here until
+# it moves above the kernel (issue 23), so that no transfer is ever posted without it.
+import coalition.outbox  # noqa: F401

@@ -12,10 +12,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from coalition import outbox
 from coalition.db import HotStatement, dialect_of
 from coalition.errors import invariant
 from coalition.ids import new_id
+from coalition.ledger import listeners
 from coalition.ledger.lots import (
     _deepen_deficit,
     _take,
@@ -131,7 +131,7 @@ def _close_hold(
         execution_options={"synchronize_session": False},
     )
     invariant(closed.rowcount == 1, f"hold {hold.id} was not active")  # type: ignore[attr-defined]
-    outbox.hold_closed(
+    listeners.hold_closed(
         session, hold, status, now, captured_points=captured_points, transaction_id=txn_id
     )
 
@@ -184,7 +184,7 @@ def void_in_one(
         closed_at=now,
         captured_points=None,
     )
-    outbox.hold_closed(session, hold, HoldStatus.VOIDED, now)
+    listeners.hold_closed(session, hold, HoldStatus.VOIDED, now)
     return hold, MemberState(member_id, balance, held)
 
 

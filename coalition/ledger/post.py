@@ -29,10 +29,10 @@ from sqlalchemy.orm import Session, configure_mappers
 from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlalchemy.types import NullType, TypeDecorator
 
-from coalition import outbox
 from coalition.db import AnyOf, dialect_of
 from coalition.errors import InsufficientPoints, invariant
 from coalition.ids import new_id
+from coalition.ledger import listeners
 from coalition.ledger.reads import (
     MemberState,
     member_state,
@@ -248,7 +248,7 @@ def _posted_many(
         txns.append(_transaction_of(header, balance_after))
     if not tier_counted:
         _count_for_tier(session, [header for header, _ in posted])
-    outbox.transactions_posted(session, txns)
+    listeners.transactions_posted(session, txns)
     return txns
 
 
