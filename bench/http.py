@@ -45,7 +45,7 @@ from bench.throughput import Bench, prepare
 from coalition.db import transaction, utcnow
 from coalition.models import Transaction
 from partners.keys import b64url, create_key
-from partners.webhooks import Webhooks
+from partners.webhooks.endpoints import Webhooks
 
 LUA = Path(__file__).resolve().parent / "http.lua"
 SECRET_KEY = b"b" * 32  # the Settings of bench.throughput.prepare seal with this key

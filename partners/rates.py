@@ -19,7 +19,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from coalition import outbox, text
+from coalition import text
 from coalition.db import HotStatement
 from coalition.errors import (
     BurnCapExceeded,
@@ -41,8 +41,9 @@ from coalition.money import (
     round_money,
     to_minor,
 )
-from coalition.outbox import EventType
 from partners.models import PARTNER_STATUSES, Partner, RateCard
+from partners.webhooks import outbox
+from partners.webhooks.events import EventType
 
 _PARTNERS = cast("Table", Partner.__table__)
 _CARDS = cast("Table", RateCard.__table__)

@@ -32,11 +32,11 @@ from typing import Any
 from sqlalchemy import TextClause, bindparam, text, update
 from sqlalchemy.orm import Session
 
-from coalition import outbox
 from coalition.db import UTCDateTime
 from coalition.ledger.kinds import BILLED_KINDS, KINDS, sql_case, sql_price
 from coalition.money import MAX_AMOUNT, MAX_POINTS, format_amount, line_fits
-from coalition.outbox import EventType
+from partners.webhooks import outbox
+from partners.webhooks.events import EventType
 from settlement.canonical import (
     b64url,
     canonical_json,

@@ -3,7 +3,7 @@ their deliveries (send a test ping, send failed ones again). Its statements are 
 :mod:`api.console.statements`.
 
 The queries and actions are the API's (:func:`partners.queries.list_transactions`,
-:class:`partners.webhooks.Webhooks`), always limited to the session's partner: another
+:class:`partners.webhooks.endpoints.Webhooks`), always limited to the session's partner: another
 partner's endpoint is ``404``.
 """
 

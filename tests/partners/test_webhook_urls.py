@@ -11,9 +11,10 @@ from sqlalchemy import select
 
 from coalition.db import transaction
 from coalition.errors import ValidationFailed
-from coalition.outbox import WebhookDelivery
-from partners.dispatch import Dispatcher, _address_url, _host_header
-from partners.webhooks import Resolver, Target, Webhooks, check_url
+from partners.webhooks.delivery import Dispatcher, _address_url, _host_header
+from partners.webhooks.endpoints import Webhooks
+from partners.webhooks.tables import WebhookDelivery
+from partners.webhooks.urls import Resolver, Target, check_url
 from tests.conftest import Db
 
 REFUSED = (
