@@ -123,21 +123,25 @@ class Rider:
     take: Callable[[Session], dict[str, Any] | None]
 
 
-_SAVES_WITH: dict[str, HotStatement] = {}
+#: The statements composed of a layer's SQL (a prelude's write, a rider's CTEs) and one of the
+#: store's, by (that SQL, the store's template): each built once.
+_COMPOSED: dict[tuple[str, str], HotStatement] = {}
 
 
-def _save_with(ctes: str) -> HotStatement:
-    """The save preceded by a rider's CTEs, in one statement (built once per rider)."""
-    statement = _SAVES_WITH.get(ctes)
+def _composed(part: str, template: str) -> HotStatement:
+    """``template`` with ``part`` in place of ``{part}``, as a statement built once."""
+    statement = _COMPOSED.get((part, template))
     if statement is None:
-        statement = _SAVES_WITH[ctes] = HotStatement(
-            text(
-                f"WITH {ctes} INSERT INTO idempotency_keys"  # noqa: S608 (built from constants)
-                f" ({', '.join(c.name for c in _TABLE.c)})"
-                f" VALUES ({', '.join(':' + c.key for c in _TABLE.c)})"
-            )
-        )
+        statement = _COMPOSED[part, template] = HotStatement(text(template.replace("{part}", part)))
     return statement
+
+
+#: The save preceded by a rider's CTEs.
+_SAVE_WITH = (
+    "WITH {part} INSERT INTO idempotency_keys"  # noqa: S608 (built from constants)
+    f" ({', '.join(c.name for c in _TABLE.c)})"
+    f" VALUES ({', '.join(':' + c.key for c in _TABLE.c)})"
+)
 
 
 # PostgreSQL: the key's exclusion and its first response in one round trip. The row is read
@@ -153,20 +157,11 @@ _CLAIM_SQL = """
 _CLAIM = HotStatement(text(_CLAIM_SQL))
 
 
-_CLAIMS_AFTER: dict[str, HotStatement] = {}
-
-
-def _claim_after(sql: str) -> HotStatement:
-    """The claim preceded by a prelude's write, in one statement (built once per prelude)."""
-    statement = _CLAIMS_AFTER.get(sql)
-    if statement is None:
-        statement = _CLAIMS_AFTER[sql] = HotStatement(
-            text(
-                f"WITH written AS ({sql}) SELECT (SELECT count(*) FROM written) AS written, "  # noqa: S608 (built from constants)
-                f"claimed.* FROM ({_CLAIM_SQL}) AS claimed"
-            )
-        )
-    return statement
+#: The claim preceded by a prelude's write.
+_CLAIM_AFTER = (
+    "WITH written AS ({part}) SELECT (SELECT count(*) FROM written) AS written, "  # noqa: S608 (built from constants)
+    f"claimed.* FROM ({_CLAIM_SQL}) AS claimed"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +198,9 @@ def claim(
     params = {"lock": f"{owner}\n{key}", "owner": owner, "key": key}
     for pause_s in (*_IN_USE_PAUSES_S, None):
         if prelude is not None:
-            row = _one_row(_claim_after(prelude.sql).first(session, {**prelude.params, **params}))
+            row = _one_row(
+                _composed(prelude.sql, _CLAIM_AFTER).first(session, {**prelude.params, **params})
+            )
             prelude.settle(session, int(row[0]))
             prelude, row = None, row[1:]
         else:
@@ -297,7 +294,7 @@ def save(
     if rider is not None and dialect_of(session) == "postgresql":
         carried = rider.take(session)
         if carried is not None:
-            _save_with(rider.ctes).rows(session, {**carried, **values})
+            _composed(rider.ctes, _SAVE_WITH).rows(session, {**carried, **values})
             return
     _SAVE.rows(session, values)
 
