@@ -40,10 +40,10 @@ def _events(events: list[str] | None) -> str | None:
     if events is None:
         return None
     if not events:
-        raise ValidationFailed.at("$.events", "omit events to subscribe to all; [] is none")
+        raise ValidationFailed.at("events", "omit events to subscribe to all; [] is none")
     for i, name in enumerate(events):
         if name not in SUBSCRIBABLE:
-            raise ValidationFailed.at(f"$.events[{i}]", f"one of {', '.join(SUBSCRIBABLE)}")
+            raise ValidationFailed.at(f"events[{i}]", f"one of {', '.join(SUBSCRIBABLE)}")
     return " ".join(sorted(set(events)))
 
 
@@ -242,7 +242,7 @@ class Webhooks:
         schedule, the same ``webhook-id``); how many, at most :data:`RECOVER_BATCH`."""
         self.get(session, partner_id, endpoint_id)
         if since > now:
-            raise ValidationFailed.at("$.since", "a time in the past")
+            raise ValidationFailed.at("since", "a time in the past")
         ids = (
             select(WebhookDelivery.id)
             .where(

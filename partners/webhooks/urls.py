@@ -78,7 +78,7 @@ class Target:
 
 
 def check_url(
-    url: str, *, allow_private: bool, resolver: Resolver = resolve, path: str = "$.url"
+    url: str, *, allow_private: bool, resolver: Resolver = resolve, path: str = "url"
 ) -> Target:
     """The URL's target, or ValidationFailed at ``path``: not http(s), no host, user info,
     longer than :data:`MAX_URL_LENGTH`, a host that does not resolve, or (unless
