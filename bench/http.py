@@ -46,7 +46,7 @@ from bench.throughput import Bench, prepare
 from coalition.db import transaction, utcnow
 from coalition.models import Transaction
 from partners.keys import b64url, create_key
-from partners.webhooks import Webhooks
+from partners.webhooks.endpoints import Webhooks
 
 LUA = Path(__file__).resolve().parent / "http.lua"
 SECRET_KEY = b"b" * 32  # the Settings of bench.throughput.prepare seal with this key
@@ -384,7 +384,8 @@ def partner_key(bench: Bench) -> tuple[str, str]:
             alg="hmac-sha256", scopes=["earn", "burn", "read"], public_key=None,
             expires_at=None, now=utcnow(),
         )  # fmt: skip
-    assert new.secret is not None
+    if new.secret is None:
+        raise RuntimeError("an HMAC key is created with its secret")
     return new.key.id, new.secret
 
 
