@@ -16,6 +16,7 @@ settled). The run ends with a summary and every ledger invariant checked.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import heapq
 import itertools
@@ -32,12 +33,14 @@ from pathlib import Path
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from cli.runtime import runtime
 from coalition.config import Settings
 from coalition.db import migrate, transaction, utcnow
 from coalition.errors import CoalitionError
 from coalition.ledger.kinds import KINDS, Flow
 from coalition.models import Member, Transaction
 from coalition.money import quantum
+from coalition.progress import progress
 from partners.keys import NewKey, create_key, has_operator_key
 from partners.models import PARTNER_SCOPES, Partner, RateCard
 from partners.operations import EARN_BATCH_MAX, EarnItem, Operations
@@ -1263,3 +1266,20 @@ def _operations_table(sim: _Simulation) -> list[str]:
     errors = sum(sim.errors.values())
     rows.append(["total", sim.operation_count() - errors, errors, ""])
     return _table(["operation", "done", "refused", "refused because"], rows)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """A demo coalition on an empty database, with a period of traffic."""
+    from cli.example import demo_lines  # noqa: PLC0415 (it imports this module)
+
+    rt = runtime()
+    with progress("simulating the period", PERIOD_DAYS) as update:
+        return run_demo(
+            rt.settings,
+            rt.engine,
+            rt.sessions,
+            seed=args.seed,
+            members=args.members,
+            describe_api=demo_lines,
+            progress=lambda day, days: update(day, f"of {days} days"),
+        )
