@@ -1,3 +1,4 @@
-"""The composition root: the ``coalition`` command (``main.py``), serve (``serve.py``), the
-worker and its jobs (``jobs.py``), the administrative and file commands (``commands.py``,
-``files.py``) and the demo (``demo.py``). It may import every layer; nothing imports it."""
+"""The composition root: the ``coalition`` command (``main.py``; ``python -m cli``), serve
+(``serve.py``), the worker and its jobs (``jobs.py``), the administrative, link and file
+commands (``commands.py``, ``links.py``, ``files.py``) and the demo (``demo.py`` over the
+simulation in ``simulation/``). It may import every layer; nothing imports it."""
