@@ -27,6 +27,8 @@ from coalition.errors import (
     NotFound,
     PartnerNotActive,
     ValidationFailed,
+    invariant,
+    required,
 )
 from coalition.ids import new_id
 from coalition.models import Account
@@ -117,9 +119,14 @@ def create_partner(session: Session, *, name: str, currency: str, now: datetime)
         errors.append({"path": "currency", "message": str(exc)})
     if errors:
         raise ValidationFailed(errors)
-    issued = session.scalar(insert(Account).values(kind="partner_issued").returning(Account.id))
-    redeemed = session.scalar(insert(Account).values(kind="partner_redeemed").returning(Account.id))
-    assert issued is not None and redeemed is not None
+    issued = required(
+        session.scalar(insert(Account).values(kind="partner_issued").returning(Account.id)),
+        "an inserted account has an id",
+    )
+    redeemed = required(
+        session.scalar(insert(Account).values(kind="partner_redeemed").returning(Account.id)),
+        "an inserted account has an id",
+    )
     partner = Partner(
         id=new_id("prt"),
         name=name,
@@ -454,10 +461,9 @@ def burn_price(
 
     Without ``max_burn_share`` points may still pay at most the whole basket.
     """
-    assert (points is None) != (amount is None)
+    invariant((points is None) != (amount is None), "a burn is priced by points or by an amount")
     if points is None:
-        assert amount is not None
-        points = ceil_points(amount / card.burn_value_per_point)
+        points = ceil_points(required(amount, "an amount") / card.burn_value_per_point)
     path = "points" if amount is None else "amount"
     if points > MAX_POINTS:
         raise ValidationFailed.at(path, f"at most {MAX_POINTS} points in one operation")

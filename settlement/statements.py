@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from coalition import outbox
 from coalition.db import UTCDateTime
+from coalition.errors import invariant, required
 from coalition.ledger.kinds import BILLED_KINDS, KINDS, sql_case, sql_price
 from coalition.money import MAX_AMOUNT, MAX_POINTS, format_amount, line_fits
 from coalition.outbox import EventType
@@ -637,7 +638,10 @@ def period_ref(period: Period) -> dict[str, str]:
 def summary_data(statement: Statement, period: Period) -> dict[str, Any]:
     """An issued statement without its lines, from its columns (its document is not read): the
     API's ``StatementSummary`` and the data of its webhook events."""
-    assert statement.issued_sha256 is not None and statement.period_id == period.id
+    invariant(
+        statement.issued_sha256 is not None and statement.period_id == period.id,
+        "an issued statement of its period",
+    )
     return {
         "id": statement.id,
         "partner_id": statement.partner_id,
@@ -664,8 +668,7 @@ def announce(
 
 def resign(session: Session, statement: Statement, status: str, signer: Signer) -> None:
     """Move the statement to ``status``: the same lines and totals, a new signed document."""
-    assert statement.document is not None
-    document = json.loads(statement.document)
+    document = json.loads(required(statement.document, "an issued statement's document"))
     document["status"] = status
     canonical = canonical_json(document)
     signed = signed_document(document, signer.kid, signer.sign(canonical))
@@ -686,8 +689,10 @@ def resign(session: Session, statement: Statement, status: str, signer: Signer) 
 
 def document_of(statement: Statement) -> dict[str, Any]:
     """The statement's signed document, exactly as signed."""
-    assert statement.document is not None and statement.signing_kid is not None
-    document: dict[str, Any] = json.loads(statement.document)
+    invariant(statement.signing_kid is not None, "an issued statement is signed")
+    document: dict[str, Any] = json.loads(
+        required(statement.document, "an issued statement's document")
+    )
     document["content_sha256"] = statement.content_sha256
     document["signature"] = {
         "alg": "ed25519",
