@@ -34,6 +34,13 @@ def _command(
     return parser
 
 
+def _group(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """A command with subcommands (``coalition <name> <subcommand>``)."""
+    return sub.add_parser(name, help=help).add_subparsers(dest=f"{name}_command", required=True)
+
+
 def _service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     init = _command(
         sub,
@@ -86,9 +93,7 @@ def _people_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _settlement_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    statements = sub.add_parser("statements", help="settlement statements").add_subparsers(
-        dest="statements_command", required=True
-    )
+    statements = _group(sub, "statements", "settlement statements")
     verify = _command(
         statements,
         "verify",
@@ -99,18 +104,14 @@ def _settlement_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     verify.add_argument(
         "--keys", help="a saved answer of GET /v1/signing-keys (default: the database's keys)"
     )
-    signing = sub.add_parser("signing-keys", help="the statement-signing keys").add_subparsers(
-        dest="signing_command", required=True
-    )
+    signing = _group(sub, "signing-keys", "the statement-signing keys")
     _command(
         signing,
         "rotate",
         "cli.commands:cmd_rotate_signing_key",
         "make a new key the one that signs",
     )
-    bank = sub.add_parser("bank", help="bank statements in").add_subparsers(
-        dest="bank_command", required=True
-    )
+    bank = _group(sub, "bank", "bank statements in")
     bank_import = _command(
         bank,
         "import",
@@ -122,9 +123,7 @@ def _settlement_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def _import_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    imports = sub.add_parser("import", help="bulk imports").add_subparsers(
-        dest="what", required=True
-    )
+    imports = _group(sub, "import", "bulk imports")
     earns = _command(
         imports,
         "earns",

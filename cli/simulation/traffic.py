@@ -168,16 +168,8 @@ def burn_points(sim: Simulation, s: Session, event: Event) -> bool:
     else:
         share = sim.rng.uniform(0.3, 1.0)
         points = max(step, int(available * share) // step * step)
-    posted = sim.ops.burn(
-        sim.partners[spec.slug].id,
-        member_id=member_id,
-        reference=_ref(sim, "redeem" if spec.slug != "charity" else "donation"),
-        points=points,
-        session=s,
-    )
-    _burned(sim, spec.slug, posted.transaction.id, posted.transaction.points)
-    _note(sim, member_id, posted.member.available)
-    return True
+    reference = _ref(sim, "redeem" if spec.slug != "charity" else "donation")
+    return _burn(sim, s, spec, member_id, reference, points=points)
 
 
 def burn_amount(sim: Simulation, s: Session, event: Event) -> bool:
@@ -198,13 +190,30 @@ def burn_amount(sim: Simulation, s: Session, event: Event) -> bool:
     amount = min(basket * wanted, worth).quantize(quantum(spec.currency), rounding=ROUND_FLOOR)
     if amount <= 0:
         amount = quantum(spec.currency) * 100  # a member with nothing to pay with
+    return _burn(sim, s, spec, member_id, _ref(sim, "pay"), amount=amount, basket=basket)
+
+
+def _burn(
+    sim: Simulation,
+    s: Session,
+    spec: PartnerSpec,
+    member_id: str,
+    reference: str,
+    *,
+    points: int | None = None,
+    amount: Decimal | None = None,
+    basket: Decimal | None = None,
+) -> bool:
+    """A burn at the partner, given points or an amount of a basket; kept as a candidate for a
+    reversal."""
     posted = sim.ops.burn(
         sim.partners[spec.slug].id,
         member_id=member_id,
-        reference=_ref(sim, "pay"),
-        amount=str(amount),
-        currency=spec.currency,
-        basket_amount=str(basket),
+        reference=reference,
+        points=points,
+        amount=None if amount is None else str(amount),
+        currency=None if amount is None else spec.currency,
+        basket_amount=None if basket is None else str(basket),
         session=s,
     )
     _burned(sim, spec.slug, posted.transaction.id, posted.transaction.points)
