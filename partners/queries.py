@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from coalition.errors import ValidationFailed
+from coalition.errors import InvariantViolated, ValidationFailed
 from coalition.models import TRANSACTION_KINDS, Transaction
 from partners.models import Partner, RateCard
 
@@ -40,7 +40,8 @@ class Page(Generic[T]):
             return None
         last = self.rows[-1]
         row_id = getattr(last, "id", None)
-        assert isinstance(row_id, str)
+        if not isinstance(row_id, str):
+            raise InvariantViolated(f"a page of rows without string ids: {last!r}")
         return row_id
 
 

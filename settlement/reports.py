@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, literal_column, select
 from sqlalchemy.orm import Session
 
-from coalition.errors import NotFound
+from coalition.errors import NotFound, invariant
 from coalition.ledger.kinds import KINDS, Flow, sql_member_points
 from coalition.models import Transaction
 from coalition.money import format_amount
@@ -148,7 +148,7 @@ def list_periods(
     session: Session, *, before_id: str | None, limit: int
 ) -> tuple[list[Period], bool]:
     """Closed periods, the latest first; (rows, has_more)."""
-    assert 1 <= limit <= 500
+    invariant(1 <= limit <= 500, "a page holds 1 to 500 periods")
     query = select(Period).order_by(Period.end_at.desc(), Period.id.desc()).limit(limit + 1)
     if before_id is not None:
         before = session.get(Period, before_id)

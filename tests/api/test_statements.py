@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from coalition.cli import main
+from cli.main import main
 from coalition.db import session_factory, transaction
 from settlement.signing import rotate
 from tests.api.conftest import SECRET_KEY, Live, Partner, ok, problem, unique

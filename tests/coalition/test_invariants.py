@@ -22,7 +22,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from coalition.cli import main
+from cli.main import main
 from coalition.db import transaction
 from coalition.ids import new_id
 from coalition.ledger import Posted
