@@ -39,7 +39,8 @@ def _reading(url: str) -> tuple[dict[str, int], int]:
     with psycopg.connect(url) as conn:
         rows = {name: int(n) for name, n in conn.execute(_ROWS)}
         row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
-        assert row is not None
+        if row is None:
+            raise RuntimeError("no WAL position")
         return rows, int(row[0])
 
 
@@ -85,7 +86,13 @@ def measure(count: int) -> dict[str, Any]:
         "rows_per_earn": round(sum(per_table.values()), 2),
         "rows_per_earn_by_table": per_table,
         "wal_bytes_per_earn": round((wal_after - wal_before) / count),
+        # For ``pg_waldump --start ... --end ... --stats=record`` on the server's WAL.
+        "wal_range": [_lsn(wal_before), _lsn(wal_after)],
     }
+
+
+def _lsn(position: int) -> str:
+    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
 
 
 def main(argv: list[str]) -> None:

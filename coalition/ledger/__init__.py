@@ -70,12 +70,13 @@ from coalition.ledger.reads import (
 )
 from coalition.ledger.tables import BULK_MAX, EXPIRY_BATCH
 from coalition.ledger.tiers import (
-    MEMBER_QUALIFYING_POINTS,
+    MEMBER_TIER_POINTS,
+    BatchTiers,
+    TierBasis,
     day_of,
-    qualifying_history,
     qualifying_points,
     tier_for,
-    window,
+    tier_params,
 )
 
 __all__ = [
@@ -86,13 +87,15 @@ __all__ = [
     "LOT_PAGE",
     "MEMBER_DUE_HOLDS",
     "MEMBER_DUE_LOTS",
-    "MEMBER_QUALIFYING_POINTS",
+    "MEMBER_TIER_POINTS",
+    "BatchTiers",
     "Credit",
     "Header",
     "LockedMember",
     "MemberSnapshot",
     "MemberState",
     "Posted",
+    "TierBasis",
     "balance_read",
     "capture_hold",
     "create_member",
@@ -112,15 +115,14 @@ __all__ = [
     "member_state",
     "members_with_expired_lots",
     "place_hold",
-    "qualifying_history",
     "qualifying_points",
     "release_hold",
     "reverse_burn",
     "reverse_earn",
     "reversed_points",
     "tier_for",
+    "tier_params",
     "void_in_one",
-    "window",
 ]
 
 # The webhook outbox listens to the write path (coalition.ledger.listeners); imported here until

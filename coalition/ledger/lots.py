@@ -119,7 +119,7 @@ def _take(
         if len(page) < limit:
             break
         last = page[-1]
-        assert last.expires_at is not None
+        invariant(last.expires_at is not None, f"lot {last.id} has no expiry")
         after = (last.expires_at, last.id)
         limit = LOT_PAGE
     _move(session, txn_id, moves)
@@ -146,7 +146,7 @@ def _deepen_deficit(session: Session, member_id: str, txn_id: str, points: int) 
             )
             .returning(Lot.id)
         )
-        assert lot_id is not None
+        invariant(lot_id is not None, "the new lot has an id")
         session.execute(
             insert(LotMovement).values(
                 transaction_id=txn_id, lot_id=lot_id, origin_partner_id=None, points=-points

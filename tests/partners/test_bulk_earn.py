@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from coalition import ledger
 from coalition.db import transaction
@@ -363,8 +364,13 @@ def test_a_reference_taken_before_the_bulk_write_fails_the_batch_with_the_unique
         )
         for reference in ("fresh", "taken")
     ]
+
+    def post(s: Session) -> None:
+        locked = ledger.lock_members(s, [member])
+        ledger.credit_many(s, credits, locked, {member: locked[member].tier})
+
     with pytest.raises(IntegrityError), transaction(db.sessions) as s:
-        ledger.credit_many(s, credits, ledger.lock_members(s, [member]))
+        post(s)
     with db.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Transaction)) == 1
     db.assert_ledger_ok()
