@@ -148,13 +148,13 @@ class Transaction(Base):
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
-    partner_id: Mapped[str | None] = mapped_column(ForeignKey("partners.id"))
+    partner_id: Mapped[str | None] = mapped_column(ID)
     member_id: Mapped[str] = mapped_column(ForeignKey("members.id"))
     reference: Mapped[str | None] = mapped_column(String(255))
     points: Mapped[int] = mapped_column(BigInteger)
     amount_minor: Mapped[int | None] = mapped_column(BigInteger)
     currency: Mapped[str | None] = mapped_column(String(3))
-    rate_card_id: Mapped[str | None] = mapped_column(ForeignKey("rate_cards.id"))
+    rate_card_id: Mapped[str | None] = mapped_column(ID)
     tier: Mapped[str | None] = mapped_column(String(32))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
     posted_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -211,7 +211,7 @@ class Lot(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     member_id: Mapped[str] = mapped_column(ForeignKey("members.id"))
-    origin_partner_id: Mapped[str | None] = mapped_column(ForeignKey("partners.id"))
+    origin_partner_id: Mapped[str | None] = mapped_column(ID)
     transaction_id: Mapped[str] = mapped_column(ForeignKey("transactions.id"))
     points: Mapped[int] = mapped_column(BigInteger)
     remaining: Mapped[int] = mapped_column(BigInteger)
@@ -236,7 +236,7 @@ class LotMovement(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     transaction_id: Mapped[str] = mapped_column(ForeignKey("transactions.id"))
     lot_id: Mapped[int] = mapped_column(ForeignKey("lots.id"))
-    origin_partner_id: Mapped[str | None] = mapped_column(ForeignKey("partners.id"))
+    origin_partner_id: Mapped[str | None] = mapped_column(ID)
     points: Mapped[int] = mapped_column(BigInteger)
 
 
@@ -267,7 +267,7 @@ class Hold(Base):
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
-    partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id"))
+    partner_id: Mapped[str] = mapped_column(ID)
     member_id: Mapped[str] = mapped_column(ForeignKey("members.id"))
     reference: Mapped[str] = mapped_column(String(255))
     points: Mapped[int] = mapped_column(BigInteger)

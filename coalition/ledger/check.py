@@ -49,13 +49,33 @@ WHERE m.balance <> COALESCE(c.total, 0) - COALESCE(d.total, 0)
 """
 
 
+# The references to hot parents that have no foreign key (a key takes a row lock on the
+# parent per insert: the partner's and its rate card's rows, shared by every write of a
+# partner; docs/invariants.md, "Foreign keys"): each names a row that exists.
+_DANGLING = " UNION ALL ".join(
+    f"SELECT '{table}.{column}' AS reference, CAST(c.{key} AS VARCHAR(40)) AS row_id,"  # noqa: S608 (constants)
+    f" c.{column} AS missing FROM {table} c LEFT JOIN {parent} p ON p.id = c.{column}"
+    f" WHERE c.{column} IS NOT NULL AND p.id IS NULL"
+    for table, key, column, parent in (
+        ("transactions", "id", "partner_id", "partners"),
+        ("transactions", "id", "rate_card_id", "rate_cards"),
+        ("lots", "id", "origin_partner_id", "partners"),
+        ("lot_movements", "id", "origin_partner_id", "partners"),
+        ("holds", "id", "partner_id", "partners"),
+    )
+)
+
+
 def transfers(session: Session) -> list[str]:
     """Invariant 1, as findings."""
     misdirected = sample_rows(session, _MISDIRECTED)
     unbalanced = sample_rows(session, _MEMBER_TRANSFERS)
-    return [f"transfer not between its kind's accounts: {r}" for r in misdirected] + [
-        f"member balance != its credits less its debits: {r}" for r in unbalanced
-    ]
+    dangling = sample_rows(session, _DANGLING)
+    return (
+        [f"transfer not between its kind's accounts: {r}" for r in misdirected]
+        + [f"member balance != its credits less its debits: {r}" for r in unbalanced]
+        + [f"reference to no row: {r}" for r in dangling]
+    )
 
 
 # Only an earn reversal (a clawback) takes a member's available points below zero, and it
@@ -161,7 +181,8 @@ LEDGER_CHECKS: list[tuple[int, str, Callable[[Session], list[str]]]] = [
     (
         1,
         "every transfer moves positive points between two accounts of its kind's roles;"
-        " each account's balance = its credits less its debits",
+        " each account's balance = its credits less its debits; every partner and rate card"
+        " a ledger row names exists",
         transfers,
     ),
     (
