@@ -35,10 +35,6 @@ from coalition.ledger.holds import (
     release_hold,
     void_in_one,
 )
-from coalition.ledger.lots import (
-    LOT_FIRST_PAGE,
-    LOT_PAGE,
-)
 from coalition.ledger.operations import (
     Credit,
     credit,
@@ -83,8 +79,6 @@ __all__ = [
     "BULK_MAX",
     "EXPIRING_DATES",
     "EXPIRY_BATCH",
-    "LOT_FIRST_PAGE",
-    "LOT_PAGE",
     "MEMBER_DUE_HOLDS",
     "MEMBER_DUE_LOTS",
     "MEMBER_TIER_POINTS",

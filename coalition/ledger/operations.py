@@ -283,10 +283,10 @@ _CHANGE_ONE_MEMBER = text(
 
 
 # A debit on PostgreSQL in two statements: first the member row, updated only if it has the
-# points available (and so locked), with the transfer; then, in a new
-# statement whose snapshot sees every lot change committed before that lock was ours, the
-# points taken from the member's open lots soonest-expiring first (a running sum over them),
-# each taking recorded as a lot movement.
+# points available (and so locked), with the transfer; then, in a new statement whose
+# snapshot sees every lot change committed before that lock was ours, the points taken from
+# the member's open lots soonest-expiring first (``lots._take``, the one statement of that
+# rule), each taking recorded as a lot movement.
 _DEBIT_MEMBER = HotStatement(
     text(
         f"""
@@ -300,28 +300,6 @@ _DEBIT_MEMBER = HotStatement(
     """  # noqa: S608 (built from constants)
     )
 )
-_TAKE_FROM_LOTS = HotStatement(
-    text(
-        """
-    WITH open AS (
-        SELECT id, origin_partner_id, remaining,
-            SUM(remaining) OVER (ORDER BY expires_at, id) - remaining AS before
-        FROM lots
-        WHERE member_id = :member_id AND remaining > 0
-    ), taken AS (
-        SELECT id, origin_partner_id, LEAST(remaining, :points - before) AS take
-        FROM open WHERE before < :points
-    ), u AS (
-        UPDATE lots SET remaining = lots.remaining - taken.take
-        FROM taken WHERE lots.id = taken.id
-    ), mv AS (
-        INSERT INTO lot_movements (transaction_id, lot_id, origin_partner_id, points)
-        SELECT :txn_id, id, origin_partner_id, -take FROM taken
-    )
-    SELECT COALESCE(SUM(take), 0) FROM taken
-    """
-    )
-)
 
 
 def _debit_in_two(session: Session, header: Header, to_account: int) -> Posted | None:
@@ -332,9 +310,7 @@ def _debit_in_two(session: Session, header: Header, to_account: int) -> Posted |
         return None
     balance, held, account = done
     header = _between(header, account, to_account, to_member=False)
-    (taken,) = _TAKE_FROM_LOTS.rows(
-        session, {"member_id": header.member_id, "points": header.points, "txn_id": header.id}
-    )[0]
+    taken = _take(session, header.member_id, header.id, header.points)
     # available >= points and balance = sum(lots) > 0 means the lots cover it.
     invariant(taken == header.points, f"{header.id}: lots gave {taken} of {header.points}")
     txn = _posted(session, header, balance)
