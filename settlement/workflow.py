@@ -29,11 +29,12 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from coalition import outbox, text
-from coalition.errors import Conflict, NotFound, StatementClosed, ValidationFailed
+from coalition import text
+from coalition.errors import Conflict, NotFound, StatementClosed, ValidationFailed, invariant
 from coalition.ids import new_id
 from coalition.money import exponent, format_amount, quantum, to_minor
-from coalition.outbox import EventType
+from partners.webhooks import outbox
+from partners.webhooks.events import EventType
 from settlement.models import (
     DISPUTE_OUTCOMES,
     STATEMENT_STATUSES,
@@ -152,7 +153,7 @@ def list_statements(
     limit: int,
 ) -> Page:
     """Statements, newest first (keyset on the time-ordered id), ``limit`` at most 500."""
-    assert 1 <= limit <= 500
+    invariant(1 <= limit <= 500, "a page holds 1 to 500 statements")
     if status is not None and status not in STATEMENT_STATUSES:
         raise ValidationFailed.at("query.status", f"one of {', '.join(STATEMENT_STATUSES)}")
     query = select(Statement).order_by(Statement.id.desc()).limit(limit + 1)

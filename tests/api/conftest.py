@@ -302,7 +302,18 @@ def serve(
     for route in routes:
         app.register(route)
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan="on",
+            # Longer than any pause of a test's client: a server closing an idle keep-alive
+            # connection just as a client reuses it drops that request (HTTP/1.1's race, which
+            # real clients survive by retrying with the same Idempotency-Key); at uvicorn's 5 s
+            # a loaded machine hit it in tests that assert the server answers every request.
+            timeout_keep_alive=120,
+        )
     )
     thread = threading.Thread(target=server.run, name=f"uvicorn-{backend}", daemon=True)
     thread.start()
