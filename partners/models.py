@@ -98,6 +98,8 @@ class RequestNonce(Base):
     __tablename__ = "request_nonces"
     __table_args__ = (Index("ix_request_nonces_expires", "expires_at"),)
 
-    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    #: No foreign key: every signed request writes one of these, and a key's check locked the
+    #: key's row per insert (migration 0017, docs/invariants.md "Foreign keys").
+    key_id: Mapped[str] = mapped_column(ID, primary_key=True)
     nonce: Mapped[str] = mapped_column(String(255), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

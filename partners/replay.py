@@ -25,12 +25,13 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, delete, select, text
+from sqlalchemy import Index, String, delete, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from coalition.db import Base, HotStatement, Prelude, UTCDateTime, dialect_of
 from coalition.errors import SignatureInvalid
+from coalition.models import ID
 from partners.signatures import SignedRequest
 
 #: How long a signature is remembered: a signature verifies while ``created`` is within 300 s
@@ -46,7 +47,8 @@ class SignatureUse(Base):
     __tablename__ = "signature_uses"
     __table_args__ = (Index("ix_signature_uses_expires", "expires_at"),)
 
-    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    #: No foreign key, as a request's nonce (migration 0017).
+    key_id: Mapped[str] = mapped_column(ID, primary_key=True)
     signature_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     idempotency_key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_MAX))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -25,12 +25,11 @@ Revises: 0015_transfers
 
 from __future__ import annotations
 
-import re
-
 import sqlalchemy as sa
 from alembic import op
 
 from coalition.config import load_settings
+from coalition.migrations import foreign_keys
 
 revision = "0016_tier_basis"
 down_revision = "0015_transfers"
@@ -60,53 +59,6 @@ _HOT_PARENT_KEYS = (
     ),
     ("holds", "fk_holds_partner_id_partners", "partner_id", "partners"),
 )
-
-
-def _clause(name: str, column: str, parent: str) -> str:
-    return f"CONSTRAINT {name} FOREIGN KEY({column}) REFERENCES {parent} (id)"
-
-
-def _sqlite_tables(change: dict[str, list[tuple[str, str, str]]], *, drop: bool) -> None:
-    """Drop (or add back) foreign key clauses in SQLite's stored table definitions."""
-    conn = op.get_bind()
-    version = int(conn.exec_driver_sql("PRAGMA schema_version").scalar_one())
-    conn.exec_driver_sql("PRAGMA writable_schema=ON")
-    for table, keys in change.items():
-        sql = conn.execute(
-            sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :t"),
-            {"t": table},
-        ).scalar_one()
-        for name, column, parent in keys:
-            clause = _clause(name, column, parent)
-            if drop:
-                sql, found = re.subn(r",\s*" + re.escape(clause), "", sql)
-                if found != 1:
-                    raise RuntimeError(f"0016_tier_basis: {table} has no {name}")
-            else:
-                end = sql.rstrip().rindex(")")
-                sql = f"{sql[:end].rstrip()}, \n\t{clause}\n)"
-        conn.execute(
-            sa.text("UPDATE sqlite_master SET sql = :sql WHERE type = 'table' AND name = :t"),
-            {"sql": sql, "t": table},
-        )
-    conn.exec_driver_sql(f"PRAGMA schema_version={version + 1}")
-    conn.exec_driver_sql("PRAGMA writable_schema=OFF")
-    if conn.exec_driver_sql("PRAGMA integrity_check").scalar_one() != "ok":
-        raise RuntimeError("0016_tier_basis: SQLite's integrity check failed")
-
-
-def _hot_parent_keys(*, drop: bool) -> None:
-    if op.get_bind().dialect.name == "sqlite":
-        by_table: dict[str, list[tuple[str, str, str]]] = {}
-        for table, name, column, parent in _HOT_PARENT_KEYS:
-            by_table.setdefault(table, []).append((name, column, parent))
-        _sqlite_tables(by_table, drop=drop)
-        return
-    for table, name, column, parent in _HOT_PARENT_KEYS:
-        if drop:
-            op.drop_constraint(name, table, type_="foreignkey")
-        else:
-            op.create_foreign_key(name, table, parent, [column], ["id"])
 
 
 def _days() -> str:
@@ -139,7 +91,7 @@ def upgrade() -> None:
     )
     _refuse_if_different()
     op.drop_table("qualifying_days")
-    _hot_parent_keys(drop=True)
+    foreign_keys.drop(_HOT_PARENT_KEYS)
 
 
 # Members whose new basis differs from what ``qualifying_days`` says: the latest day, and the
@@ -164,7 +116,7 @@ def _refuse_if_different() -> None:
 
 
 def downgrade() -> None:
-    _hot_parent_keys(drop=False)
+    foreign_keys.add(_HOT_PARENT_KEYS)
     op.create_table(
         "qualifying_days",
         sa.Column("member_id", sa.String(68), nullable=False),
