@@ -11,7 +11,7 @@ from pathlib import Path
 from cli.runtime import ready_runtime, runtime
 from coalition import audit
 from coalition.db import migrate, transaction, utcnow
-from partners.keys import NewKey, create_key, has_operator_key
+from partners.keys import NewKey, create_operator_key, has_operator_key
 from settlement.canonical import ExportError, parse_keys, read_export, verify_document
 from settlement.check import run_checks
 from settlement.signing import ensure_key, public_keys, rotate
@@ -26,17 +26,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         ensure_key(session, secret_key=rt.settings.secret_key, now=utcnow())
         new = None
         if not has_operator_key(session):
-            new = create_key(
-                session,
-                secret_key=rt.settings.secret_key,
-                role="operator",
-                partner_id=None,
-                alg="hmac-sha256",
-                scopes=[],
-                public_key=None,
-                expires_at=None,
-                now=utcnow(),
-            )
+            new = create_operator_key(session, secret_key=rt.settings.secret_key, now=utcnow())
             audit.record(
                 session,
                 audit.Action(

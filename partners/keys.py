@@ -177,6 +177,22 @@ def create_key(
     return NewKey(key, secret)
 
 
+def create_operator_key(session: Session, *, secret_key: bytes, now: datetime) -> NewKey:
+    """A new operator key (HMAC, no expiry): :func:`create_key` with what an operator's
+    key always is (``coalition init``, the demo)."""
+    return create_key(
+        session,
+        secret_key=secret_key,
+        role="operator",
+        partner_id=None,
+        alg="hmac-sha256",
+        scopes=[],
+        public_key=None,
+        expires_at=None,
+        now=now,
+    )
+
+
 def has_operator_key(session: Session) -> bool:
     """True once any operator key exists (``coalition init`` creates the first)."""
     return session.scalar(select(ApiKey.id).where(ApiKey.role == "operator").limit(1)) is not None

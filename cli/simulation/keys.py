@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cli.simulation.world import PARTNERS
 from coalition.config import Settings
 from coalition.db import transaction, utcnow
-from partners.keys import NewKey, create_key, has_operator_key
+from partners.keys import NewKey, create_key, create_operator_key, has_operator_key
 from partners.models import PARTNER_SCOPES, Partner
 
 
@@ -38,17 +38,7 @@ def create_keys(settings: Settings, sessions: sessionmaker[Session]) -> DemoKeys
     with transaction(sessions) as s:
         operator = None
         if not has_operator_key(s):
-            operator = create_key(
-                s,
-                secret_key=settings.secret_key,
-                role="operator",
-                partner_id=None,
-                alg="hmac-sha256",
-                scopes=[],
-                public_key=None,
-                expires_at=None,
-                now=now,
-            )
+            operator = create_operator_key(s, secret_key=settings.secret_key, now=now)
         partner_keys = {}
         currencies = {}
         for partner in s.scalars(select(Partner).order_by(Partner.created_at, Partner.id)):

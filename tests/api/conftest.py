@@ -31,7 +31,7 @@ from sqlalchemy import Engine
 from api.app import create_app
 from coalition.config import Settings
 from coalition.db import make_engine, migrate, session_factory, transaction
-from partners.keys import b64url, create_key
+from partners.keys import b64url, create_operator_key
 from tests.conftest import _pg_clone, _pg_drop, require_postgres
 
 SECRET_KEY = b"s" * 32
@@ -262,17 +262,7 @@ class Live:
 
 def _operator_key(engine: Engine) -> Key:
     with transaction(session_factory(engine)) as s:
-        new = create_key(
-            s,
-            secret_key=SECRET_KEY,
-            role="operator",
-            partner_id=None,
-            alg="hmac-sha256",
-            scopes=[],
-            public_key=None,
-            expires_at=None,
-            now=dt.datetime.now(dt.UTC),
-        )
+        new = create_operator_key(s, secret_key=SECRET_KEY, now=dt.datetime.now(dt.UTC))
     assert new.secret is not None
     return Key(new.key.id, "hmac-sha256", base64.urlsafe_b64decode(new.secret + "="))
 

@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from api.client import CoalitionClient, ProblemError
 from coalition.db import transaction, utcnow
 from coalition.models import Transaction
-from partners.keys import b64url, create_key
+from partners.keys import b64url, create_key, create_operator_key
 from tests.conftest import Db
 
 pytestmark = pytest.mark.postgres
@@ -235,17 +235,7 @@ def test_a_revoked_key_is_refused_by_every_worker_within_a_second(pg: Db, tmp_pa
     partner = pg.partner()
     key_id, secret = _partner_key(pg, partner.id, ["read"])
     with transaction(pg.sessions) as s:
-        operator = create_key(
-            s,
-            secret_key=SECRET_KEY,
-            role="operator",
-            partner_id=None,
-            alg="hmac-sha256",
-            scopes=[],
-            public_key=None,
-            expires_at=None,
-            now=utcnow(),
-        )
+        operator = create_operator_key(s, secret_key=SECRET_KEY, now=utcnow())
     assert operator.secret is not None
     with serve(pg, tmp_path) as served:
         # A new connection per request, so both worker processes answer (and cache the key).
