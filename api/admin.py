@@ -12,6 +12,7 @@ from litestar.params import QueryParameter, RawBody
 from api.auth import admin, signed
 from api.docs import SIGNED, body, problems
 from api.handlers import Call, operation
+from api.pages import Cursor, Limit, decode_cursor, page_out
 from api.runtime import services_of
 from api.structs import (
     LINE,
@@ -29,7 +30,6 @@ from api.structs import (
     PartnerOut,
     PartnerPage,
     PartnerUpdate,
-    QueryText,
     RateCardCreate,
     RateCardList,
     RateCardOut,
@@ -38,8 +38,6 @@ from api.structs import (
     parse_time,
 )
 from api.views import (
-    decode_cursor,
-    encode_cursor,
     key_created,
     key_out,
     liability_out,
@@ -116,19 +114,15 @@ class AdminController(Controller):
     def list_partners(
         self,
         request: Request[Any, Any, Any],
-        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
-        cursor: QueryText = None,
+        limit: Limit = 100,
+        cursor: Cursor = None,
     ) -> PartnerPage:
         """Partners, newest first (keyset pagination, like transactions)."""
         before_id = decode_cursor(cursor, "prt")
         page = services_of(request.app.state).reads.run(
             lambda s: list_partners(s, before_id=before_id, limit=limit)
         )
-        return PartnerPage(
-            data=[partner_out(p) for p in page.rows],
-            has_more=page.has_more,
-            next_cursor=encode_cursor(page.last_id),
-        )
+        return page_out(PartnerPage, page, partner_out)
 
     @get(
         "/partners/{partner_id:str}",

@@ -24,6 +24,7 @@ from api.auth import (
 )
 from api.docs import SIGNED, problems
 from api.handlers import Call, operation
+from api.pages import Cursor, Limit, decode_cursor, page_out
 from api.runtime import services_of
 from api.structs import (
     LINE,
@@ -48,8 +49,6 @@ from api.structs import (
 )
 from api.views import (
     balance_out,
-    decode_cursor,
-    encode_cursor,
     hold_out,
     partner_out,
     rate_card_out,
@@ -285,13 +284,8 @@ class PartnerController(Controller):
         kind: Annotated[TransactionKind | None, QueryParameter()] = None,
         since: Since = None,
         until: Until = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
-        cursor: Annotated[
-            str | None,
-            QueryParameter(
-                max_length=200, pattern=LINE, description="`next_cursor` of the previous page."
-            ),
-        ] = None,
+        limit: Limit = 100,
+        cursor: Cursor = None,
     ) -> TransactionPage:
         """The partner's transactions, newest first, ``limit`` per page (keyset pagination)."""
         with request_unit(request) as s:
@@ -305,8 +299,4 @@ class PartnerController(Controller):
                 before_id=decode_cursor(cursor, "txn"),
                 limit=limit,
             )
-        return TransactionPage(
-            data=[transaction_out(t) for t in page.rows],
-            has_more=page.has_more,
-            next_cursor=encode_cursor(page.last_id),
-        )
+        return page_out(TransactionPage, page, transaction_out)

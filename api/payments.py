@@ -13,6 +13,7 @@ from litestar.params import PathParameter, QueryParameter, RawBody
 from api.auth import admin, principal_of, signed
 from api.docs import SIGNED, body, problems
 from api.handlers import Call, operation
+from api.pages import Cursor, Limit, decode_cursor, page_out
 from api.payments_structs import (
     BankAccountOut,
     BankAccountPut,
@@ -29,11 +30,11 @@ from api.payments_structs import (
 from api.runtime import Services, services_of
 from api.settlement import actor_of
 from api.structs import EmptyBody, IdPath, decode, full_match
-from api.views import decode_cursor, encode_cursor
 from coalition.db import transaction
 from coalition.errors import ValidationFailed
 from settlement.bankfiles import MAX_BANK_FILE_BYTES
 from settlement.payments import bank_accounts, reconcile, runs
+from settlement.payments.models import BankEntry
 
 FileName = Annotated[
     str,
@@ -75,6 +76,10 @@ def payment_file_response(services: Services, run_id: str, name: str) -> Respons
         media_type="application/xml",
         headers={"Content-Disposition": f'attachment; filename="{found.name}"'},
     )
+
+
+def _entry_out(entry: BankEntry) -> BankEntryOut:
+    return msgspec.convert(reconcile.entry_data(entry), BankEntryOut)
 
 
 def _media_type(request: Request[Any, Any, Any]) -> str:
@@ -283,19 +288,14 @@ class PaymentsController(Controller):
     def reconciliation(
         self,
         request: Request[Any, Any, Any],
-        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
-        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        limit: Limit = 100,
+        cursor: Cursor = None,
     ) -> ReconciliationPage:
         """Bank entries waiting for finance, newest first, each with its reason."""
         services = services_of(request.app.state)
         with transaction(services.sessions) as s:
-            rows = reconcile.queue(s, limit=limit + 1, before_id=decode_cursor(cursor, "bke"))
-            page = rows[:limit]
-            return ReconciliationPage(
-                data=[msgspec.convert(reconcile.entry_data(e), BankEntryOut) for e in page],
-                has_more=len(rows) > limit,
-                next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
-            )
+            found = reconcile.queue(s, limit=limit, before_id=decode_cursor(cursor, "bke"))
+            return page_out(ReconciliationPage, found, _entry_out)
 
     @operation(
         "/reconciliation/{entry_id:str}/resolve",

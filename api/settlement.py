@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from api.auth import admin, partner, partner_id_of, principal_of, signed
 from api.docs import SIGNED, ExportOperation, problems
 from api.handlers import Call, operation
+from api.pages import Cursor, Limit, decode_cursor, page_out
 from api.runtime import services_of
 from api.settlement_structs import (
     ClosedOut,
@@ -40,8 +41,7 @@ from api.settlement_structs import (
     StatementSummary,
     UnbilledOut,
 )
-from api.structs import LINE, EmptyBody, IdPath, IdQuery, IdQueryRequired
-from api.views import decode_cursor, encode_cursor
+from api.structs import EmptyBody, IdPath, IdQuery, IdQueryRequired
 from coalition.db import transaction
 from partners.signatures import Principal
 from settlement import reports, workflow
@@ -53,11 +53,6 @@ from settlement.statements import document_of, period_ref, summary_data
 PathId = IdPath
 #: The problems a write of the settlement API may answer.
 _WRITE_PROBLEMS = (400, 403, 404, 409, 413, 422)
-Limit = Annotated[int, QueryParameter(ge=1, le=500)]
-Cursor = Annotated[
-    str | None,
-    QueryParameter(max_length=200, pattern=LINE, description="`next_cursor` of the previous page."),
-]
 ExportFormat = Annotated[Literal["json", "csv"], QueryParameter(description="`json` or `csv`.")]
 
 
@@ -117,8 +112,7 @@ def _page(s: Session, **query: Any) -> StatementPage:
     page = workflow.list_statements(s, **query)
     ids = {row.period_id for row in page.rows}
     periods = {p.id: p for p in s.scalars(select(Period).where(Period.id.in_(ids)))}
-    data = [summary_out(row, periods[row.period_id]) for row in page.rows]
-    return StatementPage(data=data, has_more=page.has_more, next_cursor=encode_cursor(page.last_id))
+    return page_out(StatementPage, page, lambda row: summary_out(row, periods[row.period_id]))
 
 
 class StatementsController(Controller):
@@ -436,14 +430,11 @@ class SettlementAdminController(Controller):
         """Closed periods, the latest first."""
         before_id = decode_cursor(cursor, "per")
 
-        def read(s: Session) -> PeriodPage:
-            rows, more = reports.list_periods(s, before_id=before_id, limit=limit)
-            last = rows[-1].id if rows and more else None
-            return PeriodPage(
-                data=[period_out(p) for p in rows], has_more=more, next_cursor=encode_cursor(last)
+        return services_of(request.app.state).reads.run(
+            lambda s: page_out(
+                PeriodPage, reports.list_periods(s, before_id=before_id, limit=limit), period_out
             )
-
-        return services_of(request.app.state).reads.run(read)
+        )
 
     @get(
         "/periods/{period_id:str}/summary",
