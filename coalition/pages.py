@@ -45,7 +45,7 @@ class Page(NamedTuple, Generic[T]):
 def check_limit(limit: int) -> None:
     """``validation`` (the field ``limit``) unless 1 <= ``limit`` <= :data:`MAX_PAGE`."""
     if not 1 <= limit <= MAX_PAGE:
-        raise ValidationFailed.at("query.limit", f"from 1 to {MAX_PAGE}")
+        raise ValidationFailed.at("limit", f"from 1 to {MAX_PAGE}")
 
 
 def newest_first(

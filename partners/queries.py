@@ -34,9 +34,9 @@ def list_transactions(
     continues a listing after the last id of the previous page.
     """
     if kind is not None and kind not in TRANSACTION_KINDS:
-        raise ValidationFailed.at("query.kind", f"one of {', '.join(TRANSACTION_KINDS)}")
+        raise ValidationFailed.at("kind", f"one of {', '.join(TRANSACTION_KINDS)}")
     if since is not None and until is not None and until <= since:
-        raise ValidationFailed.at("query.until", "must be later than since")
+        raise ValidationFailed.at("until", "must be later than since")
     stmt = select(Transaction)
     if partner_id is not None:
         stmt = stmt.where(Transaction.partner_id == partner_id)

@@ -141,7 +141,7 @@ def list_statements(
 ) -> Page[Statement]:
     """Statements, newest first (keyset on the time-ordered id), ``limit`` at most 500."""
     if status is not None and status not in STATEMENT_STATUSES:
-        raise ValidationFailed.at("query.status", f"one of {', '.join(STATEMENT_STATUSES)}")
+        raise ValidationFailed.at("status", f"one of {', '.join(STATEMENT_STATUSES)}")
     query = select(Statement)
     if partner_id is not None:
         query = query.where(Statement.partner_id == partner_id)
