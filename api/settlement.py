@@ -30,14 +30,11 @@ from api.settlement_structs import (
     DisputeResolve,
     PeriodOut,
     PeriodPage,
-    PeriodRef,
     PeriodSummary,
     SettleRequest,
-    StatementDocument,
     StatementEventList,
     StatementEventOut,
     StatementPage,
-    StatementStatus,
     StatementSummary,
     UnbilledOut,
 )
@@ -47,6 +44,7 @@ from partners.signatures import Principal
 from settlement import reports, workflow
 from settlement.canonical import csv_export, json_export
 from settlement.close import close_in
+from settlement.document import StatementDocument, StatementStatus
 from settlement.models import Dispute, Period, Statement
 from settlement.statements import document_of, period_ref, summary_data
 
@@ -466,7 +464,7 @@ class SettlementAdminController(Controller):
             period = reports.get_period(s, period_id)
             matrix = reports.cross_brand(s, period_id).document()
             return CrossBrandReport(
-                period=msgspec.convert(period_ref(period), PeriodRef),
+                period=period_ref(period),
                 cells=[msgspec.convert(c, CrossBrandCell) for c in matrix["cells"]],
                 redeemed_points=matrix["redeemed_points"],
                 cross_brand_points=matrix["cross_brand_points"],
