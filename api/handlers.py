@@ -45,19 +45,15 @@ class Call(Generic[T]):
     """What an operation receives: the request, the verified principal, the process's
     services, and (inside the request's transaction) the session and the decoded body."""
 
-    __slots__ = ("body", "data", "principal", "request", "services", "session", "status")
+    __slots__ = ("data", "principal", "request", "services", "session", "status")
 
     data: T
     session: Session
 
-    def __init__(
-        self, request: Request[Any, Any, Any], services: Services, body: bytes, status: int
-    ) -> None:
+    def __init__(self, request: Request[Any, Any, Any], services: Services, status: int) -> None:
         self.request = request
         self.services = services
         self.principal: Principal = principal_of(request)
-        #: The body's bytes as they came (what the request hash covers).
-        self.body = body
         #: The response's status: the route's, unless the operation says otherwise (an
         #: existing member is ``200``, a new one ``201``).
         self.status = status
@@ -89,10 +85,10 @@ def operation(
     """The Litestar ``POST`` route of a signed idempotent operation (module docstring).
 
     ``body``: the struct the body decodes into (strictly; with ``empty_as_object`` no body at
-    all stands for ``{}``), or ``None`` for a body the operation reads itself
-    (``call.body``). ``problems``: the problem statuses the route documents (by default what a write
-    of an existing thing may answer: without ``404`` when it names nothing that exists).
-    ``route``: further arguments of Litestar's ``post``."""
+    all stands for ``{}``), or ``None`` for a body the operation reads itself (``call.data`` is
+    then its bytes). ``problems``: the problem statuses the route documents (by default what
+    a write of an existing thing may answer: without ``404`` when it names nothing that
+    exists). ``route``: further arguments of Litestar's ``post``."""
 
     struct, empty = body, empty_as_object
     invariant(not ({"dependencies", "sync_to_thread"} & route.keys()), "set by operation()")
@@ -110,7 +106,7 @@ def operation(
         ) -> Response[Any]:
             del params["idempotency_key"]  # documented; the guard has checked it
             services = services_of(request.app.state)
-            call: Call[Any] = Call(request, services, body, status_code)
+            call: Call[Any] = Call(request, services, status_code)
             if before is not None:
                 before(call, **params)
 
