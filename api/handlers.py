@@ -102,9 +102,12 @@ def operation(
         ]
 
         def handler(
-            self: Any, request: Request[Any, Any, Any], body: bytes, **params: Any
+            self: Any,
+            request: Request[Any, Any, Any],
+            body: bytes,
+            idempotency_key: str,  # documented; the guard has checked it
+            **params: Any,
         ) -> Response[Any]:
-            del params["idempotency_key"]  # documented; the guard has checked it
             services = services_of(request.app.state)
             call: Call[Any] = Call(request, services, status_code)
             if before is not None:
