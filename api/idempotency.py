@@ -14,6 +14,8 @@ there), all in **one** database transaction:
    ``Idempotent-Replayed: true``; other request -> ``422 idempotency-key-reused``;
 4. the **operation** (decoding the body included) and the **save** of its response: a
    committed effect always has its stored response, and a stored response always its effect.
+   On PostgreSQL the one webhook event the operation noted rides the save's statement
+   (:data:`partners.webhooks.outbox.RIDER`) instead of a statement of its own at commit.
 
 No savepoint: when the operation refuses (a :class:`~coalition.errors.CoalitionError`), the
 whole transaction rolls back, and a second one (steps 1-3 again) stores the problem document
@@ -43,6 +45,7 @@ from api.runtime import Services
 from coalition import idempotency as store
 from coalition.errors import CoalitionError
 from partners.signatures import Principal
+from partners.webhooks import outbox
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 
@@ -119,6 +122,7 @@ def run_idempotent(
             status=status,
             body=content,
             now=now,
+            rider=outbox.RIDER,
         )
 
     for attempt in range(_RACE_ATTEMPTS):

@@ -1,12 +1,13 @@
 """Webhook endpoint management (``/v1/webhook-endpoints``, partner keys with scope
-``webhooks``): each handler maps HTTP to one call of :class:`partners.webhooks.Webhooks`.
+``webhooks``): each handler maps HTTP to one call of
+:class:`partners.webhooks.endpoints.Webhooks`.
 Another partner's endpoint is ``404``, like an endpoint that does not exist.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
@@ -22,29 +23,18 @@ from api.structs import LINE, AwareTime, EmptyBody, IdPath, decode, full_match
 from api.structs import Request as RequestBody
 from coalition.db import transaction
 from coalition.errors import ValidationFailed
-from coalition.outbox import WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from partners.webhooks import (
-    DESCRIPTION_MAX,
-    MAX_URL_LENGTH,
-    SUBSCRIBABLE,
-    NewEndpoint,
-    Webhooks,
-)
+from partners.webhooks.endpoints import DESCRIPTION_MAX, NewEndpoint, Webhooks
+from partners.webhooks.events import SUBSCRIBABLE
+from partners.webhooks.tables import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from partners.webhooks.urls import MAX_URL_LENGTH
 
-EventName = Literal[
-    "transaction.earned",
-    "transaction.burned",
-    "transaction.reversed",
-    "hold.captured",
-    "hold.voided",
-    "hold.expired",
-    "statement.issued",
-    "statement.settled",
-    "dispute.resolved",
-    "rate_card.activated",
-    "partner.bank_account_changed",
-]
-assert set(get_args(EventName)) == set(SUBSCRIBABLE), "the API names every subscribable event"
+if TYPE_CHECKING:
+    EventName = str
+else:
+    #: The subscribable event types, as the domain declares them (one ``Literal`` of
+    #: :data:`partners.webhooks.events.SUBSCRIBABLE`): the request structs refuse any other
+    #: name and the OpenAPI document lists them.
+    EventName = Literal[SUBSCRIBABLE]
 Url = Annotated[
     str,
     Meta(

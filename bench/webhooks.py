@@ -26,9 +26,9 @@ from bench.postgres import scratch_database, server_url
 from bench.throughput import prepare, throughput
 from coalition.config import Settings
 from coalition.db import session_factory, transaction
-from coalition.outbox import WebhookDelivery
-from partners.dispatch import Dispatcher
-from partners.webhooks import Webhooks
+from partners.webhooks.delivery import Dispatcher
+from partners.webhooks.endpoints import Webhooks
+from partners.webhooks.tables import WebhookDelivery
 
 RESULTS = Path(__file__).resolve().parent / "webhooks_results.json"
 

@@ -173,7 +173,7 @@ def purge_sign_ins(rt: Runtime) -> int:
 
 def purge_webhooks(rt: Runtime) -> int:
     """Forget deliveries done before the webhook retention, then their events; how many."""
-    from coalition.outbox import PURGE_BATCH, purge
+    from partners.webhooks.outbox import PURGE_BATCH, purge
 
     total = 0
     for _ in range(100):  # bounded: the next run takes the rest
@@ -187,7 +187,7 @@ def purge_webhooks(rt: Runtime) -> int:
 
 def dispatch_webhooks(rt: Runtime) -> int:
     """Send the due webhook deliveries; how many attempts were made."""
-    from partners.dispatch import Dispatcher
+    from partners.webhooks.delivery import Dispatcher
 
     return Dispatcher(rt.settings, rt.sessions).run()
 

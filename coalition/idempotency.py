@@ -7,7 +7,7 @@ header, the request hash, replays) is api/idempotency.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -29,9 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from coalition import outbox
 from coalition.db import Base, HotStatement, Prelude, UTCDateTime, dialect_of
-from coalition.errors import IdempotencyKeyInUse, IdempotencyKeyReused
+from coalition.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvariantViolated
 
 
 class IdempotencyRecord(Base):
@@ -106,15 +105,45 @@ _SAVE = HotStatement(
         {column.key: bindparam(column.key) for column in _TABLE.c}  # every column, by name
     )
 )
-# PostgreSQL: the save and the request's one webhook event (and its deliveries), which the
-# outbox would otherwise write in a statement of its own at commit.
-_SAVE_WITH_EVENT = HotStatement(
-    text(
-        f"WITH {outbox.EVENT_CTES} INSERT INTO idempotency_keys"  # noqa: S608 (built from constants)
-        f" ({', '.join(c.name for c in _TABLE.c)})"
-        f" VALUES ({', '.join(':' + c.key for c in _TABLE.c)})"
-    )
+
+
+@dataclass(frozen=True, slots=True)
+class Rider:
+    """Writes a transaction noted for its commit that may go out instead in the statement that
+    stores the request's response (PostgreSQL), as data-modifying CTEs in front of its
+    ``INSERT``: no statement of their own. The layer that notes them defines it (the webhook
+    outbox's ``partners.webhooks.outbox.RIDER``) and the API passes it to :func:`save`.
+
+    ``ctes`` is ``name AS (...), ...`` with its own ``:named`` parameters (none named as a
+    column of the record); ``take`` returns the values of what the session noted, taken out of
+    its commit-time write, or ``None`` when there is nothing to carry (it is written at commit).
+    """
+
+    ctes: str
+    take: Callable[[Session], dict[str, Any] | None]
+
+
+#: The statements composed of a layer's SQL (a prelude's write, a rider's CTEs) and one of the
+#: store's, by (that SQL, the store's template): each built once.
+_COMPOSED: dict[tuple[str, str], HotStatement] = {}
+
+
+def _composed(part: str, template: str) -> HotStatement:
+    """``template`` with ``part`` in place of ``{part}``, as a statement built once."""
+    statement = _COMPOSED.get((part, template))
+    if statement is None:
+        statement = _COMPOSED[part, template] = HotStatement(text(template.replace("{part}", part)))
+    return statement
+
+
+#: The save preceded by a rider's CTEs.
+_SAVE_WITH = (
+    "WITH {part} INSERT INTO idempotency_keys"  # noqa: S608 (built from constants)
+    f" ({', '.join(c.name for c in _TABLE.c)})"
+    f" VALUES ({', '.join(':' + c.key for c in _TABLE.c)})"
 )
+
+
 # PostgreSQL: the key's exclusion and its first response in one round trip. The row is read
 # with the statement's snapshot, taken before the lock: a first request that commits in
 # between (releasing the lock to this one) is not seen, this one runs the operation too, and
@@ -128,20 +157,11 @@ _CLAIM_SQL = """
 _CLAIM = HotStatement(text(_CLAIM_SQL))
 
 
-_CLAIMS_AFTER: dict[str, HotStatement] = {}
-
-
-def _claim_after(sql: str) -> HotStatement:
-    """The claim preceded by a prelude's write, in one statement (built once per prelude)."""
-    statement = _CLAIMS_AFTER.get(sql)
-    if statement is None:
-        statement = _CLAIMS_AFTER[sql] = HotStatement(
-            text(
-                f"WITH written AS ({sql}) SELECT (SELECT count(*) FROM written) AS written, "  # noqa: S608 (built from constants)
-                f"claimed.* FROM ({_CLAIM_SQL}) AS claimed"
-            )
-        )
-    return statement
+#: The claim preceded by a prelude's write.
+_CLAIM_AFTER = (
+    "WITH written AS ({part}) SELECT (SELECT count(*) FROM written) AS written, "  # noqa: S608 (built from constants)
+    f"claimed.* FROM ({_CLAIM_SQL}) AS claimed"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,13 +198,13 @@ def claim(
     params = {"lock": f"{owner}\n{key}", "owner": owner, "key": key}
     for pause_s in (*_IN_USE_PAUSES_S, None):
         if prelude is not None:
-            row = _claim_after(prelude.sql).first(session, {**prelude.params, **params})
-            assert row is not None
+            row = _one_row(
+                _composed(prelude.sql, _CLAIM_AFTER).first(session, {**prelude.params, **params})
+            )
             prelude.settle(session, int(row[0]))
             prelude, row = None, row[1:]
         else:
-            row = _CLAIM.first(session, params)
-        assert row is not None
+            row = _one_row(_CLAIM.first(session, params))
         if row[0]:
             return _stored(
                 session, row[1:], owner=owner, key=key, request_hash=request_hash, now=now
@@ -195,6 +215,13 @@ def claim(
         f"a request with Idempotency-Key {key!r} is still running; retry in a moment",
         retry_after_s=IN_USE_RETRY_AFTER_S,
     )
+
+
+def _one_row(row: Sequence[Any] | None) -> Sequence[Any]:
+    """The claim's one row (its ``SELECT`` has no condition that could leave it out)."""
+    if row is None:
+        raise InvariantViolated("the Idempotency-Key claim returned no row")
+    return row
 
 
 def lookup(
@@ -245,11 +272,12 @@ def save(
     status: int,
     body: bytes,
     now: datetime,
+    rider: Rider | None = None,
 ) -> None:
     """Store the first response to ``key``, in the transaction of the operation it answers
-    (after :func:`lookup` found none). The primary key refuses a second row. On PostgreSQL the
-    one webhook event the operation noted goes out in the same statement
-    (:func:`coalition.outbox.take_one`).
+    (after :func:`lookup` found none). The primary key refuses a second row. On PostgreSQL what
+    the ``rider`` takes from the session (the one webhook event the operation noted) goes out
+    in the same statement.
     """
     values = {
         "request_hash": request_hash,
@@ -263,11 +291,12 @@ def save(
         "expires_at": now + RETENTION,
     }
     values = {"owner": owner, "key": key, **values}
-    event = outbox.take_one(session) if dialect_of(session) == "postgresql" else None
-    if event is None:
-        _SAVE.rows(session, values)
-    else:
-        _SAVE_WITH_EVENT.rows(session, {**event, **values})
+    if rider is not None and dialect_of(session) == "postgresql":
+        carried = rider.take(session)
+        if carried is not None:
+            _composed(rider.ctes, _SAVE_WITH).rows(session, {**carried, **values})
+            return
+    _SAVE.rows(session, values)
 
 
 def purge(session: Session, now: datetime, batch: int = PURGE_BATCH) -> int:

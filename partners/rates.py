@@ -19,11 +19,12 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from coalition import outbox, text
+from coalition import text
 from coalition.db import HotStatement
 from coalition.errors import (
     BurnCapExceeded,
     Conflict,
+    InvariantViolated,
     NotFound,
     PartnerNotActive,
     ValidationFailed,
@@ -41,8 +42,9 @@ from coalition.money import (
     round_money,
     to_minor,
 )
-from coalition.outbox import EventType
 from partners.models import PARTNER_STATUSES, Partner, RateCard
+from partners.webhooks import outbox
+from partners.webhooks.events import EventType
 
 _PARTNERS = cast("Table", Partner.__table__)
 _CARDS = cast("Table", RateCard.__table__)
@@ -119,7 +121,8 @@ def create_partner(session: Session, *, name: str, currency: str, now: datetime)
         raise ValidationFailed(errors)
     issued = session.scalar(insert(Account).values(kind="partner_issued").returning(Account.id))
     redeemed = session.scalar(insert(Account).values(kind="partner_redeemed").returning(Account.id))
-    assert issued is not None and redeemed is not None
+    if issued is None or redeemed is None:
+        raise InvariantViolated("the partner's issued and redeemed accounts were not created")
     partner = Partner(
         id=new_id("prt"),
         name=name,
@@ -454,10 +457,12 @@ def burn_price(
 
     Without ``max_burn_share`` points may still pay at most the whole basket.
     """
-    assert (points is None) != (amount is None)
     if points is None:
-        assert amount is not None
+        if amount is None:
+            raise InvariantViolated("a burn is priced from its points or from its amount")
         points = ceil_points(amount / card.burn_value_per_point)
+    elif amount is not None:
+        raise InvariantViolated("a burn is priced from its points or from its amount, not both")
     path = "points" if amount is None else "amount"
     if points > MAX_POINTS:
         raise ValidationFailed.at(path, f"at most {MAX_POINTS} points in one operation")

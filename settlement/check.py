@@ -1,5 +1,6 @@
 """``coalition check``, settlement's part: invariant 4 (the liability adds up at any moment)
-and invariant 5 (every closed period's statements), besides the kernel's 1 to 3.
+and invariant 5 (every closed period's statements), besides the kernel's 1 to 3 and the
+webhooks' 6 (``partners.webhooks.check``), which :func:`run_checks` runs with them.
 
 Invariant 5, for every issued statement:
 - its totals are the exact sums of its lines (one ``GROUP BY`` over all lines);
@@ -26,6 +27,7 @@ from coalition.check import run_checks as kernel_checks
 from coalition.db import UTCDateTime
 from coalition.ledger.kinds import BILLED_KINDS
 from coalition.models import Transaction
+from partners.webhooks import check as webhook_checks
 from settlement.canonical import canonical_json, canonical_value, content_sha256, verify_document
 from settlement.close import last_period
 from settlement.document import plain
@@ -276,5 +278,6 @@ SETTLEMENT_CHECKS: list[tuple[int, str, Callable[[Session], list[str]]]] = [
 
 
 def run_checks(session: Session) -> list[Finding]:
-    """Every invariant of docs/invariants.md (1 to 7); a finding per invariant."""
-    return kernel_checks(session, SETTLEMENT_CHECKS)
+    """Every invariant of docs/invariants.md (1 to 7): the kernel's, the webhooks' (6) and
+    settlement's; a finding per invariant."""
+    return kernel_checks(session, (*webhook_checks.CHECKS, *SETTLEMENT_CHECKS))

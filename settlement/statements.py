@@ -32,11 +32,12 @@ from typing import Any
 from sqlalchemy import TextClause, bindparam, text, update
 from sqlalchemy.orm import Session
 
-from coalition import outbox
 from coalition.db import UTCDateTime
+from coalition.errors import InvariantViolated, invariant
 from coalition.ledger.kinds import BILLED_KINDS, KINDS, sql_case, sql_price
 from coalition.money import MAX_AMOUNT, MAX_POINTS, format_amount, line_fits
-from coalition.outbox import EventType
+from partners.webhooks import outbox
+from partners.webhooks.events import EventType
 from settlement.canonical import (
     b64url,
     canonical_json,
@@ -638,7 +639,10 @@ def period_ref(period: Period) -> PeriodRef:
 def summary_data(statement: Statement, period: Period) -> dict[str, Any]:
     """An issued statement without its lines, from its columns (its document is not read): the
     API's ``StatementSummary`` and the data of its webhook events."""
-    assert statement.issued_sha256 is not None and statement.period_id == period.id
+    invariant(
+        statement.issued_sha256 is not None and statement.period_id == period.id,
+        "a summary is of an issued statement of its period",
+    )
     return {
         "id": statement.id,
         "partner_id": statement.partner_id,
@@ -665,7 +669,8 @@ def announce(
 
 def resign(session: Session, statement: Statement, status: str, signer: Signer) -> None:
     """Move the statement to ``status``: the same lines and totals, a new signed document."""
-    assert statement.document is not None
+    if statement.document is None:
+        raise InvariantViolated("only an issued statement is signed again")
     document = json.loads(statement.document)
     document["status"] = status
     canonical = canonical_json(document)
@@ -687,7 +692,8 @@ def resign(session: Session, statement: Statement, status: str, signer: Signer) 
 
 def document_of(statement: Statement) -> dict[str, Any]:
     """The statement's signed document, exactly as signed."""
-    assert statement.document is not None and statement.signing_kid is not None
+    if statement.document is None or statement.signing_kid is None:
+        raise InvariantViolated(f"statement {statement.id} has no signed document")
     document: dict[str, Any] = json.loads(statement.document)
     document["content_sha256"] = statement.content_sha256
     document["signature"] = {

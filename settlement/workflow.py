@@ -29,12 +29,13 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from coalition import outbox, text
+from coalition import text
 from coalition.errors import Conflict, NotFound, StatementClosed, ValidationFailed
 from coalition.ids import new_id
 from coalition.money import exponent, format_amount, quantum, to_minor
-from coalition.outbox import EventType
 from coalition.pages import Page, newest_first
+from partners.webhooks import outbox
+from partners.webhooks.events import EventType
 from settlement.models import (
     DISPUTE_OUTCOMES,
     STATEMENT_STATUSES,

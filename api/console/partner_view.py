@@ -3,7 +3,7 @@ their deliveries (send a test ping, send failed ones again). Its statements are 
 :mod:`api.console.statements`.
 
 The queries and actions are the API's (:func:`partners.queries.list_transactions`,
-:class:`partners.webhooks.Webhooks`), always limited to the session's partner: another
+:class:`partners.webhooks.endpoints.Webhooks`), always limited to the session's partner: another
 partner's endpoint is ``404``.
 """
 
@@ -34,7 +34,7 @@ from api.pages import decode_cursor, encode_cursor
 from api.runtime import services_of
 from api.webhooks import webhooks_of
 from coalition.db import transaction
-from coalition.errors import ValidationFailed
+from coalition.errors import InvariantViolated, ValidationFailed
 from coalition.models import TRANSACTION_KINDS, Transaction
 from coalition.pages import Page
 from partners.models import Partner
@@ -46,7 +46,8 @@ Text = Annotated[str | None, QueryParameter(max_length=80)]
 
 
 def _own(viewer_partner: str | None) -> str:
-    assert viewer_partner is not None, "partner pages admit partner sessions only"
+    if viewer_partner is None:
+        raise InvariantViolated("partner pages admit partner sessions only")
     return viewer_partner
 
 

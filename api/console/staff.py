@@ -35,7 +35,7 @@ from partners.keys import create_key, get_key, list_keys, revoke_key
 from partners.models import PARTNER_SCOPES
 from partners.queries import active_rate_card, list_partners, partner_names
 from partners.rates import get_partner, list_rate_cards
-from partners.webhooks import health
+from partners.webhooks.endpoints import health
 from settlement import reports, workflow
 from settlement.models import Statement
 from settlement.payments import bank_accounts

@@ -122,7 +122,3 @@ __all__ = [
     "void_in_one",
     "window",
 ]
-
-# The webhook outbox listens to the write path (coalition.ledger.listeners); imported here until
-# it moves above the kernel (issue 23), so that no transfer is ever posted without it.
-import coalition.outbox  # noqa: F401

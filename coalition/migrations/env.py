@@ -1,20 +1,20 @@
-"""Alembic environment: run by ``coalition init`` with the service's own engine."""
+"""Alembic environment: run by ``coalition init`` (:func:`coalition.db.migrate`) with the
+service's own engine.
+
+The kernel's migrations build every table, the layers' above included, but this module imports
+none of them: the revisions are explicit operations, and ``upgrade`` never reads
+``target_metadata``. That is ``Base.metadata``, the one registry every table joins when its
+module is imported: what a comparison with the models (``alembic.autogenerate``) reads, once
+its caller has loaded the modules it compares (``tests/coalition/test_migrations.py`` loads
+every module of ``coalition``, ``partners`` and ``settlement``, so a table no revision
+creates cannot hide).
+"""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import Engine
 
-import coalition.audit
-import coalition.idempotency
-import coalition.models
-import coalition.outbox
-import partners.models
-import partners.ratelimit
-import partners.replay
-import partners.signin
-import settlement.models
-import settlement.payments.models  # noqa: F401  (the payment tables)
 from coalition.db import Base
 
 engine: Engine = context.config.attributes["engine"]
@@ -29,6 +29,3 @@ with engine.connect() as connection:
     with context.begin_transaction():
         context.run_migrations()
     connection.commit()
-# (imported to register their tables on the metadata)
-assert coalition.models and coalition.idempotency and coalition.audit and coalition.outbox
-assert partners.models and partners.replay and partners.ratelimit and partners.signin

@@ -30,11 +30,12 @@ from schwifty.exceptions import SchwiftyException
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from coalition import outbox, text
+from coalition import text
 from coalition.errors import Conflict, Forbidden, FourEyes, NotFound, ValidationFailed
 from coalition.ids import new_id
-from coalition.outbox import EventType
 from partners.models import Partner
+from partners.webhooks import outbox
+from partners.webhooks.events import EventType
 from settlement.payments.models import PartnerBankAccount
 from settlement.workflow import Actor
 

@@ -33,12 +33,11 @@ from partners.models import ApiKey, RequestNonce
 from partners.signatures import (
     CachedKey,
     Principal,
-    _matches,
-    _signature_base,
     parse_signed,
     purge_nonces,
     verify_request,
 )
+from partners.signatures.base import matches, signature_base
 from tests.conftest import Db
 
 BASE = "http://api.coalition.test"
@@ -244,7 +243,7 @@ def test_the_common_signature_base_is_built_without_the_library(
     key: Key, method: str, path: str, options: dict[str, Any]
 ) -> None:
     """What the stock client signs (bare derived components, whole header fields) is checked
-    against the signature base :func:`_signature_base` builds: it matches, byte for byte what
+    against the signature base :func:`signature_base` builds: it matches, byte for byte what
     the client signed; a changed request does not match it (and goes to the library)."""
     body = {"points": 5} if method == "POST" else None
     request = signed(key, method, path, json=body, base=BASE + ":80", **options)
@@ -254,12 +253,12 @@ def test_the_common_signature_base_is_built_without_the_library(
     material = key.material if key.alg == "hmac-sha256" else _public_raw(key.material)
     cached = CachedKey(key.id, "partner", None, key.alg, frozenset(), None, None, material)
     url = str(request.url)
-    base = _signature_base(sig, method=method, url=url, fields=fields)
+    base = signature_base(sig, method=method, url=url, fields=fields)
     assert base is not None
-    assert _matches(cached, sig.value_member[0], base)
-    other = _signature_base(sig, method=method, url=url.replace("/v1/", "/v2/"), fields=fields)
+    assert matches(cached, sig.value_member[0], base)
+    other = signature_base(sig, method=method, url=url.replace("/v1/", "/v2/"), fields=fields)
     assert other is not None
-    assert not _matches(cached, sig.value_member[0], other)
+    assert not matches(cached, sig.value_member[0], other)
 
 
 def _public_raw(pem: bytes) -> bytes:

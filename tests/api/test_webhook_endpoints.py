@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from partners.webhooks.events import SUBSCRIBABLE, EventType
 from tests.api.conftest import Live, Partner, ok, problem
 
 SCOPES = ("earn", "burn", "read", "webhooks")
@@ -101,6 +102,16 @@ def test_an_update_is_checked_like_a_registration(api: Live) -> None:
     again = ok(shop.client.patch(path, {"events": None, "disabled": False}))
     assert (again["events"], again["disabled"], again["disabled_reason"]) == (None, False, None)
     problem(shop.client.patch(path, {"events": ["nope"]}), 422, "validation")
+
+
+def test_every_event_of_the_catalogue_but_ping_can_be_subscribed_to(api: Live) -> None:
+    shop = api.partner(scopes=SCOPES)
+    every = [t.value for t in EventType if t is not EventType.PING]
+    assert sorted(create(shop, events=every)["events"]) == sorted(SUBSCRIBABLE) == sorted(every)
+    doc = problem(
+        shop.client.post(BASE, {"url": PUBLIC_URL, "events": ["ping"]}), 422, "validation"
+    )
+    assert [e["path"] for e in doc["errors"]] == ["$.events[0]"]
 
 
 def test_rotation_gives_a_new_secret_and_keeps_the_old_one_for_a_day(api: Live) -> None:

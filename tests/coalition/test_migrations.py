@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-import ast
 import importlib
+import pkgutil
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData
 
-from coalition.db import MIGRATIONS_DIR, Base, make_engine, migrate, schema_is_current
+from coalition.db import Base, make_engine, migrate, schema_is_current
 from tests.conftest import Db
 
 
 def target_metadata() -> MetaData:
-    """The metadata the migrations are meant to build: every module the Alembic
-    environment imports registers its tables on ``Base.metadata``."""
-    tree = ast.parse((MIGRATIONS_DIR / "env.py").read_text())
-    for node in ast.walk(tree):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module]
-        for name in names:
-            if name.split(".")[0] in ("coalition", "partners", "settlement", "api"):
-                importlib.import_module(name)
+    """The metadata the migrations are meant to build: every table any module of the layers
+    that hold tables declares (each registers on ``Base.metadata`` when its module is
+    imported; the migrations' own modules aside)."""
+    for package in ("coalition", "partners", "settlement"):
+        root = importlib.import_module(package)
+        for module in pkgutil.walk_packages(root.__path__, f"{package}."):
+            if not module.name.startswith("coalition.migrations"):
+                importlib.import_module(module.name)
     return Base.metadata
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from coalition import text as rule
 from coalition.db import transaction
 from coalition.models import Transaction
-from partners.webhooks import Webhooks
+from partners.webhooks.endpoints import Webhooks
 from settlement.models import Dispute, Statement
 from tests.console.conftest import CSRF, World, _world
 

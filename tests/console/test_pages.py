@@ -13,7 +13,7 @@ from sqlalchemy import select
 from coalition.db import transaction
 from partners.keys import unseal
 from partners.models import ApiKey
-from partners.webhooks import Webhooks
+from partners.webhooks.endpoints import Webhooks
 from settlement import reports
 from tests.console.conftest import World
 

@@ -10,7 +10,8 @@ import http_sf
 from hypothesis import given
 from hypothesis import strategies as st
 
-from partners.signatures import _canonical_bytes, _canonical_inputs, parse_signed
+from partners.signatures import parse_signed
+from partners.signatures.fields import canonical_bytes, canonical_inputs
 
 _KEYS = st.from_regex(r"[a-z*][a-z0-9_\-.*]{0,6}", fullmatch=True)
 _STRINGS = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12)
@@ -31,7 +32,7 @@ def test_canonical_signature_input_reads_as_the_general_parser_reads_it(
     members: dict[str, Any],
 ) -> None:
     text = http_sf.ser(members)
-    fast = _canonical_inputs(text)
+    fast = canonical_inputs(text)
     assert fast is not None
     assert {label: member for label, (member, _) in fast.items()} == _parsed(text)
     for label, (member, member_text) in fast.items():
@@ -43,7 +44,7 @@ def test_canonical_byte_sequences_read_as_the_general_parser_reads_them(
     members: dict[str, bytes],
 ) -> None:
     text = http_sf.ser({label: (value, {}) for label, value in members.items()})
-    assert _canonical_bytes(text) == _parsed(text)
+    assert canonical_bytes(text) == _parsed(text)
 
 
 def test_other_forms_are_left_to_the_general_parser() -> None:
@@ -60,9 +61,9 @@ def test_other_forms_are_left_to_the_general_parser() -> None:
         'sig1=("@method");created=1.5',  # a decimal
         'sig1=("@method");created',  # a boolean
     ):
-        assert _canonical_inputs(text) is None, text
+        assert canonical_inputs(text) is None, text
     for text in ("sig1=:AAA:", "sig1=:AAB=:", "sig1=:AAAA:;p=1", "sig1=:AAAA:,sig2=:AAAA:"):
-        assert _canonical_bytes(text) is None, text
+        assert canonical_bytes(text) is None, text
 
 
 def test_a_signature_sent_in_another_form_is_read_the_same() -> None:

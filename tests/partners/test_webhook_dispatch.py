@@ -19,10 +19,11 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from svix.webhooks import Webhook as SvixWebhook
 
 from coalition.db import transaction
-from coalition.outbox import WebhookDelivery, WebhookEndpoint, WebhookEvent, purge
-from partners.dispatch import RETRY_SCHEDULE_S, Dispatcher
 from partners.models import Partner
-from partners.webhooks import Webhooks, health
+from partners.webhooks.delivery import RETRY_SCHEDULE_S, Dispatcher
+from partners.webhooks.endpoints import Webhooks, health
+from partners.webhooks.outbox import purge
+from partners.webhooks.tables import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from tests.conftest import Db
 
 

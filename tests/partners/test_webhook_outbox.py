@@ -3,17 +3,24 @@ transaction of what they describe, and only for the partner concerned."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import datetime, timedelta
+from typing import Any
 
 import msgspec
 import pytest
+from sqlalchemy import event as sql_events
 from sqlalchemy import select
 
+from coalition import idempotency as store
 from coalition.db import transaction
-from coalition.outbox import WebhookDelivery, WebhookEvent
 from partners.models import Partner
 from partners.operations import EarnItem
-from partners.webhooks import Webhooks
+from partners.webhooks import outbox
+from partners.webhooks.endpoints import Webhooks
+from partners.webhooks.events import EventType
+from partners.webhooks.tables import WebhookDelivery, WebhookEvent
 from settlement import workflow
 from settlement.workflow import Actor
 from tests.conftest import Db
@@ -242,3 +249,60 @@ def test_statements_and_disputes_have_their_events(db: Db) -> None:
         )  # fmt: skip
     settled = _data(db, "statement.settled")
     assert (settled["status"], settled["payment_reference"]) == ("settled", "wire 1")
+
+
+_LISTENING = """
+import importlib, sys
+importlib.import_module(sys.argv[1])
+from coalition.ledger import listeners
+print(any(type(l).__module__ == "partners.webhooks.outbox" for l in listeners._LISTENERS))
+"""
+
+
+def listening_after_import(module: str) -> bool:
+    """Whether a fresh process that imported ``module`` has the outbox hearing the ledger."""
+    run = subprocess.run(
+        [sys.executable, "-c", _LISTENING, module], capture_output=True, text=True, check=True
+    )
+    return run.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    # whatever posts a transfer: the operations (the API, the jobs), the import, the app, the demo
+    ["partners.models", "partners.operations", "partners.imports", "api.app", "cli.demo"],
+)
+def test_every_process_that_can_post_a_transfer_has_the_outbox_listening(entry: str) -> None:
+    assert listening_after_import(entry)
+
+
+def test_the_ledger_alone_does_not_import_the_outbox() -> None:
+    assert not listening_after_import("coalition.ledger")
+
+
+def test_a_signed_requests_one_event_rides_the_statement_that_stores_its_response(pg: Db) -> None:
+    """On PostgreSQL the event and its delivery go out in the idempotency record's own
+    ``INSERT`` (the outbox's rider): the outbox adds no statement to a signed request."""
+    shop = pg.partner("EUR")
+    endpoint(pg, shop)
+    seen: list[str] = []
+
+    def count(*args: Any) -> None:
+        seen.append(str(args[2]))
+
+    now = pg.clock()
+    sql_events.listen(pg.engine, "before_cursor_execute", count)
+    try:
+        with transaction(pg.sessions) as s:
+            outbox.note(s, EventType.RATE_CARD_ACTIVATED, shop.id, {"id": "rc"}, at=now)
+            store.save(
+                s, owner=shop.id, key="k1", request_hash="h", method="POST", path="/v1/x",
+                status=201, body=b"{}", now=now, rider=outbox.RIDER,
+            )  # fmt: skip
+    finally:
+        sql_events.remove(pg.engine, "before_cursor_execute", count)
+    [written] = [sql for sql in seen if "webhook_events" in sql]
+    assert "INSERT INTO idempotency_keys" in written
+    [(kind, partner_id, _)] = events(pg)
+    assert (kind, partner_id) == ("rate_card.activated", shop.id)
+    assert [status for _, _, status in deliveries(pg)] == ["pending"]

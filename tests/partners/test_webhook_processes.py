@@ -23,9 +23,9 @@ from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook
 
 from coalition.db import transaction
-from coalition.outbox import WebhookDelivery, WebhookEvent
 from partners.operations import EarnItem
-from partners.webhooks import Webhooks
+from partners.webhooks.endpoints import Webhooks
+from partners.webhooks.tables import WebhookDelivery, WebhookEvent
 from tests.api.serving import wait_for
 from tests.conftest import Db
 

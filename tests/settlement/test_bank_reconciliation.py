@@ -15,8 +15,8 @@ from sqlalchemy import func, select, text
 
 from coalition.db import transaction
 from coalition.errors import Conflict, ValidationFailed
-from coalition.outbox import WebhookEvent
-from partners.webhooks import Webhooks
+from partners.webhooks.endpoints import Webhooks
+from partners.webhooks.tables import WebhookEvent
 from settlement.bankfiles import MAX_BANK_FILE_BYTES
 from settlement.payments import reconcile
 from settlement.payments.models import BankEntry, BankStatementFile, StatementPayment

@@ -15,8 +15,8 @@ from sqlalchemy.exc import IntegrityError
 
 from coalition.db import transaction
 from coalition.errors import Conflict, Forbidden, FourEyes, ValidationFailed
-from coalition.outbox import WebhookEvent
-from partners.webhooks import Webhooks
+from partners.webhooks.endpoints import Webhooks
+from partners.webhooks.tables import WebhookEvent
 from settlement.payments import bank_accounts
 from settlement.payments.models import PartnerBankAccount
 from settlement.workflow import Actor

@@ -1,4 +1,6 @@
-"""The webhook dispatcher: sends the outbox's pending deliveries, signed per Standard Webhooks.
+"""Delivery: the dispatcher sends the outbox's pending deliveries, signed per Standard Webhooks
+(:mod:`partners.webhooks.signing`), on the retry schedule (:data:`RETRY_SCHEDULE_S`), and
+disables an endpoint that is gone or has failed for too long (:data:`FAILING_DISABLES_AFTER`).
 
 One round (:meth:`Dispatcher.run_once`):
 
@@ -11,23 +13,17 @@ One round (:meth:`Dispatcher.run_once`):
 2. **send** them concurrently (httpx, at most :data:`CONCURRENCY` at once and
    :data:`PER_ENDPOINT` per endpoint), each with a :data:`TIMEOUT_S` timeout, no redirects, the
    response read up to :data:`RESPONSE_EXCERPT_BYTES`; each URL is resolved and checked again
-   (``partners.webhooks.check_url``, once per batch) and the request goes to the address that
-   was checked;
+   (:func:`partners.webhooks.urls.check_url`, once per batch) and the request goes to the
+   address that was checked;
 3. **record** every attempt (a row of its own in ``webhook_attempts``) and commit:
    ``delivered`` on a 2xx; otherwise the next attempt per :data:`RETRY_SCHEDULE_S` (with
    jitter, or later when ``Retry-After`` says so), ``failed`` once the schedule is spent; a
    ``410`` disables the endpoint with its reason, and so do 5 days of nothing but failures.
-
-Signatures: ``webhook-signature`` is ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``
-with each secret that signs now (two during a rotation), space separated.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import logging
 import random
 import time
@@ -43,14 +39,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from coalition.config import Settings
 from coalition.db import UTCDateTime, dialect_of, utcnow
 from coalition.errors import ValidationFailed
-from coalition.outbox import (
-    FAILING_DISABLES_AFTER,
-    DeliveryStatus,
-    WebhookDelivery,
-    WebhookEndpoint,
-    WebhookEvent,
-)
-from partners.webhooks import Resolver, Target, check_url, resolve, signing_secrets
+from partners.webhooks.signing import signature, signing_secrets
+from partners.webhooks.tables import DeliveryStatus, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from partners.webhooks.urls import Resolver, Target, check_url, resolve
 
 log = logging.getLogger("coalition.webhooks")
 
@@ -71,13 +62,9 @@ RESPONSE_EXCERPT_BYTES = 1024
 #: Rounds one run of the job does at most while full batches are due.
 MAX_ROUNDS = 20
 USER_AGENT = "coalition-webhooks/1"
-
-
-def sign(secret: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
-    """One Standard Webhooks signature: ``v1,<base64 HMAC-SHA256>``."""
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret, signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
+#: An endpoint every attempt to which failed for this long is disabled (its owner sees why in
+#: ``disabled_reason``; re-enabling it starts the count again). So is one that answers ``410``.
+FAILING_DISABLES_AFTER = timedelta(days=5)
 
 
 def next_delay_s(attempts: int, retry_after_s: float | None, rng: random.Random) -> float | None:
@@ -288,12 +275,11 @@ class Dispatcher:
         if isinstance(target, str):
             return outcome(None, target, None, None)
         timestamp = int(time.time())  # the real send time: receivers check it against theirs
-        signature = " ".join(sign(s, c.event_id, timestamp, c.body) for s in c.secrets)
         headers = {
             "content-type": "application/json",
             "webhook-id": c.event_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature,
+            "webhook-signature": signature(c.secrets, c.event_id, timestamp, c.body),
             "host": _host_header(target),
         }
         request = client.build_request(
@@ -320,44 +306,50 @@ class Dispatcher:
 
     def record(self, s: Session, outcomes: list[Outcome]) -> None:
         """Write each attempt (its delivery's new state and a row of its own, one executemany
-        each) and commit, in the claim's transaction on PostgreSQL. An endpoint that answered
-        ``410`` is disabled; so is one whose every attempt has failed for
-        :data:`FAILING_DISABLES_AFTER`; a success ends an endpoint's failing streak."""
+        each) and commit, in the claim's transaction on PostgreSQL; then apply the disable
+        policy (:meth:`_judge_endpoints`)."""
         now = self.clock()
-        rows: list[dict[str, object]] = []
-        gone: set[str] = set()
-        succeeded = {o.endpoint_id for o in outcomes if o.delivered}
-        failing = {o.endpoint_id for o in outcomes} - succeeded
-        for o in outcomes:
-            status, next_at = DeliveryStatus.PENDING.value, None
-            if o.delivered:
-                status = DeliveryStatus.DELIVERED
-            else:
-                delay = None
-                if o.status_code == 410:
-                    gone.add(o.endpoint_id)
-                else:
-                    delay = next_delay_s(o.attempts, o.retry_after_s, self.rng)
-                if delay is None:
-                    status = DeliveryStatus.FAILED
-                else:
-                    next_at = now + timedelta(seconds=delay)
-            rows.append(
-                {
-                    "delivery_id": o.delivery_id,
-                    "status": status,
-                    "attempts": o.attempts,
-                    "next_attempt_at": next_at,
-                    "last_attempt_at": now,
-                    "last_status_code": o.status_code,
-                    "last_latency_ms": o.latency_ms,
-                    "last_error": o.error,
-                    "last_response": o.excerpt,
-                }
-            )
+        rows = [self._attempt_row(o, now) for o in outcomes]
         if rows:
             s.execute(_INSERT_ATTEMPT, rows)
             s.connection().execute(_RECORD_ATTEMPT, rows)
+        self._judge_endpoints(s, outcomes, now)
+        s.commit()
+
+    def _attempt_row(self, o: Outcome, now: datetime) -> dict[str, object]:
+        """An attempt's delivery state: ``delivered`` on a 2xx; else the next attempt per the
+        retry schedule, or ``failed`` once it is spent (at once on a ``410``)."""
+        status, next_at = DeliveryStatus.PENDING.value, None
+        if o.delivered:
+            status = DeliveryStatus.DELIVERED
+        else:
+            delay = None
+            if o.status_code != 410:
+                delay = next_delay_s(o.attempts, o.retry_after_s, self.rng)
+            if delay is None:
+                status = DeliveryStatus.FAILED
+            else:
+                next_at = now + timedelta(seconds=delay)
+        return {
+            "delivery_id": o.delivery_id,
+            "status": status,
+            "attempts": o.attempts,
+            "next_attempt_at": next_at,
+            "last_attempt_at": now,
+            "last_status_code": o.status_code,
+            "last_latency_ms": o.latency_ms,
+            "last_error": o.error,
+            "last_response": o.excerpt,
+        }
+
+    @staticmethod
+    def _judge_endpoints(s: Session, outcomes: list[Outcome], now: datetime) -> None:
+        """The disable policy: an endpoint that answered ``410`` is disabled; so is one whose
+        every attempt has failed for :data:`FAILING_DISABLES_AFTER`; a success ends an
+        endpoint's failing streak."""
+        succeeded = {o.endpoint_id for o in outcomes if o.delivered}
+        failing = {o.endpoint_id for o in outcomes} - succeeded
+        gone = {o.endpoint_id for o in outcomes if not o.delivered and o.status_code == 410}
         if succeeded:
             s.execute(
                 update(WebhookEndpoint)
@@ -371,7 +363,7 @@ class Dispatcher:
                 .values(failing_since=func.coalesce(WebhookEndpoint.failing_since, now))
             )
         for endpoint_id in sorted(gone):
-            self._disable(s, endpoint_id, "the endpoint answered 410 Gone", now)
+            _disable(s, endpoint_id, "the endpoint answered 410 Gone", now)
         stale = now - FAILING_DISABLES_AFTER
         for endpoint_id, since in s.execute(
             select(WebhookEndpoint.id, WebhookEndpoint.failing_since).where(
@@ -385,17 +377,16 @@ class Dispatcher:
                 f" {FAILING_DISABLES_AFTER.days} days; fix the receiver, then enable it again"
                 " (PATCH disabled: false): what is pending goes out then"
             )
-            self._disable(s, endpoint_id, reason, now)
-        s.commit()
+            _disable(s, endpoint_id, reason, now)
 
-    @staticmethod
-    def _disable(s: Session, endpoint_id: str, reason: str, now: datetime) -> None:
-        s.execute(
-            update(WebhookEndpoint)
-            .where(WebhookEndpoint.id == endpoint_id)
-            .values(disabled=True, disabled_reason=reason, updated_at=now)
-        )
-        log.warning("webhook endpoint %s disabled: %s", endpoint_id, reason)
+
+def _disable(s: Session, endpoint_id: str, reason: str, now: datetime) -> None:
+    s.execute(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id)
+        .values(disabled=True, disabled_reason=reason, updated_at=now)
+    )
+    log.warning("webhook endpoint %s disabled: %s", endpoint_id, reason)
 
 
 #: One attempt's own row, unless its delivery is gone meanwhile (its endpoint deleted while

@@ -1,187 +1,50 @@
-"""Webhook endpoints of a partner: registration (with the outbound-safety check of the URL),
-listing, update, deletion, secret rotation, test pings, recovery; and the secrets they sign with.
-
-A secret is ``whsec_`` and the base64 of 32 random bytes (the Standard Webhooks format), shown
-once when created or rotated and stored only sealed (AES-GCM under ``COALITION_SECRET_KEY``,
-bound to the endpoint id, as API key secrets are). After a rotation the previous secret keeps
-signing alongside the new one for :data:`ROTATION_OVERLAP`.
-
-Outbound safety (:func:`check_url`): only ``http`` and ``https``; a host that resolves to any
-address that is not globally routable (loopback, private, link-local and so the cloud metadata
-address, unique-local, shared, reserved, multicast) is refused unless
-``COALITION_WEBHOOK_ALLOW_PRIVATE`` is on. The dispatcher checks again at delivery and connects
-to the address it checked.
+"""A partner's webhook endpoints: registration (with the outbound-safety check of the URL,
+:mod:`partners.webhooks.urls`), listing, update, deletion, secret rotation
+(:mod:`partners.webhooks.signing`), test pings, the deliveries and their attempts, recovery;
+and the operator's health view of every endpoint.
 """
 
 from __future__ import annotations
 
-import base64
-import ipaddress
-import secrets
-import socket
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
-from coalition import outbox, text
+from coalition import text
 from coalition.errors import Conflict, NotFound, ValidationFailed
 from coalition.ids import new_id
-from coalition.outbox import (
+from partners.keys import seal
+from partners.models import Partner
+from partners.webhooks.events import SUBSCRIBABLE, EventType, body_of
+from partners.webhooks.signing import ROTATION_OVERLAP, new_secret
+from partners.webhooks.tables import (
     DeliveryStatus,
-    EventType,
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
+    WebhookEvent,
 )
-from partners.keys import seal, unseal
-from partners.models import Partner
+from partners.webhooks.urls import Resolver, check_url, resolve
 
-SECRET_PREFIX = "whsec_"  # noqa: S105 (the format's prefix, not a secret)
-SECRET_BYTES = 32
-ROTATION_OVERLAP = timedelta(hours=24)
 MAX_ENDPOINTS_PER_PARTNER = 10
 #: The longest endpoint description.
 DESCRIPTION_MAX = 500
-MAX_URL_LENGTH = 2048
-#: Event types an endpoint may subscribe to (``ping`` always reaches it).
-SUBSCRIBABLE = tuple(t for t in outbox.EVENT_TYPES if t != EventType.PING)
 #: Deliveries one recovery may send again (the oldest first; call again for the rest).
 RECOVER_BATCH = 10_000
-
-Resolver = Callable[[str, int], Sequence[str]]
-
-
-def resolve(host: str, port: int) -> list[str]:
-    """The addresses ``host`` resolves to (the system resolver)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return sorted({str(info[4][0]) for info in infos})
-
-
-#: IPv6 prefixes whose last 32 bits are an IPv4 address: IPv4-compatible (``::a.b.c.d``,
-#: deprecated) and the well-known NAT64 prefix (RFC 6052). The local-use NAT64 prefix
-#: (``64:ff9b:1::/48``, RFC 8215) embeds it at a place of the network's choosing: refused whole.
-_IPV4_IN_LAST_32_BITS = (ipaddress.IPv6Network("::/96"), ipaddress.IPv6Network("64:ff9b::/96"))
-_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
-
-
-def _public_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return ip.is_global and not ip.is_multicast
-
-
-def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    """The IPv4 addresses an IPv6 address carries, by which a network may reach them:
-    IPv4-mapped, IPv4-compatible, NAT64, 6to4 and Teredo (its server and its client)."""
-    found: list[ipaddress.IPv4Address] = []
-    if ip.ipv4_mapped is not None:
-        found.append(ip.ipv4_mapped)
-    if any(ip in prefix for prefix in _IPV4_IN_LAST_32_BITS):
-        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    if ip.sixtofour is not None:
-        found.append(ip.sixtofour)
-    if ip.teredo is not None:
-        found.extend(ip.teredo)
-    return found
-
-
-def is_public(address: str) -> bool:
-    """True for a globally routable unicast address. An IPv4-mapped IPv6 address is judged by
-    its IPv4; any other IPv6 form that carries an IPv4 address (IPv4-compatible, NAT64, 6to4,
-    Teredo) must be public itself and carry only public IPv4 addresses."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv4Address):
-        return _public_ip(ip)
-    if ip.ipv4_mapped is not None:
-        return _public_ip(ip.ipv4_mapped)
-    if ip in _LOCAL_NAT64:
-        return False
-    return _public_ip(ip) and all(_public_ip(v4) for v4 in embedded_ipv4(ip))
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A checked URL: where to connect (``address``) and what to ask for (``url``, ``host``)."""
-
-    url: str
-    scheme: str
-    host: str
-    port: int
-    address: str
-
-
-def check_url(
-    url: str, *, allow_private: bool, resolver: Resolver = resolve, path: str = "$.url"
-) -> Target:
-    """The URL's target, or ValidationFailed at ``path``: not http(s), no host, user info,
-    longer than :data:`MAX_URL_LENGTH`, a host that does not resolve, or (unless
-    ``allow_private``) one that resolves to an address that is not public."""
-    if len(url) > MAX_URL_LENGTH:
-        raise ValidationFailed.at(path, f"at most {MAX_URL_LENGTH} characters")
-    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
-        raise ValidationFailed.at(path, "a URL has no white space or control characters")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ValidationFailed.at(path, "not a valid URL") from None
-    if parts.scheme not in ("http", "https"):
-        raise ValidationFailed.at(path, "only http and https URLs are allowed")
-    host = parts.hostname
-    if not host:
-        raise ValidationFailed.at(path, "the URL names no host")
-    if parts.username is not None or parts.password is not None:
-        raise ValidationFailed.at(path, "a webhook URL carries no user name or password")
-    if port is None:
-        port = 443 if parts.scheme == "https" else 80
-    try:
-        addresses = list(resolver(host, port))
-    except (OSError, UnicodeError):
-        addresses = []
-    if not addresses:
-        raise ValidationFailed.at(path, f"the host {host} does not resolve")
-    if not allow_private:
-        refused = [a for a in addresses if not is_public(a)]
-        if refused:
-            raise ValidationFailed.at(
-                path,
-                f"the host {host} resolves to {refused[0]}, a loopback, private, link-local or "
-                "otherwise non-public address",
-            )
-    return Target(url, parts.scheme, host, port, addresses[0])
 
 
 def _events(events: list[str] | None) -> str | None:
     if events is None:
         return None
     if not events:
-        raise ValidationFailed.at("$.events", "omit events to subscribe to all; [] is none")
+        raise ValidationFailed.at("events", "omit events to subscribe to all; [] is none")
     for i, name in enumerate(events):
         if name not in SUBSCRIBABLE:
-            raise ValidationFailed.at(f"$.events[{i}]", f"one of {', '.join(SUBSCRIBABLE)}")
+            raise ValidationFailed.at(f"events[{i}]", f"one of {', '.join(SUBSCRIBABLE)}")
     return " ".join(sorted(set(events)))
-
-
-def new_secret() -> tuple[str, bytes]:
-    """A secret as shown (``whsec_...``) and its raw bytes."""
-    raw = secrets.token_bytes(SECRET_BYTES)
-    return SECRET_PREFIX + base64.b64encode(raw).decode(), raw
-
-
-def signing_secrets(endpoint: WebhookEndpoint, secret_key: bytes, now: datetime) -> list[bytes]:
-    """The raw secrets that sign a delivery now: the current one, and the previous one during
-    its overlap."""
-    found = [unseal(secret_key, endpoint.id, endpoint.secret_sealed)]
-    if (
-        endpoint.previous_secret_sealed is not None
-        and endpoint.previous_expires_at is not None
-        and now < endpoint.previous_expires_at
-    ):
-        found.append(unseal(secret_key, endpoint.id, endpoint.previous_secret_sealed))
-    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,11 +181,11 @@ class Webhooks:
         event_id = new_id("evt")
         data = {"endpoint_id": endpoint.id}
         session.add(
-            outbox.WebhookEvent(
+            WebhookEvent(
                 id=event_id,
                 type=EventType.PING,
                 partner_id=partner_id,
-                payload=outbox.body_of(event_id, EventType.PING, now, data),
+                payload=body_of(event_id, EventType.PING, now, data),
                 created_at=now,
             )
         )
@@ -353,8 +216,8 @@ class Webhooks:
         type of each and its attempts, oldest first (one more query for the page)."""
         self.get(session, partner_id, endpoint_id)
         stmt = (
-            select(WebhookDelivery, outbox.WebhookEvent.type)
-            .join(outbox.WebhookEvent, outbox.WebhookEvent.id == WebhookDelivery.event_id)
+            select(WebhookDelivery, WebhookEvent.type)
+            .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
             .where(WebhookDelivery.endpoint_id == endpoint_id)
             .order_by(WebhookDelivery.id.desc())
             .limit(limit)
@@ -379,7 +242,7 @@ class Webhooks:
         schedule, the same ``webhook-id``); how many, at most :data:`RECOVER_BATCH`."""
         self.get(session, partner_id, endpoint_id)
         if since > now:
-            raise ValidationFailed.at("$.since", "a time in the past")
+            raise ValidationFailed.at("since", "a time in the past")
         ids = (
             select(WebhookDelivery.id)
             .where(
