@@ -19,7 +19,7 @@ from litestar.params import PathParameter, QueryParameter
 from msgspec import Meta, Struct
 
 from coalition import text
-from coalition.errors import ValidationFailed, invariant
+from coalition.errors import ValidationFailed, invariant, required
 from coalition.ids import MEMBER_ID_BODY, MEMBER_ID_MAX_LENGTH, MEMBER_ID_RULE
 from coalition.ledger.kinds import KINDS
 from coalition.money import MAX_POINTS
@@ -582,8 +582,7 @@ _FIELD = re.compile(r"(missing required field|contains unknown field) `(?P<name>
 
 def _field_error(exc: msgspec.ValidationError) -> dict[str, str]:
     text = str(exc)
-    match = _AT.match(text)
-    assert match is not None
+    match = required(_AT.match(text), f"msgspec's error has no location: {text}")
     message, path = explain(match["message"]), match["path"] or "$"
     field = _FIELD.search(message)
     if field is not None:

@@ -148,7 +148,7 @@ def serve(
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, **service_environment(url, base), **(environment or {})}
-    command = [sys.executable, "-m", "coalition.cli", "serve", "--port", str(port),
+    command = [sys.executable, "-m", "cli", "serve", "--port", str(port),
                "--workers", str(workers)]  # fmt: skip
     if not scheduler:
         command.append("--no-scheduler")

@@ -75,13 +75,12 @@ _LEDGER_FLOOR = (
     "INSERT INTO lots (member_id, origin_partner_id, transaction_id, points, remaining,"
     " expires_at, is_deficit) SELECT member_id, %(partner)s, 'txn_floor_' || reference, 12, 12,"
     " now() + interval '1095 days', false FROM bench_bare_copy",
-    "UPDATE members SET balance = balance + c.points FROM (SELECT member_id,"
-    " 12 * count(*) AS points FROM bench_bare_copy GROUP BY member_id) c"
-    " WHERE members.id = c.member_id",
-    "INSERT INTO qualifying_days (member_id, day, points) SELECT member_id,"
-    " CAST(FLOOR(EXTRACT(EPOCH FROM now()) / 86400) AS INTEGER), 12 * count(*)"
-    " FROM bench_bare_copy GROUP BY member_id ON CONFLICT (member_id, day)"
-    " DO UPDATE SET points = qualifying_days.points + excluded.points",
+    # The balance and the tier basis (coalition.ledger.tiers), one update per member.
+    "UPDATE members SET balance = balance + c.points, tier_points = tier_points + c.points,"
+    " tier_day = c.day, tier_since_day = COALESCE(tier_since_day, c.day - 364)"
+    " FROM (SELECT member_id, 12 * count(*) AS points,"
+    " CAST(FLOOR(EXTRACT(EPOCH FROM now()) / 86400) AS INTEGER) AS day FROM bench_bare_copy"
+    " GROUP BY member_id) c WHERE members.id = c.member_id",
 )
 
 

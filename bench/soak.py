@@ -333,7 +333,7 @@ def _closes(bench_sessions: Any) -> dict[str, Any]:
 def _check(url: str) -> dict[str, Any]:
     env = {**os.environ, "COALITION_DATABASE_URL": url, "COALITION_SECRET_KEY": "x" * 43}
     done = subprocess.run(
-        [sys.executable, "-m", "coalition.cli", "check", "--json"],
+        [sys.executable, "-m", "cli", "check", "--json"],
         env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     return {"exit": done.returncode, "ok": done.returncode == 0}

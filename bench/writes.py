@@ -39,11 +39,22 @@ def _reading(url: str) -> tuple[dict[str, int], int]:
     with psycopg.connect(url) as conn:
         rows = {name: int(n) for name, n in conn.execute(_ROWS)}
         row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
-        assert row is not None
+        if row is None:
+            raise RuntimeError("no WAL position")
         return rows, int(row[0])
 
 
-def measure(count: int) -> dict[str, Any]:
+# ``--new-day``: the members' tier basis moved back a day before the load, as if their earns
+# so far had been yesterday's, so that each member's first earn of the load rolls its window
+# (coalition.ledger.tiers: the row locked first, then the one-statement earn).
+_YESTERDAY = "UPDATE members SET tier_day = tier_day - 1, tier_since_day = tier_since_day - 1"
+_ROLLED = (
+    "SELECT count(*) FROM members"
+    " WHERE tier_day = CAST(FLOOR(EXTRACT(EPOCH FROM now()) / 86400) AS INTEGER)"
+)
+
+
+def measure(count: int, *, new_day: bool = False) -> dict[str, Any]:
     """Rows and WAL bytes per signed earn, over ``count`` earns after a warm-up."""
     with scratch_database(server_url(), f"coalition_bench_writes_{os.getpid()}") as url:
         rendered = url.render_as_string(hide_password=False)
@@ -68,10 +79,15 @@ def measure(count: int) -> dict[str, Any]:
             asyncio.run(send(warm))
             engine.dispose()
             bench.engine.dispose()
+            if new_day:
+                with psycopg.connect(plain) as conn:
+                    conn.execute(_YESTERDAY)
             rows_before, wal_before = _reading(plain)
             statuses = asyncio.run(send(load))
             engine.dispose()
             rows_after, wal_after = _reading(plain)
+            with psycopg.connect(plain) as conn:
+                rolled = conn.execute(_ROLLED).fetchone()
         finally:
             bench.engine.dispose()
     per_table = {
@@ -85,12 +101,22 @@ def measure(count: int) -> dict[str, Any]:
         "rows_per_earn": round(sum(per_table.values()), 2),
         "rows_per_earn_by_table": per_table,
         "wal_bytes_per_earn": round((wal_after - wal_before) / count),
+        # Earns that were their member's first of a new day (0 unless ``--new-day``).
+        "new_day_earns": int(rolled[0]) if new_day and rolled else 0,
+        # For ``pg_waldump --start ... --end ... --stats=record`` on the server's WAL.
+        "wal_range": [_lsn(wal_before), _lsn(wal_after)],
     }
 
 
+def _lsn(position: int) -> str:
+    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
+
+
 def main(argv: list[str]) -> None:
-    """``python -m bench.writes [earns]`` (default 4,000)."""
-    print(json.dumps(measure(int(argv[0]) if argv else 4000), indent=2))
+    """``python -m bench.writes [earns] [--new-day]`` (default 4,000)."""
+    counts = [a for a in argv if not a.startswith("--")]
+    result = measure(int(counts[0]) if counts else 4000, new_day="--new-day" in argv)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from cli.demo import DemoKeys, api_example
+from cli.simulation.keys import DemoKeys, api_example
 from coalition.config import Settings
 from coalition.money import exponent
 

@@ -49,7 +49,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator
 
-from coalition.errors import NotFound
+from coalition.errors import InvariantViolated, NotFound, invariant, required
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: PostgreSQL: how long a request waits for a new connection, for a pooled one (all busy),
@@ -82,7 +82,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        assert value.tzinfo is not None, "timestamps must be timezone-aware"
+        invariant(value.tzinfo is not None, "timestamps must be timezone-aware")
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
@@ -416,8 +416,10 @@ def migrate(engine: Engine) -> tuple[str | None, str]:
     with engine.connect() as conn:
         before = MigrationContext.configure(conn).get_current_revision()
     command.upgrade(_alembic_config(engine), "head")
-    head = ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
-    assert head is not None
+    head = required(
+        ScriptDirectory.from_config(_alembic_config(engine)).get_current_head(),
+        "the migrations have no head revision",
+    )
     return before, head
 
 
@@ -478,7 +480,8 @@ def _hot_cursor(session: Session) -> tuple[Connection, psycopg.Cursor[Any] | Non
     cursor: psycopg.Cursor[Any] | None = None
     if conn.dialect.name == "postgresql":
         driver = conn.connection.driver_connection
-        assert isinstance(driver, psycopg.Connection)
+        if not isinstance(driver, psycopg.Connection):
+            raise InvariantViolated(f"a PostgreSQL connection through psycopg 3, not {driver!r}")
         # One cursor per driver connection, kept with it in the pool (a cursor holds only its
         # last result; it is closed with its connection).
         kept = conn.connection.info.get(_HOT)

@@ -6,7 +6,9 @@ optional extra members; the HTTP status is decided once, at the API edge.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
+
+T = TypeVar("T")
 
 
 class InvariantViolated(AssertionError):
@@ -21,6 +23,14 @@ def invariant(condition: bool, message: str) -> None:
     """
     if not condition:
         raise InvariantViolated(message)
+
+
+def required(value: T | None, message: str) -> T:
+    """``value``, checked not to be ``None`` (:class:`InvariantViolated` if it is): an
+    :func:`invariant` that also tells the type checker so."""
+    if value is None:
+        raise InvariantViolated(message)
+    return value
 
 
 class CoalitionError(Exception):

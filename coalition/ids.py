@@ -14,6 +14,8 @@ import secrets
 import threading
 import time
 
+from coalition.errors import invariant
+
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _DIGIT_PAIRS = [high + low for high in _ALPHABET for low in _ALPHABET]
 _PAIR_SHIFTS = tuple(range(120, -1, -10))
@@ -60,7 +62,7 @@ def new_id(prefix: str) -> str:
     """Return a new id such as ``txn_01JD3...`` (prefix, underscore, 26 characters), greater
     than every id this process minted before."""
     global _last  # noqa: PLW0603 (the process's one monotonic counter)
-    assert prefix in PREFIXES, prefix
+    invariant(prefix in PREFIXES, f"no id prefix {prefix!r}")
     fresh = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
     with _lock:
         value = _last = fresh if fresh > _last else _last + 1

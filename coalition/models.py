@@ -101,6 +101,13 @@ class Member(Base):
     balance: Mapped[int] = mapped_column(BigInteger, default=0)
     held: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: The tier basis (``coalition.ledger.tiers``): the qualifying points (earns less earn
+    #: reversals) of the UTC days ``tier_since_day`` to ``tier_day`` (days since 1970-01-01),
+    #: ``tier_day`` the day of the member's latest one (NULL: none yet). Kept by the write
+    #: that changes the balance, in the same UPDATE.
+    tier_day: Mapped[int | None] = mapped_column(Integer)
+    tier_since_day: Mapped[int | None] = mapped_column(Integer)
+    tier_points: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class Transaction(Base):
@@ -141,13 +148,13 @@ class Transaction(Base):
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
-    partner_id: Mapped[str | None] = mapped_column(ForeignKey("partners.id"))
+    partner_id: Mapped[str | None] = mapped_column(ID)
     member_id: Mapped[str] = mapped_column(ForeignKey("members.id"))
     reference: Mapped[str | None] = mapped_column(String(255))
     points: Mapped[int] = mapped_column(BigInteger)
     amount_minor: Mapped[int | None] = mapped_column(BigInteger)
     currency: Mapped[str | None] = mapped_column(String(3))
-    rate_card_id: Mapped[str | None] = mapped_column(ForeignKey("rate_cards.id"))
+    rate_card_id: Mapped[str | None] = mapped_column(ID)
     tier: Mapped[str | None] = mapped_column(String(32))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
     posted_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -204,7 +211,7 @@ class Lot(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     member_id: Mapped[str] = mapped_column(ForeignKey("members.id"))
-    origin_partner_id: Mapped[str | None] = mapped_column(ForeignKey("partners.id"))
+    origin_partner_id: Mapped[str | None] = mapped_column(ID)
     transaction_id: Mapped[str] = mapped_column(ForeignKey("transactions.id"))
     points: Mapped[int] = mapped_column(BigInteger)
     remaining: Mapped[int] = mapped_column(BigInteger)
@@ -229,24 +236,7 @@ class LotMovement(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     transaction_id: Mapped[str] = mapped_column(ForeignKey("transactions.id"))
     lot_id: Mapped[int] = mapped_column(ForeignKey("lots.id"))
-    origin_partner_id: Mapped[str | None] = mapped_column(ForeignKey("partners.id"))
-    points: Mapped[int] = mapped_column(BigInteger)
-
-
-class QualifyingDay(Base):
-    """A member's tier basis for one UTC day: the points of its earns less its earn reversals
-    that occurred that day (``day``: days since 1970-01-01 UTC).
-
-    Kept by the ledger's write path (``ledger._posted``) in the transaction of each earn and
-    reversal, under the member's row lock, so the tier over a trailing window of a year reads
-    about 365 of these rows and the window's two edge days, not every earn of the year.
-    ``coalition check`` recomputes it from the transactions (invariant 2).
-    """
-
-    __tablename__ = "qualifying_days"
-
-    member_id: Mapped[str] = mapped_column(ForeignKey("members.id"), primary_key=True)
-    day: Mapped[int] = mapped_column(Integer, primary_key=True)
+    origin_partner_id: Mapped[str | None] = mapped_column(ID)
     points: Mapped[int] = mapped_column(BigInteger)
 
 
@@ -277,7 +267,7 @@ class Hold(Base):
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
-    partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id"))
+    partner_id: Mapped[str] = mapped_column(ID)
     member_id: Mapped[str] = mapped_column(ForeignKey("members.id"))
     reference: Mapped[str] = mapped_column(String(255))
     points: Mapped[int] = mapped_column(BigInteger)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
 
+from coalition.errors import invariant
+
 # ISO 4217 list one: currencies whose minor unit is not 2. Every other active code below has 2.
 _EXPONENT_0 = "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split()
 _EXPONENT_3 = "BHD IQD JOD KWD LYD OMR TND".split()
@@ -93,7 +95,9 @@ def round_money(value: Decimal, currency: str) -> Decimal:
 def to_minor(value: Decimal, currency: str) -> int:
     """Major units (already at the currency's exponent) to integer minor units."""
     scaled = value.scaleb(exponent(currency))
-    assert scaled == scaled.to_integral_value(), (value, currency)
+    invariant(
+        scaled == scaled.to_integral_value(), f"{value} has more decimals than {currency} has"
+    )
     return int(scaled)
 
 

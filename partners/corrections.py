@@ -90,7 +90,11 @@ class Corrections(OperationBase):
                 )
                 if kind == TransactionKind.EARN_REVERSAL:
                     return ledger.reverse_earn(
-                        s, original=original, header=header, to_account=partner.issued_account_id
+                        s,
+                        original=original,
+                        header=header,
+                        to_account=partner.issued_account_id,
+                        tier_window_days=self.settings.tier_window_days,
                     )
                 return ledger.reverse_burn(
                     s,

@@ -18,6 +18,7 @@ from coalition.errors import (
     DuplicateReference,
     UnknownMember,
     ValidationFailed,
+    invariant,
 )
 from coalition.ledger import Header, Posted
 from coalition.models import TransactionKind
@@ -49,9 +50,7 @@ from partners.rates import (
 EARN_BATCH_MAX = ledger.BULK_MAX
 
 # What an earn reads, in one statement (:func:`partners.rates.read_terms`).
-_EARN_INPUTS = partner_terms_with(
-    ledger.MEMBER_QUALIFYING_POINTS, _FIND_REFERENCE.scalar_subquery()
-)
+_EARN_INPUTS = partner_terms_with(ledger.MEMBER_TIER_POINTS, _FIND_REFERENCE.scalar_subquery())
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +93,9 @@ class Earning(OperationBase):
                     {
                         "partner": partner_id,
                         "member": member_id,
-                        **ledger.window(self._tier_since(occurred), occurred),
+                        **ledger.tier_params(
+                            ledger.day_of(occurred), self.settings.tier_window_days
+                        ),
                         "kind": "earn",
                         "reference": reference,
                     },
@@ -176,6 +177,7 @@ class Earning(OperationBase):
             from_account=partner.issued_account_id,
             origin_partner_id=partner.id,
             expires_at=self._expires_at(occurred),
+            tier_window_days=self.settings.tier_window_days,
         )
 
     def earn_many(
@@ -185,12 +187,13 @@ class Earning(OperationBase):
 
         The same rules as :meth:`earn` item by item, in order: the same transfers,
         lots and balances as calling it for each item would give (duplicate references also
-        within the batch, the rate card in force at each item's ``occurred_at``, the tier over
-        the trailing window counting the batch's earlier earns). Each item's result is in its
+        within the batch, the rate card in force at each item's ``occurred_at``, the tier of
+        its day's window counting the batch's earlier earns). Each item's result is in its
         place: its :class:`Posted`, or the :class:`CoalitionError` :meth:`earn` would raise (and
         nothing of that item is written). A handful of statements serve the whole batch: the
-        references already used, the members (locked in id order), the rate cards, the tier
-        history, then the writes (:func:`ledger.credit_many`: ``COPY`` on PostgreSQL). A member
+        references already used, the members (locked in id order), the rate cards, the
+        members' transactions of the tier days the batch needs, then the writes
+        (:func:`ledger.credit_many`: ``COPY`` on PostgreSQL). A member
         who owes points (a clawback deficit) takes the ordinary path, which fills the deficit.
 
         At most :data:`EARN_BATCH_MAX` items (:class:`ValidationFailed` beyond).
@@ -224,15 +227,11 @@ class Earning(OperationBase):
             fresh = [n for n in spends if items[n].reference not in used]
             members = ledger.lock_members(s, (items[n].member_id for n in fresh))
             cards = rate_card_history(s, partner_id)
-            window = [occurred[n] for n in fresh if items[n].member_id in members]
-            first, last = min(window, default=now), max(window, default=now)
-            history = ledger.qualifying_history(
+            tiers = ledger.BatchTiers(
                 s,
-                members,
-                self._tier_since(first),
-                last,
-                # In the window of every item: summed in the database.
-                core=(self._tier_since(last), first),
+                {m: locked.tier for m, locked in members.items() if locked.state.balance >= 0},
+                self.settings.tier_window_days,
+                [(items[n].member_id, ledger.day_of(occurred[n])) for n in fresh],
             )
             credits: list[tuple[int, ledger.Credit]] = []
             for n, spend in spends.items():
@@ -262,11 +261,10 @@ class Earning(OperationBase):
                         )
                         used[item.reference] = posted.transaction.id
                         continue
-                    earlier = history[item.member_id]
                     credit = self._earn_credit(
                         partner,
                         cards.at(at),
-                        _qualifying(earlier, self._tier_since(at), at),
+                        tiers.at(item.member_id, ledger.day_of(at)),
                         member_id=item.member_id,
                         reference=item.reference,
                         amount=item.amount,
@@ -279,18 +277,10 @@ class Earning(OperationBase):
                     results[n] = exc
                     continue
                 used[item.reference] = credit.header.id
-                earlier.append((at, credit.points))
+                tiers.add(item.member_id, ledger.day_of(at), credit.points)
                 credits.append((n, credit))
-            posted_all = ledger.credit_many(s, [c for _, c in credits], members)
+            posted_all = ledger.credit_many(s, [c for _, c in credits], members, tiers.bases)
             for (n, _), posted in zip(credits, posted_all, strict=True):
                 results[n] = posted
-        assert all(r is not None for r in results)
+        invariant(all(r is not None for r in results), "every item has its result")
         return cast("list[Posted | CoalitionError]", results)
-
-
-def _qualifying(
-    history: Sequence[tuple[datetime | None, int]], since: datetime, until: datetime
-) -> int:
-    """What :func:`ledger.qualifying_points` sums, over rows already read (``None``: a sum
-    that lies in every window asked about)."""
-    return sum(points for at, points in history if at is None or since <= at <= until)

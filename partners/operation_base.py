@@ -143,10 +143,6 @@ class OperationBase:
                 transaction_id=existing,
             )
 
-    def _tier_since(self, at: datetime) -> datetime:
-        """The start of the trailing window a tier at ``at`` rests on."""
-        return at - timedelta(days=self.settings.tier_window_days)
-
     def _expires_at(self, start: datetime) -> datetime:
         return start + timedelta(days=self.settings.points_validity_days)
 

@@ -74,7 +74,11 @@ class Operations(Earning, Spending, Corrections):
         now = self.clock()
         with self.reading(session) as s:
             snapshot, expiring = ledger.balance_read(
-                s, member_id, since=self._tier_since(now), now=now, prelude=prelude
+                s,
+                member_id,
+                window_days=self.settings.tier_window_days,
+                now=now,
+                prelude=prelude,
             )
         tier = ledger.tier_for(snapshot.qualifying_points, self.settings.tiers)
         # Read as the member's next burn would see it: holds past their expiry released, then

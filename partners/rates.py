@@ -24,10 +24,11 @@ from coalition.db import HotStatement
 from coalition.errors import (
     BurnCapExceeded,
     Conflict,
-    InvariantViolated,
     NotFound,
     PartnerNotActive,
     ValidationFailed,
+    invariant,
+    required,
 )
 from coalition.ids import new_id
 from coalition.models import Account
@@ -119,10 +120,14 @@ def create_partner(session: Session, *, name: str, currency: str, now: datetime)
         errors.append({"path": "currency", "message": str(exc)})
     if errors:
         raise ValidationFailed(errors)
-    issued = session.scalar(insert(Account).values(kind="partner_issued").returning(Account.id))
-    redeemed = session.scalar(insert(Account).values(kind="partner_redeemed").returning(Account.id))
-    if issued is None or redeemed is None:
-        raise InvariantViolated("the partner's issued and redeemed accounts were not created")
+    issued = required(
+        session.scalar(insert(Account).values(kind="partner_issued").returning(Account.id)),
+        "an inserted account has an id",
+    )
+    redeemed = required(
+        session.scalar(insert(Account).values(kind="partner_redeemed").returning(Account.id)),
+        "an inserted account has an id",
+    )
     partner = Partner(
         id=new_id("prt"),
         name=name,
@@ -457,12 +462,9 @@ def burn_price(
 
     Without ``max_burn_share`` points may still pay at most the whole basket.
     """
+    invariant((points is None) != (amount is None), "a burn is priced by points or by an amount")
     if points is None:
-        if amount is None:
-            raise InvariantViolated("a burn is priced from its points or from its amount")
-        points = ceil_points(amount / card.burn_value_per_point)
-    elif amount is not None:
-        raise InvariantViolated("a burn is priced from its points or from its amount, not both")
+        points = ceil_points(required(amount, "an amount") / card.burn_value_per_point)
     path = "points" if amount is None else "amount"
     if points > MAX_POINTS:
         raise ValidationFailed.at(path, f"at most {MAX_POINTS} points in one operation")

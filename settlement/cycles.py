@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from coalition.errors import invariant
+
 CYCLES = ("daily", "weekly", "monthly")
 
 
@@ -19,7 +21,7 @@ def _midnight(day: datetime, tz: ZoneInfo) -> datetime:
 
 def latest_cutoff(at: datetime, cycle: str, tz: ZoneInfo) -> datetime:
     """The latest scheduled cut-off at or before ``at`` (UTC)."""
-    assert cycle in CYCLES, cycle
+    invariant(cycle in CYCLES, f"no settlement cycle {cycle!r}")
     local = at.astimezone(tz)
     day = _midnight(local, tz)
     if cycle == "weekly":

@@ -33,7 +33,7 @@ from sqlalchemy import TextClause, bindparam, text, update
 from sqlalchemy.orm import Session
 
 from coalition.db import UTCDateTime
-from coalition.errors import InvariantViolated, invariant
+from coalition.errors import invariant, required
 from coalition.ledger.kinds import BILLED_KINDS, KINDS, sql_case, sql_price
 from coalition.money import MAX_AMOUNT, MAX_POINTS, format_amount, line_fits
 from partners.webhooks import outbox
@@ -641,7 +641,7 @@ def summary_data(statement: Statement, period: Period) -> dict[str, Any]:
     API's ``StatementSummary`` and the data of its webhook events."""
     invariant(
         statement.issued_sha256 is not None and statement.period_id == period.id,
-        "a summary is of an issued statement of its period",
+        "an issued statement of its period",
     )
     return {
         "id": statement.id,
@@ -669,9 +669,7 @@ def announce(
 
 def resign(session: Session, statement: Statement, status: str, signer: Signer) -> None:
     """Move the statement to ``status``: the same lines and totals, a new signed document."""
-    if statement.document is None:
-        raise InvariantViolated("only an issued statement is signed again")
-    document = json.loads(statement.document)
+    document = json.loads(required(statement.document, "an issued statement's document"))
     document["status"] = status
     canonical = canonical_json(document)
     signed = signed_document(document, signer.kid, signer.sign(canonical))
@@ -692,9 +690,10 @@ def resign(session: Session, statement: Statement, status: str, signer: Signer) 
 
 def document_of(statement: Statement) -> dict[str, Any]:
     """The statement's signed document, exactly as signed."""
-    if statement.document is None or statement.signing_kid is None:
-        raise InvariantViolated(f"statement {statement.id} has no signed document")
-    document: dict[str, Any] = json.loads(statement.document)
+    invariant(statement.signing_kid is not None, "an issued statement is signed")
+    document: dict[str, Any] = json.loads(
+        required(statement.document, "an issued statement's document")
+    )
     document["content_sha256"] = statement.content_sha256
     document["signature"] = {
         "alg": "ed25519",

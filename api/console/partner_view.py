@@ -34,7 +34,7 @@ from api.pages import decode_cursor, encode_cursor
 from api.runtime import services_of
 from api.webhooks import webhooks_of
 from coalition.db import transaction
-from coalition.errors import InvariantViolated, ValidationFailed
+from coalition.errors import ValidationFailed, required
 from coalition.models import TRANSACTION_KINDS, Transaction
 from coalition.pages import Page
 from partners.models import Partner
@@ -46,9 +46,7 @@ Text = Annotated[str | None, QueryParameter(max_length=80)]
 
 
 def _own(viewer_partner: str | None) -> str:
-    if viewer_partner is None:
-        raise InvariantViolated("partner pages admit partner sessions only")
-    return viewer_partner
+    return required(viewer_partner, "partner pages admit partner sessions only")
 
 
 class PartnerPages(Controller):

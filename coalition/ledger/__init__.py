@@ -35,10 +35,6 @@ from coalition.ledger.holds import (
     release_hold,
     void_in_one,
 )
-from coalition.ledger.lots import (
-    LOT_FIRST_PAGE,
-    LOT_PAGE,
-)
 from coalition.ledger.operations import (
     Credit,
     credit,
@@ -70,29 +66,30 @@ from coalition.ledger.reads import (
 )
 from coalition.ledger.tables import BULK_MAX, EXPIRY_BATCH
 from coalition.ledger.tiers import (
-    MEMBER_QUALIFYING_POINTS,
+    MEMBER_TIER_POINTS,
+    BatchTiers,
+    TierBasis,
     day_of,
-    qualifying_history,
     qualifying_points,
     tier_for,
-    window,
+    tier_params,
 )
 
 __all__ = [
     "BULK_MAX",
     "EXPIRING_DATES",
     "EXPIRY_BATCH",
-    "LOT_FIRST_PAGE",
-    "LOT_PAGE",
     "MEMBER_DUE_HOLDS",
     "MEMBER_DUE_LOTS",
-    "MEMBER_QUALIFYING_POINTS",
+    "MEMBER_TIER_POINTS",
+    "BatchTiers",
     "Credit",
     "Header",
     "LockedMember",
     "MemberSnapshot",
     "MemberState",
     "Posted",
+    "TierBasis",
     "balance_read",
     "capture_hold",
     "create_member",
@@ -112,13 +109,12 @@ __all__ = [
     "member_state",
     "members_with_expired_lots",
     "place_hold",
-    "qualifying_history",
     "qualifying_points",
     "release_hold",
     "reverse_burn",
     "reverse_earn",
     "reversed_points",
     "tier_for",
+    "tier_params",
     "void_in_one",
-    "window",
 ]

@@ -3,22 +3,20 @@ deficit, and the movements that record every change."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import cast
 
 from sqlalchemy import (
-    Row,
     Table,
-    and_,
     bindparam,
     insert,
-    or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import Session
 
+from coalition.db import HotStatement, UTCDateTime, dialect_of
 from coalition.errors import invariant
 from coalition.ledger.tables import (
     _LOTS,
@@ -31,11 +29,6 @@ from coalition.models import (
 _INSERT_LOT = insert(_LOTS)
 _UPDATE_LOT = update(_LOTS).where(_LOTS.c.id == bindparam("lot")).values(remaining=bindparam("to"))
 _INSERT_LOT_MOVEMENTS = insert(cast("Table", LotMovement.__table__))
-
-#: Lots read per round trip when taking points from a member's lots (the first read is
-#: smaller: most debits are covered by a member's few soonest-expiring lots).
-LOT_PAGE = 200
-LOT_FIRST_PAGE = 16
 
 # --- lots --------------------------------------------------------------------------------
 
@@ -56,28 +49,45 @@ def _move(session: Session, txn_id: str, moves: list[tuple[int, str | None, int,
     )
 
 
-def _open_lots(
-    session: Session,
-    member_id: str,
-    *,
-    after: tuple[datetime, int] | None,
-    expired_by: datetime | None,
-    limit: int,
-) -> Sequence[Row[int, str | None, int, datetime | None]]:
-    stmt = (
-        select(Lot.id, Lot.origin_partner_id, Lot.remaining, Lot.expires_at)
-        .where(Lot.member_id == member_id, Lot.remaining > 0)
-        .order_by(Lot.expires_at, Lot.id)
-        .limit(limit)
+# Soonest-expiring first, the one statement of the rule (both dialects): the member's open
+# lots in the order they are taken (``:first_lot`` first: an earn reversal's own lot; only
+# those expired by ``:expired_by`` if given, the expiry job), each with the points before it
+# (a running sum), and what the debit of ``:points`` takes from each.
+_TAKEN = """
+    WITH open AS (
+        SELECT id, origin_partner_id, remaining,
+            SUM(remaining) OVER (ORDER BY CASE WHEN id = :first_lot THEN 0 ELSE 1 END,
+                expires_at, id) - remaining AS before
+        FROM lots
+        WHERE member_id = :member_id AND remaining > 0
+            AND (:expired_by IS NULL OR expires_at <= :expired_by)
+    ), taken AS (
+        SELECT id, origin_partner_id, remaining, before,
+            CASE WHEN remaining < :points - before THEN remaining ELSE :points - before END
+                AS take
+        FROM open WHERE before < :points
+    )"""
+# On SQLite the lots taken are read, and written by :func:`_move`.
+# ``:expired_by`` typed: SQLite compares the text it stores, PostgreSQL is told its type.
+_EXPIRED_BY = bindparam("expired_by", type_=UTCDateTime())
+_TAKE_READ = text(
+    f"{_TAKEN} SELECT id, origin_partner_id, take, remaining - take FROM taken"  # noqa: S608 (constants)
+    " ORDER BY before"
+).bindparams(_EXPIRED_BY)
+# On PostgreSQL in the same statement: each lot's new remaining and its movement.
+_TAKE_WRITE = HotStatement(
+    text(
+        f"""{_TAKEN}, u AS (
+        UPDATE lots SET remaining = lots.remaining - taken.take
+        FROM taken WHERE lots.id = taken.id
+    ), mv AS (
+        INSERT INTO lot_movements (transaction_id, lot_id, origin_partner_id, points)
+        SELECT :txn_id, id, origin_partner_id, -take FROM taken
     )
-    if expired_by is not None:
-        stmt = stmt.where(Lot.expires_at <= expired_by)
-    if after is not None:
-        expires, lot_id = after
-        stmt = stmt.where(
-            or_(Lot.expires_at > expires, and_(Lot.expires_at == expires, Lot.id > lot_id))
-        )
-    return session.execute(stmt).all()
+    SELECT COALESCE(SUM(take), 0) FROM taken
+    """  # noqa: S608 (built from constants)
+    ).bindparams(_EXPIRED_BY)
+)
 
 
 def _take(
@@ -89,41 +99,28 @@ def _take(
     first_lot_id: int | None = None,
     expired_by: datetime | None = None,
 ) -> int:
-    """Take up to ``points`` from the member's open lots, soonest-expiring first.
+    """Take up to ``points`` from the member's open lots, soonest-expiring first, recording
+    each lot's movement (:data:`_TAKEN`, the rule in one statement on either dialect).
 
     ``first_lot_id`` is drained before the others (an earn reversal takes back its own lot
-    first). Returns the points taken; the caller decides what a shortfall means.
+    first); with ``expired_by`` only lots expired by then are taken. Returns the points taken;
+    the caller decides what a shortfall means. On PostgreSQL its snapshot must see every lot
+    change committed before the member row lock was taken: the caller's earlier statement
+    took the lock.
     """
-    moves: list[tuple[int, str | None, int, int]] = []
-    left = points
-    if first_lot_id is not None:
-        lot = session.execute(
-            select(Lot.origin_partner_id, Lot.remaining).where(Lot.id == first_lot_id)
-        ).one()
-        if lot.remaining > 0:
-            taken = min(lot.remaining, left)
-            moves.append((first_lot_id, lot.origin_partner_id, -taken, lot.remaining - taken))
-            left -= taken
-    after: tuple[datetime, int] | None = None
-    limit = LOT_FIRST_PAGE
-    while left > 0:
-        page = _open_lots(session, member_id, after=after, expired_by=expired_by, limit=limit)
-        for lot_id, origin, remaining, _expires in page:
-            if lot_id == first_lot_id:
-                continue
-            taken = min(remaining, left)
-            moves.append((lot_id, origin, -taken, remaining - taken))
-            left -= taken
-            if left == 0:
-                break
-        if len(page) < limit:
-            break
-        last = page[-1]
-        assert last.expires_at is not None
-        after = (last.expires_at, last.id)
-        limit = LOT_PAGE
-    _move(session, txn_id, moves)
-    return points - left
+    params = {
+        "member_id": member_id,
+        "points": points,
+        "first_lot": first_lot_id,
+        "expired_by": expired_by,
+        "txn_id": txn_id,
+    }
+    if dialect_of(session) == "postgresql":
+        ((taken,),) = _TAKE_WRITE.rows(session, params)
+        return int(taken)
+    rows = session.execute(_TAKE_READ, params).all()
+    _move(session, txn_id, [(lot, origin, -take, left) for lot, origin, take, left in rows])
+    return sum(int(take) for _, _, take, _ in rows)
 
 
 def _deepen_deficit(session: Session, member_id: str, txn_id: str, points: int) -> None:
@@ -146,7 +143,7 @@ def _deepen_deficit(session: Session, member_id: str, txn_id: str, points: int) 
             )
             .returning(Lot.id)
         )
-        assert lot_id is not None
+        invariant(lot_id is not None, "the new lot has an id")
         session.execute(
             insert(LotMovement).values(
                 transaction_id=txn_id, lot_id=lot_id, origin_partner_id=None, points=-points

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
+    bindparam,
     func,
     or_,
     select,
     text,
+    update,
 )
+from sqlalchemy import cast as sa_cast
 from sqlalchemy.orm import Session
 
-from coalition.db import HotStatement, dialect_of
+from coalition.db import HotStatement, dialect_of, named_sql
 from coalition.errors import invariant
 from coalition.ledger.lots import (
     _LOT_COLUMNS,
@@ -26,7 +30,6 @@ from coalition.ledger.lots import (
     _take,
 )
 from coalition.ledger.post import (
-    _ADD_TO_BALANCE,
     _TRANSACTION_COLUMNS,
     Header,
     LockedMember,
@@ -37,6 +40,8 @@ from coalition.ledger.post import (
     _posted_many,
     _require_member_change,
     _write,
+    lock_members,
+    tier_change,
 )
 from coalition.ledger.reads import (
     MemberState,
@@ -44,12 +49,14 @@ from coalition.ledger.reads import (
 )
 from coalition.ledger.tables import (
     _LOTS,
+    _MEMBERS,
     _TRANSACTIONS,
     BULK_MAX,
 )
 from coalition.ledger.tiers import (
-    _tier_points,
-    day_of,
+    TIER_WRITE_WITHOUT_READ,
+    TierBasis,
+    tier_values,
 )
 from coalition.models import (
     Lot,
@@ -60,10 +67,11 @@ from coalition.models import (
 # --- the operations ----------------------------------------------------------------------
 
 # A credit of a member who owes nothing, in one statement (PostgreSQL's data-modifying CTEs):
-# the member row updated (and locked), the transfer, the new lot and
-# what it adds to the member's tier basis (:func:`_count_for_tier`, here in SQL). No
-# row comes back when there is no such member or it owes points (a deficit to fill first):
-# then nothing was written, and the statements of the general path do the work.
+# the member row updated (and locked) with its tier basis (``coalition.ledger.tiers``), the
+# transfer, and the new lot. No row comes back when there is no such member, or it owes points
+# (a deficit to fill first), or (unless ``:locked``) its tier basis must read its transactions
+# (a new day's window): then nothing was written, and the caller locks the row first or takes
+# the statements of the general path.
 # The header's row, with the balance the member row ``m`` of the statement came back with
 # (every column of ledger.Header, bound by name).
 # The member's own account is the one of the two left NULL, named from the member row.
@@ -79,58 +87,78 @@ _TRANSACTION_FROM_MEMBER = """
             COALESCE(CAST(:credit_account_id AS BIGINT), m.account_id)
         FROM m
         RETURNING id"""
-_CREDIT_IN_ONE = HotStatement(
-    text(
-        f"""
-    WITH m AS (
-        UPDATE members SET balance = balance + :points
-        WHERE id = :member_id AND balance >= 0
-        RETURNING balance, held, account_id
+
+
+def _credit_in_one_statement(tier: bool) -> tuple[dict[str, Any], HotStatement]:
+    member = (
+        update(_MEMBERS)
+        .where(_MEMBERS.c.id == bindparam("member_id"), _MEMBERS.c.balance >= 0)
+        .values(balance=_MEMBERS.c.balance + bindparam("points"))
+        .returning(_MEMBERS.c.balance, _MEMBERS.c.held, _MEMBERS.c.account_id)
+    )
+    if tier:
+        member = member.values(**tier_values()).where(
+            or_(sa_cast(bindparam("locked"), Boolean), TIER_WRITE_WITHOUT_READ)
+        )
+    member_sql, fixed = named_sql(member)
+    return fixed, HotStatement(
+        text(
+            f"""
+    WITH m AS ({member_sql}
     ), t AS ({_TRANSACTION_FROM_MEMBER}
     ), l AS (
         INSERT INTO lots (member_id, origin_partner_id, transaction_id, points, remaining,
             expires_at, is_deficit)
         SELECT :member_id, :origin_partner_id, t.id, :points, :points, :expires_at, false
         FROM t
-    ), q AS (
-        INSERT INTO qualifying_days (member_id, day, points)
-        SELECT :member_id, :day, :tier_points FROM t WHERE CAST(:tier_points AS BIGINT) <> 0
-        ON CONFLICT (member_id, day)
-            DO UPDATE SET points = qualifying_days.points + excluded.points
     )
     SELECT balance, held, account_id FROM m
     """  # noqa: S608 (built from constants)
+        )
     )
-)
 
 
-def _credit_in_one(session: Session, c: Credit) -> Posted | None:
+_CREDIT_FIXED, _CREDIT_IN_ONE = _credit_in_one_statement(tier=False)
+_CREDIT_TIER_FIXED, _CREDIT_IN_ONE_TIER = _credit_in_one_statement(tier=True)
+
+
+def _credit_in_one(
+    session: Session, c: Credit, tier: dict[str, Any] | None, *, locked: bool
+) -> Posted | None:
     """:func:`credit` in one statement on PostgreSQL; ``None`` (nothing written) when the
-    member is unknown or owes points."""
+    member is unknown or owes points, or its tier basis needs the row locked first."""
     params = {
         **replace(c.header, debit_account_id=c.from_account).row(),
         "origin_partner_id": c.origin_partner_id,
         "expires_at": c.expires_at,
-        "day": day_of(c.header.occurred_at),
-        "tier_points": _tier_points(c.header),
     }
-    done = _CREDIT_IN_ONE.first(session, params)
+    if tier is None:
+        done = _CREDIT_IN_ONE.first(session, {**_CREDIT_FIXED, **params})
+    else:
+        params = {**_CREDIT_TIER_FIXED, **params, **tier, "locked": locked}
+        done = _CREDIT_IN_ONE_TIER.first(session, params)
     if done is None:
         return None
     balance, held, account = done
     header = _between(c.header, account, c.from_account, to_member=True)
-    txn = _posted(session, header, balance, tier_counted=True)
+    txn = _posted(session, header, balance)
     return Posted(txn, MemberState(c.header.member_id, balance, held))
 
 
 def credit(session: Session, c: Credit) -> Posted:
     """Give a member ``points`` in a new lot (earn, bonus, positive adjustment)."""
+    member_id, points = c.header.member_id, c.header.points
+    tier = tier_change(c.header, c.tier_window_days)
     if dialect_of(session) == "postgresql":
-        posted = _credit_in_one(session, c)
+        posted = _credit_in_one(session, c, tier, locked=False)
+        if posted is None and tier is not None:
+            # A new day's window reads the member's transactions: under the row lock.
+            locked = lock_members(session, [member_id]).get(member_id)
+            if locked is not None and locked.state.balance >= 0:
+                posted = _credit_in_one(session, c, tier, locked=True)
         if posted is not None:
             return posted
-    member_id, points = c.header.member_id, c.header.points
-    state, member_acct = _require_member_change(session, member_id, balance_delta=points)
+    state, member_acct = _require_member_change(session, member_id, balance_delta=points, tier=tier)
     header = _between(c.header, member_acct, c.from_account, to_member=True)
     txn = _write(session, header, state.balance)
     _add_lot(
@@ -149,12 +177,14 @@ def credit(session: Session, c: Credit) -> Posted:
 @dataclass(frozen=True, slots=True)
 class Credit:
     """What :func:`credit` (and, many at once, :func:`credit_many`) posts: the transaction,
-    the account the points come from, and the lot they make."""
+    the account the points come from, and the lot they make; ``tier_window_days``: W, for a
+    kind that counts in the tier basis (an earn)."""
 
     header: Header
     from_account: int
     origin_partner_id: str | None
     expires_at: datetime
+    tier_window_days: int | None = None
 
     @property
     def member_id(self) -> str:
@@ -168,18 +198,22 @@ class Credit:
 
 
 def credit_many(
-    session: Session, credits: Sequence[Credit], members: dict[str, LockedMember]
+    session: Session,
+    credits: Sequence[Credit],
+    members: dict[str, LockedMember],
+    tiers: Mapping[str, TierBasis],
 ) -> list[Posted]:
     """:func:`credit` for many credits at once: the same transfers, lots and
     balances as calling it for each one in order, in a handful of statements whatever their
     number: the transfers and lots by :func:`_insert_rows` (``COPY`` on
-    PostgreSQL), the members' balances in one update, the tier basis and the events by
+    PostgreSQL), the members' balances and tier bases in one update, the events by
     :func:`_posted_many`.
 
     ``members``: :func:`lock_members` of every member credited, read in this transaction. None
     may owe points (a negative balance): a deficit must be filled, which :func:`credit` does.
     Balances are computed here from the locked rows, so several credits of one member each
-    record the right ``balance_after``.
+    record the right ``balance_after``. ``tiers``: each member's tier basis after the batch
+    (:class:`~coalition.ledger.tiers.BatchTiers`, which the caller fed every credit).
     """
     invariant(len(credits) <= BULK_MAX, f"{len(credits)} credits in one batch")
     if not credits:
@@ -203,15 +237,22 @@ def credit_many(
         written.append((header, balance))
     _insert_rows(session, _TRANSACTIONS, _TRANSACTION_COLUMNS, rows)
     _insert_rows(session, _LOTS, _LOT_COLUMNS, lots)
-    deltas = sorted((member_id, balance - members[member_id].state.balance)
-                    for member_id, balance in balances.items())  # fmt: skip
+    changes = [
+        {
+            "member": m,
+            "delta": balance - members[m].state.balance,
+            "tier_day": tiers[m].day if m in tiers else members[m].tier.day,
+            "tier_since_day": tiers[m].since_day if m in tiers else members[m].tier.since_day,
+            "tier_points": tiers[m].points if m in tiers else members[m].tier.points,
+        }
+        for m, balance in sorted(balances.items())
+    ]
     if dialect_of(session) == "postgresql":
         session.execute(
-            _ADD_TO_BALANCES,
-            {"members": [m for m, _ in deltas], "deltas": [d for _, d in deltas]},
+            _CHANGE_MEMBERS, {k: [c[k] for c in changes] for k in _CHANGE_MEMBERS_ARRAYS}
         )
     else:
-        session.execute(_ADD_TO_BALANCE, [{"member": m, "balance_delta": d} for m, d in deltas])
+        session.execute(_CHANGE_ONE_MEMBER, changes)
     return [
         Posted(
             txn, MemberState(txn.member_id, txn.balance_after, members[txn.member_id].state.held)
@@ -220,21 +261,32 @@ def credit_many(
     ]
 
 
-# The members' new balances in one statement on PostgreSQL (arrays of ids and deltas).
-_ADD_TO_BALANCES = text(
+# The members' new balances and tier bases in one statement on PostgreSQL (arrays).
+_CHANGE_MEMBERS_ARRAYS = ("member", "delta", "tier_day", "tier_since_day", "tier_points")
+_CHANGE_MEMBERS = text(
     """
-    UPDATE members SET balance = members.balance + d.delta
-    FROM unnest(CAST(:members AS VARCHAR[]), CAST(:deltas AS BIGINT[])) AS d(id, delta)
+    UPDATE members SET balance = members.balance + d.delta, tier_day = d.tier_day,
+        tier_since_day = d.tier_since_day, tier_points = d.tier_points
+    FROM unnest(CAST(:member AS VARCHAR[]), CAST(:delta AS BIGINT[]),
+        CAST(:tier_day AS INTEGER[]), CAST(:tier_since_day AS INTEGER[]),
+        CAST(:tier_points AS BIGINT[])) AS d(id, delta, tier_day, tier_since_day, tier_points)
     WHERE members.id = d.id
+    """
+)
+_CHANGE_ONE_MEMBER = text(
+    """
+    UPDATE members SET balance = balance + :delta, tier_day = :tier_day,
+        tier_since_day = :tier_since_day, tier_points = :tier_points
+    WHERE id = :member
     """
 )
 
 
 # A debit on PostgreSQL in two statements: first the member row, updated only if it has the
-# points available (and so locked), with the transfer; then, in a new
-# statement whose snapshot sees every lot change committed before that lock was ours, the
-# points taken from the member's open lots soonest-expiring first (a running sum over them),
-# each taking recorded as a lot movement.
+# points available (and so locked), with the transfer; then, in a new statement whose
+# snapshot sees every lot change committed before that lock was ours, the points taken from
+# the member's open lots soonest-expiring first (``lots._take``, the one statement of that
+# rule), each taking recorded as a lot movement.
 _DEBIT_MEMBER = HotStatement(
     text(
         f"""
@@ -248,28 +300,6 @@ _DEBIT_MEMBER = HotStatement(
     """  # noqa: S608 (built from constants)
     )
 )
-_TAKE_FROM_LOTS = HotStatement(
-    text(
-        """
-    WITH open AS (
-        SELECT id, origin_partner_id, remaining,
-            SUM(remaining) OVER (ORDER BY expires_at, id) - remaining AS before
-        FROM lots
-        WHERE member_id = :member_id AND remaining > 0
-    ), taken AS (
-        SELECT id, origin_partner_id, LEAST(remaining, :points - before) AS take
-        FROM open WHERE before < :points
-    ), u AS (
-        UPDATE lots SET remaining = lots.remaining - taken.take
-        FROM taken WHERE lots.id = taken.id
-    ), mv AS (
-        INSERT INTO lot_movements (transaction_id, lot_id, origin_partner_id, points)
-        SELECT :txn_id, id, origin_partner_id, -take FROM taken
-    )
-    SELECT COALESCE(SUM(take), 0) FROM taken
-    """
-    )
-)
 
 
 def _debit_in_two(session: Session, header: Header, to_account: int) -> Posted | None:
@@ -280,9 +310,7 @@ def _debit_in_two(session: Session, header: Header, to_account: int) -> Posted |
         return None
     balance, held, account = done
     header = _between(header, account, to_account, to_member=False)
-    (taken,) = _TAKE_FROM_LOTS.rows(
-        session, {"member_id": header.member_id, "points": header.points, "txn_id": header.id}
-    )[0]
+    taken = _take(session, header.member_id, header.id, header.points)
     # available >= points and balance = sum(lots) > 0 means the lots cover it.
     invariant(taken == header.points, f"{header.id}: lots gave {taken} of {header.points}")
     txn = _posted(session, header, balance)
@@ -311,7 +339,12 @@ def debit(session: Session, header: Header, *, to_account: int) -> Posted:
 
 
 def reverse_earn(
-    session: Session, *, original: Transaction, header: Header, to_account: int
+    session: Session,
+    *,
+    original: Transaction,
+    header: Header,
+    to_account: int,
+    tier_window_days: int,
 ) -> Posted:
     """Take back the header's points of an earn (or bonus): its own lot first, then the others.
 
@@ -320,7 +353,12 @@ def reverse_earn(
     """
     points, member_id = header.points, original.member_id
     invariant(header.member_id == member_id, f"{header.id} reverses another member's earn")
-    state, member_acct = _require_member_change(session, member_id, balance_delta=-points)
+    state, member_acct = _require_member_change(
+        session,
+        member_id,
+        balance_delta=-points,
+        tier=tier_change(header, tier_window_days),
+    )
     available_before = state.available + points
     overdraft = points - min(max(available_before, 0), points)
     header = _between(header, member_acct, to_account, to_member=False)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from functools import cache
 from operator import attrgetter
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from sqlalchemy import (
@@ -19,10 +19,8 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
-    bindparam,
     insert,
     select,
-    update,
 )
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, configure_mappers
@@ -30,7 +28,7 @@ from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlalchemy.types import NullType, TypeDecorator
 
 from coalition.db import AnyOf, dialect_of
-from coalition.errors import InsufficientPoints, invariant
+from coalition.errors import InsufficientPoints, InvariantViolated, invariant
 from coalition.ids import new_id
 from coalition.ledger import listeners
 from coalition.ledger.reads import (
@@ -45,7 +43,11 @@ from coalition.ledger.tables import (
     BULK_MAX,
 )
 from coalition.ledger.tiers import (
-    _count_for_tier,
+    TierBasis,
+    day_of,
+    tier_params,
+    tier_points_of,
+    tier_values,
 )
 from coalition.models import (
     Account,
@@ -57,15 +59,18 @@ from coalition.models import (
 _INSERT_TRANSACTION = insert(_TRANSACTIONS)
 
 _LOCK_MEMBERS = (
-    select(_MEMBERS.c.id, _MEMBERS.c.balance, _MEMBERS.c.held, _MEMBERS.c.account_id)
+    select(
+        _MEMBERS.c.id,
+        _MEMBERS.c.balance,
+        _MEMBERS.c.held,
+        _MEMBERS.c.account_id,
+        _MEMBERS.c.tier_day,
+        _MEMBERS.c.tier_since_day,
+        _MEMBERS.c.tier_points,
+    )
     .where(AnyOf(_MEMBERS.c.id, "members"))
     .order_by(_MEMBERS.c.id)
     .with_for_update()
-)
-_ADD_TO_BALANCE = (
-    update(_MEMBERS)
-    .where(_MEMBERS.c.id == bindparam("member"))
-    .values(balance=_MEMBERS.c.balance + bindparam("balance_delta"))
 )
 
 
@@ -79,7 +84,7 @@ def create_member(session: Session, member_id: str | None, now: datetime) -> tup
         if existing is not None:
             return existing, False
     account_id = session.scalar(insert(Account).values(kind="member").returning(Account.id))
-    assert account_id is not None
+    invariant(account_id is not None, "the new account has an id")
     new = member_id or new_id("mem")
     session.execute(
         insert(Member).values(id=new, account_id=account_id, balance=0, held=0, created_at=now)
@@ -93,6 +98,7 @@ class LockedMember:
 
     state: MemberState
     account_id: int
+    tier: TierBasis = field(default_factory=TierBasis)
 
 
 def lock_members(session: Session, member_ids: Iterable[str]) -> dict[str, LockedMember]:
@@ -107,7 +113,11 @@ def lock_members(session: Session, member_ids: Iterable[str]) -> dict[str, Locke
         return {}
     rows = session.execute(_LOCK_MEMBERS, {"members": ids}).all()
     return {
-        row.id: LockedMember(MemberState(row.id, row.balance, row.held), row.account_id)
+        row.id: LockedMember(
+            MemberState(row.id, row.balance, row.held),
+            row.account_id,
+            TierBasis(row.tier_day, row.tier_since_day, row.tier_points),
+        )
         for row in rows
     }
 
@@ -122,23 +132,39 @@ def _change_member(
     balance_delta: int,
     held_delta: int = 0,
     need_available: int | None = None,
+    tier: dict[str, Any] | None = None,
 ) -> tuple[MemberState, int] | None:
     """Apply deltas to the member row, locking it: the state after, and the member's account
     (read in the same statement, so no separate lookup).
 
     ``None`` when ``need_available`` is not met or there is no such member. With
     ``need_available`` the update is conditional (``balance - held >= need``), so two
-    concurrent burns can never overdraw a member.
+    concurrent burns can never overdraw a member. ``tier``: :func:`tiers.tier_params` of a
+    transfer that counts in the tier basis, which the same update keeps; on PostgreSQL the row
+    is locked by a statement of its own first, so that the basis's read of the member's
+    transactions sees every one committed before (docs/invariants.md).
     """
-    params = {"member": member_id, "balance_delta": balance_delta, "held_delta": held_delta}
-    stmt = _CHANGE_MEMBER
+    params: dict[str, Any] = {
+        "member": member_id,
+        "balance_delta": balance_delta,
+        "held_delta": held_delta,
+        **(tier or {}),
+    }
     if need_available is not None:
-        stmt = _CHANGE_MEMBER_IF_AVAILABLE
         params["need_available"] = need_available
+    if tier is not None and dialect_of(session) == "postgresql":
+        session.execute(_LOCK_MEMBERS, {"members": [member_id]})
+    stmt = _member_update(need_available is not None, tier is not None)
     row = session.execute(stmt, params).one_or_none()
     if row is None:
         return None
     return MemberState(member_id, row.balance, row.held), row.account_id
+
+
+@cache
+def _member_update(conditional: bool, tier: bool) -> Any:
+    stmt = _CHANGE_MEMBER_IF_AVAILABLE if conditional else _CHANGE_MEMBER
+    return stmt.values(**tier_values()) if tier else stmt
 
 
 def _require_member_change(
@@ -148,6 +174,7 @@ def _require_member_change(
     balance_delta: int,
     held_delta: int = 0,
     need_available: int | None = None,
+    tier: dict[str, Any] | None = None,
 ) -> tuple[MemberState, int]:
     """:func:`_change_member`; :class:`UnknownMember` or :class:`InsufficientPoints` if not."""
     changed = _change_member(
@@ -156,6 +183,7 @@ def _require_member_change(
         balance_delta=balance_delta,
         held_delta=held_delta,
         need_available=need_available,
+        tier=tier,
     )
     if changed is not None:
         return changed
@@ -165,6 +193,16 @@ def _require_member_change(
         available=current.available,
         requested=need_available,
     )
+
+
+def tier_change(header: Header, window_days: int | None) -> dict[str, Any] | None:
+    """:func:`tiers.tier_params` of what ``header`` adds to its member's tier basis (``None``:
+    its kind does not count); ``window_days`` (W) must be given for a kind that counts."""
+    signed = tier_points_of(header.kind, header.points)
+    if not signed:
+        return None
+    invariant(window_days is not None and window_days > 0, f"{header.kind}: no tier window")
+    return tier_params(day_of(header.occurred_at), cast("int", window_days), signed)
 
 
 # --- transfers ------------------------------------------------------------------------
@@ -218,23 +256,17 @@ def _between(header: Header, member_account: int, other: int, *, to_member: bool
 _header_values = attrgetter(*_HEADER_COLUMNS)
 
 
-def _posted(
-    session: Session, header: Header, balance_after: int, *, tier_counted: bool = False
-) -> Transaction:
+def _posted(session: Session, header: Header, balance_after: int) -> Transaction:
     """:func:`_posted_many` of one transaction."""
-    return _posted_many(session, [(header, balance_after)], tier_counted=tier_counted)[0]
+    return _posted_many(session, [(header, balance_after)])[0]
 
 
-def _posted_many(
-    session: Session, posted: Sequence[tuple[Header, int]], *, tier_counted: bool = False
-) -> list[Transaction]:
+def _posted_many(session: Session, posted: Sequence[tuple[Header, int]]) -> list[Transaction]:
     """The one place every posted transaction passes (``(header, balance_after)``), in the
     database transaction that wrote it, whichever statements wrote it (the general path's, a
-    one-statement fast path's, a bulk insert's): where the members' tier basis
-    (``qualifying_days``), the event outbox and the metrics attach. Many at once cost what one
-    does: one statement for the tier basis, one for the events at commit. ``tier_counted``:
-    the statement that wrote them added them to the tier basis already (the one-statement
-    credit)."""
+    one-statement fast path's, a bulk insert's): where the listeners (the event outbox, the
+    metrics) attach. Many at once cost what one does. (The tier basis is kept by the statement
+    that updates the member row, ``coalition.ledger.tiers``.)"""
     configure_mappers()  # _transaction_of bypasses the constructor, which would do this
     txns = []
     for header, balance_after in posted:
@@ -246,8 +278,6 @@ def _posted_many(
             f"{header.id}: a transfer moves positive points between two accounts",
         )
         txns.append(_transaction_of(header, balance_after))
-    if not tier_counted:
-        _count_for_tier(session, [header for header, _ in posted])
     listeners.transactions_posted(session, txns)
     return txns
 
@@ -312,7 +342,8 @@ def _insert_rows(
         session.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
         return
     raw = session.connection().connection.driver_connection
-    assert raw is not None
+    if raw is None:
+        raise InvariantViolated("no driver connection")
     copy_sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
     try:
         with raw.cursor() as cursor, cursor.copy(copy_sql) as copy:

@@ -18,7 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from coalition.db import HotStatement, Prelude, dialect_of, named_sql
-from coalition.errors import UnknownMember
+from coalition.errors import InvariantViolated, UnknownMember, invariant
 from coalition.ledger.tables import (
     _HOLDS,
     _LOTS,
@@ -26,8 +26,9 @@ from coalition.ledger.tables import (
     _MEMBERS,
 )
 from coalition.ledger.tiers import (
-    _QUALIFYING_POINTS,
-    window,
+    TIER_POINTS,
+    day_of,
+    tier_params,
 )
 from coalition.models import (
     Transaction,
@@ -134,7 +135,7 @@ _MEMBER_SNAPSHOT = HotStatement(
     select(
         _MEMBERS.c.balance,
         _MEMBERS.c.held,
-        _QUALIFYING_POINTS.scalar_subquery(),
+        TIER_POINTS,
         _OVERDUE_POINTS,
         _OVERDUE_HELD,
     ).where(_MEMBERS.c.id == bindparam("member"))
@@ -152,13 +153,15 @@ class MemberSnapshot:
 
 
 def member_snapshot(
-    session: Session, member_id: str, *, since: datetime, now: datetime
+    session: Session, member_id: str, *, window_days: int, now: datetime
 ) -> MemberSnapshot:
-    """The member's balance and held points, its :func:`qualifying_points` from ``since`` to
-    ``now``, and its points in lots and active holds past their expiry (what the jobs, or its
-    next burn or hold, will expire and release), in one statement; :class:`UnknownMember` if there
-    is no such member."""
-    row = _MEMBER_SNAPSHOT.first(session, {"member": member_id, **window(since, now), "now": now})
+    """The member's balance and held points, its qualifying points of the tier window of
+    ``now``'s day (``window_days`` days, ``coalition.ledger.tiers``), and its points in lots
+    and active holds past their expiry (what the jobs, or its next burn or hold, will expire
+    and release), in one statement; :class:`UnknownMember` if there is no such member."""
+    row = _MEMBER_SNAPSHOT.first(
+        session, {"member": member_id, **tier_params(day_of(now), window_days), "now": now}
+    )
     if row is None:
         raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
     return MemberSnapshot(
@@ -194,7 +197,7 @@ def _balance_read(prelude_sql: str | None) -> tuple[HotStatement, dict[str, Any]
     there is no such member (its columns NULL), so the prelude's count always comes back."""
     snapshot, fixed = named_sql(_MEMBER_SNAPSHOT.statement)
     expiring, fixed_too = named_sql(_EXPIRING_LOTS.statement)
-    assert all(fixed[k] == v for k, v in fixed_too.items() if k in fixed), "bind names clash"
+    invariant(all(fixed[k] == v for k, v in fixed_too.items() if k in fixed), "bind names clash")
     written = "0"
     head = ""
     if prelude_sql is not None:
@@ -213,7 +216,7 @@ def balance_read(
     session: Session,
     member_id: str,
     *,
-    since: datetime,
+    window_days: int,
     now: datetime,
     prelude: Prelude | None = None,
 ) -> tuple[MemberSnapshot, list[tuple[int, datetime]]]:
@@ -223,22 +226,23 @@ def balance_read(
     if dialect_of(session) != "postgresql":
         if prelude is not None:
             prelude.alone(session)
-        snapshot = member_snapshot(session, member_id, since=since, now=now)
+        snapshot = member_snapshot(session, member_id, window_days=window_days, now=now)
         return snapshot, expiring_lots(session, member_id, after=now)
     statement, fixed = _balance_read(prelude.sql if prelude is not None else None)
     params = {
         "member": member_id,
-        **window(since, now),
+        **tier_params(day_of(now), window_days),
         "now": now,
         "after": now,
         "limit": EXPIRING_DATES,
         **fixed,
     }
     if prelude is not None:
-        assert not prelude.params.keys() & params.keys(), "a prelude's parameter clashes"
+        invariant(not prelude.params.keys() & params.keys(), "a prelude's parameter clashes")
         params.update(prelude.params)
     row = statement.first(session, params)
-    assert row is not None
+    if row is None:
+        raise InvariantViolated("a balance read returns a row")
     if prelude is not None:
         prelude.settle(session, int(row[0]))
     _, balance, held, qualifying, overdue_points, overdue_held, points, dates = row

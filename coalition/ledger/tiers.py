@@ -1,35 +1,59 @@
-"""The tier basis: ``qualifying_days`` kept by the write path, and the reads of a member's
-qualifying points over a trailing window (exact to the microsecond)."""
+"""The tier basis, kept on the member row.
+
+The rule (docs/recipes.md, "Tiers"): the tier of an earn on UTC day ``d`` rests on the
+member's qualifying points (earns less earn reversals, ``kinds.TIER_SIGNS``) that occurred on
+``d`` and the ``W - 1`` whole days before it (``W``: ``COALITION_TIER_WINDOW_DAYS``).
+
+Each member row carries that sum for one window: ``tier_points``, the qualifying points of the
+days ``tier_since_day`` to ``tier_day`` (UTC day numbers, days since 1970-01-01), where
+``tier_day`` is the day of its latest qualifying transaction. The write that changes a
+member's balance updates them in the same statement (no row of its own), and so a read of the
+tier is one row:
+
+- on ``tier_day`` itself: ``tier_points``;
+- on a later day: ``tier_points`` less the member's qualifying transactions of the days that
+  left the window (an index range of its own transactions by ``(member_id, occurred_at)``,
+  usually a day or nothing), or nothing at all once ``W`` days or more have passed;
+- on an earlier day (a backdated earn), or when the row's window is not ``W`` days wide (the
+  setting changed since): the exact sum over the window, from the member's transactions.
+
+The rule is written twice, as SQL (:data:`MEMBER_TIER_POINTS` and :func:`tier_values`, which
+one statement evaluates against the member row) and in Python (:class:`TierBasis`, which the
+bulk earn applies to the rows it locked); ``tests/partners/test_tier_basis.py`` holds them to
+each other and to a recomputation, and ``coalition check`` verifies every row.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from sqlalchemy import (
-    Table,
+    BigInteger,
+    DateTime,
+    Integer,
+    and_,
     bindparam,
     case,
     func,
     literal_column,
-    null,
+    or_,
     select,
     text,
-    union_all,
 )
+from sqlalchemy import cast as sa_cast
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from coalition.config import Tier
-from coalition.db import AnyOf, HotStatement, dialect_of
+from coalition.db import dialect_of
 from coalition.ledger.kinds import TIER_SIGNS
 from coalition.ledger.tables import _MEMBERS, _TRANSACTIONS
-from coalition.models import QualifyingDay
 
-if TYPE_CHECKING:
-    from coalition.ledger.post import Header
-
-_QUALIFYING_DAYS = cast("Table", QualifyingDay.__table__)
 #: What a transaction adds to its member's tier basis: its points with its kind's tier sign
 #: (``kinds.TIER_SIGNS``: an earn plus, an earn reversal minus; other kinds are filtered out
 #: by :data:`_COUNTS_FOR_TIER`).
@@ -50,130 +74,310 @@ _DAY = timedelta(days=1)
 
 
 def day_of(at: datetime) -> int:
-    """The UTC day ``at`` falls on, in days since 1970-01-01: its ``qualifying_days`` key."""
+    """The UTC day ``at`` falls on, in days since 1970-01-01."""
     return (at - _EPOCH) // _DAY
 
 
-def window(since: datetime, until: datetime) -> dict[str, Any]:
-    """The bind parameters of the tier window from ``since`` to ``until`` (``since <= until``)
-    that :data:`MEMBER_QUALIFYING_POINTS` and the other tier reads take (with ``:member``)."""
-    since_day, until_day = day_of(since), day_of(until)
+def day_start(day: int) -> datetime:
+    """The first moment of a UTC day number."""
+    return _EPOCH + day * _DAY
+
+
+def tier_points_of(kind: str, points: int) -> int:
+    """What a transfer of ``kind`` adds to its member's tier basis (0: nothing)."""
+    return TIER_SIGNS.get(kind, 0) * points
+
+
+class _day_start_sql(FunctionElement[datetime]):
+    """The first moment of an SQL day number (days since 1970-01-01), comparable with a
+    timestamp column: ``to_timestamp`` on PostgreSQL; on SQLite (naive UTC text) the day's
+    ``YYYY-MM-DD HH:MM:SS``, which sorts before any stored time of that day."""
+
+    type = DateTime(timezone=True)
+    name = "day_start"
+    inherit_cache = True
+
+
+@compiles(_day_start_sql, "postgresql")
+def _day_start_postgresql(element: _day_start_sql, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"to_timestamp(CAST({compiler.process(element.clauses, **kw)} AS BIGINT) * 86400)"
+
+
+@compiles(_day_start_sql, "sqlite")
+def _day_start_sqlite(element: _day_start_sql, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"datetime(({compiler.process(element.clauses, **kw)}) * 86400, 'unixepoch')"
+
+
+def _sum_between(lo: Any, hi: Any) -> Any:
+    """The member's (the enclosing statement's ``members`` row) qualifying points that occurred
+    from ``lo`` (inclusive) to ``hi`` (exclusive): one index range of its transactions."""
+    return func.coalesce(
+        select(func.sum(_SIGNED_POINTS))
+        .where(
+            _TRANSACTIONS.c.member_id == _MEMBERS.c.id,
+            _COUNTS_FOR_TIER,
+            _TRANSACTIONS.c.occurred_at >= lo,
+            _TRANSACTIONS.c.occurred_at < hi,
+        )
+        .scalar_subquery(),
+        0,
+    )
+
+
+# The member row's basis and the day asked about (bind parameters, :func:`tier_params`).
+_T, _S, _P = _MEMBERS.c.tier_day, _MEMBERS.c.tier_since_day, _MEMBERS.c.tier_points
+_D = sa_cast(bindparam("tier_day"), Integer)
+_W = sa_cast(bindparam("tier_window"), Integer)
+_SINCE = bindparam("tier_since", type_=_TRANSACTIONS.c.occurred_at.type)
+_UNTIL = bindparam("tier_until", type_=_TRANSACTIONS.c.occurred_at.type)
+_SIGNED = sa_cast(bindparam("tier_signed"), BigInteger)
+_EMPTY = or_(_T.is_(None), _D - _T >= _W)  # nothing of the member's is in d's window
+_W_WIDE = _T - _S + 1 == _W  # the row's window is W days wide
+
+
+def tier_params(day: int, window_days: int, signed: int = 0) -> dict[str, Any]:
+    """The bind parameters of :data:`MEMBER_TIER_POINTS` and :func:`tier_values`: the day
+    ``d`` asked about or written on, ``W``, and what the write adds (``signed``)."""
     return {
-        "since": since,
-        "until": until,
-        "since_day": since_day,
-        "until_day": until_day,
-        "since_day_end": _EPOCH + (since_day + 1) * _DAY,
-        "until_day_end": _EPOCH + (until_day + 1) * _DAY,
+        "tier_day": day,
+        "tier_window": window_days,
+        "tier_since": day_start(day - window_days + 1),
+        "tier_until": day_start(day + 1),
+        "tier_signed": signed,
     }
 
 
-def _window_parts(member: Any) -> tuple[Any, Any, Any]:
-    """The three parts of a member's tier basis over a :func:`window` (``member``: the
-    condition on a ``member_id`` column, given the column): the whole days after the first
-    day up to the last one from ``qualifying_days``; plus the first day's transactions from
-    ``since`` on; less the last day's transactions after ``until``. Each part reads at most a
-    day of the member's transactions through ``ix_transactions_member_occurred``, however long
-    the window; and with ``since`` and ``until`` on one day the parts still add up (the days'
-    part is empty). Each part selects (member_id, sum)."""
-    days = select(_QUALIFYING_DAYS.c.member_id, func.sum(_QUALIFYING_DAYS.c.points)).where(
-        member(_QUALIFYING_DAYS.c.member_id),
-        _QUALIFYING_DAYS.c.day > bindparam("since_day"),
-        _QUALIFYING_DAYS.c.day <= bindparam("until_day"),
-    )
-    first = select(_TRANSACTIONS.c.member_id, func.sum(_SIGNED_POINTS)).where(
-        member(_TRANSACTIONS.c.member_id),
-        _COUNTS_FOR_TIER,
-        _TRANSACTIONS.c.occurred_at >= bindparam("since"),
-        _TRANSACTIONS.c.occurred_at < bindparam("since_day_end"),
-    )
-    after = select(_TRANSACTIONS.c.member_id, -func.sum(_SIGNED_POINTS)).where(
-        member(_TRANSACTIONS.c.member_id),
-        _COUNTS_FOR_TIER,
-        _TRANSACTIONS.c.occurred_at > bindparam("until"),
-        _TRANSACTIONS.c.occurred_at < bindparam("until_day_end"),
-    )
-    return days, first, after
-
-
-def _one_member(column: Any) -> Any:
-    return column == bindparam("member")
-
-
-def _scalar(part: Any) -> Any:
-    return func.coalesce(part.with_only_columns(part.selected_columns[1]).scalar_subquery(), 0)
-
-
-# The tier basis of ``:member`` over a window, as one scalar.
-_DAYS_PART, _FIRST_PART, _AFTER_PART = _window_parts(_one_member)
-_QUALIFYING_POINTS = select(_scalar(_DAYS_PART) + _scalar(_FIRST_PART) + _scalar(_AFTER_PART))
-_MEMBER_QUALIFYING_POINTS = select(_QUALIFYING_POINTS.scalar_subquery()).where(
-    _MEMBERS.c.id == bindparam("member")
+#: The member row's qualifying points of day ``d``'s window (before anything written on it),
+#: as a column of a statement on ``members``.
+TIER_POINTS = case(
+    (_EMPTY, 0),
+    (and_(_W_WIDE, _D == _T), _P),
+    (and_(_W_WIDE, _D > _T), _P - _sum_between(_day_start_sql(_S), _SINCE)),
+    else_=_sum_between(_SINCE, _UNTIL),
 )
-#: A member's :func:`qualifying_points` as a scalar subquery (``:member`` and a
-#: :func:`window`), for an operation to read along with what else it needs: NULL when there is
-#: no such member.
-MEMBER_QUALIFYING_POINTS = _MEMBER_QUALIFYING_POINTS.scalar_subquery()
-
-
-# The bulk earn's tier history (:func:`qualifying_history`): its members' rows from
-# ``:history_from`` to ``:history_to`` outside the core window (before ``:since``, after
-# ``:until``), one by one, each side one index range; and the core's parts
-# (:func:`_window_parts`) summed per member with a NULL time. An empty core: every row.
-def _history_rows(*bounds: Any) -> Any:
-    return select(_TRANSACTIONS.c.member_id, _TRANSACTIONS.c.occurred_at, _SIGNED_POINTS).where(
-        AnyOf(_TRANSACTIONS.c.member_id, "members"), _COUNTS_FOR_TIER, *bounds
-    )
-
-
-_HISTORY_FROM = _TRANSACTIONS.c.occurred_at >= bindparam("history_from")
-_HISTORY_TO = _TRANSACTIONS.c.occurred_at <= bindparam("history_to")
-_HISTORY_ROWS = _history_rows(_HISTORY_FROM, _HISTORY_TO)
-_QUALIFYING_HISTORY = union_all(
-    _history_rows(_HISTORY_FROM, _TRANSACTIONS.c.occurred_at < bindparam("since")),
-    _history_rows(_TRANSACTIONS.c.occurred_at > bindparam("until"), _HISTORY_TO),
-    *(
-        part.with_only_columns(part.selected_columns[0], null(), part.selected_columns[1]).group_by(
-            part.selected_columns[0]
-        )
-        for part in _window_parts(lambda column: AnyOf(column, "members"))
-    ),
+#: :data:`TIER_POINTS` of ``:member`` as a scalar subquery (with :func:`tier_params`), for an
+#: operation to read along with what else it needs: NULL when there is no such member.
+MEMBER_TIER_POINTS = (
+    select(TIER_POINTS).where(_MEMBERS.c.id == bindparam("member")).scalar_subquery()
 )
 
+#: True when :func:`tier_values` reads no transaction: what a statement that has not locked
+#: the member row first may write (docs/invariants.md: a read of the leaving days must see
+#: every transaction committed before the row lock was taken).
+TIER_WRITE_WITHOUT_READ = or_(_EMPTY, and_(_W_WIDE, _D <= _T))
 
-def qualifying_points(session: Session, member_id: str, since: datetime, until: datetime) -> int:
-    """Points earned (less earn reversals) that occurred from ``since`` to ``until``: what a
-    member's tier at ``until`` rests on (a backdated earn does not count later earns)."""
-    total = session.scalar(_QUALIFYING_POINTS, {"member": member_id, **window(since, until)})
+
+def tier_values() -> dict[str, Any]:
+    """The SET values of the member row's basis after a transfer that adds ``signed`` on day
+    ``d`` (:func:`tier_params`), relative to the row as it is (so concurrent writers, each
+    under the row lock, compose)."""
+    rolls = or_(_T.is_(None), _D > _T)
+    in_old_window = case((_D >= _T - _W + 1, _SIGNED), else_=0)
+    return {
+        "tier_day": case((rolls, _D), else_=_T),
+        "tier_since_day": case((rolls, _D - _W + 1), (_W_WIDE, _S), else_=_T - _W + 1),
+        "tier_points": case(
+            (_EMPTY, _SIGNED),
+            (and_(_W_WIDE, _D <= _T), _P + case((_D >= _S, _SIGNED), else_=0)),
+            (and_(_W_WIDE, _D > _T), _P - _sum_between(_day_start_sql(_S), _SINCE) + _SIGNED),
+            (_D > _T, _sum_between(_SINCE, _UNTIL) + _SIGNED),
+            else_=_sum_between(_day_start_sql(_T - _W + 1), _day_start_sql(_T + 1)) + in_old_window,
+        ),
+    }
+
+
+# --- the same rule in Python, for the bulk earn -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TierBasis:
+    """A member row's tier basis (``day`` ``None``: no qualifying transaction yet)."""
+
+    day: int | None = None
+    since_day: int | None = None
+    points: int = 0
+
+    def _wide(self, window_days: int) -> bool:
+        return self.day is not None and self.since_day == self.day - window_days + 1
+
+    def reads(self, day: int, window_days: int) -> list[tuple[int, int]]:
+        """The ranges of days (inclusive) of the member's transactions that :meth:`at` and
+        :meth:`after` on ``day`` read."""
+        if self.day is None or day - self.day >= window_days:
+            return []
+        if self._wide(window_days):
+            if day <= self.day:
+                return [(day - window_days + 1, day)] if day < self.day else []
+            return [(cast("int", self.since_day), day - window_days)]
+        if day > self.day:
+            return [(day - window_days + 1, day)]
+        return [(day - window_days + 1, day), (self.day - window_days + 1, self.day)]
+
+    def at(self, day: int, window_days: int, days: Mapping[int, int]) -> int:
+        """:data:`TIER_POINTS`: the qualifying points of ``day``'s window, ``days`` holding the
+        member's qualifying points per day over :meth:`reads`."""
+        if self.day is None or day - self.day >= window_days:
+            return 0
+        if self._wide(window_days) and day == self.day:
+            return self.points
+        if self._wide(window_days) and day > self.day:
+            return self.points - _sum_days(days, cast("int", self.since_day), day - window_days)
+        return _sum_days(days, day - window_days + 1, day)
+
+    def after(self, day: int, signed: int, window_days: int, days: Mapping[int, int]) -> TierBasis:
+        """:func:`tier_values`: the basis after a transfer adding ``signed`` on ``day`` (``days``
+        as for :meth:`at`, before it)."""
+        w = window_days
+        if self.day is None or day - self.day >= w:
+            return TierBasis(day, day - w + 1, signed)
+        if self._wide(w) and day <= self.day:
+            inside = day >= cast("int", self.since_day)
+            return TierBasis(self.day, self.since_day, self.points + (signed if inside else 0))
+        if day > self.day:
+            return TierBasis(day, day - w + 1, self.at(day, w, days) + signed)
+        old = _sum_days(days, self.day - w + 1, self.day)
+        return TierBasis(self.day, self.day - w + 1, old + (signed if day > self.day - w else 0))
+
+
+class BatchTiers:
+    """The tier basis of many members over a batch of their transfers, in Python, as posting
+    them one by one would keep it (the bulk earn): the members' rows locked
+    (:func:`~coalition.ledger.post.lock_members`), their transactions' days read once, set-based,
+    over the ranges the batch will need (:meth:`TierBasis.reads`), and again, for one member,
+    only if an item needs a range that was not foreseen."""
+
+    def __init__(
+        self,
+        session: Session,
+        bases: Mapping[str, TierBasis],
+        window_days: int,
+        planned: Iterable[tuple[str, int]],
+    ) -> None:
+        self._session = session
+        self._w = window_days
+        self.bases = dict(bases)
+        self._old = {member: basis.day for member, basis in bases.items()}
+        self._read: dict[str, tuple[int, int]] = {}
+        self._days: dict[str, dict[int, int]] = {member: {} for member in bases}
+        self._batch: dict[str, dict[int, int]] = {member: {} for member in bases}
+        # Foreseen: each planned item posted, and each read against the rows as they are.
+        wanted: dict[str, list[tuple[int, int]]] = {}
+        walk = dict(self.bases)
+        for member, day in planned:
+            if member not in walk:
+                continue
+            for basis in (walk[member], self.bases[member]):
+                wanted.setdefault(member, []).extend(basis.reads(day, window_days))
+            walk[member] = walk[member].after(day, 1, window_days, {})
+        self._fetch({m: r for m, ranges in wanted.items() if (r := self._clip(m, ranges))})
+
+    def _clip(self, member: str, ranges: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+        """One range covering ``ranges`` on the days the member's rows can be on (to its
+        basis's day, the latest before the batch)."""
+        last = self._old.get(member)
+        if last is None:
+            return None
+        ranges = [(lo, min(hi, last)) for lo, hi in ranges if lo <= min(hi, last)]
+        if not ranges:
+            return None
+        return min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
+
+    def _fetch(self, ranges: Mapping[str, tuple[int, int]]) -> None:
+        for member, days in day_sums(self._session, ranges).items():
+            self._read[member] = ranges[member]
+            self._days[member] = days
+
+    def _days_for(self, member: str, ranges: Sequence[tuple[int, int]]) -> dict[int, int]:
+        need = self._clip(member, ranges)
+        have = self._read.get(member)
+        if need is not None and (have is None or need[0] < have[0] or need[1] > have[1]):
+            lo, hi = need if have is None else (min(need[0], have[0]), max(need[1], have[1]))
+            self._fetch({member: (lo, hi)})
+        days = dict(self._days[member])
+        for day, points in self._batch[member].items():
+            days[day] = days.get(day, 0) + points
+        return days
+
+    def at(self, member: str, day: int) -> int:
+        """The member's qualifying points of ``day``'s window, the batch's earlier items in."""
+        basis = self.bases[member]
+        return basis.at(day, self._w, self._days_for(member, basis.reads(day, self._w)))
+
+    def add(self, member: str, day: int, signed: int) -> None:
+        """Count a transfer of the batch adding ``signed`` on ``day``."""
+        if not signed:
+            return
+        basis = self.bases[member]
+        days = self._days_for(member, basis.reads(day, self._w))
+        self.bases[member] = basis.after(day, signed, self._w, days)
+        self._batch[member][day] = self._batch[member].get(day, 0) + signed
+
+
+def _sum_days(days: Mapping[int, int], first: int, last: int) -> int:
+    return sum(points for day, points in days.items() if first <= day <= last)
+
+
+# The members' qualifying points per day over a range each (the bulk earn's reads): one
+# statement over arrays on PostgreSQL, one per member on SQLite.
+_LITERAL = {"literal_binds": True}
+_DAY_SUMS_PG = text(
+    f"""
+    SELECT r.member_id, transactions.occurred_at, {_SIGNED_POINTS.compile(compile_kwargs=_LITERAL)}
+    FROM unnest(CAST(:members AS VARCHAR[]), CAST(:since AS TIMESTAMPTZ[]),
+        CAST(:until AS TIMESTAMPTZ[])) AS r(member_id, since, until)
+    JOIN transactions ON transactions.member_id = r.member_id
+        AND transactions.occurred_at >= r.since AND transactions.occurred_at < r.until
+    WHERE {_COUNTS_FOR_TIER.compile(compile_kwargs=_LITERAL)}
+    """  # noqa: S608 (built from constants)
+)
+_DAY_SUMS_ONE = select(_TRANSACTIONS.c.occurred_at, _SIGNED_POINTS).where(
+    _TRANSACTIONS.c.member_id == bindparam("member"),
+    _COUNTS_FOR_TIER,
+    _TRANSACTIONS.c.occurred_at >= bindparam("since"),
+    _TRANSACTIONS.c.occurred_at < bindparam("until"),
+)
+
+
+def day_sums(session: Session, ranges: Mapping[str, tuple[int, int]]) -> dict[str, dict[int, int]]:
+    """Each member's qualifying points per day over its range of days (inclusive)."""
+    sums: dict[str, dict[int, int]] = {member: {} for member in ranges}
+    wanted = sorted((m, day_start(lo), day_start(hi + 1)) for m, (lo, hi) in ranges.items())
+    if not wanted:
+        return sums
+    rows: Iterable[Sequence[Any]]
+    if dialect_of(session) == "postgresql":
+        rows = session.execute(
+            _DAY_SUMS_PG,
+            {
+                "members": [m for m, _, _ in wanted],
+                "since": [s for _, s, _ in wanted],
+                "until": [u for _, _, u in wanted],
+            },
+        ).all()
+    else:
+        rows = [
+            (member, *row)
+            for member, since, until in wanted
+            for row in session.execute(
+                _DAY_SUMS_ONE, {"member": member, "since": since, "until": until}
+            )
+        ]
+    for member, occurred_at, points in rows:
+        day = day_of(occurred_at)
+        sums[member][day] = sums[member].get(day, 0) + int(points)
+    return sums
+
+
+def qualifying_points(session: Session, member_id: str, day: int, window_days: int) -> int:
+    """A recomputation from the transactions: the member's qualifying points of the ``W``
+    days ending with ``day`` (what its tier on ``day`` rests on)."""
+    total = session.scalar(
+        select(_sum_between(bindparam("tier_since"), bindparam("tier_until"))).where(
+            _MEMBERS.c.id == member_id
+        ),
+        tier_params(day, window_days),
+    )
     return int(total or 0)
-
-
-def qualifying_history(
-    session: Session,
-    member_ids: Iterable[str],
-    since: datetime,
-    until: datetime,
-    core: tuple[datetime, datetime],
-) -> dict[str, list[tuple[datetime | None, int]]]:
-    """The members' earns (+) and earn reversals (-) that occurred from ``since`` to ``until``:
-    what :func:`qualifying_points` sums, read once for many members and many moments (the bulk
-    earn's tier basis), as ``{member: [(occurred_at, points)]}``.
-
-    Those that occurred within ``core`` (a span inside every window the caller asks about) come
-    as sums per member with ``occurred_at`` ``None``, read from ``qualifying_days`` and the
-    core's two edge days (:func:`_window_parts`), so a long history is not read row by row;
-    the others come one by one.
-    """
-    ids = sorted(set(member_ids))
-    history: dict[str, list[tuple[datetime | None, int]]] = {member: [] for member in ids}
-    if not ids:
-        return history
-    params = {"members": ids, "history_from": since, "history_to": until, **window(*core)}
-    # An empty core (the batch spans more than a window): every row comes one by one.
-    stmt = _QUALIFYING_HISTORY if core[0] <= core[1] else _HISTORY_ROWS
-    for member_id, occurred_at, points in session.execute(stmt, params):
-        history[member_id].append((occurred_at, int(points or 0)))
-    return history
 
 
 def tier_for(points: int, tiers: Sequence[Tier]) -> Tier:
@@ -183,57 +387,3 @@ def tier_for(points: int, tiers: Sequence[Tier]) -> Tier:
         if points >= tier.threshold_points:
             reached = tier
     return reached
-
-
-# Add to a member's day of tier basis (one row per member and day: ON CONFLICT may not touch
-# a row twice, so the caller sums first). PostgreSQL takes the rows as arrays in one
-# statement; SQLite one statement per row.
-_ADD_QUALIFYING_DAYS = HotStatement(
-    text(
-        """
-        INSERT INTO qualifying_days (member_id, day, points)
-        SELECT * FROM unnest(CAST(:members AS VARCHAR[]), CAST(:days AS INTEGER[]),
-            CAST(:points AS BIGINT[]))
-        ON CONFLICT (member_id, day)
-            DO UPDATE SET points = qualifying_days.points + excluded.points
-        """
-    )
-)
-_ADD_QUALIFYING_DAY = text(
-    """
-    INSERT INTO qualifying_days (member_id, day, points) VALUES (:member, :day, :points)
-    ON CONFLICT (member_id, day) DO UPDATE SET points = qualifying_days.points + excluded.points
-    """
-)
-
-
-def _tier_points(header: Header) -> int:
-    """What ``header`` adds to its member's tier basis on the day it occurred (0: nothing)."""
-    return TIER_SIGNS.get(header.kind, 0) * header.points
-
-
-def _count_for_tier(session: Session, headers: Iterable[Header]) -> None:
-    """Add the earns and earn reversals among ``headers`` to their members' ``qualifying_days``
-    (under the member row locks their writes took, so no two transactions race on a row)."""
-    deltas: dict[tuple[str, int], int] = {}
-    for header in headers:
-        if points := _tier_points(header):
-            key = (header.member_id, day_of(header.occurred_at))
-            deltas[key] = deltas.get(key, 0) + points
-    if not deltas:
-        return
-    rows = sorted(deltas.items())
-    if dialect_of(session) == "postgresql":
-        _ADD_QUALIFYING_DAYS.rows(
-            session,
-            {
-                "members": [member for (member, _), _ in rows],
-                "days": [day for (_, day), _ in rows],
-                "points": [points for _, points in rows],
-            },
-        )
-    else:
-        session.execute(
-            _ADD_QUALIFYING_DAY,
-            [{"member": member, "day": day, "points": points} for (member, day), points in rows],
-        )

@@ -20,7 +20,7 @@ import requests
 
 from tests.api.conftest import Client, Key
 
-COALITION = [sys.executable, "-m", "coalition.cli"]
+COALITION = [sys.executable, "-m", "cli"]
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = base64.urlsafe_b64encode(b"s" * 32).decode().rstrip("=")
 #: Bounds of the waits below (a condition polled, never a fixed sleep).

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import xmlschema
 
-from coalition.cli import main
+from cli.main import main
 from coalition.db import make_engine, migrate
 from settlement.bankfiles import MAX_BANK_FILE_BYTES, BankEntry, write_camt053
 from tests.api.conftest import Client, Live, ok, problem, serve, unique

@@ -65,7 +65,7 @@ def serve(db: Db, tmp_path: Path, *, port: int | None = None) -> Iterator[Served
         # this load is one client's: its failures must not make its address a 429
         "COALITION_RATE_LIMIT_FAILURES_PER_ADDRESS": "0",
     }
-    command = [sys.executable, "-m", "coalition.cli", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "cli", "serve", "--port", str(port)]
     log = tmp_path / f"serve-{port}-{uuid.uuid4().hex[:6]}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

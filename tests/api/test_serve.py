@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-COALITION = [sys.executable, "-m", "coalition.cli"]
+COALITION = [sys.executable, "-m", "cli"]
 
 
 def _free_port() -> int:

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from coalition.cli import main
+from cli.main import main
 from coalition.db import session_factory, transaction
 from settlement.document import StatementDocument
 from settlement.signing import rotate

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from coalition.cli import main
+from cli.main import main
 from coalition.db import make_engine, session_factory, transaction
 from coalition.models import Hold, Lot, LotMovement, Transaction
 from partners.models import ApiKey, Partner, RateCard

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from coalition.cli import main
+from cli.main import main
 from coalition.db import transaction
 from partners.signin import SignInLink, token_hash
 from tests.conftest import Db

@@ -22,7 +22,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from coalition.cli import main
+from cli.main import main
 from coalition.db import transaction
 from coalition.ids import new_id
 from coalition.ledger import Posted
@@ -218,6 +218,23 @@ def test_invariant_1_check_reports_a_transfer_between_the_wrong_accounts(
     check = coalition_check(lite)
     assert check.broken() == {1}
     assert_reported(lite, check, 1, "transfer not between its kind's accounts", txn_id)
+
+
+def test_invariant_1_check_reports_a_reference_to_a_partner_that_does_not_exist(
+    db: Db, coalition_check: Callable[[Db], CheckRun]
+) -> None:
+    # The ledger's hot tables have no foreign key to the partner (a row lock per insert on
+    # the partner's row, docs/invariants.md): the check verifies the reference instead.
+    ledger = run_scenario(db)
+    with transaction(db.sessions) as s:
+        s.execute(
+            text("UPDATE holds SET partner_id = 'prt_gone' WHERE id = :id"),
+            {"id": ledger.active_hold},
+        )
+
+    check = coalition_check(db)
+    assert 1 in check.broken()
+    assert_reported(db, check, 1, "reference to no row", ledger.active_hold)
 
 
 def test_invariant_1_the_database_refuses_to_edit_or_delete_the_ledger(db: Db) -> None:

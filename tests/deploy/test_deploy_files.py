@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,17 @@ def test_the_image_is_multi_stage_non_root_with_a_health_check() -> None:
     assert any(line.startswith("HEALTHCHECK") for line in final)
     assert any("COPY --from=build /opt/coalition /opt/coalition" in line for line in final)
     assert not any(word in line for line in final for word in ("gcc", "build-essential", "apt-get"))
+
+
+def test_the_image_copies_every_package_the_command_needs() -> None:
+    """The console script's entry (cli.main, the composition root) imports every layer: the
+    build stage copies each package pyproject.toml ships, or the image's `coalition` fails."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    lines = (DEPLOY / "Dockerfile").read_text().splitlines()
+    for package in packages:
+        assert f"COPY {package} ./{package}" in lines, package
+    assert project["project"]["scripts"]["coalition"].split(".")[0] in packages
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from coalition import ledger
 from coalition.db import transaction
@@ -103,19 +104,26 @@ def _one_by_one(db: Db, side: Side, items: list[EarnItem]) -> list[Posted | Coal
 
 
 def _state(db: Db, side: Side) -> list[tuple[Any, ...]]:
-    """Each member's balance, held points and lots (creation order), ids left out."""
+    """Each member's balance, held points, tier basis and lots (creation order), ids left
+    out."""
     out = []
     with db.sessions() as s:
         for member in side.members:
-            balance, held = s.execute(
-                select(Member.balance, Member.held).where(Member.id == member)
+            balance, held, *tier = s.execute(
+                select(
+                    Member.balance,
+                    Member.held,
+                    Member.tier_day,
+                    Member.tier_since_day,
+                    Member.tier_points,
+                ).where(Member.id == member)
             ).one()
             lots = s.execute(
                 select(Lot.points, Lot.remaining, Lot.expires_at, Lot.is_deficit)
                 .where(Lot.member_id == member)
                 .order_by(Lot.expires_at, Lot.points, Lot.remaining)
             ).all()
-            out.append((balance, held, [tuple(lot) for lot in lots]))
+            out.append((balance, held, tuple(tier), [tuple(lot) for lot in lots]))
     return out
 
 
@@ -230,9 +238,13 @@ _ITEMS = st.lists(
 )
 
 
+@pytest.mark.parametrize("window_days", [1, 2, 365])
 def test_any_batch_posted_at_once_leaves_what_its_earns_posted_one_by_one_leave(
-    lite: Db,
+    lite: Db, window_days: int
 ) -> None:
+    # A window of a day or two: the batch's backdated earns and the days between examples
+    # roll the members' tier windows (coalition.ledger.tiers), as one by one does.
+    lite.configure(tier_window_days=window_days)
     a, b = _setup(lite, members=4)
     round_ = iter(range(1_000_000))
 
@@ -252,6 +264,7 @@ def test_any_batch_posted_at_once_leaves_what_its_earns_posted_one_by_one_leave(
             for member, cents, hours, reference in drawn
         ]
         _compare(lite, a, b, items)
+        lite.clock.advance(hours=drawn[0][1] % 30)
 
     run()
 
@@ -363,8 +376,13 @@ def test_a_reference_taken_before_the_bulk_write_fails_the_batch_with_the_unique
         )
         for reference in ("fresh", "taken")
     ]
+
+    def post(s: Session) -> None:
+        locked = ledger.lock_members(s, [member])
+        ledger.credit_many(s, credits, locked, {member: locked[member].tier})
+
     with pytest.raises(IntegrityError), transaction(db.sessions) as s:
-        ledger.credit_many(s, credits, ledger.lock_members(s, [member]))
+        post(s)
     with db.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Transaction)) == 1
     db.assert_ledger_ok()

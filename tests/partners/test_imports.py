@@ -145,7 +145,7 @@ def test_the_command_prints_json_and_exits_1_when_a_row_is_rejected(
         "COALITION_DATABASE_URL": lite.url,
         "COALITION_SECRET_KEY": base64.urlsafe_b64encode(b"k" * 32).decode().rstrip("="),
     }
-    command = [sys.executable, "-m", "coalition.cli", "import", "earns", "--partner"]
+    command = [sys.executable, "-m", "cli", "import", "earns", "--partner"]
     run = subprocess.run(
         [*command, partner.id, str(path), "--json"],
         env=env,

@@ -43,7 +43,7 @@ from coalition.errors import (
     ReversalExceedsOriginal,
     ValidationFailed,
 )
-from coalition.ledger import MemberState
+from coalition.ledger import MemberState, day_of
 from coalition.models import Hold, Lot, Member, Transaction
 from coalition.money import format_amount
 from partners.models import Partner
@@ -426,8 +426,13 @@ class Model:
             self.expire_member(m, now)
 
     def tier(self, member: int, at: datetime) -> Tier:
-        since = at - timedelta(days=TIER_WINDOW_DAYS)
-        points = sum(p for when, p in self.members[member].qualifying if since <= when <= at)
+        # The UTC day of ``at`` and the W - 1 days before it, every earn of them counted.
+        day = day_of(at)
+        points = sum(
+            p
+            for when, p in self.members[member].qualifying
+            if day - TIER_WINDOW_DAYS < day_of(when) <= day
+        )
         reached = TIERS[0]
         for tier in TIERS:
             if points >= tier.threshold_points:

@@ -1,6 +1,7 @@
-"""The tier basis kept per member and UTC day (``qualifying_days``): whatever writes the earns
-and reversals (one by one, in bulk, side by side), it equals a recomputation from the
-transactions, and a tier window read from it counts exactly the transactions inside it."""
+"""The tier basis kept on the member row (``coalition.ledger.tiers``): whatever writes the
+earns and reversals (one by one, in bulk, side by side), it equals a recomputation from the
+transactions, and a tier read from it, in SQL or in Python, counts exactly the transactions of
+the W days ending with the day asked about."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from coalition import ledger
 from coalition.db import transaction
-from coalition.models import QualifyingDay, Transaction
+from coalition.models import Member, Transaction
 from partners.operations import EarnItem
 from tests.conftest import Db
 from tests.partners.test_concurrency import race
@@ -31,19 +33,33 @@ def _tier_rows(db: Db) -> list[tuple[str, datetime, int]]:
     return [(member, at, _SIGN[kind] * points) for member, kind, at, points in rows]
 
 
-def _recomputed(db: Db) -> dict[tuple[str, int], int]:
-    days: dict[tuple[str, int], int] = defaultdict(int)
+def _recomputed(db: Db) -> dict[str, tuple[int | None, int | None, int]]:
+    """Each member's basis as the rule defines it: its latest day, and the points of the W
+    days ending there."""
+    w = db.settings.tier_window_days
+    days: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for member, at, points in _tier_rows(db):
-        days[(member, ledger.day_of(at))] += points
-    return dict(days)
+        days[member][ledger.day_of(at)] += points
+    basis: dict[str, tuple[int | None, int | None, int]] = {}
+    for member in _kept(db):
+        if not days[member]:
+            basis[member] = (None, None, 0)
+            continue
+        last = max(days[member])
+        basis[member] = (
+            last,
+            last - w + 1,
+            sum(p for d, p in days[member].items() if d > last - w),
+        )
+    return basis
 
 
-def _kept(db: Db) -> dict[tuple[str, int], int]:
+def _kept(db: Db) -> dict[str, tuple[int | None, int | None, int]]:
     with transaction(db.sessions) as s:
         rows = s.execute(
-            select(QualifyingDay.member_id, QualifyingDay.day, QualifyingDay.points)
+            select(Member.id, Member.tier_day, Member.tier_since_day, Member.tier_points)
         ).all()
-    return {(member, day): points for member, day, points in rows}
+    return {member: (day, since, points) for member, day, since, points in rows}
 
 
 def _history(db: Db) -> tuple[list[str], datetime]:
@@ -77,7 +93,7 @@ def _history(db: Db) -> tuple[list[str], datetime]:
     return members, db.clock()
 
 
-def test_the_tier_basis_kept_per_day_equals_a_recomputation_from_the_transactions(
+def test_the_tier_basis_kept_on_the_member_row_equals_a_recomputation_from_the_transactions(
     db: Db,
 ) -> None:
     _history(db)
@@ -85,26 +101,57 @@ def test_the_tier_basis_kept_per_day_equals_a_recomputation_from_the_transaction
     db.assert_ledger_ok()
 
 
-def test_a_tier_window_counts_exactly_the_earns_and_reversals_inside_it(db: Db) -> None:
+def _tier_read(s: Session, member: str, day: int, w: int) -> int:
+    params = {"member": member, **ledger.tier_params(day, w)}
+    return int(s.scalar(select(ledger.MEMBER_TIER_POINTS), params) or 0)
+
+
+@pytest.mark.parametrize("window_days", [1, 3, 365])
+def test_a_tier_read_counts_exactly_the_earns_and_reversals_of_its_days(
+    db: Db, window_days: int
+) -> None:
+    db.configure(tier_window_days=window_days)
     members, now = _history(db)
     rows = _tier_rows(db)
-    times = sorted({at for _, at, _ in rows})
-    # Windows of every kind: from and until exactly at a transaction, a microsecond either
-    # side, within one day, across days, the whole history, none of it.
-    bounds = [*times[::5], times[-1], now]
-    windows = [(since, until) for since in bounds for until in bounds if since <= until]
-    windows += [(t + timedelta(microseconds=1), t) for t in times[:3]]  # empty: since > until
-    windows += [(t - timedelta(microseconds=1), t + timedelta(microseconds=1)) for t in times]
+    first, last = ledger.day_of(min(at for _, at, _ in rows)), ledger.day_of(now)
+    kept = _kept(db)
     with transaction(db.sessions) as s:
         for member in members:
-            for since, until in windows:
-                expected = sum(p for m, at, p in rows if m == member and since <= at <= until)
-                got = ledger.qualifying_points(s, member, since, until)
-                assert got == expected, (member, since, until)
+            basis = ledger.TierBasis(*kept[member])
+            # Days before the basis's day (backdated), on it, after it, and past the window.
+            for day in range(first - 2, last + window_days + 3):
+                expected = sum(
+                    p
+                    for m, at, p in rows
+                    if m == member and day - window_days < ledger.day_of(at) <= day
+                )
+                assert ledger.qualifying_points(s, member, day, window_days) == expected
+                assert _tier_read(s, member, day, window_days) == expected, (member, day)
+                days = {
+                    d: sum(p for m, at, p in rows if m == member and ledger.day_of(at) == d)
+                    for lo, hi in basis.reads(day, window_days)
+                    for d in range(lo, hi + 1)
+                }
+                assert basis.at(day, window_days, days) == expected, (member, day)
+
+
+def test_a_window_setting_changed_reads_right_and_the_next_earn_rebases(lite: Db) -> None:
+    shop = lite.partner("EUR", earn="1")
+    member = lite.member()
+    for n in range(4):
+        lite.ops.earn(shop.id, member_id=member, reference=f"e{n}", amount="100", currency="EUR")
+        lite.clock.advance(days=1)
+    lite.configure(tier_window_days=2)  # the row's window is 365 days wide
+    assert lite.ops.balance(member).qualifying_points == 100  # yesterday's; today has none
+    lite.ops.earn(shop.id, member_id=member, reference="e4", amount="100", currency="EUR")
+    assert _kept(lite) == _recomputed(lite)
+    lite.assert_ledger_ok()
 
 
 @pytest.mark.postgres
-def test_concurrent_earns_and_an_import_keep_the_tier_basis_exact(pg: Db) -> None:
+@pytest.mark.parametrize("window_days", [1, 365])
+def test_concurrent_earns_and_an_import_keep_the_tier_basis_exact(pg: Db, window_days: int) -> None:
+    pg.configure(tier_window_days=window_days)  # 1: the earns of a new day roll the window
     shop = pg.partner("EUR", earn="1")
     members = [pg.member() for _ in range(8)]
     now = pg.clock.advance(days=2)  # the card is in force for the backdated earns
@@ -148,5 +195,5 @@ def test_coalition_check_reports_a_tier_basis_that_differs_from_the_transactions
     lite.ops.earn(shop.id, member_id=member, reference="e1", amount="10", currency="EUR")
     lite.assert_ledger_ok()
     with transaction(lite.sessions) as s:
-        s.execute(update(QualifyingDay).values(points=QualifyingDay.points + 1))
+        s.execute(update(Member).values(tier_points=Member.tier_points + 1))
     assert [v.split(":")[0] for v in lite.violations()[2]] == ["tier basis != its transactions"]

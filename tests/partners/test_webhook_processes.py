@@ -148,7 +148,7 @@ def worker(db: Db, tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
     }
     log = (tmp_path / f"{name}.log").open("wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "coalition.cli", "worker"],
+        [sys.executable, "-m", "cli", "worker"],
         env=env,
         cwd=tmp_path,
         stdout=log,

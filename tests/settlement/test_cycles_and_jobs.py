@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from coalition.cli import main
+from cli.main import main
 from coalition.db import make_engine, session_factory, transaction
 from settlement.close import close_due
 from settlement.cycles import latest_cutoff, next_cutoff, previous_cutoff

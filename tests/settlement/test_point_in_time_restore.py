@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from coalition.cli import main
+from cli.main import main
 from coalition.db import make_engine, migrate, session_factory, transaction
 from coalition.models import Transaction
 from partners.models import Partner

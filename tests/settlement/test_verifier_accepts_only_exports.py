@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from coalition.cli import main
+from cli.main import main
 from settlement.canonical import (
     UTF8_BOM,
     ExportError,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from coalition.cli import main
+from cli.main import main
 from settlement.canonical import b64url
 from tests.conftest import Db
 from tests.settlement.helpers import export_files

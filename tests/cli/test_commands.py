@@ -1,8 +1,9 @@
 """The ``coalition`` command line: ``init`` (schema and the first operator key, shown once),
-``check`` on a database without a schema, and configuration errors."""
+``check`` on a database without a schema, configuration errors, and every command's handler."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 from pathlib import Path
@@ -10,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from cli.main import build_parser, handler, main
 from coalition.audit import AuditEvent, list_events
-from coalition.cli import main
 from coalition.db import make_engine, schema_is_current, session_factory
 from partners.keys import b64url_decode, unseal
 from partners.models import ApiKey
@@ -122,3 +123,20 @@ def test_init_records_the_first_operator_key_in_the_audit_log(
             assert isinstance(events[0], AuditEvent) and "init" in events[0].action
     finally:
         engine.dispose()
+
+
+def _handlers(parser: argparse.ArgumentParser) -> list[str]:
+    """The handler target of every (sub)command under ``parser``."""
+    found = [parser.get_default("handler")] if parser.get_default("handler") else []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _handlers(sub)
+    return found
+
+
+def test_every_command_names_a_function_that_exists() -> None:
+    targets = _handlers(build_parser())
+    assert len(targets) == 11
+    for target in targets:
+        assert callable(handler(target)), target
