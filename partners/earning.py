@@ -37,6 +37,7 @@ from partners.operation_base import (
 from partners.rates import (
     CardTerms,
     PartnerTerms,
+    RateCardHistory,
     active_partner_terms,
     check_worth,
     earn_points,
@@ -51,6 +52,18 @@ EARN_BATCH_MAX = ledger.BULK_MAX
 
 # What an earn reads, in one statement (:func:`partners.rates.read_terms`).
 _EARN_INPUTS = partner_terms_with(ledger.MEMBER_TIER_POINTS, _FIND_REFERENCE.scalar_subquery())
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """What :meth:`Earning.earn_many` checks its items against (:meth:`Earning._batch`):
+    references used (the batch's own added as it goes), the members locked, the partner's
+    rate cards, the members' tier basis (the batch's earns added as it goes)."""
+
+    used: dict[str, str]
+    members: dict[str, ledger.LockedMember]
+    cards: RateCardHistory
+    tiers: ledger.BatchTiers
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,66 +234,94 @@ class Earning(OperationBase):
                     spends[n] = _money(item.amount, item.currency, "amount")
                 except CoalitionError as exc:
                     results[n] = exc
-            used = _find_references(s, partner_id, "earn", [items[n].reference for n in spends])
-            # Items whose reference was used already are duplicates whatever else they say: no
-            # member lock, no tier history for them (a file imported again costs one lookup).
-            fresh = [n for n in spends if items[n].reference not in used]
-            members = ledger.lock_members(s, (items[n].member_id for n in fresh))
-            cards = rate_card_history(s, partner_id)
-            tiers = ledger.BatchTiers(
-                s,
-                {m: locked.tier for m, locked in members.items() if locked.state.balance >= 0},
-                self.settings.tier_window_days,
-                [(items[n].member_id, ledger.day_of(occurred[n])) for n in fresh],
-            )
+            batch = self._batch(s, partner_id, [(items[n], occurred[n]) for n in spends])
             credits: list[tuple[int, ledger.Credit]] = []
             for n, spend in spends.items():
-                item, at = items[n], occurred[n]
                 try:
-                    if item.reference in used:
-                        existing = used[item.reference]
-                        raise DuplicateReference(
-                            f"reference {item.reference!r} was already used by {existing}",
-                            transaction_id=existing,
-                        )
-                    member = members.get(item.member_id)
-                    if member is None:
-                        raise UnknownMember(
-                            f"no member {item.member_id!r}", member_id=item.member_id
-                        )
-                    if member.state.balance < 0:
-                        # A deficit to fill first: the ordinary path, under its own savepoint.
-                        results[n] = posted = self.earn(
-                            partner_id,
-                            member_id=item.member_id,
-                            reference=item.reference,
-                            amount=item.amount,
-                            currency=item.currency,
-                            occurred_at=item.occurred_at,
-                            session=s,
-                        )
-                        used[item.reference] = posted.transaction.id
-                        continue
-                    credit = self._earn_credit(
-                        partner,
-                        cards.at(at),
-                        tiers.at(item.member_id, ledger.day_of(at)),
-                        member_id=item.member_id,
-                        reference=item.reference,
-                        amount=item.amount,
-                        spend=spend,
-                        currency=item.currency,
-                        occurred=at,
-                        now=now,
+                    done = self._batch_item(
+                        s, partner, batch, item=items[n], at=occurred[n], spend=spend, now=now
                     )
                 except CoalitionError as exc:
                     results[n] = exc
                     continue
-                used[item.reference] = credit.header.id
-                tiers.add(item.member_id, ledger.day_of(at), credit.points)
-                credits.append((n, credit))
-            posted_all = ledger.credit_many(s, [c for _, c in credits], members, tiers.bases)
+                if isinstance(done, ledger.Credit):
+                    credits.append((n, done))
+                else:
+                    results[n] = done
+            posted_all = ledger.credit_many(
+                s, [c for _, c in credits], batch.members, batch.tiers.bases
+            )
             for (n, _), posted in zip(credits, posted_all, strict=True):
                 results[n] = posted
         invariant(all(r is not None for r in results), "every item has its result")
         return cast("list[Posted | CoalitionError]", results)
+
+    def _batch(
+        self, s: Session, partner_id: str, items: Sequence[tuple[EarnItem, datetime]]
+    ) -> _Batch:
+        """What a batch's items are checked against, read in a handful of statements: the
+        references already used, the members (locked in id order), the rate cards and the tier
+        days the batch needs. Items whose reference was used already are duplicates whatever
+        else they say: no member lock, no tier history for them (a file imported again costs
+        one lookup)."""
+        used = _find_references(s, partner_id, "earn", [item.reference for item, _ in items])
+        fresh = [(item, at) for item, at in items if item.reference not in used]
+        members = ledger.lock_members(s, (item.member_id for item, _ in fresh))
+        tiers = ledger.BatchTiers(
+            s,
+            {m: locked.tier for m, locked in members.items() if locked.state.balance >= 0},
+            self.settings.tier_window_days,
+            [(item.member_id, ledger.day_of(at)) for item, at in fresh],
+        )
+        return _Batch(used, members, rate_card_history(s, partner_id), tiers)
+
+    def _batch_item(
+        self,
+        s: Session,
+        partner: PartnerTerms,
+        batch: _Batch,
+        *,
+        item: EarnItem,
+        at: datetime,
+        spend: Decimal,
+        now: datetime,
+    ) -> Posted | ledger.Credit:
+        """One item of :meth:`earn_many`: its credit to write with the batch's, or, for a
+        member who owes points (a deficit to fill first), the earn posted by the ordinary path
+        under its own savepoint. Raises what :meth:`earn` would."""
+        if item.reference in batch.used:
+            existing = batch.used[item.reference]
+            raise DuplicateReference(
+                f"reference {item.reference!r} was already used by {existing}",
+                transaction_id=existing,
+            )
+        member = batch.members.get(item.member_id)
+        if member is None:
+            raise UnknownMember(f"no member {item.member_id!r}", member_id=item.member_id)
+        if member.state.balance < 0:
+            posted = self.earn(
+                partner.id,
+                member_id=item.member_id,
+                reference=item.reference,
+                amount=item.amount,
+                currency=item.currency,
+                occurred_at=item.occurred_at,
+                session=s,
+            )
+            batch.used[item.reference] = posted.transaction.id
+            return posted
+        credit = self._earn_credit(
+            partner,
+            batch.cards.at(at),
+            batch.tiers.at(item.member_id, ledger.day_of(at)),
+            member_id=item.member_id,
+            reference=item.reference,
+            amount=item.amount,
+            spend=spend,
+            currency=item.currency,
+            occurred=at,
+            now=now,
+        )
+        batch.used[item.reference] = credit.header.id
+        batch.tiers.add(item.member_id, ledger.day_of(at), credit.points)
+        return credit

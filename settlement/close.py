@@ -190,9 +190,27 @@ def _close_once(
     )
     session.add(period)
     session.flush()
+    _open_statements(session, period, now)
+    lower = last.start_at if last is not None else start
+    insert_lines(session, period, lower)
+    left_off = unbillable(session, period, lower)
+    for row in left_off:
+        log.error(
+            "close %s: transaction %s of %s left off its statement: %s",
+            period.id,
+            row.transaction_id,
+            row.partner_id,
+            row.reason,
+        )
+    _issue(session, period, secret_key=secret_key, now=now, key_id=key_id, role=role)
+    return Closed(period, statements_of(session, period.id), True, left_off)
+
+
+def _open_statements(session: Session, period: Period, now: datetime) -> None:
+    """A statement of the period for every partner that existed before its cut-off."""
     partners = session.execute(
         select(Partner.id, Partner.currency)
-        .where(Partner.created_at < cut_off)
+        .where(Partner.created_at < period.end_at)
         .order_by(Partner.id)
     ).all()
     if partners:
@@ -211,17 +229,18 @@ def _close_once(
                 for partner_id, currency in partners
             ],
         )
-    lower = last.start_at if last is not None else start
-    insert_lines(session, period, lower)
-    left_off = unbillable(session, period, lower)
-    for row in left_off:
-        log.error(
-            "close %s: transaction %s of %s left off its statement: %s",
-            period.id,
-            row.transaction_id,
-            row.partner_id,
-            row.reason,
-        )
+
+
+def _issue(
+    session: Session,
+    period: Period,
+    *,
+    secret_key: bytes,
+    now: datetime,
+    key_id: str | None,
+    role: str,
+) -> None:
+    """Sign and issue the period's statements (lines written), each with its first event."""
     cross: dict[str, list[tuple[str | None, int]]] = defaultdict(list)
     for burned_at, origin, points in cross_brand_rows(session, period.id):
         cross[burned_at].append((origin, points))
@@ -239,12 +258,11 @@ def _close_once(
                     "at": now,
                     "key_id": key_id,
                     "role": role,
-                    "note": f"closed at {cut_off.isoformat()}",
+                    "note": f"closed at {period.end_at.isoformat()}",
                 }
                 for s in statements
             ],
         )
-    return Closed(period, statements_of(session, period.id), True, left_off)
 
 
 def close_due(sessions: sessionmaker[Session], settings: Settings, now: datetime) -> int:

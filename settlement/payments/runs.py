@@ -21,7 +21,8 @@ already cannot be cancelled.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -181,6 +182,39 @@ def create_run(
     """A payment run (see the module docstring); its files are built and stored now."""
     execution = _execution(execution_date, now.date())
     statements = _candidates(session, statement_ids)
+    run = PaymentRun(
+        id=new_id("pay"),
+        execution_date=execution,
+        status="created",
+        created_at=now,
+        created_by=actor.key_id or actor.role,
+    )
+    session.add(run)
+    session.flush()
+    planned = _plan(session, run, statements)
+    stored = _store(run, _build(planned, run, settings, execution, now))
+    session.add_all(planned.items)
+    session.add_all(stored)
+    session.flush()
+    return RunView(run, planned.items, stored)
+
+
+_Paid = list[tuple[PaymentItem, files.Instruction]]
+_Built = list[tuple[files.Built, list[PaymentItem]]]
+
+
+@dataclass
+class _Planned:
+    """What a run pays: an item per statement, and the instructions of the live ones (credit
+    transfers by currency, direct debits)."""
+
+    items: list[PaymentItem] = field(default_factory=list)
+    transfers: dict[str, _Paid] = field(default_factory=dict)
+    debits: _Paid = field(default_factory=list)
+
+
+def _plan(session: Session, run: PaymentRun, statements: Sequence[Statement]) -> _Planned:
+    """An item per statement (skipped with its reason, or live with its instruction)."""
     ids = [s.id for s in statements]
     live_runs = {
         statement_id: run_id
@@ -196,18 +230,7 @@ def create_run(
             select(Period).where(Period.id.in_({s.period_id for s in statements}))
         )
     }
-    run = PaymentRun(
-        id=new_id("pay"),
-        execution_date=execution,
-        status="created",
-        created_at=now,
-        created_by=actor.key_id or actor.role,
-    )
-    session.add(run)
-    session.flush()
-    items: list[PaymentItem] = []
-    transfers: dict[str, list[tuple[PaymentItem, files.Instruction]]] = {}
-    debits: list[tuple[PaymentItem, files.Instruction]] = []
+    planned = _Planned()
     for statement in statements:
         reason, account = _skip_reason(session, statement, live_runs)
         item = PaymentItem(
@@ -221,7 +244,7 @@ def create_run(
             reason=reason,
             live=False,
         )
-        items.append(item)
+        planned.items.append(item)
         if reason is None and account is not None:
             item.bank_account_id = account.id
             item.live = True
@@ -238,33 +261,47 @@ def create_run(
             )
             if statement.net_minor > 0:
                 item.direction = "credit_transfer"
-                transfers.setdefault(statement.currency, []).append((item, instruction))
+                planned.transfers.setdefault(statement.currency, []).append((item, instruction))
             else:
                 item.direction = "direct_debit"
                 sequence = _sequence(session, account)
-                debits.append((item, replace(instruction, sequence=sequence)))
-    built: list[tuple[files.Built, list[PaymentItem]]] = []
-    if transfers or debits:
-        operator = operator_account(settings, direct_debits=bool(debits))
-        for currency, pairs in sorted(transfers.items()):
-            made = files.credit_transfers(
-                run.id,
-                operator,
-                created_at=now,
-                execution=execution,
-                currency=currency,
-                payments=[i for _, i in pairs],
-            )
-            built.append((made, [item for item, _ in pairs]))
-        if debits:
-            made = files.direct_debits(
-                run.id,
-                operator,
-                created_at=now,
-                execution=execution,
-                payments=[i for _, i in debits],
-            )
-            built.append((made, [item for item, _ in debits]))
+                planned.debits.append((item, replace(instruction, sequence=sequence)))
+    return planned
+
+
+def _build(
+    planned: _Planned, run: PaymentRun, settings: Settings, execution: date, now: datetime
+) -> _Built:
+    """The run's files: a pain.001 per currency of its credit transfers, a pain.008 of its
+    direct debits; each with the items it pays."""
+    built: _Built = []
+    if not (planned.transfers or planned.debits):
+        return built
+    operator = operator_account(settings, direct_debits=bool(planned.debits))
+    for currency, pairs in sorted(planned.transfers.items()):
+        made = files.credit_transfers(
+            run.id,
+            operator,
+            created_at=now,
+            execution=execution,
+            currency=currency,
+            payments=[i for _, i in pairs],
+        )
+        built.append((made, [item for item, _ in pairs]))
+    if planned.debits:
+        made = files.direct_debits(
+            run.id,
+            operator,
+            created_at=now,
+            execution=execution,
+            payments=[i for _, i in planned.debits],
+        )
+        built.append((made, [item for item, _ in planned.debits]))
+    return built
+
+
+def _store(run: PaymentRun, built: _Built) -> list[PaymentFile]:
+    """The built files as rows, each item naming the file that pays it."""
     stored = []
     for made, paid in built:
         for item in paid:
@@ -281,10 +318,7 @@ def create_run(
                 sha256=made.sha256,
             )
         )
-    session.add_all(items)
-    session.add_all(stored)
-    session.flush()
-    return RunView(run, items, stored)
+    return stored
 
 
 def get_run(session: Session, run_id: str) -> RunView:
