@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, get, patch, post
+from litestar import Controller, Request, get, patch
 from litestar.params import QueryParameter, RawBody
-from sqlalchemy.orm import Session
 
-from api.auth import admin, principal_of, signed
-from api.docs import SIGNED, IdempotencyKey, body, problems
-from api.idempotency import run_idempotent
+from api.auth import admin, signed
+from api.docs import SIGNED, body, problems
+from api.handlers import Call, operation
+from api.pages import Cursor, Limit, decode_cursor, page_out
 from api.runtime import services_of
 from api.structs import (
     LINE,
@@ -30,7 +30,6 @@ from api.structs import (
     PartnerOut,
     PartnerPage,
     PartnerUpdate,
-    QueryText,
     RateCardCreate,
     RateCardList,
     RateCardOut,
@@ -39,8 +38,6 @@ from api.structs import (
     parse_time,
 )
 from api.views import (
-    decode_cursor,
-    encode_cursor,
     key_created,
     key_out,
     liability_out,
@@ -62,6 +59,37 @@ from settlement.reports import liability
 
 PathId = IdPath
 
+#: The problems a write of the operator API may answer.
+_WRITE_PROBLEMS = (400, 403, 404, 409, 413, 422)
+
+
+def _new_key(
+    call: Call[Any],
+    data: PartnerKeyCreate | OperatorKeyCreate,
+    *,
+    role: str,
+    partner_id: str | None,
+    scopes: list[str],
+) -> KeyCreated:
+    """A key as both key routes create it (the secret in this response only)."""
+    new = create_key(
+        call.session,
+        secret_key=call.services.settings.secret_key,
+        role=role,
+        partner_id=partner_id,
+        alg=data.alg,
+        scopes=scopes,
+        public_key=data.public_key,
+        expires_at=data.expires_at,
+        now=call.services.clock(),
+    )
+    return key_created(new)
+
+
+def _forget_key(call: Call[EmptyBody], key_id: str) -> None:
+    """The revocation is committed: this process refuses the key from now on."""
+    call.services.keys.forget(key_id)
+
 
 class AdminController(Controller):
     """Operator keys (finance keys read reports)."""
@@ -73,45 +101,28 @@ class AdminController(Controller):
 
     # --- partners ------------------------------------------------------------------------
 
-    @post(
-        "/partners",
-        opt=admin(),
-        dependencies=body(PartnerCreate),
-        responses=problems(400, 403, 409, 413, 422),
-        sync_to_thread=True,
-    )
-    def create_partner(
-        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
-    ) -> Response[PartnerOut]:
+    @operation("/partners", opt=admin(), body=PartnerCreate, problems=(400, 403, 409, 413, 422))
+    def create_partner(self, call: Call[PartnerCreate]) -> PartnerOut:
         """Onboard a partner (active); it needs a rate card before it can earn or burn."""
-        services = services_of(request.app.state)
-
-        def run(session: Session) -> tuple[int, PartnerOut]:
-            data = decode(body, PartnerCreate)
-            created = create_partner(
-                session, name=data.name, currency=data.currency, now=services.clock()
-            )
-            return 201, partner_out(created)
-
-        return run_idempotent(request, services, principal_of(request), body, run)
+        data = call.data
+        created = create_partner(
+            call.session, name=data.name, currency=data.currency, now=call.services.clock()
+        )
+        return partner_out(created)
 
     @get("/partners", opt=admin(), responses=problems(403, 422), sync_to_thread=True)
     def list_partners(
         self,
         request: Request[Any, Any, Any],
-        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
-        cursor: QueryText = None,
+        limit: Limit = 100,
+        cursor: Cursor = None,
     ) -> PartnerPage:
         """Partners, newest first (keyset pagination, like transactions)."""
         before_id = decode_cursor(cursor, "prt")
         page = services_of(request.app.state).reads.run(
             lambda s: list_partners(s, before_id=before_id, limit=limit)
         )
-        return PartnerPage(
-            data=[partner_out(p) for p in page.rows],
-            has_more=page.has_more,
-            next_cursor=encode_cursor(page.last_id),
-        )
+        return page_out(PartnerPage, page, partner_out)
 
     @get(
         "/partners/{partner_id:str}",
@@ -146,39 +157,26 @@ class AdminController(Controller):
 
     # --- rate cards ----------------------------------------------------------------------
 
-    @post(
+    @operation(
         "/partners/{partner_id:str}/rate-cards",
         opt=admin(),
-        dependencies=body(RateCardCreate),
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
+        body=RateCardCreate,
     )
-    def create_rate_card(
-        self,
-        request: Request[Any, Any, Any],
-        partner_id: PathId,
-        body: RawBody,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[RateCardOut]:
+    def create_rate_card(self, call: Call[RateCardCreate], partner_id: PathId) -> RateCardOut:
         """A new rate-card version, in force from ``effective_from`` (default: now)."""
-        services = services_of(request.app.state)
-
-        def run(session: Session) -> tuple[int, RateCardOut]:
-            data = decode(body, RateCardCreate)
-            card = create_rate_card(
-                session,
-                partner_id,
-                earn_points_per_unit=data.earn_points_per_unit,
-                issue_price_per_point=data.issue_price_per_point,
-                burn_value_per_point=data.burn_value_per_point,
-                reimburse_price_per_point=data.reimburse_price_per_point,
-                max_burn_share=data.max_burn_share,
-                effective_from=data.effective_from,
-                now=services.clock(),
-            )
-            return 201, rate_card_out(card)
-
-        return run_idempotent(request, services, principal_of(request), body, run)
+        data = call.data
+        card = create_rate_card(
+            call.session,
+            partner_id,
+            earn_points_per_unit=data.earn_points_per_unit,
+            issue_price_per_point=data.issue_price_per_point,
+            burn_value_per_point=data.burn_value_per_point,
+            reimburse_price_per_point=data.reimburse_price_per_point,
+            max_burn_share=data.max_burn_share,
+            effective_from=data.effective_from,
+            now=call.services.clock(),
+        )
+        return rate_card_out(card)
 
     @get(
         "/partners/{partner_id:str}/rate-cards",
@@ -194,40 +192,16 @@ class AdminController(Controller):
 
     # --- keys ----------------------------------------------------------------------------
 
-    @post(
+    @operation(
         "/partners/{partner_id:str}/keys",
         opt=admin(),
-        dependencies=body(PartnerKeyCreate),
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
+        body=PartnerKeyCreate,
     )
-    def create_partner_key(
-        self,
-        request: Request[Any, Any, Any],
-        partner_id: PathId,
-        body: RawBody,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[KeyCreated]:
+    def create_partner_key(self, call: Call[PartnerKeyCreate], partner_id: PathId) -> KeyCreated:
         """A partner key: ``hmac-sha256`` (the secret is in this response only) or
         ``ed25519`` (the partner's raw public key, base64url)."""
-        services = services_of(request.app.state)
-
-        def run(session: Session) -> tuple[int, KeyCreated]:
-            data = decode(body, PartnerKeyCreate)
-            new = create_key(
-                session,
-                secret_key=services.settings.secret_key,
-                role="partner",
-                partner_id=partner_id,
-                alg=data.alg,
-                scopes=list(data.scopes),
-                public_key=data.public_key,
-                expires_at=data.expires_at,
-                now=services.clock(),
-            )
-            return 201, key_created(new)
-
-        return run_idempotent(request, services, principal_of(request), body, run)
+        data = call.data
+        return _new_key(call, data, role="partner", partner_id=partner_id, scopes=list(data.scopes))
 
     @get(
         "/partners/{partner_id:str}/keys",
@@ -241,112 +215,50 @@ class AdminController(Controller):
             lambda s: KeyList(data=[key_out(k) for k in list_keys(s, partner_id)])
         )
 
-    @post(
+    @operation(
         "/keys/{key_id:str}/revoke",
         opt=admin(),
-        dependencies=body(EmptyBody),
+        body=EmptyBody,
+        empty_as_object=True,
         status_code=200,
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
+        after=_forget_key,
     )
-    def revoke_key(
-        self,
-        request: Request[Any, Any, Any],
-        key_id: PathId,
-        body: RawBody,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[KeyOut]:
+    def revoke_key(self, call: Call[EmptyBody], key_id: PathId) -> KeyOut:
         """Revoke a key now; its signatures are refused from then on (``revoked-key``)."""
-        services = services_of(request.app.state)
+        return key_out(revoke_key(call.session, key_id, call.services.clock()))
 
-        def run(session: Session) -> tuple[int, KeyOut]:
-            decode(body, EmptyBody, empty_as_object=True)
-            return 200, key_out(revoke_key(session, key_id, services.clock()))
-
-        response = run_idempotent(request, services, principal_of(request), body, run)
-        services.keys.forget(key_id)  # committed: this process refuses it from now on
-        return response
-
-    @post(
-        "/operator-keys",
-        opt=admin(),
-        dependencies=body(OperatorKeyCreate),
-        responses=problems(400, 403, 409, 413, 422),
-        sync_to_thread=True,
+    @operation(
+        "/operator-keys", opt=admin(), body=OperatorKeyCreate, problems=(400, 403, 409, 413, 422)
     )
-    def create_operator_key(
-        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
-    ) -> Response[KeyCreated]:
+    def create_operator_key(self, call: Call[OperatorKeyCreate]) -> KeyCreated:
         """A key for the operator (acts on /v1/admin) or for finance (reads reports)."""
-        services = services_of(request.app.state)
-
-        def run(session: Session) -> tuple[int, KeyCreated]:
-            data = decode(body, OperatorKeyCreate)
-            new = create_key(
-                session,
-                secret_key=services.settings.secret_key,
-                role=data.role,
-                partner_id=None,
-                alg=data.alg,
-                scopes=[],
-                public_key=data.public_key,
-                expires_at=data.expires_at,
-                now=services.clock(),
-            )
-            return 201, key_created(new)
-
-        return run_idempotent(request, services, principal_of(request), body, run)
+        data = call.data
+        return _new_key(call, data, role=data.role, partner_id=None, scopes=[])
 
     # --- points --------------------------------------------------------------------------
 
-    @post(
-        "/bonuses",
-        opt=admin(),
-        dependencies=body(BonusCreate),
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
-    )
-    def bonus(
-        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
-    ) -> Response[TransactionOut]:
+    @operation("/bonuses", opt=admin(), body=BonusCreate)
+    def bonus(self, call: Call[BonusCreate]) -> TransactionOut:
         """Points for an action, funded by a partner (billed at its issue price) or the
         coalition (``funded_by: "coalition"``)."""
-        services = services_of(request.app.state)
+        data = call.data
+        posted = call.services.ops.bonus(
+            member_id=data.member_id,
+            points=data.points,
+            reason=data.reason,
+            funded_by=data.funded_by,
+            session=call.session,
+        )
+        return transaction_out(posted.transaction)
 
-        def run(session: Session) -> tuple[int, TransactionOut]:
-            data = decode(body, BonusCreate)
-            posted = services.ops.bonus(
-                member_id=data.member_id,
-                points=data.points,
-                reason=data.reason,
-                funded_by=data.funded_by,
-                session=session,
-            )
-            return 201, transaction_out(posted.transaction)
-
-        return run_idempotent(request, services, principal_of(request), body, run)
-
-    @post(
-        "/adjustments",
-        opt=admin(),
-        dependencies=body(AdjustmentCreate),
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
-    )
-    def adjust(
-        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
-    ) -> Response[TransactionOut]:
+    @operation("/adjustments", opt=admin(), body=AdjustmentCreate)
+    def adjust(self, call: Call[AdjustmentCreate]) -> TransactionOut:
         """A correction of a member's balance with a reason (+ adds, - takes available)."""
-        services = services_of(request.app.state)
-
-        def run(session: Session) -> tuple[int, TransactionOut]:
-            data = decode(body, AdjustmentCreate)
-            posted = services.ops.adjust(
-                member_id=data.member_id, points=data.points, reason=data.reason, session=session
-            )
-            return 201, transaction_out(posted.transaction)
-
-        return run_idempotent(request, services, principal_of(request), body, run)
+        data = call.data
+        posted = call.services.ops.adjust(
+            member_id=data.member_id, points=data.points, reason=data.reason, session=call.session
+        )
+        return transaction_out(posted.transaction)
 
     # --- reports -------------------------------------------------------------------------
 

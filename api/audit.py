@@ -22,10 +22,10 @@ from litestar.types import Message, Scope
 
 from api.auth import admin, principal_in, signed
 from api.docs import SIGNED, problems
+from api.pages import Cursor, Limit, decode_cursor, page_out
 from api.problems import request_id
 from api.runtime import Services, services_of
 from api.structs import ID_PATTERN, LINE, AuditEventOut, AuditPage, QueryText, parse_time
-from api.views import decode_cursor, encode_cursor
 from coalition import audit
 from coalition.db import database_unreachable, transaction
 
@@ -89,6 +89,20 @@ async def record_action(message: Message, scope: Scope) -> None:
     await anyio.to_thread.run_sync(partial(_write, services_of(scope["app"].state), action))
 
 
+def _event_out(event: audit.AuditEvent) -> AuditEventOut:
+    return AuditEventOut(
+        id=event.id,
+        at=event.at,
+        role=event.role,  # type: ignore[arg-type]
+        key_id=event.key_id,
+        action=event.action,
+        source_address=event.source_address,
+        status=event.status,
+        outcome=event.outcome,
+        request_id=event.request_id,
+    )
+
+
 class AuditController(Controller):
     """``GET /v1/admin/audit``: operator keys."""
 
@@ -113,14 +127,14 @@ class AuditController(Controller):
         ] = None,
         since: QueryText = None,
         until: QueryText = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=audit.MAX_PAGE)] = 100,
-        cursor: QueryText = None,
+        limit: Limit = 100,
+        cursor: Cursor = None,
     ) -> AuditPage:
         """Operator and finance actions, newest first, filtered (keyset pagination)."""
         services = services_of(request.app.state)
         after, before = parse_time(since, "since"), parse_time(until, "until")
         before_id = decode_cursor(cursor, "aud")
-        rows, has_more = services.reads.run(
+        found = services.reads.run(
             lambda s: audit.list_events(
                 s,
                 key_id=key_id,
@@ -132,21 +146,4 @@ class AuditController(Controller):
                 limit=limit,
             )
         )
-        return AuditPage(
-            data=[
-                AuditEventOut(
-                    id=r.id,
-                    at=r.at,
-                    role=r.role,  # type: ignore[arg-type]
-                    key_id=r.key_id,
-                    action=r.action,
-                    source_address=r.source_address,
-                    status=r.status,
-                    outcome=r.outcome,
-                    request_id=r.request_id,
-                )
-                for r in rows
-            ],
-            has_more=has_more,
-            next_cursor=encode_cursor(rows[-1].id) if has_more and rows else None,
-        )
+        return page_out(AuditPage, found, _event_out)

@@ -42,7 +42,13 @@ from api.runtime import Services, services_of
 from api.security import client_address, count_failure, signed_urls
 from coalition import logs
 from coalition.db import WHOLE, Prelude, transaction
-from coalition.errors import Forbidden, IdempotencyKeyMissing, SignatureInvalid
+from coalition.errors import (
+    Forbidden,
+    IdempotencyKeyMissing,
+    InvariantViolated,
+    SignatureInvalid,
+    required,
+)
 from partners.replay import claim_post_signature, post_signature_prelude
 from partners.signatures import (
     CachedKey,
@@ -105,14 +111,14 @@ def bind_principal(scope: Any, principal: Principal) -> None:
 
 def partner_id_of(principal: Principal) -> str:
     """The partner of a principal on a partner route (the guard admits partner keys only)."""
-    assert principal.partner_id is not None, "partner routes admit partner keys only"
-    return principal.partner_id
+    return required(principal.partner_id, "partner routes admit partner keys only")
 
 
 def principal_of(request: Request[Any, Any, Any]) -> Principal:
     """The principal the guard verified for this request."""
     principal = request.scope.get("state", {}).get(_PRINCIPAL_KEY)
-    assert isinstance(principal, Principal), "route without the signature guard"
+    if not isinstance(principal, Principal):
+        raise InvariantViolated("route without the signature guard")
     return principal
 
 
@@ -128,7 +134,8 @@ def _record_use_alone(services: Services, verified: Verified) -> None:
 
 def _verified(request: Request[Any, Any, Any]) -> Verified:
     verified = request.scope["state"].get(_VERIFIED_KEY)
-    assert isinstance(verified, Verified), "route without the signature guard"
+    if not isinstance(verified, Verified):
+        raise InvariantViolated("route without the signature guard")
     return verified
 
 
@@ -248,7 +255,8 @@ async def signed(request: Request[Any, Any, Any]) -> None:
     limiter.check(key_id, now)
     handler = request.route_handler
     access = handler.opt.get("access")
-    assert isinstance(access, Access), f"{handler} declares no access"
+    if not isinstance(access, Access):
+        raise InvariantViolated(f"{handler} declares no access")
     _authorize(verified.principal, access)
     if request.method == "POST":
         idempotency_key(request)

@@ -12,16 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, Response, post
-from litestar.params import RawBody
+from litestar import Controller
 from litestar.types import Scope
-from sqlalchemy.orm import Session
 
-from api.auth import partner, partner_id_of, principal_of, signed
-from api.docs import SIGNED, IdempotencyKey, body, problems
-from api.idempotency import run_idempotent
+from api.auth import partner, signed
+from api.docs import SIGNED
+from api.handlers import Call, operation
 from api.problems import error_body
-from api.runtime import services_of
 from api.structs import (
     EarnBatchCreate,
     EarnBatchOut,
@@ -86,44 +83,33 @@ class EarnBatchController(Controller):
     security = SIGNED
     tags = ["partner"]  # noqa: RUF012
 
-    @post(
+    @operation(
         "/earn-batches",
         opt=partner("earn"),
-        dependencies=body(EarnBatchCreate),
-        responses=problems(400, 403, 409, 413, 422),
+        body=EarnBatchCreate,
+        problems=(400, 403, 409, 413, 422),
         status_code=200,
         request_max_body_size=MAX_BATCH_BODY_BYTES,
-        sync_to_thread=True,
     )
-    def earn_batch(
-        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
-    ) -> Response[EarnBatchOut]:
+    def earn_batch(self, call: Call[EarnBatchCreate]) -> EarnBatchOut:
         """Up to 500 earns at once; a result per item, in order (``created``, ``duplicate``,
         ``rejected`` with its problem document). The batch is one database transaction."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
-        partner_id = partner_id_of(principal)
-
-        def run(session: Session) -> tuple[int, EarnBatchOut]:
-            batch = decode(body, EarnBatchCreate)
-            outcomes: list[Posted | CoalitionError | None] = []
-            items: list[EarnItem] = []
-            references: list[str | None] = []
-            for fields in batch.earns:
-                try:
-                    item = earn_from_fields(fields)
-                except CoalitionError as exc:
-                    outcomes.append(exc)
-                    references.append(_reference_of(fields))
-                    continue
-                outcomes.append(None)
-                references.append(item.reference)
-                items.append(item)
-            posted = iter(services.ops.earn_many(partner_id, items, session=session))
-            results = [
-                _result(request.scope, reference, outcome or next(posted))
-                for reference, outcome in zip(references, outcomes, strict=True)
-            ]
-            return 200, EarnBatchOut(results=results)
-
-        return run_idempotent(request, services, principal, body, run)
+        outcomes: list[Posted | CoalitionError | None] = []
+        items: list[EarnItem] = []
+        references: list[str | None] = []
+        for fields in call.data.earns:
+            try:
+                item = earn_from_fields(fields)
+            except CoalitionError as exc:
+                outcomes.append(exc)
+                references.append(_reference_of(fields))
+                continue
+            outcomes.append(None)
+            references.append(item.reference)
+            items.append(item)
+        posted = iter(call.services.ops.earn_many(call.partner_id, items, session=call.session))
+        results = [
+            _result(call.request.scope, reference, outcome or next(posted))
+            for reference, outcome in zip(references, outcomes, strict=True)
+        ]
+        return EarnBatchOut(results=results)

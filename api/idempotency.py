@@ -1,5 +1,5 @@
 """Idempotent ``POST``: the HTTP side of :mod:`coalition.idempotency`, and the one database
-transaction a signed ``POST`` is.
+transaction a signed ``POST`` is. Handlers reach it through :func:`api.handlers.operation`.
 
 Flow of one request (the guard already checked the signature, scope and that the header is
 there), all in **one** database transaction:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, get
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import QueryParameter, RawBody
-from sqlalchemy.orm import Session
+from litestar.params import QueryParameter
 
 from api.auth import (
     any_key,
@@ -23,8 +22,9 @@ from api.auth import (
     signed,
     single_use,
 )
-from api.docs import SIGNED, IdempotencyKey, body, problems
-from api.idempotency import run_idempotent
+from api.docs import SIGNED, problems
+from api.handlers import Call, operation
+from api.pages import Cursor, Limit, decode_cursor, page_out
 from api.runtime import services_of
 from api.structs import (
     LINE,
@@ -45,13 +45,10 @@ from api.structs import (
     TransactionKind,
     TransactionOut,
     TransactionPage,
-    decode,
     parse_time,
 )
 from api.views import (
     balance_out,
-    decode_cursor,
-    encode_cursor,
     hold_out,
     partner_out,
     rate_card_out,
@@ -79,6 +76,20 @@ Until = Annotated[
         schema_extra={"format": "date-time"},
     ),
 ]
+
+
+#: The problems a write of the partner API may answer.
+_WRITE_PROBLEMS = (400, 403, 404, 409, 413, 422)
+
+
+def _may_reverse(call: Call[ReversalCreate], txn_id: str) -> None:
+    """A key with one of the scopes reverses only what that scope made: checked before the
+    operation, so a ``403`` stores nothing under the Idempotency-Key."""
+    principal = call.principal
+    if not {"earn", "burn"} <= principal.scopes:
+        original = call.services.ops.get_transaction(call.partner_id, txn_id)
+        if original.kind in ("earn", "burn"):
+            require_scope(principal, original.kind)
 
 
 def _existing_member_doc() -> ResponseSpec:
@@ -113,28 +124,21 @@ class PartnerController(Controller):
             rate_card=card_view,
         )
 
-    @post(
+    @operation(
         "/members",
         opt=partner("earn"),
-        dependencies=body(MemberCreate),
-        responses={
-            **problems(400, 403, 409, 413, 422),
-            200: _existing_member_doc(),
-        },
-        sync_to_thread=True,
+        body=MemberCreate,
+        empty_as_object=True,
+        problems=(400, 403, 409, 413, 422),
+        responses={200: _existing_member_doc()},
     )
-    def create_member(
-        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
-    ) -> Response[MemberOut]:
+    def create_member(self, call: Call[MemberCreate]) -> MemberOut:
         """Create a member (``201``), optionally with its ``mem_`` id; an existing id is ``200``."""
-        services = services_of(request.app.state)
-
-        def run(session: Session) -> tuple[int, MemberOut]:
-            data = decode(body, MemberCreate, empty_as_object=True)
-            member_id, created = services.ops.create_member(data.member_id, session=session)
-            return (201 if created else 200), MemberOut(member_id=member_id)
-
-        return run_idempotent(request, services, principal_of(request), body, run)
+        member_id, created = call.services.ops.create_member(
+            call.data.member_id, session=call.session
+        )
+        call.status = 201 if created else 200
+        return MemberOut(member_id=member_id)
 
     @get(
         "/members/{member_id:str}/balance",
@@ -151,92 +155,50 @@ class PartnerController(Controller):
                 services.ops.balance(member_id, session=s, prelude=single_use(request))
             )
 
-    @post(
-        "/earns",
-        opt=partner("earn"),
-        dependencies=body(EarnCreate),
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
-    )
-    def earn(
-        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
-    ) -> Response[TransactionOut]:
+    @operation("/earns", opt=partner("earn"), body=EarnCreate)
+    def earn(self, call: Call[EarnCreate]) -> TransactionOut:
         """Points for a purchase: floor(amount x earn rate x tier multiplier)."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
+        data = call.data
+        posted = call.services.ops.earn(
+            call.partner_id,
+            member_id=data.member_id,
+            reference=data.reference,
+            amount=data.amount,
+            currency=data.currency,
+            occurred_at=data.occurred_at,
+            session=call.session,
+        )
+        return transaction_out(posted.transaction)
 
-        def run(session: Session) -> tuple[int, TransactionOut]:
-            data = decode(body, EarnCreate)
-            posted = services.ops.earn(
-                partner_id_of(principal),
-                member_id=data.member_id,
-                reference=data.reference,
-                amount=data.amount,
-                currency=data.currency,
-                occurred_at=data.occurred_at,
-                session=session,
-            )
-            return 201, transaction_out(posted.transaction)
-
-        return run_idempotent(request, services, principal, body, run)
-
-    @post(
-        "/burns",
-        opt=partner("burn"),
-        dependencies=body(BurnCreate),
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
-    )
-    def burn(
-        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
-    ) -> Response[TransactionOut]:
+    @operation("/burns", opt=partner("burn"), body=BurnCreate)
+    def burn(self, call: Call[BurnCreate]) -> TransactionOut:
         """Points as payment, given ``points`` or ``amount`` + ``currency`` (rounded up)."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
+        data = call.data
+        posted = call.services.ops.burn(
+            call.partner_id,
+            member_id=data.member_id,
+            reference=data.reference,
+            points=data.points,
+            amount=data.amount,
+            currency=data.currency,
+            basket_amount=data.basket_amount,
+            session=call.session,
+        )
+        return transaction_out(posted.transaction)
 
-        def run(session: Session) -> tuple[int, TransactionOut]:
-            data = decode(body, BurnCreate)
-            posted = services.ops.burn(
-                partner_id_of(principal),
-                member_id=data.member_id,
-                reference=data.reference,
-                points=data.points,
-                amount=data.amount,
-                currency=data.currency,
-                basket_amount=data.basket_amount,
-                session=session,
-            )
-            return 201, transaction_out(posted.transaction)
-
-        return run_idempotent(request, services, principal, body, run)
-
-    @post(
-        "/holds",
-        opt=partner("burn"),
-        dependencies=body(HoldCreate),
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
-    )
-    def hold(
-        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
-    ) -> Response[HoldOut]:
+    @operation("/holds", opt=partner("burn"), body=HoldCreate)
+    def hold(self, call: Call[HoldCreate]) -> HoldOut:
         """Reserve points at checkout; capture or void later, or they expire."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
-
-        def run(session: Session) -> tuple[int, HoldOut]:
-            data = decode(body, HoldCreate)
-            result = services.ops.hold(
-                partner_id_of(principal),
-                member_id=data.member_id,
-                reference=data.reference,
-                points=data.points,
-                expires_in=data.expires_in,
-                session=session,
-            )
-            return 201, hold_out(result.hold, services.clock())
-
-        return run_idempotent(request, services, principal, body, run)
+        data = call.data
+        result = call.services.ops.hold(
+            call.partner_id,
+            member_id=data.member_id,
+            reference=data.reference,
+            points=data.points,
+            expires_in=data.expires_in,
+            session=call.session,
+        )
+        return hold_out(result.hold, call.services.clock())
 
     @get(
         "/holds/{hold_id:str}",
@@ -251,91 +213,48 @@ class PartnerController(Controller):
             found = services.ops.get_hold(partner_id_of(principal_of(request)), hold_id, session=s)
         return hold_out(found, services.clock())
 
-    @post(
+    @operation(
         "/holds/{hold_id:str}/capture",
         opt=partner("burn"),
-        dependencies=body(CaptureCreate),
+        body=CaptureCreate,
+        empty_as_object=True,
         status_code=200,
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
     )
-    def capture(
-        self,
-        request: Request[Any, Any, Any],
-        hold_id: PathId,
-        body: RawBody,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[TransactionOut]:
+    def capture(self, call: Call[CaptureCreate], hold_id: PathId) -> TransactionOut:
         """Burn the held points (or fewer: the rest is released); the burn transaction."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
+        posted = call.services.ops.capture(
+            call.partner_id, hold_id, points=call.data.points, session=call.session
+        )
+        return transaction_out(posted.transaction)
 
-        def run(session: Session) -> tuple[int, TransactionOut]:
-            data = decode(body, CaptureCreate, empty_as_object=True)
-            posted = services.ops.capture(
-                partner_id_of(principal), hold_id, points=data.points, session=session
-            )
-            return 200, transaction_out(posted.transaction)
-
-        return run_idempotent(request, services, principal, body, run)
-
-    @post(
+    @operation(
         "/holds/{hold_id:str}/void",
         opt=partner("burn"),
-        dependencies=body(EmptyBody),
+        body=EmptyBody,
+        empty_as_object=True,
         status_code=200,
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
     )
-    def void(
-        self,
-        request: Request[Any, Any, Any],
-        hold_id: PathId,
-        body: RawBody,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[HoldOut]:
+    def void(self, call: Call[EmptyBody], hold_id: PathId) -> HoldOut:
         """Release an active hold's points."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
+        result = call.services.ops.void(call.partner_id, hold_id, session=call.session)
+        return hold_out(result.hold, call.services.clock())
 
-        def run(session: Session) -> tuple[int, HoldOut]:
-            decode(body, EmptyBody, empty_as_object=True)
-            result = services.ops.void(partner_id_of(principal), hold_id, session=session)
-            return 200, hold_out(result.hold, services.clock())
-
-        return run_idempotent(request, services, principal, body, run)
-
-    @post(
+    @operation(
         "/transactions/{txn_id:str}/reversals",
         opt=partner("earn", "burn"),
-        dependencies=body(ReversalCreate),
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
+        body=ReversalCreate,
+        before=_may_reverse,
     )
-    def reverse(
-        self,
-        request: Request[Any, Any, Any],
-        txn_id: PathId,
-        body: RawBody,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[TransactionOut]:
+    def reverse(self, call: Call[ReversalCreate], txn_id: PathId) -> TransactionOut:
         """Reverse an earn (scope earn) or a burn (scope burn), fully or by ``points``."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
-        partner_id = partner_id_of(principal)
-        if not {"earn", "burn"} <= principal.scopes:
-            original = services.ops.get_transaction(partner_id, txn_id)
-            if original.kind in ("earn", "burn"):
-                require_scope(principal, original.kind)
-
-        def run(session: Session) -> tuple[int, TransactionOut]:
-            data = decode(body, ReversalCreate)
-            posted = services.ops.reverse(
-                partner_id, txn_id, reference=data.reference, points=data.points, session=session
-            )
-            return 201, transaction_out(posted.transaction)
-
-        return run_idempotent(request, services, principal, body, run)
+        posted = call.services.ops.reverse(
+            call.partner_id,
+            txn_id,
+            reference=call.data.reference,
+            points=call.data.points,
+            session=call.session,
+        )
+        return transaction_out(posted.transaction)
 
     @get(
         "/transactions/{txn_id:str}",
@@ -365,13 +284,8 @@ class PartnerController(Controller):
         kind: Annotated[TransactionKind | None, QueryParameter()] = None,
         since: Since = None,
         until: Until = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
-        cursor: Annotated[
-            str | None,
-            QueryParameter(
-                max_length=200, pattern=LINE, description="`next_cursor` of the previous page."
-            ),
-        ] = None,
+        limit: Limit = 100,
+        cursor: Cursor = None,
     ) -> TransactionPage:
         """The partner's transactions, newest first, ``limit`` per page (keyset pagination)."""
         with request_unit(request) as s:
@@ -385,8 +299,4 @@ class PartnerController(Controller):
                 before_id=decode_cursor(cursor, "txn"),
                 limit=limit,
             )
-        return TransactionPage(
-            data=[transaction_out(t) for t in page.rows],
-            has_more=page.has_more,
-            next_cursor=encode_cursor(page.last_id),
-        )
+        return page_out(TransactionPage, page, transaction_out)

@@ -7,13 +7,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, get, post, put
+from litestar import Controller, Request, Response, get, put
 from litestar.params import PathParameter, QueryParameter, RawBody
-from sqlalchemy.orm import Session
 
 from api.auth import admin, principal_of, signed
-from api.docs import SIGNED, IdempotencyKey, body, problems
-from api.idempotency import run_idempotent
+from api.docs import SIGNED, body, problems
+from api.handlers import Call, operation
+from api.pages import Cursor, Limit, decode_cursor, page_out
 from api.payments_structs import (
     BankAccountOut,
     BankAccountPut,
@@ -30,11 +30,11 @@ from api.payments_structs import (
 from api.runtime import Services, services_of
 from api.settlement import actor_of
 from api.structs import EmptyBody, IdPath, decode, full_match
-from api.views import decode_cursor, encode_cursor
 from coalition.db import transaction
 from coalition.errors import ValidationFailed
 from settlement.bankfiles import MAX_BANK_FILE_BYTES
 from settlement.payments import bank_accounts, reconcile, runs
+from settlement.payments.models import BankEntry
 
 FileName = Annotated[
     str,
@@ -76,6 +76,10 @@ def payment_file_response(services: Services, run_id: str, name: str) -> Respons
         media_type="application/xml",
         headers={"Content-Disposition": f'attachment; filename="{found.name}"'},
     )
+
+
+def _entry_out(entry: BankEntry) -> BankEntryOut:
+    return msgspec.convert(reconcile.entry_data(entry), BankEntryOut)
 
 
 def _media_type(request: Request[Any, Any, Any]) -> str:
@@ -136,64 +140,45 @@ class PaymentsController(Controller):
             status = "active" if found.active is not None else "none"
             return bank_account_out(found, "pending" if found.pending is not None else status)
 
-    @post(
+    @operation(
         "/partners/{partner_id:str}/bank-account/approve",
         opt=admin("finance"),
-        dependencies=body(EmptyBody),
+        body=EmptyBody,
+        empty_as_object=True,
         status_code=200,
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
     )
-    def approve_bank_account(
-        self,
-        request: Request[Any, Any, Any],
-        partner_id: IdPath,
-        body: RawBody,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[BankAccountOut]:
+    def approve_bank_account(self, call: Call[EmptyBody], partner_id: IdPath) -> BankAccountOut:
         """A second finance key approves the pending change: it becomes ``active``. The key
         that proposed it gets ``403 four-eyes``."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
-
-        def run(session: Session) -> tuple[int, BankAccountOut]:
-            decode(body, EmptyBody, empty_as_object=True)
-            bank_accounts.approve(session, partner_id, actor_of(principal), now=services.clock())
-            return 200, bank_account_out(bank_accounts.details(session, partner_id), "active")
-
-        return run_idempotent(request, services, principal, body, run)
+        session = call.session
+        bank_accounts.approve(
+            session, partner_id, actor_of(call.principal), now=call.services.clock()
+        )
+        return bank_account_out(bank_accounts.details(session, partner_id), "active")
 
     # --- payment runs --------------------------------------------------------------------
 
-    @post(
+    @operation(
         "/payment-runs",
         opt=admin("finance"),
-        dependencies=body(PaymentRunCreate),
-        responses=problems(400, 403, 409, 413, 422),
-        sync_to_thread=True,
+        body=PaymentRunCreate,
+        empty_as_object=True,
+        problems=(400, 403, 409, 413, 422),
     )
-    def create_run(
-        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
-    ) -> Response[PaymentRunOut]:
+    def create_run(self, call: Call[PaymentRunCreate]) -> PaymentRunOut:
         """A payment run: credit transfers where the operator pays, SEPA direct debits where a
         partner with a mandate pays, the rest skipped with the reason; its files are built
         and validated against their XSD now."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
-
-        def run(session: Session) -> tuple[int, PaymentRunOut]:
-            data = decode(body, PaymentRunCreate, empty_as_object=True)
-            made = runs.create_run(
-                session,
-                actor_of(principal),
-                statement_ids=None if data.statement_ids is None else list(data.statement_ids),
-                execution_date=data.execution_date,
-                settings=services.settings,
-                now=services.clock(),
-            )
-            return 201, run_out(made)
-
-        return run_idempotent(request, services, principal, body, run)
+        data = call.data
+        made = runs.create_run(
+            call.session,
+            actor_of(call.principal),
+            statement_ids=None if data.statement_ids is None else list(data.statement_ids),
+            execution_date=data.execution_date,
+            settings=call.services.settings,
+            now=call.services.clock(),
+        )
+        return run_out(made)
 
     @get(
         "/payment-runs",
@@ -247,71 +232,52 @@ class PaymentsController(Controller):
         """A file of the run, byte for byte as built (valid against its ISO 20022 XSD)."""
         return payment_file_response(services_of(request.app.state), run_id, name)
 
-    @post(
+    @operation(
         "/payment-runs/{run_id:str}/cancel",
         opt=admin("finance"),
-        dependencies=body(PaymentRunCancel),
+        body=PaymentRunCancel,
+        empty_as_object=True,
         status_code=200,
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
     )
-    def cancel_run(
-        self,
-        request: Request[Any, Any, Any],
-        run_id: IdPath,
-        body: RawBody,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[PaymentRunOut]:
+    def cancel_run(self, call: Call[PaymentRunCancel], run_id: IdPath) -> PaymentRunOut:
         """Cancel a run (its statements may go into a later run); not once one of its
         statements is settled."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
-
-        def run(session: Session) -> tuple[int, PaymentRunOut]:
-            data = decode(body, PaymentRunCancel, empty_as_object=True)
-            done = runs.cancel_run(
-                session, run_id, actor_of(principal), note=data.note, now=services.clock()
-            )
-            return 200, run_out(done)
-
-        return run_idempotent(request, services, principal, body, run)
+        done = runs.cancel_run(
+            call.session,
+            run_id,
+            actor_of(call.principal),
+            note=call.data.note,
+            now=call.services.clock(),
+        )
+        return run_out(done)
 
     # --- bank statements and reconciliation ----------------------------------------------
 
-    @post(
+    @operation(
         "/bank-statements",
         opt=admin("finance"),
+        body=None,
         status_code=200,
-        responses=problems(400, 403, 409, 413, 422),
+        problems=(400, 403, 409, 413, 422),
         request_max_body_size=MAX_BANK_FILE_BYTES,
-        sync_to_thread=True,
     )
-    def import_statement(
-        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
-    ) -> Response[BankStatementImported]:
+    def import_statement(self, call: Call[bytes]) -> BankStatementImported:
         """Import a bank account statement (the camt.053 document as the body,
         ``Content-Type: application/xml``; up to 16 MiB) and reconcile it: entries that pay a
         statement exactly settle it, the rest wait in the reconciliation queue. The same file
         again changes nothing (``"duplicate": true``)."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
-        media = _media_type(request)
-
-        def run(session: Session) -> tuple[int, BankStatementImported]:
-            if media not in BANK_FILE_TYPES:
-                raise ValidationFailed.at(
-                    "header.content-type", "application/xml (a camt.053 document)"
-                )
-            done = reconcile.import_statement(
-                session,
-                body,
-                actor_of(principal),
-                secret_key=services.settings.secret_key,
-                now=services.clock(),
+        if _media_type(call.request) not in BANK_FILE_TYPES:
+            raise ValidationFailed.at(
+                "header.content-type", "application/xml (a camt.053 document)"
             )
-            return 200, msgspec.convert(reconcile.imported_data(done), BankStatementImported)
-
-        return run_idempotent(request, services, principal, body, run)
+        done = reconcile.import_statement(
+            call.session,
+            call.data,
+            actor_of(call.principal),
+            secret_key=call.services.settings.secret_key,
+            now=call.services.clock(),
+        )
+        return msgspec.convert(reconcile.imported_data(done), BankStatementImported)
 
     @get(
         "/reconciliation",
@@ -322,51 +288,31 @@ class PaymentsController(Controller):
     def reconciliation(
         self,
         request: Request[Any, Any, Any],
-        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
-        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        limit: Limit = 100,
+        cursor: Cursor = None,
     ) -> ReconciliationPage:
         """Bank entries waiting for finance, newest first, each with its reason."""
         services = services_of(request.app.state)
         with transaction(services.sessions) as s:
-            rows = reconcile.queue(s, limit=limit + 1, before_id=decode_cursor(cursor, "bke"))
-            page = rows[:limit]
-            return ReconciliationPage(
-                data=[msgspec.convert(reconcile.entry_data(e), BankEntryOut) for e in page],
-                has_more=len(rows) > limit,
-                next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
-            )
+            found = reconcile.queue(s, limit=limit, before_id=decode_cursor(cursor, "bke"))
+            return page_out(ReconciliationPage, found, _entry_out)
 
-    @post(
+    @operation(
         "/reconciliation/{entry_id:str}/resolve",
         opt=admin("finance"),
-        dependencies=body(ResolveEntry),
+        body=ResolveEntry,
         status_code=200,
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
     )
-    def resolve(
-        self,
-        request: Request[Any, Any, Any],
-        entry_id: IdPath,
-        body: RawBody,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[BankEntryOut]:
+    def resolve(self, call: Call[ResolveEntry], entry_id: IdPath) -> BankEntryOut:
         """Resolve a waiting entry: match it to ``statement_id`` (which it settles, the entry
         as its payment) or dismiss it; ``note`` says why."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
-
-        def run(session: Session) -> tuple[int, BankEntryOut]:
-            data = decode(body, ResolveEntry)
-            done = reconcile.resolve(
-                session,
-                entry_id,
-                actor_of(principal),
-                statement_id=data.statement_id,
-                note=data.note,
-                secret_key=services.settings.secret_key,
-                now=services.clock(),
-            )
-            return 200, msgspec.convert(reconcile.entry_data(done), BankEntryOut)
-
-        return run_idempotent(request, services, principal, body, run)
+        done = reconcile.resolve(
+            call.session,
+            entry_id,
+            actor_of(call.principal),
+            statement_id=call.data.statement_id,
+            note=call.data.note,
+            secret_key=call.services.settings.secret_key,
+            now=call.services.clock(),
+        )
+        return msgspec.convert(reconcile.entry_data(done), BankEntryOut)

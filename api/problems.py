@@ -284,22 +284,30 @@ def problem_response(
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=all_headers)
 
 
-def json_path(field: str) -> str:
-    """A domain error's field (``amount``, ``transaction_ids[2]``; empty: the whole input) as
-    the JSON path a problem document names (``$.amount``, ``$``); a path the HTTP edge itself
-    made (``$.x``, ``query.limit``) is kept."""
+#: Methods whose requests carry no body: a field a domain error names is a query parameter.
+_QUERY_METHODS = frozenset({"GET", "HEAD", "DELETE"})
+
+
+def location(field: str, *, in_query: bool) -> str:
+    """Where the input a domain error names (``amount``, ``transaction_ids[2]``, ``limit``;
+    empty: the whole input) is in the request, as a problem document names it: a body's member
+    as a JSON path (``$.amount``, ``$``), or ``query.limit`` for a request without a body
+    (``in_query``). A location the HTTP edge itself made (``$.x``, ``query.x``, ``path.x``,
+    ``header.x``) is kept."""
     if not field:
         return "$"
     if field.startswith(("$", "query.", "path.", "header.")):
         return field
-    return f"$.{field}"
+    return f"query.{field}" if in_query else f"$.{field}"
 
 
-def _at_the_edge(exc: CoalitionError) -> tuple[str, dict[str, Any]]:
-    """The detail and extra members of a domain error, its fields named as JSON paths."""
+def _at_the_edge(scope: Scope, exc: CoalitionError) -> tuple[str, dict[str, Any]]:
+    """The detail and extra members of a domain error, its fields named by where they are in
+    the request (:func:`location`)."""
     if not isinstance(exc, ValidationFailed):
         return exc.detail, exc.extra
-    errors = [{**e, "path": json_path(e["path"])} for e in exc.errors]
+    in_query = scope.get("method") in _QUERY_METHODS
+    errors = [{**e, "path": location(e["path"], in_query=in_query)} for e in exc.errors]
     detail = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
     return detail, {**exc.extra, "errors": errors}
 
@@ -312,7 +320,7 @@ def code_of(exc: CoalitionError) -> str:
 def error_body(scope: Scope, exc: CoalitionError) -> tuple[int, bytes]:
     """The problem document of a domain error (what idempotency stores for a 4xx)."""
     code = code_of(exc)
-    detail, extra = _at_the_edge(exc)
+    detail, extra = _at_the_edge(scope, exc)
     return problem_body(scope, code, detail, **extra)
 
 
@@ -323,7 +331,7 @@ def on_domain_error(request: Request[Any, Any, Any], exc: CoalitionError) -> Res
     """A typed domain error: its problem kind."""
     code = code_of(exc)
     headers = {"WWW-Authenticate": "Signature"} if code == "signature-invalid" else None
-    detail, extra = _at_the_edge(exc)
+    detail, extra = _at_the_edge(request.scope, exc)
     return problem_response(request.scope, code, detail, headers=headers, **extra)
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from coalition import metrics
 from coalition.config import Settings
 from coalition.db import Reads, Replica, make_engine, session_factory, utcnow
+from coalition.errors import InvariantViolated
 from partners.operations import Operations
 from partners.ratelimit import Limiter
 from partners.signatures import KeyCache
@@ -76,5 +77,6 @@ class Services:
 def services_of(app_state: Any) -> Services:
     """The process's services, from the Litestar app state."""
     services = app_state[STATE_KEY]
-    assert isinstance(services, Services)
+    if not isinstance(services, Services):
+        raise InvariantViolated("the app state holds no services")
     return services

@@ -8,15 +8,16 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, get
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import QueryParameter, RawBody
+from litestar.params import QueryParameter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.auth import admin, partner, partner_id_of, principal_of, signed
-from api.docs import SIGNED, ExportOperation, IdempotencyKey, body, problems
-from api.idempotency import run_idempotent
+from api.docs import SIGNED, ExportOperation, problems
+from api.handlers import Call, operation
+from api.pages import Cursor, Limit, decode_cursor, page_out
 from api.runtime import services_of
 from api.settlement_structs import (
     ClosedOut,
@@ -29,33 +30,27 @@ from api.settlement_structs import (
     DisputeResolve,
     PeriodOut,
     PeriodPage,
-    PeriodRef,
     PeriodSummary,
     SettleRequest,
-    StatementDocument,
     StatementEventList,
     StatementEventOut,
     StatementPage,
-    StatementStatus,
     StatementSummary,
     UnbilledOut,
 )
-from api.structs import LINE, EmptyBody, IdPath, IdQuery, IdQueryRequired, decode
-from api.views import decode_cursor, encode_cursor
+from api.structs import EmptyBody, IdPath, IdQuery, IdQueryRequired
 from coalition.db import transaction
 from partners.signatures import Principal
 from settlement import reports, workflow
 from settlement.canonical import csv_export, json_export
 from settlement.close import close_in
+from settlement.document import StatementDocument, StatementStatus
 from settlement.models import Dispute, Period, Statement
 from settlement.statements import document_of, period_ref, summary_data
 
 PathId = IdPath
-Limit = Annotated[int, QueryParameter(ge=1, le=500)]
-Cursor = Annotated[
-    str | None,
-    QueryParameter(max_length=200, pattern=LINE, description="`next_cursor` of the previous page."),
-]
+#: The problems a write of the settlement API may answer.
+_WRITE_PROBLEMS = (400, 403, 404, 409, 413, 422)
 ExportFormat = Annotated[Literal["json", "csv"], QueryParameter(description="`json` or `csv`.")]
 
 
@@ -115,8 +110,7 @@ def _page(s: Session, **query: Any) -> StatementPage:
     page = workflow.list_statements(s, **query)
     ids = {row.period_id for row in page.rows}
     periods = {p.id: p for p in s.scalars(select(Period).where(Period.id.in_(ids)))}
-    data = [summary_out(row, periods[row.period_id]) for row in page.rows]
-    return StatementPage(data=data, has_more=page.has_more, next_cursor=encode_cursor(page.last_id))
+    return page_out(StatementPage, page, lambda row: summary_out(row, periods[row.period_id]))
 
 
 class StatementsController(Controller):
@@ -184,71 +178,42 @@ class StatementsController(Controller):
             )
         )
 
-    @post(
+    @operation(
         "/{statement_id:str}/acknowledge",
         opt=partner("statements"),
-        dependencies=body(EmptyBody),
+        body=EmptyBody,
+        empty_as_object=True,
         status_code=200,
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
     )
-    def acknowledge(
-        self,
-        request: Request[Any, Any, Any],
-        statement_id: PathId,
-        body: RawBody,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[StatementSummary]:
+    def acknowledge(self, call: Call[EmptyBody], statement_id: PathId) -> StatementSummary:
         """The partner has checked its statement (``issued`` -> ``acknowledged``)."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
+        done = workflow.acknowledge(
+            call.session,
+            statement_id,
+            actor_of(call.principal),
+            secret_key=call.services.settings.secret_key,
+            now=call.services.clock(),
+        )
+        return _summary_in(call.session, done)
 
-        def run(session: Session) -> tuple[int, StatementSummary]:
-            decode(body, EmptyBody, empty_as_object=True)
-            done = workflow.acknowledge(
-                session,
-                statement_id,
-                actor_of(principal),
-                secret_key=services.settings.secret_key,
-                now=services.clock(),
-            )
-            return 200, _summary_in(session, done)
-
-        return run_idempotent(request, services, principal, body, run)
-
-    @post(
+    @operation(
         "/{statement_id:str}/disputes",
         opt=partner("statements"),
-        dependencies=body(DisputeCreate),
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
+        body=DisputeCreate,
     )
-    def dispute(
-        self,
-        request: Request[Any, Any, Any],
-        statement_id: PathId,
-        body: RawBody,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[DisputeOut]:
+    def dispute(self, call: Call[DisputeCreate], statement_id: PathId) -> DisputeOut:
         """Dispute the statement, optionally naming lines by transaction id."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
-
-        def run(session: Session) -> tuple[int, DisputeOut]:
-            data = decode(body, DisputeCreate)
-            made = workflow.open_dispute(
-                session,
-                statement_id,
-                actor_of(principal),
-                reason=data.reason,
-                transaction_ids=list(data.transaction_ids or []),
-                secret_key=services.settings.secret_key,
-                now=services.clock(),
-            )
-            statement = workflow.get_statement(session, statement_id, partner_id=None)
-            return 201, dispute_out(made, statement.currency)
-
-        return run_idempotent(request, services, principal, body, run)
+        made = workflow.open_dispute(
+            call.session,
+            statement_id,
+            actor_of(call.principal),
+            reason=call.data.reason,
+            transaction_ids=list(call.data.transaction_ids or []),
+            secret_key=call.services.settings.secret_key,
+            now=call.services.clock(),
+        )
+        statement = workflow.get_statement(call.session, statement_id, partner_id=None)
+        return dispute_out(made, statement.currency)
 
     @get(
         "/{statement_id:str}/disputes",
@@ -275,50 +240,39 @@ class SettlementAdminController(Controller):
     security = SIGNED
     tags = ["operator"]  # noqa: RUF012
 
-    @post(
+    @operation(
         "/settlement/close",
         opt=admin(),
-        dependencies=body(CloseRequest),
-        responses={
-            **problems(400, 403, 409, 413, 422),
-            200: ResponseSpec(data_container=ClosedOut, description="Closed before."),
-        },
-        sync_to_thread=True,
+        body=CloseRequest,
+        empty_as_object=True,
+        problems=(400, 403, 409, 413, 422),
+        responses={200: ResponseSpec(data_container=ClosedOut, description="Closed before.")},
     )
-    def close(
-        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
-    ) -> Response[ClosedOut]:
+    def close(self, call: Call[CloseRequest]) -> ClosedOut:
         """Close the open period at ``cut_off`` (default: the latest scheduled cut-off that
         has passed; not in the future). The same cut-off twice closes once (``200``);
         an off-cycle cut-off is allowed and the next period starts there."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
-
-        def run(session: Session) -> tuple[int, ClosedOut]:
-            data = decode(body, CloseRequest, empty_as_object=True)
-            settings = services.settings
-            closed = close_in(
-                session,
-                secret_key=settings.secret_key,
-                cycle=settings.settlement_cycle,
-                tz=settings.tz,
-                now=services.clock(),
-                cut_off=data.cut_off,
-                key_id=principal.key_id,
-                role=principal.role,
-            )
-            out = ClosedOut(
-                period=period_out(closed.period),
-                created=closed.created,
-                statements=[summary_out(s, closed.period) for s in closed.statements],
-                unbilled=[
-                    UnbilledOut(u.transaction_id, u.partner_id, u.kind, u.points, u.reason)  # type: ignore[arg-type]
-                    for u in closed.unbilled
-                ],
-            )
-            return (201 if closed.created else 200), out
-
-        return run_idempotent(request, services, principal, body, run)
+        settings, principal = call.services.settings, call.principal
+        closed = close_in(
+            call.session,
+            secret_key=settings.secret_key,
+            cycle=settings.settlement_cycle,
+            tz=settings.tz,
+            now=call.services.clock(),
+            cut_off=call.data.cut_off,
+            key_id=principal.key_id,
+            role=principal.role,
+        )
+        call.status = 201 if closed.created else 200
+        return ClosedOut(
+            period=period_out(closed.period),
+            created=closed.created,
+            statements=[summary_out(s, closed.period) for s in closed.statements],
+            unbilled=[
+                UnbilledOut(u.transaction_id, u.partner_id, u.kind, u.points, u.reason)  # type: ignore[arg-type]
+                for u in closed.unbilled
+            ],
+        )
 
     @get(
         "/statements",
@@ -409,39 +363,24 @@ class SettlementAdminController(Controller):
 
         return services_of(request.app.state).reads.run(read)
 
-    @post(
+    @operation(
         "/statements/{statement_id:str}/settle",
         opt=admin("operator", "finance"),
-        dependencies=body(SettleRequest),
+        body=SettleRequest,
         status_code=200,
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
     )
-    def settle(
-        self,
-        request: Request[Any, Any, Any],
-        statement_id: PathId,
-        body: RawBody,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[StatementSummary]:
+    def settle(self, call: Call[SettleRequest], statement_id: PathId) -> StatementSummary:
         """Record the payment that settled the statement."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
-
-        def run(session: Session) -> tuple[int, StatementSummary]:
-            data = decode(body, SettleRequest)
-            done = workflow.settle(
-                session,
-                statement_id,
-                actor_of(principal),
-                payment_reference=data.payment_reference,
-                paid_at=data.paid_at,
-                secret_key=services.settings.secret_key,
-                now=services.clock(),
-            )
-            return 200, _summary_in(session, done)
-
-        return run_idempotent(request, services, principal, body, run)
+        done = workflow.settle(
+            call.session,
+            statement_id,
+            actor_of(call.principal),
+            payment_reference=call.data.payment_reference,
+            paid_at=call.data.paid_at,
+            secret_key=call.services.settings.secret_key,
+            now=call.services.clock(),
+        )
+        return _summary_in(call.session, done)
 
     @get(
         "/statements/{statement_id:str}/disputes",
@@ -459,41 +398,27 @@ class SettlementAdminController(Controller):
 
         return services_of(request.app.state).reads.run(read)
 
-    @post(
+    @operation(
         "/disputes/{dispute_id:str}/resolve",
         opt=admin(),
-        dependencies=body(DisputeResolve),
+        body=DisputeResolve,
         status_code=200,
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
     )
-    def resolve(
-        self,
-        request: Request[Any, Any, Any],
-        dispute_id: PathId,
-        body: RawBody,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[DisputeOut]:
+    def resolve(self, call: Call[DisputeResolve], dispute_id: PathId) -> DisputeOut:
         """Resolve a dispute; an ``adjustment`` is billed on the partner's next statement."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
-
-        def run(session: Session) -> tuple[int, DisputeOut]:
-            data = decode(body, DisputeResolve)
-            done = workflow.resolve(
-                session,
-                dispute_id,
-                actor_of(principal),
-                outcome=data.outcome,
-                note=data.note,
-                adjustment=data.adjustment,
-                secret_key=services.settings.secret_key,
-                now=services.clock(),
-            )
-            statement = workflow.get_statement(session, done.statement_id, partner_id=None)
-            return 200, dispute_out(done, statement.currency)
-
-        return run_idempotent(request, services, principal, body, run)
+        data = call.data
+        done = workflow.resolve(
+            call.session,
+            dispute_id,
+            actor_of(call.principal),
+            outcome=data.outcome,
+            note=data.note,
+            adjustment=data.adjustment,
+            secret_key=call.services.settings.secret_key,
+            now=call.services.clock(),
+        )
+        statement = workflow.get_statement(call.session, done.statement_id, partner_id=None)
+        return dispute_out(done, statement.currency)
 
     @get("/periods", opt=admin("operator", "finance"), responses=problems(403, 422),
          sync_to_thread=True)  # fmt: skip
@@ -503,14 +428,11 @@ class SettlementAdminController(Controller):
         """Closed periods, the latest first."""
         before_id = decode_cursor(cursor, "per")
 
-        def read(s: Session) -> PeriodPage:
-            rows, more = reports.list_periods(s, before_id=before_id, limit=limit)
-            last = rows[-1].id if rows and more else None
-            return PeriodPage(
-                data=[period_out(p) for p in rows], has_more=more, next_cursor=encode_cursor(last)
+        return services_of(request.app.state).reads.run(
+            lambda s: page_out(
+                PeriodPage, reports.list_periods(s, before_id=before_id, limit=limit), period_out
             )
-
-        return services_of(request.app.state).reads.run(read)
+        )
 
     @get(
         "/periods/{period_id:str}/summary",
@@ -542,7 +464,7 @@ class SettlementAdminController(Controller):
             period = reports.get_period(s, period_id)
             matrix = reports.cross_brand(s, period_id).document()
             return CrossBrandReport(
-                period=msgspec.convert(period_ref(period), PeriodRef),
+                period=period_ref(period),
                 cells=[msgspec.convert(c, CrossBrandCell) for c in matrix["cells"]],
                 redeemed_points=matrix["redeemed_points"],
                 cross_brand_points=matrix["cross_brand_points"],

@@ -1,24 +1,18 @@
 """Request and response structs of the settlement endpoints (statements, disputes, periods,
-reports). The statement document itself is the contract's; its struct here documents it."""
+reports). The statement document is defined once, in :mod:`settlement.document`: the API
+serves its signed bytes and documents them with its structs."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
 from api.structs import LINE, AwareTime, Request, full_match
-from coalition.errors import invariant
 from settlement import workflow
-from settlement.models import LINE_KINDS
+from settlement.document import LineKind, PeriodRef, StatementStatus, StatementTotals
 
-StatementStatus = Literal["issued", "acknowledged", "disputed", "settled"]
-Direction = Literal["partner_pays", "operator_pays", "none"]
-#: A statement line's kinds (``settlement.models.LINE_KINDS``, from the kinds table), spelt out
-#: for the type checker; checked against them when this module loads.
-LineKind = Literal["earn", "bonus", "earn_reversal", "burn", "burn_reversal", "adjustment"]
-invariant(set(get_args(LineKind)) == set(LINE_KINDS), "API line kinds != the statement's")
 DisputeOutcome = Literal["upheld", "partially_upheld", "rejected"]
 #: A ledger transaction id as a statement line names it.
 TransactionId = Annotated[
@@ -93,73 +87,7 @@ class SettleRequest(Request):
     paid_at: AwareTime
 
 
-# --- the statement document ---------------------------------------------------------------
-
-
-class PeriodRef(Struct):
-    """A period as a statement names it."""
-
-    id: str
-    start: str
-    end: str
-
-
-class StatementLineOut(Struct):
-    """A line: a billed transaction (or a dispute's adjustment, with ``dispute_id``)."""
-
-    transaction_id: str | None
-    kind: LineKind
-    posted_at: str
-    occurred_at: str
-    points: int
-    unit_price: str | None
-    amount: str
-    prior_period: bool
-    dispute_id: str | None = None
-
-
-class StatementTotals(Struct):
-    """The statement's totals, the exact sums of its lines."""
-
-    issued_points: int
-    issued_amount: str
-    earn_reversed_amount: str
-    redeemed_points: int
-    reimbursed_amount: str
-    burn_reversed_amount: str
-    adjustments_amount: str
-    net_amount: str
-    direction: Direction
-
-
-class CrossBrandRow(Struct):
-    """Points burned at this partner that another partner (or the coalition: null) issued."""
-
-    origin_partner_id: str | None
-    points: int
-
-
-class StatementSignature(Struct):
-    """The Ed25519 signature of the canonical JSON (base64url)."""
-
-    alg: Literal["ed25519"]
-    kid: str
-    value: str
-
-
-class StatementDocument(Struct):
-    """A signed statement, exactly as signed (docs/settlement.md)."""
-
-    id: str
-    partner_id: str
-    period: PeriodRef
-    currency: str
-    status: StatementStatus
-    lines: list[StatementLineOut]
-    totals: StatementTotals
-    cross_brand: list[CrossBrandRow]
-    content_sha256: str
-    signature: StatementSignature
+# --- statements (the document itself: settlement.document) ---------------------------------
 
 
 class StatementSummary(Struct):

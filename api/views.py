@@ -6,7 +6,6 @@ times are UTC (msgspec writes them as RFC 3339 with ``Z``).
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 from typing import Any, cast
 
@@ -23,7 +22,6 @@ from api.structs import (
     RateCardOut,
     TransactionOut,
 )
-from coalition.errors import ValidationFailed
 from coalition.models import Hold, Transaction
 from coalition.money import format_amount
 from partners.keys import NewKey
@@ -144,31 +142,3 @@ def liability_out(report: Liability) -> LiabilityReport:
         expired_points=report.flows.expired_points,
         adjusted_points=report.flows.adjusted_points,
     )
-
-
-# --- cursors -----------------------------------------------------------------------------
-
-_CURSOR_PREFIX = "c1."
-
-
-def encode_cursor(last_id: str | None) -> str | None:
-    """An opaque cursor that continues after ``last_id``."""
-    if last_id is None:
-        return None
-    return _CURSOR_PREFIX + base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None, prefix: str) -> str | None:
-    """The id a cursor continues after; ``validation`` for anything this API did not make."""
-    if cursor is None:
-        return None
-    try:
-        if not cursor.startswith(_CURSOR_PREFIX) or len(cursor) > 200:
-            raise ValueError
-        raw = cursor.removeprefix(_CURSOR_PREFIX)
-        last_id = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
-    except ValueError:
-        raise ValidationFailed.at("query.cursor", "not a cursor this API returned") from None
-    if not last_id.startswith(f"{prefix}_") or not last_id.isascii() or not last_id.isprintable():
-        raise ValidationFailed.at("query.cursor", "not a cursor this API returned")
-    return last_id

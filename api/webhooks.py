@@ -10,14 +10,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar import Controller, Request, delete, get, patch
 from litestar.params import QueryParameter, RawBody
 from msgspec import Meta, Struct
-from sqlalchemy.orm import Session
 
 from api.auth import partner, partner_id_of, principal_of, signed
-from api.docs import SIGNED, IdempotencyKey, body, problems
-from api.idempotency import run_idempotent
+from api.docs import SIGNED, body, problems
+from api.handlers import Call, operation
 from api.runtime import Services, services_of
 from api.structs import LINE, AwareTime, EmptyBody, IdPath, decode, full_match
 from api.structs import Request as RequestBody
@@ -216,34 +215,24 @@ class WebhookEndpointController(Controller):
     security = SIGNED
     tags = ["webhooks"]  # noqa: RUF012
 
-    @post(
+    @operation(
         "/",
         opt=partner("webhooks"),
-        dependencies=body(EndpointCreate),
-        responses=problems(400, 403, 409, 413, 422),
-        status_code=201,
-        sync_to_thread=True,
+        body=EndpointCreate,
+        problems=(400, 403, 409, 413, 422),
     )
-    def create_endpoint(
-        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
-    ) -> Response[EndpointOut]:
+    def create_endpoint(self, call: Call[EndpointCreate]) -> EndpointOut:
         """Register an endpoint; its ``secret`` (``whsec_...``) is shown here only."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
-
-        def run(session: Session) -> tuple[int, EndpointOut]:
-            data = decode(body, EndpointCreate)
-            new = webhooks_of(services).create(
-                session,
-                partner_id_of(principal),
-                url=data.url,
-                events=list(data.events) if data.events is not None else None,
-                description=data.description,
-                now=services.clock(),
-            )
-            return 201, _created(new)
-
-        return run_idempotent(request, services, principal, body, run)
+        data = call.data
+        new = webhooks_of(call.services).create(
+            call.session,
+            call.partner_id,
+            url=data.url,
+            events=list(data.events) if data.events is not None else None,
+            description=data.description,
+            now=call.services.clock(),
+        )
+        return _created(new)
 
     @get("/", opt=partner("webhooks"), responses=problems(403), sync_to_thread=True)
     def list_endpoints(self, request: Request[Any, Any, Any]) -> EndpointList:
@@ -312,61 +301,35 @@ class WebhookEndpointController(Controller):
             )
             return endpoint_out(gone)
 
-    @post(
+    @operation(
         "/{endpoint_id:str}/rotate-secret",
         opt=partner("webhooks"),
-        dependencies=body(EmptyBody),
-        responses=problems(400, 403, 404, 413, 422),
+        body=EmptyBody,
+        empty_as_object=True,
+        problems=(400, 403, 404, 413, 422),
         status_code=200,
-        sync_to_thread=True,
     )
-    def rotate_secret(
-        self,
-        request: Request[Any, Any, Any],
-        endpoint_id: IdPath,
-        body: RawBody,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[EndpointOut]:
+    def rotate_secret(self, call: Call[EmptyBody], endpoint_id: IdPath) -> EndpointOut:
         """A new secret (shown here only); the old one keeps signing alongside for 24 h."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
+        new = webhooks_of(call.services).rotate(
+            call.session, call.partner_id, endpoint_id, now=call.services.clock()
+        )
+        return _created(new)
 
-        def run(session: Session) -> tuple[int, EndpointOut]:
-            decode(body, EmptyBody, empty_as_object=True)
-            new = webhooks_of(services).rotate(
-                session, partner_id_of(principal), endpoint_id, now=services.clock()
-            )
-            return 200, _created(new)
-
-        return run_idempotent(request, services, principal, body, run)
-
-    @post(
+    @operation(
         "/{endpoint_id:str}/test",
         opt=partner("webhooks"),
-        dependencies=body(EmptyBody),
-        responses=problems(400, 403, 404, 413, 422),
+        body=EmptyBody,
+        empty_as_object=True,
+        problems=(400, 403, 404, 413, 422),
         status_code=202,
-        sync_to_thread=True,
     )
-    def test_endpoint(
-        self,
-        request: Request[Any, Any, Any],
-        endpoint_id: IdPath,
-        body: RawBody,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[Accepted]:
+    def test_endpoint(self, call: Call[EmptyBody], endpoint_id: IdPath) -> Accepted:
         """Queue a ``ping`` event to this endpoint."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
-
-        def run(session: Session) -> tuple[int, Accepted]:
-            decode(body, EmptyBody, empty_as_object=True)
-            event_id = webhooks_of(services).ping(
-                session, partner_id_of(principal), endpoint_id, now=services.clock()
-            )
-            return 202, Accepted("accepted", event_id=event_id)
-
-        return run_idempotent(request, services, principal, body, run)
+        event_id = webhooks_of(call.services).ping(
+            call.session, call.partner_id, endpoint_id, now=call.services.clock()
+        )
+        return Accepted("accepted", event_id=event_id)
 
     @get(
         "/{endpoint_id:str}/deliveries",
@@ -395,34 +358,20 @@ class WebhookEndpointController(Controller):
         has_more = len(rows) > limit
         return DeliveryPage(page, has_more, page[-1].id if has_more else None)
 
-    @post(
+    @operation(
         "/{endpoint_id:str}/recover",
         opt=partner("webhooks"),
-        dependencies=body(RecoverRequest),
-        responses=problems(400, 403, 404, 413, 422),
+        body=RecoverRequest,
+        problems=(400, 403, 404, 413, 422),
         status_code=202,
-        sync_to_thread=True,
     )
-    def recover(
-        self,
-        request: Request[Any, Any, Any],
-        endpoint_id: IdPath,
-        body: RawBody,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[Accepted]:
+    def recover(self, call: Call[RecoverRequest], endpoint_id: IdPath) -> Accepted:
         """Send the endpoint's failed deliveries since ``since`` again (same ``webhook-id``)."""
-        services = services_of(request.app.state)
-        principal = principal_of(request)
-
-        def run(session: Session) -> tuple[int, Accepted]:
-            data = decode(body, RecoverRequest)
-            count = webhooks_of(services).recover(
-                session,
-                partner_id_of(principal),
-                endpoint_id,
-                since=data.since,
-                now=services.clock(),
-            )
-            return 202, Accepted("accepted", deliveries=count)
-
-        return run_idempotent(request, services, principal, body, run)
+        count = webhooks_of(call.services).recover(
+            call.session,
+            call.partner_id,
+            endpoint_id,
+            since=call.data.since,
+            now=call.services.clock(),
+        )
+        return Accepted("accepted", deliveries=count)

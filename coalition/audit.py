@@ -17,15 +17,13 @@ from sqlalchemy import Index, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from coalition.db import Base, UTCDateTime
-from coalition.errors import ValidationFailed
 from coalition.ids import new_id
+from coalition.pages import Page, newest_first
 
 #: Longest action text kept (method, path and query; longer ones are cut, marked "...").
 ACTION_MAX = 1024
 ADDRESS_MAX = 64
 OUTCOME_MAX = 64
-#: The largest page :func:`list_events` returns.
-MAX_PAGE = 500
 
 
 class AuditEvent(Base):
@@ -104,11 +102,8 @@ def list_events(
     until: datetime | None = None,
     before_id: str | None = None,
     limit: int = 100,
-) -> tuple[list[AuditEvent], bool]:
-    """Events newest first, filtered; (rows, has_more). Keyset pagination on the time-ordered
-    id, one index range scan per page."""
-    if not 1 <= limit <= MAX_PAGE:
-        raise ValidationFailed.at("query.limit", f"from 1 to {MAX_PAGE}")
+) -> Page[AuditEvent]:
+    """Events newest first, filtered (:mod:`coalition.pages`)."""
     query = select(AuditEvent)
     if key_id is not None:
         query = query.where(AuditEvent.key_id == key_id)
@@ -120,7 +115,4 @@ def list_events(
         query = query.where(AuditEvent.at >= since)
     if until is not None:
         query = query.where(AuditEvent.at < until)
-    if before_id is not None:
-        query = query.where(AuditEvent.id < before_id)
-    rows = list(session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return newest_first(session, query, AuditEvent.id, before_id=before_id, limit=limit)

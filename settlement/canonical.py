@@ -26,35 +26,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from settlement.document import (
+    CrossBrandRow,
+    PeriodRef,
+    StatementDocument,
+    StatementLineOut,
+    StatementSignature,
+    StatementTotals,
+    fields_of,
+)
+
 SIGNATURE_ALG = "ed25519"
-#: The columns of the CSV export, in order (``dispute_id`` only on adjustment lines).
-CSV_COLUMNS = (
-    "transaction_id",
-    "kind",
-    "posted_at",
-    "occurred_at",
-    "points",
-    "unit_price",
-    "amount",
-    "prior_period",
-    "dispute_id",
-)
+#: The columns of the CSV export, in order: a line's fields (``dispute_id`` only on adjustment
+#: lines).
+CSV_COLUMNS = fields_of(StatementLineOut)
+TOTALS = fields_of(StatementTotals)
 #: The totals that are points (integers); every other total is a decimal string.
-POINT_TOTALS = ("issued_points", "redeemed_points")
-TOTALS = (
-    "issued_points",
-    "issued_amount",
-    "earn_reversed_amount",
-    "redeemed_points",
-    "reimbursed_amount",
-    "burn_reversed_amount",
-    "adjustments_amount",
-    "net_amount",
-    "direction",
-)
+POINT_TOTALS = tuple(f.name for f in msgspec.structs.fields(StatementTotals) if f.type is int)
 #: The fields of a signed document that its canonical JSON leaves out.
 UNSIGNED = ("content_sha256", "signature")
 #: The largest export ``verify`` reads (a bound on everything).
@@ -202,21 +194,10 @@ class ExportError(ValueError):
 
 #: The fields of a statement document and of its parts: an export holds exactly these (a
 #: line's ``dispute_id`` only on an adjustment line).
-DOCUMENT_KEYS = (
-    "id",
-    "partner_id",
-    "period",
-    "currency",
-    "status",
-    "lines",
-    "totals",
-    "cross_brand",
-    "content_sha256",
-    "signature",
-)
-PERIOD_KEYS = ("id", "start", "end")
-SIGNATURE_KEYS = ("alg", "kid", "value")
-CROSS_BRAND_KEYS = ("origin_partner_id", "points")
+DOCUMENT_KEYS = fields_of(StatementDocument)
+PERIOD_KEYS = fields_of(PeriodRef)
+SIGNATURE_KEYS = fields_of(StatementSignature)
+CROSS_BRAND_KEYS = fields_of(CrossBrandRow)
 #: What a spreadsheet puts in front of a UTF-8 file it saves; :func:`read_export` sets it aside.
 UTF8_BOM = b"\xef\xbb\xbf"
 BOM_NOTE = (

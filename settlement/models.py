@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import get_args
 
 from sqlalchemy import (
     BigInteger,
@@ -33,8 +34,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coalition.db import Base, ExactDecimal, UTCDateTime
+from coalition.errors import invariant
 from coalition.ledger.kinds import BILLED_KINDS
 from coalition.models import ID, BigId
+from settlement.document import LineKind
 
 STATEMENT_STATUSES = ("issued", "acknowledged", "disputed", "settled")
 DISPUTE_STATUSES = ("open", "resolved")
@@ -45,6 +48,7 @@ DISPUTE_OUTCOMES = ("upheld", "partially_upheld", "rejected")
 DISPUTE_LINE = "adjustment"
 #: The kinds of statement lines.
 LINE_KINDS = (*BILLED_KINDS, DISPUTE_LINE)
+invariant(set(get_args(LineKind)) == set(LINE_KINDS), "the document's line kinds != the lines'")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:

@@ -21,10 +21,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, literal_column, select
 from sqlalchemy.orm import Session
 
-from coalition.errors import NotFound, invariant
+from coalition.errors import NotFound
 from coalition.ledger.kinds import KINDS, Flow, sql_member_points
 from coalition.models import Transaction
 from coalition.money import format_amount
+from coalition.pages import Page, first_rows
 from settlement.models import Period, Statement
 from settlement.statements import cross_brand_rows, rfc3339
 
@@ -144,18 +145,14 @@ def get_period(session: Session, period_id: str) -> Period:
     return period
 
 
-def list_periods(
-    session: Session, *, before_id: str | None, limit: int
-) -> tuple[list[Period], bool]:
-    """Closed periods, the latest first; (rows, has_more)."""
-    invariant(1 <= limit <= 500, "a page holds 1 to 500 periods")
-    query = select(Period).order_by(Period.end_at.desc(), Period.id.desc()).limit(limit + 1)
+def list_periods(session: Session, *, before_id: str | None, limit: int) -> Page[Period]:
+    """Closed periods, the latest first (keyset on the end: a period's id is the cursor)."""
+    query = select(Period).order_by(Period.end_at.desc(), Period.id.desc())
     if before_id is not None:
         before = session.get(Period, before_id)
         if before is not None:
             query = query.where(Period.end_at < before.end_at)
-    rows = list(session.scalars(query))
-    return rows[:limit], len(rows) > limit
+    return first_rows(session, query, limit)
 
 
 @dataclass(slots=True)

@@ -46,6 +46,7 @@ from settlement.canonical import (
     content_sha256,
     signed_document,
 )
+from settlement.document import CrossBrandRow, PeriodRef, StatementTotals, plain
 from settlement.models import DISPUTE_LINE, Period, Statement
 from settlement.signing import Signer
 
@@ -80,19 +81,19 @@ class Totals:
         net = self.net_minor
         return "operator_pays" if net > 0 else "partner_pays" if net < 0 else "none"
 
-    def document(self, currency: str) -> dict[str, Any]:
-        """The ``totals`` object of the document."""
-        return {
-            "issued_points": self.issued_points,
-            "issued_amount": format_amount(self.issued_minor, currency),
-            "earn_reversed_amount": format_amount(self.earn_reversed_minor, currency),
-            "redeemed_points": self.redeemed_points,
-            "reimbursed_amount": format_amount(self.reimbursed_minor, currency),
-            "burn_reversed_amount": format_amount(self.burn_reversed_minor, currency),
-            "adjustments_amount": format_amount(self.adjustments_minor, currency),
-            "net_amount": format_amount(self.net_minor, currency),
-            "direction": self.direction,
-        }
+    def document(self, currency: str) -> StatementTotals:
+        """The ``totals`` of the document."""
+        return StatementTotals(
+            issued_points=self.issued_points,
+            issued_amount=format_amount(self.issued_minor, currency),
+            earn_reversed_amount=format_amount(self.earn_reversed_minor, currency),
+            redeemed_points=self.redeemed_points,
+            reimbursed_amount=format_amount(self.reimbursed_minor, currency),
+            burn_reversed_amount=format_amount(self.burn_reversed_minor, currency),
+            adjustments_amount=format_amount(self.adjustments_minor, currency),
+            net_amount=format_amount(self.net_minor, currency),
+            direction=self.direction,  # type: ignore[arg-type]
+        )
 
 
 def _totals_of_lines() -> dict[str, tuple[str, list[str]]]:
@@ -518,9 +519,9 @@ def cross_brand_rows(session: Session, period_id: str) -> list[tuple[str, str | 
     return [(p, o, int(n)) for p, o, n in rows if int(n) != 0]
 
 
-def _cross_brand_document(rows: Sequence[tuple[str | None, int]]) -> list[dict[str, Any]]:
+def _cross_brand_document(rows: Sequence[tuple[str | None, int]]) -> list[CrossBrandRow]:
     ordered = sorted(rows, key=lambda r: (r[0] is None, r[0] or ""))
-    return [{"origin_partner_id": origin, "points": points} for origin, points in ordered]
+    return [CrossBrandRow(origin, points) for origin, points in ordered]
 
 
 def _amount_writer(exponent: int) -> Callable[[int], str]:
@@ -543,15 +544,15 @@ def document_head(
     cross_brand: Sequence[tuple[str | None, int]],
 ) -> dict[str, Any]:
     """The statement's document (status ``issued``) without its lines, content hash and
-    signature."""
+    signature, as plain JSON values."""
     return {
         "id": statement.id,
         "partner_id": statement.partner_id,
-        "period": period_ref(period),
+        "period": plain(period_ref(period)),
         "currency": statement.currency,
         "status": "issued",
-        "totals": totals.document(statement.currency),
-        "cross_brand": _cross_brand_document(cross_brand),
+        "totals": plain(totals.document(statement.currency)),
+        "cross_brand": plain(_cross_brand_document(cross_brand)),
     }
 
 
@@ -630,9 +631,9 @@ def _store(
     announce(session, statement, period, EventType.STATEMENT_ISSUED, at=statement.issued_at)
 
 
-def period_ref(period: Period) -> dict[str, str]:
+def period_ref(period: Period) -> PeriodRef:
     """A period as a statement names it."""
-    return {"id": period.id, "start": rfc3339(period.start_at), "end": rfc3339(period.end_at)}
+    return PeriodRef(period.id, rfc3339(period.start_at), rfc3339(period.end_at))
 
 
 def summary_data(statement: Statement, period: Period) -> dict[str, Any]:
@@ -645,11 +646,11 @@ def summary_data(statement: Statement, period: Period) -> dict[str, Any]:
     return {
         "id": statement.id,
         "partner_id": statement.partner_id,
-        "period": period_ref(period),
+        "period": plain(period_ref(period)),
         "currency": statement.currency,
         "status": statement.status,
         "lines": statement.line_count,
-        "totals": totals_of(statement).document(statement.currency),
+        "totals": plain(totals_of(statement).document(statement.currency)),
         "issued_at": statement.issued_at,
         "content_sha256": statement.content_sha256 or "",
         "issued_sha256": statement.issued_sha256,

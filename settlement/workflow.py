@@ -30,9 +30,10 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from coalition import text
-from coalition.errors import Conflict, NotFound, StatementClosed, ValidationFailed, invariant
+from coalition.errors import Conflict, NotFound, StatementClosed, ValidationFailed
 from coalition.ids import new_id
 from coalition.money import exponent, format_amount, quantum, to_minor
+from coalition.pages import Page, newest_first
 from partners.webhooks import outbox
 from partners.webhooks.events import EventType
 from settlement.models import (
@@ -122,19 +123,6 @@ class Actor:
         return self.on_behalf_of if self.via_console else self.key_id
 
 
-@dataclass(frozen=True, slots=True)
-class Page:
-    """A page of statements, newest first."""
-
-    rows: list[Statement]
-    has_more: bool
-
-    @property
-    def last_id(self) -> str | None:
-        """The id the next page continues after."""
-        return self.rows[-1].id if self.rows and self.has_more else None
-
-
 def get_statement(session: Session, statement_id: str, *, partner_id: str | None) -> Statement:
     """A statement; for a partner only its own (another's is :class:`NotFound`)."""
     statement = session.get(Statement, statement_id, populate_existing=True)
@@ -151,22 +139,18 @@ def list_statements(
     period_id: str | None = None,
     before_id: str | None,
     limit: int,
-) -> Page:
+) -> Page[Statement]:
     """Statements, newest first (keyset on the time-ordered id), ``limit`` at most 500."""
-    invariant(1 <= limit <= 500, "a page holds 1 to 500 statements")
     if status is not None and status not in STATEMENT_STATUSES:
-        raise ValidationFailed.at("query.status", f"one of {', '.join(STATEMENT_STATUSES)}")
-    query = select(Statement).order_by(Statement.id.desc()).limit(limit + 1)
+        raise ValidationFailed.at("status", f"one of {', '.join(STATEMENT_STATUSES)}")
+    query = select(Statement)
     if partner_id is not None:
         query = query.where(Statement.partner_id == partner_id)
     if status is not None:
         query = query.where(Statement.status == status)
     if period_id is not None:
         query = query.where(Statement.period_id == period_id)
-    if before_id is not None:
-        query = query.where(Statement.id < before_id)
-    rows = list(session.scalars(query))
-    return Page(rows[:limit], len(rows) > limit)
+    return newest_first(session, query, Statement.id, before_id=before_id, limit=limit)
 
 
 def _lock(session: Session, statement_id: str, partner_id: str | None) -> Statement:

@@ -9,18 +9,14 @@ the member). All answer ``201 {"url", "expires_at"}`` with a single-use link
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from litestar import Controller, Request, Response, post
-from litestar.params import RawBody
+from litestar import Controller
 from msgspec import Struct
-from sqlalchemy.orm import Session
 
-from api.auth import admin, partner, partner_id_of, principal_of, signed
-from api.docs import SIGNED, IdempotencyKey, body, problems
-from api.idempotency import run_idempotent
-from api.runtime import services_of
-from api.structs import EmptyBody, MemberIdPath, decode
+from api.auth import admin, partner, signed
+from api.docs import SIGNED
+from api.handlers import Call, operation
+from api.structs import EmptyBody, MemberIdPath
 from coalition.config import Settings
 from partners.signin import issue_link
 
@@ -39,28 +35,17 @@ class LinkOut(Struct):
     expires_at: datetime
 
 
-def _link(
-    request: Request[Any, Any, Any],
-    body: bytes,
-    role: str,
-    member_id: str | None,
-    *,
-    through_partner: bool,
-) -> Response[LinkOut]:
+def _link(call: Call[EmptyBody], role: str, member_id: str | None = None) -> LinkOut:
     """A link minted by the caller: a partner key's links name its partner, the operator's
     member links name none (the member's whole history)."""
-    services = services_of(request.app.state)
-    principal = principal_of(request)
-    partner_id = partner_id_of(principal) if through_partner else None
-
-    def run(session: Session) -> tuple[int, LinkOut]:
-        decode(body, EmptyBody, empty_as_object=True)
-        link = issue_link(
-            session, role=role, partner_id=partner_id, member_id=member_id, now=services.clock()
-        )
-        return 201, LinkOut(console_url(services.settings, link.token), link.expires_at)
-
-    return run_idempotent(request, services, principal, body, run)
+    link = issue_link(
+        call.session,
+        role=role,
+        partner_id=call.principal.partner_id,
+        member_id=member_id,
+        now=call.services.clock(),
+    )
+    return LinkOut(console_url(call.services.settings, link.token), link.expires_at)
 
 
 class SignInLinksController(Controller):
@@ -71,46 +56,28 @@ class SignInLinksController(Controller):
     security = SIGNED
     tags = ["partner"]  # noqa: RUF012
 
-    def _link(
-        self,
-        request: Request[Any, Any, Any],
-        body: bytes,
-        role: str,
-        member_id: str | None = None,
-    ) -> Response[LinkOut]:
-        return _link(request, body, role, member_id, through_partner=True)
-
-    @post(
+    @operation(
         "/console-links",
         opt=partner(),
-        dependencies=body(EmptyBody),
-        responses=problems(400, 403, 409, 413, 422),
-        sync_to_thread=True,
+        body=EmptyBody,
+        empty_as_object=True,
+        problems=(400, 403, 409, 413, 422),
     )
-    def console_link(
-        self, request: Request[Any, Any, Any], body: RawBody, idempotency_key: IdempotencyKey
-    ) -> Response[LinkOut]:
+    def console_link(self, call: Call[EmptyBody]) -> LinkOut:
         """A single-use sign-in link (10 minutes) to this partner's view of the console."""
-        return self._link(request, body, "partner")
+        return _link(call, "partner")
 
-    @post(
+    @operation(
         "/members/{member_id:str}/portal-links",
         opt=partner("read"),
-        dependencies=body(EmptyBody),
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
+        body=EmptyBody,
+        empty_as_object=True,
     )
-    def portal_link(
-        self,
-        request: Request[Any, Any, Any],
-        member_id: MemberIdPath,
-        body: RawBody,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[LinkOut]:
+    def portal_link(self, call: Call[EmptyBody], member_id: MemberIdPath) -> LinkOut:
         """A single-use link (15 minutes) to the member's page as this partner may show it:
         the balance, what expires when, the tier, and this partner's own transactions with the
         member (nothing of another partner's)."""
-        return self._link(request, body, "member", member_id)
+        return _link(call, "member", member_id)
 
 
 class AdminMemberLinksController(Controller):
@@ -121,21 +88,14 @@ class AdminMemberLinksController(Controller):
     security = SIGNED
     tags = ["operator"]  # noqa: RUF012
 
-    @post(
+    @operation(
         "/members/{member_id:str}/portal-links",
         opt=admin(),
-        dependencies=body(EmptyBody),
-        responses=problems(400, 403, 404, 409, 413, 422),
-        sync_to_thread=True,
+        body=EmptyBody,
+        empty_as_object=True,
     )
-    def member_link(
-        self,
-        request: Request[Any, Any, Any],
-        member_id: MemberIdPath,
-        body: RawBody,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[LinkOut]:
+    def member_link(self, call: Call[EmptyBody], member_id: MemberIdPath) -> LinkOut:
         """A single-use link (15 minutes) to the member's page with the member's whole
         coalition history (every brand, by name): the operator hands it to the member through
         its own channel. No partner can mint one."""
-        return _link(request, body, "member", member_id, through_partner=False)
+        return _link(call, "member", member_id)

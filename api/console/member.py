@@ -25,11 +25,12 @@ from sqlalchemy.orm import Session
 
 from api.console.statements import Cursor
 from api.console.web import page, read, roles, signed_in, viewer_of
+from api.pages import decode_cursor, encode_cursor
 from api.runtime import services_of
-from api.views import decode_cursor, encode_cursor
 from coalition.errors import invariant
 from coalition.models import Transaction
-from partners.queries import Page, list_transactions, partner_names
+from coalition.pages import Page
+from partners.queries import list_transactions, partner_names
 
 HISTORY = 50
 

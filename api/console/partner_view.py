@@ -30,14 +30,15 @@ from api.console.web import (
     signed_in,
     viewer_of,
 )
+from api.pages import decode_cursor, encode_cursor
 from api.runtime import services_of
-from api.views import decode_cursor, encode_cursor
 from api.webhooks import webhooks_of
 from coalition.db import transaction
 from coalition.errors import ValidationFailed, required
 from coalition.models import TRANSACTION_KINDS, Transaction
+from coalition.pages import Page
 from partners.models import Partner
-from partners.queries import Page, list_transactions
+from partners.queries import list_transactions
 from partners.rates import get_partner
 
 PAGE_SIZE = 50

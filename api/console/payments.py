@@ -125,7 +125,7 @@ class PaymentPages(Controller):
         viewer = viewer_of(request)
         services = services_of(request.app.state)
         with transaction(services.sessions) as s:
-            waiting = reconcile.queue(s, limit=200)
+            waiting = reconcile.queue(s, limit=200).rows
         return page(
             "reconciliation.html",
             viewer,

@@ -62,7 +62,7 @@ class StaffPages(Controller):
         now = services_of(request.app.state).clock()
 
         def overview(s: Session) -> Template:
-            periods, _ = reports.list_periods(s, before_id=None, limit=CHART_PERIODS)
+            periods = reports.list_periods(s, before_id=None, limit=CHART_PERIODS).rows
             since = periods[0].end_at if periods else None
             open_flows = reports.flows(s, since, now)
             outstanding = reports.liability(s, now).outstanding_points
@@ -94,7 +94,7 @@ class StaffPages(Controller):
         viewer = viewer_of(request)
 
         def flows(s: Session) -> list[tuple[Any, Any]]:
-            found, _ = reports.list_periods(s, before_id=None, limit=100)
+            found = reports.list_periods(s, before_id=None, limit=100).rows
             return [(p, reports.flows(s, p.start_at, p.end_at)) for p in found]
 
         return page("periods.html", viewer, rows=read(request, flows))

@@ -33,9 +33,9 @@ from api.console.web import (
     signed_in,
     viewer_of,
 )
+from api.pages import decode_cursor, encode_cursor
 from api.runtime import services_of
 from api.settlement import export_response
-from api.views import decode_cursor, encode_cursor
 from coalition.db import transaction
 from coalition.errors import CoalitionError, NotFound, ValidationFailed
 from coalition.times import client_time

@@ -49,7 +49,7 @@ from api.problems import KINDS, code_of
 from api.runtime import Services, services_of
 from coalition import logs, text
 from coalition.db import transaction
-from coalition.errors import CoalitionError, ValidationFailed, invariant
+from coalition.errors import CoalitionError, InvariantViolated, ValidationFailed, invariant
 from partners import signin
 from partners.signatures import Principal
 
@@ -177,7 +177,8 @@ async def signed_in(
         bind_principal(connection.scope, Principal(found.id, found.role, None, frozenset()))
     logs.bind(key_id=found.id, partner_id=found.partner_id)
     allowed = handler.opt.get("console_roles")
-    assert isinstance(allowed, frozenset), f"{handler} declares no console roles"
+    if not isinstance(allowed, frozenset):
+        raise InvariantViolated(f"{handler} declares no console roles")
     if viewer.role not in allowed:
         raise PermissionDeniedException("This page is not open to your role.")
     request = cast("Request[Any, Any, Any]", connection)
@@ -194,14 +195,16 @@ async def signed_in(
 def viewer_of(request: Request[Any, Any, Any]) -> Viewer:
     """The viewer the guard admitted."""
     viewer = request.scope.get("state", {}).get(_VIEWER_KEY)
-    assert isinstance(viewer, Viewer), "console route without the guard"
+    if not isinstance(viewer, Viewer):
+        raise InvariantViolated("console route without the guard")
     return viewer
 
 
 def form_of(request: Request[Any, Any, Any]) -> FormMultiDict:
     """The posted form the guard checked."""
     form = request.scope.get("state", {}).get(_FORM_KEY)
-    assert isinstance(form, FormMultiDict), "console POST route without the guard"
+    if not isinstance(form, FormMultiDict):
+        raise InvariantViolated("console POST route without the guard")
     return form
 
 

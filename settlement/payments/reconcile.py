@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from coalition.errors import CoalitionError, Conflict, NotFound, StatementClosed, ValidationFailed
 from coalition.ids import new_id
 from coalition.money import MoneyError, format_amount
+from coalition.pages import Page, newest_first
 from settlement.bankfiles import BankEntry as ParsedEntry
 from settlement.bankfiles import BankFileInvalid, BankStatementFile, parse_bank_statement
 from settlement.models import Statement
@@ -278,12 +279,10 @@ def entry_data(entry: BankEntry) -> dict[str, Any]:
     }
 
 
-def queue(session: Session, *, limit: int = 100, before_id: str | None = None) -> list[BankEntry]:
+def queue(session: Session, *, limit: int = 100, before_id: str | None = None) -> Page[BankEntry]:
     """The entries waiting for finance, newest first."""
     query = select(BankEntry).where(BankEntry.status == "unmatched")
-    if before_id is not None:
-        query = query.where(BankEntry.id < before_id)
-    return list(session.scalars(query.order_by(BankEntry.id.desc()).limit(limit)))
+    return newest_first(session, query, BankEntry.id, before_id=before_id, limit=limit)
 
 
 def get_entry(session: Session, entry_id: str) -> BankEntry:

@@ -404,6 +404,8 @@ def test_list_transactions_refuses_bad_parameters(api: Live) -> None:
         ({"cursor": "not-ours"}, "query.cursor"),
         ({"since": "yesterday"}, "query.since"),
         ({"since": "2026-01-01T00:00:00"}, "query.since"),
+        # the domain names the field ("until"); the edge says where it was: the query
+        ({"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}, "query.until"),
     ]:
         doc = problem(p.client.get("/v1/transactions", params=params), 422, "validation")
         assert doc["errors"][0]["path"] == path, (params, doc)

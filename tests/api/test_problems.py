@@ -12,7 +12,7 @@ import pytest
 import requests
 from litestar import get
 
-from api.problems import KINDS
+from api.problems import KINDS, location
 from coalition.db import make_engine, migrate
 from tests.api.conftest import Client, Key, Live, problem, serve
 
@@ -77,6 +77,17 @@ def exploding(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     migrate(engine)
     engine.dispose()
     yield from serve(url, "sqlite", routes=[explode])
+
+
+def test_a_domain_field_is_located_where_the_request_carried_it() -> None:
+    # decision 14: the domain names the field, the edge says where it is in the request
+    assert location("amount", in_query=False) == "$.amount"
+    assert location("transaction_ids[2]", in_query=False) == "$.transaction_ids[2]"
+    assert location("limit", in_query=True) == "query.limit"
+    assert location("", in_query=False) == "$"
+    for made_by_the_edge in ("$.x", "query.cursor", "path.id", "header.content-type"):
+        assert location(made_by_the_edge, in_query=True) == made_by_the_edge
+        assert location(made_by_the_edge, in_query=False) == made_by_the_edge
 
 
 def test_an_unexpected_failure_is_500_with_an_error_id_in_the_log(

@@ -10,10 +10,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from cli.main import main
 from coalition.db import session_factory, transaction
+from settlement.document import StatementDocument
 from settlement.signing import rotate
 from tests.api.conftest import SECRET_KEY, Live, Partner, ok, problem, unique
 
@@ -72,6 +74,7 @@ def test_a_partner_sees_only_its_own_statements_and_finance_sees_all(api: Live) 
         "id", "partner_id", "period", "currency", "status", "lines", "totals", "cross_brand",
         "content_sha256", "signature",
     }  # fmt: skip
+    msgspec.convert(document, StatementDocument, strict=True)  # the shape defined once
     for path in (
         f"/v1/statements/{theirs['id']}",
         f"/v1/statements/{theirs['id']}/export",

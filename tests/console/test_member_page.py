@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from api.views import encode_cursor
+from api.pages import encode_cursor
 from tests.console.conftest import World
 
 HISTORY_ROW = re.compile(r"<tr><td>[^<]*</td><td>(?P<where>[^<]*)</td>")

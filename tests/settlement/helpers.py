@@ -10,6 +10,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from sqlalchemy import select
 
 from coalition.db import transaction
@@ -18,6 +19,7 @@ from coalition.money import EXPONENTS
 from partners.models import RateCard
 from settlement.canonical import b64url, csv_export, json_export
 from settlement.close import Closed, close
+from settlement.document import StatementDocument
 from settlement.models import Statement
 from settlement.signing import public_keys
 from settlement.statements import document_of
@@ -44,10 +46,14 @@ def close_at(db: Db, cut_off: datetime | None = None) -> Closed:
 
 
 def documents(db: Db, closed: Closed) -> dict[str, dict[str, Any]]:
-    """The signed documents of a closed period, by partner id."""
+    """The signed documents of a closed period, by partner id; each has the one shape the
+    service defines (settlement.document.StatementDocument), strictly."""
     with transaction(db.sessions) as s:
         rows = s.scalars(select(Statement).where(Statement.period_id == closed.period.id)).all()
-        return {row.partner_id: document_of(row) for row in rows}
+        found = {row.partner_id: document_of(row) for row in rows}
+    for document in found.values():
+        msgspec.convert(document, StatementDocument, strict=True)
+    return found
 
 
 def export_files(db: Db, tmp_path: Path) -> tuple[Path, Path, Path]:

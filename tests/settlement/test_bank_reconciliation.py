@@ -102,7 +102,7 @@ def test_everything_else_waits_in_the_queue_with_its_reason(db: Db) -> None:
     (other,) = jpy["unmatched"]
     assert other["reason"].startswith("currency differs: the entry is in EUR")
     with transaction(db.sessions) as s:
-        waiting = reconcile.queue(s)
+        waiting = reconcile.queue(s).rows
     assert len(waiting) == 6
     assert statement_of(db, w.debited.id).status == "acknowledged"
     db.assert_ledger_ok()
@@ -148,7 +148,7 @@ def test_finance_resolves_a_waiting_entry_by_matching_it_or_dismissing_it(db: Db
             now=db.clock(),
         )
     with transaction(db.sessions) as s:
-        assert reconcile.queue(s) == []
+        assert reconcile.queue(s).rows == []
     db.assert_ledger_ok()
 
 
