@@ -10,6 +10,7 @@ from litestar import Controller, Request, get, patch
 from litestar.params import QueryParameter, RawBody
 
 from api.auth import admin, signed
+from api.decoding import decode, parse_time
 from api.docs import SIGNED, body, problems
 from api.handlers import Call, operation
 from api.pages import Cursor, Limit, decode_cursor, page_out
@@ -34,8 +35,6 @@ from api.structs import (
     RateCardList,
     RateCardOut,
     TransactionOut,
-    decode,
-    parse_time,
 )
 from api.views import (
     key_created,

@@ -21,11 +21,12 @@ from litestar.params import QueryParameter
 from litestar.types import Message, Scope
 
 from api.auth import admin, principal_in, signed
+from api.decoding import parse_time
 from api.docs import SIGNED, problems
 from api.pages import Cursor, Limit, decode_cursor, page_out
 from api.problems import request_id
 from api.runtime import Services, services_of
-from api.structs import ID_PATTERN, LINE, AuditEventOut, AuditPage, QueryText, parse_time
+from api.structs import ID_PATTERN, LINE, AuditEventOut, AuditPage, QueryText
 from coalition import audit
 from coalition.db import database_unreachable, transaction
 

@@ -9,28 +9,58 @@ gets ``created``, ``duplicate`` (its reference was already used: nothing changed
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller
 from litestar.types import Scope
+from msgspec import Meta, Struct
 
 from api.auth import partner, signed
+from api.decoding import decode, decode_fields
 from api.docs import SIGNED
 from api.handlers import Call, operation
 from api.problems import error_body
-from api.structs import (
-    EarnBatchCreate,
-    EarnBatchOut,
-    EarnBatchResult,
-    EarnCreate,
-    decode,
-    decode_fields,
-)
+from api.structs import EarnCreate, Request, TransactionOut
 from api.views import transaction_out
 from coalition.errors import CoalitionError, DuplicateReference
 from coalition.ledger import Posted
 from partners.operations import EarnItem
+
+#: Earns in one ``POST /v1/earn-batches`` at most.
+EARN_BATCH_MAX_ITEMS = 500
+
+
+class EarnBatchCreate(Request):
+    """``POST /v1/earn-batches``: 1 to 500 earns, each shaped like ``POST /v1/earns``.
+
+    Each item is checked on its own: one that is not a valid earn body is that item's
+    ``rejected`` result (with the problem ``POST /v1/earns`` would give), not the batch's."""
+
+    earns: Annotated[
+        list[dict[str, Any]],
+        Meta(
+            min_length=1,
+            max_length=EARN_BATCH_MAX_ITEMS,
+            description="Objects shaped like the body of POST /v1/earns: member_id, reference, "
+            "amount, currency, occurred_at?",
+        ),
+    ]
+
+
+class EarnBatchResult(Struct, omit_defaults=True):
+    """One item's result, in the order given: its transaction, or its problem document."""
+
+    reference: str | None
+    status: Literal["created", "duplicate", "rejected"]
+    transaction: TransactionOut | None = None
+    problem: dict[str, object] | None = None
+
+
+class EarnBatchOut(Struct):
+    """The results of a batch of earns, one per item in the order given."""
+
+    results: list[EarnBatchResult]
 
 
 def _item(data: EarnCreate) -> EarnItem:

@@ -29,12 +29,12 @@ from litestar.params import RawBody
 from sqlalchemy.orm import Session
 
 from api.auth import partner_id_of, principal_of
+from api.decoding import decode
 from api.docs import IdempotencyKey
 from api.docs import body as documented_body
 from api.docs import problems as problem_specs
 from api.idempotency import run_idempotent
 from api.runtime import Services, services_of
-from api.structs import decode
 from coalition.errors import invariant
 from partners.signatures import Principal
 

@@ -22,6 +22,7 @@ from api.auth import (
     signed,
     single_use,
 )
+from api.decoding import parse_time
 from api.docs import SIGNED, problems
 from api.handlers import Call, operation
 from api.pages import Cursor, Limit, decode_cursor, page_out
@@ -45,7 +46,6 @@ from api.structs import (
     TransactionKind,
     TransactionOut,
     TransactionPage,
-    parse_time,
 )
 from api.views import (
     balance_out,

@@ -11,6 +11,7 @@ from litestar import Controller, Request, Response, get, put
 from litestar.params import PathParameter, QueryParameter, RawBody
 
 from api.auth import admin, principal_of, signed
+from api.decoding import decode
 from api.docs import SIGNED, body, problems
 from api.handlers import Call, operation
 from api.pages import Cursor, Limit, decode_cursor, page_out
@@ -29,7 +30,7 @@ from api.payments_structs import (
 )
 from api.runtime import Services, services_of
 from api.settlement import actor_of
-from api.structs import EmptyBody, IdPath, decode, full_match
+from api.structs import EmptyBody, IdPath, full_match
 from coalition.db import transaction
 from coalition.errors import ValidationFailed
 from settlement.bankfiles import MAX_BANK_FILE_BYTES

@@ -1,25 +1,23 @@
-"""msgspec Structs for every request and response body of the HTTP API, and the strict decoder.
+"""msgspec Structs for every request and response body of the HTTP API.
 
 Requests are decoded strictly (no type coercion, no unknown fields, time zones required) by
-:func:`decode`, which turns msgspec's errors into a ``validation`` problem naming the field
-(``$.amount``). The constraints here are the shape of a request (types, lengths, patterns,
-bounds); the rules (a currency's decimals, a rate card in force, enough points) stay in the
-domain, which reports its own violations the same way.
+:func:`api.decoding.decode`, which turns msgspec's errors into a ``validation`` problem naming
+the field (``$.amount``). The constraints here are the shape of a request (types, lengths,
+patterns, bounds); the rules (a currency's decimals, a rate card in force, enough points) stay
+in the domain, which reports its own violations the same way.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Literal, TypeVar, get_args
 
-import msgspec
 from litestar.params import PathParameter, QueryParameter
 from msgspec import Meta, Struct
 
 from coalition import text
-from coalition.errors import ValidationFailed, invariant, required
+from coalition.errors import invariant
 from coalition.ids import MEMBER_ID_BODY, MEMBER_ID_MAX_LENGTH, MEMBER_ID_RULE
 from coalition.ledger.kinds import KINDS
 from coalition.money import MAX_POINTS
@@ -573,137 +571,7 @@ class Problem(Struct, omit_defaults=True, forbid_unknown_fields=False):
     errors: list[FieldError] | None = None
 
 
-# --- decoding ----------------------------------------------------------------------------
-
-_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-_AT = re.compile(r"^(?P<message>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
-_FIELD = re.compile(r"(missing required field|contains unknown field) `(?P<name>[^`]+)`")
-
-
-def _field_error(exc: msgspec.ValidationError) -> dict[str, str]:
-    text = str(exc)
-    match = required(_AT.match(text), f"msgspec's error has no location: {text}")
-    message, path = explain(match["message"]), match["path"] or "$"
-    field = _FIELD.search(message)
-    if field is not None:
-        path = f"{path}.{field['name']}"
-    return {"path": path, "message": message}
-
-
-class _DuplicateKey(ValueError):
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
-
-
-def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    members = dict(pairs)
-    if len(members) != len(pairs):
-        seen: set[str] = set()
-        for name, _ in pairs:
-            if name in seen:
-                raise _DuplicateKey(name)
-            seen.add(name)
-    return members
-
-
-def _check_unique_keys(body: bytes) -> None:
-    """``validation`` when an object of ``body`` repeats a key: msgspec (like most decoders)
-    keeps the last, while a partner's own validator may have read the first."""
-    try:
-        json.loads(body, object_pairs_hook=_refuse_duplicate_keys)
-    except _DuplicateKey as dup:
-        raise ValidationFailed.at(
-            f"$.{dup.name}" if _PLAIN_NAME.fullmatch(dup.name) else "$",
-            "this key appears more than once in an object",
-        ) from None
-    except (ValueError, RecursionError):
-        raise ValidationFailed.at("$", "not valid JSON") from None
-
-
-def decode(body: bytes, type_: type[T], *, empty_as_object: bool = False) -> T:
-    """Decode a JSON request body strictly into ``type_``; :class:`ValidationFailed` if not
-    (a repeated key, nesting beyond the decoder's depth and non-UTF-8 bytes included). With
-    ``empty_as_object`` no body at all stands for ``{}``; white space alone is not JSON."""
-    if not body and empty_as_object:
-        body = b"{}"  # no body at all: an endpoint whose fields are all optional
-    elif not body.strip():
-        raise ValidationFailed.at("$", "a JSON object is required")
-    try:
-        value = msgspec.json.decode(body, type=type_, strict=True)
-    except msgspec.ValidationError as exc:
-        raise ValidationFailed([_field_error(exc)]) from None
-    except msgspec.DecodeError as exc:
-        raise ValidationFailed.at("$", f"not valid JSON ({exc})") from None
-    except UnicodeDecodeError:
-        raise ValidationFailed.at("$", "not valid JSON (the body is not UTF-8)") from None
-    except RecursionError:
-        raise ValidationFailed.at("$", "nested too deeply") from None
-    # Only a body that already has the right shape is scanned again (a second, C-speed pass:
-    # a few microseconds for a request body, see docs/security.md).
-    _check_unique_keys(body)
-    return value
-
-
-def parse_time(raw: str | None, name: str) -> datetime | None:
-    """An RFC 3339 time with a zone from a query parameter, strictly and bounded, in UTC
-    (``validation`` at ``query.<name>`` if not)."""
-    if raw is None:
-        return None
-    try:
-        value = msgspec.convert(raw, AwareTime, strict=True)
-    except msgspec.ValidationError:
-        raise ValidationFailed.at(
-            f"query.{name}", "an RFC 3339 time with a time zone, e.g. 2026-01-05T09:00:00Z"
-        ) from None
-    return client_time(value, f"query.{name}")
-
-
 class Liveness(Struct):
     """The process is alive (no database consulted)."""
 
     status: Literal["ok"]
-
-
-#: Earns in one ``POST /v1/earn-batches`` at most.
-EARN_BATCH_MAX_ITEMS = 500
-
-
-class EarnBatchCreate(Request):
-    """``POST /v1/earn-batches``: 1 to 500 earns, each shaped like ``POST /v1/earns``.
-
-    Each item is checked on its own: one that is not a valid earn body is that item's
-    ``rejected`` result (with the problem ``POST /v1/earns`` would give), not the batch's."""
-
-    earns: Annotated[
-        list[dict[str, Any]],
-        Meta(
-            min_length=1,
-            max_length=EARN_BATCH_MAX_ITEMS,
-            description="Objects shaped like the body of POST /v1/earns: member_id, reference, "
-            "amount, currency, occurred_at?",
-        ),
-    ]
-
-
-class EarnBatchResult(Struct, omit_defaults=True):
-    """One item's result, in the order given: its transaction, or its problem document."""
-
-    reference: str | None
-    status: Literal["created", "duplicate", "rejected"]
-    transaction: TransactionOut | None = None
-    problem: dict[str, object] | None = None
-
-
-class EarnBatchOut(Struct):
-    """The results of a batch of earns, one per item in the order given."""
-
-    results: list[EarnBatchResult]
-
-
-def decode_fields(fields: dict[str, Any], type_: type[T]) -> T:
-    """:func:`decode` for fields already apart (a CSV row): the same shapes, strictly."""
-    try:
-        return msgspec.convert(fields, type=type_, strict=True)
-    except msgspec.ValidationError as exc:
-        raise ValidationFailed([_field_error(exc)]) from None

@@ -15,10 +15,11 @@ from litestar.params import QueryParameter, RawBody
 from msgspec import Meta, Struct
 
 from api.auth import partner, partner_id_of, principal_of, signed
+from api.decoding import decode
 from api.docs import SIGNED, body, problems
 from api.handlers import Call, operation
 from api.runtime import Services, services_of
-from api.structs import LINE, AwareTime, EmptyBody, IdPath, decode, full_match
+from api.structs import LINE, AwareTime, EmptyBody, IdPath, full_match
 from api.structs import Request as RequestBody
 from coalition.db import transaction
 from coalition.errors import ValidationFailed

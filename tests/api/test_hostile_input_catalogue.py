@@ -22,6 +22,7 @@ import msgspec
 import pytest
 import requests
 
+import api.bulk
 import api.payments_structs
 import api.settlement_structs
 import api.structs
@@ -77,7 +78,13 @@ def document(api: Live) -> dict[str, Any]:
 
 
 #: Where the request structs live, by their OpenAPI component names.
-STRUCT_MODULES = (api.structs, api.settlement_structs, api.webhooks, api.payments_structs)
+STRUCT_MODULES = (
+    api.structs,
+    api.bulk,
+    api.settlement_structs,
+    api.webhooks,
+    api.payments_structs,
+)
 
 
 def _schema(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
