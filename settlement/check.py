@@ -31,20 +31,19 @@ from partners.webhooks import check as webhook_checks
 from settlement.canonical import canonical_json, canonical_value, content_sha256, verify_document
 from settlement.close import last_period
 from settlement.document import plain
-from settlement.models import Statement
-from settlement.reports import liability
-from settlement.signing import public_keys
-from settlement.statements import (
+from settlement.lines import (
     NET_SIGNS,
     PRICE_SQL,
     amount_sql,
-    document_of,
     fits_sql,
     lines_and_totals,
     register_sqlite_functions,
     total_sums,
-    totals_of,
 )
+from settlement.models import Statement
+from settlement.reports import liability
+from settlement.signing import public_keys
+from settlement.statements import document_of, totals_of
 
 #: Moments between the first and the last posting at which invariant 4 is checked.
 LIABILITY_STEPS = 24

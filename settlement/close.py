@@ -28,15 +28,10 @@ from coalition.models import Transaction
 from coalition.money import exponent
 from partners.models import Partner
 from settlement.cycles import latest_cutoff, previous_cutoff
+from settlement.lines import Unbillable, cross_brand_rows, insert_lines, unbillable
 from settlement.models import Period, Statement, StatementEvent
 from settlement.signing import signer
-from settlement.statements import (
-    Unbillable,
-    cross_brand_rows,
-    insert_lines,
-    issue_all,
-    unbillable,
-)
+from settlement.statements import issue_all
 
 log = logging.getLogger("coalition.settlement")
 

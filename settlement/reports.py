@@ -26,8 +26,8 @@ from coalition.ledger.kinds import KINDS, Flow, sql_member_points
 from coalition.models import Transaction
 from coalition.money import format_amount
 from coalition.pages import Page, first_rows
+from settlement.lines import cross_brand_rows, rfc3339
 from settlement.models import Period, Statement
-from settlement.statements import cross_brand_rows, rfc3339
 
 #: Shares are written with this many decimals (``"0.1834"``).
 SHARE_PLACES = Decimal("0.0001")

@@ -13,8 +13,8 @@ from sqlalchemy import func, insert, select
 
 from coalition.db import transaction
 from settlement.canonical import canonical_json, canonical_json_with, canonical_value
+from settlement.lines import Line, lines_and_totals
 from settlement.models import Statement, StatementLine
-from settlement.statements import Line, lines_and_totals
 from tests.conftest import Db
 
 T0 = datetime(2026, 1, 31, 23, 59, 59, tzinfo=UTC)
