@@ -94,13 +94,6 @@ def operation(
     invariant(not ({"dependencies", "sync_to_thread"} & route.keys()), "set by operation()")
 
     def decorate(fn: Callable[..., msgspec.Struct]) -> Any:
-        hints = get_type_hints(fn, include_extras=True)
-        returns: Any = Response[hints.pop("return")]  # type: ignore[misc]
-        path_params = [
-            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[name])
-            for name in list(inspect.signature(fn).parameters)[2:]
-        ]
-
         def handler(
             self: Any,
             request: Request[Any, Any, Any],
@@ -124,27 +117,7 @@ def operation(
                 after(call, **params)
             return response
 
-        keyword = inspect.Parameter.KEYWORD_ONLY
-        parameters = [
-            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-            inspect.Parameter(
-                "request",
-                inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                annotation=Request[Any, Any, Any],
-            ),
-            *path_params,
-            inspect.Parameter("body", keyword, annotation=RawBody),
-            inspect.Parameter("idempotency_key", keyword, annotation=IdempotencyKey),
-        ]
-        handler.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            parameters, return_annotation=returns
-        )
-        handler.__annotations__ = {
-            **{p.name: p.annotation for p in parameters[1:]},
-            "return": returns,
-        }
-        for name in ("__module__", "__name__", "__qualname__", "__doc__"):
-            setattr(handler, name, getattr(fn, name))
+        _present_as(handler, fn)
         documented = responses or {}
         return post(
             path,
@@ -157,3 +130,30 @@ def operation(
         )(handler)
 
     return decorate
+
+
+def _present_as(handler: Callable[..., Any], fn: Callable[..., msgspec.Struct]) -> None:
+    """Give ``handler`` the face Litestar reads (signature, annotations, names, docstring):
+    ``fn``'s path parameters and response type, with the raw body and the Idempotency-Key
+    header the skeleton takes."""
+    hints = get_type_hints(fn, include_extras=True)
+    returns: Any = Response[hints.pop("return")]  # type: ignore[misc]
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    parameters = [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter(
+            "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request[Any, Any, Any]
+        ),
+        *(
+            inspect.Parameter(name, keyword, annotation=hints[name])
+            for name in list(inspect.signature(fn).parameters)[2:]
+        ),
+        inspect.Parameter("body", keyword, annotation=RawBody),
+        inspect.Parameter("idempotency_key", keyword, annotation=IdempotencyKey),
+    ]
+    handler.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        parameters, return_annotation=returns
+    )
+    handler.__annotations__ = {**{p.name: p.annotation for p in parameters[1:]}, "return": returns}
+    for name in ("__module__", "__name__", "__qualname__", "__doc__"):
+        setattr(handler, name, getattr(fn, name))
