@@ -163,24 +163,26 @@ class Corrections(OperationBase):
                 card = partner.card_in_force()
                 check_worth(points, card.issue_price_per_point, "points")
                 card_id = card.id
-            return ledger.credit(
+            return ledger.post_credits(
                 s,
-                ledger.Credit(
-                    Header(
-                        kind=TransactionKind.BONUS,
-                        member_id=member_id,
-                        points=points,
-                        occurred_at=now,
-                        posted_at=now,
-                        partner_id=partner_id,
-                        rate_card_id=card_id,
-                        reason=reason,
+                [
+                    ledger.Credit(
+                        Header(
+                            kind=TransactionKind.BONUS,
+                            member_id=member_id,
+                            points=points,
+                            occurred_at=now,
+                            posted_at=now,
+                            partner_id=partner_id,
+                            rate_card_id=card_id,
+                            reason=reason,
+                        ),
+                        from_account=from_account,
+                        origin_partner_id=partner_id,
+                        expires_at=self._expires_at(now),
                     ),
-                    from_account=from_account,
-                    origin_partner_id=partner_id,
-                    expires_at=self._expires_at(now),
-                ),
-            )
+                ],
+            )[0]
 
     def adjust(
         self, *, member_id: str, points: int, reason: str, session: Session | None = None
@@ -203,15 +205,13 @@ class Corrections(OperationBase):
         with self.unit(session) as s:
             ledger.member_state(s, member_id)
             if points > 0:
-                return ledger.credit(
-                    s,
-                    ledger.Credit(
-                        header,
-                        from_account=account,
-                        origin_partner_id=None,
-                        expires_at=self._expires_at(now),
-                    ),
+                credit = ledger.Credit(
+                    header,
+                    from_account=account,
+                    origin_partner_id=None,
+                    expires_at=self._expires_at(now),
                 )
+                return ledger.post_credits(s, [credit])[0]
             self._settle_due(s, member_id, now)
             return ledger.debit(s, header, to_account=account)
 

@@ -37,10 +37,9 @@ from coalition.ledger.holds import (
 )
 from coalition.ledger.operations import (
     Credit,
-    credit,
-    credit_many,
     debit,
     lock_transaction,
+    post_credits,
     reverse_burn,
     reverse_earn,
     reversed_points,
@@ -93,8 +92,6 @@ __all__ = [
     "balance_read",
     "capture_hold",
     "create_member",
-    "credit",
-    "credit_many",
     "day_of",
     "debit",
     "due_holds",
@@ -109,6 +106,7 @@ __all__ = [
     "member_state",
     "members_with_expired_lots",
     "place_hold",
+    "post_credits",
     "qualifying_points",
     "release_hold",
     "reverse_burn",

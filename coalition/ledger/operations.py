@@ -1,11 +1,12 @@
-"""The ledger's operations on a member: credit (one and many), debit, and the reversals."""
+"""The ledger's operations on a member: credits (one or many, :func:`post_credits`), debit,
+and the reversals."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Boolean,
@@ -46,6 +47,7 @@ from coalition.ledger.post import (
 from coalition.ledger.reads import (
     MemberState,
     Posted,
+    member_state,
 )
 from coalition.ledger.tables import (
     _LOTS,
@@ -55,7 +57,10 @@ from coalition.ledger.tables import (
 )
 from coalition.ledger.tiers import (
     TIER_WRITE_WITHOUT_READ,
+    BatchTiers,
     TierBasis,
+    day_of,
+    tier_points_of,
     tier_values,
 )
 from coalition.models import (
@@ -145,40 +150,11 @@ def _credit_in_one(
     return Posted(txn, MemberState(c.header.member_id, balance, held))
 
 
-def credit(session: Session, c: Credit) -> Posted:
-    """Give a member ``points`` in a new lot (earn, bonus, positive adjustment)."""
-    member_id, points = c.header.member_id, c.header.points
-    tier = tier_change(c.header, c.tier_window_days)
-    if dialect_of(session) == "postgresql":
-        posted = _credit_in_one(session, c, tier, locked=False)
-        if posted is None and tier is not None:
-            # A new day's window reads the member's transactions: under the row lock.
-            locked = lock_members(session, [member_id]).get(member_id)
-            if locked is not None and locked.state.balance >= 0:
-                posted = _credit_in_one(session, c, tier, locked=True)
-        if posted is not None:
-            return posted
-    state, member_acct = _require_member_change(session, member_id, balance_delta=points, tier=tier)
-    header = _between(c.header, member_acct, c.from_account, to_member=True)
-    txn = _write(session, header, state.balance)
-    _add_lot(
-        session,
-        member_id=member_id,
-        txn_id=txn.id,
-        points=points,
-        origin_partner_id=c.origin_partner_id,
-        expires_at=c.expires_at,
-    )
-    if state.balance - points < 0:
-        _fill_deficit(session, member_id, txn.id)
-    return Posted(txn, state)
-
-
 @dataclass(frozen=True, slots=True)
 class Credit:
-    """What :func:`credit` (and, many at once, :func:`credit_many`) posts: the transaction,
-    the account the points come from, and the lot they make; ``tier_window_days``: W, for a
-    kind that counts in the tier basis (an earn)."""
+    """A credit :func:`post_credits` posts: the transaction, the account the points come
+    from, and the lot they make; ``tier_window_days``: W, for a kind that counts in the tier
+    basis (an earn)."""
 
     header: Header
     from_account: int
@@ -197,68 +173,153 @@ class Credit:
         return self.header.points
 
 
-def credit_many(
+def post_credits(
     session: Session,
     credits: Sequence[Credit],
-    members: dict[str, LockedMember],
-    tiers: Mapping[str, TierBasis],
+    members: Mapping[str, LockedMember] | None = None,
+    tiers: Mapping[str, TierBasis] | None = None,
 ) -> list[Posted]:
-    """:func:`credit` for many credits at once: the same transfers, lots and
-    balances as calling it for each one in order, in a handful of statements whatever their
-    number: the transfers and lots by :func:`_insert_rows` (``COPY`` on
-    PostgreSQL), the members' balances and tier bases in one update, the events by
-    :func:`_posted_many`.
+    """The one way points reach a member in a new lot (earn, bonus, positive adjustment), one
+    credit or thousands: the same transfers, lots, balances and tier bases as posting each
+    credit in order by itself, whatever the batch. :class:`UnknownMember` (nothing written)
+    if a member credited does not exist.
 
-    ``members``: :func:`lock_members` of every member credited, read in this transaction. None
-    may owe points (a negative balance): a deficit must be filled, which :func:`credit` does.
-    Balances are computed here from the locked rows, so several credits of one member each
-    record the right ``balance_after``. ``tiers``: each member's tier basis after the batch
-    (:class:`~coalition.ledger.tiers.BatchTiers`, which the caller fed every credit).
+    The batch: the members' rows locked (:func:`lock_members`, unless ``members`` are given,
+    read in this transaction), their balances and tier bases computed here in Python
+    (:class:`~coalition.ledger.tiers.BatchTiers`, unless ``tiers``, each member's basis after
+    the batch, are given), the transfers and lots written by :func:`_insert_rows` (``COPY`` on
+    PostgreSQL), the member rows in one update, the events by :func:`_posted_many`. A member
+    who owes points (a clawback deficit) has each credit written by itself, then the deficit
+    filled from its open lots (:func:`lots._fill_deficit`), as posting it alone would.
+
+    A batch of one on PostgreSQL tries the one-statement shortcut first
+    (:data:`_CREDIT_IN_ONE`), which writes the same rows when the member owes nothing.
     """
     invariant(len(credits) <= BULK_MAX, f"{len(credits)} credits in one batch")
     if not credits:
         return []
-    balances = {member_id: members[member_id].state.balance for member_id in
-                {c.member_id for c in credits}}  # fmt: skip
-    invariant(
-        all(balance >= 0 for balance in balances.values()), "a bulk credit of a member who owes"
+    if members is None:
+        if len(credits) == 1 and dialect_of(session) == "postgresql":
+            posted, members = _credit_shortcut(session, credits[0])
+            if posted is not None:
+                return [posted]
+        if members is None:
+            members = lock_members(session, (c.member_id for c in credits))
+    for member_id in {c.member_id for c in credits} - members.keys():
+        member_state(session, member_id)  # raises UnknownMember
+    if tiers is None:
+        tiers = _batch_tiers(session, credits, members)
+    return _write_credits(session, credits, members, tiers)
+
+
+def _credit_shortcut(
+    session: Session, c: Credit
+) -> tuple[Posted | None, dict[str, LockedMember] | None]:
+    """A credit in one statement (PostgreSQL): posted, or ``None`` and the member's row if
+    locked on the way (a new day's tier window reads its transactions: under the lock)."""
+    tier = tier_change(c.header, c.tier_window_days)
+    posted = _credit_in_one(session, c, tier, locked=False)
+    if posted is not None or tier is None:
+        return posted, None
+    locked = lock_members(session, [c.member_id])
+    member = locked.get(c.member_id)
+    if member is not None and member.state.balance >= 0:
+        return _credit_in_one(session, c, tier, locked=True), locked
+    return None, locked
+
+
+def _batch_tiers(
+    session: Session, credits: Sequence[Credit], members: Mapping[str, LockedMember]
+) -> dict[str, TierBasis]:
+    """Each member's tier basis after the batch's credits that count in it."""
+    counted = [
+        (c, day_of(c.header.occurred_at), signed)
+        for c in credits
+        if (signed := tier_points_of(c.header.kind, c.points))
+    ]
+    if not counted:
+        return {}
+    windows = {c.tier_window_days for c, _, _ in counted}
+    window = next(iter(windows))
+    invariant(len(windows) == 1 and window is not None and window > 0, "one tier window")
+    batch = BatchTiers(
+        session,
+        {c.member_id: members[c.member_id].tier for c, _, _ in counted},
+        cast("int", window),
+        [(c.member_id, day) for c, day, _ in counted],
     )
+    for c, day, signed in counted:
+        batch.add(c.member_id, day, signed)
+    return batch.bases
+
+
+def _write_credits(
+    session: Session,
+    credits: Sequence[Credit],
+    members: Mapping[str, LockedMember],
+    tiers: Mapping[str, TierBasis],
+) -> list[Posted]:
+    """:func:`post_credits`' writes, its members locked and their tier bases computed."""
+    balances = {c.member_id: members[c.member_id].state.balance for c in credits}
+    owing = {member_id for member_id, balance in balances.items() if balance < 0}
     rows: list[tuple[Any, ...]] = []
     lots: list[tuple[Any, ...]] = []
+    one_by_one: list[tuple[Header, tuple[Any, ...], tuple[Any, ...], bool]] = []
     written: list[tuple[Header, int]] = []
     for c in credits:
-        points = c.points
         header = _between(c.header, members[c.member_id].account_id, c.from_account, to_member=True)
-        balance = balances[c.member_id] = balances[c.member_id] + points
-        rows.append((*_header_values(header), balance))
-        lots.append(
-            (c.member_id, c.origin_partner_id, header.id, points, points, c.expires_at, False)
-        )
+        before = balances[c.member_id]
+        balance = balances[c.member_id] = before + c.points
+        row = (*_header_values(header), balance)
+        lot = (c.member_id, c.origin_partner_id, header.id, c.points, c.points, c.expires_at, False)
+        if c.member_id in owing:
+            one_by_one.append((header, row, lot, before < 0))
+        else:
+            rows.append(row)
+            lots.append(lot)
         written.append((header, balance))
-    _insert_rows(session, _TRANSACTIONS, _TRANSACTION_COLUMNS, rows)
-    _insert_rows(session, _LOTS, _LOT_COLUMNS, lots)
-    changes = [
-        {
-            "member": m,
-            "delta": balance - members[m].state.balance,
-            "tier_day": tiers[m].day if m in tiers else members[m].tier.day,
-            "tier_since_day": tiers[m].since_day if m in tiers else members[m].tier.since_day,
-            "tier_points": tiers[m].points if m in tiers else members[m].tier.points,
-        }
-        for m, balance in sorted(balances.items())
-    ]
-    if dialect_of(session) == "postgresql":
-        session.execute(
-            _CHANGE_MEMBERS, {k: [c[k] for c in changes] for k in _CHANGE_MEMBERS_ARRAYS}
-        )
-    else:
-        session.execute(_CHANGE_ONE_MEMBER, changes)
+    if rows:
+        _insert_rows(session, _TRANSACTIONS, _TRANSACTION_COLUMNS, rows)
+        _insert_rows(session, _LOTS, _LOT_COLUMNS, lots)
+    for header, row, lot, owes in one_by_one:
+        _insert_rows(session, _TRANSACTIONS, _TRANSACTION_COLUMNS, [row])
+        _insert_rows(session, _LOTS, _LOT_COLUMNS, [lot])
+        if owes:
+            _fill_deficit(session, header.member_id, header.id)
+    _change_members(session, balances, members, tiers)
     return [
         Posted(
             txn, MemberState(txn.member_id, txn.balance_after, members[txn.member_id].state.held)
         )
         for txn in _posted_many(session, written)
     ]
+
+
+def _change_members(
+    session: Session,
+    balances: Mapping[str, int],
+    members: Mapping[str, LockedMember],
+    tiers: Mapping[str, TierBasis],
+) -> None:
+    """Set the members' new balances and tier bases (one statement on PostgreSQL)."""
+    changes = []
+    for m, balance in sorted(balances.items()):
+        tier = tiers.get(m, members[m].tier)
+        changes.append(
+            {
+                "member": m,
+                "delta": balance - members[m].state.balance,
+                "tier_day": tier.day,
+                "tier_since_day": tier.since_day,
+                "tier_points": tier.points,
+            }
+        )
+    if dialect_of(session) == "postgresql":
+        session.execute(
+            _CHANGE_MEMBERS, {k: [c[k] for c in changes] for k in _CHANGE_MEMBERS_ARRAYS}
+        )
+    else:
+        session.execute(_CHANGE_ONE_MEMBER, changes)
 
 
 # The members' new balances and tier bases in one statement on PostgreSQL (arrays).

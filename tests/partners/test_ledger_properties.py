@@ -33,7 +33,9 @@ from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from coalition import ledger
 from coalition.config import Tier
+from coalition.db import transaction
 from coalition.errors import (
     BurnCapExceeded,
     CoalitionError,
@@ -43,12 +45,15 @@ from coalition.errors import (
     ReversalExceedsOriginal,
     ValidationFailed,
 )
-from coalition.ledger import MemberState, day_of
-from coalition.models import Hold, Lot, Member, Transaction
+from coalition.ledger import Header, MemberState, day_of
+from coalition.models import OPERATOR_ACCOUNTS, Hold, Lot, Member, Transaction, TransactionKind
 from coalition.money import format_amount
 from partners.models import Partner
 from partners.operations import Operations
 from tests.conftest import Db
+from tests.partners.test_bulk_earn import Side as BulkSide
+from tests.partners.test_bulk_earn import _setup as bulk_setup
+from tests.partners.test_bulk_earn import _state as bulk_state
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -943,5 +948,104 @@ def test_random_operation_sequences_keep_the_invariants_and_match_the_model(db: 
         for op in sequence:
             example.step(op)
         example.verify()
+
+    run()
+
+
+# --- batches: any batch posted at once = its movements posted one by one ----------------------
+
+# A batch of credits drawn by hypothesis: the member (member 1 owes points), the kind (an earn
+# of the side's partner, counting in the tier basis; a bonus the coalition funds; an operator's
+# positive adjustment), the points, the lot's validity in days, and how long ago it occurred.
+_CREDITS = st.lists(
+    st.tuples(
+        st.integers(0, 3),
+        st.sampled_from(["earn", "bonus", "adjustment"]),
+        st.integers(1, 3_000),
+        st.integers(1, 60),
+        st.none() | st.floats(0, 40),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+def _credit(
+    side: BulkSide, drawn: tuple[int, str, int, int, float | None], n: int, now: datetime
+) -> ledger.Credit:
+    member, kind, points, days, hours = drawn
+    occurred = now if hours is None or kind != "earn" else now - timedelta(hours=hours)
+    header = Header(
+        kind=TransactionKind(kind),
+        member_id=side.members[member],
+        points=points,
+        occurred_at=occurred,
+        posted_at=now,
+        partner_id=side.partner.id if kind == "earn" else None,
+        reference=f"c{n}" if kind == "earn" else None,
+        reason=None if kind == "earn" else "drawn",
+    )
+    source = {
+        "earn": side.partner.issued_account_id,
+        "bonus": OPERATOR_ACCOUNTS["operator_bonus"],
+        "adjustment": OPERATOR_ACCOUNTS["operator_adjustment"],
+    }[kind]
+    return ledger.Credit(
+        header,
+        from_account=source,
+        origin_partner_id=side.partner.id if kind == "earn" else None,
+        expires_at=occurred + timedelta(days=days),
+        tier_window_days=2 if kind == "earn" else None,
+    )
+
+
+def _posted_outcome(posted: ledger.Posted, side: BulkSide) -> tuple[Any, ...]:
+    txn = posted.transaction
+    return (
+        side.members.index(txn.member_id),
+        txn.kind,
+        txn.points,
+        txn.balance_after,
+        posted.member.balance,
+        posted.member.held,
+        txn.credit_account_id == side.accounts[side.members.index(txn.member_id)],
+    )
+
+
+def test_any_batch_of_credits_posted_at_once_leaves_what_one_by_one_leaves(db: Db) -> None:
+    # Earns (a two-day tier window, some backdated), bonuses and adjustments, for members who
+    # owe points (a deficit filled credit by credit) and members who do not: the one write
+    # path (ledger.post_credits) for a batch of many and for a batch of one at a time.
+    db.configure(tier_window_days=2)
+    a, b = bulk_setup(db, members=4)
+    round_ = iter(range(1_000_000))
+
+    @settings(max_examples=15, deadline=None, database=None, print_blob=True)
+    @given(_CREDITS)
+    def run(drawn: list[tuple[int, str, int, int, float | None]]) -> None:
+        now = db.clock()
+        n = next(round_) * 100
+        with transaction(db.sessions) as s:
+            batch = ledger.post_credits(s, [_credit(a, d, n + k, now) for k, d in enumerate(drawn)])
+        single = []
+        for k, d in enumerate(drawn):
+            with transaction(db.sessions) as s:
+                single.extend(ledger.post_credits(s, [_credit(b, d, n + k, now)]))
+        assert [_posted_outcome(p, a) for p in batch] == [_posted_outcome(p, b) for p in single]
+        assert bulk_state(db, a) == bulk_state(db, b)
+        db.assert_ledger_ok()
+        # Member 1 spends all it has and an earn of it is reversed: the next batch fills its
+        # deficit.
+        for side in (a, b):
+            pid, member = side.partner.id, side.members[1]
+            earned = db.ops.earn(
+                pid, member_id=member, reference=f"d{n}", amount="10", currency="EUR"
+            )
+            with transaction(db.sessions) as s:
+                available = ledger.member_state(s, member).available
+            if available > 0:
+                db.ops.burn(pid, member_id=member, reference=f"b{n}", points=available)
+            db.ops.reverse(pid, earned.transaction.id, reference=f"r{n}")
+        db.clock.advance(hours=drawn[0][2] % 30)
 
     run()
