@@ -163,7 +163,7 @@ class Corrections(OperationBase):
                 card = partner.card_in_force()
                 check_worth(points, card.issue_price_per_point, "points")
                 card_id = card.id
-            return ledger.post_credits(
+            return ledger.post(
                 s,
                 [
                     ledger.Credit(
@@ -211,9 +211,9 @@ class Corrections(OperationBase):
                     origin_partner_id=None,
                     expires_at=self._expires_at(now),
                 )
-                return ledger.post_credits(s, [credit])[0]
+                return ledger.post(s, [credit])[0]
             self._settle_due(s, member_id, now)
-            return ledger.debit(s, header, to_account=account)
+            return ledger.post(s, [ledger.Debit(header, to_account=account)])[0]
 
     # --- jobs ----------------------------------------------------------------------------
 
@@ -242,9 +242,7 @@ class Corrections(OperationBase):
         for _ in range(JOB_BATCHES_PER_RUN):
             with transaction(self.sessions) as s:
                 members = ledger.members_with_expired_lots(s, at, after)
-                for member_id in members:
-                    if ledger.expire_member_lots(s, member_id, at) is not None:
-                        count += 1
+                count += len(ledger.expire_lots(s, members, at))
             if len(members) < ledger.EXPIRY_BATCH:
                 break
             after = members[-1]

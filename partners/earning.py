@@ -132,7 +132,7 @@ class Earning(OperationBase):
                     occurred=occurred,
                     now=now,
                 )
-                return ledger.post_credits(s, [credit])[0]
+                return ledger.post(s, [credit])[0]
         except IntegrityError:
             self._raise_duplicate(session, partner_id, "earn", reference)
             raise
@@ -206,7 +206,7 @@ class Earning(OperationBase):
         nothing of that item is written). A handful of statements serve the whole batch: the
         references already used, the members (locked in id order), the rate cards, the
         members' transactions of the tier days the batch needs, then the writes
-        (:func:`ledger.post_credits`, the one path of every credit: ``COPY`` on PostgreSQL;
+        (:func:`ledger.post`, the one path of every credit: ``COPY`` on PostgreSQL;
         a member who owes points has its deficit filled there, as one by one).
 
         At most :data:`EARN_BATCH_MAX` items (:class:`ValidationFailed` beyond).
@@ -245,9 +245,7 @@ class Earning(OperationBase):
                     results[n] = exc
                     continue
                 credits.append((n, credit))
-            posted_all = ledger.post_credits(
-                s, [c for _, c in credits], batch.members, batch.tiers.bases
-            )
+            posted_all = ledger.post(s, [c for _, c in credits], batch.members, batch.tiers.bases)
             for (n, _), posted in zip(credits, posted_all, strict=True):
                 results[n] = posted
         invariant(all(r is not None for r in results), "every item has its result")
