@@ -163,24 +163,26 @@ class Corrections(OperationBase):
                 card = partner.card_in_force()
                 check_worth(points, card.issue_price_per_point, "points")
                 card_id = card.id
-            return ledger.credit(
+            return ledger.post(
                 s,
-                ledger.Credit(
-                    Header(
-                        kind=TransactionKind.BONUS,
-                        member_id=member_id,
-                        points=points,
-                        occurred_at=now,
-                        posted_at=now,
-                        partner_id=partner_id,
-                        rate_card_id=card_id,
-                        reason=reason,
+                [
+                    ledger.Credit(
+                        Header(
+                            kind=TransactionKind.BONUS,
+                            member_id=member_id,
+                            points=points,
+                            occurred_at=now,
+                            posted_at=now,
+                            partner_id=partner_id,
+                            rate_card_id=card_id,
+                            reason=reason,
+                        ),
+                        from_account=from_account,
+                        origin_partner_id=partner_id,
+                        expires_at=self._expires_at(now),
                     ),
-                    from_account=from_account,
-                    origin_partner_id=partner_id,
-                    expires_at=self._expires_at(now),
-                ),
-            )
+                ],
+            )[0]
 
     def adjust(
         self, *, member_id: str, points: int, reason: str, session: Session | None = None
@@ -203,17 +205,15 @@ class Corrections(OperationBase):
         with self.unit(session) as s:
             ledger.member_state(s, member_id)
             if points > 0:
-                return ledger.credit(
-                    s,
-                    ledger.Credit(
-                        header,
-                        from_account=account,
-                        origin_partner_id=None,
-                        expires_at=self._expires_at(now),
-                    ),
+                credit = ledger.Credit(
+                    header,
+                    from_account=account,
+                    origin_partner_id=None,
+                    expires_at=self._expires_at(now),
                 )
+                return ledger.post(s, [credit])[0]
             self._settle_due(s, member_id, now)
-            return ledger.debit(s, header, to_account=account)
+            return ledger.post(s, [ledger.Debit(header, to_account=account)])[0]
 
     # --- jobs ----------------------------------------------------------------------------
 
@@ -242,9 +242,7 @@ class Corrections(OperationBase):
         for _ in range(JOB_BATCHES_PER_RUN):
             with transaction(self.sessions) as s:
                 members = ledger.members_with_expired_lots(s, at, after)
-                for member_id in members:
-                    if ledger.expire_member_lots(s, member_id, at) is not None:
-                        count += 1
+                count += len(ledger.expire_lots(s, members, at))
             if len(members) < ledger.EXPIRY_BATCH:
                 break
             after = members[-1]

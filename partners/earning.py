@@ -132,7 +132,7 @@ class Earning(OperationBase):
                     occurred=occurred,
                     now=now,
                 )
-                return ledger.credit(s, credit)
+                return ledger.post(s, [credit])[0]
         except IntegrityError:
             self._raise_duplicate(session, partner_id, "earn", reference)
             raise
@@ -206,8 +206,8 @@ class Earning(OperationBase):
         nothing of that item is written). A handful of statements serve the whole batch: the
         references already used, the members (locked in id order), the rate cards, the
         members' transactions of the tier days the batch needs, then the writes
-        (:func:`ledger.credit_many`: ``COPY`` on PostgreSQL). A member
-        who owes points (a clawback deficit) takes the ordinary path, which fills the deficit.
+        (:func:`ledger.post`, the one path of every credit: ``COPY`` on PostgreSQL;
+        a member who owes points has its deficit filled there, as one by one).
 
         At most :data:`EARN_BATCH_MAX` items (:class:`ValidationFailed` beyond).
         """
@@ -238,19 +238,14 @@ class Earning(OperationBase):
             credits: list[tuple[int, ledger.Credit]] = []
             for n, spend in spends.items():
                 try:
-                    done = self._batch_item(
+                    credit = self._batch_item(
                         s, partner, batch, item=items[n], at=occurred[n], spend=spend, now=now
                     )
                 except CoalitionError as exc:
                     results[n] = exc
                     continue
-                if isinstance(done, ledger.Credit):
-                    credits.append((n, done))
-                else:
-                    results[n] = done
-            posted_all = ledger.credit_many(
-                s, [c for _, c in credits], batch.members, batch.tiers.bases
-            )
+                credits.append((n, credit))
+            posted_all = ledger.post(s, [c for _, c in credits], batch.members, batch.tiers.bases)
             for (n, _), posted in zip(credits, posted_all, strict=True):
                 results[n] = posted
         invariant(all(r is not None for r in results), "every item has its result")
@@ -269,7 +264,7 @@ class Earning(OperationBase):
         members = ledger.lock_members(s, (item.member_id for item, _ in fresh))
         tiers = ledger.BatchTiers(
             s,
-            {m: locked.tier for m, locked in members.items() if locked.state.balance >= 0},
+            {m: locked.tier for m, locked in members.items()},
             self.settings.tier_window_days,
             [(item.member_id, ledger.day_of(at)) for item, at in fresh],
         )
@@ -285,31 +280,17 @@ class Earning(OperationBase):
         at: datetime,
         spend: Decimal,
         now: datetime,
-    ) -> Posted | ledger.Credit:
-        """One item of :meth:`earn_many`: its credit to write with the batch's, or, for a
-        member who owes points (a deficit to fill first), the earn posted by the ordinary path
-        under its own savepoint. Raises what :meth:`earn` would."""
+    ) -> ledger.Credit:
+        """One item of :meth:`earn_many`: its credit, to post with the batch's; raises what
+        :meth:`earn` would."""
         if item.reference in batch.used:
             existing = batch.used[item.reference]
             raise DuplicateReference(
                 f"reference {item.reference!r} was already used by {existing}",
                 transaction_id=existing,
             )
-        member = batch.members.get(item.member_id)
-        if member is None:
+        if item.member_id not in batch.members:
             raise UnknownMember(f"no member {item.member_id!r}", member_id=item.member_id)
-        if member.state.balance < 0:
-            posted = self.earn(
-                partner.id,
-                member_id=item.member_id,
-                reference=item.reference,
-                amount=item.amount,
-                currency=item.currency,
-                occurred_at=item.occurred_at,
-                session=s,
-            )
-            batch.used[item.reference] = posted.transaction.id
-            return posted
         credit = self._earn_credit(
             partner,
             batch.cards.at(at),

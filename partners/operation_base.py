@@ -158,7 +158,7 @@ class OperationBase:
             for hold in ledger.member_due_holds(session, member_id, now):
                 ledger.release_hold(session, hold=hold, status="expired", now=now)
         if due_lots:
-            ledger.expire_member_lots(session, member_id, now)
+            ledger.expire_lots(session, [member_id], now)
 
     def _refuse_used_reference(self, s: Session, partner_id: str, kind: str, ref: str) -> None:
         _refuse_reference_used_by(ref, _find_reference(s, partner_id, kind, ref))

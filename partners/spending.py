@@ -117,22 +117,20 @@ class Spending(OperationBase):
                     card, partner.currency, points=points, amount=spend, basket_amount=basket
                 )
                 self._settle_due(s, member_id, now, due)
-                return ledger.debit(
-                    s,
-                    Header(
-                        kind=TransactionKind.BURN,
-                        member_id=member_id,
-                        points=price.points,
-                        occurred_at=now,
-                        posted_at=now,
-                        partner_id=partner_id,
-                        reference=reference,
-                        amount_minor=price.amount_minor,
-                        currency=partner.currency,
-                        rate_card_id=card.id,
-                    ),
-                    to_account=partner.redeemed_account_id,
+                header = Header(
+                    kind=TransactionKind.BURN,
+                    member_id=member_id,
+                    points=price.points,
+                    occurred_at=now,
+                    posted_at=now,
+                    partner_id=partner_id,
+                    reference=reference,
+                    amount_minor=price.amount_minor,
+                    currency=partner.currency,
+                    rate_card_id=card.id,
                 )
+                debit = ledger.Debit(header, to_account=partner.redeemed_account_id)
+                return ledger.post(s, [debit])[0]
         except IntegrityError:
             self._raise_duplicate(session, partner_id, "burn", reference)
             raise

@@ -2,8 +2,11 @@
 
 Every function here runs inside a database transaction the caller owns and changes nothing
 when it raises a :class:`~coalition.errors.CoalitionError` before its first write. Every write
-that touches a member starts by updating (and so locking) the member's row, which serializes
-all changes to one member's balance and lots on PostgreSQL; SQLite has one writer anyway.
+that touches a member starts by locking the member's row (``FOR UPDATE``, or the update of a
+one-statement form), which serializes all changes to one member's balance and lots on
+PostgreSQL; SQLite has one writer anyway. Every transfer is posted by one function,
+:func:`post` (``batch``): a batch of :class:`Credit` and :class:`Debit` movements, one or
+thousands.
 
 The rules, in the words of docs/recipes.md:
 - a credit (earn, bonus, positive adjustment, burn reversal) adds a lot, or restores the lots a
@@ -13,8 +16,10 @@ The rules, in the words of docs/recipes.md:
 - only a capture or an earn reversal may take more than the lots hold: the rest becomes the
   member's deficit, which the next credit fills.
 
-The package: ``kinds`` (what each kind of transfer means), ``post`` (the one place a transfer
-is written and posted), ``operations`` (credit, debit, reversals), ``lots``, ``holds``,
+The package: ``kinds`` (what each kind of transfer means), ``post`` (a transfer's header, the
+movements, the member rows, the bulk insert), ``batch`` (the one write path), ``shortcuts``
+(a batch of one in one or two statements on PostgreSQL), ``operations`` (the reversals),
+``lots``, ``holds``,
 ``expiry``, ``tiers`` (the tier basis), ``reads`` (a member's balance and what is due) and
 ``tables``, and ``listeners`` (what the layers above hear of each posting). Its public
 names are all here.
@@ -22,8 +27,9 @@ names are all here.
 
 from __future__ import annotations
 
+from coalition.ledger.batch import post
 from coalition.ledger.expiry import (
-    expire_member_lots,
+    expire_lots,
     members_with_expired_lots,
 )
 from coalition.ledger.holds import (
@@ -36,16 +42,14 @@ from coalition.ledger.holds import (
     void_in_one,
 )
 from coalition.ledger.operations import (
-    Credit,
-    credit,
-    credit_many,
-    debit,
     lock_transaction,
     reverse_burn,
     reverse_earn,
     reversed_points,
 )
 from coalition.ledger.post import (
+    Credit,
+    Debit,
     Header,
     LockedMember,
     create_member,
@@ -84,6 +88,7 @@ __all__ = [
     "MEMBER_TIER_POINTS",
     "BatchTiers",
     "Credit",
+    "Debit",
     "Header",
     "LockedMember",
     "MemberSnapshot",
@@ -93,12 +98,9 @@ __all__ = [
     "balance_read",
     "capture_hold",
     "create_member",
-    "credit",
-    "credit_many",
     "day_of",
-    "debit",
     "due_holds",
-    "expire_member_lots",
+    "expire_lots",
     "expiring_lots",
     "lock_hold",
     "lock_members",
@@ -109,6 +111,7 @@ __all__ = [
     "member_state",
     "members_with_expired_lots",
     "place_hold",
+    "post",
     "qualifying_points",
     "release_hold",
     "reverse_burn",

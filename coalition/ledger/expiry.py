@@ -1,29 +1,16 @@
-"""Points expiry (breakage): the member's lots past their date."""
+"""Points expiry (breakage): the members' lots past their date, one batch of debits."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import (
-    func,
-    select,
-)
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from coalition.errors import invariant
-from coalition.ledger.lots import (
-    _take,
-)
-from coalition.ledger.post import (
-    Header,
-    _between,
-    _require_member_change,
-    _write,
-)
-from coalition.ledger.reads import (
-    Posted,
-    member_state,
-)
+from coalition.ledger.batch import post
+from coalition.ledger.post import Debit, Header, lock_members
+from coalition.ledger.reads import Posted
 from coalition.ledger.tables import EXPIRY_BATCH
 from coalition.models import (
     OPERATOR_ACCOUNTS,
@@ -32,40 +19,38 @@ from coalition.models import (
     TransactionKind,
 )
 
-# --- expiry ------------------------------------------------------------------------------
 
-
-def expire_member_lots(session: Session, member_id: str, now: datetime) -> Posted | None:
-    """Expire the member's lots whose date has passed (breakage); ``None`` if nothing expires.
+def expire_lots(session: Session, member_ids: Iterable[str], now: datetime) -> list[Posted]:
+    """Expire the members' lots whose date has passed (breakage), one expiry transfer per
+    member that has any, posted as one batch (:func:`~coalition.ledger.batch.post`).
 
     Held points are protected: expiry takes at most the member's available points, and what it
     leaves stays open (and is spent first) until the hold ends and the next run takes it.
     """
-    due = session.scalar(
-        select(func.coalesce(func.sum(Lot.remaining), 0)).where(
-            Lot.member_id == member_id, Lot.remaining > 0, Lot.expires_at <= now
-        )
-    )
-    state = member_state(session, member_id)
-    points = min(int(due or 0), max(state.available, 0))
-    if points <= 0:
-        return None
-    after, member_acct = _require_member_change(
-        session, member_id, balance_delta=-points, need_available=points
-    )
-    header = Header(
-        kind=TransactionKind.EXPIRY,
-        member_id=member_id,
-        points=points,
-        occurred_at=now,
-        posted_at=now,
+    members = lock_members(session, member_ids)  # first: the lots read below are then theirs
+    if not members:
+        return []
+    due = dict(
+        session.execute(
+            select(Lot.member_id, func.sum(Lot.remaining))
+            .where(Lot.member_id.in_(list(members)), Lot.remaining > 0, Lot.expires_at <= now)
+            .group_by(Lot.member_id)
+        ).all()
     )
     breakage = OPERATOR_ACCOUNTS["operator_breakage"]
-    header = _between(header, member_acct, breakage, to_member=False)
-    txn = _write(session, header, after.balance)
-    taken = _take(session, member_id, txn.id, points, expired_by=now)
-    invariant(taken == points, f"{txn.id}: expired lots gave {taken} of {points}")
-    return Posted(txn, after)
+    debits = []
+    for member_id, locked in members.items():
+        points = min(int(due.get(member_id, 0)), max(locked.state.available, 0))
+        if points > 0:
+            header = Header(
+                kind=TransactionKind.EXPIRY,
+                member_id=member_id,
+                points=points,
+                occurred_at=now,
+                posted_at=now,
+            )
+            debits.append(Debit(header, to_account=breakage, expired_by=now))
+    return post(session, debits, {d.member_id: members[d.member_id] for d in debits})
 
 
 def members_with_expired_lots(

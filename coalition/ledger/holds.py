@@ -16,15 +16,11 @@ from coalition.db import HotStatement, dialect_of
 from coalition.errors import invariant
 from coalition.ids import new_id
 from coalition.ledger import listeners
-from coalition.ledger.lots import (
-    _deepen_deficit,
-    _take,
-)
+from coalition.ledger.batch import post
 from coalition.ledger.post import (
+    Debit,
     Header,
-    _between,
     _require_member_change,
-    _write,
 )
 from coalition.ledger.reads import (
     MemberState,
@@ -88,16 +84,11 @@ def capture_hold(
         == (hold.id, hold.member_id, hold.reference),
         f"{header.id} is not a capture of {hold.id}",
     )
-    state, member_acct = _require_member_change(
-        session, hold.member_id, balance_delta=-points, held_delta=-hold.points
-    )
-    header = _between(header, member_acct, to_account, to_member=False)
-    txn = _write(session, header, state.balance)
-    taken = _take(session, hold.member_id, txn.id, points)
-    if taken < points:
-        _deepen_deficit(session, hold.member_id, txn.id, points - taken)
+    debit = Debit(header, to_account=to_account, overdraw=True, held_delta=-hold.points)
+    posted = post(session, [debit])[0]
+    txn = posted.transaction
     _close_hold(session, hold, HoldStatus.CAPTURED, now, captured_points=points, txn_id=txn.id)
-    return Posted(txn, state)
+    return posted
 
 
 def release_hold(session: Session, *, hold: Hold, status: str, now: datetime) -> MemberState:

@@ -9,7 +9,9 @@ from typing import cast
 from sqlalchemy import (
     Table,
     bindparam,
+    func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -20,13 +22,13 @@ from coalition.db import HotStatement, UTCDateTime, dialect_of
 from coalition.errors import invariant
 from coalition.ledger.tables import (
     _LOTS,
+    _TRANSACTIONS,
 )
 from coalition.models import (
     Lot,
     LotMovement,
 )
 
-_INSERT_LOT = insert(_LOTS)
 _UPDATE_LOT = update(_LOTS).where(_LOTS.c.id == bindparam("lot")).values(remaining=bindparam("to"))
 _INSERT_LOT_MOVEMENTS = insert(cast("Table", LotMovement.__table__))
 
@@ -167,29 +169,6 @@ def _fill_deficit(session: Session, member_id: str, txn_id: str) -> None:
         _move(session, txn_id, [(deficit.id, None, filled, deficit.remaining + filled)])
 
 
-def _add_lot(
-    session: Session,
-    *,
-    member_id: str,
-    txn_id: str,
-    points: int,
-    origin_partner_id: str | None,
-    expires_at: datetime,
-) -> None:
-    session.execute(
-        _INSERT_LOT,
-        {
-            "member_id": member_id,
-            "origin_partner_id": origin_partner_id,
-            "transaction_id": txn_id,
-            "points": points,
-            "remaining": points,
-            "expires_at": expires_at,
-            "is_deficit": False,
-        },
-    )
-
-
 _LOT_COLUMNS = (
     "member_id",
     "origin_partner_id",
@@ -199,3 +178,35 @@ _LOT_COLUMNS = (
     "expires_at",
     "is_deficit",
 )
+
+
+def _restore(session: Session, txn_id: str, original_id: str, points: int) -> int:
+    """Give back up to ``points`` to the lots a burn (``original_id``, with its earlier
+    reversals) took them from, latest-expiring first, recording each lot's movement; the
+    points given back. The deficit lot is never restored into: a later credit may have filled
+    it."""
+    related = select(_TRANSACTIONS.c.id).where(
+        or_(_TRANSACTIONS.c.id == original_id, _TRANSACTIONS.c.reverses == original_id)
+    )
+    net_taken = (
+        select(LotMovement.lot_id, func.sum(LotMovement.points).label("net"))
+        .where(LotMovement.transaction_id.in_(related.scalar_subquery()))
+        .group_by(LotMovement.lot_id)
+        .subquery()
+    )
+    lots = session.execute(
+        select(Lot.id, Lot.origin_partner_id, Lot.remaining, net_taken.c.net)
+        .join(net_taken, net_taken.c.lot_id == Lot.id)
+        .where(net_taken.c.net < 0, Lot.is_deficit.is_(False))
+        .order_by(Lot.expires_at.desc(), Lot.id.desc())
+    ).all()
+    moves: list[tuple[int, str | None, int, int]] = []
+    left = points
+    for lot_id, origin, remaining, net in lots:
+        if left == 0:
+            break
+        back = min(-int(net), left)
+        moves.append((lot_id, origin, back, remaining + back))
+        left -= back
+    _move(session, txn_id, moves)
+    return points - left

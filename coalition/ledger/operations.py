@@ -1,341 +1,17 @@
-"""The ledger's operations on a member: credit (one and many), debit, and the reversals."""
+"""The reversals, as movements of :func:`coalition.ledger.batch.post`, and their reads."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import (
-    Boolean,
-    bindparam,
-    func,
-    or_,
-    select,
-    text,
-    update,
-)
-from sqlalchemy import cast as sa_cast
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from coalition.db import HotStatement, dialect_of, named_sql
 from coalition.errors import invariant
-from coalition.ledger.lots import (
-    _LOT_COLUMNS,
-    _add_lot,
-    _deepen_deficit,
-    _fill_deficit,
-    _move,
-    _take,
-)
-from coalition.ledger.post import (
-    _TRANSACTION_COLUMNS,
-    Header,
-    LockedMember,
-    _between,
-    _header_values,
-    _insert_rows,
-    _posted,
-    _posted_many,
-    _require_member_change,
-    _write,
-    lock_members,
-    tier_change,
-)
-from coalition.ledger.reads import (
-    MemberState,
-    Posted,
-)
-from coalition.ledger.tables import (
-    _LOTS,
-    _MEMBERS,
-    _TRANSACTIONS,
-    BULK_MAX,
-)
-from coalition.ledger.tiers import (
-    TIER_WRITE_WITHOUT_READ,
-    TierBasis,
-    tier_values,
-)
-from coalition.models import (
-    Lot,
-    LotMovement,
-    Transaction,
-)
-
-# --- the operations ----------------------------------------------------------------------
-
-# A credit of a member who owes nothing, in one statement (PostgreSQL's data-modifying CTEs):
-# the member row updated (and locked) with its tier basis (``coalition.ledger.tiers``), the
-# transfer, and the new lot. No row comes back when there is no such member, or it owes points
-# (a deficit to fill first), or (unless ``:locked``) its tier basis must read its transactions
-# (a new day's window): then nothing was written, and the caller locks the row first or takes
-# the statements of the general path.
-# The header's row, with the balance the member row ``m`` of the statement came back with
-# (every column of ledger.Header, bound by name).
-# The member's own account is the one of the two left NULL, named from the member row.
-_TRANSACTION_FROM_MEMBER = """
-        INSERT INTO transactions (id, kind, partner_id, member_id, reference, points,
-            amount_minor, currency, rate_card_id, tier, occurred_at, posted_at, reverses,
-            hold_id, balance_after, overdraft_points, reason, debit_account_id,
-            credit_account_id)
-        SELECT :id, :kind, :partner_id, :member_id, :reference, :points, :amount_minor,
-            :currency, :rate_card_id, :tier, :occurred_at, :posted_at, :reverses, :hold_id,
-            m.balance, :overdraft_points, :reason,
-            COALESCE(CAST(:debit_account_id AS BIGINT), m.account_id),
-            COALESCE(CAST(:credit_account_id AS BIGINT), m.account_id)
-        FROM m
-        RETURNING id"""
-
-
-def _credit_in_one_statement(tier: bool) -> tuple[dict[str, Any], HotStatement]:
-    member = (
-        update(_MEMBERS)
-        .where(_MEMBERS.c.id == bindparam("member_id"), _MEMBERS.c.balance >= 0)
-        .values(balance=_MEMBERS.c.balance + bindparam("points"))
-        .returning(_MEMBERS.c.balance, _MEMBERS.c.held, _MEMBERS.c.account_id)
-    )
-    if tier:
-        member = member.values(**tier_values()).where(
-            or_(sa_cast(bindparam("locked"), Boolean), TIER_WRITE_WITHOUT_READ)
-        )
-    member_sql, fixed = named_sql(member)
-    return fixed, HotStatement(
-        text(
-            f"""
-    WITH m AS ({member_sql}
-    ), t AS ({_TRANSACTION_FROM_MEMBER}
-    ), l AS (
-        INSERT INTO lots (member_id, origin_partner_id, transaction_id, points, remaining,
-            expires_at, is_deficit)
-        SELECT :member_id, :origin_partner_id, t.id, :points, :points, :expires_at, false
-        FROM t
-    )
-    SELECT balance, held, account_id FROM m
-    """  # noqa: S608 (built from constants)
-        )
-    )
-
-
-_CREDIT_FIXED, _CREDIT_IN_ONE = _credit_in_one_statement(tier=False)
-_CREDIT_TIER_FIXED, _CREDIT_IN_ONE_TIER = _credit_in_one_statement(tier=True)
-
-
-def _credit_in_one(
-    session: Session, c: Credit, tier: dict[str, Any] | None, *, locked: bool
-) -> Posted | None:
-    """:func:`credit` in one statement on PostgreSQL; ``None`` (nothing written) when the
-    member is unknown or owes points, or its tier basis needs the row locked first."""
-    params = {
-        **replace(c.header, debit_account_id=c.from_account).row(),
-        "origin_partner_id": c.origin_partner_id,
-        "expires_at": c.expires_at,
-    }
-    if tier is None:
-        done = _CREDIT_IN_ONE.first(session, {**_CREDIT_FIXED, **params})
-    else:
-        params = {**_CREDIT_TIER_FIXED, **params, **tier, "locked": locked}
-        done = _CREDIT_IN_ONE_TIER.first(session, params)
-    if done is None:
-        return None
-    balance, held, account = done
-    header = _between(c.header, account, c.from_account, to_member=True)
-    txn = _posted(session, header, balance)
-    return Posted(txn, MemberState(c.header.member_id, balance, held))
-
-
-def credit(session: Session, c: Credit) -> Posted:
-    """Give a member ``points`` in a new lot (earn, bonus, positive adjustment)."""
-    member_id, points = c.header.member_id, c.header.points
-    tier = tier_change(c.header, c.tier_window_days)
-    if dialect_of(session) == "postgresql":
-        posted = _credit_in_one(session, c, tier, locked=False)
-        if posted is None and tier is not None:
-            # A new day's window reads the member's transactions: under the row lock.
-            locked = lock_members(session, [member_id]).get(member_id)
-            if locked is not None and locked.state.balance >= 0:
-                posted = _credit_in_one(session, c, tier, locked=True)
-        if posted is not None:
-            return posted
-    state, member_acct = _require_member_change(session, member_id, balance_delta=points, tier=tier)
-    header = _between(c.header, member_acct, c.from_account, to_member=True)
-    txn = _write(session, header, state.balance)
-    _add_lot(
-        session,
-        member_id=member_id,
-        txn_id=txn.id,
-        points=points,
-        origin_partner_id=c.origin_partner_id,
-        expires_at=c.expires_at,
-    )
-    if state.balance - points < 0:
-        _fill_deficit(session, member_id, txn.id)
-    return Posted(txn, state)
-
-
-@dataclass(frozen=True, slots=True)
-class Credit:
-    """What :func:`credit` (and, many at once, :func:`credit_many`) posts: the transaction,
-    the account the points come from, and the lot they make; ``tier_window_days``: W, for a
-    kind that counts in the tier basis (an earn)."""
-
-    header: Header
-    from_account: int
-    origin_partner_id: str | None
-    expires_at: datetime
-    tier_window_days: int | None = None
-
-    @property
-    def member_id(self) -> str:
-        """The member credited."""
-        return self.header.member_id
-
-    @property
-    def points(self) -> int:
-        """The points credited."""
-        return self.header.points
-
-
-def credit_many(
-    session: Session,
-    credits: Sequence[Credit],
-    members: dict[str, LockedMember],
-    tiers: Mapping[str, TierBasis],
-) -> list[Posted]:
-    """:func:`credit` for many credits at once: the same transfers, lots and
-    balances as calling it for each one in order, in a handful of statements whatever their
-    number: the transfers and lots by :func:`_insert_rows` (``COPY`` on
-    PostgreSQL), the members' balances and tier bases in one update, the events by
-    :func:`_posted_many`.
-
-    ``members``: :func:`lock_members` of every member credited, read in this transaction. None
-    may owe points (a negative balance): a deficit must be filled, which :func:`credit` does.
-    Balances are computed here from the locked rows, so several credits of one member each
-    record the right ``balance_after``. ``tiers``: each member's tier basis after the batch
-    (:class:`~coalition.ledger.tiers.BatchTiers`, which the caller fed every credit).
-    """
-    invariant(len(credits) <= BULK_MAX, f"{len(credits)} credits in one batch")
-    if not credits:
-        return []
-    balances = {member_id: members[member_id].state.balance for member_id in
-                {c.member_id for c in credits}}  # fmt: skip
-    invariant(
-        all(balance >= 0 for balance in balances.values()), "a bulk credit of a member who owes"
-    )
-    rows: list[tuple[Any, ...]] = []
-    lots: list[tuple[Any, ...]] = []
-    written: list[tuple[Header, int]] = []
-    for c in credits:
-        points = c.points
-        header = _between(c.header, members[c.member_id].account_id, c.from_account, to_member=True)
-        balance = balances[c.member_id] = balances[c.member_id] + points
-        rows.append((*_header_values(header), balance))
-        lots.append(
-            (c.member_id, c.origin_partner_id, header.id, points, points, c.expires_at, False)
-        )
-        written.append((header, balance))
-    _insert_rows(session, _TRANSACTIONS, _TRANSACTION_COLUMNS, rows)
-    _insert_rows(session, _LOTS, _LOT_COLUMNS, lots)
-    changes = [
-        {
-            "member": m,
-            "delta": balance - members[m].state.balance,
-            "tier_day": tiers[m].day if m in tiers else members[m].tier.day,
-            "tier_since_day": tiers[m].since_day if m in tiers else members[m].tier.since_day,
-            "tier_points": tiers[m].points if m in tiers else members[m].tier.points,
-        }
-        for m, balance in sorted(balances.items())
-    ]
-    if dialect_of(session) == "postgresql":
-        session.execute(
-            _CHANGE_MEMBERS, {k: [c[k] for c in changes] for k in _CHANGE_MEMBERS_ARRAYS}
-        )
-    else:
-        session.execute(_CHANGE_ONE_MEMBER, changes)
-    return [
-        Posted(
-            txn, MemberState(txn.member_id, txn.balance_after, members[txn.member_id].state.held)
-        )
-        for txn in _posted_many(session, written)
-    ]
-
-
-# The members' new balances and tier bases in one statement on PostgreSQL (arrays).
-_CHANGE_MEMBERS_ARRAYS = ("member", "delta", "tier_day", "tier_since_day", "tier_points")
-_CHANGE_MEMBERS = text(
-    """
-    UPDATE members SET balance = members.balance + d.delta, tier_day = d.tier_day,
-        tier_since_day = d.tier_since_day, tier_points = d.tier_points
-    FROM unnest(CAST(:member AS VARCHAR[]), CAST(:delta AS BIGINT[]),
-        CAST(:tier_day AS INTEGER[]), CAST(:tier_since_day AS INTEGER[]),
-        CAST(:tier_points AS BIGINT[])) AS d(id, delta, tier_day, tier_since_day, tier_points)
-    WHERE members.id = d.id
-    """
-)
-_CHANGE_ONE_MEMBER = text(
-    """
-    UPDATE members SET balance = balance + :delta, tier_day = :tier_day,
-        tier_since_day = :tier_since_day, tier_points = :tier_points
-    WHERE id = :member
-    """
-)
-
-
-# A debit on PostgreSQL in two statements: first the member row, updated only if it has the
-# points available (and so locked), with the transfer; then, in a new statement whose
-# snapshot sees every lot change committed before that lock was ours, the points taken from
-# the member's open lots soonest-expiring first (``lots._take``, the one statement of that
-# rule), each taking recorded as a lot movement.
-_DEBIT_MEMBER = HotStatement(
-    text(
-        f"""
-    WITH m AS (
-        UPDATE members SET balance = balance - :points
-        WHERE id = :member_id AND balance - held >= :points
-        RETURNING balance, held, account_id
-    ), t AS ({_TRANSACTION_FROM_MEMBER}
-    )
-    SELECT balance, held, account_id FROM m
-    """  # noqa: S608 (built from constants)
-    )
-)
-
-
-def _debit_in_two(session: Session, header: Header, to_account: int) -> Posted | None:
-    """:func:`debit` in two statements on PostgreSQL; ``None`` (nothing written) when the
-    member is unknown or has fewer points available."""
-    done = _DEBIT_MEMBER.first(session, replace(header, credit_account_id=to_account).row())
-    if done is None:
-        return None
-    balance, held, account = done
-    header = _between(header, account, to_account, to_member=False)
-    taken = _take(session, header.member_id, header.id, header.points)
-    # available >= points and balance = sum(lots) > 0 means the lots cover it.
-    invariant(taken == header.points, f"{header.id}: lots gave {taken} of {header.points}")
-    txn = _posted(session, header, balance)
-    return Posted(txn, MemberState(header.member_id, balance, held))
-
-
-def debit(session: Session, header: Header, *, to_account: int) -> Posted:
-    """Take the header's points the member has available (burn, negative adjustment).
-
-    :class:`InsufficientPoints` (nothing written) when the available balance is short.
-    """
-    if dialect_of(session) == "postgresql":
-        posted = _debit_in_two(session, header, to_account)
-        if posted is not None:
-            return posted
-    member_id, points = header.member_id, header.points
-    state, member_acct = _require_member_change(
-        session, member_id, balance_delta=-points, need_available=points
-    )
-    header = _between(header, member_acct, to_account, to_member=False)
-    txn = _write(session, header, state.balance)
-    taken = _take(session, member_id, txn.id, points)
-    # available >= points and balance = sum(lots) > 0 means the lots cover it.
-    invariant(taken == points, f"{txn.id}: lots gave {taken} of {points}")
-    return Posted(txn, state)
+from coalition.ledger.batch import post
+from coalition.ledger.post import Credit, Debit, Header
+from coalition.ledger.reads import Posted
+from coalition.models import Lot, Transaction
 
 
 def reverse_earn(
@@ -351,25 +27,19 @@ def reverse_earn(
     When the member has already spent or holds those points, the reversal still happens: the
     member's available goes below zero and ``overdraft_points`` records by how much.
     """
-    points, member_id = header.points, original.member_id
-    invariant(header.member_id == member_id, f"{header.id} reverses another member's earn")
-    state, member_acct = _require_member_change(
-        session,
-        member_id,
-        balance_delta=-points,
-        tier=tier_change(header, tier_window_days),
-    )
-    available_before = state.available + points
-    overdraft = points - min(max(available_before, 0), points)
-    header = _between(header, member_acct, to_account, to_member=False)
-    txn = _write(session, replace(header, overdraft_points=overdraft), state.balance)
+    invariant(header.member_id == original.member_id, f"{header.id} reverses another's earn")
     own_lot = session.scalar(
         select(Lot.id).where(Lot.transaction_id == original.id, Lot.is_deficit.is_(False))
     )
-    taken = _take(session, member_id, txn.id, points, first_lot_id=own_lot)
-    if taken < points:
-        _deepen_deficit(session, member_id, txn.id, points - taken)
-    return Posted(txn, state)
+    debit = Debit(
+        header,
+        to_account=to_account,
+        overdraw=True,
+        records_overdraft=True,
+        first_lot_id=own_lot,
+        tier_window_days=tier_window_days,
+    )
+    return post(session, [debit])[0]
 
 
 def reverse_burn(
@@ -387,51 +57,15 @@ def reverse_burn(
     with no origin expiring at ``expires_at``; a deficit still open is then filled as after any
     credit. The deficit lot itself is never restored into: a later credit may have filled it.
     """
-    points, member_id = header.points, original.member_id
-    invariant(header.member_id == member_id, f"{header.id} reverses another member's burn")
-    state, member_acct = _require_member_change(session, member_id, balance_delta=points)
-    txn = _write(
-        session, _between(header, member_acct, from_account, to_member=True), state.balance
+    invariant(header.member_id == original.member_id, f"{header.id} reverses another's burn")
+    credit = Credit(
+        header,
+        from_account=from_account,
+        origin_partner_id=None,
+        expires_at=expires_at,
+        restores=original.id,
     )
-    related = select(Transaction.id).where(
-        or_(Transaction.id == original.id, Transaction.reverses == original.id)
-    )
-    net_taken = (
-        select(
-            LotMovement.lot_id,
-            func.sum(LotMovement.points).label("net"),
-        )
-        .where(LotMovement.transaction_id.in_(related.scalar_subquery()))
-        .group_by(LotMovement.lot_id)
-        .subquery()
-    )
-    lots = session.execute(
-        select(Lot.id, Lot.origin_partner_id, Lot.remaining, net_taken.c.net)
-        .join(net_taken, net_taken.c.lot_id == Lot.id)
-        .where(net_taken.c.net < 0, Lot.is_deficit.is_(False))
-        .order_by(Lot.expires_at.desc(), Lot.id.desc())
-    ).all()
-    moves: list[tuple[int, str | None, int, int]] = []
-    left = points
-    for lot_id, origin, remaining, net in lots:
-        back = min(-int(net), left)
-        moves.append((lot_id, origin, back, remaining + back))
-        left -= back
-        if left == 0:
-            break
-    _move(session, txn.id, moves)
-    if left:
-        _add_lot(
-            session,
-            member_id=member_id,
-            txn_id=txn.id,
-            points=left,
-            origin_partner_id=None,
-            expires_at=expires_at,
-        )
-    if state.balance - points < 0:
-        _fill_deficit(session, member_id, txn.id)
-    return Posted(txn, state)
+    return post(session, [credit])[0]
 
 
 def reversed_points(session: Session, original_id: str) -> int:

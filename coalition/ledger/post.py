@@ -1,6 +1,7 @@
-"""The one place a transfer is written and posted: the header of its row, the accounts it
-moves points between, the member row (the only balance kept in place), the bulk insert, and
-:func:`_posted_many`, where the tier basis, the outbox and the metrics attach."""
+"""The one place a transfer is described and posted: the header of its row, the movements a
+batch is made of (:class:`Credit`, :class:`Debit`), the accounts it moves points between, the
+member row (the only balance kept in place), the bulk insert, and :func:`_posted_many`, where
+the outbox and the metrics attach."""
 
 from __future__ import annotations
 
@@ -39,7 +40,6 @@ from coalition.ledger.tables import (
     _CHANGE_MEMBER,
     _CHANGE_MEMBER_IF_AVAILABLE,
     _MEMBERS,
-    _TRANSACTIONS,
     BULK_MAX,
 )
 from coalition.ledger.tiers import (
@@ -47,7 +47,6 @@ from coalition.ledger.tiers import (
     day_of,
     tier_params,
     tier_points_of,
-    tier_values,
 )
 from coalition.models import (
     Account,
@@ -55,8 +54,6 @@ from coalition.models import (
     Transaction,
     TransactionKind,
 )
-
-_INSERT_TRANSACTION = insert(_TRANSACTIONS)
 
 _LOCK_MEMBERS = (
     select(
@@ -122,49 +119,7 @@ def lock_members(session: Session, member_ids: Iterable[str]) -> dict[str, Locke
     }
 
 
-# --- the member row: the only balance updated in place -----------------------------------
-
-
-def _change_member(
-    session: Session,
-    member_id: str,
-    *,
-    balance_delta: int,
-    held_delta: int = 0,
-    need_available: int | None = None,
-    tier: dict[str, Any] | None = None,
-) -> tuple[MemberState, int] | None:
-    """Apply deltas to the member row, locking it: the state after, and the member's account
-    (read in the same statement, so no separate lookup).
-
-    ``None`` when ``need_available`` is not met or there is no such member. With
-    ``need_available`` the update is conditional (``balance - held >= need``), so two
-    concurrent burns can never overdraw a member. ``tier``: :func:`tiers.tier_params` of a
-    transfer that counts in the tier basis, which the same update keeps; on PostgreSQL the row
-    is locked by a statement of its own first, so that the basis's read of the member's
-    transactions sees every one committed before (docs/invariants.md).
-    """
-    params: dict[str, Any] = {
-        "member": member_id,
-        "balance_delta": balance_delta,
-        "held_delta": held_delta,
-        **(tier or {}),
-    }
-    if need_available is not None:
-        params["need_available"] = need_available
-    if tier is not None and dialect_of(session) == "postgresql":
-        session.execute(_LOCK_MEMBERS, {"members": [member_id]})
-    stmt = _member_update(need_available is not None, tier is not None)
-    row = session.execute(stmt, params).one_or_none()
-    if row is None:
-        return None
-    return MemberState(member_id, row.balance, row.held), row.account_id
-
-
-@cache
-def _member_update(conditional: bool, tier: bool) -> Any:
-    stmt = _CHANGE_MEMBER_IF_AVAILABLE if conditional else _CHANGE_MEMBER
-    return stmt.values(**tier_values()) if tier else stmt
+# --- the member row's held points, for a hold placed or released (no transfer) -------------
 
 
 def _require_member_change(
@@ -174,19 +129,23 @@ def _require_member_change(
     balance_delta: int,
     held_delta: int = 0,
     need_available: int | None = None,
-    tier: dict[str, Any] | None = None,
 ) -> tuple[MemberState, int]:
-    """:func:`_change_member`; :class:`UnknownMember` or :class:`InsufficientPoints` if not."""
-    changed = _change_member(
-        session,
-        member_id,
-        balance_delta=balance_delta,
-        held_delta=held_delta,
-        need_available=need_available,
-        tier=tier,
-    )
-    if changed is not None:
-        return changed
+    """Apply deltas to the member row, locking it: the state after, and the member's account
+    (read in the same statement). With ``need_available`` the update is conditional
+    (``balance - held >= need``), so two concurrent holds can never overdraw a member.
+    :class:`UnknownMember` or :class:`InsufficientPoints` (nothing written) if not."""
+    params: dict[str, Any] = {
+        "member": member_id,
+        "balance_delta": balance_delta,
+        "held_delta": held_delta,
+    }
+    stmt = _CHANGE_MEMBER
+    if need_available is not None:
+        params["need_available"] = need_available
+        stmt = _CHANGE_MEMBER_IF_AVAILABLE
+    row = session.execute(stmt, params).one_or_none()
+    if row is not None:
+        return MemberState(member_id, row.balance, row.held), row.account_id
     current = member_state(session, member_id)  # raises UnknownMember
     raise InsufficientPoints(
         f"member has {current.available} points available, {need_available} needed",
@@ -295,12 +254,6 @@ def _transaction_of(header: Header, balance_after: int) -> Transaction:
     return txn
 
 
-def _write(session: Session, header: Header, balance_after: int) -> Transaction:
-    """Insert a transfer (its two accounts set, by :func:`_between`)."""
-    session.execute(_INSERT_TRANSACTION, [{**header.row(), "balance_after": balance_after}])
-    return _posted(session, header, balance_after)
-
-
 _TRANSACTION_COLUMNS = (*_HEADER_COLUMNS, "balance_after")
 
 #: The PostgreSQL type a binary ``COPY`` sends for a column of these types (the first match).
@@ -354,3 +307,84 @@ def _insert_rows(
         # Raised as SQLAlchemy raises the driver's errors of its own statements: a unique key
         # that a concurrent write took first is an IntegrityError, which callers retry on.
         raise DBAPIError.instance(copy_sql, None, exc, psycopg.Error) from exc
+
+
+# --- movements: what :func:`coalition.ledger.batch.post` posts ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """Points to a member (earn, bonus, positive adjustment, burn reversal): the transaction,
+    the account the points come from, and the lot they make; ``tier_window_days``: W, for a
+    kind that counts in the tier basis (an earn).
+
+    ``restores``: a burn whose points this gives back to the lots it took them from
+    (latest-expiring first); only what those lots cannot take back makes the new lot (a
+    capture's points taken from the member's deficit).
+    """
+
+    header: Header
+    from_account: int
+    origin_partner_id: str | None
+    expires_at: datetime
+    tier_window_days: int | None = None
+    restores: str | None = None
+
+    @property
+    def member_id(self) -> str:
+        """The member credited."""
+        return self.header.member_id
+
+    @property
+    def points(self) -> int:
+        """The points credited."""
+        return self.header.points
+
+
+@dataclass(frozen=True, slots=True)
+class Debit:
+    """Points taken from a member's lots soonest-expiring first (burn, negative adjustment,
+    capture, earn reversal, expiry), to ``to_account``.
+
+    Without ``overdraw`` the member must have the points available (:class:`InsufficientPoints`
+    otherwise); with it (a capture, an earn reversal) what the lots lack becomes the member's
+    deficit, and ``records_overdraft`` writes by how much the available balance went below
+    zero in ``overdraft_points`` (an earn reversal). ``held_delta``: the change to the
+    member's held points (a capture releases its hold). ``first_lot_id``: drained before the
+    others (an earn reversal's own lot); ``expired_by``: only lots expired by then are taken
+    (expiry). ``tier_window_days``: W, for a kind that counts in the tier basis."""
+
+    header: Header
+    to_account: int
+    overdraw: bool = False
+    records_overdraft: bool = False
+    held_delta: int = 0
+    first_lot_id: int | None = None
+    expired_by: datetime | None = None
+    tier_window_days: int | None = None
+
+    @property
+    def member_id(self) -> str:
+        """The member debited."""
+        return self.header.member_id
+
+    @property
+    def points(self) -> int:
+        """The points debited."""
+        return self.header.points
+
+    @property
+    def plain(self) -> bool:
+        """A debit of points available, from any lot, nothing else (a burn, a negative
+        adjustment): what the two-statement form on PostgreSQL writes."""
+        return (
+            not self.overdraw
+            and not self.held_delta
+            and self.first_lot_id is None
+            and self.expired_by is None
+            and not tier_points_of(self.header.kind, self.points)
+        )
+
+
+#: One movement of a batch.
+Movement = Credit | Debit

@@ -17,10 +17,12 @@ tier is one row:
 - on an earlier day (a backdated earn), or when the row's window is not ``W`` days wide (the
   setting changed since): the exact sum over the window, from the member's transactions.
 
-The rule is written twice, as SQL (:data:`MEMBER_TIER_POINTS` and :func:`tier_values`, which
-one statement evaluates against the member row) and in Python (:class:`TierBasis`, which the
-bulk earn applies to the rows it locked); ``tests/partners/test_tier_basis.py`` holds them to
-each other and to a recomputation, and ``coalition check`` verifies every row.
+The rule is written twice, as SQL (:data:`MEMBER_TIER_POINTS`, the earn's read of it, and
+:func:`tier_values`, which the one-statement credit of ``coalition.ledger.shortcuts``
+evaluates against the member row) and in Python (:class:`TierBasis`, which the one write path,
+``coalition.ledger.batch.post``, applies to the rows it locked);
+``tests/partners/test_tier_basis.py`` holds them to each other and to a recomputation, and
+``coalition check`` verifies every row.
 """
 
 from __future__ import annotations
@@ -186,7 +188,7 @@ def tier_values() -> dict[str, Any]:
     }
 
 
-# --- the same rule in Python, for the bulk earn -------------------------------------------
+# --- the same rule in Python, for ledger.post ----------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +243,7 @@ class TierBasis:
 
 class BatchTiers:
     """The tier basis of many members over a batch of their transfers, in Python, as posting
-    them one by one would keep it (the bulk earn): the members' rows locked
+    them one by one would keep it (``ledger.post``, the bulk earn): the members' rows locked
     (:func:`~coalition.ledger.post.lock_members`), their transactions' days read once, set-based,
     over the ranges the batch will need (:meth:`TierBasis.reads`), and again, for one member,
     only if an item needs a range that was not foreseen."""

@@ -379,7 +379,7 @@ def test_a_reference_taken_before_the_bulk_write_fails_the_batch_with_the_unique
 
     def post(s: Session) -> None:
         locked = ledger.lock_members(s, [member])
-        ledger.credit_many(s, credits, locked, {member: locked[member].tier})
+        ledger.post(s, credits, locked, {member: locked[member].tier})
 
     with pytest.raises(IntegrityError), transaction(db.sessions) as s:
         post(s)

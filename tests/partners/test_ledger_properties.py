@@ -26,14 +26,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from coalition import ledger
 from coalition.config import Tier
+from coalition.db import transaction
 from coalition.errors import (
     BurnCapExceeded,
     CoalitionError,
@@ -43,12 +45,15 @@ from coalition.errors import (
     ReversalExceedsOriginal,
     ValidationFailed,
 )
-from coalition.ledger import MemberState, day_of
-from coalition.models import Hold, Lot, Member, Transaction
+from coalition.ledger import Header, MemberState, day_of
+from coalition.models import OPERATOR_ACCOUNTS, Hold, Lot, Member, Transaction, TransactionKind
 from coalition.money import format_amount
 from partners.models import Partner
 from partners.operations import Operations
 from tests.conftest import Db
+from tests.partners.test_bulk_earn import Side as BulkSide
+from tests.partners.test_bulk_earn import _setup as bulk_setup
+from tests.partners.test_bulk_earn import _state as bulk_state
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -943,5 +948,211 @@ def test_random_operation_sequences_keep_the_invariants_and_match_the_model(db: 
         for op in sequence:
             example.step(op)
         example.verify()
+
+    run()
+
+
+# --- batches: any batch posted at once = its movements posted one by one ----------------------
+
+# A batch of movements drawn by hypothesis: the member (member 1 owes points), what it is (an
+# earn of the side's partner, counting in the tier basis; a bonus the coalition funds; an
+# operator's adjustment up or down; a burn; the reversal of an earn or of a burn of an earlier
+# batch), the points, the lot's validity in days, how long ago an earn occurred, and which
+# earlier earn or burn a reversal takes.
+_WHATS = ["earn", "bonus", "adjust+", "burn", "adjust-", "reverse_earn", "reverse_burn"]
+_MOVES = st.lists(
+    st.tuples(
+        st.integers(0, 3),
+        st.sampled_from(_WHATS),
+        st.integers(1, 3_000),
+        st.sampled_from([1, 2, 45]),
+        st.none() | st.floats(0, 40),
+        st.integers(0, 1_000),
+    ),
+    min_size=1,
+    max_size=25,
+)
+_Drawn = tuple[int, str, int, int, float | None, int]
+
+
+@dataclass
+class _Past:
+    """The earns and burns posted on both sides by earlier batches, in the same order:
+    ``(id on side a, id on side b, member, points left to reverse)``."""
+
+    earns: list[list[Any]] = field(default_factory=list)
+    burns: list[list[Any]] = field(default_factory=list)
+
+
+def _plan(drawn: list[_Drawn], available: list[int], past: _Past) -> list[tuple[Any, ...]]:
+    """The drawn movements that are valid one after the other: a debit that may not overdraw
+    at most the member's available points, a reversal of what is left of an earlier one."""
+    plan = []
+    for step in drawn:
+        member, what, points, days, hours, pick = step
+        original = None
+        if what in ("burn", "adjust-"):
+            points = min(points, available[member])
+        elif what.startswith("reverse"):
+            pool = past.earns if what == "reverse_earn" else past.burns
+            open_ = [p for p in pool if p[3] > 0]
+            if not open_:
+                continue
+            original = open_[pick % len(open_)]
+            member, points = original[2], min(points, original[3])
+            original[3] -= points
+        if points <= 0:
+            continue
+        sign = -1 if what in ("burn", "adjust-", "reverse_earn") else 1
+        available[member] += sign * points
+        plan.append((member, what, points, days, hours, original))
+    return plan
+
+
+def _movement(
+    s: Any, side: BulkSide, a_side: bool, step: tuple[Any, ...], ref: str, now: datetime
+) -> ledger.Credit | ledger.Debit:
+    member, what, points, days, hours, original = step
+    partner = side.partner
+    card = side.cards[-1]
+    occurred = now if hours is None or what != "earn" else now - timedelta(hours=hours)
+    kind = {
+        "earn": TransactionKind.EARN,
+        "bonus": TransactionKind.BONUS,
+        "adjust+": TransactionKind.ADJUSTMENT,
+        "adjust-": TransactionKind.ADJUSTMENT,
+        "burn": TransactionKind.BURN,
+        "reverse_earn": TransactionKind.EARN_REVERSAL,
+        "reverse_burn": TransactionKind.BURN_REVERSAL,
+    }[what]
+    billed = what in ("earn", "burn", "reverse_earn", "reverse_burn")
+    reverses = None if original is None else original[0 if a_side else 1]
+    header = Header(
+        kind=kind,
+        member_id=side.members[member],
+        points=points,
+        occurred_at=occurred,
+        posted_at=now,
+        partner_id=partner.id if billed else None,
+        reference=ref if billed else None,
+        currency="EUR" if billed else None,
+        amount_minor=points if billed else None,
+        rate_card_id=card if billed else None,
+        reverses=reverses,
+        reason=None if billed else "drawn",
+    )
+    expires_at = occurred + timedelta(days=days)
+    adjustment = OPERATOR_ACCOUNTS["operator_adjustment"]
+    if what == "earn":
+        return ledger.Credit(header, partner.issued_account_id, partner.id, expires_at, 2)
+    if what == "bonus":
+        return ledger.Credit(header, OPERATOR_ACCOUNTS["operator_bonus"], None, expires_at)
+    if what == "adjust+":
+        return ledger.Credit(header, adjustment, None, expires_at)
+    if what == "reverse_burn":
+        return ledger.Credit(
+            header, partner.redeemed_account_id, None, expires_at, restores=reverses
+        )
+    if what == "reverse_earn":
+        own = s.scalar(
+            select(Lot.id).where(Lot.transaction_id == reverses, Lot.is_deficit.is_(False))
+        )
+        return ledger.Debit(
+            header,
+            partner.issued_account_id,
+            overdraw=True,
+            records_overdraft=True,
+            first_lot_id=own,
+            tier_window_days=2,
+        )
+    to = partner.redeemed_account_id if what == "burn" else adjustment
+    return ledger.Debit(header, to)
+
+
+def _posted_outcome(posted: ledger.Posted, side: BulkSide) -> tuple[Any, ...]:
+    txn = posted.transaction
+
+    def role(account: int | None) -> Any:
+        if account in side.accounts:
+            return side.members.index(txn.member_id) == side.accounts.index(account)
+        partner = side.partner
+        names = {partner.issued_account_id: "issued", partner.redeemed_account_id: "redeemed"}
+        return names.get(cast("int", account), account)  # an operator account: its fixed id
+
+    return (
+        side.members.index(txn.member_id),
+        txn.kind,
+        txn.points,
+        txn.balance_after,
+        txn.overdraft_points,
+        posted.member.balance,
+        posted.member.held,
+        role(txn.debit_account_id),
+        role(txn.credit_account_id),
+    )
+
+
+def test_any_batch_of_movements_posted_at_once_leaves_what_one_by_one_leaves(db: Db) -> None:
+    # Credits (earns with a two-day tier window, some backdated; bonuses; adjustments),
+    # debits (burns, adjustments) and reversals of earlier earns and burns, for members who
+    # owe points and members who do not: the one write path (ledger.post) given the batch at
+    # once and given its movements one at a time, then the expiry of all the members' due lots
+    # at once and member by member.
+    db.configure(tier_window_days=2)
+    a, b = bulk_setup(db, members=4)
+    past = _Past()
+    round_ = iter(range(1_000_000))
+
+    @settings(max_examples=15, deadline=None, database=None, print_blob=True)
+    @given(_MOVES)
+    def run(drawn: list[_Drawn]) -> None:
+        now = db.clock()
+        n = next(round_)
+        with transaction(db.sessions) as s:
+            available = [ledger.member_state(s, m).available for m in a.members]
+        plan = _plan(drawn, available, past)
+        for what in sorted({step[1] for step in plan}):
+            event(f"a batch with {what}")
+        with transaction(db.sessions) as s:
+            moves = [_movement(s, a, True, step, f"m{n}-{k}", now) for k, step in enumerate(plan)]
+            batch = ledger.post(s, moves)
+        single = []
+        for k, step in enumerate(plan):
+            with transaction(db.sessions) as s:
+                move = _movement(s, b, False, step, f"m{n}-{k}", now)
+                single.extend(ledger.post(s, [move]))
+        assert [_posted_outcome(p, a) for p in batch] == [_posted_outcome(p, b) for p in single]
+        if any(p.transaction.overdraft_points for p in batch):
+            event("an earn reversal overdrew")
+        assert bulk_state(db, a) == bulk_state(db, b)
+        db.assert_ledger_ok()
+        for step, x, y in zip(plan, batch, single, strict=True):
+            pool = {"earn": past.earns, "burn": past.burns}.get(step[1])
+            if pool is not None:
+                pool.append([x.transaction.id, y.transaction.id, step[0], step[2]])
+        # Member 1 spends all it has and an earn of it is reversed: the next batch fills its
+        # deficit.
+        for side in (a, b):
+            pid, member = side.partner.id, side.members[1]
+            earned = db.ops.earn(
+                pid, member_id=member, reference=f"owe-e{n}", amount="10", currency="EUR"
+            )
+            with transaction(db.sessions) as s:
+                ledger.expire_lots(s, [member], db.clock())  # as the burn would first
+                left = ledger.member_state(s, member).available
+            if left > 0:
+                db.ops.burn(pid, member_id=member, reference=f"owe-b{n}", points=left)
+            db.ops.reverse(pid, earned.transaction.id, reference=f"owe-r{n}")
+        # Expiry: every member's due lots at once on one side, member by member on the other.
+        now = db.clock.advance(hours=drawn[0][2] % 30)
+        with transaction(db.sessions) as s:
+            expired = ledger.expire_lots(s, a.members, now)
+        alone = []
+        for member in b.members:
+            with transaction(db.sessions) as s:
+                alone.extend(ledger.expire_lots(s, [member], now))
+        event(f"{len(expired)} members' lots expired")
+        assert [_posted_outcome(p, a) for p in expired] == [_posted_outcome(p, b) for p in alone]
+        assert bulk_state(db, a) == bulk_state(db, b)
 
     run()

@@ -1,0 +1,169 @@
+"""The one-statement forms of a batch of one on PostgreSQL (data-modifying CTEs): a credit of
+a member who owes nothing, and a plain debit (two statements: the member row with the
+transfer, then the lots). Each writes exactly the rows :func:`coalition.ledger.batch.post`
+writes for the same movement, or nothing (``None``): the batch path then posts it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import Boolean, bindparam, or_, text, update
+from sqlalchemy import cast as sa_cast
+from sqlalchemy.orm import Session
+
+from coalition.db import HotStatement, named_sql
+from coalition.errors import invariant
+from coalition.ledger.lots import _take
+from coalition.ledger.post import (
+    Credit,
+    Debit,
+    Header,
+    LockedMember,
+    Movement,
+    _between,
+    _posted,
+    lock_members,
+    tier_change,
+)
+from coalition.ledger.reads import MemberState, Posted
+from coalition.ledger.tables import _MEMBERS
+from coalition.ledger.tiers import TIER_WRITE_WITHOUT_READ, tier_values
+
+
+def shortcut(
+    session: Session, movement: Movement
+) -> tuple[Posted | None, dict[str, LockedMember] | None]:
+    """The movement in its one-statement form (PostgreSQL): posted, or ``None`` and the
+    member's row if it was locked on the way (a new day's tier window reads the member's
+    transactions: under the lock)."""
+    if isinstance(movement, Debit):
+        if not movement.plain:
+            return None, None
+        return _debit_in_two(session, movement.header, movement.to_account), None
+    c = movement
+    if c.restores is not None:
+        return None, None
+    tier = tier_change(c.header, c.tier_window_days)
+    posted = _credit_in_one(session, c, tier, locked=False)
+    if posted is not None or tier is None:
+        return posted, None
+    locked = lock_members(session, [c.member_id])
+    member = locked.get(c.member_id)
+    if member is not None and member.state.balance >= 0:
+        return _credit_in_one(session, c, tier, locked=True), locked
+    return None, locked
+
+
+# A credit of a member who owes nothing, in one statement (PostgreSQL's data-modifying CTEs):
+# the member row updated (and locked) with its tier basis (``coalition.ledger.tiers``), the
+# transfer, and the new lot. No row comes back when there is no such member, or it owes points
+# (a deficit to fill first), or (unless ``:locked``) its tier basis must read its transactions
+# (a new day's window): then nothing was written, and the caller locks the row first or takes
+# the statements of the general path.
+# The header's row, with the balance the member row ``m`` of the statement came back with
+# (every column of ledger.Header, bound by name).
+# The member's own account is the one of the two left NULL, named from the member row.
+_TRANSACTION_FROM_MEMBER = """
+        INSERT INTO transactions (id, kind, partner_id, member_id, reference, points,
+            amount_minor, currency, rate_card_id, tier, occurred_at, posted_at, reverses,
+            hold_id, balance_after, overdraft_points, reason, debit_account_id,
+            credit_account_id)
+        SELECT :id, :kind, :partner_id, :member_id, :reference, :points, :amount_minor,
+            :currency, :rate_card_id, :tier, :occurred_at, :posted_at, :reverses, :hold_id,
+            m.balance, :overdraft_points, :reason,
+            COALESCE(CAST(:debit_account_id AS BIGINT), m.account_id),
+            COALESCE(CAST(:credit_account_id AS BIGINT), m.account_id)
+        FROM m
+        RETURNING id"""
+
+
+def _credit_in_one_statement(tier: bool) -> tuple[dict[str, Any], HotStatement]:
+    member = (
+        update(_MEMBERS)
+        .where(_MEMBERS.c.id == bindparam("member_id"), _MEMBERS.c.balance >= 0)
+        .values(balance=_MEMBERS.c.balance + bindparam("points"))
+        .returning(_MEMBERS.c.balance, _MEMBERS.c.held, _MEMBERS.c.account_id)
+    )
+    if tier:
+        member = member.values(**tier_values()).where(
+            or_(sa_cast(bindparam("locked"), Boolean), TIER_WRITE_WITHOUT_READ)
+        )
+    member_sql, fixed = named_sql(member)
+    return fixed, HotStatement(
+        text(
+            f"""
+    WITH m AS ({member_sql}
+    ), t AS ({_TRANSACTION_FROM_MEMBER}
+    ), l AS (
+        INSERT INTO lots (member_id, origin_partner_id, transaction_id, points, remaining,
+            expires_at, is_deficit)
+        SELECT :member_id, :origin_partner_id, t.id, :points, :points, :expires_at, false
+        FROM t
+    )
+    SELECT balance, held, account_id FROM m
+    """  # noqa: S608 (built from constants)
+        )
+    )
+
+
+_CREDIT_FIXED, _CREDIT_IN_ONE = _credit_in_one_statement(tier=False)
+_CREDIT_TIER_FIXED, _CREDIT_IN_ONE_TIER = _credit_in_one_statement(tier=True)
+
+
+def _credit_in_one(
+    session: Session, c: Credit, tier: dict[str, Any] | None, *, locked: bool
+) -> Posted | None:
+    """A credit in one statement on PostgreSQL; ``None`` (nothing written) when the
+    member is unknown or owes points, or its tier basis needs the row locked first."""
+    params = {
+        **replace(c.header, debit_account_id=c.from_account).row(),
+        "origin_partner_id": c.origin_partner_id,
+        "expires_at": c.expires_at,
+    }
+    if tier is None:
+        done = _CREDIT_IN_ONE.first(session, {**_CREDIT_FIXED, **params})
+    else:
+        params = {**_CREDIT_TIER_FIXED, **params, **tier, "locked": locked}
+        done = _CREDIT_IN_ONE_TIER.first(session, params)
+    if done is None:
+        return None
+    balance, held, account = done
+    header = _between(c.header, account, c.from_account, to_member=True)
+    txn = _posted(session, header, balance)
+    return Posted(txn, MemberState(c.header.member_id, balance, held))
+
+
+# A debit on PostgreSQL in two statements: first the member row, updated only if it has the
+# points available (and so locked), with the transfer; then, in a new statement whose
+# snapshot sees every lot change committed before that lock was ours, the points taken from
+# the member's open lots soonest-expiring first (``lots._take``, the one statement of that
+# rule), each taking recorded as a lot movement.
+_DEBIT_MEMBER = HotStatement(
+    text(
+        f"""
+    WITH m AS (
+        UPDATE members SET balance = balance - :points
+        WHERE id = :member_id AND balance - held >= :points
+        RETURNING balance, held, account_id
+    ), t AS ({_TRANSACTION_FROM_MEMBER}
+    )
+    SELECT balance, held, account_id FROM m
+    """  # noqa: S608 (built from constants)
+    )
+)
+
+
+def _debit_in_two(session: Session, header: Header, to_account: int) -> Posted | None:
+    """A plain debit in two statements on PostgreSQL; ``None`` (nothing written) when the
+    member is unknown or has fewer points available."""
+    done = _DEBIT_MEMBER.first(session, replace(header, credit_account_id=to_account).row())
+    if done is None:
+        return None
+    balance, held, account = done
+    header = _between(header, account, to_account, to_member=False)
+    taken = _take(session, header.member_id, header.id, header.points)
+    # available >= points and balance = sum(lots) > 0 means the lots cover it.
+    invariant(taken == header.points, f"{header.id}: lots gave {taken} of {header.points}")
+    txn = _posted(session, header, balance)
+    return Posted(txn, MemberState(header.member_id, balance, held))
