@@ -15,7 +15,8 @@ their threads are all in it), PostgreSQL's CPU per request (every ``postgres`` p
 the same way), each worker's share of the Python CPU (every worker must be busy), and,
 for earns, that the database holds exactly as many new earns as there were fresh ``201``
 answers. Earns and balance reads then run again paced at half their saturated rate
-(``*_half_rate``): the latency a partner sees while the service has room to spare.
+(``*_half_rate``, beside the same ``pgbench -N`` figure): the latency a partner sees while
+the service has room to spare.
 """
 
 from __future__ import annotations
@@ -310,11 +311,14 @@ def run_scenario(
     seconds: int,
     *,
     rate: float | None = None,
+    tps: float | None = None,
 ) -> dict[str, Any]:
     """pgbench -N, then one scenario through wrk: the figures of one row (``rate``: paced at
-    that many requests a second, :func:`_wrk`)."""
+    that many requests a second, :func:`_wrk`; ``tps``: the pgbench -N figure already
+    measured for it, not measured again)."""
     label, make = SCENARIOS[name]
-    tps = pgbench_tps(pgbench_url, clients=CONNECTIONS, seconds=seconds, threads=WRK_THREADS)
+    if tps is None:
+        tps = pgbench_tps(pgbench_url, clients=CONNECTIONS, seconds=seconds, threads=WRK_THREADS)
     rng = random.Random(name)
     per_thread = SIGNED_PER_S * seconds
     with tempfile.TemporaryDirectory(prefix="coalition-bench-") as tmp:
@@ -424,11 +428,13 @@ def measure_http(url: URL, *, seconds: int, workers: int, members: int) -> dict[
                 # At a constant rate, half of what each ran at saturated: the latency a partner
                 # sees on a service with room to spare (issue 20: p99 under 20 ms).
                 for scenario in PACED:
-                    rate = results["scenarios"][scenario]["requests_per_s"] / 2
+                    saturated = results["scenarios"][scenario]
+                    rate = saturated["requests_per_s"] / 2
                     print(f"http: {scenario} at {rate:.0f}/s, {seconds} s ...", file=sys.stderr)
                     results["scenarios"][f"{scenario}_half_rate"] = run_scenario(
-                        scenario, server, signer, bench, pgbench_url, seconds, rate=rate
-                    )
+                        scenario, server, signer, bench, pgbench_url, seconds, rate=rate,
+                        tps=saturated["pgbench_tps"],
+                    )  # fmt: skip
             with_endpoint = results["scenarios"]["earns_webhook"]["requests_per_s"]
             spread = results["scenarios"]["earns"]["requests_per_s"]
             results["webhook_to_none"] = round(with_endpoint / spread, 3) if spread else None

@@ -239,7 +239,7 @@ class Earning(OperationBase):
             for n, spend in spends.items():
                 try:
                     credit = self._batch_item(
-                        s, partner, batch, item=items[n], at=occurred[n], spend=spend, now=now
+                        partner, batch, item=items[n], at=occurred[n], spend=spend, now=now
                     )
                 except CoalitionError as exc:
                     results[n] = exc
@@ -272,7 +272,6 @@ class Earning(OperationBase):
 
     def _batch_item(
         self,
-        s: Session,
         partner: PartnerTerms,
         batch: _Batch,
         *,
@@ -291,10 +290,11 @@ class Earning(OperationBase):
             )
         if item.member_id not in batch.members:
             raise UnknownMember(f"no member {item.member_id!r}", member_id=item.member_id)
+        day = ledger.day_of(at)
         credit = self._earn_credit(
             partner,
             batch.cards.at(at),
-            batch.tiers.at(item.member_id, ledger.day_of(at)),
+            batch.tiers.at(item.member_id, day),
             member_id=item.member_id,
             reference=item.reference,
             amount=item.amount,
@@ -304,5 +304,5 @@ class Earning(OperationBase):
             now=now,
         )
         batch.used[item.reference] = credit.header.id
-        batch.tiers.add(item.member_id, ledger.day_of(at), credit.points)
+        batch.tiers.add(item.member_id, day, credit.points)
         return credit
