@@ -33,25 +33,23 @@ from api.structs import (
     PartnerUpdate,
     RateCardCreate,
     RateCardList,
-    RateCardOut,
-    TransactionOut,
 )
 from api.views import (
     key_created,
     key_out,
     liability_out,
     partner_out,
-    rate_card_out,
-    transaction_out,
 )
 from coalition.db import transaction
 from partners.keys import create_key, list_keys, revoke_key
-from partners.queries import list_partners
+from partners.queries import TransactionOut, list_partners, transaction_out
 from partners.rates import (
+    RateCardOut,
     create_partner,
     create_rate_card,
     get_partner,
     list_rate_cards,
+    rate_card_out,
     update_partner,
 )
 from settlement.reports import liability

@@ -43,19 +43,21 @@ from api.structs import (
     MemberIdQuery,
     MemberOut,
     ReversalCreate,
-    TransactionKind,
-    TransactionOut,
     TransactionPage,
 )
 from api.views import (
     balance_out,
     hold_out,
     partner_out,
-    rate_card_out,
+)
+from partners.queries import (
+    TransactionKind,
+    TransactionOut,
+    active_rate_card,
+    list_transactions,
     transaction_out,
 )
-from partners.queries import active_rate_card, list_transactions
-from partners.rates import get_partner
+from partners.rates import get_partner, rate_card_out
 
 PathId = IdPath
 Since = Annotated[

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import msgspec
 from litestar import Controller, Request, Response, get, put
 from litestar.params import PathParameter, QueryParameter, RawBody
 
@@ -16,14 +15,10 @@ from api.docs import SIGNED, body, problems
 from api.handlers import Call, operation
 from api.pages import Cursor, Limit, decode_cursor, page_out
 from api.payments_structs import (
-    BankAccountOut,
     BankAccountPut,
-    BankEntryOut,
-    BankStatementImported,
     PaymentRunCancel,
     PaymentRunCreate,
     PaymentRunList,
-    PaymentRunOut,
     PaymentRunSummary,
     ReconciliationPage,
     ResolveEntry,
@@ -35,7 +30,9 @@ from coalition.db import transaction
 from coalition.errors import ValidationFailed
 from settlement.bankfiles import MAX_BANK_FILE_BYTES
 from settlement.payments import bank_accounts, reconcile, runs
-from settlement.payments.models import BankEntry
+from settlement.payments.bank_accounts import BankAccountOut
+from settlement.payments.reconcile import BankEntryOut, BankStatementImported
+from settlement.payments.runs import PaymentRunOut
 
 FileName = Annotated[
     str,
@@ -49,24 +46,6 @@ FileName = Annotated[
 BANK_FILE_TYPES = ("application/xml", "text/xml", "text/plain", "application/octet-stream")
 
 
-def bank_account_out(found: bank_accounts.BankDetails, status: str) -> BankAccountOut:
-    """A partner's details in the API's shape."""
-    return msgspec.convert(
-        {
-            "partner_id": found.partner_id,
-            "status": status,
-            "active": None if found.active is None else bank_accounts.account_data(found.active),
-            "pending": None if found.pending is None else bank_accounts.account_data(found.pending),
-        },
-        BankAccountOut,
-    )
-
-
-def run_out(view: runs.RunView) -> PaymentRunOut:
-    """A run in the API's shape."""
-    return msgspec.convert(runs.run_data(view), PaymentRunOut)
-
-
 def payment_file_response(services: Services, run_id: str, name: str) -> Response[bytes]:
     """A payment run's file as an attachment, byte for byte as stored (the API's and the
     console's download)."""
@@ -77,10 +56,6 @@ def payment_file_response(services: Services, run_id: str, name: str) -> Respons
         media_type="application/xml",
         headers={"Content-Disposition": f'attachment; filename="{found.name}"'},
     )
-
-
-def _entry_out(entry: BankEntry) -> BankEntryOut:
-    return msgspec.convert(reconcile.entry_data(entry), BankEntryOut)
 
 
 def _media_type(request: Request[Any, Any, Any]) -> str:
@@ -123,7 +98,7 @@ class PaymentsController(Controller):
         )
         with transaction(services.sessions) as s:
             bank_accounts.propose(s, partner_id, actor_of(principal_of(request)), checked, now=now)
-            return bank_account_out(bank_accounts.details(s, partner_id), "pending")
+            return bank_accounts.details_out(bank_accounts.details(s, partner_id), "pending")
 
     @get(
         "/partners/{partner_id:str}/bank-account",
@@ -139,7 +114,9 @@ class PaymentsController(Controller):
         with transaction(services.sessions) as s:
             found = bank_accounts.details(s, partner_id)
             status = "active" if found.active is not None else "none"
-            return bank_account_out(found, "pending" if found.pending is not None else status)
+            return bank_accounts.details_out(
+                found, "pending" if found.pending is not None else status
+            )
 
     @operation(
         "/partners/{partner_id:str}/bank-account/approve",
@@ -155,7 +132,7 @@ class PaymentsController(Controller):
         bank_accounts.approve(
             session, partner_id, actor_of(call.principal), now=call.services.clock()
         )
-        return bank_account_out(bank_accounts.details(session, partner_id), "active")
+        return bank_accounts.details_out(bank_accounts.details(session, partner_id), "active")
 
     # --- payment runs --------------------------------------------------------------------
 
@@ -179,7 +156,7 @@ class PaymentsController(Controller):
             settings=call.services.settings,
             now=call.services.clock(),
         )
-        return run_out(made)
+        return runs.run_out(made)
 
     @get(
         "/payment-runs",
@@ -218,7 +195,7 @@ class PaymentsController(Controller):
         """A payment run: its payments, skipped statements and files."""
         services = services_of(request.app.state)
         with transaction(services.sessions) as s:
-            return run_out(runs.get_run(s, run_id))
+            return runs.run_out(runs.get_run(s, run_id))
 
     @get(
         "/payment-runs/{run_id:str}/files/{name:str}",
@@ -250,7 +227,7 @@ class PaymentsController(Controller):
             note=call.data.note,
             now=call.services.clock(),
         )
-        return run_out(done)
+        return runs.run_out(done)
 
     # --- bank statements and reconciliation ----------------------------------------------
 
@@ -278,7 +255,7 @@ class PaymentsController(Controller):
             secret_key=call.services.settings.secret_key,
             now=call.services.clock(),
         )
-        return msgspec.convert(reconcile.imported_data(done), BankStatementImported)
+        return reconcile.imported_out(done)
 
     @get(
         "/reconciliation",
@@ -296,7 +273,7 @@ class PaymentsController(Controller):
         services = services_of(request.app.state)
         with transaction(services.sessions) as s:
             found = reconcile.queue(s, limit=limit, before_id=decode_cursor(cursor, "bke"))
-            return page_out(ReconciliationPage, found, _entry_out)
+            return page_out(ReconciliationPage, found, reconcile.entry_out)
 
     @operation(
         "/reconciliation/{entry_id:str}/resolve",
@@ -316,4 +293,4 @@ class PaymentsController(Controller):
             secret_key=call.services.settings.secret_key,
             now=call.services.clock(),
         )
-        return msgspec.convert(reconcile.entry_data(done), BankEntryOut)
+        return reconcile.entry_out(done)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter
@@ -22,20 +21,15 @@ from api.runtime import services_of
 from api.settlement_structs import (
     ClosedOut,
     CloseRequest,
-    CrossBrandCell,
-    CrossBrandReport,
     DisputeCreate,
     DisputeList,
-    DisputeOut,
     DisputeResolve,
     PeriodOut,
     PeriodPage,
-    PeriodSummary,
     SettleRequest,
     StatementEventList,
     StatementEventOut,
     StatementPage,
-    StatementSummary,
     UnbilledOut,
 )
 from api.structs import EmptyBody, IdPath, IdQuery, IdQueryRequired
@@ -45,8 +39,8 @@ from settlement import reports, workflow
 from settlement.canonical import csv_export, json_export
 from settlement.close import close_in
 from settlement.document import StatementDocument, StatementStatus
-from settlement.models import Dispute, Period, Statement
-from settlement.statements import document_of, period_ref, summary_data
+from settlement.models import Period, Statement
+from settlement.statements import StatementSummary, document_of, summary_out
 
 PathId = IdPath
 #: The problems a write of the settlement API may answer.
@@ -59,20 +53,10 @@ def actor_of(principal: Principal) -> workflow.Actor:
     return workflow.Actor(principal.key_id, principal.role, principal.partner_id)
 
 
-def summary_out(statement: Statement, period: Period) -> StatementSummary:
-    """A statement without its lines (from its columns: its document is not read)."""
-    return msgspec.convert(summary_data(statement, period), StatementSummary)
-
-
 def document_response(statement: Statement) -> Response[StatementDocument]:
     """The signed document, exactly as signed (its canonical JSON plus hash and signature)."""
     content: Any = json_export(document_of(statement))
     return Response(content, media_type="application/json")
-
-
-def dispute_out(dispute: Dispute, currency: str) -> DisputeOut:
-    """A dispute in the API's shape."""
-    return msgspec.convert(workflow.dispute_data(dispute, currency), DisputeOut)
 
 
 def period_out(period: Period) -> PeriodOut:
@@ -201,7 +185,7 @@ class StatementsController(Controller):
         opt=partner("statements"),
         body=DisputeCreate,
     )
-    def dispute(self, call: Call[DisputeCreate], statement_id: PathId) -> DisputeOut:
+    def dispute(self, call: Call[DisputeCreate], statement_id: PathId) -> workflow.DisputeOut:
         """Dispute the statement, optionally naming lines by transaction id."""
         made = workflow.open_dispute(
             call.session,
@@ -213,7 +197,7 @@ class StatementsController(Controller):
             now=call.services.clock(),
         )
         statement = workflow.get_statement(call.session, statement_id, partner_id=None)
-        return dispute_out(made, statement.currency)
+        return workflow.dispute_out(made, statement.currency)
 
     @get(
         "/{statement_id:str}/disputes",
@@ -228,7 +212,7 @@ class StatementsController(Controller):
         with transaction(services.sessions) as s:
             statement = workflow.get_statement(s, statement_id, partner_id=partner_id)
             found = workflow.disputes_of(s, statement_id, partner_id=partner_id)
-            return DisputeList(data=[dispute_out(d, statement.currency) for d in found])
+            return DisputeList(data=[workflow.dispute_out(d, statement.currency) for d in found])
 
 
 class SettlementAdminController(Controller):
@@ -394,7 +378,7 @@ class SettlementAdminController(Controller):
         def read(s: Session) -> DisputeList:
             statement = workflow.get_statement(s, statement_id, partner_id=None)
             found = workflow.disputes_of(s, statement_id, partner_id=None)
-            return DisputeList(data=[dispute_out(d, statement.currency) for d in found])
+            return DisputeList(data=[workflow.dispute_out(d, statement.currency) for d in found])
 
         return services_of(request.app.state).reads.run(read)
 
@@ -404,7 +388,7 @@ class SettlementAdminController(Controller):
         body=DisputeResolve,
         status_code=200,
     )
-    def resolve(self, call: Call[DisputeResolve], dispute_id: PathId) -> DisputeOut:
+    def resolve(self, call: Call[DisputeResolve], dispute_id: PathId) -> workflow.DisputeOut:
         """Resolve a dispute; an ``adjustment`` is billed on the partner's next statement."""
         data = call.data
         done = workflow.resolve(
@@ -418,7 +402,7 @@ class SettlementAdminController(Controller):
             now=call.services.clock(),
         )
         statement = workflow.get_statement(call.session, done.statement_id, partner_id=None)
-        return dispute_out(done, statement.currency)
+        return workflow.dispute_out(done, statement.currency)
 
     @get("/periods", opt=admin("operator", "finance"), responses=problems(403, 422),
          sync_to_thread=True)  # fmt: skip
@@ -440,11 +424,13 @@ class SettlementAdminController(Controller):
         responses=problems(403, 404, 422),
         sync_to_thread=True,
     )
-    def period_summary(self, request: Request[Any, Any, Any], period_id: PathId) -> PeriodSummary:
+    def period_summary(
+        self, request: Request[Any, Any, Any], period_id: PathId
+    ) -> reports.PeriodSummary:
         """Money per currency (billed, reimbursed, margin), the points roll-forward,
         breakage, active members and the cross-brand share of a closed period."""
         return services_of(request.app.state).reads.run(
-            lambda s: msgspec.convert(reports.summary(s, period_id).document(), PeriodSummary)
+            lambda s: reports.summary(s, period_id).document()
         )
 
     @get(
@@ -457,18 +443,11 @@ class SettlementAdminController(Controller):
         self,
         request: Request[Any, Any, Any],
         period_id: IdQueryRequired,
-    ) -> CrossBrandReport:
+    ) -> reports.CrossBrandReport:
         """Points issued by each partner (rows) and redeemed at each (columns) in a period."""
 
-        def read(s: Session) -> CrossBrandReport:
+        def read(s: Session) -> reports.CrossBrandReport:
             period = reports.get_period(s, period_id)
-            matrix = reports.cross_brand(s, period_id).document()
-            return CrossBrandReport(
-                period=period_ref(period),
-                cells=[msgspec.convert(c, CrossBrandCell) for c in matrix["cells"]],
-                redeemed_points=matrix["redeemed_points"],
-                cross_brand_points=matrix["cross_brand_points"],
-                cross_brand_share=matrix["cross_brand_share"],
-            )
+            return reports.cross_brand(s, period_id).document(period)
 
         return services_of(request.app.state).reads.run(read)
