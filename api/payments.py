@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, get, put
+from litestar import Controller, Request, Response, put
 from litestar.params import PathParameter, QueryParameter, RawBody
 
 from api.auth import admin, principal_of, signed
 from api.decoding import decode
 from api.docs import SIGNED, body, problems
-from api.handlers import Call, operation
+from api.handlers import Call, Caller, operation, reader
 from api.pages import Cursor, Limit, decode_cursor, page_out
 from api.payments_structs import (
     BankAccountPut,
@@ -100,18 +100,14 @@ class PaymentsController(Controller):
             bank_accounts.propose(s, partner_id, actor_of(principal_of(request)), checked, now=now)
             return bank_accounts.details_out(bank_accounts.details(s, partner_id), "pending")
 
-    @get(
+    @reader(
         "/partners/{partner_id:str}/bank-account",
         opt=admin("operator", "finance"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+        problems=(403, 404, 422),
     )
-    def get_bank_account(
-        self, request: Request[Any, Any, Any], partner_id: IdPath
-    ) -> BankAccountOut:
+    def get_bank_account(self, caller: Caller, partner_id: IdPath) -> BankAccountOut:
         """The partner's active bank details and the change waiting for approval, if any."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+        with transaction(caller.services.sessions) as s:
             found = bank_accounts.details(s, partner_id)
             status = "active" if found.active is not None else "none"
             return bank_accounts.details_out(
@@ -158,20 +154,14 @@ class PaymentsController(Controller):
         )
         return runs.run_out(made)
 
-    @get(
-        "/payment-runs",
-        opt=admin("operator", "finance"),
-        responses=problems(403, 422),
-        sync_to_thread=True,
-    )
+    @reader("/payment-runs", opt=admin("operator", "finance"))
     def list_runs(
         self,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> PaymentRunList:
         """The latest payment runs, newest first."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+        with transaction(caller.services.sessions) as s:
             found = runs.list_runs(s, limit=limit)
             return PaymentRunList(
                 data=[
@@ -185,30 +175,23 @@ class PaymentsController(Controller):
                 ]
             )
 
-    @get(
-        "/payment-runs/{run_id:str}",
-        opt=admin("operator", "finance"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+    @reader(
+        "/payment-runs/{run_id:str}", opt=admin("operator", "finance"), problems=(403, 404, 422)
     )
-    def get_run(self, request: Request[Any, Any, Any], run_id: IdPath) -> PaymentRunOut:
+    def get_run(self, caller: Caller, run_id: IdPath) -> PaymentRunOut:
         """A payment run: its payments, skipped statements and files."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+        with transaction(caller.services.sessions) as s:
             return runs.run_out(runs.get_run(s, run_id))
 
-    @get(
+    @reader(
         "/payment-runs/{run_id:str}/files/{name:str}",
         opt=admin("operator", "finance"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+        problems=(403, 404, 422),
         media_type="application/xml",
     )
-    def get_file(
-        self, request: Request[Any, Any, Any], run_id: IdPath, name: FileName
-    ) -> Response[bytes]:
+    def get_file(self, caller: Caller, run_id: IdPath, name: FileName) -> Response[bytes]:
         """A file of the run, byte for byte as built (valid against its ISO 20022 XSD)."""
-        return payment_file_response(services_of(request.app.state), run_id, name)
+        return payment_file_response(caller.services, run_id, name)
 
     @operation(
         "/payment-runs/{run_id:str}/cancel",
@@ -257,21 +240,15 @@ class PaymentsController(Controller):
         )
         return reconcile.imported_out(done)
 
-    @get(
-        "/reconciliation",
-        opt=admin("operator", "finance"),
-        responses=problems(403, 422),
-        sync_to_thread=True,
-    )
+    @reader("/reconciliation", opt=admin("operator", "finance"))
     def reconciliation(
         self,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         limit: Limit = 100,
         cursor: Cursor = None,
     ) -> ReconciliationPage:
         """Bank entries waiting for finance, newest first, each with its reason."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+        with transaction(caller.services.sessions) as s:
             found = reconcile.queue(s, limit=limit, before_id=decode_cursor(cursor, "bke"))
             return page_out(ReconciliationPage, found, reconcile.entry_out)
 

@@ -7,17 +7,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Response
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.auth import admin, partner, partner_id_of, principal_of, signed
-from api.docs import SIGNED, ExportOperation, problems
-from api.handlers import Call, operation
+from api.auth import admin, partner, signed
+from api.docs import SIGNED, ExportOperation
+from api.handlers import Call, Caller, operation, reader
 from api.pages import Cursor, Limit, decode_cursor, page_out
-from api.runtime import services_of
 from api.settlement_structs import (
     ClosedOut,
     CloseRequest,
@@ -105,58 +104,48 @@ class StatementsController(Controller):
     security = SIGNED
     tags = ["partner"]  # noqa: RUF012
 
-    @get("/", opt=partner("statements"), responses=problems(403, 422), sync_to_thread=True)
+    @reader("/", opt=partner("statements"))
     def list_statements(
         self,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         status: Annotated[StatementStatus | None, QueryParameter()] = None,
         limit: Limit = 100,
         cursor: Cursor = None,
     ) -> StatementPage:
         """The partner's statements, newest first (keyset pagination)."""
-        with transaction(services_of(request.app.state).sessions) as s:
+        with transaction(caller.services.sessions) as s:
             return _page(
                 s,
-                partner_id=partner_id_of(principal_of(request)),
+                partner_id=caller.partner_id,
                 status=status,
                 before_id=decode_cursor(cursor, "stmt"),
                 limit=limit,
             )
 
-    @get(
-        "/{statement_id:str}",
-        opt=partner("statements"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
-    )
-    def get_statement(
-        self, request: Request[Any, Any, Any], statement_id: PathId
-    ) -> Response[StatementDocument]:
+    @reader("/{statement_id:str}", opt=partner("statements"), problems=(403, 404, 422))
+    def get_statement(self, caller: Caller, statement_id: PathId) -> Response[StatementDocument]:
         """One of the partner's statements: exactly the signed document."""
-        services = services_of(request.app.state)
-        partner_id = partner_id_of(principal_of(request))
+        partner_id = caller.partner_id
         # signed once, never changed: a replica's copy is the primary's (or not there yet)
-        return services.reads.run(
+        return caller.services.reads.run(
             lambda s: document_response(
                 workflow.get_statement(s, statement_id, partner_id=partner_id)
             )
         )
 
-    @get(
+    @reader(
         "/{statement_id:str}/export",
         opt=partner("statements"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+        problems=(403, 404, 422),
         operation_class=ExportOperation,
     )
     def export(
-        self, request: Request[Any, Any, Any], statement_id: PathId, format: ExportFormat = "json"
+        self, caller: Caller, statement_id: PathId, format: ExportFormat = "json"
     ) -> Response[bytes]:
         """The signed export: JSON (the document) or CSV (lines, then ``#`` rows with the
         totals, content hash and signature); verify with ``coalition statements verify``."""
-        services = services_of(request.app.state)
-        partner_id = partner_id_of(principal_of(request))
-        return services.reads.run(
+        partner_id = caller.partner_id
+        return caller.services.reads.run(
             lambda s: export_response(
                 workflow.get_statement(s, statement_id, partner_id=partner_id), format
             )
@@ -199,17 +188,11 @@ class StatementsController(Controller):
         statement = workflow.get_statement(call.session, statement_id, partner_id=None)
         return workflow.dispute_out(made, statement.currency)
 
-    @get(
-        "/{statement_id:str}/disputes",
-        opt=partner("statements"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
-    )
-    def list_disputes(self, request: Request[Any, Any, Any], statement_id: PathId) -> DisputeList:
+    @reader("/{statement_id:str}/disputes", opt=partner("statements"), problems=(403, 404, 422))
+    def list_disputes(self, caller: Caller, statement_id: PathId) -> DisputeList:
         """The disputes of one of the partner's statements."""
-        services = services_of(request.app.state)
-        partner_id = partner_id_of(principal_of(request))
-        with transaction(services.sessions) as s:
+        partner_id = caller.partner_id
+        with transaction(caller.services.sessions) as s:
             statement = workflow.get_statement(s, statement_id, partner_id=partner_id)
             found = workflow.disputes_of(s, statement_id, partner_id=partner_id)
             return DisputeList(data=[workflow.dispute_out(d, statement.currency) for d in found])
@@ -258,15 +241,10 @@ class SettlementAdminController(Controller):
             ],
         )
 
-    @get(
-        "/statements",
-        opt=admin("operator", "finance"),
-        responses=problems(403, 422),
-        sync_to_thread=True,
-    )
+    @reader("/statements", opt=admin("operator", "finance"))
     def list_statements(  # noqa: PLR0917 (query parameters)
         self,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         period_id: IdQuery = None,
         partner_id: IdQuery = None,
         status: Annotated[StatementStatus | None, QueryParameter()] = None,
@@ -275,7 +253,7 @@ class SettlementAdminController(Controller):
     ) -> StatementPage:
         """Every partner's statements, newest first; filter by period, partner, status."""
         before_id = decode_cursor(cursor, "stmt")
-        return services_of(request.app.state).reads.run(
+        return caller.services.reads.run(
             lambda s: _page(
                 s,
                 partner_id=partner_id,
@@ -286,49 +264,40 @@ class SettlementAdminController(Controller):
             )
         )
 
-    @get(
-        "/statements/{statement_id:str}",
-        opt=admin("operator", "finance"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+    @reader(
+        "/statements/{statement_id:str}", opt=admin("operator", "finance"), problems=(403, 404, 422)
     )
-    def get_statement(
-        self, request: Request[Any, Any, Any], statement_id: PathId
-    ) -> Response[StatementDocument]:
+    def get_statement(self, caller: Caller, statement_id: PathId) -> Response[StatementDocument]:
         """Any partner's statement: exactly the signed document."""
-        services = services_of(request.app.state)
-        return services.reads.run(
+        return caller.services.reads.run(
             lambda s: document_response(workflow.get_statement(s, statement_id, partner_id=None))
         )
 
-    @get(
+    @reader(
         "/statements/{statement_id:str}/export",
         opt=admin("operator", "finance"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+        problems=(403, 404, 422),
         operation_class=ExportOperation,
     )
     def export(
-        self, request: Request[Any, Any, Any], statement_id: PathId, format: ExportFormat = "json"
+        self, caller: Caller, statement_id: PathId, format: ExportFormat = "json"
     ) -> Response[bytes]:
         """Any partner's signed export (JSON or CSV)."""
-        services = services_of(request.app.state)
-        return services.reads.run(
+        return caller.services.reads.run(
             lambda s: export_response(
                 workflow.get_statement(s, statement_id, partner_id=None), format
             )
         )
 
-    @get(
+    @reader(
         "/statements/{statement_id:str}/events",
         opt=admin("operator", "finance"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+        problems=(403, 404, 422),
     )
-    def events(self, request: Request[Any, Any, Any], statement_id: PathId) -> StatementEventList:
+    def events(self, caller: Caller, statement_id: PathId) -> StatementEventList:
         """The statement's status changes: from, to, when, which key."""
 
-        def read(s: Session) -> StatementEventList:
+        def answer(s: Session) -> StatementEventList:
             workflow.get_statement(s, statement_id, partner_id=None)
             rows = workflow.history(s, statement_id)
             return StatementEventList(
@@ -345,7 +314,7 @@ class SettlementAdminController(Controller):
                 ]
             )
 
-        return services_of(request.app.state).reads.run(read)
+        return caller.services.reads.run(answer)
 
     @operation(
         "/statements/{statement_id:str}/settle",
@@ -366,21 +335,20 @@ class SettlementAdminController(Controller):
         )
         return _summary_in(call.session, done)
 
-    @get(
+    @reader(
         "/statements/{statement_id:str}/disputes",
         opt=admin("operator", "finance"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+        problems=(403, 404, 422),
     )
-    def list_disputes(self, request: Request[Any, Any, Any], statement_id: PathId) -> DisputeList:
+    def list_disputes(self, caller: Caller, statement_id: PathId) -> DisputeList:
         """Any statement's disputes."""
 
-        def read(s: Session) -> DisputeList:
+        def answer(s: Session) -> DisputeList:
             statement = workflow.get_statement(s, statement_id, partner_id=None)
             found = workflow.disputes_of(s, statement_id, partner_id=None)
             return DisputeList(data=[workflow.dispute_out(d, statement.currency) for d in found])
 
-        return services_of(request.app.state).reads.run(read)
+        return caller.services.reads.run(answer)
 
     @operation(
         "/disputes/{dispute_id:str}/resolve",
@@ -404,50 +372,37 @@ class SettlementAdminController(Controller):
         statement = workflow.get_statement(call.session, done.statement_id, partner_id=None)
         return workflow.dispute_out(done, statement.currency)
 
-    @get("/periods", opt=admin("operator", "finance"), responses=problems(403, 422),
-         sync_to_thread=True)  # fmt: skip
-    def list_periods(
-        self, request: Request[Any, Any, Any], limit: Limit = 100, cursor: Cursor = None
-    ) -> PeriodPage:
+    @reader("/periods", opt=admin("operator", "finance"))
+    def list_periods(self, caller: Caller, limit: Limit = 100, cursor: Cursor = None) -> PeriodPage:
         """Closed periods, the latest first."""
         before_id = decode_cursor(cursor, "per")
 
-        return services_of(request.app.state).reads.run(
+        return caller.services.reads.run(
             lambda s: page_out(
                 PeriodPage, reports.list_periods(s, before_id=before_id, limit=limit), period_out
             )
         )
 
-    @get(
+    @reader(
         "/periods/{period_id:str}/summary",
         opt=admin("operator", "finance"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+        problems=(403, 404, 422),
     )
-    def period_summary(
-        self, request: Request[Any, Any, Any], period_id: PathId
-    ) -> reports.PeriodSummary:
+    def period_summary(self, caller: Caller, period_id: PathId) -> reports.PeriodSummary:
         """Money per currency (billed, reimbursed, margin), the points roll-forward,
         breakage, active members and the cross-brand share of a closed period."""
-        return services_of(request.app.state).reads.run(
-            lambda s: reports.summary(s, period_id).document()
-        )
+        return caller.services.reads.run(lambda s: reports.summary(s, period_id).document())
 
-    @get(
-        "/reports/cross-brand",
-        opt=admin("operator", "finance"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
-    )
+    @reader("/reports/cross-brand", opt=admin("operator", "finance"), problems=(403, 404, 422))
     def cross_brand(
         self,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         period_id: IdQueryRequired,
     ) -> reports.CrossBrandReport:
         """Points issued by each partner (rows) and redeemed at each (columns) in a period."""
 
-        def read(s: Session) -> reports.CrossBrandReport:
+        def answer(s: Session) -> reports.CrossBrandReport:
             period = reports.get_period(s, period_id)
             return reports.cross_brand(s, period_id).document(period)
 
-        return services_of(request.app.state).reads.run(read)
+        return caller.services.reads.run(answer)

@@ -26,6 +26,7 @@ from settlement.canonical import (
     canonical_json,
     canonical_json_with,
     content_sha256,
+    signature_part,
     signed_document,
 )
 from settlement.document import (
@@ -229,15 +230,15 @@ def resign(session: Session, statement: Statement, status: str, signer: Signer) 
 
 
 def document_of(statement: Statement) -> dict[str, Any]:
-    """The statement's signed document, exactly as signed."""
-    invariant(statement.signing_kid is not None, "an issued statement is signed")
+    """The statement's signed document, exactly as signed: the plain values its canonical JSON
+    is made of (what the exports, the hash and the signature are computed from, as the
+    verifier reads them back); its shape is :class:`~settlement.document.StatementDocument`."""
     document: dict[str, Any] = json.loads(
         required(statement.document, "an issued statement's document")
     )
     document["content_sha256"] = statement.content_sha256
-    document["signature"] = {
-        "alg": "ed25519",
-        "kid": statement.signing_kid,
-        "value": statement.signature,
-    }
+    document["signature"] = signature_part(
+        required(statement.signing_kid, "an issued statement is signed"),
+        required(statement.signature, "an issued statement is signed"),
+    )
     return document
