@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Literal, cast, get_args
+from typing import Literal, get_args
 
 from msgspec import Struct
 from sqlalchemy import select
@@ -20,6 +20,7 @@ from coalition.ledger.kinds import KINDS
 from coalition.models import TRANSACTION_KINDS, Transaction
 from coalition.money import format_amount
 from coalition.pages import MAX_PAGE, Page, newest_first
+from coalition.shapes import row_as
 from partners.models import Partner, RateCard
 
 #: The kinds table's kinds (``coalition.ledger.kinds``), spelt out for the type checker, which
@@ -54,21 +55,7 @@ def transaction_out(txn: Transaction) -> TransactionOut:
     amount = None
     if txn.amount_minor is not None and txn.currency is not None:
         amount = format_amount(txn.amount_minor, txn.currency)
-    return TransactionOut(
-        id=txn.id,
-        kind=cast(Any, txn.kind),
-        partner_id=txn.partner_id,
-        member_id=txn.member_id,
-        reference=txn.reference,
-        points=txn.points,
-        amount=amount,
-        currency=txn.currency,
-        rate_card_id=txn.rate_card_id,
-        occurred_at=txn.occurred_at,
-        posted_at=txn.posted_at,
-        balance_after=txn.balance_after,
-        reverses=txn.reverses,
-    )
+    return row_as(TransactionOut, txn, amount=amount)
 
 
 def list_transactions(

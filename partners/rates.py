@@ -44,6 +44,7 @@ from coalition.money import (
     round_money,
     to_minor,
 )
+from coalition.shapes import row_as
 from partners.models import PARTNER_STATUSES, Partner, RateCard
 from partners.webhooks import outbox
 from partners.webhooks.events import EventType
@@ -410,6 +411,15 @@ def _rate_text(value: Decimal) -> str:
     return f"{value.normalize():f}"
 
 
+#: A card's four rates (every card has them; ``max_burn_share`` is optional).
+RATES = (
+    "earn_points_per_unit",
+    "issue_price_per_point",
+    "burn_value_per_point",
+    "reimburse_price_per_point",
+)
+
+
 class RateCardOut(Struct):
     """A rate-card version; rates are decimal strings."""
 
@@ -427,17 +437,9 @@ class RateCardOut(Struct):
 def rate_card_out(card: RateCard) -> RateCardOut:
     """A rate-card version in the contract's shape, rates as decimal strings (the API's and
     its ``rate_card.activated`` event's)."""
-    return RateCardOut(
-        id=card.id,
-        partner_id=card.partner_id,
-        effective_from=card.effective_from,
-        earn_points_per_unit=_rate_text(card.earn_points_per_unit),
-        issue_price_per_point=_rate_text(card.issue_price_per_point),
-        burn_value_per_point=_rate_text(card.burn_value_per_point),
-        reimburse_price_per_point=_rate_text(card.reimburse_price_per_point),
-        max_burn_share=None if card.max_burn_share is None else _rate_text(card.max_burn_share),
-        created_at=card.created_at,
-    )
+    rates = {name: _rate_text(getattr(card, name)) for name in RATES}
+    share = None if card.max_burn_share is None else _rate_text(card.max_burn_share)
+    return row_as(RateCardOut, card, **rates, max_burn_share=share)
 
 
 def list_rate_cards(session: Session, partner_id: str) -> list[RateCard]:

@@ -12,13 +12,14 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from msgspec import Struct
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from coalition.errors import invariant, required
+from coalition.shapes import row_as
 from partners.webhooks import outbox
 from partners.webhooks.events import EventType
 from settlement.canonical import (
@@ -184,19 +185,14 @@ def summary_out(statement: Statement, period: Period) -> StatementSummary:
     """An issued statement without its lines, from its columns (its document is not read): the
     API's answer and the data of the statement's webhook events."""
     invariant(statement.period_id == period.id, "an issued statement of its period")
-    return StatementSummary(
-        id=statement.id,
-        partner_id=statement.partner_id,
+    return row_as(
+        StatementSummary,
+        statement,
         period=period_ref(period),
-        currency=statement.currency,
-        status=cast(StatementStatus, statement.status),
         lines=statement.line_count,
         totals=totals_of(statement).document(statement.currency),
-        issued_at=statement.issued_at,
         content_sha256=statement.content_sha256 or "",
         issued_sha256=required(statement.issued_sha256, "an issued statement"),
-        payment_reference=statement.payment_reference,
-        paid_at=statement.paid_at,
     )
 
 

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal, cast, get_args
+from typing import Literal, get_args
 
 from msgspec import Struct
 from sqlalchemy import func, insert, select, update
@@ -35,6 +35,7 @@ from coalition.errors import Conflict, NotFound, StatementClosed, ValidationFail
 from coalition.ids import new_id
 from coalition.money import exponent, format_amount, quantum, to_minor
 from coalition.pages import Page, newest_first
+from coalition.shapes import row_as
 from partners.webhooks import outbox
 from partners.webhooks.events import EventType
 from settlement.models import (
@@ -413,19 +414,13 @@ def dispute_out(dispute: Dispute, currency: str) -> DisputeOut:
     adjustment = None
     if dispute.adjustment_minor is not None:
         adjustment = format_amount(dispute.adjustment_minor, currency)
-    return DisputeOut(
-        id=dispute.id,
-        statement_id=dispute.statement_id,
-        partner_id=dispute.partner_id,
-        reason=dispute.reason,
+    return row_as(
+        DisputeOut,
+        dispute,
         transaction_ids=dispute.transaction_ids.split(),
-        status=cast(Any, dispute.status),
-        created_at=dispute.created_at,
-        outcome=cast(Any, dispute.outcome),
         note=dispute.resolution_note,
         adjustment=adjustment,
         currency=currency,
-        resolved_at=dispute.resolved_at,
     )
 
 

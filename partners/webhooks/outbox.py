@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+from msgspec import UNSET
 from sqlalchemy import delete, event, exists, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
@@ -37,6 +38,7 @@ from coalition.db import HotStatement, dialect_of
 from coalition.idempotency import Rider
 from coalition.ids import new_id
 from coalition.models import Hold, HoldStatus, Transaction
+from coalition.shapes import row_as
 from partners.queries import transaction_out
 from partners.webhooks.events import (
     HOLD_EVENTS,
@@ -227,19 +229,15 @@ def hold_closed(
     """Note ``hold.captured``, ``hold.voided`` or ``hold.expired`` (the ledger calls this
     wherever a hold leaves ``active``). A capture's burn has its own ``transaction.burned``
     event; ``transaction_id`` here names it."""
-    data = HoldClosed(
-        id=hold.id,
-        partner_id=hold.partner_id,
-        member_id=hold.member_id,
-        reference=hold.reference,
-        points=hold.points,
+    captured = status == HoldStatus.CAPTURED
+    data = row_as(
+        HoldClosed,
+        hold,
         status=status.value,
-        expires_at=hold.expires_at,
         closed_at=now,
+        captured_points=captured_points if captured else UNSET,
+        transaction_id=transaction_id if captured else UNSET,
     )
-    if status == HoldStatus.CAPTURED:
-        data.captured_points = captured_points
-        data.transaction_id = transaction_id
     note(session, HOLD_EVENTS[status], hold.partner_id, data, at=now, hold_id=hold.id)
 
 

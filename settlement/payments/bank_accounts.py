@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from coalition import text
 from coalition.errors import Conflict, Forbidden, FourEyes, NotFound, ValidationFailed
 from coalition.ids import new_id
+from coalition.shapes import row_as
 from partners.models import Partner
 from partners.webhooks import outbox
 from partners.webhooks.events import EventType
@@ -221,19 +222,7 @@ class BankAccountChanged(Struct):
 
 def account_out(account: PartnerBankAccount) -> BankAccountVersion:
     """One version of the details in the API's shape."""
-    return BankAccountVersion(
-        id=account.id,
-        status=cast(Any, account.status),
-        holder=account.holder,
-        iban=account.iban,
-        bic=account.bic,
-        mandate_id=account.mandate_id,
-        mandate_signed_on=account.mandate_signed_on,
-        proposed_by=account.proposed_by,
-        proposed_at=account.proposed_at,
-        approved_by=account.approved_by,
-        approved_at=account.approved_at,
-    )
+    return row_as(BankAccountVersion, account)
 
 
 def details_out(found: BankDetails, status: str) -> BankAccountOut:
@@ -253,13 +242,11 @@ def _announce(session: Session, account: PartnerBankAccount, now: datetime) -> N
         session,
         EventType.PARTNER_BANK_ACCOUNT_CHANGED,
         account.partner_id,
-        BankAccountChanged(
-            partner_id=account.partner_id,
+        row_as(
+            BankAccountChanged,
+            account,
             bank_account_id=account.id,
-            status=account.status,
-            holder=account.holder,
             iban=masked_iban(account.iban),
-            bic=account.bic,
             mandate=account.mandate_id is not None,
             changed_at=now,
         ),

@@ -27,7 +27,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from msgspec import Struct
 from sqlalchemy import select, update
@@ -37,6 +37,7 @@ from coalition.errors import CoalitionError, Conflict, NotFound, StatementClosed
 from coalition.ids import new_id
 from coalition.money import MoneyError, format_amount
 from coalition.pages import Page, newest_first
+from coalition.shapes import row_as
 from settlement.bankfiles import BankEntry as ParsedEntry
 from settlement.bankfiles import BankFileInvalid, BankStatementFile, parse_bank_statement
 from settlement.models import Statement
@@ -284,10 +285,9 @@ class BankEntryOut(Struct):
 
 def imported_out(imported: Imported) -> BankStatementImported:
     """An import's outcome in the contract's shape."""
-    return BankStatementImported(
-        id=imported.file.id,
-        format=imported.file.format,
-        bank_statement_id=imported.file.bank_statement_id,
+    return row_as(
+        BankStatementImported,
+        imported.file,
         entries=len(imported.entries),
         matched=[
             MatchedOut(entry=e.id, line=e.line, statement_id=e.statement_id)
@@ -295,14 +295,7 @@ def imported_out(imported: Imported) -> BankStatementImported:
             if e.status in ("matched", "resolved")
         ],
         unmatched=[
-            UnmatchedOut(
-                entry=e.id,
-                line=e.line,
-                amount=amount_text(e.amount_minor, e.currency),
-                currency=e.currency,
-                reason=e.reason,
-                status=e.status,
-            )
+            row_as(UnmatchedOut, e, entry=e.id, amount=amount_text(e.amount_minor, e.currency))
             for e in imported.entries
             if e.status not in ("matched", "resolved")
         ],
@@ -312,26 +305,11 @@ def imported_out(imported: Imported) -> BankStatementImported:
 
 def entry_out(entry: BankEntry) -> BankEntryOut:
     """A bank entry as the reconciliation queue shows it."""
-    return BankEntryOut(
-        id=entry.id,
-        file_id=entry.file_id,
-        line=entry.line,
-        status=cast(Any, entry.status),
-        reason=entry.reason,
+    return row_as(
+        BankEntryOut,
+        entry,
         amount=amount_text(entry.amount_minor, entry.currency),
-        currency=entry.currency,
         direction="credit" if entry.credit else "debit",
-        booking_date=entry.booking_date,
-        end_to_end_id=entry.end_to_end_id,
-        bank_reference=entry.bank_reference,
-        remittance=entry.remittance,
-        account_iban=entry.account_iban,
-        return_reason=entry.return_reason,
-        reversal=entry.reversal,
-        statement_id=entry.statement_id,
-        resolved_at=entry.resolved_at,
-        resolved_by=entry.resolved_by,
-        note=entry.note,
     )
 
 

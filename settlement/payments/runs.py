@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Literal
 
 from msgspec import Struct
 from schwifty import BIC, IBAN
@@ -42,6 +42,7 @@ from coalition.errors import (
 )
 from coalition.ids import new_id
 from coalition.money import format_amount
+from coalition.shapes import row_as
 from settlement.models import Period, Statement
 from settlement.payments import files
 from settlement.payments.bank_accounts import active_account, pending_account
@@ -447,22 +448,12 @@ class PaymentRunOut(Struct):
 
 def run_out(view: RunView) -> PaymentRunOut:
     """A run in the contract's shape (``POST /v1/admin/payment-runs``' answer)."""
-    run = view.run
-    return PaymentRunOut(
-        id=run.id,
-        status=cast(Any, run.status),
-        execution_date=run.execution_date,
-        created_at=run.created_at,
-        cancelled_at=run.cancelled_at,
+    return row_as(
+        PaymentRunOut,
+        view.run,
         payments=[
-            PaymentOut(
-                statement_id=i.statement_id,
-                partner_id=i.partner_id,
-                direction=cast(Any, i.direction),
-                amount=format_amount(i.amount_minor, i.currency),
-                currency=i.currency,
-                end_to_end_id=i.end_to_end_id,
-                file=i.file_name,
+            row_as(
+                PaymentOut, i, amount=format_amount(i.amount_minor, i.currency), file=i.file_name
             )
             for i in view.items
             if i.direction != "skipped"
@@ -473,14 +464,7 @@ def run_out(view: RunView) -> PaymentRunOut:
             if i.direction == "skipped"
         ],
         files=[
-            PaymentFileOut(
-                name=f.name,
-                format=cast(Any, f.format),
-                currency=f.currency,
-                transactions=f.transactions,
-                control_sum=format_amount(f.control_sum_minor, f.currency),
-                sha256=f.sha256,
-            )
+            row_as(PaymentFileOut, f, control_sum=format_amount(f.control_sum_minor, f.currency))
             for f in view.files
         ],
     )
