@@ -1,4 +1,5 @@
-"""The skeleton of a signed idempotent operation, written once: :func:`operation`.
+"""The skeletons of a signed idempotent operation (:func:`operation`) and of a signed read
+(:func:`reader`), each written once.
 
 A ``POST`` handler of the API states its route, who may call it, its body struct and what it
 does; it receives a :class:`Call` (the decoded body, the request's database session, the
@@ -15,6 +16,14 @@ it through :func:`api.idempotency.run_idempotent`: the body is decoded strictly 
 Idempotency-Key's claim (so a rejected body is stored and replayed like any other answer), in
 the request's one database transaction. Path parameters are the function's own keyword
 parameters, documented as they are annotated.
+
+A signed ``GET`` is :func:`reader`'s: the handler states its route, who may call it and its
+problems, and receives a :class:`Caller` (the request, the services, the principal) and its
+path and query parameters::
+
+    @reader("/holds/{hold_id:str}", opt=partner("read"), problems=(403, 404, 422))
+    def get_hold(self, caller: Caller, hold_id: PathId) -> HoldOut:
+        ...
 """
 
 from __future__ import annotations

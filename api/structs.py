@@ -1,4 +1,5 @@
-"""msgspec Structs for every request and response body of the HTTP API.
+"""msgspec Structs for the request bodies of the HTTP API and the responses it shapes itself
+(the domain's own results, a transaction or a rate card, are defined where it builds them).
 
 Requests are decoded strictly (no type coercion, no unknown fields, time zones required) by
 :func:`api.decoding.decode`, which turns msgspec's errors into a ``validation`` problem naming

@@ -1,4 +1,7 @@
-"""Domain objects as response structs: the contract's field names and formats.
+"""Domain objects the domain does not shape itself (holds, balances, partners, keys, the
+liability report) as response structs: the contract's field names and formats. Transactions,
+rate cards, statements, disputes, reports and payments come from the domain as its own typed
+results (docs/architecture.md, decision 24).
 
 Amounts are decimal strings with the currency's exponent, rates are plain decimal strings,
 times are UTC (msgspec writes them as RFC 3339 with ``Z``).
