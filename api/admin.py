@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, get, patch
+from litestar import Controller, Request, patch
 from litestar.params import QueryParameter, RawBody
 
 from api.auth import admin, signed
 from api.decoding import decode, parse_time
 from api.docs import SIGNED, body, problems
-from api.handlers import Call, operation
+from api.handlers import Call, Caller, operation, reader
 from api.pages import Cursor, Limit, decode_cursor, page_out
 from api.runtime import services_of
 from api.structs import (
@@ -33,25 +33,23 @@ from api.structs import (
     PartnerUpdate,
     RateCardCreate,
     RateCardList,
-    RateCardOut,
-    TransactionOut,
 )
 from api.views import (
     key_created,
     key_out,
     liability_out,
     partner_out,
-    rate_card_out,
-    transaction_out,
 )
 from coalition.db import transaction
 from partners.keys import create_key, list_keys, revoke_key
-from partners.queries import list_partners
+from partners.queries import TransactionOut, list_partners, transaction_out
 from partners.rates import (
+    RateCardOut,
     create_partner,
     create_rate_card,
     get_partner,
     list_rate_cards,
+    rate_card_out,
     update_partner,
 )
 from settlement.reports import liability
@@ -109,30 +107,24 @@ class AdminController(Controller):
         )
         return partner_out(created)
 
-    @get("/partners", opt=admin(), responses=problems(403, 422), sync_to_thread=True)
+    @reader("/partners", opt=admin())
     def list_partners(
         self,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         limit: Limit = 100,
         cursor: Cursor = None,
     ) -> PartnerPage:
         """Partners, newest first (keyset pagination, like transactions)."""
         before_id = decode_cursor(cursor, "prt")
-        page = services_of(request.app.state).reads.run(
+        page = caller.services.reads.run(
             lambda s: list_partners(s, before_id=before_id, limit=limit)
         )
         return page_out(PartnerPage, page, partner_out)
 
-    @get(
-        "/partners/{partner_id:str}",
-        opt=admin(),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
-    )
-    def get_partner(self, request: Request[Any, Any, Any], partner_id: PathId) -> PartnerOut:
+    @reader("/partners/{partner_id:str}", opt=admin(), problems=(403, 404, 422))
+    def get_partner(self, caller: Caller, partner_id: PathId) -> PartnerOut:
         """One partner."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+        with transaction(caller.services.sessions) as s:
             return partner_out(get_partner(s, partner_id))
 
     @patch(
@@ -177,15 +169,10 @@ class AdminController(Controller):
         )
         return rate_card_out(card)
 
-    @get(
-        "/partners/{partner_id:str}/rate-cards",
-        opt=admin(),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
-    )
-    def list_rate_cards(self, request: Request[Any, Any, Any], partner_id: PathId) -> RateCardList:
+    @reader("/partners/{partner_id:str}/rate-cards", opt=admin(), problems=(403, 404, 422))
+    def list_rate_cards(self, caller: Caller, partner_id: PathId) -> RateCardList:
         """Every version of the partner's rate card, newest first."""
-        return services_of(request.app.state).reads.run(
+        return caller.services.reads.run(
             lambda s: RateCardList(data=[rate_card_out(c) for c in list_rate_cards(s, partner_id)])
         )
 
@@ -202,15 +189,10 @@ class AdminController(Controller):
         data = call.data
         return _new_key(call, data, role="partner", partner_id=partner_id, scopes=list(data.scopes))
 
-    @get(
-        "/partners/{partner_id:str}/keys",
-        opt=admin(),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
-    )
-    def list_partner_keys(self, request: Request[Any, Any, Any], partner_id: PathId) -> KeyList:
+    @reader("/partners/{partner_id:str}/keys", opt=admin(), problems=(403, 404, 422))
+    def list_partner_keys(self, caller: Caller, partner_id: PathId) -> KeyList:
         """The partner's keys, revoked and expired ones included; never a secret."""
-        return services_of(request.app.state).reads.run(
+        return caller.services.reads.run(
             lambda s: KeyList(data=[key_out(k) for k in list_keys(s, partner_id)])
         )
 
@@ -261,15 +243,10 @@ class AdminController(Controller):
 
     # --- reports -------------------------------------------------------------------------
 
-    @get(
-        "/reports/liability",
-        opt=admin("operator", "finance"),
-        responses=problems(403, 422),
-        sync_to_thread=True,
-    )
+    @reader("/reports/liability", opt=admin("operator", "finance"))
     def liability_report(
         self,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         at: Annotated[
             str | None,
             QueryParameter(
@@ -281,6 +258,5 @@ class AdminController(Controller):
         ] = None,
     ) -> LiabilityReport:
         """Outstanding points now (or ``at``) and issued, redeemed, expired totals."""
-        services = services_of(request.app.state)
-        as_of = parse_time(at, "at") or services.clock()
-        return services.reads.run(lambda s: liability_out(liability(s, as_of)))
+        as_of = parse_time(at, "at") or caller.services.clock()
+        return caller.services.reads.run(lambda s: liability_out(liability(s, as_of)))

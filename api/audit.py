@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import anyio.to_thread
 import msgspec
-from litestar import Controller, Request, get
+from litestar import Controller
 from litestar.params import QueryParameter
 from litestar.types import Message, Scope
 
 from api.auth import admin, principal_in, signed
 from api.decoding import parse_time
-from api.docs import SIGNED, problems
+from api.docs import SIGNED
+from api.handlers import Caller, reader
 from api.pages import Cursor, Limit, decode_cursor, page_out
 from api.problems import request_id
 from api.runtime import Services, services_of
@@ -112,10 +113,10 @@ class AuditController(Controller):
     security = SIGNED
     tags = ["operator"]  # noqa: RUF012
 
-    @get("/", opt=admin(), responses=problems(403, 422), sync_to_thread=True)
+    @reader("/", opt=admin())
     def list_audit(  # noqa: PLR0917 (query parameters)
         self,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         key_id: Annotated[str | None, QueryParameter(max_length=64, pattern=ID_PATTERN)] = None,
         role: Annotated[Literal["operator", "finance"] | None, QueryParameter()] = None,
         outcome: Annotated[
@@ -132,10 +133,9 @@ class AuditController(Controller):
         cursor: Cursor = None,
     ) -> AuditPage:
         """Operator and finance actions, newest first, filtered (keyset pagination)."""
-        services = services_of(request.app.state)
         after, before = parse_time(since, "since"), parse_time(until, "until")
         before_id = decode_cursor(cursor, "aud")
-        found = services.reads.run(
+        found = caller.services.reads.run(
             lambda s: audit.list_events(
                 s,
                 key_id=key_id,

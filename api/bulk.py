@@ -21,11 +21,11 @@ from api.decoding import decode, decode_fields
 from api.docs import SIGNED
 from api.handlers import Call, operation
 from api.problems import error_body
-from api.structs import EarnCreate, Request, TransactionOut
-from api.views import transaction_out
+from api.structs import EarnCreate, Request
 from coalition.errors import CoalitionError, DuplicateReference
 from coalition.ledger import Posted
 from partners.operations import EarnItem
+from partners.queries import TransactionOut, transaction_out
 
 #: Earns in one ``POST /v1/earn-batches`` at most.
 EARN_BATCH_MAX_ITEMS = 500

@@ -1,4 +1,5 @@
-"""The skeleton of a signed idempotent operation, written once: :func:`operation`.
+"""The skeletons of a signed idempotent operation (:func:`operation`) and of a signed read
+(:func:`reader`), each written once.
 
 A ``POST`` handler of the API states its route, who may call it, its body struct and what it
 does; it receives a :class:`Call` (the decoded body, the request's database session, the
@@ -15,6 +16,14 @@ it through :func:`api.idempotency.run_idempotent`: the body is decoded strictly 
 Idempotency-Key's claim (so a rejected body is stored and replayed like any other answer), in
 the request's one database transaction. Path parameters are the function's own keyword
 parameters, documented as they are annotated.
+
+A signed ``GET`` is :func:`reader`'s: the handler states its route, who may call it and its
+problems, and receives a :class:`Caller` (the request, the services, the principal) and its
+path and query parameters::
+
+    @reader("/holds/{hold_id:str}", opt=partner("read"), problems=(403, 404, 422))
+    def get_hold(self, caller: Caller, hold_id: PathId) -> HoldOut:
+        ...
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar, get_type_hints
 
 import msgspec
-from litestar import Request, Response, post
+from litestar import Request, Response, get, post
 from litestar.params import RawBody
 from sqlalchemy.orm import Session
 
@@ -41,27 +50,37 @@ from partners.signatures import Principal
 T = TypeVar("T")
 
 
-class Call(Generic[T]):
-    """What an operation receives: the request, the verified principal, the process's
-    services, and (inside the request's transaction) the session and the decoded body."""
+class Caller:
+    """What a signed read receives (:func:`reader`): the request, the process's services and
+    the verified principal."""
 
-    __slots__ = ("data", "principal", "request", "services", "session", "status")
+    __slots__ = ("principal", "request", "services")
 
-    data: T
-    session: Session
-
-    def __init__(self, request: Request[Any, Any, Any], services: Services, status: int) -> None:
+    def __init__(self, request: Request[Any, Any, Any]) -> None:
         self.request = request
-        self.services = services
+        self.services: Services = services_of(request.app.state)
         self.principal: Principal = principal_of(request)
-        #: The response's status: the route's, unless the operation says otherwise (an
-        #: existing member is ``200``, a new one ``201``).
-        self.status = status
 
     @property
     def partner_id(self) -> str:
         """The calling partner (on routes that admit partner keys only)."""
         return partner_id_of(self.principal)
+
+
+class Call(Caller, Generic[T]):
+    """What an operation receives: a :class:`Caller`'s request, services and principal, and
+    (inside the request's transaction) the session and the decoded body."""
+
+    __slots__ = ("data", "session", "status")
+
+    data: T
+    session: Session
+
+    def __init__(self, request: Request[Any, Any, Any], status: int) -> None:
+        super().__init__(request)
+        #: The response's status: the route's, unless the operation says otherwise (an
+        #: existing member is ``200``, a new one ``201``).
+        self.status = status
 
 
 #: Runs outside the transaction, before (a check that must store nothing) or after (once the
@@ -101,8 +120,7 @@ def operation(
             idempotency_key: str,  # documented; the guard has checked it
             **params: Any,
         ) -> Response[Any]:
-            services = services_of(request.app.state)
-            call: Call[Any] = Call(request, services, status_code)
+            call: Call[Any] = Call(request, status_code)
             if before is not None:
                 before(call, **params)
 
@@ -112,12 +130,12 @@ def operation(
                 result = fn(self, call, **params)
                 return call.status, result
 
-            response = run_idempotent(request, services, call.principal, body, run)
+            response = run_idempotent(request, call.services, call.principal, body, run)
             if after is not None:
                 after(call, **params)
             return response
 
-        _present_as(handler, fn)
+        _present_as(handler, fn, respond=True, extra=_OPERATION_PARAMETERS)
         documented = responses or {}
         return post(
             path,
@@ -132,24 +150,56 @@ def operation(
     return decorate
 
 
-def _present_as(handler: Callable[..., Any], fn: Callable[..., msgspec.Struct]) -> None:
+def reader(
+    path: str, *, opt: dict[str, Any], problems: tuple[int, ...] = (403, 422), **route: Any
+) -> Callable[[Callable[..., Any]], Any]:
+    """The Litestar ``GET`` route of a signed read: the handler states its route, who may call
+    it and the problems it may answer (by default a listing's: ``403``, ``422``; add ``404``
+    where it names something), and receives a :class:`Caller` and its path and query
+    parameters, documented as they are annotated; where it reads (the request's transaction,
+    the primary, the replica) stays in the handler. ``route``: further arguments of
+    Litestar's ``get``."""
+    invariant("sync_to_thread" not in route, "set by reader()")
+    responses = {**problem_specs(*problems), **route.pop("responses", {})}
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        def handler(self: Any, request: Request[Any, Any, Any], **params: Any) -> Any:
+            return fn(self, Caller(request), **params)
+
+        _present_as(handler, fn, respond=False, extra=())
+        return get(path, opt=opt, responses=responses, sync_to_thread=True, **route)(handler)
+
+    return decorate
+
+
+_KEYWORD = inspect.Parameter.KEYWORD_ONLY
+#: What the skeleton of an operation takes besides the function's own parameters.
+_OPERATION_PARAMETERS = (
+    inspect.Parameter("body", _KEYWORD, annotation=RawBody),
+    inspect.Parameter("idempotency_key", _KEYWORD, annotation=IdempotencyKey),
+)
+
+
+def _present_as(
+    handler: Callable[..., Any],
+    fn: Callable[..., Any],
+    *,
+    respond: bool,
+    extra: tuple[inspect.Parameter, ...],
+) -> None:
     """Give ``handler`` the face Litestar reads (signature, annotations, names, docstring):
-    ``fn``'s path parameters and response type, with the raw body and the Idempotency-Key
-    header the skeleton takes."""
+    ``fn``'s parameters after the :class:`Caller` (defaults kept) and its response type
+    (``respond``: as a ``Response`` of it), with ``extra`` parameters the skeleton takes."""
     hints = get_type_hints(fn, include_extras=True)
-    returns: Any = Response[hints.pop("return")]  # type: ignore[misc]
-    keyword = inspect.Parameter.KEYWORD_ONLY
+    returns: Any = Response[hints.pop("return")] if respond else hints.pop("return")  # type: ignore[misc]
+    own = list(inspect.signature(fn).parameters.values())[2:]
     parameters = [
         inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
         inspect.Parameter(
             "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request[Any, Any, Any]
         ),
-        *(
-            inspect.Parameter(name, keyword, annotation=hints[name])
-            for name in list(inspect.signature(fn).parameters)[2:]
-        ),
-        inspect.Parameter("body", keyword, annotation=RawBody),
-        inspect.Parameter("idempotency_key", keyword, annotation=IdempotencyKey),
+        *(p.replace(kind=_KEYWORD, annotation=hints[p.name]) for p in own),
+        *extra,
     ]
     handler.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         parameters, return_annotation=returns

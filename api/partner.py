@@ -6,27 +6,24 @@ rules live there. ``POST`` handlers run through :func:`~api.idempotency.run_idem
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Controller, Request, get
+from litestar import Controller
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter
 
 from api.auth import (
     any_key,
     partner,
-    partner_id_of,
-    principal_of,
     request_unit,
     require_scope,
     signed,
     single_use,
 )
 from api.decoding import parse_time
-from api.docs import SIGNED, problems
-from api.handlers import Call, operation
+from api.docs import SIGNED
+from api.handlers import Call, Caller, operation, reader
 from api.pages import Cursor, Limit, decode_cursor, page_out
-from api.runtime import services_of
 from api.structs import (
     LINE,
     BalanceOut,
@@ -43,19 +40,21 @@ from api.structs import (
     MemberIdQuery,
     MemberOut,
     ReversalCreate,
-    TransactionKind,
-    TransactionOut,
     TransactionPage,
 )
 from api.views import (
     balance_out,
     hold_out,
     partner_out,
-    rate_card_out,
+)
+from partners.queries import (
+    TransactionKind,
+    TransactionOut,
+    active_rate_card,
+    list_transactions,
     transaction_out,
 )
-from partners.queries import active_rate_card, list_transactions
-from partners.rates import get_partner
+from partners.rates import get_partner, rate_card_out
 
 PathId = IdPath
 Since = Annotated[
@@ -104,22 +103,20 @@ class PartnerController(Controller):
     security = SIGNED
     tags = ["partner"]  # noqa: RUF012
 
-    @get("/me", opt=any_key(one_transaction=True), responses=problems(403), sync_to_thread=True)
-    def me(self, request: Request[Any, Any, Any]) -> Me:
+    @reader("/me", opt=any_key(one_transaction=True), problems=(403,))
+    def me(self, caller: Caller) -> Me:
         """Who is calling: the key, its scopes, its partner and that partner's rate card."""
-        principal = principal_of(request)
-        services = services_of(request.app.state)
         partner_view = card_view = None
-        with request_unit(request) as s:
-            if principal.partner_id is not None:
-                found = get_partner(s, principal.partner_id)
-                card = active_rate_card(s, found.id, services.clock())
+        with request_unit(caller.request) as s:
+            if caller.principal.partner_id is not None:
+                found = get_partner(s, caller.principal.partner_id)
+                card = active_rate_card(s, found.id, caller.services.clock())
                 partner_view = partner_out(found)
                 card_view = rate_card_out(card) if card is not None else None
         return Me(
-            key_id=principal.key_id,
-            role=principal.role,  # type: ignore[arg-type]
-            scopes=sorted(principal.scopes),
+            key_id=caller.principal.key_id,
+            role=caller.principal.role,  # type: ignore[arg-type]
+            scopes=sorted(caller.principal.scopes),
             partner=partner_view,
             rate_card=card_view,
         )
@@ -140,19 +137,19 @@ class PartnerController(Controller):
         call.status = 201 if created else 200
         return MemberOut(member_id=member_id)
 
-    @get(
+    @reader(
         "/members/{member_id:str}/balance",
         opt=partner("read", one_transaction=True),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+        problems=(403, 404, 422),
     )
-    def balance(self, request: Request[Any, Any, Any], member_id: MemberIdPath) -> BalanceOut:
+    def balance(self, caller: Caller, member_id: MemberIdPath) -> BalanceOut:
         """A member's available and held points, tier and upcoming expiries."""
-        services = services_of(request.app.state)
         # One statement on PostgreSQL: the request's nonce, the member's row and its expiries.
-        with request_unit(request, single_use_later=True) as s:
+        with request_unit(caller.request, single_use_later=True) as s:
             return balance_out(
-                services.ops.balance(member_id, session=s, prelude=single_use(request))
+                caller.services.ops.balance(
+                    member_id, session=s, prelude=single_use(caller.request)
+                )
             )
 
     @operation("/earns", opt=partner("earn"), body=EarnCreate)
@@ -200,18 +197,14 @@ class PartnerController(Controller):
         )
         return hold_out(result.hold, call.services.clock())
 
-    @get(
-        "/holds/{hold_id:str}",
-        opt=partner("read", one_transaction=True),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+    @reader(
+        "/holds/{hold_id:str}", opt=partner("read", one_transaction=True), problems=(403, 404, 422)
     )
-    def get_hold(self, request: Request[Any, Any, Any], hold_id: PathId) -> HoldOut:
+    def get_hold(self, caller: Caller, hold_id: PathId) -> HoldOut:
         """One of the partner's holds (another partner's is 404)."""
-        services = services_of(request.app.state)
-        with request_unit(request) as s:
-            found = services.ops.get_hold(partner_id_of(principal_of(request)), hold_id, session=s)
-        return hold_out(found, services.clock())
+        with request_unit(caller.request) as s:
+            found = caller.services.ops.get_hold(caller.partner_id, hold_id, session=s)
+        return hold_out(found, caller.services.clock())
 
     @operation(
         "/holds/{hold_id:str}/capture",
@@ -256,30 +249,21 @@ class PartnerController(Controller):
         )
         return transaction_out(posted.transaction)
 
-    @get(
+    @reader(
         "/transactions/{txn_id:str}",
         opt=partner("read", one_transaction=True),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+        problems=(403, 404, 422),
     )
-    def get_transaction(self, request: Request[Any, Any, Any], txn_id: PathId) -> TransactionOut:
+    def get_transaction(self, caller: Caller, txn_id: PathId) -> TransactionOut:
         """One of the partner's transactions (another partner's is 404)."""
-        services = services_of(request.app.state)
-        with request_unit(request) as s:
-            found = services.ops.get_transaction(
-                partner_id_of(principal_of(request)), txn_id, session=s
-            )
+        with request_unit(caller.request) as s:
+            found = caller.services.ops.get_transaction(caller.partner_id, txn_id, session=s)
         return transaction_out(found)
 
-    @get(
-        "/transactions",
-        opt=partner("read", one_transaction=True),
-        responses=problems(403, 422),
-        sync_to_thread=True,
-    )
+    @reader("/transactions", opt=partner("read", one_transaction=True))
     def list_transactions(  # noqa: PLR0917 (query parameters)
         self,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         member_id: MemberIdQuery = None,
         kind: Annotated[TransactionKind | None, QueryParameter()] = None,
         since: Since = None,
@@ -288,10 +272,10 @@ class PartnerController(Controller):
         cursor: Cursor = None,
     ) -> TransactionPage:
         """The partner's transactions, newest first, ``limit`` per page (keyset pagination)."""
-        with request_unit(request) as s:
+        with request_unit(caller.request) as s:
             page = list_transactions(
                 s,
-                partner_id=partner_id_of(principal_of(request)),
+                partner_id=caller.partner_id,
                 member_id=member_id,
                 kind=kind,
                 since=parse_time(since, "since"),

@@ -6,24 +6,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import msgspec
-from litestar import Controller, Request, Response, get, put
+from litestar import Controller, Request, Response, put
 from litestar.params import PathParameter, QueryParameter, RawBody
 
 from api.auth import admin, principal_of, signed
 from api.decoding import decode
 from api.docs import SIGNED, body, problems
-from api.handlers import Call, operation
+from api.handlers import Call, Caller, operation, reader
 from api.pages import Cursor, Limit, decode_cursor, page_out
 from api.payments_structs import (
-    BankAccountOut,
     BankAccountPut,
-    BankEntryOut,
-    BankStatementImported,
     PaymentRunCancel,
     PaymentRunCreate,
     PaymentRunList,
-    PaymentRunOut,
     PaymentRunSummary,
     ReconciliationPage,
     ResolveEntry,
@@ -35,7 +30,9 @@ from coalition.db import transaction
 from coalition.errors import ValidationFailed
 from settlement.bankfiles import MAX_BANK_FILE_BYTES
 from settlement.payments import bank_accounts, reconcile, runs
-from settlement.payments.models import BankEntry
+from settlement.payments.bank_accounts import BankAccountOut
+from settlement.payments.reconcile import BankEntryOut, BankStatementImported
+from settlement.payments.runs import PaymentRunOut
 
 FileName = Annotated[
     str,
@@ -49,24 +46,6 @@ FileName = Annotated[
 BANK_FILE_TYPES = ("application/xml", "text/xml", "text/plain", "application/octet-stream")
 
 
-def bank_account_out(found: bank_accounts.BankDetails, status: str) -> BankAccountOut:
-    """A partner's details in the API's shape."""
-    return msgspec.convert(
-        {
-            "partner_id": found.partner_id,
-            "status": status,
-            "active": None if found.active is None else bank_accounts.account_data(found.active),
-            "pending": None if found.pending is None else bank_accounts.account_data(found.pending),
-        },
-        BankAccountOut,
-    )
-
-
-def run_out(view: runs.RunView) -> PaymentRunOut:
-    """A run in the API's shape."""
-    return msgspec.convert(runs.run_data(view), PaymentRunOut)
-
-
 def payment_file_response(services: Services, run_id: str, name: str) -> Response[bytes]:
     """A payment run's file as an attachment, byte for byte as stored (the API's and the
     console's download)."""
@@ -77,10 +56,6 @@ def payment_file_response(services: Services, run_id: str, name: str) -> Respons
         media_type="application/xml",
         headers={"Content-Disposition": f'attachment; filename="{found.name}"'},
     )
-
-
-def _entry_out(entry: BankEntry) -> BankEntryOut:
-    return msgspec.convert(reconcile.entry_data(entry), BankEntryOut)
 
 
 def _media_type(request: Request[Any, Any, Any]) -> str:
@@ -123,23 +98,21 @@ class PaymentsController(Controller):
         )
         with transaction(services.sessions) as s:
             bank_accounts.propose(s, partner_id, actor_of(principal_of(request)), checked, now=now)
-            return bank_account_out(bank_accounts.details(s, partner_id), "pending")
+            return bank_accounts.details_out(bank_accounts.details(s, partner_id), "pending")
 
-    @get(
+    @reader(
         "/partners/{partner_id:str}/bank-account",
         opt=admin("operator", "finance"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+        problems=(403, 404, 422),
     )
-    def get_bank_account(
-        self, request: Request[Any, Any, Any], partner_id: IdPath
-    ) -> BankAccountOut:
+    def get_bank_account(self, caller: Caller, partner_id: IdPath) -> BankAccountOut:
         """The partner's active bank details and the change waiting for approval, if any."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+        with transaction(caller.services.sessions) as s:
             found = bank_accounts.details(s, partner_id)
             status = "active" if found.active is not None else "none"
-            return bank_account_out(found, "pending" if found.pending is not None else status)
+            return bank_accounts.details_out(
+                found, "pending" if found.pending is not None else status
+            )
 
     @operation(
         "/partners/{partner_id:str}/bank-account/approve",
@@ -155,7 +128,7 @@ class PaymentsController(Controller):
         bank_accounts.approve(
             session, partner_id, actor_of(call.principal), now=call.services.clock()
         )
-        return bank_account_out(bank_accounts.details(session, partner_id), "active")
+        return bank_accounts.details_out(bank_accounts.details(session, partner_id), "active")
 
     # --- payment runs --------------------------------------------------------------------
 
@@ -179,22 +152,16 @@ class PaymentsController(Controller):
             settings=call.services.settings,
             now=call.services.clock(),
         )
-        return run_out(made)
+        return runs.run_out(made)
 
-    @get(
-        "/payment-runs",
-        opt=admin("operator", "finance"),
-        responses=problems(403, 422),
-        sync_to_thread=True,
-    )
+    @reader("/payment-runs", opt=admin("operator", "finance"))
     def list_runs(
         self,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> PaymentRunList:
         """The latest payment runs, newest first."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+        with transaction(caller.services.sessions) as s:
             found = runs.list_runs(s, limit=limit)
             return PaymentRunList(
                 data=[
@@ -208,30 +175,23 @@ class PaymentsController(Controller):
                 ]
             )
 
-    @get(
-        "/payment-runs/{run_id:str}",
-        opt=admin("operator", "finance"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+    @reader(
+        "/payment-runs/{run_id:str}", opt=admin("operator", "finance"), problems=(403, 404, 422)
     )
-    def get_run(self, request: Request[Any, Any, Any], run_id: IdPath) -> PaymentRunOut:
+    def get_run(self, caller: Caller, run_id: IdPath) -> PaymentRunOut:
         """A payment run: its payments, skipped statements and files."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            return run_out(runs.get_run(s, run_id))
+        with transaction(caller.services.sessions) as s:
+            return runs.run_out(runs.get_run(s, run_id))
 
-    @get(
+    @reader(
         "/payment-runs/{run_id:str}/files/{name:str}",
         opt=admin("operator", "finance"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+        problems=(403, 404, 422),
         media_type="application/xml",
     )
-    def get_file(
-        self, request: Request[Any, Any, Any], run_id: IdPath, name: FileName
-    ) -> Response[bytes]:
+    def get_file(self, caller: Caller, run_id: IdPath, name: FileName) -> Response[bytes]:
         """A file of the run, byte for byte as built (valid against its ISO 20022 XSD)."""
-        return payment_file_response(services_of(request.app.state), run_id, name)
+        return payment_file_response(caller.services, run_id, name)
 
     @operation(
         "/payment-runs/{run_id:str}/cancel",
@@ -250,7 +210,7 @@ class PaymentsController(Controller):
             note=call.data.note,
             now=call.services.clock(),
         )
-        return run_out(done)
+        return runs.run_out(done)
 
     # --- bank statements and reconciliation ----------------------------------------------
 
@@ -278,25 +238,19 @@ class PaymentsController(Controller):
             secret_key=call.services.settings.secret_key,
             now=call.services.clock(),
         )
-        return msgspec.convert(reconcile.imported_data(done), BankStatementImported)
+        return reconcile.imported_out(done)
 
-    @get(
-        "/reconciliation",
-        opt=admin("operator", "finance"),
-        responses=problems(403, 422),
-        sync_to_thread=True,
-    )
+    @reader("/reconciliation", opt=admin("operator", "finance"))
     def reconciliation(
         self,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         limit: Limit = 100,
         cursor: Cursor = None,
     ) -> ReconciliationPage:
         """Bank entries waiting for finance, newest first, each with its reason."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
+        with transaction(caller.services.sessions) as s:
             found = reconcile.queue(s, limit=limit, before_id=decode_cursor(cursor, "bke"))
-            return page_out(ReconciliationPage, found, _entry_out)
+            return page_out(ReconciliationPage, found, reconcile.entry_out)
 
     @operation(
         "/reconciliation/{entry_id:str}/resolve",
@@ -316,4 +270,4 @@ class PaymentsController(Controller):
             secret_key=call.services.settings.secret_key,
             now=call.services.clock(),
         )
-        return msgspec.convert(reconcile.entry_data(done), BankEntryOut)
+        return reconcile.entry_out(done)

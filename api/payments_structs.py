@@ -1,5 +1,7 @@
 """Request and response structs of the payment endpoints: partners' bank details, payment
-runs and their files, bank statements in, the reconciliation queue (docs/payments.md)."""
+runs and their files, bank statements in, the reconciliation queue (docs/payments.md). The
+answers the domain shapes itself (bank details, a run, an import, a bank entry) are its own
+structs (:mod:`settlement.payments`)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Annotated, Literal
 from msgspec import Meta, Struct
 
 from api.structs import LINE, Request, full_match
+from settlement.payments.reconcile import BankEntryOut
 
 Holder = Annotated[
     str, Meta(min_length=1, max_length=70, pattern=LINE, description="The account holder.")
@@ -69,32 +72,6 @@ class BankAccountPut(Request):
     mandate_signed_on: Day | None = None
 
 
-class BankAccountVersion(Struct):
-    """One version of a partner's bank details."""
-
-    id: str
-    status: Literal["pending", "active", "retired", "replaced"]
-    holder: str
-    iban: str
-    bic: str | None
-    mandate_id: str | None
-    mandate_signed_on: date | None
-    proposed_by: str
-    proposed_at: datetime
-    approved_by: str | None
-    approved_at: datetime | None
-
-
-class BankAccountOut(Struct):
-    """A partner's bank details: ``status`` of the answer (``pending`` after a change,
-    ``active`` after an approval), the active and the pending version."""
-
-    partner_id: str
-    status: Literal["pending", "active", "none"]
-    active: BankAccountVersion | None
-    pending: BankAccountVersion | None
-
-
 class PaymentRunCreate(Request):
     """``POST /v1/admin/payment-runs``: which statements (default: every acknowledged one with
     a non-zero net in no live run) and when (default: today)."""
@@ -115,49 +92,6 @@ class PaymentRunCancel(Request):
     note: RunNote | None = None
 
 
-class PaymentOut(Struct):
-    """One payment of a run."""
-
-    statement_id: str
-    partner_id: str
-    direction: Literal["credit_transfer", "direct_debit"]
-    amount: str
-    currency: str
-    end_to_end_id: str
-    file: str | None
-
-
-class SkippedOut(Struct):
-    """A statement the run does not pay, and why."""
-
-    statement_id: str
-    reason: str
-
-
-class PaymentFileOut(Struct):
-    """A file of a run (download it at ``.../files/{name}``)."""
-
-    name: str
-    format: Literal["pain.001.001.09", "pain.008.001.08"]
-    currency: str
-    transactions: int
-    control_sum: str
-    sha256: str
-
-
-class PaymentRunOut(Struct):
-    """A payment run."""
-
-    id: str
-    status: Literal["created", "cancelled"]
-    execution_date: date
-    created_at: datetime
-    cancelled_at: datetime | None
-    payments: list[PaymentOut]
-    skipped: list[SkippedOut]
-    files: list[PaymentFileOut]
-
-
 class PaymentRunSummary(Struct):
     """A run in a list."""
 
@@ -171,61 +105,6 @@ class PaymentRunList(Struct):
     """The latest runs, newest first."""
 
     data: list[PaymentRunSummary]
-
-
-class MatchedOut(Struct):
-    """An entry that settled a statement."""
-
-    entry: str
-    line: int
-    statement_id: str | None
-
-
-class UnmatchedOut(Struct):
-    """An entry waiting in the reconciliation queue, and why."""
-
-    entry: str
-    line: int
-    amount: str
-    currency: str
-    reason: str | None
-    status: str
-
-
-class BankStatementImported(Struct):
-    """``POST /v1/admin/bank-statements``' answer."""
-
-    id: str
-    format: str
-    bank_statement_id: str
-    entries: int
-    matched: list[MatchedOut]
-    unmatched: list[UnmatchedOut]
-    duplicate: bool
-
-
-class BankEntryOut(Struct):
-    """A bank entry of an imported statement."""
-
-    id: str
-    file_id: str
-    line: int
-    status: Literal["matched", "unmatched", "resolved", "dismissed"]
-    reason: str | None
-    amount: str
-    currency: str
-    direction: Literal["credit", "debit"]
-    booking_date: date
-    end_to_end_id: str | None
-    bank_reference: str | None
-    remittance: str
-    account_iban: str | None
-    return_reason: str | None
-    reversal: bool
-    statement_id: str | None
-    resolved_at: datetime | None
-    resolved_by: str | None
-    note: str | None
 
 
 class ReconciliationPage(Struct):

@@ -7,35 +7,28 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import msgspec
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Response
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.auth import admin, partner, partner_id_of, principal_of, signed
-from api.docs import SIGNED, ExportOperation, problems
-from api.handlers import Call, operation
+from api.auth import admin, partner, signed
+from api.docs import SIGNED, ExportOperation
+from api.handlers import Call, Caller, operation, reader
 from api.pages import Cursor, Limit, decode_cursor, page_out
-from api.runtime import services_of
 from api.settlement_structs import (
     ClosedOut,
     CloseRequest,
-    CrossBrandCell,
-    CrossBrandReport,
     DisputeCreate,
     DisputeList,
-    DisputeOut,
     DisputeResolve,
     PeriodOut,
     PeriodPage,
-    PeriodSummary,
     SettleRequest,
     StatementEventList,
     StatementEventOut,
     StatementPage,
-    StatementSummary,
     UnbilledOut,
 )
 from api.structs import EmptyBody, IdPath, IdQuery, IdQueryRequired
@@ -45,8 +38,8 @@ from settlement import reports, workflow
 from settlement.canonical import csv_export, json_export
 from settlement.close import close_in
 from settlement.document import StatementDocument, StatementStatus
-from settlement.models import Dispute, Period, Statement
-from settlement.statements import document_of, period_ref, summary_data
+from settlement.models import Period, Statement
+from settlement.statements import StatementSummary, document_of, summary_out
 
 PathId = IdPath
 #: The problems a write of the settlement API may answer.
@@ -59,20 +52,10 @@ def actor_of(principal: Principal) -> workflow.Actor:
     return workflow.Actor(principal.key_id, principal.role, principal.partner_id)
 
 
-def summary_out(statement: Statement, period: Period) -> StatementSummary:
-    """A statement without its lines (from its columns: its document is not read)."""
-    return msgspec.convert(summary_data(statement, period), StatementSummary)
-
-
 def document_response(statement: Statement) -> Response[StatementDocument]:
     """The signed document, exactly as signed (its canonical JSON plus hash and signature)."""
     content: Any = json_export(document_of(statement))
     return Response(content, media_type="application/json")
-
-
-def dispute_out(dispute: Dispute, currency: str) -> DisputeOut:
-    """A dispute in the API's shape."""
-    return msgspec.convert(workflow.dispute_data(dispute, currency), DisputeOut)
 
 
 def period_out(period: Period) -> PeriodOut:
@@ -121,58 +104,48 @@ class StatementsController(Controller):
     security = SIGNED
     tags = ["partner"]  # noqa: RUF012
 
-    @get("/", opt=partner("statements"), responses=problems(403, 422), sync_to_thread=True)
+    @reader("/", opt=partner("statements"))
     def list_statements(
         self,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         status: Annotated[StatementStatus | None, QueryParameter()] = None,
         limit: Limit = 100,
         cursor: Cursor = None,
     ) -> StatementPage:
         """The partner's statements, newest first (keyset pagination)."""
-        with transaction(services_of(request.app.state).sessions) as s:
+        with transaction(caller.services.sessions) as s:
             return _page(
                 s,
-                partner_id=partner_id_of(principal_of(request)),
+                partner_id=caller.partner_id,
                 status=status,
                 before_id=decode_cursor(cursor, "stmt"),
                 limit=limit,
             )
 
-    @get(
-        "/{statement_id:str}",
-        opt=partner("statements"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
-    )
-    def get_statement(
-        self, request: Request[Any, Any, Any], statement_id: PathId
-    ) -> Response[StatementDocument]:
+    @reader("/{statement_id:str}", opt=partner("statements"), problems=(403, 404, 422))
+    def get_statement(self, caller: Caller, statement_id: PathId) -> Response[StatementDocument]:
         """One of the partner's statements: exactly the signed document."""
-        services = services_of(request.app.state)
-        partner_id = partner_id_of(principal_of(request))
+        partner_id = caller.partner_id
         # signed once, never changed: a replica's copy is the primary's (or not there yet)
-        return services.reads.run(
+        return caller.services.reads.run(
             lambda s: document_response(
                 workflow.get_statement(s, statement_id, partner_id=partner_id)
             )
         )
 
-    @get(
+    @reader(
         "/{statement_id:str}/export",
         opt=partner("statements"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+        problems=(403, 404, 422),
         operation_class=ExportOperation,
     )
     def export(
-        self, request: Request[Any, Any, Any], statement_id: PathId, format: ExportFormat = "json"
+        self, caller: Caller, statement_id: PathId, format: ExportFormat = "json"
     ) -> Response[bytes]:
         """The signed export: JSON (the document) or CSV (lines, then ``#`` rows with the
         totals, content hash and signature); verify with ``coalition statements verify``."""
-        services = services_of(request.app.state)
-        partner_id = partner_id_of(principal_of(request))
-        return services.reads.run(
+        partner_id = caller.partner_id
+        return caller.services.reads.run(
             lambda s: export_response(
                 workflow.get_statement(s, statement_id, partner_id=partner_id), format
             )
@@ -201,7 +174,7 @@ class StatementsController(Controller):
         opt=partner("statements"),
         body=DisputeCreate,
     )
-    def dispute(self, call: Call[DisputeCreate], statement_id: PathId) -> DisputeOut:
+    def dispute(self, call: Call[DisputeCreate], statement_id: PathId) -> workflow.DisputeOut:
         """Dispute the statement, optionally naming lines by transaction id."""
         made = workflow.open_dispute(
             call.session,
@@ -213,22 +186,16 @@ class StatementsController(Controller):
             now=call.services.clock(),
         )
         statement = workflow.get_statement(call.session, statement_id, partner_id=None)
-        return dispute_out(made, statement.currency)
+        return workflow.dispute_out(made, statement.currency)
 
-    @get(
-        "/{statement_id:str}/disputes",
-        opt=partner("statements"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
-    )
-    def list_disputes(self, request: Request[Any, Any, Any], statement_id: PathId) -> DisputeList:
+    @reader("/{statement_id:str}/disputes", opt=partner("statements"), problems=(403, 404, 422))
+    def list_disputes(self, caller: Caller, statement_id: PathId) -> DisputeList:
         """The disputes of one of the partner's statements."""
-        services = services_of(request.app.state)
-        partner_id = partner_id_of(principal_of(request))
-        with transaction(services.sessions) as s:
+        partner_id = caller.partner_id
+        with transaction(caller.services.sessions) as s:
             statement = workflow.get_statement(s, statement_id, partner_id=partner_id)
             found = workflow.disputes_of(s, statement_id, partner_id=partner_id)
-            return DisputeList(data=[dispute_out(d, statement.currency) for d in found])
+            return DisputeList(data=[workflow.dispute_out(d, statement.currency) for d in found])
 
 
 class SettlementAdminController(Controller):
@@ -274,15 +241,10 @@ class SettlementAdminController(Controller):
             ],
         )
 
-    @get(
-        "/statements",
-        opt=admin("operator", "finance"),
-        responses=problems(403, 422),
-        sync_to_thread=True,
-    )
+    @reader("/statements", opt=admin("operator", "finance"))
     def list_statements(  # noqa: PLR0917 (query parameters)
         self,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         period_id: IdQuery = None,
         partner_id: IdQuery = None,
         status: Annotated[StatementStatus | None, QueryParameter()] = None,
@@ -291,7 +253,7 @@ class SettlementAdminController(Controller):
     ) -> StatementPage:
         """Every partner's statements, newest first; filter by period, partner, status."""
         before_id = decode_cursor(cursor, "stmt")
-        return services_of(request.app.state).reads.run(
+        return caller.services.reads.run(
             lambda s: _page(
                 s,
                 partner_id=partner_id,
@@ -302,49 +264,40 @@ class SettlementAdminController(Controller):
             )
         )
 
-    @get(
-        "/statements/{statement_id:str}",
-        opt=admin("operator", "finance"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+    @reader(
+        "/statements/{statement_id:str}", opt=admin("operator", "finance"), problems=(403, 404, 422)
     )
-    def get_statement(
-        self, request: Request[Any, Any, Any], statement_id: PathId
-    ) -> Response[StatementDocument]:
+    def get_statement(self, caller: Caller, statement_id: PathId) -> Response[StatementDocument]:
         """Any partner's statement: exactly the signed document."""
-        services = services_of(request.app.state)
-        return services.reads.run(
+        return caller.services.reads.run(
             lambda s: document_response(workflow.get_statement(s, statement_id, partner_id=None))
         )
 
-    @get(
+    @reader(
         "/statements/{statement_id:str}/export",
         opt=admin("operator", "finance"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+        problems=(403, 404, 422),
         operation_class=ExportOperation,
     )
     def export(
-        self, request: Request[Any, Any, Any], statement_id: PathId, format: ExportFormat = "json"
+        self, caller: Caller, statement_id: PathId, format: ExportFormat = "json"
     ) -> Response[bytes]:
         """Any partner's signed export (JSON or CSV)."""
-        services = services_of(request.app.state)
-        return services.reads.run(
+        return caller.services.reads.run(
             lambda s: export_response(
                 workflow.get_statement(s, statement_id, partner_id=None), format
             )
         )
 
-    @get(
+    @reader(
         "/statements/{statement_id:str}/events",
         opt=admin("operator", "finance"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+        problems=(403, 404, 422),
     )
-    def events(self, request: Request[Any, Any, Any], statement_id: PathId) -> StatementEventList:
+    def events(self, caller: Caller, statement_id: PathId) -> StatementEventList:
         """The statement's status changes: from, to, when, which key."""
 
-        def read(s: Session) -> StatementEventList:
+        def answer(s: Session) -> StatementEventList:
             workflow.get_statement(s, statement_id, partner_id=None)
             rows = workflow.history(s, statement_id)
             return StatementEventList(
@@ -361,7 +314,7 @@ class SettlementAdminController(Controller):
                 ]
             )
 
-        return services_of(request.app.state).reads.run(read)
+        return caller.services.reads.run(answer)
 
     @operation(
         "/statements/{statement_id:str}/settle",
@@ -382,21 +335,20 @@ class SettlementAdminController(Controller):
         )
         return _summary_in(call.session, done)
 
-    @get(
+    @reader(
         "/statements/{statement_id:str}/disputes",
         opt=admin("operator", "finance"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+        problems=(403, 404, 422),
     )
-    def list_disputes(self, request: Request[Any, Any, Any], statement_id: PathId) -> DisputeList:
+    def list_disputes(self, caller: Caller, statement_id: PathId) -> DisputeList:
         """Any statement's disputes."""
 
-        def read(s: Session) -> DisputeList:
+        def answer(s: Session) -> DisputeList:
             statement = workflow.get_statement(s, statement_id, partner_id=None)
             found = workflow.disputes_of(s, statement_id, partner_id=None)
-            return DisputeList(data=[dispute_out(d, statement.currency) for d in found])
+            return DisputeList(data=[workflow.dispute_out(d, statement.currency) for d in found])
 
-        return services_of(request.app.state).reads.run(read)
+        return caller.services.reads.run(answer)
 
     @operation(
         "/disputes/{dispute_id:str}/resolve",
@@ -404,7 +356,7 @@ class SettlementAdminController(Controller):
         body=DisputeResolve,
         status_code=200,
     )
-    def resolve(self, call: Call[DisputeResolve], dispute_id: PathId) -> DisputeOut:
+    def resolve(self, call: Call[DisputeResolve], dispute_id: PathId) -> workflow.DisputeOut:
         """Resolve a dispute; an ``adjustment`` is billed on the partner's next statement."""
         data = call.data
         done = workflow.resolve(
@@ -418,57 +370,39 @@ class SettlementAdminController(Controller):
             now=call.services.clock(),
         )
         statement = workflow.get_statement(call.session, done.statement_id, partner_id=None)
-        return dispute_out(done, statement.currency)
+        return workflow.dispute_out(done, statement.currency)
 
-    @get("/periods", opt=admin("operator", "finance"), responses=problems(403, 422),
-         sync_to_thread=True)  # fmt: skip
-    def list_periods(
-        self, request: Request[Any, Any, Any], limit: Limit = 100, cursor: Cursor = None
-    ) -> PeriodPage:
+    @reader("/periods", opt=admin("operator", "finance"))
+    def list_periods(self, caller: Caller, limit: Limit = 100, cursor: Cursor = None) -> PeriodPage:
         """Closed periods, the latest first."""
         before_id = decode_cursor(cursor, "per")
 
-        return services_of(request.app.state).reads.run(
+        return caller.services.reads.run(
             lambda s: page_out(
                 PeriodPage, reports.list_periods(s, before_id=before_id, limit=limit), period_out
             )
         )
 
-    @get(
+    @reader(
         "/periods/{period_id:str}/summary",
         opt=admin("operator", "finance"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
+        problems=(403, 404, 422),
     )
-    def period_summary(self, request: Request[Any, Any, Any], period_id: PathId) -> PeriodSummary:
+    def period_summary(self, caller: Caller, period_id: PathId) -> reports.PeriodSummary:
         """Money per currency (billed, reimbursed, margin), the points roll-forward,
         breakage, active members and the cross-brand share of a closed period."""
-        return services_of(request.app.state).reads.run(
-            lambda s: msgspec.convert(reports.summary(s, period_id).document(), PeriodSummary)
-        )
+        return caller.services.reads.run(lambda s: reports.summary(s, period_id).document())
 
-    @get(
-        "/reports/cross-brand",
-        opt=admin("operator", "finance"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
-    )
+    @reader("/reports/cross-brand", opt=admin("operator", "finance"), problems=(403, 404, 422))
     def cross_brand(
         self,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         period_id: IdQueryRequired,
-    ) -> CrossBrandReport:
+    ) -> reports.CrossBrandReport:
         """Points issued by each partner (rows) and redeemed at each (columns) in a period."""
 
-        def read(s: Session) -> CrossBrandReport:
+        def answer(s: Session) -> reports.CrossBrandReport:
             period = reports.get_period(s, period_id)
-            matrix = reports.cross_brand(s, period_id).document()
-            return CrossBrandReport(
-                period=period_ref(period),
-                cells=[msgspec.convert(c, CrossBrandCell) for c in matrix["cells"]],
-                redeemed_points=matrix["redeemed_points"],
-                cross_brand_points=matrix["cross_brand_points"],
-                cross_brand_share=matrix["cross_brand_share"],
-            )
+            return reports.cross_brand(s, period_id).document(period)
 
-        return services_of(request.app.state).reads.run(read)
+        return caller.services.reads.run(answer)

@@ -1,6 +1,8 @@
 """Request and response structs of the settlement endpoints (statements, disputes, periods,
-reports). The statement document is defined once, in :mod:`settlement.document`: the API
-serves its signed bytes and documents them with its structs."""
+reports) that the domain does not return itself. The statement document is defined once, in
+:mod:`settlement.document`: the API serves its signed bytes and documents them with its
+structs; a statement's summary, a dispute and the reports are the domain's own results
+(:mod:`settlement.statements`, :mod:`settlement.workflow`, :mod:`settlement.reports`)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ from msgspec import Meta, Struct
 
 from api.structs import LINE, AwareTime, Request, full_match
 from settlement import workflow
-from settlement.document import LineKind, PeriodRef, StatementStatus, StatementTotals
+from settlement.document import LineKind, StatementStatus
+from settlement.statements import StatementSummary
+from settlement.workflow import DisputeOut, DisputeOutcome
 
-DisputeOutcome = Literal["upheld", "partially_upheld", "rejected"]
 #: A ledger transaction id as a statement line names it.
 TransactionId = Annotated[
     str,
@@ -90,23 +93,6 @@ class SettleRequest(Request):
 # --- statements (the document itself: settlement.document) ---------------------------------
 
 
-class StatementSummary(Struct):
-    """A statement in a list: its totals and status, without its lines."""
-
-    id: str
-    partner_id: str
-    period: PeriodRef
-    currency: str
-    status: StatementStatus
-    lines: int
-    totals: StatementTotals
-    issued_at: datetime
-    content_sha256: str
-    issued_sha256: str
-    payment_reference: str | None
-    paid_at: datetime | None
-
-
 class StatementPage(Struct):
     """A page of statements, newest first."""
 
@@ -130,23 +116,6 @@ class StatementEventList(Struct):
     """A statement's status history, oldest first."""
 
     data: list[StatementEventOut]
-
-
-class DisputeOut(Struct):
-    """A dispute of a statement."""
-
-    id: str
-    statement_id: str
-    partner_id: str
-    reason: str
-    transaction_ids: list[str]
-    status: Literal["open", "resolved"]
-    created_at: datetime
-    outcome: DisputeOutcome | None
-    note: str | None
-    adjustment: str | None
-    currency: str
-    resolved_at: datetime | None
 
 
 class DisputeList(Struct):
@@ -195,59 +164,3 @@ class ClosedOut(Struct):
     created: bool
     statements: list[StatementSummary]
     unbilled: list[UnbilledOut] = []
-
-
-class MoneyFigures(Struct):
-    """One currency's money in a period: billed, reimbursed, adjustments, operator margin."""
-
-    currency: str
-    statements: int
-    billed: str
-    reimbursed: str
-    adjustments: str
-    margin: str
-
-
-class RollForward(Struct):
-    """opening + issued + bonuses - redeemed - expired - earn_reversed + burn_reversed +
-    adjusted = closing (``balances``)."""
-
-    opening_liability: int
-    issued: int
-    bonuses: int
-    redeemed: int
-    expired: int
-    earn_reversed: int
-    burn_reversed: int
-    adjusted: int
-    closing_liability: int
-    balances: bool
-
-
-class PeriodSummary(Struct):
-    """``GET /v1/admin/periods/{id}/summary``."""
-
-    period: PeriodRef
-    money: list[MoneyFigures]
-    points: RollForward
-    breakage_share: str | None
-    active_members: int
-    cross_brand_share: str | None
-
-
-class CrossBrandCell(Struct):
-    """Points issued by ``issued_by`` (null: the coalition) and redeemed at ``redeemed_at``."""
-
-    issued_by: str | None
-    redeemed_at: str
-    points: int
-
-
-class CrossBrandReport(Struct):
-    """``GET /v1/admin/reports/cross-brand``: the matrix of a closed period."""
-
-    period: PeriodRef
-    cells: list[CrossBrandCell]
-    redeemed_points: int
-    cross_brand_points: int
-    cross_brand_share: str | None

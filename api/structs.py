@@ -1,4 +1,5 @@
-"""msgspec Structs for every request and response body of the HTTP API.
+"""msgspec Structs for the request bodies of the HTTP API and the responses it shapes itself
+(the domain's own results, a transaction or a rate card, are defined where it builds them).
 
 Requests are decoded strictly (no type coercion, no unknown fields, time zones required) by
 :func:`api.decoding.decode`, which turns msgspec's errors into a ``validation`` problem naming
@@ -11,20 +12,19 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal, TypeVar, get_args
+from typing import Annotated, Literal, TypeVar
 
 from litestar.params import PathParameter, QueryParameter
 from msgspec import Meta, Struct
 
 from coalition import text
-from coalition.errors import invariant
 from coalition.ids import MEMBER_ID_BODY, MEMBER_ID_MAX_LENGTH, MEMBER_ID_RULE
-from coalition.ledger.kinds import KINDS
 from coalition.money import MAX_POINTS
 from coalition.times import RULE as TIME_RULE
 from coalition.times import client_time
 from partners.operation_base import REASON_MAX
-from partners.rates import NAME_MAX
+from partners.queries import TransactionOut
+from partners.rates import NAME_MAX, RateCardOut
 
 T = TypeVar("T")
 
@@ -192,12 +192,6 @@ MemberIdQuery = Annotated[
 QueryText = Annotated[str | None, QueryParameter(max_length=200, pattern=LINE)]
 Scope = Literal["earn", "burn", "read", "webhooks", "statements"]
 KeyAlg = Literal["hmac-sha256", "ed25519"]
-#: The kinds table's kinds (``coalition.ledger.kinds``), spelt out for the type checker, which
-#: cannot read a Literal from a table; checked against the table when this module loads.
-TransactionKind = Literal[
-    "earn", "burn", "earn_reversal", "burn_reversal", "bonus", "adjustment", "expiry"
-]
-invariant(set(get_args(TransactionKind)) == set(KINDS), "API kinds != the kinds table")
 HoldStatus = Literal["active", "captured", "voided", "expired"]
 
 
@@ -337,24 +331,6 @@ class AdjustmentCreate(Request):
 # --- responses ---------------------------------------------------------------------------
 
 
-class TransactionOut(Struct, omit_defaults=True):
-    """A ledger transaction; ``reverses`` only on reversals."""
-
-    id: str
-    kind: TransactionKind
-    partner_id: str | None
-    member_id: str
-    reference: str | None
-    points: int
-    amount: str | None
-    currency: str | None
-    rate_card_id: str | None
-    occurred_at: datetime
-    posted_at: datetime
-    balance_after: int
-    reverses: str | None = None
-
-
 class TransactionPage(Struct):
     """A page of transactions, newest first."""
 
@@ -413,20 +389,6 @@ class PartnerPage(Struct):
     data: list[PartnerOut]
     has_more: bool
     next_cursor: str | None
-
-
-class RateCardOut(Struct):
-    """A rate-card version; rates are decimal strings."""
-
-    id: str
-    partner_id: str
-    effective_from: datetime
-    earn_points_per_unit: str
-    issue_price_per_point: str
-    burn_value_per_point: str
-    reimburse_price_per_point: str
-    max_burn_share: str | None
-    created_at: datetime
 
 
 class RateCardList(Struct):

@@ -1,4 +1,7 @@
-"""Domain objects as response structs: the contract's field names and formats.
+"""Domain objects the domain does not shape itself (holds, balances, partners, keys, the
+liability report) as response structs: the contract's field names and formats. Transactions,
+rate cards, statements, disputes, reports and payments come from the domain as its own typed
+results (docs/architecture.md, decision 24).
 
 Amounts are decimal strings with the currency's exponent, rates are plain decimal strings,
 times are UTC (msgspec writes them as RFC 3339 with ``Z``).
@@ -9,8 +12,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-import msgspec
-
 from api.structs import (
     BalanceOut,
     Expiring,
@@ -19,38 +20,12 @@ from api.structs import (
     KeyOut,
     LiabilityReport,
     PartnerOut,
-    RateCardOut,
-    TransactionOut,
 )
-from coalition.models import Hold, Transaction
-from coalition.money import format_amount
+from coalition.models import Hold
 from partners.keys import NewKey
-from partners.models import ApiKey, Partner, RateCard
+from partners.models import ApiKey, Partner
 from partners.operations import Balance
-from partners.rates import rate_card_data
 from settlement.reports import Liability
-
-
-def transaction_out(txn: Transaction) -> TransactionOut:
-    """A ledger transaction in the contract's shape."""
-    amount = None
-    if txn.amount_minor is not None and txn.currency is not None:
-        amount = format_amount(txn.amount_minor, txn.currency)
-    return TransactionOut(
-        id=txn.id,
-        kind=cast(Any, txn.kind),
-        partner_id=txn.partner_id,
-        member_id=txn.member_id,
-        reference=txn.reference,
-        points=txn.points,
-        amount=amount,
-        currency=txn.currency,
-        rate_card_id=txn.rate_card_id,
-        occurred_at=txn.occurred_at,
-        posted_at=txn.posted_at,
-        balance_after=txn.balance_after,
-        reverses=txn.reverses,
-    )
 
 
 def hold_out(hold: Hold, now: datetime) -> HoldOut:
@@ -88,11 +63,6 @@ def partner_out(partner: Partner) -> PartnerOut:
         status=cast(Any, partner.status),
         created_at=partner.created_at,
     )
-
-
-def rate_card_out(card: RateCard) -> RateCardOut:
-    """A rate-card version, rates as decimal strings."""
-    return msgspec.convert(rate_card_data(card), RateCardOut)
 
 
 def _scopes(key: ApiKey) -> list[str]:

@@ -10,14 +10,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, Request, delete, get, patch
+from litestar import Controller, Request, delete, patch
 from litestar.params import QueryParameter, RawBody
 from msgspec import Meta, Struct
 
 from api.auth import partner, partner_id_of, principal_of, signed
 from api.decoding import decode
 from api.docs import SIGNED, body, problems
-from api.handlers import Call, operation
+from api.handlers import Call, Caller, operation, reader
 from api.runtime import Services, services_of
 from api.structs import LINE, AwareTime, EmptyBody, IdPath, full_match
 from api.structs import Request as RequestBody
@@ -235,25 +235,18 @@ class WebhookEndpointController(Controller):
         )
         return _created(new)
 
-    @get("/", opt=partner("webhooks"), responses=problems(403), sync_to_thread=True)
-    def list_endpoints(self, request: Request[Any, Any, Any]) -> EndpointList:
+    @reader("/", opt=partner("webhooks"), problems=(403,))
+    def list_endpoints(self, caller: Caller) -> EndpointList:
         """The partner's endpoints, oldest first."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            found = webhooks_of(services).all(s, partner_id_of(principal_of(request)))
+        with transaction(caller.services.sessions) as s:
+            found = webhooks_of(caller.services).all(s, caller.partner_id)
             return EndpointList([endpoint_out(e) for e in found])
 
-    @get(
-        "/{endpoint_id:str}",
-        opt=partner("webhooks"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
-    )
-    def get_endpoint(self, request: Request[Any, Any, Any], endpoint_id: IdPath) -> EndpointOut:
+    @reader("/{endpoint_id:str}", opt=partner("webhooks"), problems=(403, 404, 422))
+    def get_endpoint(self, caller: Caller, endpoint_id: IdPath) -> EndpointOut:
         """One of the partner's endpoints."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            found = webhooks_of(services).get(s, partner_id_of(principal_of(request)), endpoint_id)
+        with transaction(caller.services.sessions) as s:
+            found = webhooks_of(caller.services).get(s, caller.partner_id, endpoint_id)
             return endpoint_out(found)
 
     @patch(
@@ -332,25 +325,19 @@ class WebhookEndpointController(Controller):
         )
         return Accepted("accepted", event_id=event_id)
 
-    @get(
-        "/{endpoint_id:str}/deliveries",
-        opt=partner("webhooks"),
-        responses=problems(403, 404, 422),
-        sync_to_thread=True,
-    )
+    @reader("/{endpoint_id:str}/deliveries", opt=partner("webhooks"), problems=(403, 404, 422))
     def list_deliveries(
         self,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         endpoint_id: IdPath,
         limit: Limit = 100,
         cursor: Cursor = None,
     ) -> DeliveryPage:
         """The endpoint's deliveries, newest first, with their last attempt."""
-        services = services_of(request.app.state)
-        with transaction(services.sessions) as s:
-            rows = webhooks_of(services).deliveries(
+        with transaction(caller.services.sessions) as s:
+            rows = webhooks_of(caller.services).deliveries(
                 s,
-                partner_id_of(principal_of(request)),
+                caller.partner_id,
                 endpoint_id,
                 after=int(cursor) if cursor is not None else None,
                 limit=limit + 1,

@@ -7,7 +7,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+
+import msgspec
 
 from api.bulk import earn_from_fields, earn_from_json
 from api.problems import KINDS, problem_type
@@ -20,7 +21,7 @@ from partners.imports import ImportError_, Summary, format_of, import_earns
 from partners.operations import Operations
 from partners.rates import get_partner
 from settlement.bankfiles import MAX_BANK_FILE_BYTES
-from settlement.payments.reconcile import import_statement, imported_data
+from settlement.payments.reconcile import BankStatementImported, import_statement, imported_out
 from settlement.workflow import Actor
 
 
@@ -118,25 +119,25 @@ def cmd_bank_import(args: argparse.Namespace) -> int:
                 ),
                 utcnow(),
             )
-            result = imported_data(done)
+            result = imported_out(done)
     except CoalitionError as exc:
         print(f"coalition bank import: {path.name}: {exc.detail}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(msgspec.to_builtins(result)))
     else:
         _print_bank_import(path, result)
-    return 1 if result["unmatched"] else 0
+    return 1 if result.unmatched else 0
 
 
-def _print_bank_import(path: Path, result: dict[str, Any]) -> None:
-    if result["duplicate"]:
-        print(f"{path.name} was imported before ({result['id']}): nothing changed")
-    for m in result["matched"]:
-        print(f"entry {m['line']}: settled {m['statement_id']}")
-    for u in result["unmatched"]:
-        print(f"entry {u['line']}: {u['amount']} {u['currency']} waits: {u['reason']}")
+def _print_bank_import(path: Path, result: BankStatementImported) -> None:
+    if result.duplicate:
+        print(f"{path.name} was imported before ({result.id}): nothing changed")
+    for m in result.matched:
+        print(f"entry {m.line}: settled {m.statement_id}")
+    for u in result.unmatched:
+        print(f"entry {u.line}: {u.amount} {u.currency} waits: {u.reason}")
     print(
-        f"{result['entries']} entries: {len(result['matched'])} matched, "
-        f"{len(result['unmatched'])} in the reconciliation queue"
+        f"{result.entries} entries: {len(result.matched)} matched, "
+        f"{len(result.unmatched)} in the reconciliation queue"
     )

@@ -1,4 +1,6 @@
-"""Read queries for the API: transaction and partner listings.
+"""Read queries for the API: transaction and partner listings, and a transaction in the
+contract's shape (:class:`TransactionOut`: the API's answer and the data of the
+``transaction.*`` webhook events).
 
 Listings page by :mod:`coalition.pages` (keyset pagination on the time-ordered id).
 """
@@ -7,14 +9,53 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Literal, get_args
 
+from msgspec import Struct
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from coalition.errors import ValidationFailed
+from coalition.errors import ValidationFailed, invariant
+from coalition.ledger.kinds import KINDS
 from coalition.models import TRANSACTION_KINDS, Transaction
+from coalition.money import format_amount
 from coalition.pages import MAX_PAGE, Page, newest_first
+from coalition.shapes import row_as
 from partners.models import Partner, RateCard
+
+#: The kinds table's kinds (``coalition.ledger.kinds``), spelt out for the type checker, which
+#: cannot read a Literal from a table; checked against the table when this module loads.
+TransactionKind = Literal[
+    "earn", "burn", "earn_reversal", "burn_reversal", "bonus", "adjustment", "expiry"
+]
+invariant(set(get_args(TransactionKind)) == set(KINDS), "API kinds != the kinds table")
+
+
+class TransactionOut(Struct, omit_defaults=True):
+    """A ledger transaction; ``reverses`` only on reversals."""
+
+    id: str
+    kind: TransactionKind
+    partner_id: str | None
+    member_id: str
+    reference: str | None
+    points: int
+    amount: str | None
+    currency: str | None
+    rate_card_id: str | None
+    occurred_at: datetime
+    posted_at: datetime
+    balance_after: int
+    reverses: str | None = None
+
+
+def transaction_out(txn: Transaction) -> TransactionOut:
+    """A ledger transaction in the contract's shape: amounts as decimal strings in the
+    currency's exponent (the API's answer and its webhook event's data)."""
+    amount = None
+    if txn.amount_minor is not None and txn.currency is not None:
+        amount = format_amount(txn.amount_minor, txn.currency)
+    return row_as(TransactionOut, txn, amount=amount)
 
 
 def list_transactions(

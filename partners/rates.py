@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol, cast
 
+from msgspec import Struct
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
@@ -43,6 +44,7 @@ from coalition.money import (
     round_money,
     to_minor,
 )
+from coalition.shapes import row_as
 from partners.models import PARTNER_STATUSES, Partner, RateCard
 from partners.webhooks import outbox
 from partners.webhooks.events import EventType
@@ -398,31 +400,46 @@ def create_rate_card(
         session,
         EventType.RATE_CARD_ACTIVATED,
         partner_id,
-        rate_card_data(card),
+        rate_card_out(card),
         at=effective,
         due=max(effective, now),
     )
     return card
 
 
-def _rate_text(value: Decimal | None) -> str | None:
-    return None if value is None else f"{value.normalize():f}"
+def _rate_text(value: Decimal) -> str:
+    return f"{value.normalize():f}"
 
 
-def rate_card_data(card: RateCard) -> dict[str, Any]:
+#: A card's four rates (every card has them; ``max_burn_share`` is optional).
+RATES = (
+    "earn_points_per_unit",
+    "issue_price_per_point",
+    "burn_value_per_point",
+    "reimburse_price_per_point",
+)
+
+
+class RateCardOut(Struct):
+    """A rate-card version; rates are decimal strings."""
+
+    id: str
+    partner_id: str
+    effective_from: datetime
+    earn_points_per_unit: str
+    issue_price_per_point: str
+    burn_value_per_point: str
+    reimburse_price_per_point: str
+    max_burn_share: str | None
+    created_at: datetime
+
+
+def rate_card_out(card: RateCard) -> RateCardOut:
     """A rate-card version in the contract's shape, rates as decimal strings (the API's and
     its ``rate_card.activated`` event's)."""
-    return {
-        "id": card.id,
-        "partner_id": card.partner_id,
-        "effective_from": card.effective_from,
-        "earn_points_per_unit": _rate_text(card.earn_points_per_unit),
-        "issue_price_per_point": _rate_text(card.issue_price_per_point),
-        "burn_value_per_point": _rate_text(card.burn_value_per_point),
-        "reimburse_price_per_point": _rate_text(card.reimburse_price_per_point),
-        "max_burn_share": _rate_text(card.max_burn_share),
-        "created_at": card.created_at,
-    }
+    rates = {name: _rate_text(getattr(card, name)) for name in RATES}
+    share = None if card.max_burn_share is None else _rate_text(card.max_burn_share)
+    return row_as(RateCardOut, card, **rates, max_burn_share=share)
 
 
 def list_rate_cards(session: Session, partner_id: str) -> list[RateCard]:

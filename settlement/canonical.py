@@ -24,7 +24,7 @@ import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
@@ -38,9 +38,10 @@ from settlement.document import (
     StatementSignature,
     StatementTotals,
     fields_of,
+    plain,
 )
 
-SIGNATURE_ALG = "ed25519"
+SIGNATURE_ALG: Final = "ed25519"
 #: The columns of the CSV export, in order: a line's fields (``dispute_id`` only on adjustment
 #: lines).
 CSV_COLUMNS = fields_of(StatementLineOut)
@@ -91,13 +92,20 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def signature_part(kid: str, value: str) -> dict[str, Any]:
+    """A document's ``signature`` (:class:`~settlement.document.StatementSignature`) as plain
+    values: the Ed25519 signature ``value`` (base64url) by key ``kid``."""
+    part: dict[str, Any] = plain(StatementSignature(SIGNATURE_ALG, kid, value))
+    return part
+
+
 def signed_document(document: Mapping[str, Any], kid: str, signature: bytes) -> dict[str, Any]:
     """The document with its content hash and signature added."""
     canonical = canonical_json(document)
     return {
         **document,
         "content_sha256": content_sha256(canonical),
-        "signature": {"alg": SIGNATURE_ALG, "kid": kid, "value": b64url(signature)},
+        "signature": signature_part(kid, b64url(signature)),
     }
 
 

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from msgspec import Struct
 from sqlalchemy import ColumnElement, func, literal_column, select
 from sqlalchemy.orm import Session
 
@@ -26,8 +27,10 @@ from coalition.ledger.kinds import KINDS, Flow, sql_member_points
 from coalition.models import Transaction
 from coalition.money import format_amount
 from coalition.pages import Page, first_rows
-from settlement.lines import cross_brand_rows, rfc3339
+from settlement.document import PeriodRef
+from settlement.lines import cross_brand_rows
 from settlement.models import Period, Statement
+from settlement.statements import period_ref
 
 #: Shares are written with this many decimals (``"0.1834"``).
 SHARE_PLACES = Decimal("0.0001")
@@ -155,6 +158,62 @@ def list_periods(session: Session, *, before_id: str | None, limit: int) -> Page
     return first_rows(session, query, limit)
 
 
+class MoneyFigures(Struct):
+    """One currency's money in a period: billed, reimbursed, adjustments, operator margin."""
+
+    currency: str
+    statements: int
+    billed: str
+    reimbursed: str
+    adjustments: str
+    margin: str
+
+
+class RollForward(Struct):
+    """opening + issued + bonuses - redeemed - expired - earn_reversed + burn_reversed +
+    adjusted = closing (``balances``)."""
+
+    opening_liability: int
+    issued: int
+    bonuses: int
+    redeemed: int
+    expired: int
+    earn_reversed: int
+    burn_reversed: int
+    adjusted: int
+    closing_liability: int
+    balances: bool
+
+
+class PeriodSummary(Struct):
+    """``GET /v1/admin/periods/{id}/summary``."""
+
+    period: PeriodRef
+    money: list[MoneyFigures]
+    points: RollForward
+    breakage_share: str | None
+    active_members: int
+    cross_brand_share: str | None
+
+
+class CrossBrandCell(Struct):
+    """Points issued by ``issued_by`` (null: the coalition) and redeemed at ``redeemed_at``."""
+
+    issued_by: str | None
+    redeemed_at: str
+    points: int
+
+
+class CrossBrandReport(Struct):
+    """``GET /v1/admin/reports/cross-brand``: the matrix of a closed period."""
+
+    period: PeriodRef
+    cells: list[CrossBrandCell]
+    redeemed_points: int
+    cross_brand_points: int
+    cross_brand_share: str | None
+
+
 @dataclass(slots=True)
 class CurrencyFigures:
     """Money of one currency over a period's statements, in minor units."""
@@ -170,17 +229,17 @@ class CurrencyFigures:
         """What the operator keeps: billed - reimbursed - adjustments (= - the sum of nets)."""
         return self.billed_minor - self.reimbursed_minor - self.adjustments_minor
 
-    def document(self) -> dict[str, Any]:
+    def document(self) -> MoneyFigures:
         """As the summary writes it."""
         c = self.currency
-        return {
-            "currency": c,
-            "statements": self.statements,
-            "billed": format_amount(self.billed_minor, c),
-            "reimbursed": format_amount(self.reimbursed_minor, c),
-            "adjustments": format_amount(self.adjustments_minor, c),
-            "margin": format_amount(self.margin_minor, c),
-        }
+        return MoneyFigures(
+            currency=c,
+            statements=self.statements,
+            billed=format_amount(self.billed_minor, c),
+            reimbursed=format_amount(self.reimbursed_minor, c),
+            adjustments=format_amount(self.adjustments_minor, c),
+            margin=format_amount(self.margin_minor, c),
+        )
 
 
 def currency_figures(session: Session, period_id: str) -> list[CurrencyFigures]:
@@ -220,20 +279,21 @@ class CrossBrand:
         """Points redeemed at a partner other than the one that issued them."""
         return sum(p for (o, b), p in self.cells.items() if o is not None and o != b)
 
-    def document(self) -> dict[str, Any]:
-        """As the report writes it."""
+    def document(self, period: Period) -> CrossBrandReport:
+        """As the report writes it, for the closed ``period`` it is of."""
         rows = sorted(
             self.cells.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or "", kv[0][1])
         )
-        return {
-            "cells": [
-                {"issued_by": origin, "redeemed_at": burner, "points": points}
+        return CrossBrandReport(
+            period=period_ref(period),
+            cells=[
+                CrossBrandCell(issued_by=origin, redeemed_at=burner, points=points)
                 for (origin, burner), points in rows
             ],
-            "redeemed_points": self.redeemed_points,
-            "cross_brand_points": self.cross_points,
-            "cross_brand_share": share(self.cross_points, self.redeemed_points),
-        }
+            redeemed_points=self.redeemed_points,
+            cross_brand_points=self.cross_points,
+            cross_brand_share=share(self.cross_points, self.redeemed_points),
+        )
 
 
 def cross_brand(session: Session, period_id: str) -> CrossBrand:
@@ -272,34 +332,30 @@ class Summary:
         """opening + the period's flows = closing."""
         return self.opening_points + self.flows.net_points == self.closing_points
 
-    def document(self) -> dict[str, Any]:
+    def document(self) -> PeriodSummary:
         """As the API writes it."""
         f = self.flows
-        return {
-            "period": {
-                "id": self.period.id,
-                "start": rfc3339(self.period.start_at),
-                "end": rfc3339(self.period.end_at),
-            },
-            "money": [m.document() for m in self.money],
-            "points": {
-                "opening_liability": self.opening_points,
-                "issued": f.earned_points,
-                "bonuses": f.bonus_points,
-                "redeemed": f.redeemed_points,
-                "expired": f.expired_points,
-                "earn_reversed": f.earn_reversed_points,
-                "burn_reversed": f.burn_reversed_points,
-                "adjusted": f.adjusted_points,
-                "closing_liability": self.closing_points,
-                "balances": self.balances,
-            },
-            "breakage_share": share(f.expired_points, f.issued_points),
-            "active_members": self.active_members,
-            "cross_brand_share": share(
+        return PeriodSummary(
+            period=period_ref(self.period),
+            money=[m.document() for m in self.money],
+            points=RollForward(
+                opening_liability=self.opening_points,
+                issued=f.earned_points,
+                bonuses=f.bonus_points,
+                redeemed=f.redeemed_points,
+                expired=f.expired_points,
+                earn_reversed=f.earn_reversed_points,
+                burn_reversed=f.burn_reversed_points,
+                adjusted=f.adjusted_points,
+                closing_liability=self.closing_points,
+                balances=self.balances,
+            ),
+            breakage_share=share(f.expired_points, f.issued_points),
+            active_members=self.active_members,
+            cross_brand_share=share(
                 self.cross_brand.cross_points, self.cross_brand.redeemed_points
             ),
-        }
+        )
 
 
 def summary(session: Session, period_id: str) -> Summary:

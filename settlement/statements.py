@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from msgspec import Struct
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from coalition.errors import invariant, required
+from coalition.shapes import row_as
 from partners.webhooks import outbox
 from partners.webhooks.events import EventType
 from settlement.canonical import (
@@ -25,9 +27,16 @@ from settlement.canonical import (
     canonical_json,
     canonical_json_with,
     content_sha256,
+    signature_part,
     signed_document,
 )
-from settlement.document import CrossBrandRow, PeriodRef, plain
+from settlement.document import (
+    CrossBrandRow,
+    PeriodRef,
+    StatementStatus,
+    StatementTotals,
+    plain,
+)
 from settlement.lines import (
     Totals,
     lines_and_totals,
@@ -155,27 +164,36 @@ def period_ref(period: Period) -> PeriodRef:
     return PeriodRef(period.id, rfc3339(period.start_at), rfc3339(period.end_at))
 
 
-def summary_data(statement: Statement, period: Period) -> dict[str, Any]:
+class StatementSummary(Struct):
+    """A statement in a list: its totals and status, without its lines."""
+
+    id: str
+    partner_id: str
+    period: PeriodRef
+    currency: str
+    status: StatementStatus
+    lines: int
+    totals: StatementTotals
+    issued_at: datetime
+    content_sha256: str
+    issued_sha256: str
+    payment_reference: str | None
+    paid_at: datetime | None
+
+
+def summary_out(statement: Statement, period: Period) -> StatementSummary:
     """An issued statement without its lines, from its columns (its document is not read): the
-    API's ``StatementSummary`` and the data of its webhook events."""
-    invariant(
-        statement.issued_sha256 is not None and statement.period_id == period.id,
-        "an issued statement of its period",
+    API's answer and the data of the statement's webhook events."""
+    invariant(statement.period_id == period.id, "an issued statement of its period")
+    return row_as(
+        StatementSummary,
+        statement,
+        period=period_ref(period),
+        lines=statement.line_count,
+        totals=totals_of(statement).document(statement.currency),
+        content_sha256=statement.content_sha256 or "",
+        issued_sha256=required(statement.issued_sha256, "an issued statement"),
     )
-    return {
-        "id": statement.id,
-        "partner_id": statement.partner_id,
-        "period": plain(period_ref(period)),
-        "currency": statement.currency,
-        "status": statement.status,
-        "lines": statement.line_count,
-        "totals": plain(totals_of(statement).document(statement.currency)),
-        "issued_at": statement.issued_at,
-        "content_sha256": statement.content_sha256 or "",
-        "issued_sha256": statement.issued_sha256,
-        "payment_reference": statement.payment_reference,
-        "paid_at": statement.paid_at,
-    }
 
 
 def announce(
@@ -183,7 +201,7 @@ def announce(
 ) -> None:
     """Note the statement's webhook event (``statement.issued``, ``statement.settled``) for
     its partner, with the statement as loaded (the caller refreshed it after its update)."""
-    outbox.note(session, event_type, statement.partner_id, summary_data(statement, period), at=at)
+    outbox.note(session, event_type, statement.partner_id, summary_out(statement, period), at=at)
 
 
 def resign(session: Session, statement: Statement, status: str, signer: Signer) -> None:
@@ -208,15 +226,15 @@ def resign(session: Session, statement: Statement, status: str, signer: Signer) 
 
 
 def document_of(statement: Statement) -> dict[str, Any]:
-    """The statement's signed document, exactly as signed."""
-    invariant(statement.signing_kid is not None, "an issued statement is signed")
+    """The statement's signed document, exactly as signed: the plain values its canonical JSON
+    is made of (what the exports, the hash and the signature are computed from, as the
+    verifier reads them back); its shape is :class:`~settlement.document.StatementDocument`."""
     document: dict[str, Any] = json.loads(
         required(statement.document, "an issued statement's document")
     )
     document["content_sha256"] = statement.content_sha256
-    document["signature"] = {
-        "alg": "ed25519",
-        "kid": statement.signing_kid,
-        "value": statement.signature,
-    }
+    document["signature"] = signature_part(
+        required(statement.signing_kid, "an issued statement is signed"),
+        required(statement.signature, "an issued statement is signed"),
+    )
     return document

@@ -24,16 +24,18 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Literal, get_args
 
+from msgspec import Struct
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from coalition import text
-from coalition.errors import Conflict, NotFound, StatementClosed, ValidationFailed
+from coalition.errors import Conflict, NotFound, StatementClosed, ValidationFailed, invariant
 from coalition.ids import new_id
 from coalition.money import exponent, format_amount, quantum, to_minor
 from coalition.pages import Page, newest_first
+from coalition.shapes import row_as
 from partners.webhooks import outbox
 from partners.webhooks.events import EventType
 from settlement.models import (
@@ -380,31 +382,46 @@ def resolve(
         session,
         EventType.DISPUTE_RESOLVED,
         dispute.partner_id,
-        dispute_data(dispute, statement.currency),
+        dispute_out(dispute, statement.currency),
         at=now,
     )
     return dispute
 
 
-def dispute_data(dispute: Dispute, currency: str) -> dict[str, Any]:
+DisputeOutcome = Literal["upheld", "partially_upheld", "rejected"]
+invariant(get_args(DisputeOutcome) == DISPUTE_OUTCOMES, "dispute outcomes != the table's")
+
+
+class DisputeOut(Struct):
+    """A dispute of a statement."""
+
+    id: str
+    statement_id: str
+    partner_id: str
+    reason: str
+    transaction_ids: list[str]
+    status: Literal["open", "resolved"]
+    created_at: datetime
+    outcome: DisputeOutcome | None
+    note: str | None
+    adjustment: str | None
+    currency: str
+    resolved_at: datetime | None
+
+
+def dispute_out(dispute: Dispute, currency: str) -> DisputeOut:
     """A dispute in the contract's shape (the API's and its ``dispute.resolved`` event's)."""
     adjustment = None
     if dispute.adjustment_minor is not None:
         adjustment = format_amount(dispute.adjustment_minor, currency)
-    return {
-        "id": dispute.id,
-        "statement_id": dispute.statement_id,
-        "partner_id": dispute.partner_id,
-        "reason": dispute.reason,
-        "transaction_ids": dispute.transaction_ids.split(),
-        "status": dispute.status,
-        "created_at": dispute.created_at,
-        "outcome": dispute.outcome,
-        "note": dispute.resolution_note,
-        "adjustment": adjustment,
-        "currency": currency,
-        "resolved_at": dispute.resolved_at,
-    }
+    return row_as(
+        DisputeOut,
+        dispute,
+        transaction_ids=dispute.transaction_ids.split(),
+        note=dispute.resolution_note,
+        adjustment=adjustment,
+        currency=currency,
+    )
 
 
 def settle(

@@ -95,7 +95,7 @@ class PaymentPages(Controller):
         with transaction(services.sessions) as s:
             view = runs.get_run(s, run_id)
             names = partner_names(s, {i.partner_id for i in view.items})
-        return page("payment_run.html", viewer, view=view, data=runs.run_data(view), names=names)
+        return page("payment_run.html", viewer, view=view, data=runs.run_out(view), names=names)
 
     @get("/payments/{run_id:str}/files/{name:str}", opt=roles(*STAFF), sync_to_thread=True)
     def payment_file(
@@ -129,7 +129,7 @@ class PaymentPages(Controller):
         return page(
             "reconciliation.html",
             viewer,
-            entries=[reconcile.entry_data(e) for e in waiting],
+            entries=[reconcile.entry_out(e) for e in waiting],
             **extra,
         )
 
@@ -160,7 +160,7 @@ class PaymentPages(Controller):
                 secret_key=services.settings.secret_key,
                 now=services.clock(),
             )
-            result = reconcile.imported_data(done)
+            result = reconcile.imported_out(done)
         return self._queue(request, imported=result, file_name=upload.filename)
 
     @post("/reconciliation/{entry_id:str}/resolve", opt=roles("finance"), sync_to_thread=True)

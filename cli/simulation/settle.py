@@ -8,7 +8,6 @@ import dataclasses
 import json
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -128,8 +127,8 @@ def _money_and_roll_forward(summary: reports.Summary) -> list[str]:
     lines = ["", "  operator's money, per currency (billed - reimbursed - adjustments = margin)"]
     lines += table(
         ["currency", "billed", "reimbursed", "adjustments", "margin"],
-        [[m.currency, *(m.document()[k] for k in ("billed", "reimbursed", "adjustments",
-                                                   "margin"))] for m in summary.money],
+        [[d.currency, d.billed, d.reimbursed, d.adjustments, d.margin]
+         for d in (m.document() for m in summary.money)],
     )  # fmt: skip
     f = summary.flows
     return [
@@ -269,7 +268,7 @@ def _import_bank_statements(
     entries: dict[str, list[BankEntry]],
     today: date,
     now: datetime,
-) -> list[tuple[str, dict[str, Any]]]:
+) -> list[tuple[str, reconcile.BankStatementImported]]:
     """A camt.053 per currency, written to ``payments/`` and imported as ``coalition bank
     import`` does; (file name, the import's outcome) each."""
     imported = []
@@ -286,28 +285,28 @@ def _import_bank_statements(
             done = reconcile.import_statement(
                 s, camt, FINANCE[0], secret_key=settings.secret_key, now=utcnow()
             )
-            imported.append((path.name, reconcile.imported_data(done)))
+            imported.append((path.name, reconcile.imported_out(done)))
     return imported
 
 
 def _payment_lines(
-    run: runs.RunView, imported: list[tuple[str, dict[str, Any]]], all_settled: bool
+    run: runs.RunView,
+    imported: list[tuple[str, reconcile.BankStatementImported]],
+    all_settled: bool,
 ) -> list[str]:
-    data = runs.run_data(run)
+    data = runs.run_out(run)
     return [
         "",
         f"Payments: bank details approved under four eyes; payment run {run.run.id} "
-        f"({len(data['payments'])} payments, {len(data['skipped'])} paid by the partner's own "
+        f"({len(data.payments)} payments, {len(data.skipped)} paid by the partner's own "
         "transfer)",
         *(
-            f"  {f['name']}: {f['format']}, {f['transactions']} payment(s), "
-            f"{f['control_sum']} {f['currency']}"
-            for f in data["files"]
+            f"  {f.name}: {f.format}, {f.transactions} payment(s), {f.control_sum} {f.currency}"
+            for f in data.files
         ),
         "  the bank's statements, imported as `coalition bank import` does:",
         *(
-            f"  {name}: {len(result['matched'])} of {result['entries']} entries settled "
-            "their statement"
+            f"  {name}: {len(result.matched)} of {result.entries} entries settled their statement"
             for name, result in imported
         ),
         f"Files: {PAYMENTS_DIR.resolve()}/",

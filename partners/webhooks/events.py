@@ -8,14 +8,15 @@ rule and the API's ``events`` field are :data:`SUBSCRIBABLE`, derived from it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, Struct, UnsetType
 
-from coalition.models import HoldStatus, Transaction, TransactionKind
-from coalition.money import format_amount
+from coalition.models import HoldStatus, TransactionKind
 
 
 class EventType(StrEnum):
@@ -55,31 +56,27 @@ TRANSACTION_EVENTS = {
 }
 
 
-def body_of(event_id: str, event_type: str, created_at: datetime, data: Any) -> str:
+#: An event's data: the struct of what it describes (a plain mapping for ``ping``).
+EventData = Struct | Mapping[str, Any]
+
+
+class HoldClosed(Struct):
+    """The data of ``hold.captured``, ``hold.voided`` and ``hold.expired``; the captured points
+    and the capture's burn only on ``hold.captured``."""
+
+    id: str
+    partner_id: str
+    member_id: str
+    reference: str
+    points: int
+    status: str
+    expires_at: datetime
+    closed_at: datetime
+    captured_points: int | UnsetType | None = UNSET
+    transaction_id: str | UnsetType | None = UNSET
+
+
+def body_of(event_id: str, event_type: str, created_at: datetime, data: EventData) -> str:
     """The JSON body of an event, as the contract shapes it."""
     document = {"id": event_id, "type": event_type, "created_at": created_at, "data": data}
     return msgspec.json.encode(document).decode()
-
-
-def transaction_data(txn: Transaction) -> dict[str, Any]:
-    """A transaction in the contract's shape (the API's ``TransactionOut``)."""
-    amount = None
-    if txn.amount_minor is not None and txn.currency is not None:
-        amount = format_amount(txn.amount_minor, txn.currency)
-    data: dict[str, Any] = {
-        "id": txn.id,
-        "kind": txn.kind,
-        "partner_id": txn.partner_id,
-        "member_id": txn.member_id,
-        "reference": txn.reference,
-        "points": txn.points,
-        "amount": amount,
-        "currency": txn.currency,
-        "rate_card_id": txn.rate_card_id,
-        "occurred_at": txn.occurred_at,
-        "posted_at": txn.posted_at,
-        "balance_after": txn.balance_after,
-    }
-    if txn.reverses is not None:  # as in the API: only on reversals
-        data["reverses"] = txn.reverses
-    return data

@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+from msgspec import UNSET
 from sqlalchemy import delete, event, exists, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
@@ -37,12 +38,15 @@ from coalition.db import HotStatement, dialect_of
 from coalition.idempotency import Rider
 from coalition.ids import new_id
 from coalition.models import Hold, HoldStatus, Transaction
+from coalition.shapes import row_as
+from partners.queries import transaction_out
 from partners.webhooks.events import (
     HOLD_EVENTS,
     TRANSACTION_EVENTS,
+    EventData,
     EventType,
+    HoldClosed,
     body_of,
-    transaction_data,
 )
 from partners.webhooks.tables import DeliveryStatus, WebhookDelivery, WebhookEvent
 
@@ -146,7 +150,7 @@ class _Noted:
 
     event_type: EventType
     partner_id: str
-    data: Callable[[], dict[str, Any]]
+    data: Callable[[], EventData]
     at: datetime
     due: datetime
     transaction_id: str | None
@@ -170,7 +174,7 @@ def note(
     session: Session,
     event_type: EventType,
     partner_id: str,
-    data: dict[str, Any] | Callable[[], dict[str, Any]],
+    data: EventData | Callable[[], EventData],
     *,
     at: datetime,
     due: datetime | None = None,
@@ -204,7 +208,7 @@ def transactions_posted(session: Session, txns: Sequence[Transaction]) -> None:
             _Noted(
                 event_type,
                 txn.partner_id,
-                partial(transaction_data, txn),
+                partial(transaction_out, txn),
                 txn.posted_at,
                 txn.posted_at,
                 txn.id,
@@ -225,19 +229,15 @@ def hold_closed(
     """Note ``hold.captured``, ``hold.voided`` or ``hold.expired`` (the ledger calls this
     wherever a hold leaves ``active``). A capture's burn has its own ``transaction.burned``
     event; ``transaction_id`` here names it."""
-    data: dict[str, Any] = {
-        "id": hold.id,
-        "partner_id": hold.partner_id,
-        "member_id": hold.member_id,
-        "reference": hold.reference,
-        "points": hold.points,
-        "status": status.value,
-        "expires_at": hold.expires_at,
-        "closed_at": now,
-    }
-    if status == HoldStatus.CAPTURED:
-        data["captured_points"] = captured_points
-        data["transaction_id"] = transaction_id
+    captured = status == HoldStatus.CAPTURED
+    data = row_as(
+        HoldClosed,
+        hold,
+        status=status.value,
+        closed_at=now,
+        captured_points=captured_points if captured else UNSET,
+        transaction_id=transaction_id if captured else UNSET,
+    )
     note(session, HOLD_EVENTS[status], hold.partner_id, data, at=now, hold_id=hold.id)
 
 

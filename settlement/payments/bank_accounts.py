@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal, cast
 
+from msgspec import Struct
 from schwifty import BIC, IBAN
 from schwifty.exceptions import SchwiftyException
 from sqlalchemy import select, update
@@ -33,6 +34,7 @@ from sqlalchemy.orm import Session
 from coalition import text
 from coalition.errors import Conflict, Forbidden, FourEyes, NotFound, ValidationFailed
 from coalition.ids import new_id
+from coalition.shapes import row_as
 from partners.models import Partner
 from partners.webhooks import outbox
 from partners.webhooks.events import EventType
@@ -178,21 +180,59 @@ def masked_iban(iban: str) -> str:
     return f"{iban[:4]}{'*' * max(len(iban) - 8, 0)}{iban[-4:]}"
 
 
-def account_data(account: PartnerBankAccount) -> dict[str, Any]:
+class BankAccountVersion(Struct):
+    """One version of a partner's bank details."""
+
+    id: str
+    status: Literal["pending", "active", "retired", "replaced"]
+    holder: str
+    iban: str
+    bic: str | None
+    mandate_id: str | None
+    mandate_signed_on: date | None
+    proposed_by: str
+    proposed_at: datetime
+    approved_by: str | None
+    approved_at: datetime | None
+
+
+class BankAccountOut(Struct):
+    """A partner's bank details: ``status`` of the answer (``pending`` after a change,
+    ``active`` after an approval), the active and the pending version."""
+
+    partner_id: str
+    status: Literal["pending", "active", "none"]
+    active: BankAccountVersion | None
+    pending: BankAccountVersion | None
+
+
+class BankAccountChanged(Struct):
+    """The data of ``partner.bank_account_changed``: the IBAN masked, whether a mandate is
+    held (not its reference)."""
+
+    partner_id: str
+    bank_account_id: str
+    status: str
+    holder: str
+    iban: str
+    bic: str | None
+    mandate: bool
+    changed_at: datetime
+
+
+def account_out(account: PartnerBankAccount) -> BankAccountVersion:
     """One version of the details in the API's shape."""
-    return {
-        "id": account.id,
-        "status": account.status,
-        "holder": account.holder,
-        "iban": account.iban,
-        "bic": account.bic,
-        "mandate_id": account.mandate_id,
-        "mandate_signed_on": account.mandate_signed_on,
-        "proposed_by": account.proposed_by,
-        "proposed_at": account.proposed_at,
-        "approved_by": account.approved_by,
-        "approved_at": account.approved_at,
-    }
+    return row_as(BankAccountVersion, account)
+
+
+def details_out(found: BankDetails, status: str) -> BankAccountOut:
+    """A partner's details with the answer's ``status``."""
+    return BankAccountOut(
+        partner_id=found.partner_id,
+        status=cast(Any, status),
+        active=None if found.active is None else account_out(found.active),
+        pending=None if found.pending is None else account_out(found.pending),
+    )
 
 
 def _announce(session: Session, account: PartnerBankAccount, now: datetime) -> None:
@@ -202,16 +242,14 @@ def _announce(session: Session, account: PartnerBankAccount, now: datetime) -> N
         session,
         EventType.PARTNER_BANK_ACCOUNT_CHANGED,
         account.partner_id,
-        {
-            "partner_id": account.partner_id,
-            "bank_account_id": account.id,
-            "status": account.status,
-            "holder": account.holder,
-            "iban": masked_iban(account.iban),
-            "bic": account.bic,
-            "mandate": account.mandate_id is not None,
-            "changed_at": now,
-        },
+        row_as(
+            BankAccountChanged,
+            account,
+            bank_account_id=account.id,
+            iban=masked_iban(account.iban),
+            mandate=account.mandate_id is not None,
+            changed_at=now,
+        ),
         at=now,
     )
 

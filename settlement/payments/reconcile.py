@@ -26,9 +26,10 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, time
-from typing import Any
+from datetime import UTC, date, datetime, time
+from typing import Any, Literal
 
+from msgspec import Struct
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -36,6 +37,7 @@ from coalition.errors import CoalitionError, Conflict, NotFound, StatementClosed
 from coalition.ids import new_id
 from coalition.money import MoneyError, format_amount
 from coalition.pages import Page, newest_first
+from coalition.shapes import row_as
 from settlement.bankfiles import BankEntry as ParsedEntry
 from settlement.bankfiles import BankFileInvalid, BankStatementFile, parse_bank_statement
 from settlement.models import Statement
@@ -226,57 +228,89 @@ def _parse(data: bytes) -> BankStatementFile:
         raise ValidationFailed.at("", f"not a bank statement this service reads: {exc}") from None
 
 
-def imported_data(imported: Imported) -> dict[str, Any]:
+class MatchedOut(Struct):
+    """An entry that settled a statement."""
+
+    entry: str
+    line: int
+    statement_id: str | None
+
+
+class UnmatchedOut(Struct):
+    """An entry waiting in the reconciliation queue, and why."""
+
+    entry: str
+    line: int
+    amount: str
+    currency: str
+    reason: str | None
+    status: str
+
+
+class BankStatementImported(Struct):
+    """``POST /v1/admin/bank-statements``' answer."""
+
+    id: str
+    format: str
+    bank_statement_id: str
+    entries: int
+    matched: list[MatchedOut]
+    unmatched: list[UnmatchedOut]
+    duplicate: bool
+
+
+class BankEntryOut(Struct):
+    """A bank entry of an imported statement."""
+
+    id: str
+    file_id: str
+    line: int
+    status: Literal["matched", "unmatched", "resolved", "dismissed"]
+    reason: str | None
+    amount: str
+    currency: str
+    direction: Literal["credit", "debit"]
+    booking_date: date
+    end_to_end_id: str | None
+    bank_reference: str | None
+    remittance: str
+    account_iban: str | None
+    return_reason: str | None
+    reversal: bool
+    statement_id: str | None
+    resolved_at: datetime | None
+    resolved_by: str | None
+    note: str | None
+
+
+def imported_out(imported: Imported) -> BankStatementImported:
     """An import's outcome in the contract's shape."""
-    return {
-        "id": imported.file.id,
-        "format": imported.file.format,
-        "bank_statement_id": imported.file.bank_statement_id,
-        "entries": len(imported.entries),
-        "matched": [
-            {"entry": e.id, "line": e.line, "statement_id": e.statement_id}
+    return row_as(
+        BankStatementImported,
+        imported.file,
+        entries=len(imported.entries),
+        matched=[
+            MatchedOut(entry=e.id, line=e.line, statement_id=e.statement_id)
             for e in imported.entries
             if e.status in ("matched", "resolved")
         ],
-        "unmatched": [
-            {
-                "entry": e.id,
-                "line": e.line,
-                "amount": amount_text(e.amount_minor, e.currency),
-                "currency": e.currency,
-                "reason": e.reason,
-                "status": e.status,
-            }
+        unmatched=[
+            row_as(UnmatchedOut, e, entry=e.id, amount=amount_text(e.amount_minor, e.currency))
             for e in imported.entries
             if e.status not in ("matched", "resolved")
         ],
-        "duplicate": imported.duplicate,
-    }
+        duplicate=imported.duplicate,
+    )
 
 
-def entry_data(entry: BankEntry) -> dict[str, Any]:
+def entry_out(entry: BankEntry) -> BankEntryOut:
     """A bank entry as the reconciliation queue shows it."""
-    return {
-        "id": entry.id,
-        "file_id": entry.file_id,
-        "line": entry.line,
-        "status": entry.status,
-        "reason": entry.reason,
-        "amount": amount_text(entry.amount_minor, entry.currency),
-        "currency": entry.currency,
-        "direction": "credit" if entry.credit else "debit",
-        "booking_date": entry.booking_date,
-        "end_to_end_id": entry.end_to_end_id,
-        "bank_reference": entry.bank_reference,
-        "remittance": entry.remittance,
-        "account_iban": entry.account_iban,
-        "return_reason": entry.return_reason,
-        "reversal": entry.reversal,
-        "statement_id": entry.statement_id,
-        "resolved_at": entry.resolved_at,
-        "resolved_by": entry.resolved_by,
-        "note": entry.note,
-    }
+    return row_as(
+        BankEntryOut,
+        entry,
+        amount=amount_text(entry.amount_minor, entry.currency),
+        direction="credit" if entry.credit else "debit",
+    )
 
 
 def queue(session: Session, *, limit: int = 100, before_id: str | None = None) -> Page[BankEntry]:

@@ -24,17 +24,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Literal
 
+from msgspec import Struct
 from schwifty import BIC, IBAN
 from schwifty.exceptions import SchwiftyException
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from coalition.config import Settings
-from coalition.errors import Conflict, NotFound, PaymentsNotConfigured, ValidationFailed
+from coalition.errors import (
+    Conflict,
+    NotFound,
+    PaymentsNotConfigured,
+    ValidationFailed,
+    required,
+)
 from coalition.ids import new_id
 from coalition.money import format_amount
+from coalition.shapes import row_as
 from settlement.models import Period, Statement
 from settlement.payments import files
 from settlement.payments.bank_accounts import active_account, pending_account
@@ -395,42 +403,68 @@ def cancel_run(
     return get_run(session, run_id)
 
 
-def run_data(view: RunView) -> dict[str, Any]:
+class PaymentOut(Struct):
+    """One payment of a run."""
+
+    statement_id: str
+    partner_id: str
+    direction: Literal["credit_transfer", "direct_debit"]
+    amount: str
+    currency: str
+    end_to_end_id: str
+    file: str | None
+
+
+class SkippedOut(Struct):
+    """A statement the run does not pay, and why."""
+
+    statement_id: str
+    reason: str
+
+
+class PaymentFileOut(Struct):
+    """A file of a run (download it at ``.../files/{name}``)."""
+
+    name: str
+    format: Literal["pain.001.001.09", "pain.008.001.08"]
+    currency: str
+    transactions: int
+    control_sum: str
+    sha256: str
+
+
+class PaymentRunOut(Struct):
+    """A payment run."""
+
+    id: str
+    status: Literal["created", "cancelled"]
+    execution_date: date
+    created_at: datetime
+    cancelled_at: datetime | None
+    payments: list[PaymentOut]
+    skipped: list[SkippedOut]
+    files: list[PaymentFileOut]
+
+
+def run_out(view: RunView) -> PaymentRunOut:
     """A run in the contract's shape (``POST /v1/admin/payment-runs``' answer)."""
-    run = view.run
-    return {
-        "id": run.id,
-        "status": run.status,
-        "execution_date": run.execution_date,
-        "created_at": run.created_at,
-        "cancelled_at": run.cancelled_at,
-        "payments": [
-            {
-                "statement_id": i.statement_id,
-                "partner_id": i.partner_id,
-                "direction": i.direction,
-                "amount": format_amount(i.amount_minor, i.currency),
-                "currency": i.currency,
-                "end_to_end_id": i.end_to_end_id,
-                "file": i.file_name,
-            }
+    return row_as(
+        PaymentRunOut,
+        view.run,
+        payments=[
+            row_as(
+                PaymentOut, i, amount=format_amount(i.amount_minor, i.currency), file=i.file_name
+            )
             for i in view.items
             if i.direction != "skipped"
         ],
-        "skipped": [
-            {"statement_id": i.statement_id, "reason": i.reason}
+        skipped=[
+            SkippedOut(statement_id=i.statement_id, reason=required(i.reason, "a skip's reason"))
             for i in view.items
             if i.direction == "skipped"
         ],
-        "files": [
-            {
-                "name": f.name,
-                "format": f.format,
-                "currency": f.currency,
-                "transactions": f.transactions,
-                "control_sum": format_amount(f.control_sum_minor, f.currency),
-                "sha256": f.sha256,
-            }
+        files=[
+            row_as(PaymentFileOut, f, control_sum=format_amount(f.control_sum_minor, f.currency))
             for f in view.files
         ],
-    }
+    )

@@ -7,11 +7,12 @@ from typing import get_args, get_type_hints
 
 import api.structs as structs
 from coalition.models import HOLD_STATUSES, TRANSACTION_KINDS, HoldStatus, TransactionKind
+from partners import queries
 from partners.models import KEY_ALGS, KEY_ROLES, PARTNER_SCOPES, PARTNER_STATUSES
 
 
 def test_transaction_kinds_and_hold_statuses_are_the_ledgers() -> None:
-    assert get_args(structs.TransactionKind) == TRANSACTION_KINDS
+    assert get_args(queries.TransactionKind) == TRANSACTION_KINDS
     assert tuple(TransactionKind) == TRANSACTION_KINDS
     assert get_args(structs.HoldStatus) == HOLD_STATUSES
     assert tuple(HoldStatus) == HOLD_STATUSES

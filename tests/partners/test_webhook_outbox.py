@@ -251,6 +251,37 @@ def test_statements_and_disputes_have_their_events(db: Db) -> None:
     assert (settled["status"], settled["payment_reference"]) == ("settled", "wire 1")
 
 
+_TRANSACTION_FIELDS = [
+    "id", "kind", "partner_id", "member_id", "reference", "points", "amount", "currency",
+    "rate_card_id", "occurred_at", "posted_at", "balance_after",
+]  # fmt: skip
+_HOLD_FIELDS = [
+    "id", "partner_id", "member_id", "reference", "points", "status", "expires_at", "closed_at",
+]  # fmt: skip
+
+
+def test_event_data_keeps_the_contracts_fields_in_order(db: Db) -> None:
+    """The data of signed, stored events is written field for field as before the domain
+    returned structs: the same names in the same order, optional fields only where they
+    belong (``reverses`` on reversals, the capture's fields on ``hold.captured``)."""
+    shop = db.partner("EUR")
+    endpoint(db, shop)
+    member = db.member()
+    earn = db.ops.earn(shop.id, member_id=member, reference="e", amount="12.50", currency="EUR")
+    db.ops.reverse(shop.id, earn.transaction.id, reference="r", points=2)
+    voided = db.ops.hold(shop.id, member_id=member, reference="v", points=3).hold
+    db.ops.void(shop.id, voided.id)
+    held = db.ops.hold(shop.id, member_id=member, reference="h", points=4).hold
+    db.ops.capture(shop.id, held.id, points=4)
+    assert list(_data(db, "transaction.earned")) == _TRANSACTION_FIELDS
+    assert list(_data(db, "transaction.reversed")) == [*_TRANSACTION_FIELDS, "reverses"]
+    assert list(_data(db, "hold.voided")) == _HOLD_FIELDS
+    assert list(_data(db, "hold.captured")) == [*_HOLD_FIELDS, "captured_points", "transaction_id"]
+    earned = _data(db, "transaction.earned")
+    assert (earned["amount"], earned["rate_card_id"]) == ("12.50", earn.transaction.rate_card_id)
+    assert str(earned["posted_at"]).endswith("Z")
+
+
 _LISTENING = """
 import importlib, sys
 importlib.import_module(sys.argv[1])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, date, datetime
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
@@ -24,12 +23,12 @@ from tests.conftest import Db
 from tests.settlement.payments_helpers import FINANCE_A, FINANCE_B, camt, entry, statement_of, world
 
 
-def _import(db: Db, data: bytes) -> dict[str, Any]:
+def _import(db: Db, data: bytes) -> reconcile.BankStatementImported:
     with transaction(db.sessions) as s:
         done = reconcile.import_statement(
             s, data, FINANCE_A, secret_key=db.settings.secret_key, now=db.clock()
         )
-        return reconcile.imported_data(done)
+        return reconcile.imported_out(done)
 
 
 def _counts(db: Db) -> tuple[int, int, int]:
@@ -54,7 +53,7 @@ def test_an_exact_payment_settles_its_statement_with_the_entry_as_evidence(db: D
             ]
         ),
     )
-    assert result["unmatched"] == [] and result["duplicate"] is False
+    assert result.unmatched == [] and result.duplicate is False
     settled = statement_of(db, w.paid_eur.id)
     assert settled.status == "settled"
     assert settled.paid_at == datetime(2026, 1, 5, tzinfo=UTC)
@@ -91,7 +90,7 @@ def test_everything_else_waits_in_the_queue_with_its_reason(db: Db) -> None:
             "SECOND",
         ),
     )
-    reasons = [u["reason"] for u in result["unmatched"]]
+    reasons = [str(u.reason) for u in result.unmatched]
     assert len(reasons) == 5
     assert reasons[0].startswith("amount differs: the entry is 10.00 EUR")
     assert reasons[1].startswith("return (AC04)") and w.paid_eur.id in reasons[1]
@@ -99,8 +98,8 @@ def test_everything_else_waits_in_the_queue_with_its_reason(db: Db) -> None:
     assert reasons[3].startswith("would settle twice")
     assert reasons[4].startswith("unknown reference")
     jpy = _import(db, camt([entry(w.paid_jpy, currency="EUR", amount_minor=125100)], "THIRD"))
-    (other,) = jpy["unmatched"]
-    assert other["reason"].startswith("currency differs: the entry is in EUR")
+    (other,) = jpy.unmatched
+    assert str(other.reason).startswith("currency differs: the entry is in EUR")
     with transaction(db.sessions) as s:
         waiting = reconcile.queue(s).rows
     assert len(waiting) == 6
@@ -113,7 +112,7 @@ def test_finance_resolves_a_waiting_entry_by_matching_it_or_dismissing_it(db: Db
     result = _import(
         db, camt([entry(w.debited, amount_minor=4999), entry(w.paid_eur, end_to_end_id="X")])
     )
-    partial, unknown = (u["entry"] for u in result["unmatched"])
+    partial, unknown = (u.entry for u in result.unmatched)
     with transaction(db.sessions) as s:
         done = reconcile.resolve(
             s,
@@ -158,8 +157,8 @@ def test_the_same_file_imported_twice_changes_nothing(db: Db) -> None:
     first = _import(db, data)
     before = _counts(db)
     second = _import(db, data)
-    assert second["duplicate"] is True and second["id"] == first["id"]
-    assert second["matched"] == first["matched"] and second["unmatched"] == first["unmatched"]
+    assert second.duplicate is True and second.id == first.id
+    assert second.matched == first.matched and second.unmatched == first.unmatched
     assert _counts(db) == before
 
 
