@@ -302,6 +302,16 @@ def _earns_in_db(bench: Bench) -> int:
     return int(count or 0)
 
 
+def subscribe(bench: Bench) -> None:
+    """Give the bench partner one endpoint subscribed to every event (nothing listens there:
+    the dispatcher is not running, this is the outbox's cost on the request path)."""
+    with transaction(bench.ops.sessions) as s:
+        Webhooks(SECRET_KEY, allow_private=True).create(
+            s, bench.partner_id, url="http://127.0.0.1:9/hooks", events=None,
+            description=None, now=utcnow(),
+        )  # fmt: skip
+
+
 def run_scenario(
     name: str,
     server: Server,
@@ -416,11 +426,7 @@ def measure_http(url: URL, *, seconds: int, workers: int, members: int) -> dict[
                 # The same earns once the partner has a subscribed endpoint: each earn now
                 # writes its event and a delivery in its transaction (the dispatcher is not
                 # running: this is the cost of the outbox on the request path).
-                with transaction(bench.ops.sessions) as s:
-                    Webhooks(SECRET_KEY, allow_private=True).create(
-                        s, bench.partner_id, url="http://127.0.0.1:9/hooks", events=None,
-                        description=None, now=utcnow(),
-                    )  # fmt: skip
+                subscribe(bench)
                 print(f"http: earns with an endpoint, {seconds} s ...", file=sys.stderr, flush=True)
                 results["scenarios"]["earns_webhook"] = run_scenario(
                     "earns", server, signer, bench, pgbench_url, seconds

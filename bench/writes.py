@@ -6,6 +6,7 @@ request over HTTP sends), on a scratch database of ``COALITION_BENCH_DATABASE_UR
 after the load: the rows written (``n_tup_ins + n_tup_upd + n_tup_del`` of
 ``pg_stat_user_tables``, per table) and the server's WAL position (``pg_current_wal_lsn()``).
 The service's connections are closed before each reading, so their statistics are flushed.
+``--webhook``: the partner has one subscribed endpoint (an event and a delivery per earn).
 
 Both readings are the whole server's WAL: run it on a server nothing else writes to (a private
 instance, docs/benchmarks.md says how), or the neighbours' WAL counts too. No timing here, so a
@@ -25,7 +26,7 @@ import psycopg
 
 from api.runtime import services_of
 from bench.asgi import BASE_URL, WARM_UP, Addressed, send_one, split
-from bench.http import SCENARIOS, Signer, partner_key, service_environment
+from bench.http import SCENARIOS, Signer, partner_key, service_environment, subscribe
 from bench.postgres import scratch_database, server_url
 from bench.throughput import prepare
 
@@ -54,7 +55,7 @@ _ROLLED = (
 )
 
 
-def measure(count: int, *, new_day: bool = False) -> dict[str, Any]:
+def measure(count: int, *, new_day: bool = False, webhook: bool = False) -> dict[str, Any]:
     """Rows and WAL bytes per signed earn, over ``count`` earns after a warm-up."""
     with scratch_database(server_url(), f"coalition_bench_writes_{os.getpid()}") as url:
         rendered = url.render_as_string(hide_password=False)
@@ -62,6 +63,8 @@ def measure(count: int, *, new_day: bool = False) -> dict[str, Any]:
         bench = prepare(rendered, members=1000)
         try:
             key_id, secret = partner_key(bench)
+            if webhook:
+                subscribe(bench)
             os.environ.update(service_environment(url, BASE_URL))
             from api.app import create_app  # noqa: PLC0415 (after the environment is set)
 
@@ -113,9 +116,11 @@ def _lsn(position: int) -> str:
 
 
 def main(argv: list[str]) -> None:
-    """``python -m bench.writes [earns] [--new-day]`` (default 4,000)."""
+    """``python -m bench.writes [earns] [--new-day] [--webhook]`` (default 4,000)."""
     counts = [a for a in argv if not a.startswith("--")]
-    result = measure(int(counts[0]) if counts else 4000, new_day="--new-day" in argv)
+    result = measure(
+        int(counts[0]) if counts else 4000, new_day="--new-day" in argv, webhook="--webhook" in argv
+    )
     print(json.dumps(result, indent=2))
 
 

@@ -17,11 +17,12 @@ from alembic import op
 Key = tuple[str, str, str, str]
 
 
-def _clause(name: str, column: str, parent: str) -> str:
-    return f"CONSTRAINT {name} FOREIGN KEY({column}) REFERENCES {parent} (id)"
+def _clause(name: str, column: str, parent: str, cascade: frozenset[str]) -> str:
+    action = " ON DELETE CASCADE" if name in cascade else ""
+    return f"CONSTRAINT {name} FOREIGN KEY({column}) REFERENCES {parent} (id){action}"
 
 
-def _sqlite(keys: tuple[Key, ...], *, drop: bool) -> None:
+def _sqlite(keys: tuple[Key, ...], *, drop: bool, cascade: frozenset[str]) -> None:
     conn = op.get_bind()
     version = int(conn.exec_driver_sql("PRAGMA schema_version").scalar_one())
     conn.exec_driver_sql("PRAGMA writable_schema=ON")
@@ -31,7 +32,7 @@ def _sqlite(keys: tuple[Key, ...], *, drop: bool) -> None:
             {"t": table},
         ).scalar_one()
         for _, name, column, parent in (key for key in keys if key[0] == table):
-            clause = _clause(name, column, parent)
+            clause = _clause(name, column, parent, cascade)
             if drop:
                 sql, found = re.subn(r",\s*" + re.escape(clause), "", sql)
                 if found != 1:
@@ -49,19 +50,20 @@ def _sqlite(keys: tuple[Key, ...], *, drop: bool) -> None:
         raise RuntimeError("SQLite's integrity check failed after editing foreign keys")
 
 
-def drop(keys: tuple[Key, ...]) -> None:
-    """Drop ``keys``."""
+def drop(keys: tuple[Key, ...], *, cascade: frozenset[str] = frozenset()) -> None:
+    """Drop ``keys`` (``cascade``: the names of those declared ``ON DELETE CASCADE``)."""
     if op.get_bind().dialect.name == "sqlite":
-        _sqlite(keys, drop=True)
+        _sqlite(keys, drop=True, cascade=cascade)
         return
     for table, name, _, _ in keys:
         op.drop_constraint(name, table, type_="foreignkey")
 
 
-def add(keys: tuple[Key, ...]) -> None:
-    """Add ``keys`` back (a downgrade)."""
+def add(keys: tuple[Key, ...], *, cascade: frozenset[str] = frozenset()) -> None:
+    """Add ``keys`` back (a downgrade; ``cascade`` as for :func:`drop`)."""
     if op.get_bind().dialect.name == "sqlite":
-        _sqlite(keys, drop=False)
+        _sqlite(keys, drop=False, cascade=cascade)
         return
     for table, name, column, parent in keys:
-        op.create_foreign_key(name, table, parent, [column], ["id"])
+        ondelete = "CASCADE" if name in cascade else None
+        op.create_foreign_key(name, table, parent, [column], ["id"], ondelete=ondelete)

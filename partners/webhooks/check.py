@@ -1,5 +1,6 @@
 """Invariant 6 (docs/invariants.md): every event of a ledger transaction matches it (its
-partner, its kind's type), and every delivery goes to an endpoint of its event's partner.
+partner, its kind's type), every event names a partner, and every delivery names an event and
+goes to an endpoint of that event's partner.
 ``coalition check`` runs it with the others (``settlement.check.run_checks``)."""
 
 from __future__ import annotations
@@ -36,9 +37,26 @@ def _events(session: Session) -> list[str]:
         " JOIN webhook_events e ON e.id = d.event_id"
         " JOIN webhook_endpoints w ON w.id = d.endpoint_id WHERE w.partner_id <> e.partner_id",
     )
-    return [f"event does not match its transaction: {r}" for r in mismatched] + [
-        f"delivery to another partner's endpoint: {r}" for r in misdirected
-    ]
+    # The references no foreign key guards (migration 0020): an event's partner, a
+    # delivery's event and endpoint.
+    unowned = sample_rows(
+        session,
+        "SELECT e.id AS event_id, e.partner_id FROM webhook_events e"
+        " LEFT JOIN partners p ON p.id = e.partner_id WHERE p.id IS NULL",
+    )
+    dangling = sample_rows(
+        session,
+        "SELECT d.id AS delivery_id, d.event_id, d.endpoint_id FROM webhook_deliveries d"
+        " LEFT JOIN webhook_events e ON e.id = d.event_id"
+        " LEFT JOIN webhook_endpoints w ON w.id = d.endpoint_id"
+        " WHERE e.id IS NULL OR w.id IS NULL",
+    )
+    return (
+        [f"event does not match its transaction: {r}" for r in mismatched]
+        + [f"delivery to another partner's endpoint: {r}" for r in misdirected]
+        + [f"event of no partner: {r}" for r in unowned]
+        + [f"delivery of a missing event or endpoint: {r}" for r in dangling]
+    )
 
 
 #: The webhooks' check, in the shape ``coalition.check.run_checks`` takes.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from coalition import text
@@ -154,8 +154,9 @@ class Webhooks:
         return endpoint
 
     def delete(self, session: Session, partner_id: str, endpoint_id: str) -> WebhookEndpoint:
-        """Remove an endpoint and its deliveries."""
+        """Remove an endpoint and its deliveries (their attempts go with them)."""
         endpoint = self.get(session, partner_id, endpoint_id)
+        session.execute(delete(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id))
         session.delete(endpoint)
         session.flush()
         return endpoint

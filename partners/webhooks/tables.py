@@ -100,7 +100,8 @@ class WebhookEvent(Base):
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     type: Mapped[str] = mapped_column(String(64))
-    partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id"))
+    #: No foreign key to the partner (migration 0020, docs/invariants.md): checked instead.
+    partner_id: Mapped[str] = mapped_column(ID)
     payload: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: The ledger transaction a ``transaction.*`` event describes.
@@ -143,8 +144,10 @@ class WebhookDelivery(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    event_id: Mapped[str] = mapped_column(ForeignKey("webhook_events.id"))
-    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    #: No foreign keys to the event and the endpoint (migration 0020, docs/invariants.md):
+    #: checked instead; an endpoint's deletion deletes its deliveries itself.
+    event_id: Mapped[str] = mapped_column(ID)
+    endpoint_id: Mapped[str] = mapped_column(ID)
     status: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

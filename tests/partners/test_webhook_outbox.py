@@ -20,7 +20,7 @@ from partners.operations import EarnItem
 from partners.webhooks import outbox
 from partners.webhooks.endpoints import Webhooks
 from partners.webhooks.events import EventType
-from partners.webhooks.tables import WebhookDelivery, WebhookEvent
+from partners.webhooks.tables import WebhookAttempt, WebhookDelivery, WebhookEvent
 from settlement import workflow
 from settlement.workflow import Actor
 from tests.conftest import Db
@@ -159,6 +159,49 @@ def test_invariant_6_holds_and_catches_a_misdirected_delivery(db: Db) -> None:
             )
         )
     assert list(db.violations()) == [6]
+
+
+def test_invariant_6_catches_a_delivery_or_an_event_that_names_nothing(db: Db) -> None:
+    """The references migration 0020 left without a foreign key are checked instead."""
+    shop = db.partner("EUR")
+    hook = endpoint(db, shop)
+    db.ops.earn(shop.id, member_id=db.member(), reference="e", amount="5", currency="EUR")
+    with transaction(db.sessions) as s:
+        event = s.scalars(select(WebhookEvent)).one()
+        s.add(
+            WebhookDelivery(
+                event_id="evt_gone", endpoint_id=hook, status="delivered", attempts=1,
+                created_at=db.clock(),
+            )
+        )  # fmt: skip
+        s.add(
+            WebhookEvent(
+                id="evt_stray", type=event.type, partner_id="prt_gone", payload=event.payload,
+                created_at=db.clock(),
+            )
+        )  # fmt: skip
+    found = db.violations()[6]
+    assert any("missing event or endpoint" in v for v in found)
+    assert any("event of no partner" in v for v in found)
+
+
+def test_deleting_an_endpoint_deletes_its_deliveries_and_their_attempts(db: Db) -> None:
+    shop = db.partner("EUR")
+    gone, kept = endpoint(db, shop), endpoint(db, shop)
+    db.ops.earn(shop.id, member_id=db.member(), reference="e", amount="5", currency="EUR")
+    with transaction(db.sessions) as s:
+        for delivery in s.scalars(select(WebhookDelivery)):
+            s.add(
+                WebhookAttempt(
+                    delivery_id=delivery.id, attempt=1, attempted_at=db.clock(), latency_ms=3
+                )
+            )
+    with transaction(db.sessions) as s:
+        webhooks(db).delete(s, shop.id, gone)
+    assert [d[1] for d in deliveries(db)] == [kept]
+    with db.sessions() as s:
+        assert len(s.scalars(select(WebhookAttempt)).all()) == 1
+    db.assert_ledger_ok()
 
 
 def _data(db: Db, event_type: str) -> dict[str, object]:
