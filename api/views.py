@@ -32,7 +32,9 @@ from settlement.reports import Liability
 
 
 def transaction_out(txn: Transaction) -> TransactionOut:
-    """A ledger transaction in the contract's shape."""
+    """A ledger transaction in the contract's shape: a function of its row alone (nothing that
+    changes after it was posted), which is what lets a stored response be the transaction's id
+    (api/idempotency.py)."""
     amount = None
     if txn.amount_minor is not None and txn.currency is not None:
         amount = format_amount(txn.amount_minor, txn.currency)

@@ -296,7 +296,7 @@ def test_a_signed_requests_one_event_rides_the_statement_that_stores_its_respons
         with transaction(pg.sessions) as s:
             outbox.note(s, EventType.RATE_CARD_ACTIVATED, shop.id, {"id": "rc"}, at=now)
             store.save(
-                s, owner=shop.id, key="k1", request_hash="h", method="POST", path="/v1/x",
+                s, owner=shop.id, key="k1", request_hash=b"h", method="POST", path="/v1/x",
                 status=201, body=b"{}", now=now, rider=outbox.RIDER,
             )  # fmt: skip
     finally:
