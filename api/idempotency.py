@@ -17,7 +17,7 @@ there), all in **one** database transaction:
    A response that is a ledger transaction (``TransactionOut``) is saved as the transaction's
    id and rendered again from its row to replay it: the row never changes and the rendering is
    a function of it alone, so the replay is the first response byte for byte
-   (docs/architecture.md, "Stored responses").
+   (docs/architecture.md, decision 25).
    On PostgreSQL the one webhook event the operation noted rides the save's statement
    (:data:`partners.webhooks.outbox.RIDER`) instead of a statement of its own at commit.
 

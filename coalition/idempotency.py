@@ -6,7 +6,7 @@ header, the request hash, replays) is api/idempotency.py.
 A response is kept either whole (``response_body``) or, when it is a ledger transaction in the
 contract's shape, as the id of that transaction (``response_transaction_id``): the row is
 immutable, so the layer that rendered the first response renders the replay from it, byte for
-byte (docs/architecture.md, "Stored responses"), and the row an earn writes is a third the size.
+byte (docs/architecture.md, decision 25), and the row an earn writes is about a third the size.
 """
 
 from __future__ import annotations
