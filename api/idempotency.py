@@ -14,6 +14,10 @@ there), all in **one** database transaction:
    ``Idempotent-Replayed: true``; other request -> ``422 idempotency-key-reused``;
 4. the **operation** (decoding the body included) and the **save** of its response: a
    committed effect always has its stored response, and a stored response always its effect.
+   A response that is a ledger transaction (``TransactionOut``) is saved as the transaction's
+   id and rendered again from its row to replay it: the row never changes and the rendering is
+   a function of it alone, so the replay is the first response byte for byte
+   (docs/architecture.md, decision 25).
    On PostgreSQL the one webhook event the operation noted rides the save's statement
    (:data:`partners.webhooks.outbox.RIDER`) instead of a statement of its own at commit.
 
@@ -43,7 +47,8 @@ from api.auth import idempotency_key, request_unit, single_use
 from api.problems import PROBLEM_JSON, error_body
 from api.runtime import Services
 from coalition import idempotency as store
-from coalition.errors import CoalitionError
+from coalition.errors import CoalitionError, InvariantViolated
+from partners.queries import TransactionOut, transaction_out
 from partners.signatures import Principal
 from partners.webhooks import outbox
 
@@ -58,13 +63,25 @@ def owner_of(principal: Principal) -> str:
     return principal.partner_id if principal.partner_id is not None else principal.role
 
 
-def request_hash(method: str, path: str, body: bytes) -> str:
-    """SHA-256 over the method, the path and the body bytes."""
+def request_hash(method: str, path: str, body: bytes) -> bytes:
+    """SHA-256 over the method, the path and the body bytes (its 32 bytes)."""
     digest = hashlib.sha256()
     for part in (method.encode(), path.encode(), body):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
-    return digest.hexdigest()
+    return digest.digest()
+
+
+def _replayed(services: Services, session: Session, stored: store.StoredResponse) -> Response[Any]:
+    """The stored first response, marked replayed; a transaction rendered from its row."""
+    if stored.transaction_id is not None:
+        txn = services.ops.get_transaction(None, stored.transaction_id, session=session)
+        body = msgspec.json.encode(transaction_out(txn))
+    elif stored.body is not None:
+        body = stored.body
+    else:
+        raise InvariantViolated("a stored response is a body or a transaction")
+    return _response(stored.status, body, replayed=True)
 
 
 def _response(status: int, body: bytes, *, replayed: bool) -> Response[Any]:
@@ -111,7 +128,7 @@ def run_idempotent(
             prelude=single_use(request),
         )
 
-    def keep(session: Session, status: int, content: bytes) -> None:
+    def keep(session: Session, status: int, content: bytes, transaction_id: str | None) -> None:
         store.save(
             session,
             owner=owner,
@@ -120,8 +137,9 @@ def run_idempotent(
             method=request.method,
             path=path[:2048],
             status=status,
-            body=content,
+            body=None if transaction_id else content,
             now=now,
+            transaction_id=transaction_id,
             rider=outbox.RIDER,
         )
 
@@ -129,13 +147,14 @@ def run_idempotent(
         try:
             with request_unit(request, single_use_later=True) as session:
                 if (stored := first_response(session)) is not None:
-                    return _response(stored.status, stored.body, replayed=True)
+                    return _replayed(services, session, stored)
                 try:
                     status, payload = operation(session)
                 except CoalitionError as exc:
                     raise _OperationFailed(exc) from None
                 content = msgspec.json.encode(payload)
-                keep(session, status, content)
+                rendered = payload.id if isinstance(payload, TransactionOut) else None
+                keep(session, status, content, rendered)
             return _response(status, content, replayed=False)
         except _OperationFailed as failed:
             refused = failed.error
@@ -150,7 +169,7 @@ def run_idempotent(
     # as the key's response, in a transaction of its own (unless a duplicate stored one first).
     with request_unit(request, single_use_later=True) as session:
         if (stored := first_response(session)) is not None:
-            return _response(stored.status, stored.body, replayed=True)
+            return _replayed(services, session, stored)
         status, content = error_body(request.scope, refused)
-        keep(session, status, content)
+        keep(session, status, content, None)
     return _response(status, content, replayed=False)

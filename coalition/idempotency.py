@@ -2,6 +2,11 @@
 
 This is the table and its store (claim, lookup, save, purge); the HTTP side of it (the
 header, the request hash, replays) is api/idempotency.py.
+
+A response is kept either whole (``response_body``) or, when it is a ledger transaction in the
+contract's shape, as the id of that transaction (``response_transaction_id``): the row is
+immutable, so the layer that rendered the first response renders the replay from it, byte for
+byte (docs/architecture.md, decision 25), and the row an earn writes is about a third the size.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from sqlalchemy import (
     bindparam,
     delete,
     insert,
-    or_,
     select,
     text,
     tuple_,
@@ -30,33 +34,39 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from coalition.db import Base, HotStatement, Prelude, UTCDateTime, dialect_of
-from coalition.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvariantViolated
+from coalition.errors import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    InvariantViolated,
+    invariant,
+)
 
 
 class IdempotencyRecord(Base):
     """The first response to one idempotency key of one owner, kept :data:`RETENTION`.
 
-    Rows are written ``done``, with their response, in the transaction of the operation they
-    answer. ``state`` and ``locked_until`` are left from the lease-based claim this replaced
-    (``running`` rows of it are purged like any other once their time has passed).
+    Rows are written with their response (its body, or the transaction it renders), in the
+    transaction of the operation they answer. ``request_hash`` is the request's SHA-256, its 32
+    bytes.
     """
 
     __tablename__ = "idempotency_keys"
     __table_args__ = (
-        CheckConstraint("state IN ('running', 'done')", name="state"),
+        CheckConstraint(
+            "response_body IS NULL OR response_transaction_id IS NULL", name="one_response"
+        ),
         Index("ix_idempotency_keys_expires", "expires_at"),
     )
 
     owner: Mapped[str] = mapped_column(String(64), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
-    request_hash: Mapped[str] = mapped_column(String(64))
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     method: Mapped[str] = mapped_column(String(8))
     path: Mapped[str] = mapped_column(String(2048))
-    state: Mapped[str] = mapped_column(String(8))
     response_status: Mapped[int | None] = mapped_column(Integer)
     response_body: Mapped[bytes | None] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    locked_until: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: The transaction whose rendering the response is, instead of its body.
+    response_transaction_id: Mapped[str | None] = mapped_column(String(40))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -95,6 +105,7 @@ _COLUMNS = (
     _TABLE.c.path,
     _TABLE.c.response_status,
     _TABLE.c.response_body,
+    _TABLE.c.response_transaction_id,
     _TABLE.c.expires_at,
 )
 _LOOKUP = HotStatement(
@@ -150,7 +161,7 @@ _SAVE_WITH = (
 # the primary key refuses its save (an IntegrityError: the request runs again and replays).
 _CLAIM_SQL = """
     SELECT held.locked, r.request_hash, r.method, r.path, r.response_status,
-        r.response_body, r.expires_at
+        r.response_body, r.response_transaction_id, r.expires_at
     FROM (SELECT pg_try_advisory_xact_lock(hashtextextended(:lock, 0)) AS locked) AS held
     LEFT JOIN idempotency_keys AS r ON held.locked AND r.owner = :owner AND r.key = :key
 """
@@ -166,10 +177,13 @@ _CLAIM_AFTER = (
 
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
-    """The first response to the key: replay it."""
+    """The first response to the key: replay it. Its ``body``, or ``None`` when it is the
+    rendering of the transaction ``transaction_id`` (the layer that rendered it renders it
+    again)."""
 
     status: int
-    body: bytes
+    body: bytes | None
+    transaction_id: str | None = None
 
 
 def _rowcount(result: object) -> int:
@@ -181,7 +195,7 @@ def claim(
     *,
     owner: str,
     key: str,
-    request_hash: str,
+    request_hash: bytes,
     now: datetime,
     prelude: Prelude | None = None,
 ) -> StoredResponse | None:
@@ -225,7 +239,7 @@ def _one_row(row: Sequence[Any] | None) -> Sequence[Any]:
 
 
 def lookup(
-    session: Session, *, owner: str, key: str, request_hash: str, now: datetime
+    session: Session, *, owner: str, key: str, request_hash: bytes, now: datetime
 ) -> StoredResponse | None:
     """The first response to ``key`` (to replay), or ``None`` when the key is new (or was
     kept its retention and is forgotten). :class:`IdempotencyKeyReused` when the key was used
@@ -240,12 +254,12 @@ def _stored(
     *,
     owner: str,
     key: str,
-    request_hash: str,
+    request_hash: bytes,
     now: datetime,
 ) -> StoredResponse | None:
     if row is None or row[0] is None:
         return None
-    stored_hash, method, path, status, body, expires_at = row
+    stored_hash, method, path, status, body, transaction_id, expires_at = row
     if expires_at <= now:  # kept long enough and forgotten: the key is new again
         session.execute(
             delete(IdempotencyRecord)
@@ -258,7 +272,7 @@ def _stored(
             f"Idempotency-Key {key!r} was already used with a different request "
             f"(to {method} {path})"
         )
-    return StoredResponse(status, bytes(body))
+    return StoredResponse(status, None if body is None else bytes(body), transaction_id)
 
 
 def save(
@@ -266,28 +280,31 @@ def save(
     *,
     owner: str,
     key: str,
-    request_hash: str,
+    request_hash: bytes,
     method: str,
     path: str,
     status: int,
-    body: bytes,
+    body: bytes | None,
     now: datetime,
+    transaction_id: str | None = None,
     rider: Rider | None = None,
 ) -> None:
     """Store the first response to ``key``, in the transaction of the operation it answers
-    (after :func:`lookup` found none). The primary key refuses a second row. On PostgreSQL what
+    (after :func:`lookup` found none): its ``body``, or (``body`` ``None``) the id of the
+    transaction it renders. The primary key refuses a second row. On PostgreSQL what
     the ``rider`` takes from the session (the one webhook event the operation noted) goes out
     in the same statement.
     """
+    invariant(
+        (body is None) != (transaction_id is None), "a stored response is a body or a transaction"
+    )
     values = {
         "request_hash": request_hash,
         "method": method,
         "path": path,
-        "state": "done",
         "response_status": status,
         "response_body": body,
-        "created_at": now,
-        "locked_until": now,
+        "response_transaction_id": transaction_id,
         "expires_at": now + RETENTION,
     }
     values = {"owner": owner, "key": key, **values}
@@ -300,13 +317,10 @@ def save(
 
 
 def purge(session: Session, now: datetime, batch: int = PURGE_BATCH) -> int:
-    """Delete up to ``batch`` records past their retention (and not running); how many."""
+    """Delete up to ``batch`` records past their retention; how many."""
     due = (
         select(IdempotencyRecord.owner, IdempotencyRecord.key)
-        .where(
-            IdempotencyRecord.expires_at <= now,
-            or_(IdempotencyRecord.state == "done", IdempotencyRecord.locked_until <= now),
-        )
+        .where(IdempotencyRecord.expires_at <= now)
         .limit(batch)
     )
     result = session.execute(

@@ -134,7 +134,6 @@ class Transaction(Base):
             postgresql_where=text("reference IS NOT NULL AND hold_id IS NULL"),
             sqlite_where=text("reference IS NOT NULL AND hold_id IS NULL"),
         ),
-        Index("ix_transactions_partner_posted", "partner_id", "posted_at"),
         Index("ix_transactions_partner_id", "partner_id", "id"),
         Index("ix_transactions_member_occurred", "member_id", "occurred_at"),
         Index(

@@ -51,7 +51,9 @@ class TransactionOut(Struct, omit_defaults=True):
 
 def transaction_out(txn: Transaction) -> TransactionOut:
     """A ledger transaction in the contract's shape: amounts as decimal strings in the
-    currency's exponent (the API's answer and its webhook event's data)."""
+    currency's exponent (the API's answer and its webhook event's data). A function of its
+    row alone (nothing that changes after it was posted), which is what lets a stored
+    response be the transaction's id (api/idempotency.py)."""
     amount = None
     if txn.amount_minor is not None and txn.currency is not None:
         amount = format_amount(txn.amount_minor, txn.currency)

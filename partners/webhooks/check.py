@@ -37,7 +37,7 @@ def _events(session: Session) -> list[str]:
         " JOIN webhook_events e ON e.id = d.event_id"
         " JOIN webhook_endpoints w ON w.id = d.endpoint_id WHERE w.partner_id <> e.partner_id",
     )
-    # The references no foreign key guards (migration 0020): an event's partner, a
+    # The references no foreign key guards (migration 0019): an event's partner, a
     # delivery's event and endpoint.
     unowned = sample_rows(
         session,

@@ -100,7 +100,7 @@ class WebhookEvent(Base):
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     type: Mapped[str] = mapped_column(String(64))
-    #: No foreign key to the partner (migration 0020, docs/invariants.md): checked instead.
+    #: No foreign key to the partner (migration 0019, docs/invariants.md): checked instead.
     partner_id: Mapped[str] = mapped_column(ID)
     payload: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -144,7 +144,7 @@ class WebhookDelivery(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    #: No foreign keys to the event and the endpoint (migration 0020, docs/invariants.md):
+    #: No foreign keys to the event and the endpoint (migration 0019, docs/invariants.md):
     #: checked instead; an endpoint's deletion deletes its deliveries itself.
     event_id: Mapped[str] = mapped_column(ID)
     endpoint_id: Mapped[str] = mapped_column(ID)

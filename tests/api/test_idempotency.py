@@ -9,13 +9,13 @@ import json
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from coalition import idempotency as store
@@ -52,6 +52,88 @@ def test_a_repeat_returns_the_first_response_marked_replayed(api: Live) -> None:
     assert again.headers["Idempotent-Replayed"] == "true"
     assert "Idempotent-Replayed" not in first.headers
     assert _count(api, p.id) == 1
+
+
+def _stored_as(live: Live, key: str) -> tuple[bytes | None, str | None]:
+    with transaction(session_factory(live.engine)) as s:
+        row = s.execute(
+            select(
+                IdempotencyRecord.response_body, IdempotencyRecord.response_transaction_id
+            ).where(IdempotencyRecord.key == key)
+        ).one()
+        return (None if row[0] is None else bytes(row[0]), row[1])
+
+
+def test_a_transaction_is_replayed_byte_for_byte_after_it_was_reversed_and_its_member_moved_on(
+    api: Live,
+) -> None:
+    # A response that is a transaction is kept as the transaction's id and rendered again from
+    # its row: what changes afterwards (a reversal, the member's balance, the rate card) shows
+    # in nothing a replay says.
+    p = api.partner(scopes=("earn", "burn", "read"))
+    member = api.member(p, 500)
+    offset = datetime.now(UTC).astimezone(timezone(timedelta(hours=2))) - timedelta(minutes=1)
+    earn = {**_earn(p, member, "40"), "occurred_at": offset.isoformat()}
+    hold = ok(
+        p.client.post("/v1/holds", {"member_id": member, "reference": unique(), "points": 30}), 201
+    )
+    sent: dict[str, tuple[str, dict[str, Any]]] = {
+        "earn": ("/v1/earns", earn),
+        "burn": ("/v1/burns", {"member_id": member, "reference": unique(), "points": 20}),
+        "capture": (f"/v1/holds/{hold['id']}/capture", {"points": 10}),
+        "bonus": (
+            "/v1/admin/bonuses",
+            {"member_id": member, "points": 5, "reason": "welcome", "funded_by": p.id},
+        ),
+    }
+    keys = {name: str(uuid.uuid4()) for name in sent}
+    clients = {name: api.operator if name == "bonus" else p.client for name in sent}
+    first = {
+        name: clients[name].post(path, body, idempotency_key=keys[name])
+        for name, (path, body) in sent.items()
+    }
+    assert [r.status_code for r in first.values()] == [201, 201, 200, 201]
+    earned = first["earn"].json()
+    assert earned["occurred_at"].endswith("Z")  # times in UTC, however they were given
+    sent["reversal"] = (f"/v1/transactions/{earned['id']}/reversals", {"reference": unique()})
+    keys["reversal"], clients["reversal"] = str(uuid.uuid4()), p.client
+    reversal = p.client.post(*sent["reversal"], idempotency_key=keys["reversal"])
+    first["reversal"] = reversal
+    assert ok(reversal, 201)["reverses"] == earned["id"]
+    for name, response in first.items():
+        assert _stored_as(api, keys[name]) == (None, response.json()["id"])
+    # the member moves on; the partner's rate card changes
+    ok(p.client.post("/v1/earns", _earn(p, member, "70")), 201)
+    card = {
+        "earn_points_per_unit": "3",
+        "issue_price_per_point": "0.02",
+        "burn_value_per_point": "0.01",
+        "reimburse_price_per_point": "0.009",
+    }
+    ok(api.operator.post(f"/v1/admin/partners/{p.id}/rate-cards", card), 201)
+    # the end of the retention: a record about to be forgotten replays the same
+    with transaction(session_factory(api.engine)) as s:
+        s.execute(
+            update(IdempotencyRecord)
+            .where(IdempotencyRecord.key.in_(list(keys.values())))
+            .values(expires_at=datetime.now(UTC) + timedelta(minutes=1))
+        )
+    for name, (path, body) in sent.items():
+        again = clients[name].post(path, body, idempotency_key=keys[name])
+        assert again.status_code == first[name].status_code, name
+        assert again.content == first[name].content, name
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert again.headers["Content-Type"] == first[name].headers["Content-Type"]
+    # a problem is still kept whole
+    refused_key = str(uuid.uuid4())
+    burn_too_much = {"member_id": member, "reference": unique(), "points": 10**6}
+    problem(
+        p.client.post("/v1/burns", burn_too_much, idempotency_key=refused_key),
+        409,
+        "insufficient-points",
+    )
+    stored_body, txn = _stored_as(api, refused_key)
+    assert stored_body is not None and txn is None
 
 
 def test_the_same_key_with_another_body_or_path_is_reused(api: Live) -> None:
@@ -214,7 +296,7 @@ def test_identical_requests_racing_make_one_transaction(live_pg: Live) -> None:
 # --- the store -----------------------------------------------------------------------------
 
 
-def _save(db: Db, key: str, now: datetime, request: str = "h1", body: bytes = b"{}") -> None:
+def _save(db: Db, key: str, now: datetime, request: bytes = b"h1", body: bytes = b"{}") -> None:
     with transaction(db.sessions) as s:
         assert store.claim(s, owner="prt_x", key=key, request_hash=request, now=now) is None
         store.save(
@@ -230,7 +312,7 @@ def _save(db: Db, key: str, now: datetime, request: str = "h1", body: bytes = b"
         )
 
 
-def _lookup(db: Db, key: str, now: datetime, request: str = "h1") -> store.StoredResponse | None:
+def _lookup(db: Db, key: str, now: datetime, request: bytes = b"h1") -> store.StoredResponse | None:
     with transaction(db.sessions) as s:
         return store.lookup(s, owner="prt_x", key=key, request_hash=request, now=now)
 
@@ -240,7 +322,7 @@ def test_store_replays_the_saved_response_and_refuses_another_request(db: Db) ->
     _save(db, "k", t0, body=b'{"ok":1}')
     assert _lookup(db, "k", t0) == store.StoredResponse(201, b'{"ok":1}')
     with pytest.raises(IdempotencyKeyReused):
-        _lookup(db, "k", t0, request="h2")
+        _lookup(db, "k", t0, request=b"h2")
 
 
 def test_store_keeps_a_second_save_of_one_key_out(db: Db) -> None:
@@ -251,7 +333,7 @@ def test_store_keeps_a_second_save_of_one_key_out(db: Db) -> None:
             s,
             owner="prt_x",
             key="k",
-            request_hash="h1",
+            request_hash=b"h1",
             method="POST",
             path="/v1/earns",
             status=201,
@@ -277,8 +359,8 @@ def test_store_forgets_a_key_past_its_retention_before_the_purge(db: Db) -> None
     _save(db, "k", t0)
     at = t0 + store.RETENTION
     # the key is new again, even with another request, and its new response is kept
-    _save(db, "k", at, request="new", body=b'{"new":1}')
-    assert _lookup(db, "k", at, request="new") == store.StoredResponse(201, b'{"new":1}')
+    _save(db, "k", at, request=b"new", body=b'{"new":1}')
+    assert _lookup(db, "k", at, request=b"new") == store.StoredResponse(201, b'{"new":1}')
 
 
 def test_earns_racing_with_one_reference_make_one_transaction_and_name_it(live_pg: Live) -> None:

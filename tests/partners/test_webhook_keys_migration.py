@@ -1,4 +1,4 @@
-"""Migration 0020_webhook_rows_unkeyed on a database with events and deliveries, on both
+"""Migration 0019_webhook_rows_unkeyed on a database with events and deliveries, on both
 backends: down, the three foreign keys are back (the endpoint's with its cascade); up again,
 they are gone and every invariant holds."""
 
@@ -12,7 +12,7 @@ from coalition.db import _alembic_config, transaction
 from tests.conftest import Db
 from tests.partners.test_webhook_outbox import deliveries, endpoint
 
-REVISION = "0020_webhook_rows_unkeyed"
+REVISION = "0019_webhook_rows_unkeyed"
 #: (table, column) -> the parent table a foreign key names, before the revision.
 KEYED = {
     ("webhook_events", "partner_id"): "partners",

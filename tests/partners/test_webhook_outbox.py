@@ -162,7 +162,7 @@ def test_invariant_6_holds_and_catches_a_misdirected_delivery(db: Db) -> None:
 
 
 def test_invariant_6_catches_a_delivery_or_an_event_that_names_nothing(db: Db) -> None:
-    """The references migration 0020 left without a foreign key are checked instead."""
+    """The references migration 0019 left without a foreign key are checked instead."""
     shop = db.partner("EUR")
     hook = endpoint(db, shop)
     db.ops.earn(shop.id, member_id=db.member(), reference="e", amount="5", currency="EUR")
@@ -370,7 +370,7 @@ def test_a_signed_requests_one_event_rides_the_statement_that_stores_its_respons
         with transaction(pg.sessions) as s:
             outbox.note(s, EventType.RATE_CARD_ACTIVATED, shop.id, {"id": "rc"}, at=now)
             store.save(
-                s, owner=shop.id, key="k1", request_hash="h", method="POST", path="/v1/x",
+                s, owner=shop.id, key="k1", request_hash=b"h", method="POST", path="/v1/x",
                 status=201, body=b"{}", now=now, rider=outbox.RIDER,
             )  # fmt: skip
     finally:

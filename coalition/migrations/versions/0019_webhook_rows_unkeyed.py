@@ -11,16 +11,16 @@ deleted; an endpoint's deletion now deletes its deliveries itself
 (:meth:`partners.webhooks.endpoints.Webhooks.delete`); ``coalition check`` verifies every
 event names a partner and every delivery an event and an endpoint (invariant 6).
 
-Revision ID: 0020_webhook_rows_unkeyed
-Revises: 0017_request_rows_unkeyed
+Revision ID: 0019_webhook_rows_unkeyed
+Revises: 0018_leaner_signed_writes
 """
 
 from __future__ import annotations
 
 from coalition.migrations import foreign_keys
 
-revision = "0020_webhook_rows_unkeyed"
-down_revision = "0017_request_rows_unkeyed"
+revision = "0019_webhook_rows_unkeyed"
+down_revision = "0018_leaner_signed_writes"
 branch_labels = None
 depends_on = None
 
