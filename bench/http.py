@@ -14,7 +14,10 @@ the API processes (``/proc`` times of every process of the server, so the uvicor
 their threads are all in it), PostgreSQL's CPU per request (every ``postgres`` process, read
 the same way), each worker's share of the Python CPU (every worker must be busy), and,
 for earns, that the database holds exactly as many new earns as there were fresh ``201``
-answers. Earns and balance reads then run again paced at half their saturated rate
+answers. The ``liveness`` row (unsigned ``GET /v1/health/live``: no signature, no database, no
+thread) is the floor under every other row: the HTTP server's and the framework's own CPU per
+request (one worker may take all its connections: it never waits). Earns and balance reads
+then run again paced at half their saturated rate
 (``*_half_rate``, beside the same ``pgbench -N`` figure): the latency a partner sees while
 the service has room to spare.
 """
@@ -227,6 +230,11 @@ class Signer:
     def balance(self, member: str) -> Signed:
         return Signed(self.request("GET", f"/v1/members/{member}/balance"), "balance")
 
+    def liveness(self) -> Signed:
+        """``GET /v1/health/live``, unsigned: no signature, no database, no thread."""
+        raw = f"GET /v1/health/live HTTP/1.1\r\nHost: 127.0.0.1:{self.server.port}\r\n\r\n"
+        return Signed(raw.encode(), "liveness")
+
 
 Scenario = Callable[[Signer, random.Random, list[str]], Signed]
 
@@ -247,6 +255,10 @@ def _hot(signer: Signer, rng: random.Random, members: list[str]) -> Signed:
     return signer.earn(rng.choice(members[:HOT_MEMBERS]))
 
 
+def _liveness(signer: Signer, _rng: random.Random, _members: list[str]) -> Signed:
+    return signer.liveness()
+
+
 def _mix(signer: Signer, rng: random.Random, members: list[str]) -> Signed:
     roll = rng.random()
     member = rng.choice(members)
@@ -263,6 +275,8 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "balances": ("signed balance reads, 1,000 members", _balances),
     "hot_member": (f"signed earns, all on {HOT_MEMBERS} members", _hot),
     "mix": ("50% earns, 20% burns, 30% balance reads", _mix),
+    # The floor of every row: the HTTP server, Litestar, the request's log line and metrics.
+    "liveness": ("unsigned GET /v1/health/live (server and framework alone)", _liveness),
 }
 
 
