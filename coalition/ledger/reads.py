@@ -7,9 +7,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
+    Engine,
     bindparam,
     func,
     select,
@@ -213,7 +214,7 @@ def _balance_read(prelude_sql: str | None) -> tuple[HotStatement, dict[str, Any]
 
 
 def balance_read(
-    session: Session,
+    on: Session | Engine,
     member_id: str,
     *,
     window_days: int,
@@ -222,8 +223,12 @@ def balance_read(
 ) -> tuple[MemberSnapshot, list[tuple[int, datetime]]]:
     """What a balance read shows: the :func:`member_snapshot` and the :func:`expiring_lots`
     after ``now``, after the ``prelude``'s write (the request's nonce, which it settles first:
-    a replay is refused before the member is looked for). On PostgreSQL one statement."""
-    if dialect_of(session) != "postgresql":
+    a replay is refused before the member is looked for). On PostgreSQL one statement: in the
+    session's transaction, or given the engine, as a transaction of its own
+    (:meth:`~coalition.db.HotStatement.alone`: the prelude's write stays even when the member
+    is unknown)."""
+    session = on if isinstance(on, Session) else None
+    if session is not None and dialect_of(session) != "postgresql":
         if prelude is not None:
             prelude.alone(session)
         snapshot = member_snapshot(session, member_id, window_days=window_days, now=now)
@@ -240,7 +245,11 @@ def balance_read(
     if prelude is not None:
         invariant(not prelude.params.keys() & params.keys(), "a prelude's parameter clashes")
         params.update(prelude.params)
-    row = statement.first(session, params)
+    if session is not None:
+        row = statement.first(session, params)
+    else:
+        rows = statement.alone(cast("Engine", on), params)
+        row = rows[0] if rows else None
     if row is None:
         raise InvariantViolated("a balance read returns a row")
     if prelude is not None:

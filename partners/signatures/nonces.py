@@ -95,7 +95,7 @@ def use(
 def prelude(key_id: str, nonce: str, *, verifies_until: datetime, now: datetime) -> Prelude:
     """:func:`use` as the write a request's first statement makes in its own round trip."""
 
-    def settle(_: Session, written: int) -> None:
+    def settle(_: Session | None, written: int) -> None:
         if not written:
             raise _replayed(key_id)
 
