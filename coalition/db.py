@@ -621,13 +621,15 @@ class Prelude:
     it returned and raises to refuse the request (its session is ``None`` when the statement ran
     as a transaction of its own, :meth:`HotStatement.alone`: only a prelude whose check needs no
     session goes in front of one); ``alone`` makes the same write and check on its own
-    (SQLite).
+    (SQLite); ``undo`` (with ``params``) takes the write back when the statement ran alone and
+    the request is refused after it, as a rollback would have.
     """
 
     sql: str
     params: dict[str, Any]
     settle: Callable[[Session | None, int], None]
     alone: Callable[[Session], None]
+    undo: HotStatement | None = None
 
 
 def named_sql(statement: Any) -> tuple[str, dict[str, Any]]:

@@ -107,7 +107,16 @@ def prelude(key_id: str, nonce: str, *, verifies_until: datetime, now: datetime)
         {**_values(key_id, nonce, verifies_until), "nonce_now": now},
         settle,
         alone,
+        _FORGET,
     )
+
+
+#: A nonce taken back: the request that wrote it on its own was refused after it.
+_FORGET = HotStatement(
+    delete(_NONCES).where(
+        _NONCES.c.key_id == bindparam("key_id"), _NONCES.c.nonce == bindparam("nonce")
+    )
+)
 
 
 def _replayed(key_id: str) -> Exception:
