@@ -168,6 +168,18 @@ def request_unit(
         yield session
 
 
+def alone(request: Request[Any, Any, Any]) -> bool:
+    """True when this ``GET``'s one statement may be its transaction, without
+    :func:`request_unit` (:meth:`coalition.db.HotStatement.alone`): on PostgreSQL, while what
+    its signature writes is only its nonce, which that statement writes (:func:`single_use`),
+    its key's revalidation and ``last_used_at`` not due (:meth:`~partners.signatures.KeyCache
+    .quiet`). Otherwise the request opens :func:`request_unit`, which does them."""
+    services = services_of(request.app.state)
+    if request.method != "GET" or services.engine.dialect.name != "postgresql":
+        return False
+    return services.keys.quiet(_verified(request).principal.key_id)
+
+
 def single_use(request: Request[Any, Any, Any]) -> Prelude | None:
     """What makes this signed request single-use, as its first statement writes it
     (:func:`request_unit` with ``single_use_later``): its nonce, or else, for a ``POST`` whose

@@ -5,7 +5,8 @@ the API application in-process, one at a time, as :mod:`bench.asgi` drives it. E
 statement they send to the driver is recorded with its parameters (SQLAlchemy's
 ``before_cursor_execute``, which sees the :class:`~coalition.db.HotStatement` s too). The first
 two requests whose statements are the same texts, in one transaction each, make a pgbench
-script: ``BEGIN``, those statements, ``COMMIT``.
+script: ``BEGIN``, those statements, ``COMMIT``; a request of one statement, the statement on its
+own (as the service sends a balance read: :meth:`coalition.db.HotStatement.alone`).
 
 - Each parameter is written into the statement as a literal of its type.
 - A value that differs between the two requests is made unique per transaction from
@@ -99,14 +100,15 @@ def script(first: Recorded, second: Recorded, members: tuple[str, str], populati
         f"\\set m random(1, {population})",
         "\\set r random(1, 9000000000000000)",
         "SELECT id AS member FROM bench_members WHERE n = :m \\gset",
-        "BEGIN;",
     ]
+    statements = []
     for (sql, params), (_, params_two) in zip(first.statements, second.statements, strict=True):
         values = {name: value(params[name], params_two[name]) for name in params}
         rendered = _PARAM.sub(partial(_rendered, values), sql)
-        lines.append(" ".join(rendered.replace("%%", "%").split()) + ";")
-    lines.append("COMMIT;")
-    return "\n".join(lines) + "\n"
+        statements.append(" ".join(rendered.replace("%%", "%").split()) + ";")
+    if len(statements) > 1:  # one statement is its own transaction, as the service sends it
+        statements = ["BEGIN;", *statements, "COMMIT;"]
+    return "\n".join(lines + statements) + "\n"
 
 
 def _alike(one: Recorded, two: Recorded) -> bool:
@@ -179,7 +181,7 @@ def measure_ceilings(url: URL, *, seconds: int) -> dict[str, Any]:
                 "pgbench_tps": round(tps, 1),
                 "sql_tps": round(replayed, 1),
                 "ratio_to_pgbench": round(replayed / tps, 4),
-                "statements": lines.index("COMMIT;") - lines.index("BEGIN;") - 1,
+                "statements": len(lines) - 3 - 2 * ("COMMIT;" in lines),
             }
     return results
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -468,7 +469,7 @@ def _any_of_array(element: AnyOf, compiler: SQLCompiler, **kw: Any) -> str:
 _HOT = "coalition_hot"
 
 
-def _hot_cursor(session: Session) -> tuple[Connection, psycopg.Cursor[Any] | None]:
+def _hot_cursor(session: Session) -> tuple[Connection, psycopg.RawCursor[Any] | None]:
     """The connection of the session's transaction and, on PostgreSQL, one psycopg cursor of
     its driver connection, both found once per transaction (a cursor per statement, and the
     session's connection lookup, were a tenth of a hot statement's Python)."""
@@ -477,19 +478,51 @@ def _hot_cursor(session: Session) -> tuple[Connection, psycopg.Cursor[Any] | Non
     if found is not None and transaction is not None and found[0] is transaction:
         return found[1], found[2]
     conn = session.connection()
-    cursor: psycopg.Cursor[Any] | None = None
-    if conn.dialect.name == "postgresql":
-        driver = conn.connection.driver_connection
-        if not isinstance(driver, psycopg.Connection):
-            raise InvariantViolated(f"a PostgreSQL connection through psycopg 3, not {driver!r}")
-        # One cursor per driver connection, kept with it in the pool (a cursor holds only its
-        # last result; it is closed with its connection).
-        kept = conn.connection.info.get(_HOT)
-        if kept is None or kept.connection is not driver or kept.closed:
-            kept = conn.connection.info[_HOT] = driver.cursor()
-        cursor = kept
+    cursor = _kept_cursor(conn) if conn.dialect.name == "postgresql" else None
     session.info[_HOT] = (session.get_transaction(), conn, cursor)
     return conn, cursor
+
+
+def _kept_cursor(conn: Connection) -> psycopg.RawCursor[Any]:
+    """The one raw psycopg cursor of ``conn``'s driver connection, kept with it in the pool (a
+    cursor holds only its last result; it is closed with its connection)."""
+    driver = conn.connection.driver_connection
+    if not isinstance(driver, psycopg.Connection):
+        raise InvariantViolated(f"a PostgreSQL connection through psycopg 3, not {driver!r}")
+    kept = conn.connection.info.get(_HOT)
+    if kept is None or kept.connection is not driver or kept.closed:
+        kept = conn.connection.info[_HOT] = psycopg.RawCursor(driver)
+    return cast("psycopg.RawCursor[Any]", kept)
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """A hot statement compiled once for PostgreSQL: as SQLAlchemy renders it (``%(name)s``,
+    what listeners see) and as the server takes it (``$n``, with the names in their order)."""
+
+    named: str
+    raw: bytes
+    order: tuple[str, ...]
+    fixed: dict[str, Any]
+
+
+#: A ``%(name)s`` parameter or a ``%%`` (a literal ``%``) in SQL rendered for psycopg.
+_PYFORMAT = re.compile(r"%%|%\((\w+)\)s")
+
+
+def _numbered(named: str) -> tuple[bytes, tuple[str, ...]]:
+    """``named`` (psycopg's ``%(name)s`` style) with ``$n`` placeholders, one per name."""
+    order: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "%"
+        if name not in order:
+            order.append(name)
+        return f"${order.index(name) + 1}"
+
+    return _PYFORMAT.sub(number, named).encode(), tuple(order)
 
 
 class HotStatement:
@@ -497,25 +530,28 @@ class HotStatement:
 
     SQLAlchemy's execution of a Core statement (the compiled-cache lookup, the parameter and
     result processing, the cursor wrapper) cost more Python than psycopg's own: per signed earn,
-    a fifth of the CPU (docs/benchmarks.md). On PostgreSQL the statement is compiled once, and
-    each call goes to the psycopg connection of the session's transaction with plain values
-    (psycopg prepares it server-side after a few calls, unless ``COALITION_DATABASE_PGBOUNCER``):
-    rows come back as psycopg's tuples, so
+    a fifth of the CPU (docs/benchmarks.md). On PostgreSQL the statement is compiled once, to
+    the server's ``$n`` placeholders, and each call goes to a raw psycopg cursor of the session's
+    transaction with the values in their order: psycopg parses no query text (it does for a
+    ``%(name)s`` query on every call when the query is over 4 KB, as an earn's are, a tenth of
+    an earn's Python). psycopg prepares it server-side after a few calls, unless
+    ``COALITION_DATABASE_PGBOUNCER``. Rows come back as psycopg's tuples, so
     timestamps are aware in the connection's time zone (not converted to UTC) and numerics are
     psycopg's ``Decimal``. On SQLite it runs through the session as any statement does.
     SQLAlchemy's ``before_cursor_execute`` listeners (the benchmarks' statement counters) still
-    see every statement.
+    see every statement, as SQLAlchemy would have sent it (``%(name)s``, a dict).
     """
 
     __slots__ = ("_compiled", "statement")
 
     def __init__(self, statement: Any) -> None:
         self.statement = statement
-        self._compiled: tuple[str, dict[str, Any]] | None = None
+        self._compiled: _Compiled | None = None
 
-    def _postgresql(self, dialect: Dialect) -> tuple[str, dict[str, Any]]:
+    def _postgresql(self, dialect: Dialect) -> _Compiled:
         compiled = self.statement.compile(dialect=dialect)
-        self._compiled = (compiled.string, _fixed_values(compiled))
+        raw, order = _numbered(compiled.string)
+        self._compiled = _Compiled(compiled.string, raw, order, _fixed_values(compiled))
         return self._compiled
 
     def rows(self, session: Session, params: dict[str, Any]) -> list[Any]:
@@ -524,18 +560,44 @@ class HotStatement:
         if cursor is None:
             result = cast("CursorResult[Any]", session.execute(self.statement, params))
             return list(result) if result.returns_rows else []
-        sql, fixed = self._compiled or self._postgresql(conn.dialect)
-        if fixed:
-            params = {**fixed, **params}
+        return self._run(conn, cursor, params)
+
+    def alone(self, engine: Engine, params: dict[str, Any]) -> list[Any]:
+        """PostgreSQL: every row of the statement run as a transaction of its own, in one round
+        trip: on a pooled connection in autocommit, no ``BEGIN``, no ``COMMIT``, no session (a
+        third of the Python of a one-statement transaction, and two statements less for the
+        server). Only for a statement that is the whole of its transaction; SQLAlchemy's
+        ``commit`` listeners are told of it as of a commit."""
+        invariant(engine.dialect.name == "postgresql", "a statement alone runs on PostgreSQL")
+        with engine.connect() as conn:
+            cursor = _kept_cursor(conn)
+            driver = cursor.connection
+            driver.autocommit = True
+            try:
+                rows = self._run(conn, cursor, params)
+            finally:
+                if not driver.closed:
+                    driver.autocommit = False
+            if conn.dispatch.commit:
+                for listener in conn.dispatch.commit:
+                    listener(conn)
+            return rows
+
+    def _run(
+        self, conn: Connection, cursor: psycopg.RawCursor[Any], params: dict[str, Any]
+    ) -> list[Any]:
+        compiled = self._compiled or self._postgresql(conn.dialect)
+        if compiled.fixed:
+            params = {**compiled.fixed, **params}
         if conn.dispatch.before_cursor_execute:
             for listener in conn.dispatch.before_cursor_execute:
-                listener(conn, cursor, sql, params, None, False)
+                listener(conn, cursor, compiled.named, params, None, False)
         try:
-            cursor.execute(sql, params)
+            cursor.execute(compiled.raw, [params[name] for name in compiled.order])
         except psycopg.Error as exc:
             # As SQLAlchemy's own execution: wrapped (IntegrityError...), a lost connection
             # invalidated.
-            conn._handle_dbapi_exception(exc, sql, params, cast("Any", cursor), None)
+            conn._handle_dbapi_exception(exc, compiled.named, params, cast("Any", cursor), None)
             raise
         answer = cursor.pgresult  # not ``description``: it builds a Column per column
         if answer is None or answer.status != psycopg.pq.ExecStatus.TUPLES_OK:
@@ -556,14 +618,18 @@ class Prelude:
 
     ``sql`` is an ``INSERT ... RETURNING`` with its own ``:named`` parameters (``params``; none
     named as a parameter of the statement it goes in front of); ``settle`` is told how many rows
-    it returned and raises to refuse the request; ``alone`` makes the same write and check on
-    its own (SQLite).
+    it returned and raises to refuse the request (its session is ``None`` when the statement ran
+    as a transaction of its own, :meth:`HotStatement.alone`: only a prelude whose check needs no
+    session goes in front of one); ``alone`` makes the same write and check on its own
+    (SQLite); ``undo`` (with ``params``) takes the write back when the statement ran alone and
+    the request is refused after it, as a rollback would have.
     """
 
     sql: str
     params: dict[str, Any]
-    settle: Callable[[Session, int], None]
+    settle: Callable[[Session | None, int], None]
     alone: Callable[[Session], None]
+    undo: HotStatement | None = None
 
 
 def named_sql(statement: Any) -> tuple[str, dict[str, Any]]:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import cast
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Engine, Table, bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from coalition import ledger, text
@@ -22,6 +22,7 @@ from coalition.db import AnyOf, owns_rollback, transaction, utcnow
 from coalition.errors import (
     CurrencyMismatch,
     DuplicateReference,
+    InvariantViolated,
     ValidationFailed,
 )
 from coalition.models import Transaction
@@ -93,6 +94,14 @@ class OperationBase:
         self.settings = settings
         self.sessions = sessions
         self.clock = clock
+
+    @property
+    def engine(self) -> Engine:
+        """The engine the sessions are bound to."""
+        bind = self.sessions.kw.get("bind")
+        if not isinstance(bind, Engine):
+            raise InvariantViolated("the sessions are bound to no engine")
+        return bind
 
     # --- transactions --------------------------------------------------------------------
 

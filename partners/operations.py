@@ -67,19 +67,28 @@ class Operations(Earning, Spending, Corrections):
             return member_id, False
 
     def balance(
-        self, member_id: str, *, session: Session | None = None, prelude: Prelude | None = None
+        self,
+        member_id: str,
+        *,
+        session: Session | None = None,
+        prelude: Prelude | None = None,
+        alone: bool = False,
     ) -> Balance:
         """Available and held points, tier and upcoming expiries of a member; after the
-        ``prelude``'s write (the request's nonce), in the same round trip on PostgreSQL."""
+        ``prelude``'s write (the request's nonce), in the same round trip on PostgreSQL.
+        ``alone`` (PostgreSQL, no ``session``): that one statement is its own transaction
+        (:meth:`~coalition.db.HotStatement.alone`)."""
         now = self.clock()
-        with self.reading(session) as s:
+        window_days = self.settings.tier_window_days
+        if alone:
             snapshot, expiring = ledger.balance_read(
-                s,
-                member_id,
-                window_days=self.settings.tier_window_days,
-                now=now,
-                prelude=prelude,
+                self.engine, member_id, window_days=window_days, now=now, prelude=prelude
             )
+        else:
+            with self.reading(session) as s:
+                snapshot, expiring = ledger.balance_read(
+                    s, member_id, window_days=window_days, now=now, prelude=prelude
+                )
         tier = ledger.tier_for(snapshot.qualifying_points, self.settings.tiers)
         # Read as the member's next burn would see it: holds past their expiry released, then
         # points past their date expired (never more than is available, as the job does).

@@ -30,7 +30,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from coalition.db import Base, HotStatement, Prelude, UTCDateTime, dialect_of
-from coalition.errors import SignatureInvalid
+from coalition.errors import SignatureInvalid, required
 from coalition.models import ID
 from partners.signatures import SignedRequest
 
@@ -147,9 +147,9 @@ def post_signature_prelude(
         return None
     digests = _digests(signed.values)
 
-    def settle(session: Session, written: int) -> None:
+    def settle(session: Session | None, written: int) -> None:
         if written < len(digests):
-            alone(session)
+            alone(required(session, "a POST's signature is settled in its transaction"))
 
     def alone(session: Session) -> None:
         claim_post_signature(

@@ -7,9 +7,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
+    Engine,
     bindparam,
     func,
     select,
@@ -213,7 +214,7 @@ def _balance_read(prelude_sql: str | None) -> tuple[HotStatement, dict[str, Any]
 
 
 def balance_read(
-    session: Session,
+    on: Session | Engine,
     member_id: str,
     *,
     window_days: int,
@@ -222,8 +223,12 @@ def balance_read(
 ) -> tuple[MemberSnapshot, list[tuple[int, datetime]]]:
     """What a balance read shows: the :func:`member_snapshot` and the :func:`expiring_lots`
     after ``now``, after the ``prelude``'s write (the request's nonce, which it settles first:
-    a replay is refused before the member is looked for). On PostgreSQL one statement."""
-    if dialect_of(session) != "postgresql":
+    a replay is refused before the member is looked for). On PostgreSQL one statement: in the
+    session's transaction, or given the engine, as a transaction of its own
+    (:meth:`~coalition.db.HotStatement.alone`; for an unknown member the prelude's write is
+    then taken back, as the transaction's rollback does)."""
+    session = on if isinstance(on, Session) else None
+    if session is not None and dialect_of(session) != "postgresql":
         if prelude is not None:
             prelude.alone(session)
         snapshot = member_snapshot(session, member_id, window_days=window_days, now=now)
@@ -240,13 +245,20 @@ def balance_read(
     if prelude is not None:
         invariant(not prelude.params.keys() & params.keys(), "a prelude's parameter clashes")
         params.update(prelude.params)
-    row = statement.first(session, params)
+    if session is not None:
+        row = statement.first(session, params)
+    else:
+        invariant(prelude is None or prelude.undo is not None, "a prelude alone can be undone")
+        rows = statement.alone(cast("Engine", on), params)
+        row = rows[0] if rows else None
     if row is None:
         raise InvariantViolated("a balance read returns a row")
     if prelude is not None:
         prelude.settle(session, int(row[0]))
-    _, balance, held, qualifying, overdue_points, overdue_held, points, dates = row
+    written, balance, held, qualifying, overdue_points, overdue_held, points, dates = row
     if balance is None:
+        if session is None and prelude is not None and prelude.undo is not None and written:
+            prelude.undo.alone(cast("Engine", on), prelude.params)
         raise UnknownMember(f"no member {member_id!r}", member_id=member_id)
     state = MemberState(member_id, balance, held)
     snapshot = MemberSnapshot(state, int(qualifying or 0), int(overdue_points), int(overdue_held))

@@ -141,11 +141,24 @@ class KeyCache:
             self._keys.pop(key_id, None)
             self._read_at.pop(key_id, None)
 
+    def quiet(self, key_id: str) -> bool:
+        """Neither :meth:`revalidate` nor :meth:`touch` would go to the database for the key
+        now: using it writes and reads nothing but what the request itself does."""
+        now = self._monotonic()
+        return not (self._revalidation_due(key_id, now) or self._touch_due(key_id, now))
+
+    def _revalidation_due(self, key_id: str, now: float) -> bool:
+        return now - self._read_at.get(key_id, float("-inf")) >= self._revalidate_s
+
+    def _touch_due(self, key_id: str, now: float) -> bool:
+        elapsed = now - self._touched_at.get(key_id, float("-inf"))
+        return elapsed >= LAST_USED_INTERVAL.total_seconds()
+
     def revalidate(self, session: Session, key_id: str) -> None:
         """Read the key's ``revoked_at`` again if its cached copy is older than the bound;
         ``SignatureInvalid`` (``revoked-key``) if it was revoked meanwhile."""
         now = self._monotonic()
-        if now - self._read_at.get(key_id, float("-inf")) < self._revalidate_s:
+        if not self._revalidation_due(key_id, now):
             return
         revoked_at = session.scalar(_KEY_REVOKED_AT, {"key": key_id})
         key = self._keys.get(key_id)
@@ -160,7 +173,7 @@ class KeyCache:
         """``last_used_at = now``, at most once per :data:`LAST_USED_INTERVAL` per key and
         process (the conditional UPDATE settles races between processes)."""
         tick = self._monotonic()
-        if tick - self._touched_at.get(key_id, float("-inf")) < LAST_USED_INTERVAL.total_seconds():
+        if not self._touch_due(key_id, tick):
             return
         self._touched_at[key_id] = tick
         session.execute(

@@ -95,7 +95,7 @@ def use(
 def prelude(key_id: str, nonce: str, *, verifies_until: datetime, now: datetime) -> Prelude:
     """:func:`use` as the write a request's first statement makes in its own round trip."""
 
-    def settle(_: Session, written: int) -> None:
+    def settle(_: Session | None, written: int) -> None:
         if not written:
             raise _replayed(key_id)
 
@@ -107,7 +107,16 @@ def prelude(key_id: str, nonce: str, *, verifies_until: datetime, now: datetime)
         {**_values(key_id, nonce, verifies_until), "nonce_now": now},
         settle,
         alone,
+        _FORGET,
     )
+
+
+#: A nonce taken back: the request that wrote it on its own was refused after it.
+_FORGET = HotStatement(
+    delete(_NONCES).where(
+        _NONCES.c.key_id == bindparam("key_id"), _NONCES.c.nonce == bindparam("nonce")
+    )
+)
 
 
 def _replayed(key_id: str) -> Exception:

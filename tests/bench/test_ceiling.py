@@ -55,3 +55,11 @@ def test_the_script_replays_one_transaction_of_the_request_with_its_unique_value
     assert select == "SELECT 1 FROM t WHERE id = ('v0_' || :r)::varchar AND note LIKE '%x';"
     # a long text (an event's JSON) is kept as the first request sent it
     assert last == "SELECT '{" + "x" * 300 + "}'::varchar, 7;"
+
+
+def test_a_request_of_one_statement_is_replayed_as_that_statement_alone() -> None:
+    # a balance read: one statement, its own transaction (no BEGIN, no COMMIT on the wire)
+    first = Recorded([(SAME, {"id": "txn_A"})], 1)
+    second = Recorded([(SAME, {"id": "txn_B"})], 1)
+    lines = script(first, second, ("mem_1", "mem_2"), 1000).splitlines()
+    assert lines[3:] == ["SELECT 1 FROM t WHERE id = ('v0_' || :r)::varchar AND note LIKE '%x';"]
