@@ -125,7 +125,7 @@ def bare_copy(url: str, path: Path, *, keep: bool = False) -> float:
     return seconds
 
 
-def run(rows: int, members: int, lanes: int | None = None) -> dict[str, Any]:
+def run(rows: int, members: int) -> dict[str, Any]:
     """Measure; the figures as a dict."""
     server = server_url()
     with scratch_database(server, f"coalition_bench_import_{os.getpid()}") as url:
@@ -161,7 +161,6 @@ def run(rows: int, members: int, lanes: int | None = None) -> dict[str, Any]:
                         to_item=earn_from_fields,
                         from_json=earn_from_json,
                         progress=sample,
-                        lanes=lanes,
                     )
                     cpu.append(time.process_time() - cpu_start)
                     return time.perf_counter() - start, summary
@@ -211,11 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.imports", description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the file")
     parser.add_argument("--members", type=int, default=1_000, help="members the rows cover")
-    parser.add_argument(
-        "--lanes", type=int, default=None, help="batches written at once (default: the import's)"
-    )
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.rows, args.members, args.lanes), indent=2))
+    print(json.dumps(run(args.rows, args.members), indent=2))
     return 0
 
 

@@ -19,24 +19,13 @@ API's own decoding.)
 How a row's fields become an :class:`~partners.operations.EarnItem` (the request's shape) is
 the caller's ``to_item`` (the CLI passes the API's own decoding), so a file row and a request
 body are checked by the very same rules.
-
-On PostgreSQL the rows are written in rounds of :data:`LANES` batches at once, each on its own
-connection, while the next round is read: a round's rows are split by member, so two lanes
-never lock the same member row, and a round in which one reference appears for two lanes'
-members runs as one lane, so the earlier line always wins (a round is committed before the
-next one starts). The outcome is row for row what one batch after the other gives; only the
-interleaving of different members' transactions (their ids, their events) may differ from the
-file's order.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
-import zlib
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -46,7 +35,6 @@ from typing import Any, BinaryIO, Literal
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from coalition.db import dialect_of
 from coalition.errors import CoalitionError, DuplicateReference, ValidationFailed
 from coalition.ledger import Posted
 from coalition.models import Transaction
@@ -58,8 +46,6 @@ COLUMNS = ("member_id", "reference", "amount", "currency", "occurred_at")
 REQUIRED_COLUMNS = frozenset(COLUMNS[:4])
 #: Rows per earn_many call (one transaction each).
 BATCH_ROWS = EARN_BATCH_MAX
-#: Batches written at once on PostgreSQL (module docstring); SQLite has one writer.
-LANES = 2
 #: Times a batch runs again after a reference it found free was taken meanwhile (by a
 #: concurrent earn: the unique key's error, and nothing of the batch written).
 RETRIES = 3
@@ -94,14 +80,6 @@ class Summary:
     points: int = 0
     rows: int = 0
     rejected: list[Rejected] = field(default_factory=list)
-
-    def add(self, other: Summary) -> None:
-        """Count ``other`` (a lane's batches) in."""
-        self.imported += other.imported
-        self.duplicates += other.duplicates
-        self.points += other.points
-        self.rows += other.rows
-        self.rejected.extend(other.rejected)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,16 +207,11 @@ def import_earns(
     from_json: FromJson,
     progress: Callable[[int, int], None] | None = None,
     batch_rows: int = BATCH_ROWS,
-    lanes: int | None = None,
 ) -> Summary:
     """Import ``path`` for ``partner_id`` (module docstring); ``progress(bytes_read, rows)``
-    is called after each round. ``lanes``: batches written at once (default :data:`LANES` on
-    PostgreSQL, 1 on SQLite)."""
-    if lanes is None:
-        with ops.reading() as s:
-            lanes = LANES if dialect_of(s) == "postgresql" else 1
+    is called after each batch."""
     summary = Summary()
-    with path.open("rb") as raw, contextlib.ExitStack() as stack:
+    with path.open("rb") as raw:
         counted = _Counted(raw)
         buffered = io.BufferedReader(counted, buffer_size=1 << 16)
         if fmt == "csv":
@@ -248,60 +221,11 @@ def import_earns(
             rows = _csv_rows(text, to_item)
         else:
             rows = _ndjson_rows(buffered, from_json)
-        # In-memory SQLite is one connection per thread: one lane writes in this thread.
-        pool = stack.enter_context(ThreadPoolExecutor(lanes, "import")) if lanes > 1 else None
-        running: list[Future[Summary]] = []
-
-        def counted_in(done: Iterable[Summary]) -> None:
-            for lane in done:
-                summary.add(lane)
+        for batch in _batches(rows, batch_rows):
+            _import_batch(ops, partner_id, batch, summary)
             if progress is not None:
                 progress(counted.count, summary.rows)
-
-        # The next round is read (its rows decoded) while this one is written.
-        for round_rows in _batches(rows, batch_rows * lanes):
-            if pool is None:
-                counted_in([_import_lane(ops, partner_id, round_rows, batch_rows)])
-                continue
-            if running:
-                counted_in(lane.result() for lane in running)
-            running = [
-                pool.submit(_import_lane, ops, partner_id, lane_rows, batch_rows)
-                for lane_rows in _lanes(round_rows, lanes)
-            ]
-        if running:
-            counted_in(lane.result() for lane in running)
-    summary.rejected.sort(key=lambda r: r.line)
     return summary
-
-
-def _lanes(rows: list[_Row], lanes: int) -> list[list[_Row]]:
-    """A round's rows split by member into at most ``lanes`` lanes (in file order within
-    each); one lane if a reference appears in two."""
-    if lanes == 1:
-        return [rows]
-    split: list[list[_Row]] = [[] for _ in range(lanes)]
-    for row in rows:
-        split[lane_of(row.item.member_id if row.item is not None else "", lanes)].append(row)
-    seen: dict[str, int] = {}
-    for n, lane in enumerate(split):
-        for row in lane:
-            if row.reference is not None and seen.setdefault(row.reference, n) != n:
-                return [rows]
-    return [lane for lane in split if lane]
-
-
-def lane_of(member_id: str, lanes: int) -> int:
-    """The lane of a member's rows (the same in every round)."""
-    return zlib.crc32(member_id.encode()) % lanes
-
-
-def _import_lane(ops: Operations, partner_id: str, rows: list[_Row], batch_rows: int) -> Summary:
-    """One lane's rows, a batch after the other; what they did."""
-    done = Summary()
-    for batch in _batches(rows, batch_rows):
-        _import_batch(ops, partner_id, batch, done)
-    return done
 
 
 def _earn_batch(ops: Operations, partner_id: str, items: list[EarnItem]) -> list[Any]:

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from api.bulk import earn_from_fields, earn_from_json
 from coalition.db import transaction
 from coalition.models import Transaction
-from partners.imports import BATCH_ROWS, LANES, ImportError_, Summary, import_earns, lane_of
+from partners.imports import BATCH_ROWS, ImportError_, Summary, import_earns
 from tests.conftest import Db
 
 
@@ -123,8 +123,7 @@ def test_a_larger_file_imports_every_row_once_in_batches(pg: Db, tmp_path: Path)
         progress=lambda done, n: progress.append((done, n)),
     )
     assert (first.imported, first.duplicates, first.rejected) == (rows, 0, [])
-    rounds = -(-rows // (BATCH_ROWS * LANES))  # progress is reported after each round
-    assert progress[-1] == (path.stat().st_size, rows) and len(progress) == rounds == 2
+    assert progress[-1] == (path.stat().st_size, rows) and len(progress) == 3
     again = _import(pg, partner.id, path)
     assert (again.imported, again.duplicates) == (0, rows)
     assert _earns(pg) == rows
@@ -244,31 +243,6 @@ def test_a_reference_used_again_for_another_earn_is_rejected_with_its_line(
     assert (again.imported, again.duplicates) == (0, 3) and _rejected(again) == _rejected(summary)
     assert _earns(db) == 1 and db.ops.balance(bob).available == 0
     db.assert_ledger_ok()
-
-
-@pytest.mark.postgres
-def test_a_reference_in_two_lanes_goes_to_its_earlier_line(pg: Db, tmp_path: Path) -> None:
-    """Rows are written in lanes by member on PostgreSQL; a reference given for members of
-    two lanes is still the earlier line's, as written one batch after the other."""
-    partner = pg.partner("EUR")
-    members: dict[int, str] = {}
-    while len(members) < LANES:
-        member = pg.member()
-        members.setdefault(lane_of(member, LANES), member)
-    first, second = members[0], members[1]
-    lines = ["member_id,reference,amount,currency,occurred_at"]
-    for n in range(200):  # each pair's earlier line alternates between the lanes
-        earlier, later = (first, second) if n % 2 else (second, first)
-        lines += [f"{earlier},x-{n},1.00,EUR,", f"{later},x-{n},1.00,EUR,"]
-    path = tmp_path / "crossed.csv"
-    path.write_text("\n".join(lines) + "\n")
-    summary = _import(pg, partner.id, path, batch_rows=50)
-    assert (summary.imported, summary.duplicates) == (200, 0)
-    assert _rejected(summary) == [(2 * n + 3, f"x-{n}", "duplicate-reference") for n in range(200)]
-    with pg.sessions() as s:
-        owners = dict(s.execute(select(Transaction.reference, Transaction.member_id)).all())
-    assert owners == {f"x-{n}": first if n % 2 else second for n in range(200)}
-    pg.assert_ledger_ok()
 
 
 def test_an_ndjson_object_that_names_a_key_twice_is_rejected_at_its_line(
