@@ -16,6 +16,10 @@ file at line 1 before anything is imported: which of two ``amount`` cells was me
 something to guess. (An NDJSON object that names a key twice is rejected at its line, by the
 API's own decoding.)
 
+A batch whose reference a concurrent earn (the API's) took between the batch's look-up and its
+write fails with the unique key's error, nothing of it written; it runs again, and the row is
+then told apart like any other duplicate (:data:`RETRIES` times at most).
+
 How a row's fields become an :class:`~partners.operations.EarnItem` (the request's shape) is
 the caller's ``to_item`` (the CLI passes the API's own decoding), so a file row and a request
 body are checked by the very same rules.
