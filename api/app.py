@@ -1,5 +1,5 @@
 """The Litestar application: ``create_app()`` is the factory uvicorn runs
-(``coalition serve``: ``uvicorn --factory api.app:create_app``).
+(``coalition serve``: ``uvicorn --factory cli.serve:worker_app``, which builds it here).
 
 Layout: :class:`~api.partner.PartnerController` (``/v1``, partner keys),
 :class:`~api.admin.AdminController` (``/v1/admin``, operator and finance keys), the unsigned

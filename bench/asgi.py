@@ -1,8 +1,8 @@
 """``python -m bench.asgi [scenario] [requests]``: the Python CPU of one signed request, with
 no HTTP server, load generator or neighbour in the way.
 
-The API application (``api.app.create_app``, as ``coalition serve`` builds it) on a scratch
-PostgreSQL database (``COALITION_BENCH_DATABASE_URL``, as the other benchmarks), driven
+The API application as a worker of ``coalition serve`` builds it (``cli.serve.worker_app``), on
+a scratch PostgreSQL database (``COALITION_BENCH_DATABASE_URL``, as the other benchmarks), driven
 through ASGI one request at a time with the requests of :mod:`bench.http` (signed before the
 clock starts): ``time.process_time()`` over the requests (every thread of the process: the
 event loop's and the handlers') per request. One request at a time, so it is the CPU a request
@@ -153,9 +153,9 @@ def measure(scenario: str, count: int) -> dict[str, Any]:
         try:
             key_id, secret = partner_key(bench)
             os.environ.update(service_environment(url, BASE_URL))
-            from api.app import create_app  # noqa: PLC0415 (after the environment is set)
+            from cli.serve import worker_app  # noqa: PLC0415 (after the environment is set)
 
-            app = create_app()
+            app = worker_app()
             signer = Signer(Addressed(), key_id, secret)  # type: ignore[arg-type]
             make = SCENARIOS[scenario][1]
             rng = random.Random(scenario)

@@ -27,7 +27,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.example import demo_lines
-from cli.runtime import runtime
+from cli.runtime import freeze_heap, runtime
 from cli.simulation import report, settle
 from cli.simulation.keys import DescribeApi, api_example, create_keys
 from cli.simulation.period import DayProgress, Simulation
@@ -58,6 +58,7 @@ class DemoResult:
 def cmd_demo(args: argparse.Namespace) -> int:
     """A demo coalition on an empty database, with a period of traffic."""
     rt = runtime()
+    freeze_heap()
     with progress("simulating the period", PERIOD_DAYS) as update:
         return run_demo(
             rt.settings,

@@ -12,7 +12,7 @@ import msgspec
 
 from api.bulk import earn_from_fields, earn_from_json
 from api.problems import KINDS, problem_type
-from cli.runtime import ready_runtime
+from cli.runtime import freeze_heap, ready_runtime
 from coalition import audit
 from coalition.db import transaction, utcnow
 from coalition.errors import CoalitionError, NotFound
@@ -39,6 +39,7 @@ def cmd_import_earns(args: argparse.Namespace) -> int:
         print(f"coalition import earns: {exc}", file=sys.stderr)
         return 2
     ops = Operations(rt.settings, rt.sessions)
+    freeze_heap()
     with progress(f"importing {path.name}", size) as update:
         try:
             summary = import_earns(

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from cli.runtime import Runtime, ready_runtime
+from cli.runtime import Runtime, freeze_heap, ready_runtime
 from coalition import idempotency
 from coalition.db import transaction, utcnow
 from coalition.scheduler import Job, run_blocking
@@ -99,5 +99,7 @@ def _job(rt: Runtime, purge: Purge) -> Job:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run only the scheduled jobs, until SIGTERM or SIGINT (or, as the scheduler of
     ``coalition serve``, until that parent is gone)."""
-    run_blocking(jobs(ready_runtime()), parent_pid=args.parent_pid)
+    scheduled = jobs(ready_runtime())
+    freeze_heap()
+    run_blocking(scheduled, parent_pid=args.parent_pid)
     return 0

@@ -16,6 +16,10 @@ file at line 1 before anything is imported: which of two ``amount`` cells was me
 something to guess. (An NDJSON object that names a key twice is rejected at its line, by the
 API's own decoding.)
 
+A batch whose reference a concurrent earn (the API's) took between the batch's look-up and its
+write fails with the unique key's error, nothing of it written; it runs again, and the row is
+then told apart like any other duplicate (:data:`RETRIES` times at most).
+
 How a row's fields become an :class:`~partners.operations.EarnItem` (the request's shape) is
 the caller's ``to_item`` (the CLI passes the API's own decoding), so a file row and a request
 body are checked by the very same rules.
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from coalition.errors import CoalitionError, DuplicateReference, ValidationFailed
 from coalition.ledger import Posted
@@ -45,6 +50,9 @@ COLUMNS = ("member_id", "reference", "amount", "currency", "occurred_at")
 REQUIRED_COLUMNS = frozenset(COLUMNS[:4])
 #: Rows per earn_many call (one transaction each).
 BATCH_ROWS = EARN_BATCH_MAX
+#: Times a batch runs again after a reference it found free was taken meanwhile (by a
+#: concurrent earn: the unique key's error, and nothing of the batch written).
+RETRIES = 3
 #: The longest line read (a longer one is rejected without being held in memory whole).
 MAX_LINE_BYTES = 64 * 1024
 
@@ -224,9 +232,22 @@ def import_earns(
     return summary
 
 
+def _earn_batch(ops: Operations, partner_id: str, items: list[EarnItem]) -> list[Any]:
+    """``earn_many`` of the batch, again (from the start) if a reference it found free was
+    taken by a concurrent earn before its write: the earlier earn is then what it finds."""
+    attempts = 0
+    while True:
+        try:
+            return ops.earn_many(partner_id, items)
+        except IntegrityError:
+            attempts += 1
+            if attempts > RETRIES:
+                raise
+
+
 def _import_batch(ops: Operations, partner_id: str, batch: list[_Row], summary: Summary) -> None:
     items = [row.item for row in batch if row.item is not None]
-    results = iter(_conflicts_told_apart(ops, items, ops.earn_many(partner_id, items)))
+    results = iter(_conflicts_told_apart(ops, items, _earn_batch(ops, partner_id, items)))
     for row in batch:
         summary.rows += 1
         result: Posted | CoalitionError

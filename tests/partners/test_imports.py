@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from api.bulk import earn_from_fields, earn_from_json
 from coalition.db import transaction
 from coalition.models import Transaction
+from partners import earning
 from partners.imports import BATCH_ROWS, ImportError_, Summary, import_earns
 from tests.conftest import Db
 
@@ -289,3 +290,37 @@ def test_rows_with_times_or_amounts_past_the_bounds_are_rejected_by_line(
     ]
     assert (summary.imported, summary.points) == (1, 1000)
     db.assert_ledger_ok()
+
+
+@pytest.mark.postgres
+def test_a_reference_a_concurrent_earn_takes_mid_batch_is_that_earn_again(
+    pg: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earn of the API that takes a row's reference after the batch looked it up and before
+    it wrote fails the batch with the unique key's error; the import runs the batch again and
+    the row is the same earn imported again, not a crash."""
+    partner = pg.partner("EUR")
+    alice, bob = pg.member(), pg.member()
+    path = tmp_path / "earns.csv"
+    path.write_text(
+        "member_id,reference,amount,currency,occurred_at\n"
+        f"{alice},r-1,10.00,EUR,\n{bob},r-2,10.00,EUR,\n"
+    )
+    looked_up = earning._find_references
+    raced: list[str] = []
+
+    def racing_lookup(*args: object) -> dict[str, str]:
+        found = looked_up(*args)  # type: ignore[arg-type]
+        if not raced:
+            raced.append(
+                pg.ops.earn(
+                    partner.id, member_id=bob, reference="r-2", amount="10.00", currency="EUR"
+                ).transaction.id
+            )
+        return found
+
+    monkeypatch.setattr(earning, "_find_references", racing_lookup)
+    summary = _import(pg, partner.id, path)
+    assert (summary.imported, summary.duplicates, summary.rejected) == (1, 1, [])
+    assert _earns(pg) == 2 and pg.ops.balance(bob).available == pg.ops.balance(alice).available
+    pg.assert_ledger_ok()
