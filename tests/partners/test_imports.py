@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from api.bulk import earn_from_fields, earn_from_json
 from coalition.db import transaction
 from coalition.models import Transaction
-from partners import earning
+from partners import operation_base
 from partners.imports import BATCH_ROWS, ImportError_, Summary, import_earns
 from tests.conftest import Db
 
@@ -306,7 +306,7 @@ def test_a_reference_a_concurrent_earn_takes_mid_batch_is_that_earn_again(
         "member_id,reference,amount,currency,occurred_at\n"
         f"{alice},r-1,10.00,EUR,\n{bob},r-2,10.00,EUR,\n"
     )
-    looked_up = earning._find_references
+    looked_up = operation_base._find_references
     raced: list[str] = []
 
     def racing_lookup(*args: object) -> dict[str, str]:
@@ -319,7 +319,7 @@ def test_a_reference_a_concurrent_earn_takes_mid_batch_is_that_earn_again(
             )
         return found
 
-    monkeypatch.setattr(earning, "_find_references", racing_lookup)
+    monkeypatch.setattr("partners.earning._find_references", racing_lookup)
     summary = _import(pg, partner.id, path)
     assert (summary.imported, summary.duplicates, summary.rejected) == (1, 1, [])
     assert _earns(pg) == 2 and pg.ops.balance(bob).available == pg.ops.balance(alice).available
