@@ -1,16 +1,18 @@
-"""The one write path: :func:`post` posts a batch of movements (credits and debits), one or
-thousands, with every rule of the ledger written once.
+"""The one write path: :func:`post` posts a batch of movements (credits and debits, holds
+placed and closed), one or thousands, with every rule of the ledger written once.
 
 The members' rows are locked in id order (:func:`~coalition.ledger.post.lock_members`), and
 everything that follows from them is computed here in Python, movement by movement in the
 batch's order: each transfer's accounts and ``balance_after``, the available balance a debit
-needs, an earn reversal's overdraft, the held points, the tier basis
+or a hold needs, an earn reversal's overdraft, the held points, the tier basis
 (:class:`~coalition.ledger.tiers.BatchTiers`). Then the writes, set-based: the transfers in
 one bulk insert (``COPY`` on PostgreSQL), the new lots in bulk, each debit's lots taken
 soonest-expiring first by the one statement of that rule (``lots._take``), a clawback deficit
-deepened or filled where a movement makes or finds one, the member rows in one update, the
-events by ``post._posted_many``. A batch leaves exactly what its movements posted one at a time
-leave (``tests/partners/test_ledger_properties.py``).
+deepened or filled where a movement makes or finds one, the holds placed in bulk and closed in
+one statement, the member rows in one update; then the listeners hear of the transfers
+(``post._posted_many``) and of the holds closed (``post._holds_closed``). A batch leaves
+exactly what its movements posted one at a time leave
+(``tests/partners/test_ledger_properties.py``).
 
 A batch of one on PostgreSQL tries its one-statement form first (``coalition.ledger.shortcuts``).
 """
@@ -207,7 +209,7 @@ def _write(
     txns = iter(_posted_many(session, posted))
     _holds_closed(session, closes)
     out: list[Posted | HoldPosted] = []
-    for m, (header, balance, held) in zip(movements, effects, strict=True):
+    for m, (_, balance, held) in zip(movements, effects, strict=True):
         state = MemberState(m.member_id, balance, held)
         if isinstance(m, PlaceHold):
             out.append(HoldPosted(m.hold(), state))

@@ -1009,7 +1009,7 @@ class _Past:
 def _plan(drawn: list[_Drawn], available: list[int], past: _Past) -> list[tuple[Any, ...]]:
     """The drawn movements that are valid one after the other: a debit that may not overdraw
     at most the member's available points, a reversal of what is left of an earlier one."""
-    plan = []
+    plan: list[tuple[Any, ...]] = []
     for step in drawn:
         member, what, points, days, hours, pick = step
         original = None
