@@ -19,8 +19,8 @@ The rules, in the words of docs/recipes.md:
 The package: ``kinds`` (what each kind of transfer means), ``post`` (a transfer's header, the
 movements, the member rows, the bulk insert), ``batch`` (the one write path), ``shortcuts``
 (a batch of one in one or two statements on PostgreSQL), ``operations`` (the reversals),
-``lots``, ``holds``,
-``expiry``, ``tiers`` (the tier basis), ``reads`` (a member's balance and what is due) and
+``lots``, ``holds``, ``expiry``, ``tiers`` (the tier basis, declared once as ``terms`` and
+evaluated as SQL and as Python), ``reads`` (a member's balance and what is due) and
 ``tables``, and ``listeners`` (what the layers above hear of each posting). Its public
 names are all here.
 """
