@@ -3,7 +3,7 @@ as SQL that a statement evaluates against the row (:meth:`Term.sql`), and as Pyt
 row a batch locked (:meth:`Term.py`). The tier basis is declared so (``coalition.ledger.tiers``).
 
 A term is built from named variables (:class:`Var`: a column of the row or a bound parameter,
-each with its SQL expression and its place in the Python environment), integers, ``+`` and
+with its SQL expression; in Python a value given by name), integers, ``+`` and
 ``-``, comparisons (``>=``, ``>``, ``<=``, ``<``, :meth:`Term.eq`), :meth:`Term.is_null`, ``&``
 and ``|`` of conditions, :func:`when` (SQL's ``CASE``) and the one aggregate the rule reads,
 :func:`points_of_days` (the member's points of a range of days: the caller supplies it to
@@ -14,25 +14,67 @@ comparisons with a NULL (``None``) give ``None``, ``&`` and ``|`` are three-valu
 branch is taken only when its condition is true, and the sum of days over a NULL bound is 0 (as
 ``COALESCE(SUM(...), 0)`` over no row). A condition may not read days, so the branches a row
 takes, and so the ranges of days it reads (:func:`ranges_read`), follow from the row alone.
+
+The Python side is compiled once into one plain function (:func:`compile_py`: the source of
+its statements generated from the terms, then ``compile``): it costs what the same rule
+written by hand in Python costs, which a bulk import pays per row.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import and_, case, false, or_, true
 
 from coalition.errors import invariant
 
-#: The Python environment of an evaluation: the variables' values in their :class:`Var`
-#: order, then the function that gives the points of a range of days (inclusive).
+#: The Python environment of an evaluation: the variables' values in the order
+#: :func:`compile_py` was given them, then the function that gives the points of a range of
+#: days (inclusive).
 Env = tuple[Any, ...]
-Compiled = Callable[[Env], Any]
+#: A compiled evaluation: the terms' values for an environment.
+Compiled = Callable[[Env], tuple[Any, ...]]
 #: The SQL of :func:`points_of_days`: the member's points of the days from one day-number
 #: expression to another (both SQL, inclusive).
 DaysSql = Callable[[Any, Any], Any]
+
+
+class _Code:
+    """The Python source of an evaluation being generated: its lines, and fresh names."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._names = 0
+        self._depth = 1
+
+    def fresh(self) -> str:
+        self._names += 1
+        return f"_{self._names}"
+
+    def line(self, text: str) -> None:
+        self.lines.append("    " * self._depth + text)
+
+    @contextmanager
+    def block(self, header: str) -> Iterator[None]:
+        self.line(header)
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+
+    def assign(self, text: str) -> str:
+        name = self.fresh()
+        self.line(f"{name} = {text}")
+        return name
+
+
+def _nullable(*names: str) -> str:
+    """Python: whether any of ``names`` (generated names or literals) is ``None``."""
+    return " or ".join(f"{n} is None" for n in names if not n.lstrip("-").isdigit()) or "False"
 
 
 class Term:
@@ -47,31 +89,31 @@ class Term:
         """The SQL expression."""
         raise NotImplementedError
 
-    def py(self, days_at: int) -> Compiled:
-        """The Python evaluation (``env[days_at]`` the function of :func:`points_of_days`)."""
+    def py(self, code: _Code) -> str:
+        """Emit the Python statements that compute it; the name (or literal) that holds it."""
         raise NotImplementedError
 
     def __add__(self, other: Term | int) -> Term:
-        return _Arith(operator.add, self, _term(other))
+        return _Arith("+", self, _term(other))
 
     def __sub__(self, other: Term | int) -> Term:
-        return _Arith(operator.sub, self, _term(other))
+        return _Arith("-", self, _term(other))
 
     def __ge__(self, other: Term | int) -> Cond:
-        return _Cmp(operator.ge, self, _term(other))
+        return _Cmp(">=", self, _term(other))
 
     def __gt__(self, other: Term | int) -> Cond:
-        return _Cmp(operator.gt, self, _term(other))
+        return _Cmp(">", self, _term(other))
 
     def __le__(self, other: Term | int) -> Cond:
-        return _Cmp(operator.le, self, _term(other))
+        return _Cmp("<=", self, _term(other))
 
     def __lt__(self, other: Term | int) -> Cond:
-        return _Cmp(operator.lt, self, _term(other))
+        return _Cmp("<", self, _term(other))
 
     def eq(self, other: Term | int) -> Cond:
         """``=`` (``==`` keeps its Python meaning on terms)."""
-        return _Cmp(operator.eq, self, _term(other))
+        return _Cmp("==", self, _term(other))
 
     def is_null(self) -> Cond:
         """``IS NULL``."""
@@ -79,7 +121,7 @@ class Term:
 
 
 class Cond:
-    """A condition of the rule (true, false or, with a NULL in it, unknown)."""
+    """A condition of the rule (true, false or, with a NULL in it, unknown: ``None``)."""
 
     __slots__ = ()
 
@@ -87,8 +129,8 @@ class Cond:
         """The SQL condition."""
         raise NotImplementedError
 
-    def py(self, days_at: int) -> Compiled:
-        """The Python evaluation: ``True``, ``False`` or ``None`` (unknown)."""
+    def py(self, code: _Code) -> str:
+        """As :meth:`Term.py`: ``True``, ``False`` or ``None``."""
         raise NotImplementedError
 
     def __and__(self, other: Cond) -> Cond:
@@ -99,18 +141,19 @@ class Cond:
 
 
 class Var(Term):
-    """A named value: ``sql`` in a statement, ``env[index]`` in Python."""
+    """A named value: ``sql_expr`` in a statement, the environment's ``name`` in Python."""
 
-    __slots__ = ("index", "name", "sql_expr")
+    __slots__ = ("name", "sql_expr")
 
-    def __init__(self, name: str, index: int, sql_expr: Any) -> None:
-        self.name, self.index, self.sql_expr = name, index, sql_expr
+    def __init__(self, name: str, sql_expr: Any) -> None:
+        invariant(name.isidentifier() and not name.startswith("_"), f"a variable {name!r}")
+        self.name, self.sql_expr = name, sql_expr
 
     def sql(self, days_sql: DaysSql) -> Any:
         return self.sql_expr
 
-    def py(self, days_at: int) -> Compiled:
-        return operator.itemgetter(self.index)
+    def py(self, code: _Code) -> str:
+        return self.name
 
 
 class _Const(Term):
@@ -122,41 +165,46 @@ class _Const(Term):
     def sql(self, days_sql: DaysSql) -> Any:
         return self.value
 
-    def py(self, days_at: int) -> Compiled:
-        value = self.value
-        return lambda _env: value
+    def py(self, code: _Code) -> str:
+        return str(int(self.value))
 
 
 def _term(value: Term | int) -> Term:
     return value if isinstance(value, Term) else _Const(value)
 
 
-class _Arith(Term):
-    __slots__ = ("a", "b", "fn", "reads_days")
+_SQL_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    ">=": operator.ge,
+    ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+    "==": operator.eq,
+}
 
-    def __init__(self, fn: Callable[[Any, Any], Any], a: Term, b: Term) -> None:
-        self.fn, self.a, self.b = fn, a, b
+
+class _Arith(Term):
+    __slots__ = ("a", "b", "op", "reads_days")
+
+    def __init__(self, op: str, a: Term, b: Term) -> None:
+        self.op, self.a, self.b = op, a, b
         self.reads_days = a.reads_days or b.reads_days
 
     def sql(self, days_sql: DaysSql) -> Any:
-        return self.fn(self.a.sql(days_sql), self.b.sql(days_sql))
+        return _SQL_OPERATORS[self.op](self.a.sql(days_sql), self.b.sql(days_sql))
 
-    def py(self, days_at: int) -> Compiled:
-        fn, fa, fb = self.fn, self.a.py(days_at), self.b.py(days_at)
-
-        def evaluate(env: Env) -> Any:
-            a, b = fa(env), fb(env)
-            return None if a is None or b is None else fn(a, b)
-
-        return evaluate
+    def py(self, code: _Code) -> str:
+        a, b = self.a.py(code), self.b.py(code)
+        return code.assign(f"None if {_nullable(a, b)} else {a} {self.op} {b}")
 
 
 class _Cmp(_Arith, Cond):  # a comparison is evaluated as arithmetic is
     __slots__ = ()
 
-    def __init__(self, fn: Callable[[Any, Any], Any], a: Term, b: Term) -> None:
+    def __init__(self, op: str, a: Term, b: Term) -> None:
         invariant(not (a.reads_days or b.reads_days), "a condition reads no days")
-        super().__init__(fn, a, b)
+        super().__init__(op, a, b)
 
 
 class _IsNull(Cond):
@@ -169,9 +217,8 @@ class _IsNull(Cond):
     def sql(self, days_sql: DaysSql) -> Any:
         return self.a.sql(days_sql).is_(None)
 
-    def py(self, days_at: int) -> Compiled:
-        fa = self.a.py(days_at)
-        return lambda env: fa(env) is None
+    def py(self, code: _Code) -> str:
+        return code.assign(f"{self.a.py(code)} is None")
 
 
 class _And(Cond):
@@ -183,19 +230,8 @@ class _And(Cond):
     def sql(self, days_sql: DaysSql) -> Any:
         return and_(self.a.sql(days_sql), self.b.sql(days_sql))
 
-    def py(self, days_at: int) -> Compiled:
-        fa, fb = self.a.py(days_at), self.b.py(days_at)
-
-        def evaluate(env: Env) -> bool | None:
-            a = fa(env)
-            if a is False:
-                return False
-            b = fb(env)
-            if b is False:
-                return False
-            return None if a is None or b is None else True
-
-        return evaluate
+    def py(self, code: _Code) -> str:
+        return _three_valued(code, self.a, self.b, decides="False")
 
 
 class _Or(Cond):
@@ -207,19 +243,23 @@ class _Or(Cond):
     def sql(self, days_sql: DaysSql) -> Any:
         return or_(self.a.sql(days_sql), self.b.sql(days_sql))
 
-    def py(self, days_at: int) -> Compiled:
-        fa, fb = self.a.py(days_at), self.b.py(days_at)
+    def py(self, code: _Code) -> str:
+        return _three_valued(code, self.a, self.b, decides="True")
 
-        def evaluate(env: Env) -> bool | None:
-            a = fa(env)
-            if a is True:
-                return True
-            b = fb(env)
-            if b is True:
-                return True
-            return None if a is None or b is None else False
 
-        return evaluate
+def _three_valued(code: _Code, a: Cond, b: Cond, *, decides: str) -> str:
+    """``a AND b`` (``decides`` False) or ``a OR b`` (True), as SQL evaluates them: ``b`` only
+    if ``a`` does not decide; unknown (``None``) if neither decides and one is unknown."""
+    other = "True" if decides == "False" else "False"
+    result = code.fresh()
+    first = a.py(code)
+    with code.block(f"if {first} is {decides}:"):
+        code.line(f"{result} = {decides}")
+    with code.block("else:"):
+        second = b.py(code)
+        unknown = f"None if {first} is None or {second} is None else {other}"
+        code.line(f"{result} = {decides} if {second} is {decides} else {unknown}")
+    return result
 
 
 class _When(Term):
@@ -235,17 +275,21 @@ class _When(Term):
             else_=self.else_.sql(days_sql),
         )
 
-    def py(self, days_at: int) -> Compiled:
-        branches = [(c.py(days_at), v.py(days_at)) for c, v in self.branches]
-        otherwise = self.else_.py(days_at)
+    def py(self, code: _Code) -> str:
+        result = code.fresh()
 
-        def evaluate(env: Env) -> Any:
-            for taken, value in branches:
-                if taken(env) is True:
-                    return value(env)
-            return otherwise(env)
+        def branch(index: int) -> None:
+            if index == len(self.branches):
+                code.line(f"{result} = {self.else_.py(code)}")
+                return
+            condition, value = self.branches[index]
+            with code.block(f"if {condition.py(code)} is True:"):
+                code.line(f"{result} = {value.py(code)}")
+            with code.block("else:"):
+                branch(index + 1)
 
-        return evaluate
+        branch(0)
+        return result
 
 
 class _Days(Term):
@@ -260,14 +304,9 @@ class _Days(Term):
     def sql(self, days_sql: DaysSql) -> Any:
         return days_sql(self.first.sql(days_sql), self.last.sql(days_sql))
 
-    def py(self, days_at: int) -> Compiled:
-        first, last = self.first.py(days_at), self.last.py(days_at)
-
-        def evaluate(env: Env) -> Any:
-            lo, hi = first(env), last(env)
-            return 0 if lo is None or hi is None else env[days_at](lo, hi)
-
-        return evaluate
+    def py(self, code: _Code) -> str:
+        first, last = self.first.py(code), self.last.py(code)
+        return code.assign(f"0 if {_nullable(first, last)} else _days({first}, {last})")
 
 
 def when(*branches: tuple[Cond, Term | int], else_: Term | int) -> Term:
@@ -296,7 +335,23 @@ def reads_nothing(term: Term, days_sql: DaysSql) -> Any:
     return false()
 
 
-def ranges_read(compiled: Sequence[Compiled], env: Env) -> list[tuple[int, int]]:
+def compile_py(terms: Sequence[Term], variables: Sequence[Var]) -> Compiled:
+    """One Python function of an :data:`Env` (``variables``' values in their order, then the
+    days function) that returns the values of ``terms``, as SQL would."""
+    code = _Code()
+    names = [v.name for v in variables]
+    code.line(f"{', '.join(names)}, _days = env")
+    results = [term.py(code) for term in terms]
+    code.line(f"return ({', '.join(results)},)")
+    source = "def evaluate(env):\n" + "\n".join(code.lines) + "\n"
+    namespace: dict[str, Any] = {}
+    # The source is generated from the rule's own terms, never from input.
+    exec(compile(source, "<coalition.ledger.terms>", "exec"), namespace)  # noqa: S102
+    evaluate: Compiled = namespace["evaluate"]
+    return evaluate
+
+
+def ranges_read(compiled: Compiled, env: Env) -> list[tuple[int, int]]:
     """The ranges of days (inclusive) that evaluating ``compiled`` with ``env`` reads (``env``'s
     last item, the days function, replaced)."""
     ranges: list[tuple[int, int]] = []
@@ -305,7 +360,5 @@ def ranges_read(compiled: Sequence[Compiled], env: Env) -> list[tuple[int, int]]
         ranges.append((first, last))
         return 0
 
-    recording = (*env[:-1], record)
-    for evaluate in compiled:
-        evaluate(recording)
+    compiled((*env[:-1], record))
     return ranges

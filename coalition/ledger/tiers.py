@@ -56,7 +56,15 @@ from coalition.config import Tier
 from coalition.db import dialect_of
 from coalition.ledger.kinds import TIER_SIGNS
 from coalition.ledger.tables import _MEMBERS, _TRANSACTIONS
-from coalition.ledger.terms import Env, Var, points_of_days, ranges_read, reads_nothing, when
+from coalition.ledger.terms import (
+    Env,
+    Var,
+    compile_py,
+    points_of_days,
+    ranges_read,
+    reads_nothing,
+    when,
+)
 
 #: What a transaction adds to its member's tier basis: its points with its kind's tier sign
 #: (``kinds.TIER_SIGNS``: an earn plus, an earn reversal minus; other kinds are filtered out
@@ -133,13 +141,13 @@ def _sum_between(lo: Any, hi: Any) -> Any:
 # The member row's basis (T, S, P), the day asked about or written on (d), the window (W) and
 # what the write adds (signed): in SQL the row's columns and the bind parameters of
 # :func:`tier_params`, in Python the items of :meth:`TierBasis._env`, then the days' points.
-_T = Var("T", 0, _MEMBERS.c.tier_day)
-_S = Var("S", 1, _MEMBERS.c.tier_since_day)
-_P = Var("P", 2, _MEMBERS.c.tier_points)
-_D = Var("d", 3, sa_cast(bindparam("tier_day"), Integer))
-_W = Var("W", 4, sa_cast(bindparam("tier_window"), Integer))
-_SIGNED = Var("signed", 5, sa_cast(bindparam("tier_signed"), BigInteger))
-_DAYS_AT = 6
+_T = Var("T", _MEMBERS.c.tier_day)
+_S = Var("S", _MEMBERS.c.tier_since_day)
+_P = Var("P", _MEMBERS.c.tier_points)
+_D = Var("d", sa_cast(bindparam("tier_day"), Integer))
+_W = Var("W", sa_cast(bindparam("tier_window"), Integer))
+_SIGNED = Var("signed", sa_cast(bindparam("tier_signed"), BigInteger))
+_VARIABLES = (_T, _S, _P, _D, _W, _SIGNED)
 
 #: Nothing of the member's is in d's window (no qualifying transaction yet, or W days or more
 #: since its latest).
@@ -204,8 +212,9 @@ def tier_values() -> dict[str, Any]:
 
 
 # The same terms as Python, for ledger.post and the bulk earn.
-_AT_PY = _POINTS_AT.py(_DAYS_AT)
-_AFTER_PY = tuple(term.py(_DAYS_AT) for term in _AFTER.values())
+_AT_PY = compile_py([_POINTS_AT], _VARIABLES)
+_AFTER_PY = compile_py(list(_AFTER.values()), _VARIABLES)
+_READS_PY = compile_py([_POINTS_AT, _AFTER["tier_points"]], _VARIABLES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,19 +235,17 @@ class TierBasis:
     def reads(self, day: int, window_days: int) -> list[tuple[int, int]]:
         """The ranges of days (inclusive) of the member's transactions that :meth:`at` and
         :meth:`after` on ``day`` read."""
-        env = self._env(day, window_days, 0, {})
-        return ranges_read((_AT_PY, _AFTER_PY[2]), env)
+        return ranges_read(_READS_PY, self._env(day, window_days, 0, {}))
 
     def at(self, day: int, window_days: int, days: Mapping[int, int]) -> int:
         """:data:`TIER_POINTS`: the qualifying points of ``day``'s window, ``days`` holding the
         member's qualifying points per day over :meth:`reads`."""
-        return int(_AT_PY(self._env(day, window_days, 0, days)))
+        return int(_AT_PY(self._env(day, window_days, 0, days))[0])
 
     def after(self, day: int, signed: int, window_days: int, days: Mapping[int, int]) -> TierBasis:
         """:func:`tier_values`: the basis after a transfer adding ``signed`` on ``day`` (``days``
         as for :meth:`at`, before it)."""
-        env = self._env(day, window_days, signed, days)
-        tier_day, since_day, points = (evaluate(env) for evaluate in _AFTER_PY)
+        tier_day, since_day, points = _AFTER_PY(self._env(day, window_days, signed, days))
         return TierBasis(tier_day, since_day, int(points))
 
 
