@@ -141,6 +141,7 @@ def _effects(movements: Sequence[Movement], members: Mapping[str, LockedMember])
                 header = replace(header, overdraft_points=overdraft)
             balances[member] = before - m.points
         elif isinstance(m, PlaceHold):
+            invariant(m.points > 0, f"a hold of {m.points} points")
             _require_available(available, m.points)
             held[member] += m.points
         else:

@@ -1,7 +1,8 @@
-"""The one place a transfer is described and posted: the header of its row, the movements a
-batch is made of (:class:`Credit`, :class:`Debit`), the accounts it moves points between, the
-member row (the only balance kept in place), the bulk insert, and :func:`_posted_many`, where
-the outbox and the metrics attach."""
+"""The one place a movement is described and posted: the header of a transfer's row, the
+movements a batch is made of (transfers, :class:`Credit` and :class:`Debit`; a hold placed or
+closed, :class:`PlaceHold` and :class:`CloseHold`), the accounts a transfer moves points
+between, the member row (the only balance kept in place), the bulk insert, and
+:func:`_posted_many` and :func:`_holds_closed`, where the outbox and the metrics attach."""
 
 from __future__ import annotations
 
