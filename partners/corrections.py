@@ -18,7 +18,7 @@ from coalition.errors import (
     ValidationFailed,
 )
 from coalition.ledger import Header, Posted
-from coalition.models import OPERATOR_ACCOUNTS, HoldStatus, Transaction, TransactionKind
+from coalition.models import OPERATOR_ACCOUNTS, Transaction, TransactionKind
 from partners.operation_base import (
     OperationBase,
     _check_points,
@@ -225,8 +225,7 @@ class Corrections(OperationBase):
         for _ in range(JOB_BATCHES_PER_RUN):
             with transaction(self.sessions) as s:
                 holds = ledger.due_holds(s, at)
-                for hold in holds:
-                    ledger.release_hold(s, hold=hold, status=HoldStatus.EXPIRED, now=at)
+                ledger.expire_holds(s, holds, at)
             count += len(holds)
             if len(holds) < ledger.EXPIRY_BATCH:
                 break

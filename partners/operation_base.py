@@ -164,8 +164,7 @@ class OperationBase:
         """
         due_lots, due_holds = due if due is not None else ledger.member_due(session, member_id, now)
         if due_holds:
-            for hold in ledger.member_due_holds(session, member_id, now):
-                ledger.release_hold(session, hold=hold, status="expired", now=now)
+            ledger.expire_holds(session, ledger.member_due_holds(session, member_id, now), now)
         if due_lots:
             ledger.expire_lots(session, [member_id], now)
 

@@ -20,7 +20,7 @@ from coalition.errors import (
     ValidationFailed,
 )
 from coalition.ledger import Header, MemberState, Posted
-from coalition.models import Hold, TransactionKind
+from coalition.models import Hold, HoldStatus, TransactionKind
 from partners.operation_base import (
     _FIND_REFERENCE,
     OperationBase,
@@ -178,16 +178,16 @@ class Spending(OperationBase):
                 due = (int(due_lots), int(due_holds))
                 partner.card_in_force()
                 self._settle_due(s, member_id, now, due)
-                hold, state = ledger.place_hold(
-                    s,
+                place = ledger.PlaceHold(
                     partner_id=partner_id,
                     member_id=member_id,
                     reference=reference,
                     points=points,
                     expires_at=now + timedelta(seconds=seconds),
-                    now=now,
+                    at=now,
                 )
-                return HoldResult(hold, state)
+                (placed,) = ledger.post(s, [place])
+                return HoldResult(placed.hold, placed.member)
         except IntegrityError:
             if owns_rollback(session):
                 raise
@@ -271,9 +271,7 @@ class Spending(OperationBase):
         now = self.clock()
         with self.unit(session) as s:
             voided = ledger.void_in_one(s, hold_id=hold_id, partner_id=partner_id, now=now)
-            if voided is not None:
-                return HoldResult(*voided)
-            hold = self._active_hold(s, partner_id, hold_id, now)
-            state = ledger.release_hold(s, hold=hold, status="voided", now=now)
-            hold.status, hold.closed_at = "voided", now
-            return HoldResult(hold, state)
+            if voided is None:
+                hold = self._active_hold(s, partner_id, hold_id, now)
+                (voided,) = ledger.post(s, [ledger.CloseHold(hold, HoldStatus.VOIDED, now)])
+            return HoldResult(voided.hold, voided.member)

@@ -4,9 +4,9 @@ Every function here runs inside a database transaction the caller owns and chang
 when it raises a :class:`~coalition.errors.CoalitionError` before its first write. Every write
 that touches a member starts by locking the member's row (``FOR UPDATE``, or the update of a
 one-statement form), which serializes all changes to one member's balance and lots on
-PostgreSQL; SQLite has one writer anyway. Every transfer is posted by one function,
-:func:`post` (``batch``): a batch of :class:`Credit` and :class:`Debit` movements, one or
-thousands.
+PostgreSQL; SQLite has one writer anyway. Every movement is posted by one function,
+:func:`post` (``batch``): a batch of transfers (:class:`Credit`, :class:`Debit`) and holds
+placed and closed (:class:`PlaceHold`, :class:`CloseHold`), one or thousands.
 
 The rules, in the words of docs/recipes.md:
 - a credit (earn, bonus, positive adjustment, burn reversal) adds a lot, or restores the lots a
@@ -19,8 +19,8 @@ The rules, in the words of docs/recipes.md:
 The package: ``kinds`` (what each kind of transfer means), ``post`` (a transfer's header, the
 movements, the member rows, the bulk insert), ``batch`` (the one write path), ``shortcuts``
 (a batch of one in one or two statements on PostgreSQL), ``operations`` (the reversals),
-``lots``, ``holds``,
-``expiry``, ``tiers`` (the tier basis), ``reads`` (a member's balance and what is due) and
+``lots``, ``holds``, ``expiry``, ``tiers`` (the tier basis, declared once as ``terms`` and
+evaluated as SQL and as Python), ``reads`` (a member's balance and what is due) and
 ``tables``, and ``listeners`` (what the layers above hear of each posting). Its public
 names are all here.
 """
@@ -35,11 +35,9 @@ from coalition.ledger.expiry import (
 from coalition.ledger.holds import (
     capture_hold,
     due_holds,
+    expire_holds,
     lock_hold,
     member_due_holds,
-    place_hold,
-    release_hold,
-    void_in_one,
 )
 from coalition.ledger.operations import (
     lock_transaction,
@@ -48,10 +46,12 @@ from coalition.ledger.operations import (
     reversed_points,
 )
 from coalition.ledger.post import (
+    CloseHold,
     Credit,
     Debit,
     Header,
     LockedMember,
+    PlaceHold,
     create_member,
     lock_members,
 )
@@ -59,6 +59,7 @@ from coalition.ledger.reads import (
     EXPIRING_DATES,
     MEMBER_DUE_HOLDS,
     MEMBER_DUE_LOTS,
+    HoldPosted,
     MemberSnapshot,
     MemberState,
     Posted,
@@ -68,6 +69,7 @@ from coalition.ledger.reads import (
     member_snapshot,
     member_state,
 )
+from coalition.ledger.shortcuts import void_in_one
 from coalition.ledger.tables import BULK_MAX, EXPIRY_BATCH
 from coalition.ledger.tiers import (
     MEMBER_TIER_POINTS,
@@ -87,12 +89,15 @@ __all__ = [
     "MEMBER_DUE_LOTS",
     "MEMBER_TIER_POINTS",
     "BatchTiers",
+    "CloseHold",
     "Credit",
     "Debit",
     "Header",
+    "HoldPosted",
     "LockedMember",
     "MemberSnapshot",
     "MemberState",
+    "PlaceHold",
     "Posted",
     "TierBasis",
     "balance_read",
@@ -100,6 +105,7 @@ __all__ = [
     "create_member",
     "day_of",
     "due_holds",
+    "expire_holds",
     "expire_lots",
     "expiring_lots",
     "lock_hold",
@@ -110,10 +116,8 @@ __all__ = [
     "member_snapshot",
     "member_state",
     "members_with_expired_lots",
-    "place_hold",
     "post",
     "qualifying_points",
-    "release_hold",
     "reverse_burn",
     "reverse_earn",
     "reversed_points",

@@ -1,75 +1,30 @@
-"""Holds: points reserved at checkout, captured (a burn), voided or expired."""
+"""Holds: points reserved at checkout, captured (a burn), voided or expired. Placing and
+closing one are movements of the one write path (:class:`~coalition.ledger.post.PlaceHold`,
+:class:`~coalition.ledger.post.CloseHold`, posted by :func:`~coalition.ledger.batch.post`);
+here the batches that capture and expire, and the reads that find and lock holds."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import (
-    insert,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from coalition.db import HotStatement, dialect_of
-from coalition.errors import invariant
-from coalition.ids import new_id
-from coalition.ledger import listeners
+from coalition.errors import InvariantViolated, invariant
 from coalition.ledger.batch import post
-from coalition.ledger.post import (
-    Debit,
-    Header,
-    _require_member_change,
-)
-from coalition.ledger.reads import (
-    MemberState,
-    Posted,
-)
+from coalition.ledger.post import CloseHold, Debit, Header
+from coalition.ledger.reads import HoldPosted, Posted
 from coalition.ledger.tables import EXPIRY_BATCH
-from coalition.models import (
-    Hold,
-    HoldStatus,
-)
-
-
-def place_hold(
-    session: Session,
-    *,
-    partner_id: str,
-    member_id: str,
-    reference: str,
-    points: int,
-    expires_at: datetime,
-    now: datetime,
-) -> tuple[Hold, MemberState]:
-    """Reserve ``points`` of the member's available balance (:class:`InsufficientPoints`)."""
-    invariant(points > 0, f"a hold of {points} points")
-    state, _ = _require_member_change(
-        session, member_id, balance_delta=0, held_delta=points, need_available=points
-    )
-    values = {
-        "id": new_id("hold"),
-        "partner_id": partner_id,
-        "member_id": member_id,
-        "reference": reference,
-        "points": points,
-        "status": "active",
-        "expires_at": expires_at,
-        "created_at": now,
-        "closed_at": None,
-        "captured_points": None,
-    }
-    session.execute(insert(Hold), [values])
-    hold = Hold(**values)
-    return hold, state
+from coalition.models import Hold, HoldStatus
 
 
 def capture_hold(
     session: Session, *, hold: Hold, header: Header, to_account: int, now: datetime
 ) -> Posted:
     """Turn an active hold into a burn of the header's points (at most the held points, the
-    header naming the hold, its member and its reference); release the rest.
+    header naming the hold, its member and its reference); release the rest: one batch, the
+    hold closed and the burn.
 
     The hold guaranteed the points to the partner, so the capture always succeeds; if a
     clawback took the member's lots meanwhile, the shortfall becomes the member's deficit.
@@ -84,99 +39,19 @@ def capture_hold(
         == (hold.id, hold.member_id, hold.reference),
         f"{header.id} is not a capture of {hold.id}",
     )
-    debit = Debit(header, to_account=to_account, overdraw=True, held_delta=-hold.points)
-    posted = post(session, [debit])[0]
-    txn = posted.transaction
-    _close_hold(session, hold, HoldStatus.CAPTURED, now, captured_points=points, txn_id=txn.id)
+    close = CloseHold(
+        hold, HoldStatus.CAPTURED, now, captured_points=points, transaction_id=header.id
+    )
+    burn = Debit(header, to_account=to_account, overdraw=True)
+    _, posted = post(session, [close, burn])
+    if not isinstance(posted, Posted):
+        raise InvariantViolated(f"{header.id}: the capture's burn posted no transfer")
     return posted
 
 
-def release_hold(session: Session, *, hold: Hold, status: str, now: datetime) -> MemberState:
-    """Void or expire an active hold: its points are available again."""
-    invariant(
-        hold.status == HoldStatus.ACTIVE and status in (HoldStatus.VOIDED, HoldStatus.EXPIRED),
-        f"{status} of {hold.status} hold {hold.id}",
-    )
-    state, _ = _require_member_change(
-        session, hold.member_id, balance_delta=0, held_delta=-hold.points
-    )
-    _close_hold(session, hold, HoldStatus(status), now)
-    return state
-
-
-def _close_hold(
-    session: Session,
-    hold: Hold,
-    status: HoldStatus,
-    now: datetime,
-    *,
-    captured_points: int | None = None,
-    txn_id: str | None = None,
-) -> None:
-    """Where a hold leaves ``active`` on the general path (and its webhook event is noted);
-    :func:`void_in_one` is the one other place, and notes the same event."""
-    closed = session.execute(
-        update(Hold)
-        .where(Hold.id == hold.id, Hold.status == "active")
-        .values(status=status, closed_at=now, captured_points=captured_points),
-        execution_options={"synchronize_session": False},
-    )
-    invariant(closed.rowcount == 1, f"hold {hold.id} was not active")  # type: ignore[attr-defined]
-    listeners.hold_closed(
-        session, hold, status, now, captured_points=captured_points, transaction_id=txn_id
-    )
-
-
-# A void in one statement (PostgreSQL): the partner's hold, if active and not past its expiry,
-# closed (and so locked, before the member row, as the general path locks them), and its
-# points released on the member row.
-_VOID_IN_ONE = HotStatement(
-    text(
-        """
-        WITH h AS (
-            UPDATE holds SET status = 'voided', closed_at = :now
-            WHERE id = :hold AND partner_id = :partner AND status = 'active'
-                AND expires_at > :now
-            RETURNING id, partner_id, member_id, reference, points, expires_at, created_at
-        ), m AS (
-            UPDATE members SET held = members.held - h.points FROM h
-            WHERE members.id = h.member_id
-            RETURNING members.balance, members.held
-        )
-        SELECT h.id, h.partner_id, h.member_id, h.reference, h.points, h.expires_at,
-            h.created_at, m.balance, m.held
-        FROM h, m
-        """
-    )
-)
-
-
-def void_in_one(
-    session: Session, *, hold_id: str, partner_id: str, now: datetime
-) -> tuple[Hold, MemberState] | None:
-    """Void the partner's active hold in one statement on PostgreSQL: the hold as closed and
-    the member after it; ``None`` (nothing written) elsewhere, or when the hold is not the
-    partner's, not active or past its expiry (the general path then says which)."""
-    if dialect_of(session) != "postgresql":
-        return None
-    row = _VOID_IN_ONE.first(session, {"hold": hold_id, "partner": partner_id, "now": now})
-    if row is None:
-        return None
-    hold_id, partner, member_id, reference, points, expires_at, created_at, balance, held = row
-    hold = Hold(
-        id=hold_id,
-        partner_id=partner,
-        member_id=member_id,
-        reference=reference,
-        points=points,
-        status=HoldStatus.VOIDED.value,
-        expires_at=expires_at.astimezone(UTC),
-        created_at=created_at.astimezone(UTC),
-        closed_at=now,
-        captured_points=None,
-    )
-    listeners.hold_closed(session, hold, HoldStatus.VOIDED, now)
-    return hold, MemberState(member_id, balance, held)
+def expire_holds(session: Session, holds: Sequence[Hold], now: datetime) -> list[HoldPosted]:
+    """Release the holds (active, past their expiry, locked by the caller): one batch."""
+    return post(session, [CloseHold(hold, HoldStatus.EXPIRED, now) for hold in holds])
 
 
 def lock_hold(session: Session, hold_id: str, partner_id: str) -> Hold | None:

@@ -1,7 +1,8 @@
-"""The one place a transfer is described and posted: the header of its row, the movements a
-batch is made of (:class:`Credit`, :class:`Debit`), the accounts it moves points between, the
-member row (the only balance kept in place), the bulk insert, and :func:`_posted_many`, where
-the outbox and the metrics attach."""
+"""The one place a movement is described and posted: the header of a transfer's row, the
+movements a batch is made of (transfers, :class:`Credit` and :class:`Debit`; a hold placed or
+closed, :class:`PlaceHold` and :class:`CloseHold`), the accounts a transfer moves points
+between, the member row (the only balance kept in place), the bulk insert, and
+:func:`_posted_many` and :func:`_holds_closed`, where the outbox and the metrics attach."""
 
 from __future__ import annotations
 
@@ -29,16 +30,11 @@ from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlalchemy.types import NullType, TypeDecorator
 
 from coalition.db import AnyOf, dialect_of
-from coalition.errors import InsufficientPoints, InvariantViolated, invariant
+from coalition.errors import InvariantViolated, invariant
 from coalition.ids import new_id
 from coalition.ledger import listeners
-from coalition.ledger.reads import (
-    MemberState,
-    member_state,
-)
+from coalition.ledger.reads import MemberState
 from coalition.ledger.tables import (
-    _CHANGE_MEMBER,
-    _CHANGE_MEMBER_IF_AVAILABLE,
     _MEMBERS,
     BULK_MAX,
 )
@@ -50,6 +46,8 @@ from coalition.ledger.tiers import (
 )
 from coalition.models import (
     Account,
+    Hold,
+    HoldStatus,
     Member,
     Transaction,
     TransactionKind,
@@ -117,41 +115,6 @@ def lock_members(session: Session, member_ids: Iterable[str]) -> dict[str, Locke
         )
         for row in rows
     }
-
-
-# --- the member row's held points, for a hold placed or released (no transfer) -------------
-
-
-def _require_member_change(
-    session: Session,
-    member_id: str,
-    *,
-    balance_delta: int,
-    held_delta: int = 0,
-    need_available: int | None = None,
-) -> tuple[MemberState, int]:
-    """Apply deltas to the member row, locking it: the state after, and the member's account
-    (read in the same statement). With ``need_available`` the update is conditional
-    (``balance - held >= need``), so two concurrent holds can never overdraw a member.
-    :class:`UnknownMember` or :class:`InsufficientPoints` (nothing written) if not."""
-    params: dict[str, Any] = {
-        "member": member_id,
-        "balance_delta": balance_delta,
-        "held_delta": held_delta,
-    }
-    stmt = _CHANGE_MEMBER
-    if need_available is not None:
-        params["need_available"] = need_available
-        stmt = _CHANGE_MEMBER_IF_AVAILABLE
-    row = session.execute(stmt, params).one_or_none()
-    if row is not None:
-        return MemberState(member_id, row.balance, row.held), row.account_id
-    current = member_state(session, member_id)  # raises UnknownMember
-    raise InsufficientPoints(
-        f"member has {current.available} points available, {need_available} needed",
-        available=current.available,
-        requested=need_available,
-    )
 
 
 def tier_change(header: Header, window_days: int | None) -> dict[str, Any] | None:
@@ -349,16 +312,16 @@ class Debit:
     Without ``overdraw`` the member must have the points available (:class:`InsufficientPoints`
     otherwise); with it (a capture, an earn reversal) what the lots lack becomes the member's
     deficit, and ``records_overdraft`` writes by how much the available balance went below
-    zero in ``overdraft_points`` (an earn reversal). ``held_delta``: the change to the
-    member's held points (a capture releases its hold). ``first_lot_id``: drained before the
+    zero in ``overdraft_points`` (an earn reversal). ``first_lot_id``: drained before the
     others (an earn reversal's own lot); ``expired_by``: only lots expired by then are taken
-    (expiry). ``tier_window_days``: W, for a kind that counts in the tier basis."""
+    (expiry). ``tier_window_days``: W, for a kind that counts in the tier basis. (A capture
+    is a debit that may overdraw, after the :class:`CloseHold` of its hold in the same
+    batch.)"""
 
     header: Header
     to_account: int
     overdraw: bool = False
     records_overdraft: bool = False
-    held_delta: int = 0
     first_lot_id: int | None = None
     expired_by: datetime | None = None
     tier_window_days: int | None = None
@@ -379,12 +342,94 @@ class Debit:
         adjustment): what the two-statement form on PostgreSQL writes."""
         return (
             not self.overdraw
-            and not self.held_delta
             and self.first_lot_id is None
             and self.expired_by is None
             and not tier_points_of(self.header.kind, self.points)
         )
 
 
+@dataclass(frozen=True, slots=True)
+class PlaceHold:
+    """``points`` of the member's available balance reserved at ``partner_id``'s checkout
+    until ``expires_at`` (:class:`InsufficientPoints` if they are not available): the hold's
+    row, ``active``; no transfer."""
+
+    partner_id: str
+    member_id: str
+    reference: str
+    points: int
+    expires_at: datetime
+    at: datetime
+    id: str = field(default_factory=lambda: new_id("hold"))
+
+    def hold(self) -> Hold:
+        """The hold as placed (a transient object)."""
+        return Hold(**dict(zip(_HOLD_COLUMNS, self.row(), strict=True)))
+
+    def row(self) -> tuple[Any, ...]:
+        """The ``holds`` row, in ``_HOLD_COLUMNS`` order."""
+        return (
+            *(self.id, self.partner_id, self.member_id, self.reference, self.points),
+            *(HoldStatus.ACTIVE.value, self.expires_at, self.at, None, None),
+        )
+
+
+_HOLD_COLUMNS = (
+    "id",
+    "partner_id",
+    "member_id",
+    "reference",
+    "points",
+    "status",
+    "expires_at",
+    "created_at",
+    "closed_at",
+    "captured_points",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CloseHold:
+    """An active hold (read and locked by the caller) leaving ``active`` at ``at``: voided,
+    expired, or captured (``captured_points``, its burn the :class:`Debit` that follows in the
+    same batch, ``transaction_id``). Its points are no longer held; no transfer."""
+
+    hold: Hold
+    status: HoldStatus
+    at: datetime
+    captured_points: int | None = None
+    transaction_id: str | None = None
+
+    @property
+    def member_id(self) -> str:
+        """The member whose points the hold held."""
+        return self.hold.member_id
+
+    def closed(self) -> Hold:
+        """The hold as closed (a transient object)."""
+        values = {name: getattr(self.hold, name) for name in _HOLD_COLUMNS}
+        values.update(status=self.status.value, closed_at=self.at)
+        values.update(captured_points=self.captured_points)
+        return Hold(**values)
+
+
+def _holds_closed(session: Session, closes: Sequence[CloseHold]) -> None:
+    """The one place every hold that leaves ``active`` passes, in the database transaction
+    that closed it, whichever statement closed it: where the listeners hear of it."""
+    for c in closes:
+        listeners.hold_closed(
+            session,
+            c.hold,
+            c.status,
+            c.at,
+            captured_points=c.captured_points,
+            transaction_id=c.transaction_id,
+        )
+
+
+#: A movement of points between two accounts (a transfer).
+Transfer = Credit | Debit
+#: A change of a member's held points (no transfer).
+HoldMovement = PlaceHold | CloseHold
 #: One movement of a batch.
-Movement = Credit | Debit
+Movement = Transfer | HoldMovement

@@ -32,6 +32,7 @@ from coalition.ledger.tiers import (
     tier_params,
 )
 from coalition.models import (
+    Hold,
     Transaction,
 )
 
@@ -81,6 +82,14 @@ class Posted:
     """What a ledger operation returns: the transaction and the member's balance after it."""
 
     transaction: Transaction
+    member: MemberState
+
+
+@dataclass(frozen=True, slots=True)
+class HoldPosted:
+    """What a hold's placing or closing returns: the hold and the member's balance after it."""
+
+    hold: Hold
     member: MemberState
 
 

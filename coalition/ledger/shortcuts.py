@@ -1,42 +1,55 @@
 """The one-statement forms of a batch of one on PostgreSQL (data-modifying CTEs): a credit of
-a member who owes nothing, and a plain debit (two statements: the member row with the
-transfer, then the lots). Each writes exactly the rows :func:`coalition.ledger.batch.post`
-writes for the same movement, or nothing (``None``): the batch path then posts it."""
+a member who owes nothing, a plain debit (two statements: the member row with the transfer,
+then the lots), a hold placed, and a hold voided (:func:`void_in_one`, found by its id). Each
+writes exactly the rows :func:`coalition.ledger.batch.post` writes for the same movement, or
+nothing (``None``): the batch path then posts it. Each is conditional on the member row: on
+what the batch path decides from the row it locked (a debit or a hold needs the points
+available, ``_COVERED``; a credit's member owes nothing; its tier basis reads no
+transaction), so when the condition fails nothing is written and the batch path decides."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Boolean, bindparam, or_, text, update
 from sqlalchemy import cast as sa_cast
 from sqlalchemy.orm import Session
 
-from coalition.db import HotStatement, named_sql
+from coalition.db import HotStatement, dialect_of, named_sql
 from coalition.errors import invariant
 from coalition.ledger.lots import _take
 from coalition.ledger.post import (
+    CloseHold,
     Credit,
     Debit,
     Header,
     LockedMember,
     Movement,
+    PlaceHold,
     _between,
+    _holds_closed,
     _posted,
     lock_members,
     tier_change,
 )
-from coalition.ledger.reads import MemberState, Posted
+from coalition.ledger.reads import HoldPosted, MemberState, Posted
 from coalition.ledger.tables import _MEMBERS
 from coalition.ledger.tiers import TIER_WRITE_WITHOUT_READ, tier_values
+from coalition.models import Hold, HoldStatus
 
 
 def shortcut(
     session: Session, movement: Movement
-) -> tuple[Posted | None, dict[str, LockedMember] | None]:
+) -> tuple[Posted | HoldPosted | None, dict[str, LockedMember] | None]:
     """The movement in its one-statement form (PostgreSQL): posted, or ``None`` and the
     member's row if it was locked on the way (a new day's tier window reads the member's
     transactions: under the lock)."""
+    if isinstance(movement, PlaceHold):
+        return _place_in_one(session, movement), None
+    if isinstance(movement, CloseHold):
+        return None, None
     if isinstance(movement, Debit):
         if not movement.plain:
             return None, None
@@ -134,6 +147,11 @@ def _credit_in_one(
     return Posted(txn, MemberState(c.header.member_id, balance, held))
 
 
+#: The member row has ``:points`` available: what a debit that may not overdraw and a hold
+#: need (``batch._require_available`` on the row locked), as the condition of their
+#: one-statement forms.
+_COVERED = "members.balance - members.held >= :points"
+
 # A debit on PostgreSQL in two statements: first the member row, updated only if it has the
 # points available (and so locked), with the transfer; then, in a new statement whose
 # snapshot sees every lot change committed before that lock was ours, the points taken from
@@ -144,7 +162,7 @@ _DEBIT_MEMBER = HotStatement(
         f"""
     WITH m AS (
         UPDATE members SET balance = balance - :points
-        WHERE id = :member_id AND balance - held >= :points
+        WHERE id = :member_id AND {_COVERED}
         RETURNING balance, held, account_id
     ), t AS ({_TRANSACTION_FROM_MEMBER}
     )
@@ -167,3 +185,98 @@ def _debit_in_two(session: Session, header: Header, to_account: int) -> Posted |
     invariant(taken == header.points, f"{header.id}: lots gave {taken} of {header.points}")
     txn = _posted(session, header, balance)
     return Posted(txn, MemberState(header.member_id, balance, held))
+
+
+# A hold placed in one statement: the member row's held points, if it has them available
+# (and so locked), and the hold's row.
+_PLACE_IN_ONE = HotStatement(
+    text(
+        f"""
+    WITH m AS (
+        UPDATE members SET held = members.held + :points
+        WHERE id = :member_id AND {_COVERED}
+        RETURNING balance, held
+    ), h AS (
+        INSERT INTO holds (id, partner_id, member_id, reference, points, status, expires_at,
+            created_at)
+        SELECT :id, :partner_id, :member_id, :reference, :points, 'active', :expires_at, :at
+        FROM m
+    )
+    SELECT balance, held FROM m
+    """  # noqa: S608 (built from constants)
+    )
+)
+
+
+def _place_in_one(session: Session, place: PlaceHold) -> HoldPosted | None:
+    """A hold placed in one statement on PostgreSQL; ``None`` (nothing written) when the
+    member is unknown or has fewer points available."""
+    params = {
+        "id": place.id,
+        "partner_id": place.partner_id,
+        "member_id": place.member_id,
+        "reference": place.reference,
+        "points": place.points,
+        "expires_at": place.expires_at,
+        "at": place.at,
+    }
+    done = _PLACE_IN_ONE.first(session, params)
+    if done is None:
+        return None
+    balance, held = done
+    return HoldPosted(place.hold(), MemberState(place.member_id, balance, held))
+
+
+# A void in one statement: the partner's hold, if active and not past its expiry, closed (and
+# so locked, before the member row, as the batch path's caller locks them), and its points
+# released on the member row.
+_VOID_IN_ONE = HotStatement(
+    text(
+        """
+        WITH h AS (
+            UPDATE holds SET status = 'voided', closed_at = :now
+            WHERE id = :hold AND partner_id = :partner AND status = 'active'
+                AND expires_at > :now
+            RETURNING id, partner_id, member_id, reference, points, expires_at, created_at
+        ), m AS (
+            UPDATE members SET held = members.held - h.points FROM h
+            WHERE members.id = h.member_id
+            RETURNING members.balance, members.held
+        )
+        SELECT h.id, h.partner_id, h.member_id, h.reference, h.points, h.expires_at,
+            h.created_at, m.balance, m.held
+        FROM h, m
+        """
+    )
+)
+
+
+def void_in_one(
+    session: Session, *, hold_id: str, partner_id: str, now: datetime
+) -> HoldPosted | None:
+    """Void the partner's active hold in one statement on PostgreSQL (the
+    :class:`CloseHold` of a hold found by its id, as the batch path writes it): the hold as
+    closed and the member after it; ``None`` (nothing written) elsewhere, or when the hold is
+    not the partner's, not active or past its expiry (the caller then reads it, says which,
+    or posts its :class:`CloseHold`)."""
+    if dialect_of(session) != "postgresql":
+        return None
+    row = _VOID_IN_ONE.first(session, {"hold": hold_id, "partner": partner_id, "now": now})
+    if row is None:
+        return None
+    hold_id, partner, member_id, reference, points, expires_at, created_at, balance, held = row
+    hold = Hold(
+        id=hold_id,
+        partner_id=partner,
+        member_id=member_id,
+        reference=reference,
+        points=points,
+        status=HoldStatus.ACTIVE.value,
+        expires_at=expires_at.astimezone(UTC),
+        created_at=created_at.astimezone(UTC),
+        closed_at=None,
+        captured_points=None,
+    )
+    close = CloseHold(hold, HoldStatus.VOIDED, now)
+    _holds_closed(session, [close])
+    return HoldPosted(close.closed(), MemberState(member_id, balance, held))

@@ -8,7 +8,6 @@ from sqlalchemy import (
     Table,
     bindparam,
     select,
-    update,
 )
 
 from coalition.models import (
@@ -27,19 +26,6 @@ _LOTS = cast("Table", Lot.__table__)
 _MEMBER_STATE = select(_MEMBERS.c.balance, _MEMBERS.c.held).where(
     _MEMBERS.c.id == bindparam("member")
 )
-_CHANGE_MEMBER = (
-    update(_MEMBERS)
-    .where(_MEMBERS.c.id == bindparam("member"))
-    .values(
-        balance=_MEMBERS.c.balance + bindparam("balance_delta"),
-        held=_MEMBERS.c.held + bindparam("held_delta"),
-    )
-    .returning(_MEMBERS.c.balance, _MEMBERS.c.held, _MEMBERS.c.account_id)
-)
-_CHANGE_MEMBER_IF_AVAILABLE = _CHANGE_MEMBER.where(
-    _MEMBERS.c.balance - _MEMBERS.c.held >= bindparam("need_available")
-)
-
 _HOLDS = cast("Table", Hold.__table__)
 
 #: Rows one bulk statement may touch (members locked, credits written): bounds its parameters.

@@ -17,11 +17,14 @@ tier is one row:
 - on an earlier day (a backdated earn), or when the row's window is not ``W`` days wide (the
   setting changed since): the exact sum over the window, from the member's transactions.
 
-The rule is written twice, as SQL (:data:`MEMBER_TIER_POINTS`, the earn's read of it, and
-:func:`tier_values`, which the one-statement credit of ``coalition.ledger.shortcuts``
-evaluates against the member row) and in Python (:class:`TierBasis`, which the one write path,
-``coalition.ledger.batch.post``, applies to the rows it locked);
-``tests/partners/test_tier_basis.py`` holds them to each other and to a recomputation, and
+The rule is declared once, as terms (``coalition.ledger.terms``: :data:`_POINTS_AT`, the
+points of a day's window, and :data:`_AFTER`, the basis after a transfer), and evaluated both
+ways from that one declaration: as SQL that a statement evaluates against the member row
+(:data:`TIER_POINTS` and :data:`MEMBER_TIER_POINTS`, the earn's read; :func:`tier_values`, the
+one-statement credit's update of ``coalition.ledger.shortcuts``; :data:`TIER_WRITE_WITHOUT_READ`,
+when that update reads no transaction), and as Python over the rows ``ledger.post`` and the
+bulk earn locked (:class:`TierBasis`, through :class:`BatchTiers`).
+``tests/partners/test_tier_basis.py`` holds both to a recomputation from the transactions, and
 ``coalition check`` verifies every row.
 """
 
@@ -30,18 +33,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     DateTime,
     Integer,
-    and_,
     bindparam,
     case,
     func,
     literal_column,
-    or_,
     select,
     text,
 )
@@ -55,6 +56,15 @@ from coalition.config import Tier
 from coalition.db import dialect_of
 from coalition.ledger.kinds import TIER_SIGNS
 from coalition.ledger.tables import _MEMBERS, _TRANSACTIONS
+from coalition.ledger.terms import (
+    Env,
+    Var,
+    compile_py,
+    points_of_days,
+    ranges_read,
+    reads_nothing,
+    when,
+)
 
 #: What a transaction adds to its member's tier basis: its points with its kind's tier sign
 #: (``kinds.TIER_SIGNS``: an earn plus, an earn reversal minus; other kinds are filtered out
@@ -126,37 +136,63 @@ def _sum_between(lo: Any, hi: Any) -> Any:
     )
 
 
-# The member row's basis and the day asked about (bind parameters, :func:`tier_params`).
-_T, _S, _P = _MEMBERS.c.tier_day, _MEMBERS.c.tier_since_day, _MEMBERS.c.tier_points
-_D = sa_cast(bindparam("tier_day"), Integer)
-_W = sa_cast(bindparam("tier_window"), Integer)
-_SINCE = bindparam("tier_since", type_=_TRANSACTIONS.c.occurred_at.type)
-_UNTIL = bindparam("tier_until", type_=_TRANSACTIONS.c.occurred_at.type)
-_SIGNED = sa_cast(bindparam("tier_signed"), BigInteger)
-_EMPTY = or_(_T.is_(None), _D - _T >= _W)  # nothing of the member's is in d's window
-_W_WIDE = _T - _S + 1 == _W  # the row's window is W days wide
+# --- the rule, declared once (coalition.ledger.terms: evaluated as SQL and as Python) -------
+
+# The member row's basis (T, S, P), the day asked about or written on (d), the window (W) and
+# what the write adds (signed): in SQL the row's columns and the bind parameters of
+# :func:`tier_params`, in Python the items of :meth:`TierBasis._env`, then the days' points.
+_T = Var("T", _MEMBERS.c.tier_day)
+_S = Var("S", _MEMBERS.c.tier_since_day)
+_P = Var("P", _MEMBERS.c.tier_points)
+_D = Var("d", sa_cast(bindparam("tier_day"), Integer))
+_W = Var("W", sa_cast(bindparam("tier_window"), Integer))
+_SIGNED = Var("signed", sa_cast(bindparam("tier_signed"), BigInteger))
+_VARIABLES = (_T, _S, _P, _D, _W, _SIGNED)
+
+#: Nothing of the member's is in d's window (no qualifying transaction yet, or W days or more
+#: since its latest).
+_NONE_IN_WINDOW = _T.is_null() | (_D - _T >= _W)
+#: The row's window is W days wide (else the setting changed since it was written).
+_WIDE = (_T - _S + 1).eq(_W)
+#: The row rolls forward to d.
+_ROLLS = _T.is_null() | (_D > _T)
+
+#: The qualifying points of d's window (before anything written on d): on the row's day its
+#: points; on a later day its points less the days that left the window; else the exact sum.
+_POINTS_AT = when(
+    (_NONE_IN_WINDOW, 0),
+    (_WIDE & _D.eq(_T), _P),
+    (_WIDE & (_D > _T), _P - points_of_days(_S, _D - _W)),
+    else_=points_of_days(_D - _W + 1, _D),
+)
+#: The row's basis after a transfer adding ``signed`` on d, relative to the row as it is (so
+#: concurrent writers, each under the row lock, compose): rolled forward to d (d's window's
+#: points and the transfer's), or kept, the points gaining the transfer's if d is inside it.
+_AFTER = {
+    "tier_day": when((_ROLLS, _D), else_=_T),
+    "tier_since_day": when((_ROLLS, _D - _W + 1), (_WIDE, _S), else_=_T - _W + 1),
+    "tier_points": when(
+        (_NONE_IN_WINDOW, _SIGNED),
+        (_WIDE & (_D <= _T), _P + when((_D >= _S, _SIGNED), else_=0)),
+        (_D > _T, _POINTS_AT + _SIGNED),
+        else_=points_of_days(_T - _W + 1, _T) + when((_D >= _T - _W + 1, _SIGNED), else_=0),
+    ),
+}
+
+
+def _days_sql(first: Any, last: Any) -> Any:
+    return _sum_between(_day_start_sql(first), _day_start_sql(last + 1))
 
 
 def tier_params(day: int, window_days: int, signed: int = 0) -> dict[str, Any]:
     """The bind parameters of :data:`MEMBER_TIER_POINTS` and :func:`tier_values`: the day
     ``d`` asked about or written on, ``W``, and what the write adds (``signed``)."""
-    return {
-        "tier_day": day,
-        "tier_window": window_days,
-        "tier_since": day_start(day - window_days + 1),
-        "tier_until": day_start(day + 1),
-        "tier_signed": signed,
-    }
+    return {"tier_day": day, "tier_window": window_days, "tier_signed": signed}
 
 
 #: The member row's qualifying points of day ``d``'s window (before anything written on it),
 #: as a column of a statement on ``members``.
-TIER_POINTS = case(
-    (_EMPTY, 0),
-    (and_(_W_WIDE, _D == _T), _P),
-    (and_(_W_WIDE, _D > _T), _P - _sum_between(_day_start_sql(_S), _SINCE)),
-    else_=_sum_between(_SINCE, _UNTIL),
-)
+TIER_POINTS = _POINTS_AT.sql(_days_sql)
 #: :data:`TIER_POINTS` of ``:member`` as a scalar subquery (with :func:`tier_params`), for an
 #: operation to read along with what else it needs: NULL when there is no such member.
 MEMBER_TIER_POINTS = (
@@ -166,79 +202,51 @@ MEMBER_TIER_POINTS = (
 #: True when :func:`tier_values` reads no transaction: what a statement that has not locked
 #: the member row first may write (docs/invariants.md: a read of the leaving days must see
 #: every transaction committed before the row lock was taken).
-TIER_WRITE_WITHOUT_READ = or_(_EMPTY, and_(_W_WIDE, _D <= _T))
+TIER_WRITE_WITHOUT_READ = reads_nothing(_AFTER["tier_points"], _days_sql)
 
 
 def tier_values() -> dict[str, Any]:
     """The SET values of the member row's basis after a transfer that adds ``signed`` on day
-    ``d`` (:func:`tier_params`), relative to the row as it is (so concurrent writers, each
-    under the row lock, compose)."""
-    rolls = or_(_T.is_(None), _D > _T)
-    in_old_window = case((_D >= _T - _W + 1, _SIGNED), else_=0)
-    return {
-        "tier_day": case((rolls, _D), else_=_T),
-        "tier_since_day": case((rolls, _D - _W + 1), (_W_WIDE, _S), else_=_T - _W + 1),
-        "tier_points": case(
-            (_EMPTY, _SIGNED),
-            (and_(_W_WIDE, _D <= _T), _P + case((_D >= _S, _SIGNED), else_=0)),
-            (and_(_W_WIDE, _D > _T), _P - _sum_between(_day_start_sql(_S), _SINCE) + _SIGNED),
-            (_D > _T, _sum_between(_SINCE, _UNTIL) + _SIGNED),
-            else_=_sum_between(_day_start_sql(_T - _W + 1), _day_start_sql(_T + 1)) + in_old_window,
-        ),
-    }
+    ``d`` (:func:`tier_params`)."""
+    return {column: term.sql(_days_sql) for column, term in _AFTER.items()}
 
 
-# --- the same rule in Python, for ledger.post ----------------------------------------------
+# The same terms as Python, for ledger.post and the bulk earn.
+_AT_PY = compile_py([_POINTS_AT], _VARIABLES)
+_AFTER_PY = compile_py(list(_AFTER.values()), _VARIABLES)
+_READS_PY = compile_py([_POINTS_AT, _AFTER["tier_points"]], _VARIABLES)
 
 
 @dataclass(frozen=True, slots=True)
 class TierBasis:
-    """A member row's tier basis (``day`` ``None``: no qualifying transaction yet)."""
+    """A member row's tier basis (``day`` ``None``: no qualifying transaction yet), and the
+    rule's terms evaluated on it in Python."""
 
     day: int | None = None
     since_day: int | None = None
     points: int = 0
 
-    def _wide(self, window_days: int) -> bool:
-        return self.day is not None and self.since_day == self.day - window_days + 1
+    def _env(self, day: int, window_days: int, signed: int, days: Mapping[int, int]) -> Env:
+        def sum_days(first: int, last: int) -> int:
+            return _sum_days(days, first, last)
+
+        return (self.day, self.since_day, self.points, day, window_days, signed, sum_days)
 
     def reads(self, day: int, window_days: int) -> list[tuple[int, int]]:
         """The ranges of days (inclusive) of the member's transactions that :meth:`at` and
         :meth:`after` on ``day`` read."""
-        if self.day is None or day - self.day >= window_days:
-            return []
-        if self._wide(window_days):
-            if day <= self.day:
-                return [(day - window_days + 1, day)] if day < self.day else []
-            return [(cast("int", self.since_day), day - window_days)]
-        if day > self.day:
-            return [(day - window_days + 1, day)]
-        return [(day - window_days + 1, day), (self.day - window_days + 1, self.day)]
+        return ranges_read(_READS_PY, self._env(day, window_days, 0, {}))
 
     def at(self, day: int, window_days: int, days: Mapping[int, int]) -> int:
         """:data:`TIER_POINTS`: the qualifying points of ``day``'s window, ``days`` holding the
         member's qualifying points per day over :meth:`reads`."""
-        if self.day is None or day - self.day >= window_days:
-            return 0
-        if self._wide(window_days) and day == self.day:
-            return self.points
-        if self._wide(window_days) and day > self.day:
-            return self.points - _sum_days(days, cast("int", self.since_day), day - window_days)
-        return _sum_days(days, day - window_days + 1, day)
+        return int(_AT_PY(self._env(day, window_days, 0, days))[0])
 
     def after(self, day: int, signed: int, window_days: int, days: Mapping[int, int]) -> TierBasis:
         """:func:`tier_values`: the basis after a transfer adding ``signed`` on ``day`` (``days``
         as for :meth:`at`, before it)."""
-        w = window_days
-        if self.day is None or day - self.day >= w:
-            return TierBasis(day, day - w + 1, signed)
-        if self._wide(w) and day <= self.day:
-            inside = day >= cast("int", self.since_day)
-            return TierBasis(self.day, self.since_day, self.points + (signed if inside else 0))
-        if day > self.day:
-            return TierBasis(day, day - w + 1, self.at(day, w, days) + signed)
-        old = _sum_days(days, self.day - w + 1, self.day)
-        return TierBasis(self.day, self.day - w + 1, old + (signed if day > self.day - w else 0))
+        tier_day, since_day, points = _AFTER_PY(self._env(day, window_days, signed, days))
+        return TierBasis(tier_day, since_day, int(points))
 
 
 class BatchTiers:
@@ -374,10 +382,10 @@ def qualifying_points(session: Session, member_id: str, day: int, window_days: i
     """A recomputation from the transactions: the member's qualifying points of the ``W``
     days ending with ``day`` (what its tier on ``day`` rests on)."""
     total = session.scalar(
-        select(_sum_between(bindparam("tier_since"), bindparam("tier_until"))).where(
+        select(_sum_between(bindparam("since"), bindparam("until"))).where(
             _MEMBERS.c.id == member_id
         ),
-        tier_params(day, window_days),
+        {"since": day_start(day - window_days + 1), "until": day_start(day + 1)},
     )
     return int(total or 0)
 

@@ -46,7 +46,15 @@ from coalition.errors import (
     ValidationFailed,
 )
 from coalition.ledger import Header, MemberState, day_of
-from coalition.models import OPERATOR_ACCOUNTS, Hold, Lot, Member, Transaction, TransactionKind
+from coalition.models import (
+    OPERATOR_ACCOUNTS,
+    Hold,
+    HoldStatus,
+    Lot,
+    Member,
+    Transaction,
+    TransactionKind,
+)
 from coalition.money import format_amount
 from partners.models import Partner
 from partners.operations import Operations
@@ -957,9 +965,21 @@ def test_random_operation_sequences_keep_the_invariants_and_match_the_model(db: 
 # A batch of movements drawn by hypothesis: the member (member 1 owes points), what it is (an
 # earn of the side's partner, counting in the tier basis; a bonus the coalition funds; an
 # operator's adjustment up or down; a burn; the reversal of an earn or of a burn of an earlier
-# batch), the points, the lot's validity in days, how long ago an earn occurred, and which
-# earlier earn or burn a reversal takes.
-_WHATS = ["earn", "bonus", "adjust+", "burn", "adjust-", "reverse_earn", "reverse_burn"]
+# batch; a hold placed; a hold of an earlier batch voided, or captured: the hold closed and
+# its burn, two movements), the points, the lot's (or the hold's) validity in days, how long
+# ago an earn occurred, and which earlier earn, burn or hold a reversal, void or capture takes.
+_WHATS = [
+    "earn",
+    "bonus",
+    "adjust+",
+    "burn",
+    "adjust-",
+    "reverse_earn",
+    "reverse_burn",
+    "hold",
+    "void",
+    "capture",
+]
 _MOVES = st.lists(
     st.tuples(
         st.integers(0, 3),
@@ -978,21 +998,32 @@ _Drawn = tuple[int, str, int, int, float | None, int]
 @dataclass
 class _Past:
     """The earns and burns posted on both sides by earlier batches, in the same order:
-    ``(id on side a, id on side b, member, points left to reverse)``."""
+    ``(id on side a, id on side b, member, points left to reverse)``; the holds still active
+    ``(hold on side a, hold on side b, member, points)``."""
 
     earns: list[list[Any]] = field(default_factory=list)
     burns: list[list[Any]] = field(default_factory=list)
+    holds: list[list[Any]] = field(default_factory=list)
 
 
 def _plan(drawn: list[_Drawn], available: list[int], past: _Past) -> list[tuple[Any, ...]]:
     """The drawn movements that are valid one after the other: a debit that may not overdraw
     at most the member's available points, a reversal of what is left of an earlier one."""
-    plan = []
+    plan: list[tuple[Any, ...]] = []
     for step in drawn:
         member, what, points, days, hours, pick = step
         original = None
-        if what in ("burn", "adjust-"):
+        if what in ("burn", "adjust-", "hold"):
             points = min(points, available[member])
+        elif what in ("void", "capture"):
+            if not past.holds:
+                continue
+            original = past.holds.pop(pick % len(past.holds))
+            member, held = original[2], original[3]
+            points = min(points, held) if what == "capture" else held
+            available[member] += held - (points if what == "capture" else 0)
+            plan.append((member, what, points, days, hours, original))
+            continue
         elif what.startswith("reverse"):
             pool = past.earns if what == "reverse_earn" else past.burns
             open_ = [p for p in pool if p[3] > 0]
@@ -1003,10 +1034,45 @@ def _plan(drawn: list[_Drawn], available: list[int], past: _Past) -> list[tuple[
             original[3] -= points
         if points <= 0:
             continue
-        sign = -1 if what in ("burn", "adjust-", "reverse_earn") else 1
+        sign = -1 if what in ("burn", "adjust-", "reverse_earn", "hold") else 1
         available[member] += sign * points
         plan.append((member, what, points, days, hours, original))
     return plan
+
+
+def _movements(
+    s: Any, side: BulkSide, a_side: bool, step: tuple[Any, ...], ref: str, now: datetime
+) -> list[ledger.Credit | ledger.Debit | ledger.PlaceHold | ledger.CloseHold]:
+    """The step's movements: one, or a capture's two (its hold closed, its burn)."""
+    member, what, points, days, _, original = step
+    partner = side.partner
+    if what == "hold":
+        expires_at = now + timedelta(hours=10 * days)  # 10, 20 or 450 hours
+        member_id = side.members[member]
+        return [ledger.PlaceHold(partner.id, member_id, ref, points, expires_at, now)]
+    if what == "void":
+        return [ledger.CloseHold(original[0 if a_side else 1], HoldStatus.VOIDED, now)]
+    if what == "capture":
+        hold: Hold = original[0 if a_side else 1]
+        header = Header(
+            kind=TransactionKind.BURN,
+            member_id=hold.member_id,
+            points=points,
+            occurred_at=now,
+            posted_at=now,
+            partner_id=partner.id,
+            reference=hold.reference,
+            currency="EUR",
+            amount_minor=points,
+            rate_card_id=side.cards[-1],
+            hold_id=hold.id,
+        )
+        close = ledger.CloseHold(
+            hold, HoldStatus.CAPTURED, now, captured_points=points, transaction_id=header.id
+        )
+        burn = ledger.Debit(header, partner.redeemed_account_id, overdraw=True)
+        return [close, burn]
+    return [_movement(s, side, a_side, step, ref, now)]
 
 
 def _movement(
@@ -1069,7 +1135,20 @@ def _movement(
     return ledger.Debit(header, to)
 
 
-def _posted_outcome(posted: ledger.Posted, side: BulkSide) -> tuple[Any, ...]:
+def _posted_outcome(posted: ledger.Posted | ledger.HoldPosted, side: BulkSide) -> tuple[Any, ...]:
+    if isinstance(posted, ledger.HoldPosted):
+        hold = posted.hold
+        return (
+            side.members.index(hold.member_id),
+            "hold",
+            hold.reference,
+            hold.points,
+            hold.status,
+            hold.captured_points,
+            hold.expires_at,
+            posted.member.balance,
+            posted.member.held,
+        )
     txn = posted.transaction
 
     def role(account: int | None) -> Any:
@@ -1095,9 +1174,10 @@ def _posted_outcome(posted: ledger.Posted, side: BulkSide) -> tuple[Any, ...]:
 def test_any_batch_of_movements_posted_at_once_leaves_what_one_by_one_leaves(db: Db) -> None:
     # Credits (earns with a two-day tier window, some backdated; bonuses; adjustments),
     # debits (burns, adjustments) and reversals of earlier earns and burns, for members who
-    # owe points and members who do not: the one write path (ledger.post) given the batch at
-    # once and given its movements one at a time, then the expiry of all the members' due lots
-    # at once and member by member.
+    # owe points and members who do not, holds placed, voided and captured: the one write path
+    # (ledger.post) given the batch at once and given its movements one at a time, then the
+    # expiry of all the members' due lots at once and member by member, and of their holds
+    # past their expiry at once and hold by hold.
     db.configure(tier_window_days=2)
     a, b = bulk_setup(db, members=4)
     past = _Past()
@@ -1114,21 +1194,33 @@ def test_any_batch_of_movements_posted_at_once_leaves_what_one_by_one_leaves(db:
         for what in sorted({step[1] for step in plan}):
             event(f"a batch with {what}")
         with transaction(db.sessions) as s:
-            moves = [_movement(s, a, True, step, f"m{n}-{k}", now) for k, step in enumerate(plan)]
+            moves = [
+                move
+                for k, step in enumerate(plan)
+                for move in _movements(s, a, True, step, f"m{n}-{k}", now)
+            ]
             batch = ledger.post(s, moves)
-        single = []
+        single: list[ledger.Posted | ledger.HoldPosted] = []
         for k, step in enumerate(plan):
             with transaction(db.sessions) as s:
-                move = _movement(s, b, False, step, f"m{n}-{k}", now)
-                single.extend(ledger.post(s, [move]))
+                one_side = _movements(s, b, False, step, f"m{n}-{k}", now)
+            for move in one_side:
+                with transaction(db.sessions) as s:
+                    single.extend(ledger.post(s, [move]))
         assert [_posted_outcome(p, a) for p in batch] == [_posted_outcome(p, b) for p in single]
-        if any(p.transaction.overdraft_points for p in batch):
+        if any(isinstance(p, ledger.Posted) and p.transaction.overdraft_points for p in batch):
             event("an earn reversal overdrew")
-        assert bulk_state(db, a) == bulk_state(db, b)
+        assert _sides_state(db, a) == _sides_state(db, b)
         db.assert_ledger_ok()
-        for step, x, y in zip(plan, batch, single, strict=True):
-            pool = {"earn": past.earns, "burn": past.burns}.get(step[1])
-            if pool is not None:
+        posted = iter(zip(batch, single, strict=True))
+        for step in plan:
+            x, y = next(posted)
+            if step[1] == "capture":
+                x, y = next(posted)
+            pool = {"earn": past.earns, "burn": past.burns, "hold": past.holds}.get(step[1])
+            if isinstance(x, ledger.HoldPosted) and isinstance(y, ledger.HoldPosted):
+                past.holds.append([x.hold, y.hold, step[0], step[2]])
+            elif pool is not None and isinstance(x, ledger.Posted) and isinstance(y, ledger.Posted):
                 pool.append([x.transaction.id, y.transaction.id, step[0], step[2]])
         # Member 1 spends all it has and an earn of it is reversed: the next batch fills its
         # deficit.
@@ -1153,6 +1245,47 @@ def test_any_batch_of_movements_posted_at_once_leaves_what_one_by_one_leaves(db:
                 alone.extend(ledger.expire_lots(s, [member], now))
         event(f"{len(expired)} members' lots expired")
         assert [_posted_outcome(p, a) for p in expired] == [_posted_outcome(p, b) for p in alone]
-        assert bulk_state(db, a) == bulk_state(db, b)
+        assert _sides_state(db, a) == _sides_state(db, b)
+        # The holds past their expiry: at once on one side, one by one on the other (those the
+        # burns above released are no longer active).
+        with db.sessions() as s:
+            active = set(s.scalars(select(Hold.id).where(Hold.status == "active")))
+        assert all((x.id in active) == (y.id in active) for x, y, _, _ in past.holds)
+        past.holds = [h for h in past.holds if h[0].id in active]
+        with transaction(db.sessions) as s:
+            due = [h for h in ledger.due_holds(s, now) if h.member_id in a.members]
+            released = ledger.expire_holds(s, due, now)
+        due_ids = {h.id for h in due}
+        one_by_one = []
+        for x, y, _, _ in past.holds:
+            if x.id in due_ids:
+                with transaction(db.sessions) as s:
+                    one_by_one.extend(ledger.expire_holds(s, [y], now))
+        assert len(one_by_one) == len(released)
+        event(f"{len(released)} holds expired")
+        outcome = sorted(_posted_outcome(p, a) for p in released)
+        assert outcome == sorted(_posted_outcome(p, b) for p in one_by_one)
+        assert _sides_state(db, a) == _sides_state(db, b)
+        past.holds = [h for h in past.holds if h[0].id not in due_ids]
 
     run()
+
+
+def _sides_state(db: Db, side: BulkSide) -> tuple[Any, ...]:
+    """:func:`bulk_state` and the side's holds (their ids left out)."""
+    with db.sessions() as s:
+        holds = s.execute(
+            select(
+                Hold.member_id,
+                Hold.reference,
+                Hold.points,
+                Hold.status,
+                Hold.captured_points,
+                Hold.expires_at,
+                Hold.closed_at,
+            )
+            .where(Hold.partner_id == side.partner.id)
+            .order_by(Hold.reference)
+        ).all()
+    rows = [(side.members.index(h[0]), *h[1:]) for h in holds]
+    return bulk_state(db, side), rows

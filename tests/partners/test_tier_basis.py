@@ -9,11 +9,12 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from coalition import ledger
 from coalition.db import transaction
+from coalition.ledger import tiers
 from coalition.models import Member, Transaction
 from partners.operations import EarnItem
 from tests.conftest import Db
@@ -133,6 +134,36 @@ def test_a_tier_read_counts_exactly_the_earns_and_reversals_of_its_days(
                     for d in range(lo, hi + 1)
                 }
                 assert basis.at(day, window_days, days) == expected, (member, day)
+
+
+def test_the_basis_after_a_transfer_is_the_same_in_sql_and_in_python(db: Db) -> None:
+    # The one declaration of the rule, evaluated as SQL against each member row (what the
+    # one-statement credit writes) and as Python (what ledger.post writes), for days before,
+    # on and after each row's day, windows of the row's width and others, transfers adding
+    # and taking away; where the SQL says the write reads no transaction, it needs none.
+    members, now = _history(db)
+    rows = _tier_rows(db)
+    kept = _kept(db)
+    first, last = ledger.day_of(min(at for _, at, _ in rows)), ledger.day_of(now)
+    after_sql = select(
+        *tiers.tier_values().values(), tiers.TIER_WRITE_WITHOUT_READ.label("without_read")
+    ).where(Member.id == bindparam("member"))
+    with transaction(db.sessions) as s:
+        for member in members:
+            basis = ledger.TierBasis(*kept[member])
+            per_day: dict[int, int] = defaultdict(int)
+            for m, at, points in rows:
+                if m == member:
+                    per_day[ledger.day_of(at)] += points
+            for w in (1, 3, 365):
+                for day in [*range(first - 2, last + 4), last + w - 1, last + w, last + w + 1]:
+                    for signed in (0, 40, -15):
+                        params = {"member": member, **ledger.tier_params(day, w, signed)}
+                        *written, without_read = s.execute(after_sql, params).one()
+                        python = basis.after(day, signed, w, per_day)
+                        assert tuple(written) == (python.day, python.since_day, python.points)
+                        if without_read:
+                            assert basis.after(day, signed, w, {}) == python
 
 
 def test_a_window_setting_changed_reads_right_and_the_next_earn_rebases(lite: Db) -> None:
