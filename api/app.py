@@ -44,7 +44,7 @@ from coalition import metrics
 from coalition.config import Settings, load_settings
 from coalition.db import transaction, utcnow
 from coalition.errors import Unavailable
-from settlement.canonical import b64url
+from partners.keys import b64url
 from settlement.signing import public_keys
 
 log = logging.getLogger("coalition.api")

@@ -46,16 +46,19 @@ def b64url(data: bytes) -> str:
 
 def b64url_decode(text: str) -> bytes:
     """Decode base64url with or without padding; ValueError on anything else (another
-    alphabet, white space, NUL or any character outside base64url: none is skipped)."""
+    alphabet, white space, NUL or any character outside base64url: none is skipped) and on a
+    non-canonical encoding (a last character whose spare bits are not zero: RFC 4648 3.5), so
+    that one value has exactly one text and a changed character never decodes the same."""
     if not isinstance(text, str) or not _B64URL.fullmatch(text):
         raise ValueError("not base64url")
     unpadded = text.rstrip("=")
     try:
-        return base64.b64decode(
-            unpadded + "=" * (-len(unpadded) % 4), altchars=b"-_", validate=True
-        )
+        raw = base64.b64decode(unpadded + "=" * (-len(unpadded) % 4), altchars=b"-_", validate=True)
     except binascii.Error:
         raise ValueError("not base64url") from None
+    if b64url(raw) != unpadded:
+        raise ValueError("not canonical base64url")
+    return raw
 
 
 def ed25519_public_key(text: str | None) -> bytes:

@@ -17,7 +17,6 @@ Pure functions (no database): ``coalition statements verify`` runs offline on th
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import io
@@ -30,6 +29,7 @@ import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from partners.keys import b64url, b64url_decode
 from settlement.document import (
     CrossBrandRow,
     PeriodRef,
@@ -78,18 +78,6 @@ def canonical_json_with(document: Mapping[str, Any], key: str, canonical: bytes)
 def content_sha256(canonical: bytes) -> str:
     """The content hash of canonical bytes (hex)."""
     return hashlib.sha256(canonical).hexdigest()
-
-
-def b64url(data: bytes) -> str:
-    """base64url without padding."""
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def b64url_decode(text: str) -> bytes:
-    """base64url with or without padding; ValueError on other characters."""
-    if any(c in text for c in "+/ \n\r\t"):
-        raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def signature_part(kid: str, value: str) -> dict[str, Any]:

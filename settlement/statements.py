@@ -20,10 +20,10 @@ from sqlalchemy.orm import Session
 
 from coalition.errors import invariant, required
 from coalition.shapes import row_as
+from partners.keys import b64url
 from partners.webhooks import outbox
 from partners.webhooks.events import EventType
 from settlement.canonical import (
-    b64url,
     canonical_json,
     canonical_json_with,
     content_sha256,

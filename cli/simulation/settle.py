@@ -16,9 +16,10 @@ from cli.simulation.report import cross_brand_lines, table
 from cli.simulation.world import PARTNERS
 from coalition.config import Settings
 from coalition.db import transaction, utcnow
+from partners.keys import b64url
 from settlement import reports, workflow
 from settlement.bankfiles import BankEntry, write_camt053
-from settlement.canonical import b64url, csv_export, json_export, read_export, verify_document
+from settlement.canonical import csv_export, json_export, read_export, verify_document
 from settlement.close import close, statements_of
 from settlement.models import Period, Statement
 from settlement.payments import bank_accounts, reconcile, runs

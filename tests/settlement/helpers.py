@@ -16,8 +16,9 @@ from sqlalchemy import select
 from coalition.db import transaction
 from coalition.models import Transaction
 from coalition.money import EXPONENTS
+from partners.keys import b64url
 from partners.models import RateCard
-from settlement.canonical import b64url, csv_export, json_export
+from settlement.canonical import csv_export, json_export
 from settlement.close import Closed, close
 from settlement.document import StatementDocument
 from settlement.models import Statement

@@ -372,3 +372,18 @@ def _sample() -> dict[str, Any]:
         },
         "cross_brand": [],
     }
+
+
+def test_a_signature_written_with_its_spare_bits_set_is_refused(lite: Db, tmp_path: Path) -> None:
+    """An Ed25519 signature is 64 bytes, 86 base64url characters whose last one carries 4
+    spare bits: a character that differs only in them decodes to the same signature, yet the
+    exported bytes changed. The verifier reads one text per value (RFC 4648 3.5)."""
+    as_json, _, keys_file = export_files(lite, tmp_path)
+    keys = parse_keys(keys_file.read_bytes())
+    genuine = as_json.read_bytes()
+    value = json.loads(genuine)["signature"]["value"]
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    last = alphabet.index(value[-1])
+    twin = value[:-1] + alphabet[last ^ 1]  # the lowest spare bit flipped
+    assert _accepted(genuine, keys)
+    assert not _accepted(genuine.replace(value.encode(), twin.encode()), keys)

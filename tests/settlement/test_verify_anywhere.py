@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
-from settlement.canonical import b64url
+from partners.keys import b64url
 from tests.conftest import Db
 from tests.settlement.helpers import export_files
 
