@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from coalition import metrics
 from coalition.config import Settings
-from coalition.db import Reads, Replica, make_engine, session_factory, utcnow
+from coalition.db import make_engine, session_factory, utcnow
 from coalition.errors import InvariantViolated
+from coalition.replicas import Reads, Replica
 from partners.operations import Operations
 from partners.ratelimit import Limiter
 from partners.signatures import KeyCache

@@ -53,7 +53,7 @@ class Settings:
     """Everything the service reads from its environment."""
 
     database_url: str = DEFAULT_DATABASE_URL
-    #: A streaming replica for the reads that may be a moment old (coalition.db.Reads), and
+    #: A streaming replica for the reads that may be a moment old (coalition.replicas.Reads), and
     #: the lag past which those reads go to the primary instead.
     replica_database_url: str | None = None
     replica_max_lag_s: float = 5.0

@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -34,7 +34,10 @@ from prometheus_client import (
 )
 from sqlalchemy import Engine, bindparam, event, text
 
-from coalition.db import ReplicaLag, UTCDateTime
+from coalition.db import UTCDateTime
+
+if TYPE_CHECKING:
+    from coalition.replicas import ReplicaLag
 from coalition.ledger.kinds import ISSUED_KINDS, REDEEMED_KINDS
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -183,7 +186,7 @@ def observe_pool(engine: Engine) -> None:
 
 
 def observe_replica(lag: ReplicaLag, in_use: bool) -> None:
-    """Record one measurement of the read replica (``coalition.db.Replica``'s ``observe``)."""
+    """Record one measurement of the read replica (``coalition.replicas.Replica``'s ``observe``)."""
     DB_REPLICA_LAG.set(lag.lag_s)
     DB_REPLICA_LAG_BYTES.set(lag.lag_bytes)
     DB_REPLICA_IN_USE.set(1 if in_use else 0)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from coalition.db import database_unreachable, failure_line
+from coalition.db import database_unreachable
+from coalition.replicas import failure_line
 
 log = logging.getLogger("coalition.jobs")
 

@@ -10,7 +10,7 @@ sessions it binds the session as the request's principal, so :func:`api.audit.re
 records every console action in the same audit log as the API's.
 
 The pages read through :func:`read`: from the read replica when one is configured and usable
-(``coalition.db.Reads``), except for a browser that has just changed something: every console
+(``coalition.replicas.Reads``), except for a browser that has just changed something: every console
 ``POST`` answered without an error sets a short cookie (:data:`FRESH_COOKIE`, for the replica's
 lag bound and a second more; :func:`mark_fresh`), and while it lasts that browser's pages read
 the primary, so the page a form redirects to shows the change. The session itself is always

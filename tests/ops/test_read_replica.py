@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 import requests
 
-from coalition.db import Reads, Replica, make_engine, session_factory, transaction
+from coalition.db import make_engine, session_factory, transaction
 from coalition.errors import NotFound
+from coalition.replicas import Reads, Replica
 from partners.models import Partner
 from partners.rates import create_partner, get_partner
 from partners.signin import issue_link
