@@ -232,7 +232,9 @@ def import_earns(
     return summary
 
 
-def _earn_batch(ops: Operations, partner_id: str, items: list[EarnItem]) -> list[Any]:
+def _earn_batch(
+    ops: Operations, partner_id: str, items: list[EarnItem]
+) -> list[Posted | CoalitionError]:
     """``earn_many`` of the batch, again (from the start) if a reference it found free was
     taken by a concurrent earn before its write: the earlier earn is then what it finds."""
     attempts = 0

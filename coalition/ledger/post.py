@@ -275,8 +275,25 @@ def _insert_rows(
 # --- movements: what :func:`coalition.ledger.batch.post` posts ---------------------------
 
 
+class _Transfer:
+    """What a credit and a debit read of their header: the member and the points moved."""
+
+    __slots__ = ()
+    header: Header
+
+    @property
+    def member_id(self) -> str:
+        """The member credited or debited."""
+        return self.header.member_id
+
+    @property
+    def points(self) -> int:
+        """The points moved."""
+        return self.header.points
+
+
 @dataclass(frozen=True, slots=True)
-class Credit:
+class Credit(_Transfer):
     """Points to a member (earn, bonus, positive adjustment, burn reversal): the transaction,
     the account the points come from, and the lot they make; ``tier_window_days``: W, for a
     kind that counts in the tier basis (an earn).
@@ -293,19 +310,9 @@ class Credit:
     tier_window_days: int | None = None
     restores: str | None = None
 
-    @property
-    def member_id(self) -> str:
-        """The member credited."""
-        return self.header.member_id
-
-    @property
-    def points(self) -> int:
-        """The points credited."""
-        return self.header.points
-
 
 @dataclass(frozen=True, slots=True)
-class Debit:
+class Debit(_Transfer):
     """Points taken from a member's lots soonest-expiring first (burn, negative adjustment,
     capture, earn reversal, expiry), to ``to_account``.
 
@@ -325,16 +332,6 @@ class Debit:
     first_lot_id: int | None = None
     expired_by: datetime | None = None
     tier_window_days: int | None = None
-
-    @property
-    def member_id(self) -> str:
-        """The member debited."""
-        return self.header.member_id
-
-    @property
-    def points(self) -> int:
-        """The points debited."""
-        return self.header.points
 
     @property
     def plain(self) -> bool:
