@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 from api.runtime import Services, services_of
 from api.security import client_address, count_failure, signed_urls
 from coalition import logs
-from coalition.db import WHOLE, Prelude, transaction
+from coalition.db import WHOLE, transaction
 from coalition.errors import (
     Forbidden,
     IdempotencyKeyMissing,
@@ -49,6 +49,7 @@ from coalition.errors import (
     SignatureInvalid,
     required,
 )
+from coalition.hot import Prelude
 from partners.replay import claim_post_signature, post_signature_prelude
 from partners.signatures import (
     CachedKey,
@@ -170,7 +171,7 @@ def request_unit(
 
 def alone(request: Request[Any, Any, Any]) -> bool:
     """True when this ``GET``'s one statement may be its transaction, without
-    :func:`request_unit` (:meth:`coalition.db.HotStatement.alone`): on PostgreSQL, while what
+    :func:`request_unit` (:meth:`coalition.hot.HotStatement.alone`): on PostgreSQL, while what
     its signature writes is only its nonce, which that statement writes (:func:`single_use`),
     its key's revalidation and ``last_used_at`` not due (:meth:`~partners.signatures.KeyCache
     .quiet`). Otherwise the request opens :func:`request_unit`, which does them."""

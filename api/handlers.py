@@ -99,6 +99,7 @@ def operation(
     responses: dict[int, Any] | None = None,
     before: Hook | None = None,
     after: Hook | None = None,
+    led: bool = False,
     **route: Any,
 ) -> Callable[[Callable[..., msgspec.Struct]], Any]:
     """The Litestar ``POST`` route of a signed idempotent operation (module docstring).
@@ -107,7 +108,10 @@ def operation(
     all stands for ``{}``), or ``None`` for a body the operation reads itself (``call.data`` is
     then its bytes). ``problems``: the problem statuses the route documents (by default what
     a write of an existing thing may answer: without ``404`` when it names nothing that
-    exists). ``route``: further arguments of Litestar's ``post``."""
+    exists). ``led``: the operation's first statement is its terms read
+    (:func:`partners.rates.read_terms`), which carries the Idempotency-Key claim on PostgreSQL
+    (:func:`api.idempotency.run_idempotent`). ``route``: further arguments of Litestar's
+    ``post``."""
 
     struct, empty = body, empty_as_object
     invariant(not ({"dependencies", "sync_to_thread"} & route.keys()), "set by operation()")
@@ -130,7 +134,7 @@ def operation(
                 result = fn(self, call, **params)
                 return call.status, result
 
-            response = run_idempotent(request, call.services, call.principal, body, run)
+            response = run_idempotent(request, call.services, call.principal, body, run, led=led)
             if after is not None:
                 after(call, **params)
             return response

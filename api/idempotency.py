@@ -47,7 +47,9 @@ from api.auth import idempotency_key, request_unit, single_use
 from api.problems import PROBLEM_JSON, error_body
 from api.runtime import Services
 from coalition import idempotency as store
-from coalition.errors import CoalitionError, InvariantViolated
+from coalition.db import dialect_of
+from coalition.errors import CoalitionError, InvariantViolated, invariant
+from coalition.hot import LeadStopped, lead, lead_pending
 from partners.queries import TransactionOut, transaction_out
 from partners.signatures import Principal
 from partners.webhooks import outbox
@@ -108,8 +110,12 @@ def run_idempotent(
     principal: Principal,
     body: bytes,
     operation: Operation,
+    *,
+    led: bool = False,
 ) -> Response[Any]:
-    """Run ``operation`` at most once per Idempotency-Key; see the module docstring."""
+    """Run ``operation`` at most once per Idempotency-Key; see the module docstring. ``led``:
+    the operation's first statement is a read that carries the claim (on PostgreSQL, step 2
+    and 3 in its round trip: :func:`coalition.hot.first_led`)."""
     key = idempotency_key(request)
     path = request.scope["path"]
     owner = owner_of(principal)
@@ -127,6 +133,22 @@ def run_idempotent(
             now=now,
             prelude=single_use(request),
         )
+
+    def opening(session: Session) -> store.StoredResponse | None:
+        """Steps 2 and 3 now, or, ``led`` on PostgreSQL, left to the operation's first read."""
+        if led and dialect_of(session) == "postgresql":
+            lead(
+                session,
+                store.claim_lead(
+                    owner=owner,
+                    key=key,
+                    request_hash=digest,
+                    now=now,
+                    prelude=single_use(request),
+                ),
+            )
+            return None
+        return first_response(session)
 
     def keep(session: Session, status: int, content: bytes, transaction_id: str | None) -> None:
         store.save(
@@ -146,12 +168,17 @@ def run_idempotent(
     for attempt in range(_RACE_ATTEMPTS):
         try:
             with request_unit(request, single_use_later=True) as session:
-                if (stored := first_response(session)) is not None:
+                if (stored := opening(session)) is not None:
                     return _replayed(services, session, stored)
                 try:
                     status, payload = operation(session)
+                except LeadStopped as stopped:
+                    if isinstance(stopped.reason, store.Answered):
+                        return _replayed(services, session, stopped.reason.stored)
+                    raise stopped.reason from None
                 except CoalitionError as exc:
                     raise _OperationFailed(exc) from None
+                invariant(not lead_pending(session), "the operation's first read took the claim")
                 content = msgspec.json.encode(payload)
                 rendered = payload.id if isinstance(payload, TransactionOut) else None
                 keep(session, status, content, rendered)

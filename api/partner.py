@@ -160,7 +160,7 @@ class PartnerController(Controller):
                 )
             )
 
-    @operation("/earns", opt=partner("earn"), body=EarnCreate)
+    @operation("/earns", opt=partner("earn"), body=EarnCreate, led=True)
     def earn(self, call: Call[EarnCreate]) -> TransactionOut:
         """Points for a purchase: floor(amount x earn rate x tier multiplier)."""
         data = call.data
@@ -175,7 +175,7 @@ class PartnerController(Controller):
         )
         return transaction_out(posted.transaction)
 
-    @operation("/burns", opt=partner("burn"), body=BurnCreate)
+    @operation("/burns", opt=partner("burn"), body=BurnCreate, led=True)
     def burn(self, call: Call[BurnCreate]) -> TransactionOut:
         """Points as payment, given ``points`` or ``amount`` + ``currency`` (rounded up)."""
         data = call.data
@@ -191,7 +191,7 @@ class PartnerController(Controller):
         )
         return transaction_out(posted.transaction)
 
-    @operation("/holds", opt=partner("burn"), body=HoldCreate)
+    @operation("/holds", opt=partner("burn"), body=HoldCreate, led=True)
     def hold(self, call: Call[HoldCreate]) -> HoldOut:
         """Reserve points at checkout; capture or void later, or they expire."""
         data = call.data

@@ -3,10 +3,10 @@
 For a scenario of :mod:`bench.http` (earns, burns, balance reads), signed requests go through
 the API application in-process, one at a time, as :mod:`bench.asgi` drives it. Every
 statement they send to the driver is recorded with its parameters (SQLAlchemy's
-``before_cursor_execute``, which sees the :class:`~coalition.db.HotStatement` s too). The first
+``before_cursor_execute``, which sees the :class:`~coalition.hot.HotStatement` s too). The first
 two requests whose statements are the same texts, in one transaction each, make a pgbench
 script: ``BEGIN``, those statements, ``COMMIT``; a request of one statement, the statement on its
-own (as the service sends a balance read: :meth:`coalition.db.HotStatement.alone`).
+own (as the service sends a balance read: :meth:`coalition.hot.HotStatement.alone`).
 
 - Each parameter is written into the statement as a literal of its type.
 - A value that differs between the two requests is made unique per transaction from

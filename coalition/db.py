@@ -5,13 +5,11 @@ portable column types, the declarative base, transactions and Alembic migrations
 from __future__ import annotations
 
 import contextlib
-import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 from alembic import command
@@ -20,8 +18,6 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
     Boolean,
-    Connection,
-    CursorResult,
     DateTime,
     Dialect,
     Engine,
@@ -34,8 +30,6 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
-from sqlalchemy.engine.interfaces import BindTyping
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.compiler import compiles
@@ -46,7 +40,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator
 
-from coalition.errors import InvariantViolated, invariant, required
+from coalition.errors import invariant, required
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: PostgreSQL: how long a request waits for a new connection, for a pooled one (all busy),
@@ -265,189 +259,3 @@ def _any_of_in(element: AnyOf, compiler: SQLCompiler, **kw: Any) -> str:
 def _any_of_array(element: AnyOf, compiler: SQLCompiler, **kw: Any) -> str:
     array = bindparam(element.name, type_=ARRAY(element.column.type))
     return compiler.process(element.column == any_(array), **kw)
-
-
-_HOT = "coalition_hot"
-
-
-def _hot_cursor(session: Session) -> tuple[Connection, psycopg.RawCursor[Any] | None]:
-    """The connection of the session's transaction and, on PostgreSQL, one psycopg cursor of
-    its driver connection, both found once per transaction (a cursor per statement, and the
-    session's connection lookup, were a tenth of a hot statement's Python)."""
-    transaction = session.get_transaction()
-    found = session.info.get(_HOT)
-    if found is not None and transaction is not None and found[0] is transaction:
-        return found[1], found[2]
-    conn = session.connection()
-    cursor = _kept_cursor(conn) if conn.dialect.name == "postgresql" else None
-    session.info[_HOT] = (session.get_transaction(), conn, cursor)
-    return conn, cursor
-
-
-def _kept_cursor(conn: Connection) -> psycopg.RawCursor[Any]:
-    """The one raw psycopg cursor of ``conn``'s driver connection, kept with it in the pool (a
-    cursor holds only its last result; it is closed with its connection)."""
-    driver = conn.connection.driver_connection
-    if not isinstance(driver, psycopg.Connection):
-        raise InvariantViolated(f"a PostgreSQL connection through psycopg 3, not {driver!r}")
-    kept = conn.connection.info.get(_HOT)
-    if kept is None or kept.connection is not driver or kept.closed:
-        kept = conn.connection.info[_HOT] = psycopg.RawCursor(driver)
-    return cast("psycopg.RawCursor[Any]", kept)
-
-
-@dataclass(frozen=True, slots=True)
-class _Compiled:
-    """A hot statement compiled once for PostgreSQL: as SQLAlchemy renders it (``%(name)s``,
-    what listeners see) and as the server takes it (``$n``, with the names in their order)."""
-
-    named: str
-    raw: bytes
-    order: tuple[str, ...]
-    fixed: dict[str, Any]
-
-
-#: A ``%(name)s`` parameter or a ``%%`` (a literal ``%``) in SQL rendered for psycopg.
-_PYFORMAT = re.compile(r"%%|%\((\w+)\)s")
-
-
-def _numbered(named: str) -> tuple[bytes, tuple[str, ...]]:
-    """``named`` (psycopg's ``%(name)s`` style) with ``$n`` placeholders, one per name."""
-    order: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name is None:
-            return "%"
-        if name not in order:
-            order.append(name)
-        return f"${order.index(name) + 1}"
-
-    return _PYFORMAT.sub(number, named).encode(), tuple(order)
-
-
-class HotStatement:
-    """A statement of the request path, run on PostgreSQL as the driver runs it.
-
-    SQLAlchemy's execution of a Core statement (the compiled-cache lookup, the parameter and
-    result processing, the cursor wrapper) cost more Python than psycopg's own: per signed earn,
-    a fifth of the CPU (docs/benchmarks.md). On PostgreSQL the statement is compiled once, to
-    the server's ``$n`` placeholders, and each call goes to a raw psycopg cursor of the session's
-    transaction with the values in their order: psycopg parses no query text (it does for a
-    ``%(name)s`` query on every call when the query is over 4 KB, as an earn's are, a tenth of
-    an earn's Python). psycopg prepares it server-side after a few calls, unless
-    ``COALITION_DATABASE_PGBOUNCER``. Rows come back as psycopg's tuples, so
-    timestamps are aware in the connection's time zone (not converted to UTC) and numerics are
-    psycopg's ``Decimal``. On SQLite it runs through the session as any statement does.
-    SQLAlchemy's ``before_cursor_execute`` listeners (the benchmarks' statement counters) still
-    see every statement, as SQLAlchemy would have sent it (``%(name)s``, a dict).
-    """
-
-    __slots__ = ("_compiled", "statement")
-
-    def __init__(self, statement: Any) -> None:
-        self.statement = statement
-        self._compiled: _Compiled | None = None
-
-    def _postgresql(self, dialect: Dialect) -> _Compiled:
-        compiled = self.statement.compile(dialect=dialect)
-        raw, order = _numbered(compiled.string)
-        self._compiled = _Compiled(compiled.string, raw, order, _fixed_values(compiled))
-        return self._compiled
-
-    def rows(self, session: Session, params: dict[str, Any]) -> list[Any]:
-        """Every row the statement returns (none for a write without ``RETURNING``)."""
-        conn, cursor = _hot_cursor(session)
-        if cursor is None:
-            result = cast("CursorResult[Any]", session.execute(self.statement, params))
-            return list(result) if result.returns_rows else []
-        return self._run(conn, cursor, params)
-
-    def alone(self, engine: Engine, params: dict[str, Any]) -> list[Any]:
-        """PostgreSQL: every row of the statement run as a transaction of its own, in one round
-        trip: on a pooled connection in autocommit, no ``BEGIN``, no ``COMMIT``, no session (a
-        third of the Python of a one-statement transaction, and two statements less for the
-        server). Only for a statement that is the whole of its transaction; SQLAlchemy's
-        ``commit`` listeners are told of it as of a commit."""
-        invariant(engine.dialect.name == "postgresql", "a statement alone runs on PostgreSQL")
-        with engine.connect() as conn:
-            cursor = _kept_cursor(conn)
-            driver = cursor.connection
-            driver.autocommit = True
-            try:
-                rows = self._run(conn, cursor, params)
-            finally:
-                if not driver.closed:
-                    driver.autocommit = False
-            if conn.dispatch.commit:
-                for listener in conn.dispatch.commit:
-                    listener(conn)
-            return rows
-
-    def _run(
-        self, conn: Connection, cursor: psycopg.RawCursor[Any], params: dict[str, Any]
-    ) -> list[Any]:
-        compiled = self._compiled or self._postgresql(conn.dialect)
-        if compiled.fixed:
-            params = {**compiled.fixed, **params}
-        if conn.dispatch.before_cursor_execute:
-            for listener in conn.dispatch.before_cursor_execute:
-                listener(conn, cursor, compiled.named, params, None, False)
-        try:
-            cursor.execute(compiled.raw, [params[name] for name in compiled.order])
-        except psycopg.Error as exc:
-            # As SQLAlchemy's own execution: wrapped (IntegrityError...), a lost connection
-            # invalidated.
-            conn._handle_dbapi_exception(exc, compiled.named, params, cast("Any", cursor), None)
-            raise
-        answer = cursor.pgresult  # not ``description``: it builds a Column per column
-        if answer is None or answer.status != psycopg.pq.ExecStatus.TUPLES_OK:
-            return []
-        return cursor.fetchall()
-
-    def first(self, session: Session, params: dict[str, Any]) -> Any | None:
-        """The first row, or ``None``."""
-        rows = self.rows(session, params)
-        return rows[0] if rows else None
-
-
-@dataclass(frozen=True, slots=True)
-class Prelude:
-    """A write a request makes before its first statement (what makes a signed request
-    single-use: its nonce, or its signature's first use), sent in that statement's round trip on
-    PostgreSQL (the Idempotency-Key claim's, a balance read's), as a data-modifying CTE.
-
-    ``sql`` is an ``INSERT ... RETURNING`` with its own ``:named`` parameters (``params``; none
-    named as a parameter of the statement it goes in front of); ``settle`` is told how many rows
-    it returned and raises to refuse the request (its session is ``None`` when the statement ran
-    as a transaction of its own, :meth:`HotStatement.alone`: only a prelude whose check needs no
-    session goes in front of one); ``alone`` makes the same write and check on its own
-    (SQLite); ``undo`` (with ``params``) takes the write back when the statement ran alone and
-    the request is refused after it, as a rollback would have.
-    """
-
-    sql: str
-    params: dict[str, Any]
-    settle: Callable[[Session | None, int], None]
-    alone: Callable[[Session], None]
-    undo: HotStatement | None = None
-
-
-def named_sql(statement: Any) -> tuple[str, dict[str, Any]]:
-    """A Core statement as PostgreSQL SQL with ``:named`` parameters, to compose into a
-    ``text()`` statement (in front of it a :class:`Prelude`, say), and the values the statement
-    binds itself (:func:`_fixed_values`), to pass along with the caller's."""
-    compiled = statement.compile(dialect=_NAMED_POSTGRESQL)
-    return compiled.string, _fixed_values(compiled)
-
-
-def _fixed_values(compiled: Any) -> dict[str, Any]:
-    """The values a compiled statement binds itself (a literal compared with a column)."""
-    binds = compiled.bind_names.items()
-    return {name: bind.effective_value for bind, name in binds if not bind.required}
-
-
-# ``:name`` parameters, and no ``::TYPE`` casts after them (``text()`` would not see a
-# parameter followed by ``::``); PostgreSQL infers each parameter's type from where it is.
-_NAMED_POSTGRESQL = PGDialect_psycopg(paramstyle="named")  # type: ignore[no-untyped-call]
-_NAMED_POSTGRESQL.bind_typing = BindTyping.NONE

@@ -33,13 +33,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from coalition.db import Base, HotStatement, Prelude, UTCDateTime, dialect_of
+from coalition.db import Base, UTCDateTime, dialect_of
 from coalition.errors import (
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
     InvariantViolated,
     invariant,
 )
+from coalition.hot import HotStatement, Lead, Prelude
 
 
 class IdempotencyRecord(Base):
@@ -168,11 +169,12 @@ _CLAIM_SQL = """
 _CLAIM = HotStatement(text(_CLAIM_SQL))
 
 
-#: The claim preceded by a prelude's write.
-_CLAIM_AFTER = (
-    "WITH written AS ({part}) SELECT (SELECT count(*) FROM written) AS written, "  # noqa: S608 (built from constants)
-    f"claimed.* FROM ({_CLAIM_SQL}) AS claimed"
+#: The claim after a prelude's write (in a CTE ``written``), with its count in front.
+_CLAIM_WRITTEN = (
+    f"SELECT (SELECT count(*) FROM written) AS written, claimed.* FROM ({_CLAIM_SQL}) AS claimed"  # noqa: S608 (built from constants)
 )
+#: The claim preceded by a prelude's write.
+_CLAIM_AFTER = f"WITH written AS ({{part}}) {_CLAIM_WRITTEN}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +231,43 @@ def claim(
         f"a request with Idempotency-Key {key!r} is still running; retry in a moment",
         retry_after_s=IN_USE_RETRY_AFTER_S,
     )
+
+
+class Answered(Exception):
+    """The key's first response exists: the request replays it (what a :func:`claim_lead`
+    stops the operation with)."""
+
+    def __init__(self, stored: StoredResponse) -> None:
+        super().__init__(stored)
+        self.stored = stored
+
+
+def claim_lead(
+    *, owner: str, key: str, request_hash: bytes, now: datetime, prelude: Prelude | None
+) -> Lead:
+    """:func:`claim` as a :class:`~coalition.hot.Lead` (PostgreSQL): sent in front of the
+    operation's first read, in its round trip. Its settle lets the operation go on when the key
+    is new; raises :class:`Answered` with the first response to replay, the ``prelude``'s
+    refusal, or :func:`claim`'s (which it waits with when another transaction holds the key)."""
+    params = {"lock": f"{owner}\n{key}", "owner": owner, "key": key}
+
+    def settle(session: Session, row: Sequence[Any]) -> None:
+        if prelude is not None:
+            prelude.settle(session, int(row[0]))
+            row = row[1:]
+        if row[0]:
+            found = _stored(
+                session, row[1:], owner=owner, key=key, request_hash=request_hash, now=now
+            )
+        else:
+            found = claim(session, owner=owner, key=key, request_hash=request_hash, now=now)
+        if found is not None:
+            raise Answered(found)
+
+    if prelude is None:
+        return Lead("", _CLAIM_SQL, len(_COLUMNS) + 1, params, settle)
+    ctes = f"written AS ({prelude.sql})"
+    return Lead(ctes, _CLAIM_WRITTEN, len(_COLUMNS) + 2, {**prelude.params, **params}, settle)
 
 
 def _one_row(row: Sequence[Any] | None) -> Sequence[Any]:

@@ -35,6 +35,7 @@ from prometheus_client import (
 from sqlalchemy import Engine, bindparam, event, text
 
 from coalition.db import UTCDateTime
+from coalition.hot import LeadStopped
 
 if TYPE_CHECKING:
     from coalition.replicas import ReplicaLag
@@ -218,6 +219,8 @@ def _measured(kind: str, call: Callable[..., Any], engine: Engine | None) -> Cal
             if kind == "expire_points" and engine is not None:
                 return _expire_points(call, engine, *args, **kwargs)
             result = call(*args, **kwargs)
+        except LeadStopped:  # stopped before it began (a replay): not an outcome of it
+            raise
         except BaseException as exc:
             OPERATIONS.labels(kind, _outcome(exc)).inc()
             raise

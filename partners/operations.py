@@ -20,11 +20,12 @@ from sqlalchemy.orm import Session
 
 from coalition import ledger
 from coalition.config import Tier
-from coalition.db import Prelude, owns_rollback
+from coalition.db import owns_rollback
 from coalition.errors import (
     CoalitionError,
     ValidationFailed,
 )
+from coalition.hot import Prelude
 from coalition.ids import MEMBER_ID_RULE, is_member_id
 from partners.corrections import JOB_BATCHES_PER_RUN, Corrections
 from partners.earning import EARN_BATCH_MAX, Earning, EarnItem
@@ -77,7 +78,7 @@ class Operations(Earning, Spending, Corrections):
         """Available and held points, tier and upcoming expiries of a member; after the
         ``prelude``'s write (the request's nonce), in the same round trip on PostgreSQL.
         ``alone`` (PostgreSQL, no ``session``): that one statement is its own transaction
-        (:meth:`~coalition.db.HotStatement.alone`)."""
+        (:meth:`~coalition.hot.HotStatement.alone`)."""
         now = self.clock()
         window_days = self.settings.tier_window_days
         if alone:

@@ -34,8 +34,9 @@ from sqlalchemy import BigInteger, Integer, String, Table, bindparam, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from coalition.db import Base, HotStatement, dialect_of, transaction
+from coalition.db import Base, dialect_of, transaction
 from coalition.errors import RateLimited
+from coalition.hot import HotStatement
 
 DEFAULT_WINDOW_S = 60
 #: How often a process merges its per-key counts into the shared counter rows, at most

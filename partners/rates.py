@@ -21,7 +21,6 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from coalition import text
-from coalition.db import HotStatement
 from coalition.errors import (
     BurnCapExceeded,
     Conflict,
@@ -31,6 +30,7 @@ from coalition.errors import (
     invariant,
     required,
 )
+from coalition.hot import HotStatement, first_led
 from coalition.ids import new_id
 from coalition.models import Account
 from coalition.money import (
@@ -250,8 +250,10 @@ def read_terms(
     session: Session, stmt: HotStatement, params: dict[str, Any], at: datetime
 ) -> tuple[PartnerTerms, tuple[Any, ...]]:
     """Run a :func:`partner_terms_with` statement: the partner's terms at ``at`` and the
-    values of the extra columns. :class:`NotFound` if there is no such partner."""
-    row = stmt.first(session, {**params, "at": at})
+    values of the extra columns. :class:`NotFound` if there is no such partner. An operation's
+    first statement: a :class:`~coalition.hot.Lead` the session holds (the Idempotency-Key
+    claim) rides it (:func:`~coalition.hot.first_led`)."""
+    row = first_led(session, stmt, {**params, "at": at})
     if row is None:
         raise NotFound(f"no partner {params['partner']!r}")
     width = 5 + len(_CARD_COLUMNS)

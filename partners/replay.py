@@ -29,8 +29,9 @@ from sqlalchemy import Index, String, delete, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from coalition.db import Base, HotStatement, Prelude, UTCDateTime, dialect_of
+from coalition.db import Base, UTCDateTime, dialect_of
 from coalition.errors import SignatureInvalid, required
+from coalition.hot import HotStatement, Prelude
 from coalition.models import ID
 from partners.signatures import SignedRequest
 

@@ -18,8 +18,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from coalition.db import HotStatement, UTCDateTime, dialect_of
+from coalition.db import UTCDateTime, dialect_of
 from coalition.errors import invariant
+from coalition.hot import HotStatement
 from coalition.ledger.tables import (
     _LOTS,
     _TRANSACTIONS,

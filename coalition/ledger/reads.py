@@ -18,8 +18,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from coalition.db import HotStatement, Prelude, dialect_of, named_sql
+from coalition.db import dialect_of
 from coalition.errors import InvariantViolated, UnknownMember, invariant
+from coalition.hot import HotStatement, Prelude, named_sql
 from coalition.ledger.tables import (
     _HOLDS,
     _LOTS,
@@ -234,7 +235,7 @@ def balance_read(
     after ``now``, after the ``prelude``'s write (the request's nonce, which it settles first:
     a replay is refused before the member is looked for). On PostgreSQL one statement: in the
     session's transaction, or given the engine, as a transaction of its own
-    (:meth:`~coalition.db.HotStatement.alone`; for an unknown member the prelude's write is
+    (:meth:`~coalition.hot.HotStatement.alone`; for an unknown member the prelude's write is
     then taken back, as the transaction's rollback does)."""
     session = on if isinstance(on, Session) else None
     if session is not None and dialect_of(session) != "postgresql":

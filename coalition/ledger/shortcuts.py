@@ -17,8 +17,9 @@ from sqlalchemy import Boolean, bindparam, or_, text, update
 from sqlalchemy import cast as sa_cast
 from sqlalchemy.orm import Session
 
-from coalition.db import HotStatement, dialect_of, named_sql
+from coalition.db import dialect_of
 from coalition.errors import invariant
+from coalition.hot import HotStatement, named_sql
 from coalition.ledger.lots import _take
 from coalition.ledger.post import (
     CloseHold,

@@ -23,7 +23,8 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from coalition.db import HotStatement, Prelude, dialect_of
+from coalition.db import dialect_of
+from coalition.hot import HotStatement, Prelude
 from partners.models import RequestNonce
 from partners.signatures.refusals import fail
 

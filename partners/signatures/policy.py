@@ -36,8 +36,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from coalition.db import Prelude
 from coalition.errors import SignatureInvalid, invariant
+from coalition.hot import Prelude
 from partners.signatures import nonces
 from partners.signatures.base import check_signature
 from partners.signatures.fields import (

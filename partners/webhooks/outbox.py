@@ -34,7 +34,8 @@ from sqlalchemy import delete, event, exists, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 
-from coalition.db import HotStatement, dialect_of
+from coalition.db import dialect_of
+from coalition.hot import HotStatement
 from coalition.idempotency import Rider
 from coalition.ids import new_id
 from coalition.models import Hold, HoldStatus, Transaction

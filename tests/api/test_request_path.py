@@ -236,7 +236,7 @@ def test_a_revoked_key_is_refused_by_every_worker_within_a_second(pg: Db, tmp_pa
     member = pg.member(points=10, partner=partner)
     key_id, secret = _partner_key(pg, partner.id, ["read"])
     # ``GET /v1/me`` in a transaction of its own; a balance read most often its one statement
-    # alone (coalition.db.HotStatement.alone): both must see the revocation.
+    # alone (coalition.hot.HotStatement.alone): both must see the revocation.
     paths = ["/v1/me", f"/v1/members/{member}/balance"]
     with transaction(pg.sessions) as s:
         operator = create_operator_key(s, secret_key=SECRET_KEY, now=utcnow())
