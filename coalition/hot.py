@@ -56,26 +56,45 @@ class _Compiled:
     named: str
     raw: bytes
     order: tuple[str, ...]
+    #: What the statement binds itself (listeners are shown all of it) and, of that, what is
+    #: still sent as parameters (not written into ``raw``: :func:`_literals`).
     fixed: dict[str, Any]
+    sent: dict[str, Any]
 
 
 #: A ``%(name)s`` parameter or a ``%%`` (a literal ``%``) in SQL rendered for psycopg.
 _PYFORMAT = re.compile(r"%%|%\((\w+)\)s")
 
 
-def _numbered(named: str) -> tuple[bytes, tuple[str, ...]]:
-    """``named`` (psycopg's ``%(name)s`` style) with ``$n`` placeholders, one per name."""
+def _numbered(named: str, literals: dict[str, str]) -> tuple[bytes, tuple[str, ...]]:
+    """``named`` (psycopg's ``%(name)s`` style) with ``$n`` placeholders, one per name, and
+    the ``literals`` written in place of theirs."""
     order: list[str] = []
 
     def number(match: re.Match[str]) -> str:
         name = match.group(1)
         if name is None:
             return "%"
+        if name in literals:
+            return literals[name]
         if name not in order:
             order.append(name)
         return f"${order.index(name) + 1}"
 
     return _PYFORMAT.sub(number, named).encode(), tuple(order)
+
+
+def _literals(fixed: dict[str, Any]) -> dict[str, str]:
+    """Of the values a statement binds itself, the integers and booleans as SQL text: written
+    into the statement once instead of sent and converted as parameters on every call (an
+    earn's statements bind two dozen such constants). Nothing that would need quoting."""
+    found = {}
+    for name, value in fixed.items():
+        if isinstance(value, bool):
+            found[name] = "true" if value else "false"
+        elif type(value) is int:
+            found[name] = f"({value})" if value < 0 else str(value)
+    return found
 
 
 class HotStatement:
@@ -103,8 +122,11 @@ class HotStatement:
 
     def _postgresql(self, dialect: Dialect) -> _Compiled:
         compiled = self.statement.compile(dialect=dialect)
-        raw, order = _numbered(compiled.string)
-        self._compiled = _Compiled(compiled.string, raw, order, _fixed_values(compiled))
+        fixed = _fixed_values(compiled)
+        literals = _literals(fixed)
+        raw, order = _numbered(compiled.string, literals)
+        sent = {name: value for name, value in fixed.items() if name not in literals}
+        self._compiled = _Compiled(compiled.string, raw, order, fixed, sent)
         return self._compiled
 
     def rows(self, session: Session, params: dict[str, Any]) -> list[Any]:
@@ -140,11 +162,12 @@ class HotStatement:
         self, conn: Connection, cursor: psycopg.RawCursor[Any], params: dict[str, Any]
     ) -> list[Any]:
         compiled = self._compiled or self._postgresql(conn.dialect)
-        if compiled.fixed:
-            params = {**compiled.fixed, **params}
+        if compiled.sent:
+            params = {**compiled.sent, **params}
         if conn.dispatch.before_cursor_execute:
+            shown = {**compiled.fixed, **params}
             for listener in conn.dispatch.before_cursor_execute:
-                listener(conn, cursor, compiled.named, params, None, False)
+                listener(conn, cursor, compiled.named, shown, None, False)
         try:
             cursor.execute(compiled.raw, [params[name] for name in compiled.order])
         except psycopg.Error as exc:
@@ -273,9 +296,21 @@ def first_led(session: Session, read: HotStatement, params: dict[str, Any]) -> A
 def named_sql(statement: Any) -> tuple[str, dict[str, Any]]:
     """A Core statement as PostgreSQL SQL with ``:named`` parameters, to compose into a
     ``text()`` statement (in front of it a :class:`Prelude`, say), and the values the statement
-    binds itself (:func:`_fixed_values`), to pass along with the caller's."""
+    binds itself (:func:`_fixed_values`; integers and booleans written in: :func:`_literals`),
+    to pass along with the caller's."""
     compiled = statement.compile(dialect=_NAMED_POSTGRESQL)
-    return compiled.string, _fixed_values(compiled)
+    fixed = _fixed_values(compiled)
+    literals = _literals(fixed)
+
+    def written(match: re.Match[str]) -> str:
+        return literals.get(match.group(1), match.group(0))
+
+    sql = _NAMED.sub(written, compiled.string) if literals else compiled.string
+    return sql, {name: value for name, value in fixed.items() if name not in literals}
+
+
+#: A ``:name`` parameter (not the second colon of a ``::`` cast).
+_NAMED = re.compile(r"(?<![:\w]):(\w+)")
 
 
 def _fixed_values(compiled: Any) -> dict[str, Any]:

@@ -39,6 +39,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from coalition.config import Settings
 from coalition.db import UTCDateTime, dialect_of, utcnow
 from coalition.errors import ValidationFailed
+from coalition.models import Transaction
+from partners.webhooks.outbox import sent_body
 from partners.webhooks.signing import signature, signing_secrets
 from partners.webhooks.tables import DeliveryStatus, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from partners.webhooks.urls import Resolver, Target, check_url, resolve
@@ -210,9 +212,13 @@ class Dispatcher:
                 .execution_options(synchronize_session=False)
             )
         rows = s.execute(
-            select(WebhookDelivery, WebhookEndpoint, WebhookEvent.payload)
+            select(WebhookDelivery, WebhookEndpoint, WebhookEvent, Transaction)
             .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
             .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
+            .outerjoin(
+                Transaction,
+                (Transaction.id == WebhookEvent.transaction_id) & WebhookEvent.payload.is_(None),
+            )
             .where(WebhookDelivery.id.in_(ids))
             .order_by(WebhookDelivery.id)
         ).all()
@@ -223,11 +229,11 @@ class Dispatcher:
                 endpoint_id=e.id,
                 url=e.url,
                 event_id=d.event_id,
-                body=payload.encode(),
+                body=sent_body(event, txn),
                 secrets=tuple(signing_secrets(e, key, now)),
                 attempts=d.attempts,
             )
-            for d, e, payload in rows
+            for d, e, event, txn in rows
         ]
         if not held:
             s.commit()

@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any
 
 from msgspec import UNSET
@@ -35,6 +34,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 
 from coalition.db import dialect_of
+from coalition.errors import InvariantViolated
 from coalition.hot import HotStatement
 from coalition.idempotency import Rider
 from coalition.ids import new_id
@@ -151,7 +151,9 @@ class _Noted:
 
     event_type: EventType
     partner_id: str
-    data: Callable[[], EventData]
+    #: The event's data; ``None`` for a ledger transaction's event, whose body is made from
+    #: the transaction's row when it is sent (:func:`sent_body`).
+    data: Callable[[], EventData] | None
     at: datetime
     due: datetime
     transaction_id: str | None
@@ -159,11 +161,13 @@ class _Noted:
 
     def row(self) -> dict[str, Any]:
         event_id = new_id("evt")
+        data = self.data
+        payload = None if data is None else body_of(event_id, self.event_type, self.at, data())
         return {
             "id": event_id,
             "type": self.event_type.value,
             "partner": self.partner_id,
-            "payload": body_of(event_id, self.event_type, self.at, self.data()),
+            "payload": payload,
             "at": self.at,
             "due": self.due,
             "txn": self.transaction_id,
@@ -209,7 +213,7 @@ def transactions_posted(session: Session, txns: Sequence[Transaction]) -> None:
             _Noted(
                 event_type,
                 txn.partner_id,
-                partial(transaction_out, txn),
+                None,
                 txn.posted_at,
                 txn.posted_at,
                 txn.id,
@@ -246,6 +250,18 @@ def hold_closed(
 _PENDING = "coalition_outbox_pending"
 #: Whether ``:partner`` has an enabled endpoint subscribed to ``:type``.
 _ANY_SUBSCRIBED = text(f"SELECT EXISTS (SELECT 1 FROM webhook_endpoints WHERE {_SUBSCRIBED})")  # noqa: S608 (built from constants)
+
+
+def sent_body(event: WebhookEvent, txn: Transaction | None) -> bytes:
+    """The bytes ``event`` is sent as: its payload, or, for a ledger transaction's event
+    (stored without one), the contract's body with that transaction (``txn``, its row) as its
+    data, rendered when it is sent: the row never changes and the rendering is a function of it
+    alone, so every attempt sends the same bytes (docs/architecture.md, decision 28)."""
+    if event.payload is not None:
+        return event.payload.encode()
+    if txn is None or txn.id != event.transaction_id:
+        raise InvariantViolated(f"event {event.id} has neither a payload nor its transaction")
+    return body_of(event.id, event.type, event.created_at, transaction_out(txn)).encode()
 
 
 @event.listens_for(Session, "before_commit")

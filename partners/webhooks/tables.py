@@ -82,12 +82,15 @@ class WebhookEndpoint(Base):
 
 class WebhookEvent(Base):
     """An event: ``payload`` is the exact JSON body sent (``id``, ``type``, ``created_at``,
-    ``data``), the same bytes on every attempt."""
+    ``data``), the same bytes on every attempt; ``NULL`` for a ledger transaction's event, whose
+    body is rendered from the transaction's row when sent (``partners.webhooks.outbox
+    .sent_body``, docs/architecture.md decision 28)."""
 
     __tablename__ = "webhook_events"
     __table_args__ = (
         Index("ix_webhook_events_partner_id", "partner_id", "id"),
         Index("ix_webhook_events_created_at", "created_at"),
+        CheckConstraint("payload IS NOT NULL OR transaction_id IS NOT NULL", name="has_body"),
         # a ledger transaction has at most one event (invariant 6)
         Index(
             "uq_webhook_events_transaction_id",
@@ -102,7 +105,7 @@ class WebhookEvent(Base):
     type: Mapped[str] = mapped_column(String(64))
     #: No foreign key to the partner (migration 0019, docs/invariants.md): checked instead.
     partner_id: Mapped[str] = mapped_column(ID)
-    payload: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: The ledger transaction a ``transaction.*`` event describes.
     transaction_id: Mapped[str | None] = mapped_column(ForeignKey("transactions.id"))

@@ -15,11 +15,13 @@ from sqlalchemy import select
 
 from coalition import idempotency as store
 from coalition.db import transaction
+from coalition.models import Transaction
 from partners.models import Partner
 from partners.operations import EarnItem
 from partners.webhooks import outbox
 from partners.webhooks.endpoints import Webhooks
 from partners.webhooks.events import EventType
+from partners.webhooks.outbox import sent_body
 from partners.webhooks.tables import WebhookAttempt, WebhookDelivery, WebhookEvent
 from settlement import workflow
 from settlement.workflow import Actor
@@ -42,8 +44,12 @@ def endpoint(db: Db, partner: Partner, events: list[str] | None = None) -> str:
 
 def events(db: Db) -> list[tuple[str, str, dict[str, object]]]:
     with db.sessions() as s:
-        rows = s.execute(select(WebhookEvent).order_by(WebhookEvent.id)).scalars().all()
-        return [(e.type, e.partner_id, msgspec.json.decode(e.payload)) for e in rows]
+        rows = s.execute(
+            select(WebhookEvent, Transaction)
+            .outerjoin(Transaction, Transaction.id == WebhookEvent.transaction_id)
+            .order_by(WebhookEvent.id)
+        ).all()
+        return [(e.type, e.partner_id, msgspec.json.decode(sent_body(e, t))) for e, t in rows]
 
 
 def deliveries(db: Db) -> list[tuple[str, str, str]]:
@@ -176,7 +182,7 @@ def test_invariant_6_catches_a_delivery_or_an_event_that_names_nothing(db: Db) -
         )  # fmt: skip
         s.add(
             WebhookEvent(
-                id="evt_stray", type=event.type, partner_id="prt_gone", payload=event.payload,
+                id="evt_stray", type=event.type, partner_id="prt_gone", payload="{}",
                 created_at=db.clock(),
             )
         )  # fmt: skip

@@ -10,7 +10,7 @@ from datetime import date
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from coalition.db import transaction
@@ -176,7 +176,7 @@ def test_the_partner_is_told_of_every_change_with_the_iban_masked(db: Db) -> Non
     _approve(db, partner.id, B)
     with transaction(db.sessions) as s:
         payloads = s.scalars(
-            select(WebhookEvent.payload)
+            select(func.coalesce(WebhookEvent.payload, ""))
             .where(WebhookEvent.type == "partner.bank_account_changed")
             .order_by(WebhookEvent.id)
         ).all()

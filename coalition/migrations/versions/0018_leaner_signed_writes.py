@@ -21,8 +21,8 @@ indexes (docs/benchmarks.md, "The ledger's writes").
 
 The upgrade checks its result: every stored response has its body or its transaction, every
 hash its 32 bytes. The downgrade writes the body of every row that names a transaction (the
-rendering of a transaction as it stands at this revision: :func:`_body`, the API's
-``TransactionOut``), refuses if one is left without a body, and restores the columns.
+rendering of a transaction as it stands at this revision:
+:func:`coalition.migrations.renderings.transaction_body`, the API's ``TransactionOut``), refuses if one is left without a body, and restores the columns.
 
 Revision ID: 0018_leaner_signed_writes
 Revises: 0017_request_rows_unkeyed
@@ -30,14 +30,11 @@ Revises: 0017_request_rows_unkeyed
 
 from __future__ import annotations
 
-from typing import Any
-
-import msgspec
 import sqlalchemy as sa
 from alembic import op
 
 from coalition.db import UTCDateTime
-from coalition.money import format_amount
+from coalition.migrations.renderings import TRANSACTIONS, transaction_body
 
 revision = "0018_leaner_signed_writes"
 down_revision = "0017_request_rows_unkeyed"
@@ -113,47 +110,14 @@ _KEYS = sa.table(
     sa.column("response_body", sa.LargeBinary()),
     sa.column("response_transaction_id", sa.String()),
 )
-_TXNS = sa.table(
-    "transactions",
-    *(sa.column(name, sa.String()) for name in ("id", "kind", "partner_id", "member_id")),
-    *(sa.column(name, sa.String()) for name in ("reference", "currency", "rate_card_id")),
-    *(sa.column(name, sa.BigInteger()) for name in ("points", "amount_minor", "balance_after")),
-    sa.column("occurred_at", UTCDateTime()),
-    sa.column("posted_at", UTCDateTime()),
-    sa.column("reverses", sa.String()),
-)
-
-
-def _body(t: Any) -> bytes:
-    """A transaction in the contract's shape, as the API renders it at this revision."""
-    amount = None
-    if t.amount_minor is not None and t.currency is not None:
-        amount = format_amount(t.amount_minor, t.currency)
-    data: dict[str, Any] = {
-        "id": t.id,
-        "kind": t.kind,
-        "partner_id": t.partner_id,
-        "member_id": t.member_id,
-        "reference": t.reference,
-        "points": t.points,
-        "amount": amount,
-        "currency": t.currency,
-        "rate_card_id": t.rate_card_id,
-        "occurred_at": t.occurred_at,
-        "posted_at": t.posted_at,
-        "balance_after": t.balance_after,
-    }
-    if t.reverses is not None:
-        data["reverses"] = t.reverses
-    return msgspec.json.encode(data)
 
 
 def downgrade() -> None:
     op.create_index("ix_transactions_partner_posted", "transactions", ["partner_id", "posted_at"])
     conn = op.get_bind()
     rows = conn.execute(
-        sa.select(_KEYS.c.owner, _KEYS.c.key, *_TXNS.c).join(
-            _TXNS, _TXNS.c.id == _KEYS.c.response_transaction_id
+        sa.select(_KEYS.c.owner, _KEYS.c.key, *TRANSACTIONS.c).join(
+            TRANSACTIONS, TRANSACTIONS.c.id == _KEYS.c.response_transaction_id
         )
     ).all()
     write = (
@@ -162,7 +126,7 @@ def downgrade() -> None:
         .values(response_body=sa.bindparam("b"), response_transaction_id=None)
     )
     if rows:
-        conn.execute(write, [{"o": r.owner, "k": r.key, "b": _body(r)} for r in rows])
+        conn.execute(write, [{"o": r.owner, "k": r.key, "b": transaction_body(r)} for r in rows])
     left = "SELECT count(*) FROM idempotency_keys WHERE response_transaction_id IS NOT NULL"
     if int(conn.execute(sa.text(left)).scalar_one() or 0):
         raise RuntimeError("0018 downgrade: a stored response names a transaction that is gone")
