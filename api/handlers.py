@@ -100,6 +100,7 @@ def operation(
     before: Hook | None = None,
     after: Hook | None = None,
     led: bool = False,
+    posts: str | None = None,
     **route: Any,
 ) -> Callable[[Callable[..., msgspec.Struct]], Any]:
     """The Litestar ``POST`` route of a signed idempotent operation (module docstring).
@@ -110,8 +111,9 @@ def operation(
     a write of an existing thing may answer: without ``404`` when it names nothing that
     exists). ``led``: the operation's first statement is its terms read
     (:func:`partners.rates.read_terms`), which carries the Idempotency-Key claim on PostgreSQL
-    (:func:`api.idempotency.run_idempotent`). ``route``: further arguments of Litestar's
-    ``post``."""
+    (:func:`api.idempotency.run_idempotent`). ``posts``: the operation posts one ledger
+    transaction of this kind and answers with it (its response is saved in the statement that
+    writes it). ``route``: further arguments of Litestar's ``post``."""
 
     struct, empty = body, empty_as_object
     invariant(not ({"dependencies", "sync_to_thread"} & route.keys()), "set by operation()")
@@ -134,7 +136,15 @@ def operation(
                 result = fn(self, call, **params)
                 return call.status, result
 
-            response = run_idempotent(request, call.services, call.principal, body, run, led=led)
+            response = run_idempotent(
+                request,
+                call.services,
+                call.principal,
+                body,
+                run,
+                led=led,
+                posts=None if posts is None else (posts, status_code),
+            )
             if after is not None:
                 after(call, **params)
             return response

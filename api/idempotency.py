@@ -47,6 +47,7 @@ from api.auth import idempotency_key, request_unit, single_use
 from api.problems import PROBLEM_JSON, error_body
 from api.runtime import Services
 from coalition import idempotency as store
+from coalition import ledger
 from coalition.db import dialect_of
 from coalition.errors import CoalitionError, InvariantViolated, invariant
 from coalition.hot import LeadStopped, lead, lead_pending
@@ -112,10 +113,14 @@ def run_idempotent(
     operation: Operation,
     *,
     led: bool = False,
+    posts: tuple[str, int] | None = None,
 ) -> Response[Any]:
     """Run ``operation`` at most once per Idempotency-Key; see the module docstring. ``led``:
     the operation's first statement is a read that carries the claim (on PostgreSQL, step 2
-    and 3 in its round trip: :func:`coalition.hot.first_led`)."""
+    and 3 in its round trip: :func:`coalition.hot.first_led`). ``posts``: the operation posts
+    one ledger transaction of this kind and answers with it and this status; on PostgreSQL the
+    response's save and the transaction's webhook event ride the statement that writes it
+    (:mod:`coalition.ledger.riders`)."""
     key = idempotency_key(request)
     path = request.scope["path"]
     owner = owner_of(principal)
@@ -150,6 +155,22 @@ def run_idempotent(
             return None
         return first_response(session)
 
+    def riders(session: Session) -> None:
+        """The save and the event, to ride the statement of the transaction ``posts``."""
+        if posts is None or dialect_of(session) != "postgresql":
+            return
+        kind, status = posts
+        kept = store.kept_rider(
+            owner=owner,
+            key=key,
+            request_hash=digest,
+            method=request.method,
+            path=path[:2048],
+            status=status,
+            now=now,
+        )
+        ledger.ride(session, kind, (kept, outbox.EVENT_RIDER))
+
     def keep(session: Session, status: int, content: bytes, transaction_id: str | None) -> None:
         store.save(
             session,
@@ -170,6 +191,7 @@ def run_idempotent(
             with request_unit(request, single_use_later=True) as session:
                 if (stored := opening(session)) is not None:
                     return _replayed(services, session, stored)
+                riders(session)
                 try:
                     status, payload = operation(session)
                 except LeadStopped as stopped:
@@ -178,10 +200,19 @@ def run_idempotent(
                     raise stopped.reason from None
                 except CoalitionError as exc:
                     raise _OperationFailed(exc) from None
+                finally:
+                    ledger.alight(session)
                 invariant(not lead_pending(session), "the operation's first read took the claim")
                 content = msgspec.json.encode(payload)
                 rendered = payload.id if isinstance(payload, TransactionOut) else None
-                keep(session, status, content, rendered)
+                carried = store.kept_with(session)
+                if carried is None:
+                    keep(session, status, content, rendered)
+                else:
+                    invariant(
+                        posts is not None and (rendered, status) == (carried, posts[1]),
+                        "the response saved with the transaction is the transaction",
+                    )
             return _response(status, content, replayed=False)
         except _OperationFailed as failed:
             refused = failed.error

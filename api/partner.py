@@ -160,7 +160,7 @@ class PartnerController(Controller):
                 )
             )
 
-    @operation("/earns", opt=partner("earn"), body=EarnCreate, led=True)
+    @operation("/earns", opt=partner("earn"), body=EarnCreate, led=True, posts="earn")
     def earn(self, call: Call[EarnCreate]) -> TransactionOut:
         """Points for a purchase: floor(amount x earn rate x tier multiplier)."""
         data = call.data
@@ -175,7 +175,7 @@ class PartnerController(Controller):
         )
         return transaction_out(posted.transaction)
 
-    @operation("/burns", opt=partner("burn"), body=BurnCreate, led=True)
+    @operation("/burns", opt=partner("burn"), body=BurnCreate, led=True, posts="burn")
     def burn(self, call: Call[BurnCreate]) -> TransactionOut:
         """Points as payment, given ``points`` or ``amount`` + ``currency`` (rounded up)."""
         data = call.data

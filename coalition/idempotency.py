@@ -41,6 +41,8 @@ from coalition.errors import (
     invariant,
 )
 from coalition.hot import HotStatement, Lead, Prelude
+from coalition.ledger.post import Header
+from coalition.ledger.riders import Rider
 
 
 class IdempotencyRecord(Base):
@@ -120,7 +122,7 @@ _SAVE = HotStatement(
 
 
 @dataclass(frozen=True, slots=True)
-class Rider:
+class SaveRider:
     """Writes a transaction noted for its commit that may go out instead in the statement that
     stores the request's response (PostgreSQL), as data-modifying CTEs in front of its
     ``INSERT``: no statement of their own. The layer that notes them defines it (the webhook
@@ -326,7 +328,7 @@ def save(
     body: bytes | None,
     now: datetime,
     transaction_id: str | None = None,
-    rider: Rider | None = None,
+    rider: SaveRider | None = None,
 ) -> None:
     """Store the first response to ``key``, in the transaction of the operation it answers
     (after :func:`lookup` found none): its ``body``, or (``body`` ``None``) the id of the
@@ -353,6 +355,46 @@ def save(
             _composed(rider.ctes, _SAVE_WITH).rows(session, {**carried, **values})
             return
     _SAVE.rows(session, values)
+
+
+#: The stored response of a request answered by the transaction it posts, riding the
+#: statement that writes the transaction (``t``: :mod:`coalition.ledger.riders`).
+_KEPT_CTES = (
+    "kept AS (INSERT INTO idempotency_keys"  # noqa: S608 (built from constants)
+    f" ({', '.join(c.name for c in _TABLE.c)})"
+    " SELECT :kept_owner, :kept_key, :kept_hash, :kept_method, :kept_path, :kept_status,"
+    " NULL, t.id, :kept_expires FROM t)"
+)
+#: ``Session.info`` key: the transaction whose statement carried the stored response.
+_KEPT = "coalition_kept_with"
+
+
+def kept_rider(
+    *, owner: str, key: str, request_hash: bytes, method: str, path: str, status: int, now: datetime
+) -> Rider:
+    """:func:`save` of the response ``status`` rendering the transaction the request posts,
+    as a :class:`~coalition.ledger.riders.Rider` of the statement that writes it (PostgreSQL):
+    :func:`kept_with` then names that transaction."""
+    values = {
+        "kept_owner": owner,
+        "kept_key": key,
+        "kept_hash": request_hash,
+        "kept_method": method,
+        "kept_path": path,
+        "kept_status": status,
+        "kept_expires": now + RETENTION,
+    }
+
+    def carried(session: Session, header: Header) -> None:
+        session.info[_KEPT] = header.id
+
+    return Rider(_KEPT_CTES, lambda _header: values, carried)
+
+
+def kept_with(session: Session) -> str | None:
+    """The transaction whose statement stored the response (:func:`kept_rider`), if one did."""
+    found: str | None = session.info.pop(_KEPT, None)
+    return found
 
 
 def purge(session: Session, now: datetime, batch: int = PURGE_BATCH) -> int:

@@ -21,7 +21,8 @@ movements, the member rows, the bulk insert), ``batch`` (the one write path), ``
 (a batch of one in one or two statements on PostgreSQL), ``operations`` (the reversals),
 ``lots``, ``holds``, ``expiry``, ``tiers`` (the tier basis, declared once as ``terms`` and
 evaluated as SQL and as Python), ``reads`` (a member's balance and what is due) and
-``tables``, and ``listeners`` (what the layers above hear of each posting). Its public
+``tables``, ``listeners`` (what the layers above hear of each posting) and ``riders``
+(what they write in the statement of a posting). Its public
 names are all here.
 """
 
@@ -69,6 +70,7 @@ from coalition.ledger.reads import (
     member_snapshot,
     member_state,
 )
+from coalition.ledger.riders import Rider, alight, ride
 from coalition.ledger.shortcuts import void_in_one
 from coalition.ledger.tables import BULK_MAX, EXPIRY_BATCH
 from coalition.ledger.tiers import (
@@ -99,7 +101,9 @@ __all__ = [
     "MemberState",
     "PlaceHold",
     "Posted",
+    "Rider",
     "TierBasis",
+    "alight",
     "balance_read",
     "capture_hold",
     "create_member",
@@ -121,6 +125,7 @@ __all__ = [
     "reverse_burn",
     "reverse_earn",
     "reversed_points",
+    "ride",
     "tier_for",
     "tier_params",
     "void_in_one",

@@ -36,6 +36,7 @@ from coalition.ledger.post import (
     tier_change,
 )
 from coalition.ledger.reads import HoldPosted, MemberState, Posted
+from coalition.ledger.riders import arrived, boarding
 from coalition.ledger.tables import _MEMBERS
 from coalition.ledger.tiers import TIER_WRITE_WITHOUT_READ, tier_values
 from coalition.models import Hold, HoldStatus
@@ -92,7 +93,8 @@ _TRANSACTION_FROM_MEMBER = """
         RETURNING id"""
 
 
-def _credit_in_one_statement(tier: bool) -> tuple[dict[str, Any], HotStatement]:
+def _credit_ctes(tier: bool) -> tuple[dict[str, Any], str]:
+    """The credit's CTEs (``WITH m ..., t ..., l ...``) and the values they bind themselves."""
     member = (
         update(_MEMBERS)
         .where(_MEMBERS.c.id == bindparam("member_id"), _MEMBERS.c.balance >= 0)
@@ -104,9 +106,9 @@ def _credit_in_one_statement(tier: bool) -> tuple[dict[str, Any], HotStatement]:
             or_(sa_cast(bindparam("locked"), Boolean), TIER_WRITE_WITHOUT_READ)
         )
     member_sql, fixed = named_sql(member)
-    return fixed, HotStatement(
-        text(
-            f"""
+    return (
+        fixed,
+        f"""
     WITH m AS ({member_sql}
     ), t AS ({_TRANSACTION_FROM_MEMBER}
     ), l AS (
@@ -114,34 +116,49 @@ def _credit_in_one_statement(tier: bool) -> tuple[dict[str, Any], HotStatement]:
             expires_at, is_deficit)
         SELECT :member_id, :origin_partner_id, t.id, :points, :points, :expires_at, false
         FROM t
-    )
-    SELECT balance, held, account_id FROM m
-    """  # noqa: S608 (built from constants)
-        )
+    )""",  # noqa: S608 (built from constants)
     )
 
 
-_CREDIT_FIXED, _CREDIT_IN_ONE = _credit_in_one_statement(tier=False)
-_CREDIT_TIER_FIXED, _CREDIT_IN_ONE_TIER = _credit_in_one_statement(tier=True)
+_CREDIT = {tier: _credit_ctes(tier) for tier in (False, True)}
+#: What a one-statement transfer returns: the member row after it.
+_MEMBER_AFTER = " SELECT balance, held, account_id FROM m"
+
+#: The one-statement transfers, by (their CTEs, their riders' CTEs): each built once.
+_CARRYING: dict[tuple[str, str], HotStatement] = {}
+
+
+def _carrying(ctes: str, riders: str) -> HotStatement:
+    """The statement of a transfer's ``ctes`` and ``riders`` (:mod:`coalition.ledger.riders`),
+    returning the member row after it."""
+    statement = _CARRYING.get((ctes, riders))
+    if statement is None:
+        sql = f"{ctes}, {riders}{_MEMBER_AFTER}" if riders else f"{ctes}{_MEMBER_AFTER}"
+        statement = _CARRYING[ctes, riders] = HotStatement(text(sql))
+    return statement
 
 
 def _credit_in_one(
     session: Session, c: Credit, tier: dict[str, Any] | None, *, locked: bool
 ) -> Posted | None:
-    """A credit in one statement on PostgreSQL; ``None`` (nothing written) when the
-    member is unknown or owes points, or its tier basis needs the row locked first."""
+    """A credit in one statement on PostgreSQL, with its riders; ``None`` (nothing written)
+    when the member is unknown or owes points, or its tier basis needs the row locked first."""
+    riders, carried, aboard = boarding(session, c.header)
+    fixed, ctes = _CREDIT[tier is not None]
     params = {
+        **fixed,
         **replace(c.header, debit_account_id=c.from_account).row(),
         "origin_partner_id": c.origin_partner_id,
         "expires_at": c.expires_at,
+        **carried,
     }
-    if tier is None:
-        done = _CREDIT_IN_ONE.first(session, {**_CREDIT_FIXED, **params})
-    else:
-        params = {**_CREDIT_TIER_FIXED, **params, **tier, "locked": locked}
-        done = _CREDIT_IN_ONE_TIER.first(session, params)
+    if tier is not None:
+        params.update(tier)
+        params["locked"] = locked
+    done = _carrying(ctes, riders).first(session, params)
     if done is None:
         return None
+    arrived(session, c.header, aboard)
     balance, held, account = done
     header = _between(c.header, account, c.from_account, to_member=True)
     txn = _posted(session, header, balance)
@@ -158,27 +175,24 @@ _COVERED = "members.balance - members.held >= :points"
 # snapshot sees every lot change committed before that lock was ours, the points taken from
 # the member's open lots soonest-expiring first (``lots._take``, the one statement of that
 # rule), each taking recorded as a lot movement.
-_DEBIT_MEMBER = HotStatement(
-    text(
-        f"""
+_DEBIT_MEMBER = f"""
     WITH m AS (
         UPDATE members SET balance = balance - :points
         WHERE id = :member_id AND {_COVERED}
         RETURNING balance, held, account_id
     ), t AS ({_TRANSACTION_FROM_MEMBER}
-    )
-    SELECT balance, held, account_id FROM m
-    """  # noqa: S608 (built from constants)
-    )
-)
+    )"""  # noqa: S608 (built from constants)
 
 
 def _debit_in_two(session: Session, header: Header, to_account: int) -> Posted | None:
-    """A plain debit in two statements on PostgreSQL; ``None`` (nothing written) when the
-    member is unknown or has fewer points available."""
-    done = _DEBIT_MEMBER.first(session, replace(header, credit_account_id=to_account).row())
+    """A plain debit in two statements on PostgreSQL, the first with its riders; ``None``
+    (nothing written) when the member is unknown or has fewer points available."""
+    riders, carried, aboard = boarding(session, header)
+    params = {**replace(header, credit_account_id=to_account).row(), **carried}
+    done = _carrying(_DEBIT_MEMBER, riders).first(session, params)
     if done is None:
         return None
+    arrived(session, header, aboard)
     balance, held, account = done
     header = _between(header, account, to_account, to_member=False)
     taken = _take(session, header.member_id, header.id, header.points)

@@ -36,8 +36,10 @@ from sqlalchemy.sql.elements import TextClause
 from coalition.db import dialect_of
 from coalition.errors import InvariantViolated
 from coalition.hot import HotStatement
-from coalition.idempotency import Rider
+from coalition.idempotency import SaveRider
 from coalition.ids import new_id
+from coalition.ledger.post import Header
+from coalition.ledger.riders import Rider
 from coalition.models import Hold, HoldStatus, Transaction
 from coalition.shapes import row_as
 from partners.queries import transaction_out
@@ -64,12 +66,19 @@ PURGE_BATCH = 1000
 #: Parameters are cast: PostgreSQL deduces one type per parameter, and ``:type`` is both a
 #: column value and an operand of ``||``.
 _ID, _TYPE, _PARTNER = "CAST(:id AS VARCHAR)", "CAST(:type AS VARCHAR)", "CAST(:partner AS VARCHAR)"
-#: An enabled endpoint of ``:partner`` subscribed to ``:type`` (``events`` NULL: all types).
-_SUBSCRIBED = (
-    f"webhook_endpoints.partner_id = {_PARTNER} AND NOT webhook_endpoints.disabled"
-    " AND (webhook_endpoints.events IS NULL"
-    f" OR (' ' || webhook_endpoints.events || ' ') LIKE ('% ' || {_TYPE} || ' %'))"
-)
+
+
+def _subscribed(partner: str, event_type: str) -> str:
+    """An enabled endpoint of ``partner`` subscribed to ``event_type`` (``events`` NULL: all
+    types), both SQL."""
+    return (
+        f"webhook_endpoints.partner_id = {partner} AND NOT webhook_endpoints.disabled"
+        " AND (webhook_endpoints.events IS NULL"
+        f" OR (' ' || webhook_endpoints.events || ' ') LIKE ('% ' || {event_type} || ' %'))"
+    )
+
+
+_SUBSCRIBED = _subscribed(_PARTNER, _TYPE)
 #: The transaction an event describes (if any) was written, the hold it describes (if any)
 #: closed: neither undone by a rolled-back savepoint.
 _POSTED = (
@@ -142,7 +151,46 @@ def take_one(session: Session) -> dict[str, Any] | None:
 #: A signed request's one event and its deliveries, written by the statement that stores the
 #: request's response (:func:`coalition.idempotency.save`, passed by ``api.idempotency``)
 #: instead of one of their own at commit: no round trip more per request for the outbox.
-RIDER = Rider(EVENT_CTES, take_one)
+RIDER = SaveRider(EVENT_CTES, take_one)
+
+
+#: A ledger transaction's event and its deliveries, riding the statement that writes the
+#: transaction (its CTE ``t``; :mod:`coalition.ledger.riders`): written with it, for the
+#: endpoints subscribed then, without a body (:func:`sent_body`).
+_EVENT_SUBSCRIBED = _subscribed("CAST(:event_partner AS VARCHAR)", "CAST(:event_type AS VARCHAR)")
+_EVENT_RIDING = (
+    "event AS (INSERT INTO webhook_events"  # noqa: S608 (built from constants)
+    " (id, type, partner_id, payload, created_at, transaction_id)"
+    " SELECT :event_id, CAST(:event_type AS VARCHAR), CAST(:event_partner AS VARCHAR), NULL,"
+    f" :event_at, t.id FROM t WHERE EXISTS (SELECT 1 FROM webhook_endpoints"
+    f" WHERE {_EVENT_SUBSCRIBED}) RETURNING id),"
+    " event_deliveries AS (INSERT INTO webhook_deliveries (event_id, endpoint_id, status,"
+    " attempts, next_attempt_at, created_at) SELECT event.id, webhook_endpoints.id, 'pending',"
+    f" 0, :event_at, :event_at FROM event, webhook_endpoints WHERE {_EVENT_SUBSCRIBED})"
+)
+#: ``Session.info`` key: the transactions whose events rode their statements.
+_CARRIED = "coalition_outbox_carried"
+
+
+def _event_values(header: Header) -> dict[str, Any] | None:
+    event_type = _EVENT_OF_KIND.get(header.kind)
+    if event_type is None or header.partner_id is None:
+        return None
+    return {
+        "event_id": new_id("evt"),
+        "event_type": event_type.value,
+        "event_partner": header.partner_id,
+        "event_at": header.posted_at,
+    }
+
+
+def _event_carried(session: Session, header: Header) -> None:
+    session.info.setdefault(_CARRIED, set()).add(header.id)
+
+
+#: The event of the transaction a signed request posts, riding its statement (passed by
+#: ``api.idempotency``): no statement of its own, and none noted at commit.
+EVENT_RIDER = Rider(_EVENT_RIDING, _event_values, _event_carried)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +250,10 @@ def transactions_posted(session: Session, txns: Sequence[Transaction]) -> None:
     """Note the events of posted transactions (those whose partner is told about their kind;
     the ledger's write path calls this for every transaction, however it was written)."""
     pending: list[_Noted] | None = None
+    carried: set[str] = session.info.get(_CARRIED, set())
     for txn in txns:
         event_type = _EVENT_OF_KIND.get(txn.kind)
-        if event_type is None or txn.partner_id is None:
+        if event_type is None or txn.partner_id is None or txn.id in carried:
             continue
         if pending is None:
             pending = session.info.setdefault(_PENDING, [])
@@ -286,8 +335,10 @@ def _write_noted(session: Session) -> None:
 
 
 @event.listens_for(Session, "after_rollback")
+@event.listens_for(Session, "after_commit")
 def _forget_noted(session: Session) -> None:
     session.info.pop(_PENDING, None)
+    session.info.pop(_CARRIED, None)
 
 
 def purge(session: Session, now: datetime) -> int:

@@ -169,3 +169,27 @@ def test_an_earn_over_http_queues_its_event_for_the_partners_endpoint(api: Live)
     [delivery] = ok(shop.client.get(f"{path}/deliveries"))["data"]
     assert (delivery["event_type"], delivery["status"]) == ("transaction.earned", "pending")
     assert earned["id"].startswith("txn_")
+
+
+def test_an_earn_and_a_burn_keep_their_answer_and_one_event_each_on_replay(api: Live) -> None:
+    """The stored response and the event ride the statement that writes the transaction on
+    PostgreSQL (coalition.ledger.riders): a retry with the same key replays the answer byte for
+    byte and queues no second event."""
+    shop = api.partner(scopes=SCOPES)
+    path = f"{BASE}/{create(shop)['id']}"
+    member = ok(shop.client.post("/v1/members", {}), 201)["member_id"]
+    calls = (
+        ("/v1/earns", {"member_id": member, "reference": "o-1", "amount": "10", "currency": "EUR"}),
+        ("/v1/burns", {"member_id": member, "reference": "o-2", "points": 3}),
+    )
+    for n, (route, body) in enumerate(calls):
+        first = shop.client.post(route, body, idempotency_key=f"key-{n}")
+        again = shop.client.post(route, body, idempotency_key=f"key-{n}")
+        assert first.status_code == again.status_code == 201
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert again.content == first.content
+    deliveries = ok(shop.client.get(f"{path}/deliveries"))["data"]
+    assert sorted(d["event_type"] for d in deliveries) == [
+        "transaction.burned",
+        "transaction.earned",
+    ]

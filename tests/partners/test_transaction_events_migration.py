@@ -47,7 +47,7 @@ def test_events_without_a_body_go_down_to_the_bytes_sent_and_come_back(db: Db) -
     command.downgrade(config, BEFORE)
     with db.engine.connect() as conn:
         stored: dict[str, str] = dict(
-            conn.execute(text("SELECT id, payload FROM webhook_events")).tuples().all()
+            conn.execute(text("SELECT id, payload FROM webhook_events")).all()
         )
     assert {key: value.encode() for key, value in stored.items()} == sent
 
