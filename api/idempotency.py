@@ -9,7 +9,9 @@ there), all in **one** database transaction:
 2. the key's **exclusion** (on PostgreSQL a transaction-scoped advisory lock, taken without
    waiting: ``409 idempotency-key-in-use`` while another request with the key runs), in one
    round trip with what makes the request single-use (the nonce, or the first use of its
-   signature: :func:`api.auth.single_use`; ``401`` when it was used);
+   signature: :func:`api.auth.single_use`; ``401`` when it was used) and, for an earn, a burn
+   and a hold on PostgreSQL, with the operation's first read (its terms: the claim is a
+   :class:`coalition.hot.Lead`, docs/architecture.md decision 28);
 3. the **lookup**: same request and done -> replay its response with
    ``Idempotent-Replayed: true``; other request -> ``422 idempotency-key-reused``;
 4. the **operation** (decoding the body included) and the **save** of its response: a
@@ -19,7 +21,9 @@ there), all in **one** database transaction:
    a function of it alone, so the replay is the first response byte for byte
    (docs/architecture.md, decision 25).
    On PostgreSQL the one webhook event the operation noted rides the save's statement
-   (:data:`partners.webhooks.outbox.RIDER`) instead of a statement of its own at commit.
+   (:data:`partners.webhooks.outbox.RIDER`) instead of a statement of its own at commit; for
+   an earn and a burn both the save and the event ride the statement that writes the
+   transaction (:mod:`coalition.ledger.riders`), when it is written in one.
 
 No savepoint: when the operation refuses (a :class:`~coalition.errors.CoalitionError`), the
 whole transaction rolls back, and a second one (steps 1-3 again) stores the problem document
