@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     insert,
+    inspect,
     select,
 )
 from sqlalchemy.exc import DBAPIError
@@ -189,7 +190,8 @@ def _posted_many(session: Session, posted: Sequence[tuple[Header, int]]) -> list
     one-statement fast path's, a bulk insert's): where the listeners (the event outbox, the
     metrics) attach. Many at once cost what one does. (The tier basis is kept by the statement
     that updates the member row, ``coalition.ledger.tiers``.)"""
-    configure_mappers()  # _transaction_of bypasses the constructor, which would do this
+    if not _TRANSACTION_MAPPER.configured:  # configure_mappers() scans every registry
+        configure_mappers()  # _transaction_of bypasses the constructor, which would do this
     txns = []
     for header, balance_after in posted:
         invariant(
@@ -205,6 +207,7 @@ def _posted_many(session: Session, posted: Sequence[tuple[Header, int]]) -> list
 
 
 _NEW_TRANSACTION = manager_of_class(Transaction).new_instance
+_TRANSACTION_MAPPER = inspect(Transaction)
 
 
 def _transaction_of(header: Header, balance_after: int) -> Transaction:

@@ -9,7 +9,6 @@ transaction), so when the condition fails nothing is written and the batch path 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -147,7 +146,8 @@ def _credit_in_one(
     fixed, ctes = _CREDIT[tier is not None]
     params = {
         **fixed,
-        **replace(c.header, debit_account_id=c.from_account).row(),
+        **c.header.row(),
+        "debit_account_id": c.from_account,
         "origin_partner_id": c.origin_partner_id,
         "expires_at": c.expires_at,
         **carried,
@@ -188,7 +188,7 @@ def _debit_in_two(session: Session, header: Header, to_account: int) -> Posted |
     """A plain debit in two statements on PostgreSQL, the first with its riders; ``None``
     (nothing written) when the member is unknown or has fewer points available."""
     riders, carried, aboard = boarding(session, header)
-    params = {**replace(header, credit_account_id=to_account).row(), **carried}
+    params = {**header.row(), "credit_account_id": to_account, **carried}
     done = _carrying(_DEBIT_MEMBER, riders).first(session, params)
     if done is None:
         return None
