@@ -130,6 +130,15 @@ def run_idempotent(
     owner = owner_of(principal)
     digest = request_hash(request.method, path, body)
     now = services.clock()
+    # What a stored response is kept under and with (the store's save, as a rider or not).
+    stored_as: dict[str, Any] = {
+        "owner": owner,
+        "key": key,
+        "request_hash": digest,
+        "method": request.method,
+        "path": path[:2048],
+        "now": now,
+    }
 
     def first_response(session: Session) -> store.StoredResponse | None:
         """The key held by this transaction, and the response stored for it if any; in the
@@ -164,31 +173,15 @@ def run_idempotent(
         if posts is None or dialect_of(session) != "postgresql":
             return
         kind, status = posts
-        kept = store.kept_rider(
-            owner=owner,
-            key=key,
-            request_hash=digest,
-            method=request.method,
-            path=path[:2048],
-            status=status,
-            now=now,
-        )
+        kept = store.kept_rider(**stored_as, status=status)
         ledger.ride(session, kind, (kept, outbox.EVENT_RIDER))
 
     def keep(session: Session, status: int, content: bytes, transaction_id: str | None) -> None:
+        body = None if transaction_id else content
         store.save(
-            session,
-            owner=owner,
-            key=key,
-            request_hash=digest,
-            method=request.method,
-            path=path[:2048],
-            status=status,
-            body=None if transaction_id else content,
-            now=now,
-            transaction_id=transaction_id,
+            session, **stored_as, status=status, body=body, transaction_id=transaction_id,
             rider=outbox.RIDER,
-        )
+        )  # fmt: skip
 
     for attempt in range(_RACE_ATTEMPTS):
         try:
