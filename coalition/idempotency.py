@@ -1,7 +1,9 @@
 """Idempotency records: the first response to a ``POST`` kept per (owner, Idempotency-Key).
 
-This is the table and its store (claim, lookup, save, purge); the HTTP side of it (the
-header, the request hash, replays) is api/idempotency.py.
+This is the table and its store (claim, lookup, save, purge, and the claim and the save as
+they ride an operation's own statements on PostgreSQL: :func:`claim_lead`, :func:`kept_rider`,
+docs/architecture.md decision 28); the HTTP side of it (the header, the request hash,
+replays) is api/idempotency.py.
 
 A response is kept either whole (``response_body``) or, when it is a ledger transaction in the
 contract's shape, as the id of that transaction (``response_transaction_id``): the row is
