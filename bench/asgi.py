@@ -7,18 +7,25 @@ through ASGI one request at a time with the requests of :mod:`bench.http` (signe
 clock starts): ``time.process_time()`` over the requests (every thread of the process: the
 event loop's and the handlers') per request. One request at a time, so it is the CPU a request
 costs, not what a loaded machine makes of it; compare code before and after with it
-(``PYTHONPATH=<tree> python -m bench.asgi``), and use ``--only http`` for throughput.
+(``--against <tree>``: the two alternate in fresh processes, each tree's least and median;
+a shared machine's noise moves single runs by a quarter), and use ``--only http`` for
+throughput.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import random
+import re
+import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
@@ -175,10 +182,55 @@ def measure(scenario: str, count: int) -> dict[str, Any]:
     }
 
 
+_CPU = re.compile(r"([0-9.]+) ms CPU per request")
+
+
+def _cpu_of(tree: Path, scenario: str, count: int) -> float:
+    """CPU ms per request of ``tree``'s code (its own ``bench.asgi``, run from its directory,
+    with this interpreter)."""
+    environment = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.asgi", scenario, str(count)],
+        cwd=tree, env=environment, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    found = _CPU.search(done.stdout)
+    if found is None:
+        raise RuntimeError(f"{tree}: no figure in {done.stdout!r} {done.stderr[-500:]!r}")
+    return float(found.group(1))
+
+
+def against(other: Path, scenario: str, count: int, rounds: int) -> None:
+    """This tree and ``other`` alternating, ``rounds`` times each: every figure, and each
+    tree's least (the run a busy machine disturbed least) and median."""
+    trees = {"this tree": Path(__file__).resolve().parent.parent, str(other): other.resolve()}
+    figures: dict[str, list[float]] = {name: [] for name in trees}
+    for _ in range(rounds):
+        for name, tree in trees.items():
+            figures[name].append(_cpu_of(tree, scenario, count))
+    for name, runs in figures.items():
+        listed = ", ".join(f"{run:.3f}" for run in runs)
+        print(
+            f"{scenario} {name}: {listed} ms CPU per request; least {min(runs):.3f},"
+            f" median {statistics.median(runs):.3f}"
+        )
+    mine, theirs = (min(runs) for runs in figures.values())
+    print(f"least of this tree / least of {other}: {mine / theirs:.3f}")
+
+
 def main(argv: list[str]) -> None:
-    """``python -m bench.asgi [scenario] [requests]`` (default: earns, 1500)."""
-    scenario = argv[0] if argv else "earns"
-    count = int(argv[1]) if len(argv) > 1 else 1500
+    """``python -m bench.asgi [scenario] [requests] [--against TREE [--rounds N]]`` (default:
+    earns, 1500; 3 rounds): with ``--against``, this tree and the one at ``TREE`` (an unpacked
+    ``git archive`` of another commit, say) alternate in fresh processes."""
+    parser = argparse.ArgumentParser(prog="python -m bench.asgi")
+    parser.add_argument("scenario", nargs="?", default="earns", choices=sorted(SCENARIOS))
+    parser.add_argument("requests", nargs="?", type=int, default=1500)
+    parser.add_argument("--against", type=Path, help="another tree to alternate with")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each tree (--against)")
+    args = parser.parse_args(argv)
+    scenario, count = args.scenario, args.requests
+    if args.against is not None:
+        against(args.against, scenario, count, args.rounds)
+        return
     result = measure(scenario, count)
     print(
         f"{result['scenario']}: {result['cpu_ms_per_request']:.3f} ms CPU per request "
