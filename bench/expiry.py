@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import json
 import sys
-import time
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
-
 from bench.postgres import scratch_database, server_url
-from bench.throughput import prepare
+from bench.throughput import drain, prepare
 from partners.operations import EarnItem
 
 _BATCH = 5000
@@ -37,23 +33,8 @@ def measure(members: int) -> dict[str, Any]:
                         for k, m in enumerate(chunk)
                     ]
                     bench.ops.earn_many(bench.partner_id, items)
-            with bench.engine.begin() as conn:
-                conn.execute(
-                    text(
-                        "UPDATE lots SET expires_at = now() - interval '1 day' WHERE remaining > 0"
-                    )
-                )
-                conn.execute(text("ANALYZE"))
-            now = datetime.now(UTC)
-            start_s, cpu_s, expiries = time.perf_counter(), time.process_time(), 0
-            while done := bench.ops.expire_points(now):
-                expiries += done
-            return {
-                "members": members,
-                "expiries": expiries,
-                "seconds": round(time.perf_counter() - start_s, 2),
-                "cpu_s": round(time.process_time() - cpu_s, 2),
-            }
+            expiries, seconds, cpu_s = drain(bench, _PAST_DUE, bench.ops.expire_points)
+            return {"members": members, "expiries": expiries, "seconds": seconds, "cpu_s": cpu_s}
         finally:
             bench.engine.dispose()
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -28,7 +26,7 @@ from api.runtime import services_of
 from bench.asgi import BASE_URL, Addressed, Recorded, record, split
 from bench.http import Signer, partner_key, service_environment
 from bench.postgres import scratch_database, server_url
-from bench.throughput import prepare
+from bench.throughput import drain, prepare
 
 _WARM_UP = 6
 
@@ -76,6 +74,9 @@ def statements(count: int) -> dict[str, Any]:
             bench.engine.dispose()
 
 
+_PAST_EXPIRY = "UPDATE holds SET expires_at = now() - interval '1 second' WHERE status = 'active'"
+
+
 def expiry(members: int) -> dict[str, Any]:
     """The hold-expiry job's time over ``members`` holds past their expiry."""
     with scratch_database(server_url(), "coalition_bench_hold_expiry") as url:
@@ -86,24 +87,8 @@ def expiry(members: int) -> dict[str, Any]:
                     bench.ops.hold(
                         bench.partner_id, member_id=member, reference=f"h{k}", points=1, session=s
                     )
-            with bench.engine.begin() as conn:
-                conn.execute(
-                    text(
-                        "UPDATE holds SET expires_at = now() - interval '1 second'"
-                        " WHERE status = 'active'"
-                    )
-                )
-                conn.execute(text("ANALYZE"))
-            now = datetime.now(UTC)
-            start_s, cpu_s, released = time.perf_counter(), time.process_time(), 0
-            while done := bench.ops.expire_holds(now):
-                released += done
-            return {
-                "holds": members,
-                "released": released,
-                "seconds": round(time.perf_counter() - start_s, 2),
-                "cpu_s": round(time.process_time() - cpu_s, 2),
-            }
+            released, seconds, cpu_s = drain(bench, _PAST_EXPIRY, bench.ops.expire_holds)
+            return {"holds": members, "released": released, "seconds": seconds, "cpu_s": cpu_s}
         finally:
             bench.engine.dispose()
 

@@ -110,6 +110,20 @@ def prepare(url: str, *, members: int) -> Bench:
     return bench
 
 
+def drain(bench: Bench, past_due: str, job: Callable[[datetime], int]) -> tuple[int, float, float]:
+    """A scheduled job over a backlog: ``past_due`` (SQL) moves the backlog past its date,
+    statistics are gathered as autovacuum would, and ``job(now)`` runs until it does nothing
+    more. What it did in all, the seconds and this process's CPU seconds."""
+    with bench.engine.begin() as conn:
+        conn.execute(text(past_due))
+        conn.execute(text("ANALYZE"))
+    now = datetime.now(UTC)
+    start_s, cpu_s, total = time.perf_counter(), time.process_time(), 0
+    while done := job(now):
+        total += done
+    return total, round(time.perf_counter() - start_s, 2), round(time.process_time() - cpu_s, 2)
+
+
 @dataclass(frozen=True, slots=True)
 class Throughput:
     """Operations per second (wall clock), and this process's CPU time per operation."""

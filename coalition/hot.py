@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine.interfaces import BindTyping
 from sqlalchemy.orm import Session
 
+from coalition.db import dialect_of
 from coalition.errors import InvariantViolated, invariant
 
 _HOT = "coalition_hot"
@@ -244,7 +245,7 @@ _LEAD = "coalition_lead"
 
 def lead(session: Session, pending: Lead) -> None:
     """Send ``pending`` with the session's next :func:`first_led` read (PostgreSQL only)."""
-    invariant(session.get_bind().dialect.name == "postgresql", "a lead rides on PostgreSQL")
+    invariant(dialect_of(session) == "postgresql", "a lead rides on PostgreSQL")
     session.info[_LEAD] = pending
 
 

@@ -361,11 +361,16 @@ def save(
 
 #: The stored response of a request answered by the transaction it posts, riding the
 #: statement that writes the transaction (``t``: :mod:`coalition.ledger.riders`).
+#: What it writes in each column: the request's values (``:kept_<column>``), no body, the
+#: transaction's id.
+_KEPT_VALUES = {column.key: f":kept_{column.key}" for column in _TABLE.c} | {
+    "response_body": "NULL",
+    "response_transaction_id": "t.id",
+}
 _KEPT_CTES = (
     "kept AS (INSERT INTO idempotency_keys"  # noqa: S608 (built from constants)
     f" ({', '.join(c.name for c in _TABLE.c)})"
-    " SELECT :kept_owner, :kept_key, :kept_hash, :kept_method, :kept_path, :kept_status,"
-    " NULL, t.id, :kept_expires FROM t)"
+    f" SELECT {', '.join(_KEPT_VALUES[c.key] for c in _TABLE.c)} FROM t)"
 )
 #: ``Session.info`` key: the transaction whose statement carried the stored response.
 _KEPT = "coalition_kept_with"
@@ -380,11 +385,11 @@ def kept_rider(
     values = {
         "kept_owner": owner,
         "kept_key": key,
-        "kept_hash": request_hash,
+        "kept_request_hash": request_hash,
         "kept_method": method,
         "kept_path": path,
-        "kept_status": status,
-        "kept_expires": now + RETENTION,
+        "kept_response_status": status,
+        "kept_expires_at": now + RETENTION,
     }
 
     def carried(session: Session, header: Header) -> None:

@@ -137,12 +137,22 @@ def _carrying(ctes: str, riders: str) -> HotStatement:
     return statement
 
 
+def _written(session: Session, header: Header, ctes: str, params: dict[str, Any]) -> Any | None:
+    """The member row after the statement of ``ctes`` wrote ``header``'s transfer, with the
+    riders waiting for it (:mod:`coalition.ledger.riders`), which are then carried; ``None``
+    when it wrote nothing, and they still wait."""
+    riders, values, aboard = boarding(session, header)
+    done = _carrying(ctes, riders).first(session, {**params, **values})
+    if done is not None:
+        arrived(session, header, aboard)
+    return done
+
+
 def _credit_in_one(
     session: Session, c: Credit, tier: dict[str, Any] | None, *, locked: bool
 ) -> Posted | None:
     """A credit in one statement on PostgreSQL, with its riders; ``None`` (nothing written)
     when the member is unknown or owes points, or its tier basis needs the row locked first."""
-    riders, carried, aboard = boarding(session, c.header)
     fixed, ctes = _CREDIT[tier is not None]
     params = {
         **fixed,
@@ -150,15 +160,13 @@ def _credit_in_one(
         "debit_account_id": c.from_account,
         "origin_partner_id": c.origin_partner_id,
         "expires_at": c.expires_at,
-        **carried,
     }
     if tier is not None:
         params.update(tier)
         params["locked"] = locked
-    done = _carrying(ctes, riders).first(session, params)
+    done = _written(session, c.header, ctes, params)
     if done is None:
         return None
-    arrived(session, c.header, aboard)
     balance, held, account = done
     header = _between(c.header, account, c.from_account, to_member=True)
     txn = _posted(session, header, balance)
@@ -187,12 +195,10 @@ _DEBIT_MEMBER = f"""
 def _debit_in_two(session: Session, header: Header, to_account: int) -> Posted | None:
     """A plain debit in two statements on PostgreSQL, the first with its riders; ``None``
     (nothing written) when the member is unknown or has fewer points available."""
-    riders, carried, aboard = boarding(session, header)
-    params = {**header.row(), "credit_account_id": to_account, **carried}
-    done = _carrying(_DEBIT_MEMBER, riders).first(session, params)
+    params = {**header.row(), "credit_account_id": to_account}
+    done = _written(session, header, _DEBIT_MEMBER, params)
     if done is None:
         return None
-    arrived(session, header, aboard)
     balance, held, account = done
     header = _between(header, account, to_account, to_member=False)
     taken = _take(session, header.member_id, header.id, header.points)

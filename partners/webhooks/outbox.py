@@ -89,31 +89,47 @@ _POSTED = (
 )
 
 
+#: One event, for the endpoints subscribed when it is written (``{subscribed}``).
+_EVENT = (
+    "INSERT INTO webhook_events (id, type, partner_id, payload, created_at, transaction_id)"
+    " SELECT {id}, {type}, {partner}, {payload}, {at}, {txn}{source}"
+    " WHERE EXISTS (SELECT 1 FROM webhook_endpoints WHERE {subscribed}){posted}"
+)
+#: Its deliveries, one per endpoint subscribed (``{where}``).
+_DELIVERIES = (
+    "INSERT INTO webhook_deliveries (event_id, endpoint_id, status, attempts,"
+    " next_attempt_at, created_at) SELECT {event}, webhook_endpoints.id, 'pending', 0,"
+    " {due}, {at} FROM {source} webhook_endpoints WHERE {where}"
+)
+
+
+def _from_event(subscribed: str, *, due: str, at: str) -> str:
+    """The deliveries of the CTE ``event``'s row, one per endpoint ``subscribed``."""
+    return _DELIVERIES.format(event="event.id", due=due, at=at, source="event,", where=subscribed)
+
+
+def _event_ctes(event: str, subscribed: str, *, due: str, at: str) -> str:
+    """``event`` (an :data:`_EVENT`) and its deliveries as the CTEs ``event`` and
+    ``deliveries`` of a statement (PostgreSQL)."""
+    deliveries = _from_event(subscribed, due=due, at=at)
+    return f"event AS ({event} RETURNING id), deliveries AS ({deliveries})"
+
+
 def _statements() -> tuple[str, TextClause, TextClause, TextClause]:
     """(PostgreSQL's two CTEs, one statement of them, SQLite's event insert, SQLite's delivery
     insert)."""
-    event = (
-        "INSERT INTO webhook_events (id, type, partner_id, payload, created_at, transaction_id)"  # noqa: S608 (built from constants)
-        f" SELECT {_ID}, {_TYPE}, {_PARTNER}, :payload, :at, CAST(:txn AS VARCHAR)"
-        f" WHERE EXISTS (SELECT 1 FROM webhook_endpoints WHERE {_SUBSCRIBED}) AND {_POSTED}"
-    )
-    deliveries = (
-        "INSERT INTO webhook_deliveries (event_id, endpoint_id, status, attempts,"
-        " next_attempt_at, created_at) SELECT {event}, webhook_endpoints.id, 'pending', 0,"
-        " :due, :at FROM {source} webhook_endpoints WHERE {where}"
-    )
-    from_event = deliveries.format(event="event.id", source="event,", where=_SUBSCRIBED)
+    event = _EVENT.format(
+        id=_ID, type=_TYPE, partner=_PARTNER, payload=":payload", at=":at",
+        txn="CAST(:txn AS VARCHAR)", source="", subscribed=_SUBSCRIBED, posted=f" AND {_POSTED}",
+    )  # fmt: skip
+    written = f"{_SUBSCRIBED} AND EXISTS (SELECT 1 FROM webhook_events WHERE id = {_ID})"  # noqa: S608 (built from constants)
     return (
-        f"event AS ({event} RETURNING id), deliveries AS ({from_event})",
-        text(f"WITH event AS ({event} RETURNING id) {from_event}"),
-        text(event),
+        _event_ctes(event, _SUBSCRIBED, due=":due", at=":at"),
         text(
-            deliveries.format(
-                event=_ID,
-                source="",
-                where=f"{_SUBSCRIBED} AND EXISTS (SELECT 1 FROM webhook_events WHERE id = {_ID})",  # noqa: S608 (built from constants)
-            )
+            f"WITH event AS ({event} RETURNING id) {_from_event(_SUBSCRIBED, due=':due', at=':at')}"
         ),
+        text(event),
+        text(_DELIVERIES.format(event=_ID, due=":due", at=":at", source="", where=written)),
     )
 
 
@@ -158,16 +174,12 @@ RIDER = SaveRider(EVENT_CTES, take_one)
 #: transaction (its CTE ``t``; :mod:`coalition.ledger.riders`): written with it, for the
 #: endpoints subscribed then, without a body (:func:`sent_body`).
 _EVENT_SUBSCRIBED = _subscribed("CAST(:event_partner AS VARCHAR)", "CAST(:event_type AS VARCHAR)")
-_EVENT_RIDING = (
-    "event AS (INSERT INTO webhook_events"  # noqa: S608 (built from constants)
-    " (id, type, partner_id, payload, created_at, transaction_id)"
-    " SELECT :event_id, CAST(:event_type AS VARCHAR), CAST(:event_partner AS VARCHAR), NULL,"
-    f" :event_at, t.id FROM t WHERE EXISTS (SELECT 1 FROM webhook_endpoints"
-    f" WHERE {_EVENT_SUBSCRIBED}) RETURNING id),"
-    " event_deliveries AS (INSERT INTO webhook_deliveries (event_id, endpoint_id, status,"
-    " attempts, next_attempt_at, created_at) SELECT event.id, webhook_endpoints.id, 'pending',"
-    f" 0, :event_at, :event_at FROM event, webhook_endpoints WHERE {_EVENT_SUBSCRIBED})"
-)
+_EVENT_OF_HEADER = _EVENT.format(
+    id=":event_id", type="CAST(:event_type AS VARCHAR)", partner="CAST(:event_partner AS VARCHAR)",
+    payload="NULL", at=":event_at", txn="t.id", source=" FROM t", subscribed=_EVENT_SUBSCRIBED,
+    posted="",
+)  # fmt: skip
+_EVENT_RIDING = _event_ctes(_EVENT_OF_HEADER, _EVENT_SUBSCRIBED, due=":event_at", at=":event_at")
 #: ``Session.info`` key: the transactions whose events rode their statements.
 _CARRIED = "coalition_outbox_carried"
 
